@@ -1,0 +1,95 @@
+"""Accuracy and sparsity of any checkpoint: ours or the original repository's formats.
+
+Examples:
+    python evaluate.py --m_name resnet20 --ckpt runs/resnet20/checkpoint/ckpt.pth
+    python evaluate.py --ckpt runs/resnet20/oneshot/resnet20_0.9900.pth --per_layer
+    python evaluate.py --m_name vgg16 --ckpt old_repo/iterate_0.9903.pth --json
+
+Sparsity counts pruned prunable weights (every Conv2d and Linear weight): ``params_total`` is their
+number, ``params_nonzero`` the kept ones (mask == 1, or nonzero where a layer has no mask), and
+``sparsity = 1 - params_nonzero / params_total``. Val accuracy uses the checkpoint's own seed and
+val split unless --seed / --val_split are given. With --json, stdout is exactly one JSON object.
+Writes nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Sequence
+
+from utils.checkpoint import load_weights, read_checkpoint
+from utils.cli import add_common_args, cli_main, new_parser
+from utils.masks import LayerCount, layer_counts
+from utils.stage import prepare, resolve_names
+from utils.train import evaluate
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = new_parser(__doc__)
+    add_common_args(parser, m_name_default=None)
+    parser.set_defaults(seed=None, val_split=None)
+    parser.add_argument("--ckpt", required=True, help="checkpoint to evaluate")
+    parser.add_argument("--per_layer", action="store_true", help="also report sparsity per prunable layer")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    parser.add_argument("--trust_pickle", action="store_true",
+                        help="allow checkpoints that are pickled nn.Modules (runs code from the file)")
+    return parser.parse_args(argv)
+
+
+def _fill_from_checkpoint(args: argparse.Namespace, saved: dict) -> None:
+    """Use the seed / val split the checkpoint was trained with unless given on the command line."""
+    if args.seed is None:
+        args.seed = int(saved.get("seed", 42))
+    if args.val_split is None:
+        args.val_split = float(saved.get("val_split", 0.1))
+
+
+def _layer_rows(counts: list[LayerCount]) -> list[dict]:
+    return [{"layer": c.name, "shape": list(c.shape), "total": c.total, "nonzero": c.kept,
+             "sparsity": c.sparsity} for c in counts]
+
+
+def _print_text(report: dict, per_layer: bool) -> None:
+    print(f"checkpoint  {report['checkpoint']} ({report['format']})")
+    print(f"model       {report['model']} on {report['dataset']}")
+    print(f"sparsity    {report['sparsity']:.4f}  ({report['params_nonzero']:,} of {report['params_total']:,} "
+          f"prunable weights kept)")
+    if per_layer:
+        print(f"\n{'layer':<28} {'shape':<20} {'total':>10} {'nonzero':>10} {'sparsity':>9}")
+        for row in report["layers"]:
+            shape = "x".join(map(str, row["shape"]))
+            print(f"{row['layer']:<28} {shape:<20} {row['total']:>10,} {row['nonzero']:>10,} {row['sparsity']:>9.4f}")
+        print()
+    print(f"val acc     {report['val_acc']:.2f}%  ({report['val_images']} images)")
+    print(f"test acc    {report['test_acc']:.2f}%  ({report['test_images']} images)")
+
+
+@cli_main
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    ckpt = read_checkpoint(args.ckpt, trust_pickle=args.trust_pickle)
+    model_name, dataset = resolve_names(args.m_name or ckpt.model, args.dataset or ckpt.dataset)
+    _fill_from_checkpoint(args, ckpt.meta.get("args") or {})
+    stage = prepare(args, model_name, dataset)
+    model = stage.build_model()
+    load_weights(model, ckpt, stage.model_name, args.ckpt)
+    counts = layer_counts(model)
+    total, kept = sum(c.total for c in counts), sum(c.kept for c in counts)
+    _, val_acc = evaluate(model, stage.data.val)
+    _, test_acc = evaluate(model, stage.data.test)
+    report = {"checkpoint": args.ckpt, "format": ckpt.source, "model": stage.model_name, "dataset": stage.dataset,
+              "sparsity": 1 - kept / total, "params_total": total, "params_nonzero": kept,
+              "model_params": sum(p.numel() for p in model.parameters()), "val_acc": val_acc, "test_acc": test_acc,
+              "val_images": stage.data.val.num_samples, "test_images": stage.data.test.num_samples,
+              "seed": args.seed, "val_split": args.val_split}
+    if args.per_layer:
+        report["layers"] = _layer_rows(counts)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        _print_text(report, args.per_layer)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,64 @@
+"""Model registry: ``create_model(name)`` builds any architecture of the original BRIDGE zoo.
+
+Module names and parameter counts match the original repository exactly (spec §2.2), so state dicts
+move between the two code bases. Each entry records the input resolution it was designed for, which
+lets scripts refuse a model/dataset pair that cannot work (e.g. ``resnet20`` on 64x64 images).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch.nn as nn
+
+from utils.errors import UsageError
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the registry knows about one architecture."""
+
+    name: str
+    builder: Callable[[int], nn.Module]  # num_classes -> model
+    num_classes: int  # classes of the original model
+    input_size: int  # square input resolution in pixels (32 CIFAR, 64 Tiny-ImageNet)
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+_ALIASES = {
+    "VGGTinyImageNet": "vgg16TinyImageNet",
+    "EfficientNetB0TinyImageNet": "effnetTinyImageNet",
+}
+
+
+def register_model(name: str, *, num_classes: int, input_size: int):
+    """Decorator adding ``builder(num_classes) -> nn.Module`` to the registry under ``name``."""
+
+    def wrap(builder: Callable[[int], nn.Module]) -> Callable[[int], nn.Module]:
+        _REGISTRY[name] = ModelSpec(name, builder, num_classes, input_size)
+        return builder
+
+    return wrap
+
+
+def list_models() -> list[str]:
+    """Registered model names, in registration order."""
+    return list(_REGISTRY)
+
+
+def model_spec(name: str) -> ModelSpec:
+    """The spec for ``name`` (aliases accepted); unknown names raise ``UsageError`` listing the valid ones."""
+    canonical = _ALIASES.get(name, name)
+    if canonical not in _REGISTRY:
+        raise UsageError(f"unknown model '{name}'; choose one of: {', '.join(list_models())}")
+    return _REGISTRY[canonical]
+
+
+def create_model(name: str, num_classes: int | None = None) -> nn.Module:
+    """Build model ``name`` with ``num_classes`` outputs (default: the original's class count)."""
+    spec = model_spec(name)
+    return spec.builder(num_classes or spec.num_classes)
+
+
+# Importing the architecture modules fills the registry.
+from models import alexnet, efficientnet, resnet, vgg  # noqa: E402,F401

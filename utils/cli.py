@@ -1,0 +1,119 @@
+"""Shared command-line pieces: flag groups, value types and the ``error: ...`` / exit-2 wrapper.
+
+Every stage script builds its parser from these groups so a flag means the same thing everywhere.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+from typing import Callable, Sequence
+
+from utils.errors import UsageError
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``error: <message>`` on stderr and exit code 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        sys.stderr.write(f"error: {message} (see {self.prog} --help)\n")
+        raise SystemExit(2)
+
+
+def cli_main(func: Callable[[Sequence[str] | None], int | None]) -> Callable[[Sequence[str] | None], int]:
+    """Wrap a script's ``main(argv)``: a ``UsageError`` becomes one ``error:`` line and return code 2."""
+
+    @functools.wraps(func)
+    def wrapper(argv: Sequence[str] | None = None) -> int:
+        try:
+            return func(argv) or 0
+        except UsageError as exc:
+            sys.stderr.write(f"error: {exc}\n")
+            return 2
+        except SystemExit as exc:  # argparse: --help exits 0, bad flags exit 2
+            return int(exc.code or 0)
+
+    return wrapper
+
+
+def fraction(text: str) -> float:
+    """argparse type: a float in [0, 1] (sparsities, splits); '99' is rejected, not read as 0.99."""
+    value = _float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not a fraction in [0, 1] (write 0.99, not 99)")
+    return value
+
+
+def open_fraction(text: str) -> float:
+    """argparse type: a float strictly between 0 and 1."""
+    value = _float(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"{text} must lie strictly between 0 and 1")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a float > 0."""
+    value = _float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} must be greater than 0")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a float >= 0."""
+    value = _float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be 0 or more")
+    return value
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text} is not a number") from None
+
+
+def new_parser(doc: str | None) -> ArgumentParser:
+    """A parser whose description is the script's module docstring."""
+    return ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def add_common_args(parser: argparse.ArgumentParser, *, m_name_default: str | None = "resnet20") -> None:
+    """Flags every stage shares: model, data, output folder, seed, device."""
+    group = parser.add_argument_group("common")
+    group.add_argument("--m_name", default=m_name_default, help="model name (see models/)")
+    group.add_argument("--dataset", default=None,
+                       help="cifar10 | tiny_imagenet | synthetic (default: the model's own data set)")
+    group.add_argument("--data_dir", default="./data", help="folder holding the data sets")
+    group.add_argument("--save_dir", default="./runs", help="root of all run folders")
+    group.add_argument("--seed", type=int, default=42, help="run seed (data order, val split, init)")
+    group.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    group.add_argument("--batch_size", type=positive_int, default=128, help="training batch size")
+    group.add_argument("--eval_batch_size", type=positive_int, default=500, help="evaluation batch size")
+    group.add_argument("--val_split", type=open_fraction, default=0.1,
+                       help="fraction of the training set held out for validation")
+    group.add_argument("--train_subset", type=positive_int, default=None,
+                       help="use only the first N training images (quick runs)")
+    group.add_argument("--no_download", action="store_true", help="never try to download a missing data set")
+    group.add_argument("--no_progress", action="store_true", help="no progress bars")
+
+
+def add_speed_args(parser: argparse.ArgumentParser) -> None:
+    """Flags that trade speed for nothing but memory layout and precision."""
+    group = parser.add_argument_group("speed")
+    group.add_argument("--no_channels_last", action="store_true", help="keep NCHW memory layout")
+    group.add_argument("--no_amp", action="store_true", help="no bf16 autocast on CUDA")
+    group.add_argument("--compile", action="store_true", help="torch.compile the model")

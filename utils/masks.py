@@ -1,0 +1,88 @@
+"""Unstructured masks: the one wrapper around ``torch.nn.utils.prune``.
+
+Each prunable module (every Conv2d and Linear) holds ``weight_orig`` (parameter) and ``weight_mask``
+(buffer, 1 = kept, 0 = pruned); ``weight = weight_orig * weight_mask`` is recomputed before each forward.
+Sparsity is ``#(mask == 0) / N_tot`` over all prunable weights; a module without a mask counts its exact
+zeros (plain checkpoints whose masks were merged into the weights).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.utils.prune as prune
+
+PRUNABLE_TYPES = (nn.Conv2d, nn.Linear)
+
+
+@dataclass(frozen=True)
+class LayerCount:
+    """Prunable-weight counts of one layer."""
+
+    name: str
+    shape: tuple[int, ...]
+    total: int
+    kept: int  # mask == 1 (or nonzero weight when the layer has no mask)
+
+    @property
+    def pruned(self) -> int:
+        """Number of pruned weights, i.e. the layer's regrowth capacity."""
+        return self.total - self.kept
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of this layer's weights that are pruned, in [0, 1]."""
+        return self.pruned / self.total if self.total else 0.0
+
+
+def prunable_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Every Conv2d and Linear of ``model`` by qualified name, in module order."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)}
+
+
+def has_reparam(module: nn.Module) -> bool:
+    """True when ``module.weight`` is the product ``weight_orig * weight_mask``."""
+    return hasattr(module, "weight_orig") and hasattr(module, "weight_mask")
+
+
+def add_reparam(model: nn.Module, names: list[str] | None = None) -> None:
+    """Give each prunable module (or only ``names``) an all-ones mask; modules that have one are skipped."""
+    for name, module in prunable_modules(model).items():
+        if (names is None or name in names) and not has_reparam(module):
+            prune.identity(module, "weight")
+
+
+def effective_weight(module: nn.Module) -> torch.Tensor:
+    """The weight the forward pass uses (``weight_orig * weight_mask`` when masked); same shape as the weight."""
+    if has_reparam(module):
+        return module.weight_orig * module.weight_mask
+    return module.weight
+
+
+def keep_mask(module: nn.Module) -> torch.Tensor:
+    """Bool tensor shaped like the weight: True where the weight is kept."""
+    if has_reparam(module):
+        return module.weight_mask.bool()
+    return module.weight != 0
+
+
+def get_masks(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Bool keep-masks of every prunable module by name."""
+    return {name: keep_mask(m) for name, m in prunable_modules(model).items()}
+
+
+def layer_counts(model: nn.Module) -> list[LayerCount]:
+    """Per-layer total/kept prunable-weight counts (one device sync per layer)."""
+    counts = []
+    for name, module in prunable_modules(model).items():
+        mask = keep_mask(module)
+        counts.append(LayerCount(name, tuple(mask.shape), mask.numel(), int(mask.sum())))
+    return counts
+
+
+def sparsity(model: nn.Module) -> float:
+    """Overall unstructured sparsity ``#pruned / N_tot`` of the prunable weights, in [0, 1]."""
+    counts = layer_counts(model)
+    total = sum(c.total for c in counts)
+    return sum(c.pruned for c in counts) / total if total else 0.0

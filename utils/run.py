@@ -1,0 +1,95 @@
+"""Run set-up: seeds, the device (resolved once), run folders and logging."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import sys
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from utils.errors import UsageError
+
+LOG = logging.getLogger("bridge")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices) with ``seed``."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def role_seed(seed: int, role: str) -> int:
+    """A seed derived from the run seed for one role ('val_split', 'data_order', 'policy', ...).
+
+    Separate roles get independent streams, so e.g. changing the number of augmentation draws never
+    shifts the validation split.
+    """
+    return (seed * 1_000_003 + zlib.crc32(role.encode())) % 2**63
+
+
+def make_generator(seed: int, role: str, device: torch.device | str = "cpu") -> torch.Generator:
+    """A ``torch.Generator`` on ``device`` seeded from ``role_seed(seed, role)``."""
+    gen = torch.Generator(device=device)
+    gen.manual_seed(role_seed(seed, role))
+    return gen
+
+
+def resolve_device(name: str) -> torch.device:
+    """Turn ``auto|cpu|cuda|cuda:N`` into a device once at start; CUDA without a GPU is a usage error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise UsageError(f"unknown device '{name}'; use auto, cpu, cuda or cuda:N") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name} was asked for but CUDA is not available here; use --device cpu or auto")
+    if device.type not in ("cpu", "cuda"):
+        raise UsageError(f"unsupported device '{name}'; use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def setup_logging(run_dir: Path | None = None, name: str = "log.txt") -> logging.Logger:
+    """Log INFO lines to stderr and, when ``run_dir`` is given, append them to ``run_dir/name``."""
+    LOG.setLevel(logging.INFO)
+    LOG.propagate = False
+    for handler in list(LOG.handlers):
+        LOG.removeHandler(handler)
+        handler.close()
+    fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(fmt)
+    LOG.addHandler(console)
+    if run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        file_handler = logging.FileHandler(run_dir / name)
+        file_handler.setFormatter(fmt)
+        LOG.addHandler(file_handler)
+    return LOG
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` as indented JSON atomically (temp file + rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def git_revision() -> str | None:
+    """The short git commit of the code, or None outside a checkout (read from .git, no subprocess)."""
+    head = Path(__file__).resolve().parent.parent / ".git" / "HEAD"
+    try:
+        ref = head.read_text().strip()
+        if ref.startswith("ref: "):
+            ref = (head.parent / ref[5:]).read_text().strip()
+        return ref[:12]
+    except OSError:
+        return None

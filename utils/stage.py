@@ -1,0 +1,70 @@
+"""What every stage script does first: resolve device, model and data set, seed, and load the data.
+
+Everything that can fail on user input (unknown names, missing data, a model that cannot take the data
+set's images, no CUDA) fails here, before any file is written.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from data import DataBundle, canonical_dataset, get_data
+from models import create_model, model_spec
+from utils.errors import UsageError
+from utils.run import resolve_device, seed_everything
+from utils.train import use_channels_last
+
+DEFAULT_DATASET = {32: "cifar10", 64: "tiny_imagenet"}  # by the model's input resolution
+
+
+@dataclass
+class Stage:
+    """The resolved set-up of one stage run."""
+
+    args: argparse.Namespace
+    device: torch.device
+    model_name: str  # canonical registry name
+    dataset: str  # canonical data set name
+    data: DataBundle
+
+    @property
+    def amp(self) -> bool:
+        """Whether to use bf16 autocast (CUDA only, unless --no_amp)."""
+        return not getattr(self.args, "no_amp", False)
+
+    @property
+    def channels_last(self) -> bool:
+        """Whether to use the channels_last memory layout (unless --no_channels_last)."""
+        return not getattr(self.args, "no_channels_last", False)
+
+    def build_model(self) -> nn.Module:
+        """A freshly initialised model for this data set, on the device, in the chosen memory layout."""
+        model = create_model(self.model_name, self.data.info.num_classes).to(self.device)
+        return use_channels_last(model, self.channels_last)
+
+
+def resolve_names(model_name: str | None, dataset: str | None) -> tuple[str, str]:
+    """Canonical (model, data set) names; the data set defaults to the one the model was built for."""
+    if not model_name:
+        raise UsageError("no model given: pass --m_name")
+    spec = model_spec(model_name)
+    return spec.name, canonical_dataset(dataset or DEFAULT_DATASET[spec.input_size])
+
+
+def prepare(args: argparse.Namespace, model_name: str | None = None, dataset: str | None = None) -> Stage:
+    """Resolve ``args`` (or the given names) into a ``Stage`` with data loaded on the device."""
+    device = resolve_device(args.device)
+    name, dataset = resolve_names(model_name or args.m_name, dataset or args.dataset)
+    seed_everything(args.seed)
+    data = get_data(dataset, args.data_dir, device=device, seed=args.seed, val_split=args.val_split,
+                    batch_size=args.batch_size, eval_batch_size=args.eval_batch_size,
+                    train_subset=args.train_subset, download=not args.no_download,
+                    channels_last=not getattr(args, "no_channels_last", False))
+    expected = model_spec(name).input_size
+    if data.info.image_size != expected:
+        raise UsageError(f"model '{name}' takes {expected}x{expected} images but '{dataset}' has "
+                         f"{data.info.image_size}x{data.info.image_size}; pick a model built for this data set")
+    return Stage(args, device, name, dataset, data)

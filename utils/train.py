@@ -1,0 +1,161 @@
+"""The one training loop and the one evaluation function every stage uses.
+
+channels_last on every device; bf16 autocast and cudnn.benchmark on CUDA. Losses and correct counts
+are summed as device tensors and read once per epoch (no per-batch host sync). The best state by
+validation accuracy is kept on the device; test accuracy is never looked at here.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from data.loader import DeviceLoader
+from utils.run import LOG
+
+
+@dataclass
+class EpochStats:
+    """One row of a training log. Accuracies in percent [0, 100], losses are mean cross-entropy."""
+
+    epoch: int
+    lr: float
+    train_loss: float
+    train_acc: float
+    val_loss: float
+    val_acc: float
+    seconds: float
+
+
+@dataclass
+class FitState:
+    """Progress of a ``fit`` call; enough to resume it."""
+
+    epoch: int = 0  # epochs finished
+    best_val_acc: float = -1.0
+    best_epoch: int = 0
+    epochs_since_best: int = 0
+    stopped_early: bool = False
+    best_state: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    def summary(self) -> dict:
+        """The scalar fields (no tensors), for logs and checkpoints."""
+        return {k: v for k, v in asdict(self).items() if k != "best_state"}
+
+
+def use_channels_last(model: nn.Module, enabled: bool = True) -> nn.Module:
+    """Put conv weights in channels_last (NHWC) layout, which both CPU and GPU convolutions prefer."""
+    return model.to(memory_format=torch.channels_last) if enabled else model
+
+
+def autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA when ``amp``; a no-op elsewhere (bf16 on CPU is slower, not faster)."""
+    if amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _progress(items: Iterable, enabled: bool, desc: str) -> Iterable:
+    return tqdm(items, desc=desc, leave=False, disable=not (enabled and sys.stderr.isatty()))
+
+
+def train_epoch(model: nn.Module, loader: DeviceLoader, optimizer: torch.optim.Optimizer, *,
+                amp: bool = True, progress: bool = True, desc: str = "train") -> tuple[float, float]:
+    """One pass over ``loader`` with cross-entropy; returns (mean loss, accuracy %) on the augmented data."""
+    model.train()
+    loss_sum = torch.zeros((), device=loader.device)
+    correct = torch.zeros((), device=loader.device, dtype=torch.long)
+    for images, labels in _progress(loader, progress, desc):
+        with autocast(loader.device, amp):
+            logits = model(images)
+            loss = F.cross_entropy(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach().float() * labels.numel()
+        correct += (logits.argmax(1) == labels).sum()
+    n = loader.num_samples
+    return loss_sum.item() / n, 100.0 * correct.item() / n
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DeviceLoader, *, amp: bool = True) -> tuple[float, float]:
+    """Mean cross-entropy and top-1 accuracy (%) of ``model`` in eval mode over all of ``loader``."""
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), device=loader.device)
+    correct = torch.zeros((), device=loader.device, dtype=torch.long)
+    for images, labels in loader:
+        with autocast(loader.device, amp):
+            logits = model(images)
+        loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum")
+        correct += (logits.argmax(1) == labels).sum()
+    model.train(was_training)
+    n = loader.num_samples
+    return loss_sum.item() / n, 100.0 * correct.item() / n
+
+
+def append_csv(path: Path, row: dict) -> None:
+    """Append ``row`` to a CSV file, writing the header when the file is new."""
+    new = not path.exists()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def fit(model: nn.Module, train: DeviceLoader, val: DeviceLoader, optimizer: torch.optim.Optimizer, *,
+        epochs: int, scheduler: torch.optim.lr_scheduler.LRScheduler | None = None, patience: int = 0,
+        amp: bool = True, progress: bool = True, csv_path: Path | None = None, state: FitState | None = None,
+        forward_model: nn.Module | None = None,
+        on_epoch_end: Callable[[FitState, EpochStats, bool], None] | None = None) -> FitState:
+    """Train for up to ``epochs`` epochs (continuing from ``state``), keeping the best state by val accuracy.
+
+    ``patience`` > 0 stops after that many epochs without a strict val improvement. ``scheduler`` steps
+    once per epoch. ``forward_model`` (e.g. a torch.compile wrapper of ``model``) runs the passes.
+    ``on_epoch_end(state, stats, improved)`` runs after each epoch (checkpointing). The best state is
+    left in ``state.best_state``; the model keeps the last epoch's weights.
+    """
+    state = state or FitState()
+    net = forward_model or model
+    if train.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    while state.epoch < epochs and not state.stopped_early:
+        start = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]
+        train_loss, train_acc = train_epoch(net, train, optimizer, amp=amp, progress=progress,
+                                            desc=f"epoch {state.epoch + 1}/{epochs}")
+        if scheduler is not None:
+            scheduler.step()
+        val_loss, val_acc = evaluate(net, val, amp=amp)
+        state.epoch += 1
+        stats = EpochStats(state.epoch, lr, train_loss, train_acc, val_loss, val_acc, time.perf_counter() - start)
+        improved = val_acc > state.best_val_acc
+        if improved:
+            state.best_val_acc, state.best_epoch, state.epochs_since_best = val_acc, state.epoch, 0
+            state.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            state.epochs_since_best += 1
+        state.stopped_early = patience > 0 and state.epochs_since_best >= patience
+        LOG.info("epoch %d/%d  lr %.4g  train loss %.4f acc %.2f%%  val loss %.4f acc %.2f%%%s  (%.1fs)",
+                 state.epoch, epochs, lr, train_loss, train_acc, val_loss, val_acc, "  *" if improved else "",
+                 stats.seconds)
+        if csv_path is not None:
+            append_csv(csv_path, asdict(stats))
+        if on_epoch_end is not None:
+            on_epoch_end(state, stats, improved)
+    if state.stopped_early:
+        LOG.info("early stop: no val improvement for %d epochs (best %.2f%% at epoch %d)",
+                 patience, state.best_val_acc, state.best_epoch)
+    return state

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Sequence
+from collections.abc import Sequence
 
 from utils.checkpoint import load_weights, read_checkpoint
 from utils.cli import add_common_args, cli_main, new_parser

@@ -13,14 +13,21 @@ Writes to {save_dir}/{m_name}/checkpoint/:
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
 from utils.checkpoint import load_weights, read_checkpoint, save_checkpoint
-from utils.cli import add_common_args, add_speed_args, cli_main, new_parser, non_negative_float, positive_float, \
-    positive_int
+from utils.cli import (
+    add_common_args,
+    add_speed_args,
+    cli_main,
+    new_parser,
+    non_negative_float,
+    positive_float,
+    positive_int,
+)
 from utils.errors import UsageError
 from utils.run import LOG, setup_logging, write_json
 from utils.stage import Stage, prepare

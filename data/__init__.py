@@ -6,9 +6,9 @@ accuracy is only reported.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -94,7 +94,7 @@ def load_raw(name: str, data_dir: str | Path, download: bool = True) -> RawDatas
 
 
 def split_train_val(train: ImageSet, val_split: float, seed: int) -> tuple[ImageSet, ImageSet]:
-    """Hold out ``round(val_split * N)`` training images (at least 1) as val, chosen by the seeded 'val_split' stream."""
+    """Hold out ``round(val_split * N)`` (at least 1) training images as val, drawn by the 'val_split' stream."""
     n = len(train.labels)
     n_val = max(1, round(val_split * n))
     if n_val >= n:
@@ -105,11 +105,12 @@ def split_train_val(train: ImageSet, val_split: float, seed: int) -> tuple[Image
 
 def get_data(name: str, data_dir: str | Path, *, device: torch.device, seed: int = 42, val_split: float = 0.1,
              batch_size: int = 128, eval_batch_size: int = 500, train_subset: int | None = None,
-             download: bool = True, channels_last: bool = True) -> DataBundle:
+             download: bool = True, channels_last: bool = True, augment: bool = True) -> DataBundle:
     """Load ``name`` and wrap its splits in device-resident loaders.
 
     ``train_subset`` keeps only the first N images of the training split (after the val split is carved,
-    so val stays the same). Shuffling and augmentation draw from the 'data_order' stream of ``seed``.
+    so val stays the same). Shuffling and augmentation (off with ``augment=False``) draw from the
+    'data_order' stream of ``seed``.
     """
     raw = load_raw(name, data_dir, download)
     train, val = split_train_val(raw.train, val_split, seed)
@@ -119,7 +120,8 @@ def get_data(name: str, data_dir: str | Path, *, device: torch.device, seed: int
     common = dict(mean=info.mean, std=info.std, device=device, channels_last=channels_last)
     return DataBundle(
         info=info,
-        train=DeviceLoader(train.images, train.labels, batch_size=batch_size, augment=info.augment,
+        train=DeviceLoader(train.images, train.labels, batch_size=batch_size, shuffle=True,
+                           augment=info.augment if augment else None,
                            generator=make_generator(seed, "data_order", device), **common),
         val=DeviceLoader(val.images, val.labels, batch_size=eval_batch_size, **common),
         test=DeviceLoader(raw.test.images, raw.test.labels, batch_size=eval_batch_size, **common),

@@ -7,8 +7,8 @@ transforms. All randomness comes from the loader's own seeded ``torch.Generator`
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -74,18 +74,20 @@ def color_jitter(x: torch.Tensor, strengths: tuple[float, float, float, float], 
 class DeviceLoader:
     """Batches of (images [B, 3, H, W] float32 normalised, labels [B] int64) from tensors on ``device``.
 
-    ``augment=None`` gives the evaluation pipeline (no shuffle, no augmentation).
+    ``shuffle=False, augment=None`` is the evaluation pipeline: fixed order, test transforms only.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int,
                  mean: tuple[float, ...], std: tuple[float, ...], device: torch.device,
-                 augment: Augment | None = None, generator: torch.Generator | None = None,
+                 shuffle: bool = False, augment: Augment | None = None,
+                 generator: torch.Generator | None = None,
                  channels_last: bool = True) -> None:
         self.images = images.to(device)  # uint8 [N, 3, H, W]
         self.labels = labels.to(device)  # int64 [N]
         self.batch_size = batch_size
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, device=device).view(1, -1, 1, 1)
+        self.shuffle = shuffle
         self.augment = augment
         self.generator = generator if generator is not None else torch.Generator(device=device)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -101,7 +103,7 @@ class DeviceLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.labels)
-        order = (torch.randperm(n, generator=self.generator, device=self.device) if self.augment
+        order = (torch.randperm(n, generator=self.generator, device=self.device) if self.shuffle
                  else torch.arange(n, device=self.device))
         for start in range(0, n, self.batch_size):
             idx = order[start:start + self.batch_size]

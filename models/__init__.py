@@ -6,8 +6,8 @@ lets scripts refuse a model/dataset pair that cannot work (e.g. ``resnet20`` on 
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch.nn as nn
 

@@ -103,16 +103,23 @@ def _torch_load(path: Path, trust_pickle: bool) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        if "Unsupported global" not in str(exc):
+            raise _damaged(path, exc) from exc
         if not trust_pickle:
             raise UsageError(f"{path} holds pickled Python objects (e.g. a whole nn.Module); loading it runs code "
                              "from the file: pass --trust_pickle if you trust it") from exc
     except Exception as exc:  # truncated zip, not a torch file, ...
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UsageError(f"cannot read checkpoint {path}: damaged or not a torch checkpoint ({first})") from exc
+        raise _damaged(path, exc) from exc
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:
-        raise UsageError(f"cannot unpickle checkpoint {path}: {type(exc).__name__}: {exc}") from exc
+        raise _damaged(path, exc) from exc
+
+
+def _damaged(path: Path, exc: Exception) -> UsageError:
+    lines = [line for line in str(exc).splitlines() if line.strip() and not line.startswith("Check the doc")]
+    reason = lines[-1].strip() if lines else type(exc).__name__
+    return UsageError(f"cannot read checkpoint {path}: damaged or not a torch checkpoint ({reason[:120]})")
 
 
 def _is_state_dict(obj: Any) -> bool:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from utils.errors import UsageError
 
@@ -108,6 +108,7 @@ def add_common_args(parser: argparse.ArgumentParser, *, m_name_default: str | No
     group.add_argument("--train_subset", type=positive_int, default=None,
                        help="use only the first N training images (quick runs)")
     group.add_argument("--no_download", action="store_true", help="never try to download a missing data set")
+    group.add_argument("--no_augment", action="store_true", help="train without crop/flip/jitter augmentation")
     group.add_argument("--no_progress", action="store_true", help="no progress bars")
 
 

@@ -62,6 +62,7 @@ def prepare(args: argparse.Namespace, model_name: str | None = None, dataset: st
     data = get_data(dataset, args.data_dir, device=device, seed=args.seed, val_split=args.val_split,
                     batch_size=args.batch_size, eval_batch_size=args.eval_batch_size,
                     train_subset=args.train_subset, download=not args.no_download,
+                    augment=not getattr(args, "no_augment", False),
                     channels_last=not getattr(args, "no_channels_last", False))
     expected = model_spec(name).input_size
     if data.info.image_size != expected:

@@ -10,9 +10,9 @@ import contextlib
 import csv
 import sys
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
 import torch
 import torch.nn as nn

@@ -1,0 +1,58 @@
+"""Shared fixtures: small CIFAR-style files written by the tests, and helpers to run stage scripts."""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+def write_cifar(root: Path, per_batch: int = 20, bytes_keys: bool = False, seed: int = 0) -> Path:
+    """Write a miniature ``cifar-10-batches-py`` under ``root`` (Python-2 style bytes keys if asked)."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for name in names:
+        entry = {"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+                 "labels": rng.integers(0, 10, per_batch).tolist(), "batch_label": name}
+        if bytes_keys:
+            entry = {k.encode(): v for k, v in entry.items()}
+        with open(folder / name, "wb") as f:
+            pickle.dump(entry, f, protocol=2)
+    return root
+
+
+@pytest.fixture
+def cifar_dir(tmp_path: Path) -> Path:
+    """A data dir holding a miniature CIFAR-10 (100 train, 20 test images)."""
+    return write_cifar(tmp_path / "data")
+
+
+def run_main(main, argv: list[str], capsys) -> tuple[int, str, str]:
+    """Call a script's ``main(argv)`` in-process; return (exit code, stdout, stderr)."""
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def tree(path: Path) -> list[str]:
+    """All files under ``path`` (relative), sorted; empty when it does not exist."""
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file()) if path.exists() else []
+
+
+@pytest.fixture(scope="session")
+def real_cifar_dir(tmp_path_factory) -> Path:
+    """The real CIFAR-10 (JPEG copy) built from ../shared/datasets once per session; skipped when absent."""
+    import subprocess
+    import sys
+
+    script = SHARED / "datasets" / "make_cifar10.py"
+    if not script.is_file():
+        pytest.skip(f"real-data test needs {script} (../shared beside the checkout); not present here")
+    root = tmp_path_factory.mktemp("cifar10")
+    subprocess.run([sys.executable, str(script), str(root)], check=True, capture_output=True)
+    return root

@@ -1,0 +1,135 @@
+"""Checkpoint round trips and every original-repo format the reader accepts."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.utils.prune as prune
+
+from models import create_model
+from utils.checkpoint import load_weights, read_checkpoint, save_checkpoint
+from utils.errors import UsageError
+from utils.masks import add_reparam, get_masks, sparsity
+
+X = torch.randn(4, 3, 32, 32)
+
+
+def _outputs(model):
+    with torch.no_grad():
+        return model.eval()(X)
+
+
+def _pruned_resnet20(amount=0.5):
+    torch.manual_seed(0)
+    model = create_model("resnet20")
+    add_reparam(model)
+    for module in (model.conv1, model.layer1[0].conv1, model.linear):
+        prune.l1_unstructured(module, "weight", amount)
+    return model
+
+
+def test_round_trip_dense(tmp_path):
+    model = create_model("resnet20")
+    path = tmp_path / "a" / "ckpt.pth"
+    save_checkpoint(path, model, model_name="resnet20", dataset="cifar10", num_classes=10,
+                    meta={"stage": "pretrain", "val_acc": 12.5, "args": {"path": tmp_path, "x": (1, 2)}})
+    ckpt = read_checkpoint(path)
+    assert ckpt.source == "bridge-ckpt" and ckpt.model == "resnet20" and ckpt.meta["val_acc"] == 12.5
+    assert ckpt.meta["args"] == {"path": str(tmp_path), "x": [1, 2]} and ckpt.meta["torch"]
+    fresh = create_model("resnet20")
+    load_weights(fresh, ckpt, "resnet20")
+    assert torch.equal(_outputs(fresh), _outputs(model))
+    assert [p.name for p in path.parent.iterdir()] == ["ckpt.pth"]  # no temp file left
+
+
+def test_round_trip_masks_stored_as_bool(tmp_path):
+    model = _pruned_resnet20()
+    path = tmp_path / "sparse.pth"
+    save_checkpoint(path, model, model_name="resnet20", dataset="cifar10", num_classes=10, meta={})
+    ckpt = read_checkpoint(path)
+    assert ckpt.has_masks and ckpt.state_dict["conv1.weight_mask"].dtype == torch.bool
+    fresh = create_model("resnet20")
+    load_weights(fresh, ckpt, "resnet20")
+    assert sparsity(fresh) == pytest.approx(sparsity(model)) and sparsity(model) > 0
+    assert all(torch.equal(a, b) for a, b in zip(get_masks(fresh).values(), get_masks(model).values(), strict=True))
+    assert torch.allclose(_outputs(fresh), _outputs(model))
+
+
+def test_dense_weights_load_into_masked_model():
+    dense = create_model("resnet20")
+    target = create_model("resnet20")
+    add_reparam(target)
+    ckpt = read_checkpoint_from_obj(dense.state_dict())
+    load_weights(target, ckpt, "resnet20")
+    assert sparsity(target) == 0 and torch.allclose(_outputs(target), _outputs(dense))
+
+
+def read_checkpoint_from_obj(obj, tmp=None):
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "x.pth"
+        torch.save(obj, path)
+        return read_checkpoint(path)
+
+
+@pytest.mark.parametrize("fmt", ["net-acc-epoch", "model_state_dict", "raw-plain", "raw-reparam-float-masks",
+                                 "dataparallel-prefix"])
+def test_original_formats(tmp_path, fmt):
+    model = _pruned_resnet20() if fmt == "raw-reparam-float-masks" else create_model("resnet20")
+    state = model.state_dict()  # torch's own reparam state dict keeps float masks, as the original saved
+    obj = {"net-acc-epoch": {"net": state, "acc": 91.5, "epoch": 17},
+           "model_state_dict": {"model_state_dict": state, "epoch": 3, "reward": 0.01, "accuracy": 90.0},
+           "raw-plain": state, "raw-reparam-float-masks": state,
+           "dataparallel-prefix": {f"module.{k}": v for k, v in state.items()}}[fmt]
+    torch.save(obj, tmp_path / "old.pth")
+    ckpt = read_checkpoint(tmp_path / "old.pth")
+    fresh = create_model("resnet20")
+    load_weights(fresh, ckpt, "resnet20")
+    assert torch.allclose(_outputs(fresh), _outputs(model))
+    assert sparsity(fresh) == pytest.approx(sparsity(model))
+    if fmt == "net-acc-epoch":
+        assert ckpt.source == "original-pretrain" and ckpt.meta == {"val_acc": 91.5, "epoch": 17}
+
+
+def test_pickled_module_needs_trust(tmp_path):
+    model = _pruned_resnet20()
+    torch.save(model, tmp_path / "module.pth")
+    with pytest.raises(UsageError, match="--trust_pickle"):
+        read_checkpoint(tmp_path / "module.pth")
+    ckpt = read_checkpoint(tmp_path / "module.pth", trust_pickle=True)
+    fresh = create_model("resnet20")
+    load_weights(fresh, ckpt, "resnet20")
+    assert ckpt.source == "pickled-module" and torch.allclose(_outputs(fresh), _outputs(model))
+
+
+def test_wrong_model_is_usage_error(tmp_path):
+    vgg = create_model("vgg16")
+    save_checkpoint(tmp_path / "vgg.pth", vgg, model_name="vgg16", dataset="cifar10", num_classes=10, meta={})
+    with pytest.raises(UsageError, match="holds a 'vgg16' model.*--m_name vgg16"):
+        load_weights(create_model("resnet20"), read_checkpoint(tmp_path / "vgg.pth"), "resnet20")
+    torch.save(create_model("alexnet").state_dict(), tmp_path / "raw.pth")
+    with pytest.raises(UsageError, match="does not fit model 'resnet20'"):
+        load_weights(create_model("resnet20"), read_checkpoint(tmp_path / "raw.pth"), "resnet20")
+
+
+@pytest.mark.parametrize("content,match", [(b"not a checkpoint", "damaged or not a torch checkpoint"),
+                                           (None, "does not exist")])
+def test_unreadable_files(tmp_path, content, match):
+    path = tmp_path / "bad.pth"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(UsageError, match=match):
+        read_checkpoint(path)
+
+
+def test_truncated_and_unknown_layout(tmp_path):
+    save_checkpoint(tmp_path / "ok.pth", create_model("resnet20"), model_name="resnet20", dataset="cifar10",
+                    num_classes=10, meta={})
+    data = (tmp_path / "ok.pth").read_bytes()
+    (tmp_path / "cut.pth").write_bytes(data[: len(data) // 2])
+    with pytest.raises(UsageError, match="damaged"):
+        read_checkpoint(tmp_path / "cut.pth")
+    torch.save({"weights": [1, 2, 3]}, tmp_path / "odd.pth")
+    with pytest.raises(UsageError, match="unrecognised checkpoint layout.*weights"):
+        read_checkpoint(tmp_path / "odd.pth")

@@ -1,0 +1,143 @@
+"""pretrain.py and evaluate.py end to end on synthetic data, resume, and one-line errors on bad input."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import evaluate
+import pretrain
+from models import create_model
+from tests.conftest import run_main, tree, write_cifar
+from utils.checkpoint import read_checkpoint, save_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICK = ["--dataset", "synthetic", "--train_subset", "256", "--batch_size", "64", "--device", "cpu",
+         "--no_progress"]
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory) -> Path:
+    """A 2-epoch resnet20 pretrain run on synthetic data; returns its save_dir."""
+    save = tmp_path_factory.mktemp("runs")
+    assert pretrain.main(QUICK + ["--epochs", "2", "--save_dir", str(save)]) == 0
+    return save
+
+
+def test_pretrain_writes_outputs(pretrained):
+    out = pretrained / "resnet20" / "checkpoint"
+    assert {"ckpt.pth", "last.pth", "pretrain_log.csv", "summary.json", "log.txt"} <= set(tree(out))
+    summary = json.loads((out / "summary.json").read_text())
+    ckpt = read_checkpoint(out / "ckpt.pth")
+    assert ckpt.model == "resnet20" and ckpt.dataset == "synthetic" and ckpt.meta["stage"] == "pretrain"
+    assert ckpt.meta["val_acc"] == summary["best_val_acc"] and ckpt.meta["test_acc"] == summary["test_acc"]
+    assert len((out / "pretrain_log.csv").read_text().splitlines()) == 3
+
+
+def test_evaluate_json_matches_training(pretrained, capsys):
+    ckpt = pretrained / "resnet20" / "checkpoint" / "ckpt.pth"
+    code, out, _ = run_main(evaluate.main, ["--ckpt", str(ckpt), "--json", "--device", "cpu", "--per_layer"], capsys)
+    assert code == 0
+    report = json.loads(out)  # stdout is exactly one JSON object
+    meta = read_checkpoint(ckpt).meta
+    assert report["model"] == "resnet20" and report["dataset"] == "synthetic"
+    assert report["sparsity"] == 0.0 and report["params_total"] == report["params_nonzero"] == 270_896
+    assert report["val_acc"] == pytest.approx(meta["val_acc"]) and report["test_acc"] == pytest.approx(meta["test_acc"])
+    assert len(report["layers"]) == 22
+
+
+def test_evaluate_text_on_original_format(tmp_path, capsys):
+    model = create_model("resnet20")
+    torch.save({"net": model.state_dict(), "acc": 50.0, "epoch": 1}, tmp_path / "old.pth")
+    code, out, _ = run_main(evaluate.main, ["--m_name", "resnet20", "--dataset", "synthetic", "--ckpt",
+                                            str(tmp_path / "old.pth"), "--device", "cpu"], capsys)
+    assert code == 0 and "original-pretrain" in out and "test acc" in out
+
+
+def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
+    args = QUICK + ["--epochs", "3", "--lr", "0.05"]
+    assert pretrain.main(args + ["--save_dir", str(tmp_path / "a")]) == 0
+
+    real_save = pretrain.save_checkpoint
+
+    def killed_after_epoch_1(path, model, **kw):
+        real_save(path, model, **kw)
+        if path.name == "last.pth" and kw["meta"]["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(pretrain, "save_checkpoint", killed_after_epoch_1)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain.main(args + ["--save_dir", str(tmp_path / "b")])
+    monkeypatch.setattr(pretrain, "save_checkpoint", real_save)
+    assert pretrain.main(args + ["--save_dir", str(tmp_path / "b"), "--resume"]) == 0
+
+    logs = [(tmp_path / d / "resnet20/checkpoint/pretrain_log.csv").read_text().splitlines() for d in "ab"]
+    strip = [[row.rsplit(",", 1)[0] for row in log] for log in logs]  # drop the seconds column
+    assert strip[0] == strip[1]
+    a, b = (read_checkpoint(tmp_path / d / "resnet20/checkpoint/last.pth").state_dict for d in "ab")
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
+
+
+def test_existing_checkpoint_is_not_overwritten(pretrained, capsys):
+    ckpt = pretrained / "resnet20" / "checkpoint" / "ckpt.pth"
+    before = ckpt.read_bytes()
+    code, _, err = run_main(pretrain.main, QUICK + ["--epochs", "1", "--save_dir", str(pretrained)], capsys)
+    assert code == 2 and err.startswith("error:") and "--overwrite" in err
+    assert ckpt.read_bytes() == before
+
+
+def _bad_cifar(tmp_path: Path) -> Path:
+    root = write_cifar(tmp_path / "cut")
+    batch = root / "cifar-10-batches-py" / "data_batch_2"
+    batch.write_bytes(batch.read_bytes()[:300])
+    return root
+
+
+def _vgg_ckpt(tmp_path: Path) -> Path:
+    path = tmp_path / "vgg.pth"
+    save_checkpoint(path, create_model("vgg16"), model_name="vgg16", dataset="cifar10", num_classes=10, meta={})
+    return path
+
+
+BAD_INPUTS = {
+    "unknown-model": (pretrain, lambda t: ["--m_name", "resnet21", "--dataset", "synthetic"], "unknown model"),
+    "unknown-dataset": (pretrain, lambda t: ["--dataset", "mnist"], "unknown dataset"),
+    "data-missing-offline": (pretrain, lambda t: ["--dataset", "cifar10", "--data_dir", str(t / "nodata"),
+                                                  "--no_download"], "CIFAR-10 not found"),
+    "truncated-batch": (pretrain, lambda t: ["--dataset", "cifar10", "--data_dir", str(_bad_cifar(t))], "damaged"),
+    "missing-checkpoint": (evaluate, lambda t: ["--ckpt", str(t / "nope.pth"), "--m_name", "resnet20"],
+                           "does not exist"),
+    "checkpoint-of-other-model": (evaluate, lambda t: ["--ckpt", str(_vgg_ckpt(t)), "--m_name", "resnet20",
+                                                       "--dataset", "synthetic"], "holds a 'vgg16' model"),
+    "val-split-1.5": (pretrain, lambda t: ["--dataset", "synthetic", "--val_split", "1.5"], "val_split"),
+    "epochs-0": (pretrain, lambda t: ["--dataset", "synthetic", "--epochs", "0"], "--epochs"),
+    "model-cannot-take-data": (pretrain, lambda t: ["--m_name", "vgg16TinyImageNet", "--dataset", "synthetic"],
+                               "takes 64x64 images"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_one_error_line_exit_2_no_files(tmp_path, capsys, case):
+    script, make_args, needle = BAD_INPUTS[case]
+    save = tmp_path / "runs"
+    code, out, err = run_main(script.main, make_args(tmp_path) + ["--save_dir", str(save), "--device", "cpu"],
+                              capsys)
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], err
+    assert "Traceback" not in err and out == ""
+    assert tree(save) == []
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_device_cuda_without_cuda_is_one_error_line(tmp_path):
+    """Run as a real process: exit status 2, one error line, no traceback, nothing written."""
+    proc = subprocess.run([sys.executable, "pretrain.py", "--device", "cuda", "--dataset", "synthetic",
+                           "--save_dir", str(tmp_path / "runs")], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and proc.stderr.startswith("error:")
+    assert "CUDA is not available" in proc.stderr and tree(tmp_path / "runs") == []

@@ -1,8 +1,13 @@
-"""Device-resident data loading: a split lives as one uint8 tensor on the training device.
+"""Device-resident data loading: a split lives as one tensor on the training device.
 
 Shuffling, random crop with zero padding, horizontal flip, optional colour jitter and normalisation run
 batched on that device, so an epoch costs a few tensor ops per batch instead of per-sample Python
 transforms. All randomness comes from the loader's own seeded ``torch.Generator``.
+
+Storage trick: each RGB pixel is packed with a zero fourth byte into one int32, in a zero-padded
+[N, H + 2p, W + 2p] grid. Picking the batch's images, cropping and mirroring them is then a single
+gather of H*W int32 values per image (4x faster on a CPU than indexing three separate bytes), and the
+unpacked bytes come out channels-last, which is the layout the convolutions want.
 """
 from __future__ import annotations
 
@@ -11,7 +16,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 
 @dataclass(frozen=True)
@@ -26,22 +30,17 @@ class Augment:
     jitter: tuple[float, float, float, float] | None = None
 
 
-def random_crop(x: torch.Tensor, padding: int, gen: torch.Generator) -> torch.Tensor:
-    """Per-image random crop of a zero-padded batch. x: [B, C, H, W] (any dtype) -> same shape and dtype."""
-    batch, channels, height, width = x.shape
-    padded = F.pad(x, (padding,) * 4)
-    offsets = torch.randint(0, 2 * padding + 1, (2, batch), generator=gen, device=x.device)
-    rows = offsets[0, :, None] + torch.arange(height, device=x.device)  # [B, H]
-    cols = offsets[1, :, None] + torch.arange(width, device=x.device)  # [B, W]
-    b = torch.arange(batch, device=x.device)[:, None, None, None]
-    c = torch.arange(channels, device=x.device)[None, :, None, None]
-    return padded[b, c, rows[:, None, :, None], cols[:, None, None, :]]
+def pack_pixels(images: torch.Tensor, padding: int) -> torch.Tensor:
+    """uint8 [N, 3, H, W] -> int32 [N, H + 2p, W + 2p], one RGB0 pixel per element, zeros in the border."""
+    n, _, height, width = images.shape
+    rgba = torch.zeros(n, height + 2 * padding, width + 2 * padding, 4, dtype=torch.uint8, device=images.device)
+    rgba[:, padding:padding + height, padding:padding + width, :3] = images.permute(0, 2, 3, 1)
+    return rgba.view(torch.int32).squeeze(-1)
 
 
-def random_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Mirror each image left-right with probability 0.5. x: [B, C, H, W] -> same."""
-    flip = torch.rand(x.shape[0], generator=gen, device=x.device) < 0.5
-    return torch.where(flip[:, None, None, None], x.flip(3), x)
+def unpack_pixels(packed: torch.Tensor) -> torch.Tensor:
+    """int32 [B, H, W] from ``pack_pixels`` -> uint8 [B, H, W, 3] (channels last)."""
+    return packed.contiguous().view(torch.uint8).view(*packed.shape, 4)[..., :3]
 
 
 _RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
@@ -80,18 +79,23 @@ class DeviceLoader:
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int,
                  mean: tuple[float, ...], std: tuple[float, ...], device: torch.device,
                  shuffle: bool = False, augment: Augment | None = None,
-                 generator: torch.Generator | None = None,
-                 channels_last: bool = True) -> None:
-        self.images = images.to(device)  # uint8 [N, 3, H, W]
+                 generator: torch.Generator | None = None, channels_last: bool = True) -> None:
+        self.padding = augment.padding if augment is not None else 0
+        self.height, self.width = images.shape[2:]
+        self.pixels = pack_pixels(images.to(device), self.padding)  # int32 [N, H + 2p, W + 2p]
         self.labels = labels.to(device)  # int64 [N]
         self.batch_size = batch_size
-        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
-        self.std = torch.tensor(std, device=device).view(1, -1, 1, 1)
+        self.mean = torch.tensor(mean, device=device)
+        self.std = torch.tensor(std, device=device)
+        self._scale = [1 / (255 * s) for s in std]  # byte -> normalised value, per channel
+        self._shift = [m / s for m, s in zip(mean, std, strict=True)]
         self.shuffle = shuffle
         self.augment = augment
         self.generator = generator if generator is not None else torch.Generator(device=device)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.device = device
+        self._rows = torch.arange(self.height, device=device)
+        self._cols = torch.arange(self.width, device=device)
 
     def __len__(self) -> int:
         return math.ceil(len(self.labels) / self.batch_size)
@@ -107,17 +111,40 @@ class DeviceLoader:
                  else torch.arange(n, device=self.device))
         for start in range(0, n, self.batch_size):
             idx = order[start:start + self.batch_size]
-            yield self.transform(self.images[idx]), self.labels[idx]
+            yield self.batch(idx), self.labels[idx]
 
-    def transform(self, x: torch.Tensor) -> torch.Tensor:
-        """uint8 [B, 3, H, W] -> augmented (when training), normalised float32 in ``memory_format``."""
-        if self.augment is not None:
-            if self.augment.padding:
-                x = random_crop(x, self.augment.padding, self.generator)
-            if self.augment.flip:
-                x = random_flip(x, self.generator)
-        x = x.float().div_(255)
+    def _pixel_index(self, idx: torch.Tensor) -> torch.Tensor:
+        """Flat positions into ``pixels`` of each output pixel: int64 [B, H, W] (crop and flip included)."""
+        batch = len(idx)
+        rows = self._rows.expand(batch, -1) + self.padding
+        cols = self._cols.expand(batch, -1) + self.padding
+        if self.augment is not None and self.augment.padding:
+            shift = torch.randint(-self.padding, self.padding + 1, (2, batch, 1), generator=self.generator,
+                                  device=self.device)
+            rows, cols = rows + shift[0], cols + shift[1]
+        if self.augment is not None and self.augment.flip:
+            flip = torch.rand(batch, 1, generator=self.generator, device=self.device) < 0.5
+            cols = torch.where(flip, cols.flip(1), cols)
+        _, padded_h, padded_w = self.pixels.shape
+        return (idx.view(-1, 1, 1) * padded_h + rows[:, :, None]) * padded_w + cols[:, None, :]
+
+    def batch(self, idx: torch.Tensor) -> torch.Tensor:
+        """Images ``idx`` (int64 [B]) augmented (when training) and normalised: float32 [B, 3, H, W]."""
+        pixels = unpack_pixels(torch.take(self.pixels, self._pixel_index(idx)))  # uint8 [B, H, W, 3]
         if self.augment is not None and self.augment.jitter is not None:
-            x = color_jitter(x, self.augment.jitter, self.generator)
-        x = (x - self.mean) / self.std
+            x = color_jitter(pixels.float().div_(255).permute(0, 3, 1, 2), self.augment.jitter, self.generator)
+            x = (x - self.mean.view(1, 3, 1, 1)) / self.std.view(1, 3, 1, 1)
+        else:
+            x = self._normalise(pixels)
         return x.contiguous(memory_format=self.memory_format)
+
+    def _normalise(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 [B, H, W, 3] -> (x / 255 - mean) / std as float32 [B, 3, H, W] with channels-last strides.
+
+        One scalar multiply-add per channel: on a CPU this is ~3x faster than broadcasting a [3] vector
+        over the innermost (size-3) dimension.
+        """
+        out = torch.empty(pixels.shape, dtype=torch.float32, device=pixels.device)
+        for c in range(pixels.shape[-1]):
+            torch.sub(pixels[..., c] * self._scale[c], self._shift[c], out=out[..., c])
+        return out.permute(0, 3, 1, 2)

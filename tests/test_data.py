@@ -11,7 +11,7 @@ from PIL import Image
 
 import data.cifar10 as cifar10
 from data import ImageSet, get_data, load_raw, split_train_val
-from data.loader import DeviceLoader, color_jitter, random_crop, random_flip
+from data.loader import Augment, DeviceLoader, color_jitter
 from data.synthetic import make_images
 from tests.conftest import tree, write_cifar
 from utils.errors import UsageError
@@ -98,26 +98,35 @@ def test_augmentation_seeded_shapes_dtypes(cifar_dir):
     assert not torch.equal(_batches(a.train)[0][0], batches_a[0][0])  # a new epoch draws anew
 
 
-def test_random_crop_is_a_window_of_the_padded_image():
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8)
-    out = random_crop(x, 2, gen)
-    assert out.shape == x.shape and out.dtype == torch.uint8
-    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
-    for i in range(len(x)):
-        windows = [padded[i, :, r:r + 8, c:c + 8] for r in range(5) for c in range(5)]
-        assert any(torch.equal(out[i], w) for w in windows)
-    assert not torch.equal(out, x)  # some images moved
+def _raw_loader(images: torch.Tensor, augment: Augment | None, shuffle: bool) -> DeviceLoader:
+    """A loader whose 'normalisation' is x / 255, labels = image ids, one batch holding everything."""
+    return DeviceLoader(images, torch.arange(len(images)), batch_size=len(images), mean=(0.0,) * 3, std=(1.0,) * 3,
+                        device=CPU, shuffle=shuffle, augment=augment, generator=torch.Generator().manual_seed(0))
 
 
-def test_random_flip_mirrors_about_half():
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 256, (400, 3, 4, 4), dtype=torch.uint8)
-    out = random_flip(x, gen)
-    flipped = (out == x.flip(3)).flatten(1).all(1)
-    same = (out == x).flatten(1).all(1)
-    assert torch.all(flipped | same)
-    assert 150 < int(flipped.sum()) < 250
+def _as_bytes(x: torch.Tensor) -> torch.Tensor:
+    return (x * 255).round().to(torch.uint8)
+
+
+def test_eval_pipeline_returns_images_unchanged_in_order():
+    images = torch.randint(0, 256, (10, 3, 5, 7), dtype=torch.uint8)
+    out, ids = next(iter(_raw_loader(images, None, shuffle=False)))
+    assert torch.equal(ids, torch.arange(10)) and torch.equal(_as_bytes(out), images)
+
+
+def test_crop_and_flip_give_windows_of_the_padded_image():
+    images = torch.randint(1, 256, (200, 3, 8, 8), dtype=torch.uint8)
+    out, ids = next(iter(_raw_loader(images, Augment(padding=2, flip=True), shuffle=True)))
+    assert sorted(ids.tolist()) == list(range(200)) and not torch.equal(ids, torch.arange(200))
+    out, padded = _as_bytes(out), torch.nn.functional.pad(images, (2, 2, 2, 2))
+    offsets, flips = set(), 0
+    for img, i in zip(out, ids.tolist(), strict=True):
+        found = [(r, c, f) for r in range(5) for c in range(5) for f in (False, True)
+                 if torch.equal(img, padded[i, :, r:r + 8, c:c + 8].flip(2) if f else padded[i, :, r:r + 8, c:c + 8])]
+        assert found, f"image {i} is not a (mirrored) window of its padded source"
+        offsets.add(found[0][:2])
+        flips += found[0][2]
+    assert len(offsets) > 15 and 60 < flips < 140  # offsets spread over the 25, about half mirrored
 
 
 def test_color_jitter_range_and_identity():

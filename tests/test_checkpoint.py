@@ -63,6 +63,18 @@ def test_dense_weights_load_into_masked_model():
     assert sparsity(target) == 0 and torch.allclose(_outputs(target), _outputs(dense))
 
 
+def test_merged_plain_checkpoint_keeps_its_sparsity():
+    """The original test scripts merge orig * mask into plain weights; the zeros must read as pruned."""
+    sparse = _pruned_resnet20(0.7)
+    merged = {k.replace("_orig", ""): v * sparse.state_dict()[k.replace("_orig", "_mask")] if k.endswith("_orig")
+              else v for k, v in sparse.state_dict().items() if not k.endswith("_mask")}
+    for target in (create_model("resnet20"), _pruned_resnet20(0.0)):
+        load_weights(target, read_checkpoint_from_obj(merged), "resnet20")
+        add_reparam(target)
+        assert sparsity(target) == pytest.approx(sparsity(sparse))
+        assert torch.allclose(_outputs(target), _outputs(sparse))
+
+
 def read_checkpoint_from_obj(obj, tmp=None):
     import tempfile
     from pathlib import Path

@@ -186,7 +186,7 @@ def _match_reparam(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str
         if hasattr(module, "weight_orig") and f"{name}.weight" in state and f"{name}.weight_orig" not in state:
             weight = state.pop(f"{name}.weight")
             state[f"{name}.weight_orig"] = weight
-            state[f"{name}.weight_mask"] = torch.ones_like(weight)
+            state[f"{name}.weight_mask"] = weight != 0  # merged masks come back; dense stays all ones
     return state
 
 

@@ -47,10 +47,14 @@ def has_reparam(module: nn.Module) -> bool:
 
 
 def add_reparam(model: nn.Module, names: list[str] | None = None) -> None:
-    """Give each prunable module (or only ``names``) an all-ones mask; modules that have one are skipped."""
+    """Give each prunable module (or only ``names``) a mask; modules that have one are skipped.
+
+    The new mask keeps every nonzero weight: all ones for a dense model, and the right pattern for a
+    checkpoint whose masks were merged into its weights (the original repo's test scripts save those).
+    """
     for name, module in prunable_modules(model).items():
         if (names is None or name in names) and not has_reparam(module):
-            prune.identity(module, "weight")
+            prune.custom_from_mask(module, "weight", module.weight.detach() != 0)
 
 
 def effective_weight(module: nn.Module) -> torch.Tensor:
@@ -86,3 +90,27 @@ def sparsity(model: nn.Module) -> float:
     counts = layer_counts(model)
     total = sum(c.total for c in counts)
     return sum(c.pruned for c in counts) / total if total else 0.0
+
+
+def num_prunable(model: nn.Module) -> int:
+    """``N_tot``: the number of prunable weights (all Conv2d and Linear weights)."""
+    return sum(m.weight_orig.numel() if has_reparam(m) else m.weight.numel() for m in prunable_modules(model).values())
+
+
+def capacity(model: nn.Module) -> dict[str, int]:
+    """Per-layer regrowth capacity: the number of pruned weights (mask == 0)."""
+    return {c.name: c.pruned for c in layer_counts(model)}
+
+
+def set_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
+    """Write bool keep-masks (shaped like each weight) into the reparametrisation, adding it where missing.
+
+    Only the masks change; ``weight_orig`` keeps its stored values at pruned positions.
+    """
+    add_reparam(model, list(masks))
+    modules = prunable_modules(model)
+    for name, mask in masks.items():
+        buffer = modules[name].weight_mask
+        if mask.shape != buffer.shape:
+            raise ValueError(f"mask for {name} has shape {tuple(mask.shape)}, weight has {tuple(buffer.shape)}")
+        buffer.copy_(mask)

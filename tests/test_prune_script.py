@@ -1,0 +1,142 @@
+"""prune_unstructure.py end to end on synthetic data: outputs, log vs checkpoints, resume, formats, errors."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.utils.prune as prune
+
+import evaluate
+import prune_unstructure
+from models import create_model
+from tests.conftest import run_main, tree
+from utils.checkpoint import load_weights, read_checkpoint, save_checkpoint
+from utils.masks import add_reparam, get_masks, layer_counts, sparsity
+from utils.plots import read_csv
+
+QUICK = ["--dataset", "synthetic", "--train_subset", "128", "--batch_size", "64", "--finetune_epochs", "1",
+         "--device", "cpu", "--no_progress"]
+
+
+def _save_dense(save_dir: Path, model_name: str = "resnet20") -> Path:
+    torch.manual_seed(0)
+    path = save_dir / model_name / "checkpoint" / "ckpt.pth"
+    save_checkpoint(path, create_model(model_name), model_name=model_name, dataset="synthetic", num_classes=10,
+                    meta={"stage": "pretrain"})
+    return path
+
+
+def _load(path: Path):
+    model = create_model("resnet20")
+    load_weights(model, read_checkpoint(path), "resnet20", path)
+    return model
+
+
+@pytest.fixture(scope="module")
+def iterative_run(tmp_path_factory) -> Path:
+    save = tmp_path_factory.mktemp("runs")
+    _save_dense(save)
+    assert prune_unstructure.main(QUICK + ["--save_dir", str(save), "--iter_end", "2", "--pruner", "glob"]) == 0
+    return save / "resnet20" / "iterative"
+
+
+def test_iterative_outputs_and_log_match_checkpoints(iterative_run):
+    files = set(tree(iterative_run))
+    assert {"prune_log.csv", "sparsity_vs_accuracy.png", "log.txt", "resnet20_0.3000.pth",
+            "resnet20_0.5100.pth"} <= files
+    rows = read_csv(iterative_run / "prune_log.csv")
+    assert [r["step"] for r in rows] == ["1", "2"]
+    for row in rows:
+        model = _load(iterative_run / row["checkpoint"])
+        assert float(row["sparsity"]) == pytest.approx(sparsity(model), abs=1e-12)
+        assert int(row["params_nonzero"]) == sum(c.kept for c in layer_counts(model))
+        meta = read_checkpoint(iterative_run / row["checkpoint"]).meta
+        assert meta["val_acc"] == pytest.approx(float(row["val_acc"]))
+        assert meta["test_acc"] == pytest.approx(float(row["test_acc"]))
+    assert float(rows[1]["sparsity"]) == pytest.approx(1 - 0.7 ** 2, abs=1e-5)
+
+
+def test_masks_monotone_and_pruned_weights_zero(iterative_run):
+    first, second = (_load(iterative_run / f"resnet20_{s}.pth") for s in ("0.3000", "0.5100"))
+    m1, m2 = get_masks(first), get_masks(second)
+    assert all(torch.all(m2[k] <= m1[k]) for k in m1)
+    state = read_checkpoint(iterative_run / "resnet20_0.5100.pth").state_dict
+    for key in (k for k in state if k.endswith("weight_mask")):
+        assert state[key].dtype == torch.bool
+        weight = state[key.replace("_mask", "_orig")] * state[key]
+        assert torch.all(weight[~state[key]] == 0)
+
+
+def test_continue_from_iteration(iterative_run, capsys):
+    save = str(iterative_run.parents[1])
+    assert prune_unstructure.main(QUICK + ["--save_dir", save, "--iter_start", "3", "--iter_end", "3",
+                                           "--pruner", "glob"]) == 0
+    rows = read_csv(iterative_run / "prune_log.csv")
+    assert [r["step"] for r in rows] == ["1", "2", "3"]
+    meta = read_checkpoint(iterative_run / rows[2]["checkpoint"]).meta
+    assert meta["parent"].endswith("resnet20_0.5100.pth") and meta["step"] == 3
+    code, _, err = run_main(prune_unstructure.main, QUICK + ["--save_dir", save, "--iter_start", "9"], capsys)
+    assert code == 2 and "no checkpoint of iteration 8" in err
+
+
+def test_oneshot_several_targets(tmp_path):
+    _save_dense(tmp_path)
+    args = QUICK + ["--save_dir", str(tmp_path), "--mode", "oneshot", "--target_sparsity", "0.9", "0.99"]
+    assert prune_unstructure.main(args) == 0
+    out = tmp_path / "resnet20" / "oneshot"
+    rows = read_csv(out / "prune_log.csv")
+    assert [r["checkpoint"] for r in rows] == ["resnet20_0.9000.pth", "resnet20_0.9900.pth"]
+    for row, target in zip(rows, (0.9, 0.99), strict=True):
+        assert sparsity(_load(out / row["checkpoint"])) == pytest.approx(target, abs=1 / 270_896)
+
+
+def _original_reparam_file(path: Path, amount: float = 0.5) -> Path:
+    """A raw state dict as the original repo saved it: *.weight_orig and float *.weight_mask."""
+    torch.manual_seed(1)
+    model = create_model("resnet20")
+    add_reparam(model)
+    for module in (m for m in model.modules() if hasattr(m, "weight_mask")):
+        prune.l1_unstructured(module, "weight", amount)
+    state = model.state_dict()
+    assert state["conv1.weight_mask"].dtype == torch.float32
+    torch.save(state, path)
+    return path
+
+
+def test_original_reparam_file_loads_evaluates_and_reprunes(tmp_path, capsys):
+    old = _original_reparam_file(tmp_path / "iterate_0.5000.pth")
+    code, out, _ = run_main(evaluate.main, ["--m_name", "resnet20", "--dataset", "synthetic", "--ckpt", str(old),
+                                            "--json", "--device", "cpu"], capsys)
+    assert code == 0 and json.loads(out)["sparsity"] == pytest.approx(0.5, abs=1e-4)
+    args = QUICK + ["--save_dir", str(tmp_path), "--mode", "oneshot", "--pretrained", str(old),
+                    "--target_sparsity", "0.8"]
+    assert prune_unstructure.main(args) == 0
+    pruned = _load(tmp_path / "resnet20" / "oneshot" / "resnet20_0.8000.pth")
+    before = {k: v.bool() for k, v in torch.load(old).items() if k.endswith("weight_mask")}
+    after = get_masks(pruned)
+    assert all(torch.all(after[k[: -len(".weight_mask")]] <= before[k]) for k in before)
+
+
+@pytest.mark.parametrize("case", ["not-a-fraction", "not-above-current", "unknown-pruner", "missing-pretrained",
+                                  "pretrained-of-other-model"])
+def test_bad_inputs(tmp_path, capsys, case):
+    save = tmp_path / "runs"
+    old = _original_reparam_file(tmp_path / "half.pth")
+    other = tmp_path / "other"
+    _save_dense(other, "alexnet")
+    args = {
+        "not-a-fraction": ["--mode", "oneshot", "--target_sparsity", "99"],
+        "not-above-current": ["--mode", "oneshot", "--target_sparsity", "0.4", "--pretrained", str(old)],
+        "unknown-pruner": ["--pruner", "magnitude"],
+        "missing-pretrained": ["--pretrained", str(tmp_path / "none.pth")],
+        "pretrained-of-other-model": ["--pretrained", str(other / "alexnet" / "checkpoint" / "ckpt.pth")],
+    }[case]
+    needle = {"not-a-fraction": "not a fraction", "not-above-current": "not above the sparsity",
+              "unknown-pruner": "choose one of: glob, unif, unifplus, lamp, erk, random",
+              "missing-pretrained": "does not exist", "pretrained-of-other-model": "holds a 'alexnet' model"}[case]
+    code, out, err = run_main(prune_unstructure.main, QUICK + ["--save_dir", str(save)] + args, capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], err
+    assert tree(save) == []

@@ -1,0 +1,245 @@
+"""Unstructured pruners: score functions, per-layer budget rules and selectors, kept apart.
+
+Every pruner is ``pruner.prune(model, amount, generator=None)``, where ``amount`` in [0, 1) is the fraction
+of the *currently surviving* prunable weights to remove (spec §4.3), so iterating 0.3 gives sparsity
+``1 - 0.7^k``. Pruned weights never come back (new mask = old mask AND kept), and only the lowest-scoring
+survivors of a layer (per-layer pruners) or of the whole model (global pruners) are removed.
+
+Counts are exact: every pruner removes exactly ``round(amount * surviving)`` weights. Ties at the cut are
+broken by position, and per-layer budgets are rounded with the largest-remainder method so that they add
+up to that total. Two rules can make a target infeasible and are then reported as errors: ``unifplus``
+keeps the first conv dense and >= 20% of the last layer, and ``erk`` keeps a layer dense when its share
+exceeds what it has (then the others absorb the rest).
+
+| name       | score                      | budget                                                    |
+|------------|----------------------------|-----------------------------------------------------------|
+| `glob`     | abs(w)                     | one global ranking                                         |
+| `unif`     | abs(w)                     | the same fraction of every layer                           |
+| `unifplus` | abs(w)                     | uniform, first conv dense, last layer keeps >= 20%         |
+| `lamp`     | LAMP (Lee et al., 2021)    | one global ranking of LAMP scores                          |
+| `erk`      | abs(w)                     | survivors proportional to the sum of each layer's dims     |
+| `random`   | uniform noise (seeded)     | one global ranking                                         |
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from utils.errors import UsageError
+from utils.masks import add_reparam, effective_weight, get_masks, prunable_modules, set_masks
+
+Masks = dict[str, torch.Tensor]  # layer name -> bool keep-mask shaped like the weight
+Scores = dict[str, torch.Tensor]  # layer name -> float score shaped like the weight
+
+
+# ---- scores ---------------------------------------------------------------------------------------------
+
+def magnitude_scores(model: nn.Module) -> Scores:
+    """abs(effective weight) per prunable layer."""
+    return {name: effective_weight(m).detach().abs() for name, m in prunable_modules(model).items()}
+
+
+def lamp_scores(model: nn.Module) -> Scores:
+    """LAMP scores (Lee et al., ICLR 2021): with u = w^2 of a layer sorted ascending,
+    ``score(u_i) = u_i / sum_{j >= i} u_j``, in [0, 1]. A layer's largest weight scores 1; zeros score 0.
+
+    Full scores of every weight (a sort per layer); the ``lamp`` pruner itself only needs each layer's
+    top entries and scores those (``_lamp_candidates``). Sums run in float64.
+    """
+    scores = {}
+    for name, module in prunable_modules(model).items():
+        weight = effective_weight(module).detach()
+        ordered, order = weight.flatten().double().pow(2).sort()
+        suffix = ordered.flip(0).cumsum(0).flip(0)
+        lamp = torch.empty_like(ordered)
+        lamp[order] = ordered / suffix.clamp_min(torch.finfo(torch.float64).tiny)
+        scores[name] = lamp.view(weight.shape)
+    return scores
+
+
+def random_scores(model: nn.Module, generator: torch.Generator | None) -> Scores:
+    """Uniform random scores in [0, 1) drawn from ``generator``."""
+    scores = {}
+    for name, module in prunable_modules(model).items():
+        weight = effective_weight(module)
+        device = generator.device if generator is not None else weight.device
+        scores[name] = torch.rand(weight.shape, generator=generator, device=device).to(weight.device)
+    return scores
+
+
+# ---- budgets: how many survivors each layer loses ---------------------------------------------------------
+
+def largest_remainder(shares: dict[str, float], total: int) -> dict[str, int]:
+    """Non-negative integers proportional to ``shares`` that add up to exactly ``total``."""
+    weight = sum(shares.values())
+    exact = {k: total * v / weight if weight > 0 else 0.0 for k, v in shares.items()}
+    floors = {k: int(v) for k, v in exact.items()}
+    leftover = total - sum(floors.values())
+    for k in sorted(exact, key=lambda k: exact[k] - floors[k], reverse=True)[:leftover]:
+        floors[k] += 1
+    return floors
+
+
+def uniform_budget(alive: dict[str, int], remove: int) -> dict[str, int]:
+    """The same fraction of every layer's survivors."""
+    return largest_remainder({k: float(v) for k, v in alive.items()}, remove)
+
+
+def unifplus_budget(model: nn.Module, alive: dict[str, int], remove: int) -> dict[str, int]:
+    """Uniform, but a first conv stays dense and the last layer keeps >= 20% of its weights; what the
+    last layer cannot give is spread over the middle layers."""
+    modules = prunable_modules(model)
+    names = list(alive)
+    last = names[-1]
+    last_cap = max(0, alive[last] - round(0.2 * modules[last].weight.numel()))
+    free = names[1:] if isinstance(modules[names[0]], nn.Conv2d) else names
+    budget = dict.fromkeys(names, 0)
+    plan = uniform_budget({k: alive[k] for k in free}, remove)
+    if plan.get(last, 0) > last_cap:
+        budget[last] = last_cap
+        plan = uniform_budget({k: alive[k] for k in free if k != last}, remove - last_cap)
+    budget.update(plan)
+    if any(budget[k] > alive[k] for k in names):
+        raise UsageError(f"unifplus cannot remove {remove} weights while the first conv stays dense and the last "
+                         "layer keeps 20%; ask for less sparsity or use another pruner")
+    return budget
+
+
+def erk_budget(model: nn.Module, alive: dict[str, int], remove: int) -> dict[str, int]:
+    """Survivors proportional to the sum of each layer's weight dimensions (the LAMP repository's ERK).
+
+    A layer whose share exceeds its survivors stays dense (largest excess first) and the others share
+    the rest; survivors are rounded by largest remainder, so the total is exact.
+    """
+    modules = prunable_modules(model)
+    raw = {k: float(sum(modules[k].weight.shape)) for k in alive}
+    keep_total = sum(alive.values()) - remove
+    dense: set[str] = set()
+    while True:
+        budget_left = keep_total - sum(alive[k] for k in dense)
+        free = {k: v for k, v in raw.items() if k not in dense}
+        if not free:
+            break
+        scale = budget_left / sum(free.values())
+        over = {k: scale * v / alive[k] for k, v in free.items() if scale * v > alive[k]}
+        if not over:
+            break
+        dense.add(max(over, key=over.get))
+    keep = largest_remainder(free, budget_left)
+    keep.update({k: alive[k] for k in dense})
+    return {k: alive[k] - min(keep[k], alive[k]) for k in alive}
+
+
+# ---- selectors: scores + counts -> masks ------------------------------------------------------------------
+
+def remove_lowest(scores: torch.Tensor, alive: torch.Tensor, count: int) -> torch.Tensor:
+    """Bool mask (shaped like ``alive``) of the ``count`` lowest-scoring alive entries; ties broken by position."""
+    if count <= 0:
+        return torch.zeros_like(alive)
+    flat = scores.flatten().masked_fill(~alive.flatten(), float("inf"))
+    threshold = flat.kthvalue(count).values
+    chosen = flat < threshold
+    ties = flat == threshold
+    need = count - int(chosen.sum())
+    if need < int(ties.sum()):
+        ties &= ties.cumsum(0) <= need
+    return (chosen | ties).view_as(alive)
+
+
+def select_layerwise(alive: Masks, scores: Scores, budget: dict[str, int]) -> Masks:
+    """Each layer loses its ``budget[name]`` lowest-scoring survivors."""
+    return {name: mask & ~remove_lowest(scores[name], mask, budget[name]) for name, mask in alive.items()}
+
+
+def select_global(alive: Masks, scores: Scores, remove: int) -> Masks:
+    """The ``remove`` lowest-scoring survivors of the whole model go, wherever they are."""
+    names = list(alive)
+    flat_scores = torch.cat([scores[n].flatten().float() for n in names])
+    removed = remove_lowest(flat_scores, torch.cat([alive[n].flatten() for n in names]), remove)
+    pieces = removed.split([alive[n].numel() for n in names])
+    return {n: alive[n] & ~piece.view_as(alive[n]) for n, piece in zip(names, pieces, strict=True)}
+
+
+def _lamp_candidates(weight: torch.Tensor, alive: torch.Tensor, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact LAMP scores of a layer's ``min(survivors, limit)`` largest survivors: (scores f64 [k], flat idx [k]).
+
+    Within a layer the LAMP score grows with magnitude, so a survivor ranked below ``limit`` in its own
+    layer is beaten by ``limit`` others and can never be among the global top ``limit``.
+    """
+    squared = weight.detach().flatten().float().pow(2).masked_fill(~alive.flatten(), -1.0)
+    top, idx = squared.topk(min(int(alive.sum()), limit))  # descending
+    top = top.double()
+    return top / top.cumsum(0).clamp_min(torch.finfo(torch.float64).tiny), idx
+
+
+def select_lamp(model: nn.Module, alive: Masks, remove: int) -> Masks:
+    """Keep the ``survivors - remove`` survivors with the highest LAMP scores, model-wide."""
+    keep = sum(int(m.sum()) for m in alive.values()) - remove
+    modules = prunable_modules(model)
+    cands = {n: _lamp_candidates(effective_weight(modules[n]), alive[n], keep) for n in alive}
+    names = list(cands)
+    scores = torch.cat([cands[n][0] for n in names])
+    kept = torch.zeros(len(scores), dtype=torch.bool, device=scores.device)
+    kept[scores.topk(keep).indices] = True
+    masks = {}
+    for name, piece in zip(names, kept.split([len(cands[n][1]) for n in names]), strict=True):
+        mask = torch.zeros(alive[name].shape, dtype=torch.bool, device=alive[name].device)  # contiguous
+        mask.view(-1)[cands[name][1][piece]] = True
+        masks[name] = mask
+    return masks
+
+
+# ---- the registry -----------------------------------------------------------------------------------------
+
+Selector = Callable[[nn.Module, Masks, int, "torch.Generator | None"], Masks]
+
+
+def _counts(alive: Masks) -> dict[str, int]:
+    return {name: int(mask.sum()) for name, mask in alive.items()}
+
+
+_SELECTORS: dict[str, Selector] = {
+    "glob": lambda model, alive, remove, gen: select_global(alive, magnitude_scores(model), remove),
+    "unif": lambda model, alive, remove, gen: select_layerwise(alive, magnitude_scores(model),
+                                                               uniform_budget(_counts(alive), remove)),
+    "unifplus": lambda model, alive, remove, gen: select_layerwise(alive, magnitude_scores(model),
+                                                                   unifplus_budget(model, _counts(alive), remove)),
+    "lamp": lambda model, alive, remove, gen: select_lamp(model, alive, remove),
+    "erk": lambda model, alive, remove, gen: select_layerwise(alive, magnitude_scores(model),
+                                                              erk_budget(model, _counts(alive), remove)),
+    "random": lambda model, alive, remove, gen: select_global(alive, random_scores(model, gen), remove),
+}
+
+
+@dataclass(frozen=True)
+class Pruner:
+    """A named pruning method; see the module docstring for the list."""
+
+    name: str
+    select: Selector
+
+    @torch.no_grad()
+    def prune(self, model: nn.Module, amount: float, generator: torch.Generator | None = None) -> int:
+        """Remove ``round(amount * survivors)`` more weights from ``model``'s masks; returns that count."""
+        if not 0.0 <= amount < 1.0:
+            raise UsageError(f"prune amount must lie in [0, 1), got {amount}")
+        add_reparam(model)
+        alive = get_masks(model)
+        remove = round(amount * sum(_counts(alive).values()))
+        set_masks(model, self.select(model, alive, remove, generator))
+        return remove
+
+
+def list_pruners() -> list[str]:
+    """Names of the registered pruners."""
+    return list(_SELECTORS)
+
+
+def get_pruner(name: str) -> Pruner:
+    """The pruner called ``name``; an unknown name is a ``UsageError`` listing the valid ones."""
+    if name not in _SELECTORS:
+        raise UsageError(f"unknown pruner '{name}'; choose one of: {', '.join(list_pruners())}")
+    return Pruner(name, _SELECTORS[name])

@@ -64,7 +64,7 @@ def _restore(path: Path, model, optimizer, scheduler, stage: Stage) -> FitState:
     saved = ckpt.extra["train_state"]
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
-    stage.data.train.generator.set_state(saved["data_rng"].to(stage.data.train.generator.get_state().device))
+    stage.data.train.generator.set_state(saved["data_rng"])
     torch.set_rng_state(saved["torch_rng"])
     best = {k: v.to(stage.device) for k, v in saved["best_state"].items()}
     return FitState(**saved["fit"], best_state=best)

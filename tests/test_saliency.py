@@ -1,7 +1,6 @@
 """Saliency: a hand computation on a two-layer model, sparse mode, unused layers, the on-disk cache."""
 from __future__ import annotations
 
-import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F

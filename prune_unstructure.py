@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from utils.checkpoint import load_weights, read_checkpoint, save_checkpoint
+from utils.checkpoint import save_checkpoint
 from utils.cli import (
     add_common_args,
     add_speed_args,
@@ -40,12 +40,12 @@ from utils.cli import (
     positive_int,
 )
 from utils.errors import UsageError
-from utils.masks import add_reparam, layer_counts, sparsity
+from utils.masks import layer_counts, sparsity
 from utils.plots import plot_sparsity_accuracy, read_csv
 from utils.pruners import Pruner, get_pruner
 from utils.run import LOG, make_generator, setup_logging
 from utils.stage import Stage, prepare
-from utils.train import evaluate, fit
+from utils.train import evaluate, finetune
 
 DEFAULT_FINETUNE_EPOCHS = {"iterative": 40, "oneshot": 400}
 MODE_ALIASES = {"iterate": "iterative", "iterative": "iterative", "oneshot": "oneshot"}
@@ -87,23 +87,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def load_start(stage: Stage, path: Path, trust_pickle: bool) -> nn.Module:
-    """The model stored at ``path``, with mask reparametrisation on every prunable layer."""
-    model = stage.build_model()
-    load_weights(model, read_checkpoint(path, trust_pickle=trust_pickle), stage.model_name, path)
-    add_reparam(model)
-    return model
-
-
-def finetune(stage: Stage, model: nn.Module, csv_path: Path) -> tuple[float, float]:
-    """AdamW finetune, best epoch by --select_on; returns (val acc, test acc) of the restored best state."""
+def finetune_and_score(stage: Stage, model: nn.Module, csv_path: Path) -> tuple[float, float]:
+    """AdamW finetune, best epoch chosen on --select_on; returns (val acc, test acc) of that state."""
     args = stage.args
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     select = stage.data.test if args.select_on == "test" else stage.data.val
-    csv_path.unlink(missing_ok=True)
-    state = fit(model, stage.data.train, select, optimizer, epochs=args.finetune_epochs, patience=args.patience,
-                amp=stage.amp, progress=not args.no_progress, csv_path=csv_path)
-    model.load_state_dict(state.best_state)
+    finetune(model, stage.data.train, select, epochs=args.finetune_epochs, lr=args.lr,
+             weight_decay=args.weight_decay, patience=args.patience, amp=stage.amp,
+             progress=not args.no_progress, csv_path=csv_path)
     _, val_acc = evaluate(model, stage.data.val, amp=stage.amp)
     _, test_acc = evaluate(model, stage.data.test, amp=stage.amp)
     return val_acc, test_acc
@@ -128,7 +118,7 @@ def prune_step(stage: Stage, model: nn.Module, pruner: Pruner, amount: float, st
     """Prune ``amount`` of the survivors, finetune, save the checkpoint and log row; returns the checkpoint."""
     removed = pruner.prune(model, amount, generator)
     LOG.info("step %d: %s removed %d weights -> sparsity %.4f", step, pruner.name, removed, sparsity(model))
-    val_acc, test_acc = finetune(stage, model, out / f"finetune_step{step}.csv")
+    val_acc, test_acc = finetune_and_score(stage, model, out / f"finetune_step{step}.csv")
     achieved = sparsity(model)
     path = out / f"{stage.model_name}_{achieved:.4f}.pth"
     meta = {"stage": f"prune_{stage.args.mode}", "step": step, "amount": amount, "pruner": pruner.name,
@@ -174,17 +164,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     generator = make_generator(args.seed, "pruner")
     if args.mode == "iterative":
         parent = pretrained if args.iter_start == 1 else previous_checkpoint(out, args.iter_start - 1)
-        model = load_start(stage, parent, args.trust_pickle)
+        model = stage.load_model(parent, reparam=True)
         setup_logging(out)
         for step in range(args.iter_start, args.iter_end + 1):
             parent = prune_step(stage, model, pruner, args.sparsity, step, out, parent, generator)
     else:
-        dense = load_start(stage, pretrained, args.trust_pickle)
+        dense = stage.load_model(pretrained, reparam=True)
         start = sparsity(dense)
         amounts = [oneshot_amount(start, t, pretrained) for t in args.target_sparsity]
         setup_logging(out)
         for amount in amounts:
-            model = load_start(stage, pretrained, args.trust_pickle)
+            model = stage.load_model(pretrained, reparam=True)
             prune_step(stage, model, pruner, amount, 1, out, pretrained, generator)
     LOG.info("done: %s", out / "prune_log.csv")
     return 0

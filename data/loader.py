@@ -11,6 +11,7 @@ unpacked bytes come out channels-last, which is the layout the convolutions want
 """
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -99,6 +100,12 @@ class DeviceLoader:
 
     def __len__(self) -> int:
         return math.ceil(len(self.labels) / self.batch_size)
+
+    def with_generator(self, generator: torch.Generator) -> DeviceLoader:
+        """A view of this loader (same tensors, no copy) that draws order and augmentation from ``generator``."""
+        view = copy.copy(self)
+        view.generator = generator
+        return view
 
     @property
     def num_samples(self) -> int:

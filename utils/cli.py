@@ -118,3 +118,16 @@ def add_speed_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no_channels_last", action="store_true", help="keep NCHW memory layout")
     group.add_argument("--no_amp", action="store_true", help="no bf16 autocast on CUDA")
     group.add_argument("--compile", action="store_true", help="torch.compile the model")
+
+
+def add_scoring_args(parser: argparse.ArgumentParser) -> None:
+    """Flags of the layer scores: SSIM on val images, saliency on train batches."""
+    group = parser.add_argument_group("layer scores")
+    group.add_argument("--ssim_num_batches", type=positive_int, default=64,
+                       help="val batches (of --eval_batch_size) used for SSIM attention maps")
+    group.add_argument("--ssim_threshold", type=float, default=0.3,
+                       help="layers with SSIM <= this are searched (lowest first); none -> the lowest one")
+    group.add_argument("--saliency_batches", type=positive_int, default=None,
+                       help="train batches for saliency (default: all)")
+    group.add_argument("--saliency_model", choices=["dense", "sparse"], default="dense",
+                       help="score (dL/dθ)^2 θ^2 on the dense pretrained model (original) or the sparse one")

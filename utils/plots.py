@@ -30,8 +30,62 @@ def plot_sparsity_accuracy(csv_path: Path, png_path: Path, title: str) -> None:
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
+    _save(fig, png_path)
+
+
+def _save(fig, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
     fig.tight_layout()
-    tmp = png_path.with_name(f".{png_path.stem}.tmp.png")
     fig.savefig(tmp, dpi=120)
     plt.close(fig)
-    tmp.replace(png_path)
+    tmp.replace(path)
+
+
+def plot_layer_bars(names: list[str], values: list[float], ylabel: str, path: Path,
+                    hline: float | None = None) -> None:
+    """One bar per layer (in model order), with an optional horizontal reference line (e.g. a threshold)."""
+    fig, ax = plt.subplots(figsize=(max(6, 0.28 * len(names)), 4))
+    ax.bar(range(len(names)), values, color="tab:blue")
+    if hline is not None:
+        ax.axhline(hline, color="tab:red", linestyle="--", label=f"{hline:g}")
+        ax.legend()
+    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
+    ax.set_ylabel(ylabel)
+    ax.grid(axis="y", alpha=0.3)
+    _save(fig, path)
+
+
+def plot_distributions(samples: dict[str, list[float]], ylabel: str, path: Path) -> None:
+    """A box per layer of the given samples (e.g. log10 saliency at pruned positions)."""
+    names = list(samples)
+    fig, ax = plt.subplots(figsize=(max(6, 0.28 * len(names)), 4))
+    ax.boxplot([samples[n] for n in names], showfliers=False)
+    ax.set_xticks(range(1, len(names) + 1), names, rotation=90, fontsize=7)
+    ax.set_ylabel(ylabel)
+    ax.grid(axis="y", alpha=0.3)
+    _save(fig, path)
+
+
+def plot_heatmap(matrix: list[list[float]], rows: list[str], cols: list[str], label: str, path: Path) -> None:
+    """A rows x cols heatmap (e.g. mean saliency per layer and class)."""
+    fig, ax = plt.subplots(figsize=(max(5, 0.4 * len(cols) + 3), max(4, 0.22 * len(rows))))
+    image = ax.imshow(matrix, aspect="auto", cmap="viridis")
+    ax.set_yticks(range(len(rows)), rows, fontsize=7)
+    ax.set_xticks(range(len(cols)), cols)
+    fig.colorbar(image, ax=ax, label=label)
+    _save(fig, path)
+
+
+def plot_scatter(x: list[float], y: list[float], labels: list[str], xlabel: str, ylabel: str, title: str,
+                 path: Path) -> None:
+    """A labelled scatter plot (e.g. SSIM against accuracy gain per layer)."""
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    ax.scatter(x, y)
+    for xi, yi, text in zip(x, y, labels, strict=True):
+        ax.annotate(text, (xi, yi), fontsize=6, alpha=0.7)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    _save(fig, path)

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 
 from data import DataBundle, canonical_dataset, get_data
 from models import create_model, model_spec
+from utils.checkpoint import load_weights, read_checkpoint
 from utils.errors import UsageError
+from utils.masks import add_reparam
 from utils.run import resolve_device, seed_everything
 from utils.train import use_channels_last
 
@@ -44,6 +47,21 @@ class Stage:
         """A freshly initialised model for this data set, on the device, in the chosen memory layout."""
         model = create_model(self.model_name, self.data.info.num_classes).to(self.device)
         return use_channels_last(model, self.channels_last)
+
+    def load_model(self, path: str | Path, *, require_masks: bool = False, reparam: bool = False) -> nn.Module:
+        """The model stored at ``path`` (any supported format) on the device.
+
+        ``require_masks``: a checkpoint without masks is a usage error (a sparse model was expected).
+        ``reparam``: give every prunable layer a mask (pruning and regrowth need one).
+        """
+        ckpt = read_checkpoint(path, trust_pickle=getattr(self.args, "trust_pickle", False))
+        if require_masks and not ckpt.has_masks:
+            raise UsageError(f"{path} has no masks (weight_orig / weight_mask): pass a pruned checkpoint")
+        model = self.build_model()
+        load_weights(model, ckpt, self.model_name, path)
+        if reparam:
+            add_reparam(model)
+        return model
 
 
 def resolve_names(model_name: str | None, dataset: str | None) -> tuple[str, str]:

@@ -159,3 +159,17 @@ def fit(model: nn.Module, train: DeviceLoader, val: DeviceLoader, optimizer: tor
         LOG.info("early stop: no val improvement for %d epochs (best %.2f%% at epoch %d)",
                  patience, state.best_val_acc, state.best_epoch)
     return state
+
+
+def finetune(model: nn.Module, train: DeviceLoader, select: DeviceLoader, *, epochs: int, lr: float = 3e-4,
+             weight_decay: float = 0.01, patience: int = 0, amp: bool = True, progress: bool = True,
+             csv_path: Path | None = None) -> FitState:
+    """Finetune with a fresh AdamW (the original's prune/regrowth recipe: lr 3e-4, weight decay 0.01, no
+    schedule) and load the best state by accuracy on ``select`` (the val split) into ``model``."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    if csv_path is not None:
+        csv_path.unlink(missing_ok=True)
+    state = fit(model, train, select, optimizer, epochs=epochs, patience=patience, amp=amp, progress=progress,
+                csv_path=csv_path)
+    model.load_state_dict(state.best_state)
+    return state

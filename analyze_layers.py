@@ -1,0 +1,135 @@
+"""Per-layer analysis of a sparse model against its dense parent: SSIM, density, capacity, saliency.
+
+Example:
+    python analyze_layers.py --m_name resnet20 --pretrained runs/resnet20/checkpoint/ckpt.pth \\
+        --ckpt runs/resnet20/oneshot/resnet20_0.9900.pth
+
+Prints one row per prunable layer and writes to --out (default {save_dir}/{m_name}/analysis/{ckpt stem}/):
+    layers.csv        layer, shape, density, capacity, ssim, selected, saliency_mean, saliency_max
+                      (saliency over the layer's pruned positions; selected = searched by regrowth)
+    ssim.png          SSIM per layer with the --ssim_threshold line
+    density.png       kept fraction per layer
+    saliency.png      distribution of log10 saliency at pruned positions per layer
+    saliency_per_class.png   with --per_class: mean saliency at pruned positions per layer and class
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from utils.checkpoint import read_checkpoint
+from utils.cli import add_common_args, add_scoring_args, cli_main, new_parser
+from utils.masks import keep_mask, prunable_modules
+from utils.plots import plot_distributions, plot_heatmap, plot_layer_bars
+from utils.run import make_generator
+from utils.saliency import per_class_saliency
+from utils.scores import saliency_scores, ssim_scores
+from utils.ssim import select_layers
+from utils.stage import Stage, prepare
+
+FIELDS = ["layer", "shape", "density", "capacity", "ssim", "selected", "saliency_mean", "saliency_max"]
+SAMPLES_PER_LAYER = 4000  # saliency values drawn per layer for the distribution plot
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = new_parser(__doc__)
+    add_common_args(parser, m_name_default=None)
+    add_scoring_args(parser)
+    parser.add_argument("--pretrained", default=None,
+                        help="dense checkpoint (default {save_dir}/{m_name}/checkpoint/ckpt.pth)")
+    parser.add_argument("--ckpt", required=True, help="sparse checkpoint (with masks)")
+    parser.add_argument("--out", default=None, help="output folder")
+    parser.add_argument("--per_class", action="store_true", help="also plot saliency per class")
+    parser.add_argument("--trust_pickle", action="store_true", help="allow pickled nn.Module checkpoints")
+    return parser.parse_args(argv)
+
+
+def layer_rows(sparse: torch.nn.Module, ssim: dict[str, float], saliency: dict[str, torch.Tensor],
+               selected: list[str]) -> list[dict]:
+    """One dict per prunable layer with the FIELDS columns."""
+    rows = []
+    for name, module in prunable_modules(sparse).items():
+        kept = keep_mask(module)
+        pruned_scores = saliency[name][~kept]
+        rows.append({"layer": name, "shape": "x".join(map(str, kept.shape)),
+                     "density": float(kept.float().mean()), "capacity": int((~kept).sum()),
+                     "ssim": ssim[name], "selected": name in selected,
+                     "saliency_mean": float(pruned_scores.mean()) if len(pruned_scores) else 0.0,
+                     "saliency_max": float(pruned_scores.max()) if len(pruned_scores) else 0.0})
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    print(f"{'layer':<26} {'shape':<16} {'density':>8} {'capacity':>10} {'ssim':>8} {'sel':>4} "
+          f"{'sal_mean':>10} {'sal_max':>10}")
+    for r in rows:
+        ssim = "nan" if math.isnan(r["ssim"]) else f"{r['ssim']:.4f}"
+        print(f"{r['layer']:<26} {r['shape']:<16} {r['density']:>8.4f} {r['capacity']:>10,} {ssim:>8} "
+              f"{'*' if r['selected'] else '':>4} {r['saliency_mean']:>10.3e} {r['saliency_max']:>10.3e}")
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def saliency_samples(sparse: torch.nn.Module, saliency: dict[str, torch.Tensor], seed: int) -> dict[str, list[float]]:
+    """Up to SAMPLES_PER_LAYER log10 saliency values at pruned positions of each layer (for plotting)."""
+    gen = make_generator(seed, "plot_samples")
+    samples = {}
+    for name, module in prunable_modules(sparse).items():
+        values = saliency[name][~keep_mask(module)].flatten().cpu()
+        if len(values):
+            pick = torch.randperm(len(values), generator=gen)[:SAMPLES_PER_LAYER]
+            samples[name] = values[pick].clamp_min(1e-30).log10().tolist()
+    return samples
+
+
+def plot_per_class(stage: Stage, model: torch.nn.Module, sparse: torch.nn.Module, path: Path) -> None:
+    """Mean per-class saliency over each layer's pruned positions, as a layer x class heatmap."""
+    per_class = per_class_saliency(model, stage.data.train, stage.data.info.num_classes,
+                                   num_batches=stage.args.saliency_batches)
+    masks = {n: keep_mask(m) for n, m in prunable_modules(sparse).items()}
+    matrix = [per_class[n][:, ~masks[n]].mean(1).tolist() if (~masks[n]).any() else [0.0] * len(per_class[n])
+              for n in masks]
+    plot_heatmap(matrix, list(masks), [str(c) for c in range(stage.data.info.num_classes)],
+                 "mean saliency (pruned positions)", path)
+
+
+@cli_main
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    sparse_ckpt = read_checkpoint(args.ckpt, trust_pickle=args.trust_pickle)
+    stage = prepare(args, args.m_name or sparse_ckpt.model, args.dataset or sparse_ckpt.dataset)
+    dense_path = Path(args.pretrained or Path(args.save_dir) / stage.model_name / "checkpoint" / "ckpt.pth")
+    dense = stage.load_model(dense_path)
+    sparse = stage.load_model(args.ckpt, require_masks=True)
+    ssim = ssim_scores(stage, dense, sparse)
+    saliency = saliency_scores(stage, dense, dense_path, sparse, Path(args.ckpt))
+    rows = layer_rows(sparse, ssim, saliency, select_layers(ssim, args.ssim_threshold))
+    out = Path(args.out or Path(args.save_dir) / stage.model_name / "analysis" / Path(args.ckpt).stem)
+    print_table(rows)
+    write_csv(rows, out / "layers.csv")
+    names = [r["layer"] for r in rows]
+    plot_layer_bars(names, [r["ssim"] for r in rows], "SSIM (dense vs sparse)", out / "ssim.png",
+                    hline=args.ssim_threshold)
+    plot_layer_bars(names, [r["density"] for r in rows], "density (kept fraction)", out / "density.png")
+    plot_distributions(saliency_samples(sparse, saliency, args.seed), "log10 saliency (pruned positions)",
+                       out / "saliency.png")
+    if args.per_class:
+        reference = dense if args.saliency_model == "dense" else sparse
+        plot_per_class(stage, reference, sparse, out / "saliency_per_class.png")
+    print(f"\nwrote {out / 'layers.csv'} and plots to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,146 @@
+"""Does low SSIM predict where regrowth helps? Give the whole budget to one layer at a time and see.
+
+For each prunable layer in turn (or --layers): regrow ``K = (s_start - s_target) * N_tot`` weights (capped
+by the layer's capacity) at its highest-saliency pruned positions (init --init_strategy, default zero),
+finetune --finetune_epochs with AdamW (best epoch on val), and record the val accuracy gain over a
+control run that gets the same finetune with no regrowth. Then Pearson and Spearman correlation (with
+p-values) between the layers' SSIM and their gains: a negative r means damaged layers gain most.
+
+Example:
+    python single_layer_regrowth_analysis.py --m_name resnet20 --ckpt runs/resnet20/oneshot/resnet20_0.9900.pth \\
+        --target_sparsity 0.98 --finetune_epochs 5
+
+Writes to --out (default {save_dir}/{m_name}/single_layer/{ckpt stem}/):
+    single_layer.csv   layer, ssim, capacity, regrown, val_immediate, val_after, gain
+    correlation.json   K, control accuracy, Pearson and Spearman r and p
+    ssim_vs_gain.png   scatter of SSIM against gain
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+from scipy import stats
+
+from utils.checkpoint import read_checkpoint
+from utils.cli import (
+    add_common_args,
+    add_scoring_args,
+    add_speed_args,
+    cli_main,
+    fraction,
+    new_parser,
+    non_negative_float,
+    positive_float,
+    positive_int,
+)
+from utils.errors import UsageError
+from utils.masks import capacity, num_prunable, prunable_modules, sparsity
+from utils.plots import plot_scatter
+from utils.regrowth import INIT_STRATEGIES, apply_regrowth
+from utils.run import LOG, make_generator, setup_logging, write_json
+from utils.scores import saliency_scores, ssim_scores
+from utils.stage import Stage, prepare
+from utils.train import evaluate, finetune
+
+FIELDS = ["layer", "ssim", "capacity", "regrown", "val_immediate", "val_after", "gain"]
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = new_parser(__doc__)
+    add_common_args(parser, m_name_default=None)
+    add_speed_args(parser)
+    add_scoring_args(parser)
+    parser.add_argument("--pretrained", default=None,
+                        help="dense checkpoint (default {save_dir}/{m_name}/checkpoint/ckpt.pth)")
+    parser.add_argument("--ckpt", required=True, help="sparse starting checkpoint (with masks)")
+    parser.add_argument("--target_sparsity", type=fraction, default=None,
+                        help="sparsity after regrowth; sets K (default: 1%% of the weights below the start)")
+    parser.add_argument("--layers", nargs="+", default=None, help="only these layers (default: all)")
+    parser.add_argument("--init_strategy", default="zero", choices=list(INIT_STRATEGIES))
+    parser.add_argument("--finetune_epochs", type=positive_int, default=5)
+    parser.add_argument("--lr", type=positive_float, default=3e-4)
+    parser.add_argument("--weight_decay", type=non_negative_float, default=0.01)
+    parser.add_argument("--out", default=None, help="output folder")
+    parser.add_argument("--trust_pickle", action="store_true", help="allow pickled nn.Module checkpoints")
+    return parser.parse_args(argv)
+
+
+def budget(model, target: float | None) -> int:
+    """K = (s_start - s_target) * N_tot weights; default target = start - 0.01."""
+    start = sparsity(model)
+    target = start - 0.01 if target is None else target
+    if target >= start:
+        raise UsageError(f"--target_sparsity {target} is not below the checkpoint's sparsity {start:.4f}")
+    return round((start - max(target, 0.0)) * num_prunable(model))
+
+
+def finetuned_val(stage: Stage, model) -> float:
+    """Val accuracy (%) after the analysis finetune (best epoch on val)."""
+    args = stage.args
+    state = finetune(model, stage.data.train, stage.data.val, epochs=args.finetune_epochs, lr=args.lr,
+                     weight_decay=args.weight_decay, amp=stage.amp, progress=not args.no_progress)
+    return state.best_val_acc
+
+
+def correlation(ssim: list[float], gain: list[float]) -> dict:
+    """Pearson and Spearman r with two-sided p-values (NaN when fewer than 3 points or a constant input)."""
+    if len(ssim) < 3 or len(set(ssim)) < 2 or len(set(gain)) < 2:
+        return {"pearson_r": math.nan, "pearson_p": math.nan, "spearman_r": math.nan, "spearman_p": math.nan}
+    pearson, spearman = stats.pearsonr(ssim, gain), stats.spearmanr(ssim, gain)
+    return {"pearson_r": float(pearson.statistic), "pearson_p": float(pearson.pvalue),
+            "spearman_r": float(spearman.statistic), "spearman_p": float(spearman.pvalue)}
+
+
+@cli_main
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    sparse_ckpt = read_checkpoint(args.ckpt, trust_pickle=args.trust_pickle)
+    stage = prepare(args, args.m_name or sparse_ckpt.model, args.dataset or sparse_ckpt.dataset)
+    dense_path = Path(args.pretrained or Path(args.save_dir) / stage.model_name / "checkpoint" / "ckpt.pth")
+    dense = stage.load_model(dense_path)
+    sparse = stage.load_model(args.ckpt, require_masks=True, reparam=True)
+    k = budget(sparse, args.target_sparsity)
+    unknown = sorted(set(args.layers or []) - set(prunable_modules(sparse)))
+    if unknown:
+        raise UsageError(f"unknown layer(s) {', '.join(unknown)}; see analyze_layers.py for the names")
+    out = Path(args.out or Path(args.save_dir) / stage.model_name / "single_layer" / Path(args.ckpt).stem)
+    setup_logging(out)
+    ssim = ssim_scores(stage, dense, sparse)
+    saliency = saliency_scores(stage, dense, dense_path, sparse, Path(args.ckpt))
+    dense_weights = {n: m.weight.detach() for n, m in prunable_modules(dense).items()}
+    caps = capacity(sparse)
+    layers = [n for n in (args.layers or caps) if caps[n] > 0 and not math.isnan(ssim[n])]
+    control = finetuned_val(stage, copy.deepcopy(sparse))
+    LOG.info("K = %d weights; control (no regrowth) val %.2f%%; %d layers", k, control, len(layers))
+    rows, generator = [], make_generator(args.seed, "regrowth_init", stage.device)
+    for name in layers:
+        model = copy.deepcopy(sparse)
+        regrown = apply_regrowth(model, {name: k}, saliency, args.init_strategy, dense_weights,
+                                 generator=generator)[name]
+        _, immediate = evaluate(model, stage.data.val, amp=stage.amp)
+        after = finetuned_val(stage, model)
+        rows.append({"layer": name, "ssim": ssim[name], "capacity": caps[name], "regrown": regrown,
+                     "val_immediate": immediate, "val_after": after, "gain": after - control})
+        LOG.info("%-24s ssim %7.4f  regrew %6d  val %.2f%% -> %.2f%%  gain %+.2f", name, ssim[name], regrown,
+                 immediate, after, after - control)
+    with open(out / "single_layer.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    corr = correlation([r["ssim"] for r in rows], [r["gain"] for r in rows])
+    write_json(out / "correlation.json", {"K": k, "control_val_acc": control, "layers": len(rows), **corr})
+    plot_scatter([r["ssim"] for r in rows], [r["gain"] for r in rows], [r["layer"] for r in rows], "SSIM",
+                 "val accuracy gain over control (pp)", f"Pearson r {corr['pearson_r']:.2f}, "
+                 f"Spearman r {corr['spearman_r']:.2f}", out / "ssim_vs_gain.png")
+    LOG.info("Pearson r %.3f (p %.3g), Spearman r %.3f (p %.3g); wrote %s", corr["pearson_r"], corr["pearson_p"],
+             corr["spearman_r"], corr["spearman_p"], out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,111 @@
+"""Regrowth inside layers: turn the top-scoring pruned positions back on and give them initial values.
+
+``apply_regrowth(model, allocation, scores, init_strategy)`` regrows, in each layer, the
+``min(n, capacity)`` pruned positions with the highest score (e.g. saliency), using tensor ops only:
+one ``topk`` and one indexed write per layer for the mask, ``weight_orig`` and any optimizer state.
+Initial values (``--init_strategy``):
+
+| name        | value at a regrown position                                       |
+|-------------|-------------------------------------------------------------------|
+| `zero`      | 0 (the default; the weight starts learning from nothing)           |
+| `kaiming`   | U(-b, b), b = sqrt(6 / fan_in)                                     |
+| `xavier`    | U(-b, b), b = sqrt(6 / (fan_in + fan_out))                         |
+| `magnitude` | the stored ``weight_orig`` value (its decayed last live value)     |
+| `dense`     | the dense pretrained weight at that position                       |
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn as nn
+
+from utils.errors import UsageError
+from utils.masks import has_reparam, prunable_modules
+
+# (module, flat positions [k], dense weight or None, generator) -> values [k]
+Init = Callable[[nn.Module, torch.Tensor, "torch.Tensor | None", "torch.Generator | None"], torch.Tensor]
+
+
+def _fans(weight: torch.Tensor) -> tuple[int, int]:
+    receptive = weight[0, 0].numel() if weight.dim() > 2 else 1
+    return weight.shape[1] * receptive, weight.shape[0] * receptive
+
+
+def _uniform(bound: float, k: int, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    device = generator.device if generator is not None else like.device
+    draws = torch.rand(k, generator=generator, device=device).to(like.device, like.dtype)
+    return (draws * 2 - 1) * bound
+
+
+def _dense_values(module, idx, dense, generator):
+    if dense is None:
+        raise UsageError("--init_strategy dense needs the dense pretrained weights")
+    return dense.reshape(-1)[idx].to(module.weight_orig.dtype)
+
+
+INIT_STRATEGIES: dict[str, Init] = {
+    "zero": lambda module, idx, dense, gen: torch.zeros(len(idx), device=idx.device, dtype=module.weight_orig.dtype),
+    "kaiming": lambda module, idx, dense, gen: _uniform(math.sqrt(6 / _fans(module.weight_orig)[0]), len(idx),
+                                                        module.weight_orig, gen),
+    "xavier": lambda module, idx, dense, gen: _uniform(math.sqrt(6 / sum(_fans(module.weight_orig))), len(idx),
+                                                       module.weight_orig, gen),
+    "magnitude": lambda module, idx, dense, gen: module.weight_orig.detach().reshape(-1)[idx],
+    "dense": _dense_values,
+}
+
+
+def get_init(name: str) -> Init:
+    """The init strategy ``name``; unknown names are a ``UsageError`` listing the valid ones."""
+    if name not in INIT_STRATEGIES:
+        raise UsageError(f"unknown init strategy '{name}'; choose one of: {', '.join(INIT_STRATEGIES)}")
+    return INIT_STRATEGIES[name]
+
+
+def top_pruned(scores: torch.Tensor, mask: torch.Tensor, n: int) -> torch.Tensor:
+    """Flat (row-major) indices of the ``min(n, #pruned)`` pruned positions with the highest score."""
+    pruned = ~mask.bool().reshape(-1)
+    k = min(n, int(pruned.sum()))
+    flat = scores.reshape(-1).float().masked_fill(~pruned, float("-inf"))
+    return flat.topk(k).indices if k > 0 else torch.empty(0, dtype=torch.long, device=mask.device)
+
+
+def _write(tensor: torch.Tensor, idx: torch.Tensor, values: torch.Tensor | float) -> None:
+    """tensor[flat idx] = values, whatever the tensor's memory layout."""
+    tensor[torch.unravel_index(idx, tensor.shape)] = values
+
+
+def _reset_optimizer_state(optimizer: torch.optim.Optimizer | None, param: torch.Tensor, idx: torch.Tensor) -> None:
+    """Zero every per-weight state buffer (momentum, Adam moments) of ``param`` at ``idx``."""
+    if optimizer is None or param not in optimizer.state:
+        return
+    for value in optimizer.state[param].values():
+        if isinstance(value, torch.Tensor) and value.shape == param.shape:
+            _write(value, idx, 0.0)
+
+
+@torch.no_grad()
+def apply_regrowth(model: nn.Module, allocation: dict[str, int], scores: dict[str, torch.Tensor],
+                   init_strategy: str = "zero", dense: dict[str, torch.Tensor] | None = None,
+                   optimizer: torch.optim.Optimizer | None = None,
+                   generator: torch.Generator | None = None) -> dict[str, int]:
+    """Regrow ``allocation[layer]`` weights (capped by capacity) at the highest-``scores`` pruned positions.
+
+    ``dense``: dense weights by layer name (for ``init_strategy='dense'``). Returns {layer: regrown count}.
+    Nothing outside the chosen positions changes.
+    """
+    init = get_init(init_strategy)
+    modules = prunable_modules(model)
+    regrown = {}
+    for name, n in allocation.items():
+        module = modules[name]
+        if not has_reparam(module):
+            raise UsageError(f"layer {name} has no mask to regrow into")
+        idx = top_pruned(scores[name], module.weight_mask, n)
+        values = init(module, idx, None if dense is None else dense.get(name), generator)
+        _write(module.weight_orig, idx, values)
+        _write(module.weight_mask, idx, 1.0)
+        _reset_optimizer_state(optimizer, module.weight_orig, idx)
+        regrown[name] = len(idx)
+    return regrown

@@ -5,7 +5,7 @@ Example:
         --ckpt runs/resnet20/oneshot/resnet20_0.9900.pth
 
 Prints one row per prunable layer and writes to --out (default {save_dir}/{m_name}/analysis/{ckpt stem}/):
-    layers.csv        layer, shape, density, capacity, ssim, selected, saliency_mean, saliency_max
+    layers.csv        layer, shape, density, capacity, ssim, saliency_mean, saliency_max, selected
                       (saliency over the layer's pruned positions; selected = searched by regrowth)
     ssim.png          SSIM per layer with the --ssim_threshold line
     density.png       kept fraction per layer
@@ -32,7 +32,7 @@ from utils.scores import saliency_scores, ssim_scores
 from utils.ssim import select_layers
 from utils.stage import Stage, prepare
 
-FIELDS = ["layer", "shape", "density", "capacity", "ssim", "selected", "saliency_mean", "saliency_max"]
+FIELDS = ["layer", "shape", "density", "capacity", "ssim", "saliency_mean", "saliency_max", "selected"]
 SAMPLES_PER_LAYER = 4000  # saliency values drawn per layer for the distribution plot
 
 

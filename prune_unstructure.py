@@ -99,10 +99,13 @@ def finetune_and_score(stage: Stage, model: nn.Module, csv_path: Path) -> tuple[
     return val_acc, test_acc
 
 
-def write_log_row(path: Path, row: dict) -> None:
-    """Insert or replace the row of ``row['step']`` (and sparsity, for one-shot targets) in prune_log.csv."""
-    key = (str(row["step"]), f"{float(row['sparsity']):.4f}")
-    rows = [r for r in read_csv(path) if (r["step"], f"{float(r['sparsity']):.4f}") != key]
+def write_log_row(path: Path, row: dict, iterative: bool) -> None:
+    """Add ``row`` to prune_log.csv, atomically. Iterative: rows of this step and later (an older run being
+    redone) are dropped first; one-shot: a row for the same checkpoint is replaced."""
+    if iterative:
+        rows = [r for r in read_csv(path) if int(r["step"]) < int(row["step"])]
+    else:
+        rows = [r for r in read_csv(path) if r["checkpoint"] != row["checkpoint"]]
     rows.append({k: str(v) for k, v in row.items()})
     rows.sort(key=lambda r: (int(r["step"]), float(r["sparsity"])))
     tmp = path.with_name(path.name + ".tmp")
@@ -129,7 +132,7 @@ def prune_step(stage: Stage, model: nn.Module, pruner: Pruner, amount: float, st
     kept = sum(c.kept for c in layer_counts(model))
     write_log_row(out / "prune_log.csv", {"step": step, "amount": amount, "sparsity": achieved,
                                           "params_nonzero": kept, "val_acc": val_acc, "test_acc": test_acc,
-                                          "checkpoint": path.name})
+                                          "checkpoint": path.name}, iterative=stage.args.mode == "iterative")
     plot_sparsity_accuracy(out / "prune_log.csv", out / "sparsity_vs_accuracy.png",
                            f"{stage.model_name} {stage.args.mode} {pruner.name} pruning")
     LOG.info("step %d: sparsity %.4f  val %.2f%%  test %.2f%%  -> %s", step, achieved, val_acc, test_acc, path)

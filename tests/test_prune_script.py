@@ -79,6 +79,12 @@ def test_continue_from_iteration(iterative_run, capsys):
     assert meta["parent"].endswith("resnet20_0.5100.pth") and meta["step"] == 3
     code, _, err = run_main(prune_unstructure.main, QUICK + ["--save_dir", save, "--iter_start", "9"], capsys)
     assert code == 2 and "no checkpoint of iteration 8" in err
+    # redoing from iteration 2 replaces the old run's rows from 2 on
+    assert prune_unstructure.main(QUICK + ["--save_dir", save, "--iter_start", "2", "--iter_end", "2",
+                                           "--pruner", "unif"]) == 0
+    rows = read_csv(iterative_run / "prune_log.csv")
+    assert [r["step"] for r in rows] == ["1", "2"]
+    assert read_checkpoint(iterative_run / rows[1]["checkpoint"]).meta["pruner"] == "unif"
 
 
 def test_oneshot_several_targets(tmp_path):

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import torch
 
-from utils.checkpoint import read_checkpoint
 from utils.cli import add_common_args, add_scoring_args, cli_main, new_parser
 from utils.masks import keep_mask, prunable_modules
 from utils.plots import plot_distributions, plot_heatmap, plot_layer_bars
@@ -30,7 +29,7 @@ from utils.run import make_generator
 from utils.saliency import per_class_saliency
 from utils.scores import saliency_scores, ssim_scores
 from utils.ssim import select_layers
-from utils.stage import Stage, prepare
+from utils.stage import Stage, prepare_dense_sparse
 
 FIELDS = ["layer", "shape", "density", "capacity", "ssim", "saliency_mean", "saliency_max", "selected"]
 SAMPLES_PER_LAYER = 4000  # saliency values drawn per layer for the distribution plot
@@ -107,13 +106,10 @@ def plot_per_class(stage: Stage, model: torch.nn.Module, sparse: torch.nn.Module
 @cli_main
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    sparse_ckpt = read_checkpoint(args.ckpt, trust_pickle=args.trust_pickle)
-    stage = prepare(args, args.m_name or sparse_ckpt.model, args.dataset or sparse_ckpt.dataset)
-    dense_path = Path(args.pretrained or Path(args.save_dir) / stage.model_name / "checkpoint" / "ckpt.pth")
-    dense = stage.load_model(dense_path)
-    sparse = stage.load_model(args.ckpt, require_masks=True)
+    stage, pair = prepare_dense_sparse(args)
+    dense, sparse = pair.dense, pair.sparse
     ssim = ssim_scores(stage, dense, sparse)
-    saliency = saliency_scores(stage, dense, dense_path, sparse, Path(args.ckpt))
+    saliency = saliency_scores(stage, pair)
     rows = layer_rows(sparse, ssim, saliency, select_layers(ssim, args.ssim_threshold))
     out = Path(args.out or Path(args.save_dir) / stage.model_name / "analysis" / Path(args.ckpt).stem)
     print_table(rows)

@@ -30,7 +30,7 @@ from utils.cli import (
 )
 from utils.errors import UsageError
 from utils.run import LOG, setup_logging, write_json
-from utils.stage import Stage, prepare
+from utils.stage import Stage, prepare, pretrained_path
 from utils.train import EpochStats, FitState, evaluate, fit
 
 
@@ -74,8 +74,9 @@ def _restore(path: Path, model, optimizer, scheduler, stage: Stage) -> FitState:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     stage = prepare(args)
-    out = Path(args.save_dir) / stage.model_name / "checkpoint"
-    best_path, last_path = out / "ckpt.pth", out / "last.pth"
+    best_path = pretrained_path(args.save_dir, stage.model_name)
+    out = best_path.parent
+    last_path = out / "last.pth"
     if args.resume and not last_path.is_file():
         raise UsageError(f"--resume: {last_path} does not exist; run without --resume to start")
     if not args.resume and not args.overwrite and best_path.exists():

@@ -44,7 +44,7 @@ from utils.masks import layer_counts, sparsity
 from utils.plots import plot_sparsity_accuracy, read_csv
 from utils.pruners import Pruner, get_pruner
 from utils.run import LOG, make_generator, setup_logging
-from utils.stage import Stage, prepare
+from utils.stage import Stage, prepare, pretrained_path
 from utils.train import evaluate, finetune
 
 DEFAULT_FINETUNE_EPOCHS = {"iterative": 40, "oneshot": 400}
@@ -162,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     pruner = get_pruner(args.pruner)
     stage = prepare(args)
-    pretrained = Path(args.pretrained or Path(args.save_dir) / stage.model_name / "checkpoint" / "ckpt.pth")
+    pretrained = Path(args.pretrained or pretrained_path(args.save_dir, stage.model_name))
     out = Path(args.save_dir) / stage.model_name / args.mode
     generator = make_generator(args.seed, "pruner")
     if args.mode == "iterative":

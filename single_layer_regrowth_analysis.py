@@ -26,7 +26,6 @@ from pathlib import Path
 
 from scipy import stats
 
-from utils.checkpoint import read_checkpoint
 from utils.cli import (
     add_common_args,
     add_scoring_args,
@@ -44,7 +43,7 @@ from utils.plots import plot_scatter
 from utils.regrowth import INIT_STRATEGIES, apply_regrowth
 from utils.run import LOG, make_generator, setup_logging, write_json
 from utils.scores import saliency_scores, ssim_scores
-from utils.stage import Stage, prepare
+from utils.stage import Stage, prepare_dense_sparse
 from utils.train import evaluate, finetune
 
 FIELDS = ["layer", "ssim", "capacity", "regrown", "val_immediate", "val_after", "gain"]
@@ -99,11 +98,8 @@ def correlation(ssim: list[float], gain: list[float]) -> dict:
 @cli_main
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    sparse_ckpt = read_checkpoint(args.ckpt, trust_pickle=args.trust_pickle)
-    stage = prepare(args, args.m_name or sparse_ckpt.model, args.dataset or sparse_ckpt.dataset)
-    dense_path = Path(args.pretrained or Path(args.save_dir) / stage.model_name / "checkpoint" / "ckpt.pth")
-    dense = stage.load_model(dense_path)
-    sparse = stage.load_model(args.ckpt, require_masks=True, reparam=True)
+    stage, pair = prepare_dense_sparse(args, reparam=True)
+    dense, sparse = pair.dense, pair.sparse
     k = budget(sparse, args.target_sparsity)
     unknown = sorted(set(args.layers or []) - set(prunable_modules(sparse)))
     if unknown:
@@ -111,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out or Path(args.save_dir) / stage.model_name / "single_layer" / Path(args.ckpt).stem)
     setup_logging(out)
     ssim = ssim_scores(stage, dense, sparse)
-    saliency = saliency_scores(stage, dense, dense_path, sparse, Path(args.ckpt))
+    saliency = saliency_scores(stage, pair)
     dense_weights = {n: m.weight.detach() for n, m in prunable_modules(dense).items()}
     caps = capacity(sparse)
     layers = [n for n in (args.layers or caps) if caps[n] > 0 and not math.isnan(ssim[n])]

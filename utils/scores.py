@@ -15,7 +15,7 @@ import torch.nn as nn
 from utils.run import make_generator
 from utils.saliency import cached_saliency
 from utils.ssim import layer_similarity
-from utils.stage import Stage
+from utils.stage import DenseSparse, Stage
 
 
 def ssim_scores(stage: Stage, dense: nn.Module, sparse: nn.Module) -> dict[str, float]:
@@ -23,11 +23,10 @@ def ssim_scores(stage: Stage, dense: nn.Module, sparse: nn.Module) -> dict[str, 
     return layer_similarity(dense, sparse, stage.data.val, stage.args.ssim_num_batches, stage.amp)
 
 
-def saliency_scores(stage: Stage, dense: nn.Module, dense_path: Path, sparse: nn.Module,
-                    sparse_path: Path) -> dict[str, torch.Tensor]:
+def saliency_scores(stage: Stage, pair: DenseSparse) -> dict[str, torch.Tensor]:
     """Saliency per prunable layer on the reference ``--saliency_model`` picks (cached on disk)."""
     args = stage.args
-    model, path = (dense, dense_path) if args.saliency_model == "dense" else (sparse, sparse_path)
+    model, path = (pair.dense, pair.dense_path) if args.saliency_model == "dense" else (pair.sparse, pair.sparse_path)
     # its own generator: whether the cache hits must not change the data order of later training
     loader = stage.data.train.with_generator(make_generator(args.seed, "saliency", stage.device))
     settings = {"model": stage.model_name, "dataset": stage.dataset, "seed": args.seed, "val_split": args.val_split,

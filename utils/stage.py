@@ -23,6 +23,11 @@ from utils.train import use_channels_last
 DEFAULT_DATASET = {32: "cifar10", 64: "tiny_imagenet"}  # by the model's input resolution
 
 
+def pretrained_path(save_dir: str | Path, model_name: str) -> Path:
+    """Where pretrain.py keeps the best dense model: ``{save_dir}/{model_name}/checkpoint/ckpt.pth``."""
+    return Path(save_dir) / model_name / "checkpoint" / "ckpt.pth"
+
+
 @dataclass
 class Stage:
     """The resolved set-up of one stage run."""
@@ -87,3 +92,25 @@ def prepare(args: argparse.Namespace, model_name: str | None = None, dataset: st
         raise UsageError(f"model '{name}' takes {expected}x{expected} images but '{dataset}' has "
                          f"{data.info.image_size}x{data.info.image_size}; pick a model built for this data set")
     return Stage(args, device, name, dataset, data)
+
+
+@dataclass
+class DenseSparse:
+    """A dense model and a sparse (masked) model of the same architecture, with their files."""
+
+    dense: nn.Module
+    dense_path: Path
+    sparse: nn.Module
+    sparse_path: Path
+
+
+def prepare_dense_sparse(args: argparse.Namespace, reparam: bool = False) -> tuple[Stage, DenseSparse]:
+    """Stage for ``--ckpt`` (a sparse checkpoint; model and data set default to the ones it records) and
+    both models: the dense one from ``--pretrained`` (default ``pretrained_path``) and the sparse one,
+    which must carry masks."""
+    sparse_ckpt = read_checkpoint(args.ckpt, trust_pickle=getattr(args, "trust_pickle", False))
+    stage = prepare(args, args.m_name or sparse_ckpt.model, args.dataset or sparse_ckpt.dataset)
+    dense_path = Path(args.pretrained or pretrained_path(args.save_dir, stage.model_name))
+    dense = stage.load_model(dense_path)
+    sparse = stage.load_model(args.ckpt, require_masks=True, reparam=reparam)
+    return stage, DenseSparse(dense, dense_path, sparse, Path(args.ckpt))

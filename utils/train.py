@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import math
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -69,8 +70,12 @@ def _progress(items: Iterable, enabled: bool, desc: str) -> Iterable:
 
 
 def train_epoch(model: nn.Module, loader: DeviceLoader, optimizer: torch.optim.Optimizer, *,
-                amp: bool = True, progress: bool = True, desc: str = "train") -> tuple[float, float]:
-    """One pass over ``loader`` with cross-entropy; returns (mean loss, accuracy %) on the augmented data."""
+                amp: bool = True, progress: bool = True, desc: str = "train",
+                batch_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> tuple[float, float]:
+    """One pass over ``loader`` with cross-entropy; returns (mean loss, accuracy %) on the augmented data.
+
+    ``batch_scheduler`` (if any) steps after every optimizer step.
+    """
     model.train()
     loss_sum = torch.zeros((), device=loader.device)
     correct = torch.zeros((), device=loader.device, dtype=torch.long)
@@ -81,6 +86,8 @@ def train_epoch(model: nn.Module, loader: DeviceLoader, optimizer: torch.optim.O
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if batch_scheduler is not None:
+            batch_scheduler.step()
         loss_sum += loss.detach().float() * labels.numel()
         correct += (logits.argmax(1) == labels).sum()
     n = loader.num_samples
@@ -119,11 +126,13 @@ def fit(model: nn.Module, train: DeviceLoader, val: DeviceLoader, optimizer: tor
         epochs: int, scheduler: torch.optim.lr_scheduler.LRScheduler | None = None, patience: int = 0,
         amp: bool = True, progress: bool = True, csv_path: Path | None = None, state: FitState | None = None,
         forward_model: nn.Module | None = None,
+        batch_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
         on_epoch_end: Callable[[FitState, EpochStats, bool], None] | None = None) -> FitState:
     """Train for up to ``epochs`` epochs (continuing from ``state``), keeping the best state by val accuracy.
 
     ``patience`` > 0 stops after that many epochs without a strict val improvement. ``scheduler`` steps
-    once per epoch. ``forward_model`` (e.g. a torch.compile wrapper of ``model``) runs the passes.
+    once per epoch, ``batch_scheduler`` once per batch. ``forward_model`` (e.g. a torch.compile wrapper
+    of ``model``) runs the passes.
     ``on_epoch_end(state, stats, improved)`` runs after each epoch (checkpointing). The best state is
     left in ``state.best_state``; the model keeps the last epoch's weights.
     """
@@ -135,7 +144,7 @@ def fit(model: nn.Module, train: DeviceLoader, val: DeviceLoader, optimizer: tor
         start = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         train_loss, train_acc = train_epoch(net, train, optimizer, amp=amp, progress=progress,
-                                            desc=f"epoch {state.epoch + 1}/{epochs}")
+                                            desc=f"epoch {state.epoch + 1}/{epochs}", batch_scheduler=batch_scheduler)
         if scheduler is not None:
             scheduler.step()
         val_loss, val_acc = evaluate(net, val, amp=amp)
@@ -161,15 +170,34 @@ def fit(model: nn.Module, train: DeviceLoader, val: DeviceLoader, optimizer: tor
     return state
 
 
+def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int,
+                  warmup_frac: float) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step schedule: linear warm-up over ``warmup_frac`` of ``total_steps``, then cosine decay to 0."""
+    warmup = max(1, round(warmup_frac * total_steps)) if warmup_frac > 0 else 0
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
 def finetune(model: nn.Module, train: DeviceLoader, select: DeviceLoader, *, epochs: int, lr: float = 3e-4,
              weight_decay: float = 0.01, patience: int = 0, amp: bool = True, progress: bool = True,
-             csv_path: Path | None = None) -> FitState:
-    """Finetune with a fresh AdamW (the original's prune/regrowth recipe: lr 3e-4, weight decay 0.01, no
-    schedule) and load the best state by accuracy on ``select`` (the val split) into ``model``."""
+             csv_path: Path | None = None, warmup_frac: float | None = None) -> FitState:
+    """Finetune with a fresh AdamW (the original's recipe: lr 3e-4, weight decay 0.01) and load the best
+    state by accuracy on ``select`` (the val split) into ``model``.
+
+    ``warmup_frac=None``: constant learning rate (prune and regrowth finetunes); a number: per-step
+    linear warm-up over that fraction of all steps, then cosine decay (the full finetune).
+    """
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    schedule = None if warmup_frac is None else warmup_cosine(optimizer, epochs * len(train), warmup_frac)
     if csv_path is not None:
         csv_path.unlink(missing_ok=True)
     state = fit(model, train, select, optimizer, epochs=epochs, patience=patience, amp=amp, progress=progress,
-                csv_path=csv_path)
+                csv_path=csv_path, batch_scheduler=schedule)
     model.load_state_dict(state.best_state)
     return state

@@ -1,0 +1,78 @@
+"""Full finetune of any checkpoint (ours or the original's formats), masks untouched.
+
+AdamW (lr 3e-4, weight decay 0.01) with a per-step schedule: linear warm-up over --warmup_frac (5%) of all
+steps, then cosine decay; --epochs (400), early stop after --patience (50) epochs without val gain; the
+best epoch is chosen on val. Pruned weights stay exactly zero.
+
+Example:
+    python finetune.py --ckpt runs/resnet20/regrowth_oneshot/0.9900/best_grown_model.pth --epochs 400
+
+Writes --save_path (default: {ckpt stem}_finetuned.pth beside the checkpoint) and {save_path stem}_log.csv;
+prints sparsity and val/test accuracy before and after.
+"""
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+from utils.checkpoint import read_checkpoint, save_checkpoint
+from utils.cli import (
+    add_common_args,
+    add_speed_args,
+    cli_main,
+    fraction,
+    new_parser,
+    non_negative_float,
+    positive_float,
+    positive_int,
+)
+from utils.masks import sparsity
+from utils.run import LOG, setup_logging
+from utils.stage import prepare
+from utils.train import evaluate, finetune
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = new_parser(__doc__)
+    add_common_args(parser, m_name_default=None)
+    add_speed_args(parser)
+    parser.add_argument("--ckpt", required=True, help="checkpoint to finetune")
+    parser.add_argument("--save_path", default=None, help="output checkpoint")
+    parser.add_argument("--epochs", type=positive_int, default=400)
+    parser.add_argument("--lr", type=positive_float, default=3e-4)
+    parser.add_argument("--weight_decay", type=non_negative_float, default=0.01)
+    parser.add_argument("--warmup_frac", type=fraction, default=0.05, help="share of steps for linear warm-up")
+    parser.add_argument("--patience", type=int, default=50, help="early stop after N epochs without val gain")
+    parser.add_argument("--trust_pickle", action="store_true", help="allow a pickled nn.Module checkpoint")
+    return parser.parse_args(argv)
+
+
+@cli_main
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    ckpt = read_checkpoint(args.ckpt, trust_pickle=args.trust_pickle)
+    stage = prepare(args, args.m_name or ckpt.model, args.dataset or ckpt.dataset)
+    model = stage.load_model(args.ckpt)
+    save_path = Path(args.save_path or Path(args.ckpt).with_name(f"{Path(args.ckpt).stem}_finetuned.pth"))
+    setup_logging(save_path.parent, f"{save_path.stem}_log.txt")
+    _, val_before = evaluate(model, stage.data.val, amp=stage.amp)
+    _, test_before = evaluate(model, stage.data.test, amp=stage.amp)
+    LOG.info("before: sparsity %.4f  val %.2f%%  test %.2f%%", sparsity(model), val_before, test_before)
+    state = finetune(model, stage.data.train, stage.data.val, epochs=args.epochs, lr=args.lr,
+                     weight_decay=args.weight_decay, patience=args.patience, amp=stage.amp,
+                     progress=not args.no_progress, csv_path=save_path.with_name(f"{save_path.stem}_log.csv"),
+                     warmup_frac=args.warmup_frac)
+    _, test_after = evaluate(model, stage.data.test, amp=stage.amp)
+    meta = {"stage": "finetune", "parent": str(args.ckpt), "sparsity": sparsity(model), "epoch": state.best_epoch,
+            "val_acc": state.best_val_acc, "test_acc": test_after, "val_acc_before": val_before,
+            "test_acc_before": test_before, "args": vars(args)}
+    save_checkpoint(save_path, model, model_name=stage.model_name, dataset=stage.dataset,
+                    num_classes=stage.data.info.num_classes, meta=meta)
+    LOG.info("after:  sparsity %.4f  val %.2f%% (epoch %d)  test %.2f%%  (test %+.2f pp); saved %s",
+             sparsity(model), state.best_val_acc, state.best_epoch, test_after, test_after - test_before, save_path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -15,7 +15,6 @@ Prints one row per prunable layer and writes to --out (default {save_dir}/{m_nam
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,7 +24,7 @@ import torch
 from utils.cli import add_common_args, add_scoring_args, cli_main, new_parser
 from utils.masks import keep_mask, prunable_modules
 from utils.plots import plot_distributions, plot_heatmap, plot_layer_bars
-from utils.run import make_generator
+from utils.run import make_generator, write_csv
 from utils.saliency import per_class_saliency
 from utils.scores import saliency_scores, ssim_scores
 from utils.ssim import select_layers
@@ -72,14 +71,6 @@ def print_table(rows: list[dict]) -> None:
               f"{'*' if r['selected'] else '':>4} {r['saliency_mean']:>10.3e} {r['saliency_max']:>10.3e}")
 
 
-def write_csv(rows: list[dict], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def saliency_samples(sparse: torch.nn.Module, saliency: dict[str, torch.Tensor], seed: int) -> dict[str, list[float]]:
     """Up to SAMPLES_PER_LAYER log10 saliency values at pruned positions of each layer (for plotting)."""
     gen = make_generator(seed, "plot_samples")
@@ -106,14 +97,14 @@ def plot_per_class(stage: Stage, model: torch.nn.Module, sparse: torch.nn.Module
 @cli_main
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    stage, pair = prepare_dense_sparse(args)
+    stage, pair = prepare_dense_sparse(args, args.ckpt)
     dense, sparse = pair.dense, pair.sparse
     ssim = ssim_scores(stage, dense, sparse)
     saliency = saliency_scores(stage, pair)
     rows = layer_rows(sparse, ssim, saliency, select_layers(ssim, args.ssim_threshold))
     out = Path(args.out or Path(args.save_dir) / stage.model_name / "analysis" / Path(args.ckpt).stem)
     print_table(rows)
-    write_csv(rows, out / "layers.csv")
+    write_csv(out / "layers.csv", rows, FIELDS)
     names = [r["layer"] for r in rows]
     plot_layer_bars(names, [r["ssim"] for r in rows], "SSIM (dense vs sparse)", out / "ssim.png",
                     hline=args.ssim_threshold)

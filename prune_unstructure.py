@@ -20,7 +20,6 @@ one-shot, as in the original), best epoch chosen on the validation split.
 from __future__ import annotations
 
 import argparse
-import csv
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -43,7 +42,7 @@ from utils.errors import UsageError
 from utils.masks import layer_counts, sparsity
 from utils.plots import plot_sparsity_accuracy, read_csv
 from utils.pruners import Pruner, get_pruner
-from utils.run import LOG, make_generator, setup_logging
+from utils.run import LOG, make_generator, setup_logging, write_csv
 from utils.stage import Stage, prepare, pretrained_path
 from utils.train import evaluate, finetune
 
@@ -108,12 +107,7 @@ def write_log_row(path: Path, row: dict, iterative: bool) -> None:
         rows = [r for r in read_csv(path) if r["checkpoint"] != row["checkpoint"]]
     rows.append({k: str(v) for k, v in row.items()})
     rows.sort(key=lambda r: (int(r["step"]), float(r["sparsity"])))
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=LOG_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
+    write_csv(path, rows, LOG_FIELDS)
 
 
 def prune_step(stage: Stage, model: nn.Module, pruner: Pruner, amount: float, step: int, out: Path,

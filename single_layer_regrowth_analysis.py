@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,7 +40,7 @@ from utils.errors import UsageError
 from utils.masks import capacity, num_prunable, prunable_modules, sparsity
 from utils.plots import plot_scatter
 from utils.regrowth import INIT_STRATEGIES, apply_regrowth
-from utils.run import LOG, make_generator, setup_logging, write_json
+from utils.run import LOG, make_generator, setup_logging, write_csv, write_json
 from utils.scores import saliency_scores, ssim_scores
 from utils.stage import Stage, prepare_dense_sparse
 from utils.train import evaluate, finetune
@@ -98,7 +97,7 @@ def correlation(ssim: list[float], gain: list[float]) -> dict:
 @cli_main
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    stage, pair = prepare_dense_sparse(args, reparam=True)
+    stage, pair = prepare_dense_sparse(args, args.ckpt, reparam=True)
     dense, sparse = pair.dense, pair.sparse
     k = budget(sparse, args.target_sparsity)
     unknown = sorted(set(args.layers or []) - set(prunable_modules(sparse)))
@@ -124,10 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                      "val_immediate": immediate, "val_after": after, "gain": after - control})
         LOG.info("%-24s ssim %7.4f  regrew %6d  val %.2f%% -> %.2f%%  gain %+.2f", name, ssim[name], regrown,
                  immediate, after, after - control)
-    with open(out / "single_layer.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(out / "single_layer.csv", rows, FIELDS)
     corr = correlation([r["ssim"] for r in rows], [r["gain"] for r in rows])
     write_json(out / "correlation.json", {"K": k, "control_val_acc": control, "layers": len(rows), **corr})
     plot_scatter([r["ssim"] for r in rows], [r["gain"] for r in rows], [r["layer"] for r in rows], "SSIM",

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from utils.errors import UsageError
+from utils.regrowth import INIT_STRATEGIES
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -131,3 +132,32 @@ def add_scoring_args(parser: argparse.ArgumentParser) -> None:
                        help="train batches for saliency (default: all)")
     group.add_argument("--saliency_model", choices=["dense", "sparse"], default="dense",
                        help="score (dL/dθ)^2 θ^2 on the dense pretrained model (original) or the sparse one")
+
+
+def add_controller_args(parser: argparse.ArgumentParser, *, episodes: int, action_space_size: int,
+                        finetune_epochs: int, patience: int) -> None:
+    """Flags of an RL regrowth search (controller, reward, mini-finetune, early stop, resume)."""
+    group = parser.add_argument_group("regrowth search")
+    group.add_argument("--pretrained", default=None,
+                       help="dense checkpoint (default {save_dir}/{m_name}/checkpoint/ckpt.pth)")
+    group.add_argument("--initial_ckpt", required=True, help="sparse starting checkpoint (with masks)")
+    group.add_argument("--num_epochs", type=positive_int, default=episodes, help="maximum RL episodes")
+    group.add_argument("--finetune_epochs", type=positive_int, default=finetune_epochs,
+                       help="mini-finetune epochs per episode (best epoch on val)")
+    group.add_argument("--init_strategy", default="zero", choices=list(INIT_STRATEGIES))
+    group.add_argument("--learning_rate", type=positive_float, default=3e-4, help="controller Adam lr")
+    group.add_argument("--hidden_size", type=positive_int, default=64)
+    group.add_argument("--action_space_size", type=positive_int, default=action_space_size,
+                       help="A: options j/A of min(capacity, remaining) per layer")
+    group.add_argument("--no_skip", action="store_true", help="no j = 0 option (the original's 1..A)")
+    group.add_argument("--start_beta", type=non_negative_float, default=0.4, help="entropy bonus at the start")
+    group.add_argument("--end_beta", type=non_negative_float, default=0.04, help="entropy bonus after decay")
+    group.add_argument("--decay_fraction", type=open_fraction, default=0.4, help="share of episodes to decay over")
+    group.add_argument("--budget_bonus", type=non_negative_float, default=0.005, help="reward per budget used")
+    group.add_argument("--early_stop_patience", type=positive_int, default=patience)
+    group.add_argument("--min_epochs", type=positive_int, default=50, help="episodes before the flat-reward stop")
+    group.add_argument("--reward_std_threshold", type=non_negative_float, default=0.002)
+    group.add_argument("--reward_window_size", type=positive_int, default=20)
+    group.add_argument("--resume", action="store_true", help="continue the search from its search_state.pt")
+    group.add_argument("--overwrite", action="store_true", help="start over where a search already ran")
+    group.add_argument("--trust_pickle", action="store_true", help="allow pickled nn.Module checkpoints")

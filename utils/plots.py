@@ -89,3 +89,18 @@ def plot_scatter(x: list[float], y: list[float], labels: list[str], xlabel: str,
     ax.set_title(title)
     ax.grid(alpha=0.3)
     _save(fig, path)
+
+
+def plot_reward_curve(history: list[dict], path: Path) -> None:
+    """Reward per episode and its running best, from a search's history rows."""
+    episodes = [r["episode"] for r in history]
+    rewards = [r["reward"] for r in history]
+    best = [max(rewards[: i + 1]) for i in range(len(rewards))]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(episodes, rewards, "o-", ms=3, label="reward")
+    ax.plot(episodes, best, "--", label="best so far")
+    ax.set_xlabel("episode")
+    ax.set_ylabel("reward")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _save(fig, path)

@@ -1,6 +1,7 @@
 """Run set-up: seeds, the device (resolved once), run folders and logging."""
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import os
@@ -80,6 +81,18 @@ def write_json(path: Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def write_csv(path: Path, rows: list[dict], fields: list[str] | None = None) -> None:
+    """Write ``rows`` (dicts) as a CSV table atomically; columns are ``fields`` or the first row's keys."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        columns = fields if fields is not None else (list(rows[0]) if rows else [])
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
     os.replace(tmp, path)
 
 

@@ -104,13 +104,14 @@ class DenseSparse:
     sparse_path: Path
 
 
-def prepare_dense_sparse(args: argparse.Namespace, reparam: bool = False) -> tuple[Stage, DenseSparse]:
-    """Stage for ``--ckpt`` (a sparse checkpoint; model and data set default to the ones it records) and
-    both models: the dense one from ``--pretrained`` (default ``pretrained_path``) and the sparse one,
+def prepare_dense_sparse(args: argparse.Namespace, sparse_path: str | Path,
+                         reparam: bool = False) -> tuple[Stage, DenseSparse]:
+    """Stage for the sparse checkpoint ``sparse_path`` (model and data set default to the ones it records)
+    and both models: the dense one from ``--pretrained`` (default ``pretrained_path``) and the sparse one,
     which must carry masks."""
-    sparse_ckpt = read_checkpoint(args.ckpt, trust_pickle=getattr(args, "trust_pickle", False))
+    sparse_ckpt = read_checkpoint(sparse_path, trust_pickle=getattr(args, "trust_pickle", False))
     stage = prepare(args, args.m_name or sparse_ckpt.model, args.dataset or sparse_ckpt.dataset)
     dense_path = Path(args.pretrained or pretrained_path(args.save_dir, stage.model_name))
     dense = stage.load_model(dense_path)
-    sparse = stage.load_model(args.ckpt, require_masks=True, reparam=reparam)
-    return stage, DenseSparse(dense, dense_path, sparse, Path(args.ckpt))
+    sparse = stage.load_model(sparse_path, require_masks=True, reparam=reparam)
+    return stage, DenseSparse(dense, dense_path, sparse, Path(sparse_path))

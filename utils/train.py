@@ -126,13 +126,14 @@ def fit(model: nn.Module, train: DeviceLoader, val: DeviceLoader, optimizer: tor
         epochs: int, scheduler: torch.optim.lr_scheduler.LRScheduler | None = None, patience: int = 0,
         amp: bool = True, progress: bool = True, csv_path: Path | None = None, state: FitState | None = None,
         forward_model: nn.Module | None = None,
-        batch_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+        batch_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None, verbose: bool = True,
         on_epoch_end: Callable[[FitState, EpochStats, bool], None] | None = None) -> FitState:
     """Train for up to ``epochs`` epochs (continuing from ``state``), keeping the best state by val accuracy.
 
     ``patience`` > 0 stops after that many epochs without a strict val improvement. ``scheduler`` steps
     once per epoch, ``batch_scheduler`` once per batch. ``forward_model`` (e.g. a torch.compile wrapper
     of ``model``) runs the passes.
+    ``verbose=False`` skips the per-epoch log line (mini-finetunes inside a search).
     ``on_epoch_end(state, stats, improved)`` runs after each epoch (checkpointing). The best state is
     left in ``state.best_state``; the model keeps the last epoch's weights.
     """
@@ -157,9 +158,10 @@ def fit(model: nn.Module, train: DeviceLoader, val: DeviceLoader, optimizer: tor
         else:
             state.epochs_since_best += 1
         state.stopped_early = patience > 0 and state.epochs_since_best >= patience
-        LOG.info("epoch %d/%d  lr %.4g  train loss %.4f acc %.2f%%  val loss %.4f acc %.2f%%%s  (%.1fs)",
-                 state.epoch, epochs, lr, train_loss, train_acc, val_loss, val_acc, "  *" if improved else "",
-                 stats.seconds)
+        if verbose:
+            LOG.info("epoch %d/%d  lr %.4g  train loss %.4f acc %.2f%%  val loss %.4f acc %.2f%%%s  (%.1fs)",
+                     state.epoch, epochs, lr, train_loss, train_acc, val_loss, val_acc, "  *" if improved else "",
+                     stats.seconds)
         if csv_path is not None:
             append_csv(csv_path, asdict(stats))
         if on_epoch_end is not None:
@@ -186,7 +188,7 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int,
 
 def finetune(model: nn.Module, train: DeviceLoader, select: DeviceLoader, *, epochs: int, lr: float = 3e-4,
              weight_decay: float = 0.01, patience: int = 0, amp: bool = True, progress: bool = True,
-             csv_path: Path | None = None, warmup_frac: float | None = None) -> FitState:
+             csv_path: Path | None = None, warmup_frac: float | None = None, verbose: bool = True) -> FitState:
     """Finetune with a fresh AdamW (the original's recipe: lr 3e-4, weight decay 0.01) and load the best
     state by accuracy on ``select`` (the val split) into ``model``.
 
@@ -198,6 +200,6 @@ def finetune(model: nn.Module, train: DeviceLoader, select: DeviceLoader, *, epo
     if csv_path is not None:
         csv_path.unlink(missing_ok=True)
     state = fit(model, train, select, optimizer, epochs=epochs, patience=patience, amp=amp, progress=progress,
-                csv_path=csv_path, batch_scheduler=schedule)
+                csv_path=csv_path, batch_scheduler=schedule, verbose=verbose)
     model.load_state_dict(state.best_state)
     return state

@@ -1,0 +1,110 @@
+"""RL regrowth scripts end to end on synthetic data: outputs, resume = uninterrupted, bad inputs."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import regrowth_oneshot
+from models import create_model
+from tests.conftest import run_main, tree
+from utils.checkpoint import read_checkpoint, save_checkpoint
+from utils.masks import add_reparam, num_prunable
+from utils.plots import read_csv
+from utils.pruners import get_pruner
+from utils.search import Search
+
+FAST = ["--dataset", "synthetic", "--train_subset", "128", "--batch_size", "64", "--eval_batch_size", "250",
+        "--ssim_num_batches", "1", "--saliency_batches", "2", "--finetune_epochs", "1", "--device", "cpu",
+        "--no_progress", "--ssim_threshold", "0.9"]
+
+
+@pytest.fixture(scope="module")
+def start(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """(save_dir, dense checkpoint, 95%-sparse checkpoint) of resnet20."""
+    save = tmp_path_factory.mktemp("runs")
+    torch.manual_seed(0)
+    model = create_model("resnet20")
+    dense = save / "resnet20" / "checkpoint" / "ckpt.pth"
+    save_checkpoint(dense, model, model_name="resnet20", dataset="synthetic", num_classes=10, meta={})
+    add_reparam(model)
+    get_pruner("lamp").prune(model, 0.95)
+    sparse = save / "resnet20" / "oneshot" / "resnet20_0.9500.pth"
+    save_checkpoint(sparse, model, model_name="resnet20", dataset="synthetic", num_classes=10, meta={})
+    return save, dense, sparse
+
+
+def _oneshot_args(save: Path, sparse: Path, label: str, episodes: int = 3) -> list[str]:
+    return FAST + ["--save_dir", str(save), "--initial_ckpt", str(sparse), "--num_epochs", str(episodes),
+                   "--label", label]
+
+
+def test_oneshot_search_writes_every_output(start):
+    save, _, sparse = start
+    assert regrowth_oneshot.main(_oneshot_args(save, sparse, "a")) == 0
+    out = save / "resnet20" / "regrowth_oneshot" / "a"
+    assert {"best_grown_model.pth", "best_pre_finetune.pth", "episodes.csv", "summary.json", "reward_curve.png",
+            "search_state.pt", "log.txt"} <= set(tree(out))
+    rows = read_csv(out / "episodes.csv")
+    assert len(rows) == 3 and list(rows[0])[:5] == ["episode", "reward", "acc_gain", "bonus", "val_acc"]
+    summary = json.loads((out / "summary.json").read_text())
+    k = int(0.01 * num_prunable(create_model("resnet20")))
+    assert summary["budget"] == k and summary["episodes"] == 3
+    for row in rows:
+        assert int(row["regrown"]) <= k
+        assert sum(json.loads(row["allocation"]).values()) == int(row["regrown"])
+    best = read_checkpoint(out / "best_grown_model.pth")
+    assert best.meta["allocation"] == summary["best"]["allocation"] and best.meta["finetuned"] is True
+    pre = read_checkpoint(out / "best_pre_finetune.pth")
+    assert pre.meta["finetuned"] is False
+    assert summary["best"]["reward"] == pytest.approx(max(float(r["reward"]) for r in rows))
+
+
+def test_resume_equals_uninterrupted(start, monkeypatch):
+    save, _, sparse = start
+    assert regrowth_oneshot.main(_oneshot_args(save, sparse, "full", episodes=4)) == 0
+    real_episode = Search.episode
+
+    def killed_at_third(self, index):
+        if index == 2:
+            raise KeyboardInterrupt
+        return real_episode(self, index)
+
+    monkeypatch.setattr(Search, "episode", killed_at_third)
+    with pytest.raises(KeyboardInterrupt):
+        regrowth_oneshot.main(_oneshot_args(save, sparse, "cut", episodes=4))
+    monkeypatch.setattr(Search, "episode", real_episode)
+    cut = save / "resnet20" / "regrowth_oneshot" / "cut"
+    assert len(read_csv(cut / "episodes.csv")) == 2
+    assert regrowth_oneshot.main(_oneshot_args(save, sparse, "cut", episodes=4) + ["--resume"]) == 0
+    full = save / "resnet20" / "regrowth_oneshot" / "full"
+    assert read_csv(cut / "episodes.csv") == read_csv(full / "episodes.csv")
+    a, b = (read_checkpoint(d / "best_grown_model.pth").state_dict for d in (full, cut))
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
+
+
+def test_rerun_without_resume_is_refused(start, capsys):
+    save, _, sparse = start
+    code, _, err = run_main(regrowth_oneshot.main, _oneshot_args(save, sparse, "a"), capsys)
+    assert code == 2 and "--resume" in err
+
+
+@pytest.mark.parametrize("case", ["no-masks", "regrow-step", "dense-of-other-model"])
+def test_bad_inputs(start, tmp_path, capsys, case):
+    save, dense, sparse = start
+    other = tmp_path / "alex.pth"
+    save_checkpoint(other, create_model("alexnet"), model_name="alexnet", dataset="synthetic", num_classes=10,
+                    meta={})
+    args, needle = {
+        "no-masks": (["--initial_ckpt", str(dense)], "has no masks"),
+        "regrow-step": (["--initial_ckpt", str(sparse), "--regrow_step", "1.5"], "strictly between 0 and 1"),
+        "dense-of-other-model": (["--initial_ckpt", str(sparse), "--pretrained", str(other)], "holds a 'alexnet'"),
+    }[case]
+    out = tmp_path / "runs"
+    pretrained = [] if "--pretrained" in args else ["--pretrained", str(dense)]
+    code, stdout, err = run_main(regrowth_oneshot.main, FAST + ["--save_dir", str(out)] + pretrained + args, capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], err
+    assert tree(out) == []

@@ -79,7 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     dense_weights = {n: m.weight.detach() for n, m in prunable_modules(pair.dense).items()}
     search = Search(stage, pair.sparse, saliency, dense_weights, space,
                     trainer_from_args(args, temperature=args.reward_temperature, clip=100.0),
-                    config_from_args(args), zero_point=lambda s: start_val, out=out, budget=budget)
+                    config_from_args(args), zero_point=lambda s: start_val, out=out, parent=pair.sparse_path,
+                    budget=budget)
     if args.resume:
         search.resume()
     best = search.run()

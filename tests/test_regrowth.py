@@ -115,3 +115,25 @@ def test_top_pruned_and_errors():
     with pytest.raises(UsageError, match="needs the dense"):
         apply_regrowth(model, {"linear": 1}, scores, "dense")
     assert set(INIT_STRATEGIES) == {"zero", "kaiming", "xavier", "magnitude", "dense"}
+
+
+@pytest.mark.parametrize("mode", ["fill", "prop", "uniform", "random"])
+@pytest.mark.parametrize("budget", [1, 37, 500, 1234])
+def test_greedy_allocations_spend_exactly_the_budget(mode, budget):
+    from utils.regrowth import GREEDY_ALLOCATIONS
+
+    capacities = {"a": 10, "b": 300, "c": 7, "d": 1000}
+    ssim = {"a": -0.4, "b": 0.2, "c": 0.9, "d": 0.5}  # negative SSIM must not break prop
+    allocation = GREEDY_ALLOCATIONS[mode](ssim, capacities, budget, torch.Generator().manual_seed(0))
+    assert sum(allocation.values()) == min(budget, sum(capacities.values()))
+    assert all(0 < n <= capacities[name] for name, n in allocation.items())
+
+
+def test_fill_and_prop_follow_ssim():
+    from utils.regrowth import allocate_fill, allocate_proportional
+
+    capacities = {"a": 10, "b": 300, "c": 7}
+    ssim = {"a": 0.5, "b": 0.9, "c": 0.1}
+    assert allocate_fill(ssim, capacities, 12) == {"c": 7, "a": 5}
+    prop = allocate_proportional(ssim, capacities, 100)
+    assert prop["c"] == 7 and prop["a"] == 10 and prop["b"] == 83  # caps hit, the rest flows on

@@ -108,3 +108,68 @@ def test_bad_inputs(start, tmp_path, capsys, case):
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], err
     assert tree(out) == []
+
+
+def test_iterative_search_carries_the_model_forward(start, tmp_path):
+    import regrowth_iterative
+
+    save, dense, sparse = start
+    baseline = tmp_path / "baseline"
+    torch.manual_seed(1)
+    for amount in (0.9, 0.97):  # two plain-pruning checkpoints around the start
+        model = create_model("resnet20")
+        add_reparam(model)
+        get_pruner("lamp").prune(model, amount)
+        save_checkpoint(baseline / f"resnet20_{amount:.4f}.pth", model, model_name="resnet20", dataset="synthetic",
+                        num_classes=10, meta={})
+    args = FAST + ["--save_dir", str(save), "--initial_ckpt", str(sparse), "--baseline_dir", str(baseline),
+                   "--target_sparsity", "0.9", "--num_iters", "2", "--num_epochs", "2"]
+    assert regrowth_iterative.main(args) == 0
+    root = save / "resnet20" / "regrowth_iterative"
+    summary = json.loads((root / "summary.json").read_text())
+    assert [r["iteration"] for r in summary["iterations"]] == [0, 1]
+    s0, s1 = (r["sparsity"] for r in summary["iterations"])
+    assert s1 <= s0 < 0.95  # each iteration regrows from the previous one's best model
+    assert read_checkpoint(root / "iter_1" / "best_grown_model.pth").meta["parent"].endswith(
+        "iter_0/best_grown_model.pth")
+    rows = read_csv(root / "iter_0" / "episodes.csv")
+    budgets = {int(r["budget"]) for r in rows}
+    n_tot = num_prunable(create_model("resnet20"))
+    assert budgets <= {int(n_tot * f) for f in (0.001, 0.002, 0.003, 0.004, 0.005)}
+    assert (baseline / "baseline_cache.json").is_file()
+
+
+@pytest.mark.parametrize("case", ["target-not-below", "empty-baseline"])
+def test_iterative_bad_inputs(start, tmp_path, capsys, case):
+    import regrowth_iterative
+
+    save, dense, sparse = start
+    (tmp_path / "empty").mkdir()
+    args, needle = {
+        "target-not-below": (["--target_sparsity", "0.96", "--baseline_dir", str(tmp_path / "empty")],
+                             "not below the start sparsity"),
+        "empty-baseline": (["--target_sparsity", "0.9", "--baseline_dir", str(tmp_path / "empty")],
+                           "no usable checkpoint"),
+    }[case]
+    out = tmp_path / "runs"
+    code, _, err = run_main(regrowth_iterative.main, FAST + ["--save_dir", str(out), "--pretrained", str(dense),
+                                                             "--initial_ckpt", str(sparse)] + args, capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], err
+    assert tree(out) == []
+
+
+@pytest.mark.parametrize("mode", ["prop", "random"])
+def test_greedy_spends_the_budget(start, mode):
+    import regrowth_greedy
+
+    save, _, sparse = start
+    args = FAST + ["--save_dir", str(save), "--initial_ckpt", str(sparse), "--greedy_mode", mode]
+    assert regrowth_greedy.main(args) == 0
+    out = save / "resnet20" / f"greedy_{mode}"
+    row = read_csv(out / "greedy_log.csv")[0]
+    k = int(0.01 * num_prunable(create_model("resnet20")))
+    assert int(row["budget"]) == int(row["regrown"]) == k
+    ckpt = read_checkpoint(out / "iter_0" / "best_grown_model.pth")
+    assert ckpt.meta["sparsity"] == pytest.approx(0.95 - k / num_prunable(create_model("resnet20")), abs=1e-5)
+    assert sum(ckpt.meta["allocation"].values()) == k

@@ -23,6 +23,7 @@ import torch.nn as nn
 
 from utils.errors import UsageError
 from utils.masks import has_reparam, prunable_modules
+from utils.pruners import largest_remainder
 
 # (module, flat positions [k], dense weight or None, generator) -> values [k]
 Init = Callable[[nn.Module, torch.Tensor, "torch.Tensor | None", "torch.Generator | None"], torch.Tensor]
@@ -109,3 +110,51 @@ def apply_regrowth(model: nn.Module, allocation: dict[str, int], scores: dict[st
         _reset_optimizer_state(optimizer, module.weight_orig, idx)
         regrown[name] = len(idx)
     return regrown
+
+
+# ---- non-RL allocations (the baselines the controller must beat); each spends exactly the budget ------------
+
+def _fill(order: list[str], capacities: dict[str, int], budget: int, start: dict[str, int]) -> dict[str, int]:
+    """Top ``start`` up to ``budget`` by filling layers in ``order`` up to their capacity."""
+    allocation, left = dict(start), budget - sum(start.values())
+    for name in order:
+        take = min(capacities[name] - allocation.get(name, 0), left)
+        allocation[name] = allocation.get(name, 0) + take
+        left -= take
+    return {k: v for k, v in allocation.items() if v > 0}
+
+
+def allocate_fill(ssim: dict[str, float], capacities: dict[str, int], budget: int,
+                  generator: torch.Generator | None = None) -> dict[str, int]:
+    """Most damaged layer first (ascending SSIM), each filled to capacity until the budget is spent."""
+    return _fill(sorted(capacities, key=ssim.__getitem__), capacities, budget, {})
+
+
+def allocate_proportional(ssim: dict[str, float], capacities: dict[str, int], budget: int,
+                          generator: torch.Generator | None = None) -> dict[str, int]:
+    """Shares proportional to ``max(1 - SSIM, 1e-6)``, capped by capacity (largest-remainder rounding); what
+    the caps leave over is filled in ascending-SSIM order, so the total is exactly the budget."""
+    shares = largest_remainder({n: max(1.0 - ssim[n], 1e-6) for n in capacities}, budget)
+    capped = {n: min(v, capacities[n]) for n, v in shares.items()}
+    return _fill(sorted(capacities, key=ssim.__getitem__), capacities, budget, capped)
+
+
+def allocate_uniform(ssim: dict[str, float], capacities: dict[str, int], budget: int,
+                     generator: torch.Generator | None = None) -> dict[str, int]:
+    """Shares proportional to capacity (every pruned weight equally likely to come back)."""
+    shares = largest_remainder({n: float(c) for n, c in capacities.items()}, budget)
+    return {n: v for n, v in shares.items() if v > 0}
+
+
+def allocate_random(ssim: dict[str, float], capacities: dict[str, int], budget: int,
+                    generator: torch.Generator | None = None) -> dict[str, int]:
+    """``budget`` pruned positions drawn uniformly from the whole model: counts per layer."""
+    names = list(capacities)
+    bounds = torch.tensor([capacities[n] for n in names]).cumsum(0)
+    picks = torch.randperm(int(bounds[-1]), generator=generator)[:budget]
+    counts = torch.bincount(torch.bucketize(picks, bounds, right=True), minlength=len(names))
+    return {n: int(c) for n, c in zip(names, counts, strict=True) if c > 0}
+
+
+GREEDY_ALLOCATIONS = {"fill": allocate_fill, "prop": allocate_proportional, "uniform": allocate_uniform,
+                      "random": allocate_random}

@@ -107,9 +107,10 @@ class Search:
 
     def __init__(self, stage: Stage, sparse: nn.Module, saliency: dict[str, torch.Tensor],
                  dense_weights: dict[str, torch.Tensor], space: SearchSpace, trainer: Reinforce,
-                 config: SearchConfig, zero_point: ZeroPoint, out: Path, budget: int | None = None,
+                 config: SearchConfig, zero_point: ZeroPoint, out: Path, parent: Path, budget: int | None = None,
                  budget_options: list[int] | None = None) -> None:
         self.stage, self.sparse, self.saliency, self.dense_weights = stage, sparse, saliency, dense_weights
+        self.parent = parent
         self.space, self.trainer, self.config, self.zero_point, self.out = space, trainer, config, zero_point, out
         self.budget, self.budget_options = budget, budget_options
         self.policy_rng = make_generator(stage.args.seed, "policy")
@@ -170,7 +171,7 @@ class Search:
         if reward > self.best.reward:
             self.best = SearchResult(reward, index + 1, fit.best_val_acc, gain, new_sparsity, allocation)
             meta = {"stage": "regrowth", "episode": index + 1, "reward": reward, "acc_gain": gain,
-                    "allocation": allocation, "sparsity": new_sparsity, "parent": str(self.stage.args.initial_ckpt),
+                    "allocation": allocation, "sparsity": new_sparsity, "parent": str(self.parent),
                     "args": vars(self.stage.args)}
             self._save_model("best_pre_finetune.pth", before, {**meta, "finetuned": False})
             self._save_model("best_grown_model.pth", model, {**meta, "finetuned": True, "val_acc": fit.best_val_acc})

@@ -1,0 +1,103 @@
+"""Non-RL regrowth baselines at the same budget and finetune as the RL search (spec §9, fixed).
+
+--greedy_mode:
+    fill     most damaged layers first (ascending SSIM), each filled to capacity
+    prop     shares proportional to max(1 - SSIM, 1e-6), capped by capacity, leftovers filled by SSIM order
+    uniform  shares proportional to capacity
+    random   random pruned positions anywhere in the model (random layers and random positions)
+Every mode spends exactly the budget min(--regrow_step · N_tot, total capacity) per iteration; fill, prop
+and uniform regrow the highest-saliency positions inside each layer. Each iteration finetunes with AdamW
+(best epoch on val) and carries the model forward.
+
+Example:
+    python regrowth_greedy.py --m_name resnet20 --initial_ckpt runs/resnet20/oneshot/resnet20_0.9900.pth \\
+        --greedy_mode prop --regrow_step 0.01 --finetune_epochs 50
+
+Writes to {save_dir}/{m_name}/greedy_{mode}/: iter_{i}/best_grown_model.pth, greedy_log.csv, summary.json.
+"""
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+from utils.checkpoint import save_checkpoint
+from utils.cli import (
+    add_common_args,
+    add_scoring_args,
+    add_speed_args,
+    cli_main,
+    new_parser,
+    non_negative_float,
+    open_fraction,
+    positive_float,
+    positive_int,
+)
+from utils.masks import capacity, num_prunable, prunable_modules, sparsity
+from utils.pruners import random_scores
+from utils.regrowth import GREEDY_ALLOCATIONS, INIT_STRATEGIES, apply_regrowth
+from utils.run import LOG, make_generator, setup_logging, write_csv, write_json
+from utils.scores import saliency_scores, ssim_scores
+from utils.stage import prepare_dense_sparse
+from utils.train import evaluate, finetune
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = new_parser(__doc__)
+    add_common_args(parser, m_name_default=None)
+    add_speed_args(parser)
+    add_scoring_args(parser)
+    parser.add_argument("--pretrained", default=None,
+                        help="dense checkpoint (default {save_dir}/{m_name}/checkpoint/ckpt.pth)")
+    parser.add_argument("--initial_ckpt", required=True, help="sparse starting checkpoint (with masks)")
+    parser.add_argument("--greedy_mode", default="prop", choices=list(GREEDY_ALLOCATIONS))
+    parser.add_argument("--regrow_step", type=open_fraction, default=0.01, help="budget per iteration / N_tot")
+    parser.add_argument("--num_iters", type=positive_int, default=1)
+    parser.add_argument("--finetune_epochs", type=positive_int, default=50)
+    parser.add_argument("--lr", type=positive_float, default=3e-4)
+    parser.add_argument("--weight_decay", type=non_negative_float, default=0.01)
+    parser.add_argument("--patience", type=int, default=40, help="finetune early stop (epochs without val gain)")
+    parser.add_argument("--init_strategy", default="zero", choices=list(INIT_STRATEGIES))
+    parser.add_argument("--trust_pickle", action="store_true", help="allow pickled nn.Module checkpoints")
+    return parser.parse_args(argv)
+
+
+@cli_main
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    stage, pair = prepare_dense_sparse(args, args.initial_ckpt, reparam=True)
+    out = Path(args.save_dir) / stage.model_name / f"greedy_{args.greedy_mode}"
+    setup_logging(out)
+    saliency = saliency_scores(stage, pair)
+    dense_weights = {n: m.weight.detach() for n, m in prunable_modules(pair.dense).items()}
+    init_rng = make_generator(args.seed, "regrowth_init", stage.device)
+    layer_rng = make_generator(args.seed, "greedy")  # CPU: random layers / positions
+    model, rows = pair.sparse, []
+    for it in range(args.num_iters):
+        caps = {n: c for n, c in capacity(model).items() if c > 0}
+        budget = min(max(1, int(num_prunable(model) * args.regrow_step)), sum(caps.values()))
+        ssim = ssim_scores(stage, pair.dense, model)
+        allocation = GREEDY_ALLOCATIONS[args.greedy_mode]({n: ssim[n] for n in caps}, caps, budget, layer_rng)
+        scores = random_scores(model, layer_rng) if args.greedy_mode == "random" else saliency
+        regrown = sum(apply_regrowth(model, allocation, scores, args.init_strategy, dense_weights,
+                                     generator=init_rng).values())
+        state = finetune(model, stage.data.train, stage.data.val, epochs=args.finetune_epochs, lr=args.lr,
+                         weight_decay=args.weight_decay, patience=args.patience, amp=stage.amp,
+                         progress=not args.no_progress, csv_path=out / f"iter_{it}" / "finetune_log.csv")
+        _, test_acc = evaluate(model, stage.data.test, amp=stage.amp)
+        row = {"iteration": it, "mode": args.greedy_mode, "budget": budget, "regrown": regrown,
+               "sparsity": sparsity(model), "val_acc": state.best_val_acc, "test_acc": test_acc}
+        rows.append(row)
+        save_checkpoint(out / f"iter_{it}" / "best_grown_model.pth", model, model_name=stage.model_name,
+                        dataset=stage.dataset, num_classes=stage.data.info.num_classes,
+                        meta={"stage": f"greedy_{args.greedy_mode}", **row, "allocation": allocation,
+                              "parent": str(args.initial_ckpt), "args": vars(args)})
+        LOG.info("iteration %d: %s regrew %d -> sparsity %.4f  val %.2f%%  test %.2f%%", it, args.greedy_mode,
+                 regrown, row["sparsity"], row["val_acc"], test_acc)
+    write_csv(out / "greedy_log.csv", rows)
+    write_json(out / "summary.json", {"model": stage.model_name, "mode": args.greedy_mode, "iterations": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

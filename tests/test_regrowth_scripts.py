@@ -173,3 +173,33 @@ def test_greedy_spends_the_budget(start, mode):
     ckpt = read_checkpoint(out / "iter_0" / "best_grown_model.pth")
     assert ckpt.meta["sparsity"] == pytest.approx(0.95 - k / num_prunable(create_model("resnet20")), abs=1e-5)
     assert sum(ckpt.meta["allocation"].values()) == k
+
+
+def test_benchmark_regrowth_writes_breakdown(tmp_path):
+    import benchmark_regrowth
+
+    args = FAST + ["--save_dir", str(tmp_path), "--skip_vgg", "--repeats", "1", "--sparsity", "0.95"]
+    assert benchmark_regrowth.main(args) == 0
+    out = tmp_path / "resnet20" / "benchmark"
+    result = json.loads((out / "benchmark_resnet20.json").read_text())
+    assert set(result["episode_s"]) == {"ssim_preprocessing", "saliency_preprocessing", "allocation_sampling",
+                                        "selection", "mask_update_and_init", "finetune_epoch", "evaluation"}
+    assert all(v >= 0 for v in result["episode_s"].values()) and (out / "benchmark_resnet20.png").is_file()
+
+
+def test_per_element_reference_matches_apply_regrowth():
+    from benchmark_regrowth import per_element_regrowth
+    from utils.regrowth import apply_regrowth
+
+    torch.manual_seed(0)
+    a = create_model("resnet20")
+    add_reparam(a)
+    get_pruner("glob").prune(a, 0.9)
+    b = create_model("resnet20")
+    add_reparam(b)
+    b.load_state_dict(a.state_dict())
+    scores = {n: torch.rand(m.weight_orig.shape) for n, m in a.named_modules() if hasattr(m, "weight_orig")}
+    allocation = {"layer2.0.conv1": 100, "linear": 20}
+    apply_regrowth(a, allocation, scores)
+    per_element_regrowth(b, allocation, scores)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))

@@ -1,0 +1,150 @@
+"""Where the time of one regrowth episode goes, and how fast the vectorised regrowth is.
+
+Part 1 times the stages of one episode on the chosen model and data: SSIM preprocessing, saliency
+preprocessing, allocation sampling, selection, mask update + init, one mini-finetune epoch, evaluation.
+Part 2 regrows K = 1% of vgg16's weights at 99% sparsity (147,155 weights) with ``apply_regrowth`` and
+with a per-element Python loop doing the same writes (the original's way), side by side.
+Without --initial_ckpt the sparse model is the dense one (--pretrained, or a fresh model) pruned by LAMP
+to --sparsity.
+
+Example:
+    python benchmark_regrowth.py --m_name resnet20 --dataset synthetic
+
+Writes {out}/benchmark_{m_name}.json and {out}/benchmark_{m_name}.png (default out:
+{save_dir}/{m_name}/benchmark/) and prints the table.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from benchmarks.common import timed
+from models import create_model
+from utils.cli import add_common_args, add_scoring_args, cli_main, fraction, new_parser, positive_int
+from utils.controller import AllocationPolicy
+from utils.masks import add_reparam, capacity, num_prunable, prunable_modules
+from utils.plots import plot_layer_bars
+from utils.pruners import get_pruner
+from utils.regrowth import allocate_uniform, apply_regrowth, top_pruned
+from utils.run import make_generator, write_json
+from utils.saliency import saliency
+from utils.ssim import layer_similarity, select_layers
+from utils.stage import Stage, prepare
+from utils.train import evaluate, finetune
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = new_parser(__doc__)
+    add_common_args(parser)
+    add_scoring_args(parser)
+    parser.add_argument("--pretrained", default=None, help="dense checkpoint (default: freshly initialised)")
+    parser.add_argument("--initial_ckpt", default=None, help="sparse checkpoint (default: LAMP-pruned dense)")
+    parser.add_argument("--sparsity", type=fraction, default=0.99, help="sparsity when pruning the dense model")
+    parser.add_argument("--regrow_step", type=fraction, default=0.01)
+    parser.add_argument("--repeats", type=positive_int, default=3, help="timing repeats (best counts)")
+    parser.add_argument("--skip_vgg", action="store_true", help="skip part 2 (vgg16 regrowth vs loop)")
+    parser.add_argument("--out", default=None)
+    parser.set_defaults(saliency_batches=8, ssim_num_batches=8)
+    return parser.parse_args(argv)
+
+
+def models(stage: Stage, args: argparse.Namespace) -> tuple[nn.Module, nn.Module]:
+    """(dense, sparse) as the docstring says."""
+    dense = stage.load_model(args.pretrained) if args.pretrained else stage.build_model()
+    if args.initial_ckpt:
+        return dense, stage.load_model(args.initial_ckpt, require_masks=True, reparam=True)
+    sparse = copy.deepcopy(dense)
+    get_pruner("lamp").prune(sparse, args.sparsity)
+    return dense, sparse
+
+
+def per_element_regrowth(model: nn.Module, allocation: dict[str, int], scores: dict[str, torch.Tensor]) -> None:
+    """The original's way: one host round trip and two scalar writes per regrown weight (reference only)."""
+    modules = prunable_modules(model)
+    with torch.no_grad():
+        for name, n in allocation.items():
+            module = modules[name]
+            for flat in top_pruned(scores[name], module.weight_mask, n).tolist():
+                pos = torch.unravel_index(torch.tensor(flat), module.weight_mask.shape)
+                module.weight_mask[pos] = 1.0
+                module.weight_orig[pos] = 0.0
+
+
+def episode_breakdown(stage: Stage, args: argparse.Namespace) -> dict[str, float]:
+    """Seconds per stage of one episode (see module docstring)."""
+    device, repeats = stage.device, args.repeats
+    dense, sparse = models(stage, args)
+    times = {"ssim_preprocessing": timed(lambda: layer_similarity(dense, sparse, stage.data.val,
+                                                                  args.ssim_num_batches), device, repeats)}
+    ssim = layer_similarity(dense, sparse, stage.data.val, args.ssim_num_batches)
+    times["saliency_preprocessing"] = timed(lambda: saliency(dense, stage.data.train, args.saliency_batches),
+                                            device, 1)
+    scores = saliency(dense, stage.data.train, args.saliency_batches)
+    caps = capacity(sparse)
+    layers = [n for n in select_layers(ssim, args.ssim_threshold) if caps[n] > 0]
+    budget = min(int(num_prunable(sparse) * args.regrow_step), sum(caps[n] for n in layers))
+    policy, gen = AllocationPolicy(), make_generator(args.seed, "policy")
+    sample = lambda: policy.sample([caps[n] for n in layers], [ssim[n] for n in layers], gen, budget=budget)  # noqa: E731
+    times["allocation_sampling"] = timed(sample, device, repeats)
+    allocation = dict(zip(layers, sample().counts, strict=True))
+    modules = prunable_modules(sparse)
+    times["selection"] = timed(lambda: [top_pruned(scores[n], modules[n].weight_mask, k)
+                                        for n, k in allocation.items()], device, repeats)
+    regrow = lambda: apply_regrowth(copy.deepcopy(sparse), allocation, scores)  # noqa: E731
+    copy_time = timed(lambda: copy.deepcopy(sparse), device, repeats)
+    times["mask_update_and_init"] = max(0.0, timed(regrow, device, repeats) - copy_time - times["selection"])
+    model = copy.deepcopy(sparse)
+    apply_regrowth(model, allocation, scores)
+    times["finetune_epoch"] = timed(lambda: finetune(model, stage.data.train, stage.data.val, epochs=1,
+                                                     progress=False, verbose=False), device, 1)
+    times["evaluation"] = timed(lambda: evaluate(model, stage.data.val), device, repeats)
+    return times
+
+
+def vgg_regrowth(device: torch.device, repeats: int) -> dict[str, float]:
+    """apply_regrowth vs the per-element loop on vgg16 at 99% sparsity, K = 1% of N_tot."""
+    torch.manual_seed(0)
+    model = create_model("vgg16").to(device)
+    add_reparam(model)
+    get_pruner("lamp").prune(model, 0.99)
+    scores = {n: torch.rand(m.weight_orig.shape, device=device) for n, m in prunable_modules(model).items()}
+    budget = int(0.01 * num_prunable(model))
+    allocation = allocate_uniform({}, capacity(model), budget)  # proportional to capacity, exactly K
+    state = copy.deepcopy(model.state_dict())
+
+    def run(fn):
+        model.load_state_dict(state)
+        return timed(lambda: fn(model, allocation, scores), device, 1)
+
+    vectorised = min(run(apply_regrowth) for _ in range(repeats))
+    loop = run(per_element_regrowth)
+    return {"K": budget, "apply_regrowth_s": vectorised, "per_element_loop_s": loop, "speedup": loop / vectorised}
+
+
+@cli_main
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    stage = prepare(args)
+    out = Path(args.out or Path(args.save_dir) / stage.model_name / "benchmark")
+    times = episode_breakdown(stage, args)
+    result = {"model": stage.model_name, "dataset": stage.dataset, "device": str(stage.device), "episode_s": times}
+    print(f"one episode of {stage.model_name} on {stage.dataset} ({stage.device}), seconds:")
+    for name, seconds in times.items():
+        print(f"  {name:<24} {seconds:9.4f}")
+    if not args.skip_vgg:
+        result["vgg16_regrowth"] = vgg = vgg_regrowth(stage.device, args.repeats)
+        print(f"vgg16 at 99%, K = {vgg['K']:,}: apply_regrowth {vgg['apply_regrowth_s']:.3f} s, per-element loop "
+              f"{vgg['per_element_loop_s']:.2f} s ({vgg['speedup']:.0f}x)")
+    write_json(out / f"benchmark_{stage.model_name}.json", result)
+    plot_layer_bars(list(times), list(times.values()), "seconds", out / f"benchmark_{stage.model_name}.png")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,119 @@
+"""The whole method in one command: pretrain -> one-shot prune -> RL regrowth -> finetune -> evaluate,
+with a greedy (SSIM-proportional) regrowth at the same budget as the baseline to beat.
+
+Every sparse model (pruned, RL-regrown, greedy-regrown) gets the same final finetune.py run before it
+is evaluated, so the table compares like with like. Stages run in-process through each script's main().
+
+    python pipeline.py                                  # --preset demo: synthetic data, ~6 minutes on 2 CPU cores
+    python pipeline.py --preset cifar10_resnet20        # the original settings (GPU days)
+    python pipeline.py --preset cifar10_vgg16 --data_dir ./data
+
+Writes everything under {save_dir}/{m_name}/ as the stage scripts do, plus pipeline_summary.json and
+pipeline_summary.csv with the final table (sparsity, val and test accuracy of each model).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import evaluate
+import finetune
+import pretrain
+import prune_unstructure
+import regrowth_greedy
+import regrowth_oneshot
+from utils.cli import cli_main, new_parser
+from utils.errors import UsageError
+from utils.run import LOG, setup_logging, write_csv, write_json
+
+PRESETS: dict[str, dict] = {
+    "demo": {"m_name": "resnet20", "dataset": "synthetic", "train_subset": 4500, "pretrain_epochs": 8,
+             "sparsity": 0.99, "prune_epochs": 4, "regrow_step": 0.01, "episodes": 5, "mini_epochs": 1,
+             "final_epochs": 4, "ssim_num_batches": 2},
+    "cifar10_resnet20": {"m_name": "resnet20", "dataset": "cifar10", "train_subset": None, "pretrain_epochs": 200,
+                         "sparsity": 0.99, "prune_epochs": 400, "regrow_step": 0.01, "episodes": 400,
+                         "mini_epochs": 50, "final_epochs": 400, "ssim_num_batches": 64},
+    "cifar10_vgg16": {"m_name": "vgg16", "dataset": "cifar10", "train_subset": None, "pretrain_epochs": 200,
+                      "sparsity": 0.99, "prune_epochs": 400, "regrow_step": 0.01, "episodes": 400,
+                      "mini_epochs": 50, "final_epochs": 400, "ssim_num_batches": 64},
+}
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = new_parser(__doc__)
+    parser.add_argument("--preset", default="demo", choices=list(PRESETS))
+    parser.add_argument("--data_dir", default="./data")
+    parser.add_argument("--save_dir", default="./runs")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--no_progress", action="store_true")
+    parser.add_argument("--overwrite", action="store_true", help="redo stages whose outputs already exist")
+    return parser.parse_args(argv)
+
+
+def run_stage(name: str, main: Callable[[Sequence[str] | None], int], argv: list[str]) -> str:
+    """Run one stage script in-process; its stdout is returned; a failure stops the pipeline."""
+    LOG.info("== %s %s", name, " ".join(argv))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(argv)
+    if code != 0:
+        raise UsageError(f"stage {name} failed (exit {code}); see its error above")
+    return out.getvalue()
+
+
+def scores(common: list[str], ckpt: Path) -> dict:
+    """evaluate.py --json on ``ckpt``."""
+    return json.loads(run_stage("evaluate", evaluate.main, common + ["--ckpt", str(ckpt), "--json"]))
+
+
+@cli_main
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    p = PRESETS[args.preset]
+    root = Path(args.save_dir) / p["m_name"]
+    common = ["--m_name", p["m_name"], "--dataset", p["dataset"], "--data_dir", args.data_dir, "--save_dir",
+              args.save_dir, "--seed", str(args.seed), "--device", args.device] + (
+        ["--no_progress"] if args.no_progress else [])
+    train = common + (["--train_subset", str(p["train_subset"])] if p["train_subset"] else [])
+    setup_logging(root, "pipeline_log.txt")
+    dense = root / "checkpoint" / "ckpt.pth"
+    if args.overwrite or not dense.exists():
+        run_stage("pretrain", pretrain.main, train + ["--epochs", str(p["pretrain_epochs"]), "--overwrite"])
+    pruned = root / "oneshot" / f"{p['m_name']}_{p['sparsity']:.4f}.pth"
+    if args.overwrite or not pruned.exists():
+        run_stage("prune", prune_unstructure.main, train + ["--mode", "oneshot", "--target_sparsity",
+                                                            str(p["sparsity"]), "--finetune_epochs",
+                                                            str(p["prune_epochs"])])
+    search = ["--initial_ckpt", str(pruned), "--regrow_step", str(p["regrow_step"]), "--finetune_epochs",
+              str(p["mini_epochs"]), "--ssim_num_batches", str(p["ssim_num_batches"])]
+    run_stage("regrowth", regrowth_oneshot.main, train + search + ["--num_epochs", str(p["episodes"]),
+                                                                   "--label", "pipeline", "--overwrite"])
+    run_stage("greedy", regrowth_greedy.main, train + search + ["--greedy_mode", "prop"])
+    candidates = {"pruned": pruned, "regrown (RL)": root / "regrowth_oneshot" / "pipeline" / "best_grown_model.pth",
+                  "regrown (greedy prop)": root / "greedy_prop" / "iter_0" / "best_grown_model.pth"}
+    rows = [{"model": "dense", **_row(scores(common, dense))}]
+    for label, ckpt in candidates.items():
+        tuned = ckpt.with_name(f"{ckpt.stem}_final.pth")
+        run_stage(f"finetune {label}", finetune.main, train + ["--ckpt", str(ckpt), "--save_path", str(tuned),
+                                                               "--epochs", str(p["final_epochs"])])
+        rows.append({"model": label, **_row(scores(common, tuned))})
+    write_csv(root / "pipeline_summary.csv", rows)
+    write_json(root / "pipeline_summary.json", {"preset": args.preset, **p, "rows": rows})
+    print(f"\n{'model':<24} {'sparsity':>9} {'val acc':>8} {'test acc':>9}")
+    for row in rows:
+        print(f"{row['model']:<24} {row['sparsity']:>9.4f} {row['val_acc']:>7.2f}% {row['test_acc']:>8.2f}%")
+    print(f"\nwrote {root / 'pipeline_summary.csv'}")
+    return 0
+
+
+def _row(report: dict) -> dict:
+    return {k: report[k] for k in ("sparsity", "val_acc", "test_acc", "checkpoint")}
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,25 @@
+"""pipeline.py --preset demo runs every stage end to end on synthetic data (a few minutes on 2 cores)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import pipeline
+from utils.plots import read_csv
+
+
+@pytest.mark.slow
+def test_demo_pipeline(tmp_path, capsys):
+    assert pipeline.main(["--save_dir", str(tmp_path), "--device", "cpu", "--no_progress"]) == 0
+    root = tmp_path / "resnet20"
+    rows = read_csv(root / "pipeline_summary.csv")
+    assert [r["model"] for r in rows] == ["dense", "pruned", "regrown (RL)", "regrown (greedy prop)"]
+    sparsity = {r["model"]: float(r["sparsity"]) for r in rows}
+    assert sparsity["dense"] == 0.0 and sparsity["pruned"] == pytest.approx(0.99, abs=1e-5)
+    budget = int(0.01 * 270_896) / 270_896
+    assert sparsity["regrown (greedy prop)"] == pytest.approx(0.99 - budget, abs=1e-5)
+    assert 0.99 - budget - 1e-5 <= sparsity["regrown (RL)"] <= 0.99 + 1e-9  # the policy may skip layers
+    summary = json.loads((root / "pipeline_summary.json").read_text())
+    assert summary["preset"] == "demo" and len(summary["rows"]) == 4
+    assert "regrown (RL)" in capsys.readouterr().out

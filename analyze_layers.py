@@ -21,7 +21,13 @@ from pathlib import Path
 
 import torch
 
-from utils.cli import add_common_args, add_scoring_args, cli_main, new_parser
+from utils.cli import (
+    add_checkpoint_args,
+    add_common_args,
+    add_scoring_args,
+    cli_main,
+    new_parser,
+)
 from utils.masks import keep_mask, prunable_modules
 from utils.plots import plot_distributions, plot_heatmap, plot_layer_bars
 from utils.run import make_generator, write_csv
@@ -38,12 +44,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = new_parser(__doc__)
     add_common_args(parser, m_name_default=None)
     add_scoring_args(parser)
-    parser.add_argument("--pretrained", default=None,
-                        help="dense checkpoint (default {save_dir}/{m_name}/checkpoint/ckpt.pth)")
+    add_checkpoint_args(parser)
     parser.add_argument("--ckpt", required=True, help="sparse checkpoint (with masks)")
     parser.add_argument("--out", default=None, help="output folder")
     parser.add_argument("--per_class", action="store_true", help="also plot saliency per class")
-    parser.add_argument("--trust_pickle", action="store_true", help="allow pickled nn.Module checkpoints")
     return parser.parse_args(argv)
 
 

@@ -28,14 +28,14 @@ import torch.nn as nn
 
 from utils.checkpoint import save_checkpoint
 from utils.cli import (
+    add_checkpoint_args,
     add_common_args,
+    add_finetune_args,
     add_speed_args,
     cli_main,
     fraction,
     new_parser,
-    non_negative_float,
     open_fraction,
-    positive_float,
     positive_int,
 )
 from utils.errors import UsageError
@@ -65,13 +65,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     group.add_argument("--iter_end", type=positive_int, default=15, help="last iteration (inclusive)")
     group.add_argument("--target_sparsity", "--oneshot", dest="target_sparsity", type=fraction, nargs="+",
                        default=None, help="oneshot: target sparsity (one or more, each from the pretrained model)")
-    group.add_argument("--pretrained", default=None,
-                       help="starting checkpoint (default {save_dir}/{m_name}/checkpoint/ckpt.pth)")
-    group.add_argument("--trust_pickle", action="store_true", help="allow a pickled nn.Module as --pretrained")
-    group.add_argument("--finetune_epochs", type=positive_int, default=None,
-                       help="finetune epochs after each prune (default 40 iterative, 400 oneshot)")
-    group.add_argument("--lr", type=positive_float, default=3e-4, help="AdamW learning rate")
-    group.add_argument("--weight_decay", type=non_negative_float, default=0.01, help="AdamW weight decay")
+    add_checkpoint_args(parser)
+    add_finetune_args(parser, None, "finetune epochs after each prune (default 40 iterative, 400 oneshot)")
     group.add_argument("--patience", type=int, default=50, help="stop a finetune after N epochs without val gain")
     group.add_argument("--select_on", choices=["val", "test"], default="val",
                        help="split that picks the best finetune epoch ('test' only to reproduce the original)")

@@ -23,14 +23,14 @@ from pathlib import Path
 
 from utils.checkpoint import save_checkpoint
 from utils.cli import (
+    add_checkpoint_args,
     add_common_args,
+    add_finetune_args,
     add_scoring_args,
     add_speed_args,
     cli_main,
     new_parser,
-    non_negative_float,
     open_fraction,
-    positive_float,
     positive_int,
 )
 from utils.masks import capacity, num_prunable, prunable_modules, sparsity
@@ -47,18 +47,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add_common_args(parser, m_name_default=None)
     add_speed_args(parser)
     add_scoring_args(parser)
-    parser.add_argument("--pretrained", default=None,
-                        help="dense checkpoint (default {save_dir}/{m_name}/checkpoint/ckpt.pth)")
+    add_checkpoint_args(parser)
+    add_finetune_args(parser, 50, "finetune epochs after each regrowth (best epoch on val)")
     parser.add_argument("--initial_ckpt", required=True, help="sparse starting checkpoint (with masks)")
     parser.add_argument("--greedy_mode", default="prop", choices=list(GREEDY_ALLOCATIONS))
     parser.add_argument("--regrow_step", type=open_fraction, default=0.01, help="budget per iteration / N_tot")
     parser.add_argument("--num_iters", type=positive_int, default=1)
-    parser.add_argument("--finetune_epochs", type=positive_int, default=50)
-    parser.add_argument("--lr", type=positive_float, default=3e-4)
-    parser.add_argument("--weight_decay", type=non_negative_float, default=0.01)
     parser.add_argument("--patience", type=int, default=40, help="finetune early stop (epochs without val gain)")
     parser.add_argument("--init_strategy", default="zero", choices=list(INIT_STRATEGIES))
-    parser.add_argument("--trust_pickle", action="store_true", help="allow pickled nn.Module checkpoints")
     return parser.parse_args(argv)
 
 

@@ -26,15 +26,14 @@ from pathlib import Path
 from scipy import stats
 
 from utils.cli import (
+    add_checkpoint_args,
     add_common_args,
+    add_finetune_args,
     add_scoring_args,
     add_speed_args,
     cli_main,
     fraction,
     new_parser,
-    non_negative_float,
-    positive_float,
-    positive_int,
 )
 from utils.errors import UsageError
 from utils.masks import capacity, num_prunable, prunable_modules, sparsity
@@ -53,18 +52,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add_common_args(parser, m_name_default=None)
     add_speed_args(parser)
     add_scoring_args(parser)
-    parser.add_argument("--pretrained", default=None,
-                        help="dense checkpoint (default {save_dir}/{m_name}/checkpoint/ckpt.pth)")
+    add_checkpoint_args(parser)
     parser.add_argument("--ckpt", required=True, help="sparse starting checkpoint (with masks)")
     parser.add_argument("--target_sparsity", type=fraction, default=None,
                         help="sparsity after regrowth; sets K (default: 1%% of the weights below the start)")
     parser.add_argument("--layers", nargs="+", default=None, help="only these layers (default: all)")
     parser.add_argument("--init_strategy", default="zero", choices=list(INIT_STRATEGIES))
-    parser.add_argument("--finetune_epochs", type=positive_int, default=5)
-    parser.add_argument("--lr", type=positive_float, default=3e-4)
-    parser.add_argument("--weight_decay", type=non_negative_float, default=0.01)
+    add_finetune_args(parser, 5, "finetune epochs after each single-layer regrowth (and for the control)")
     parser.add_argument("--out", default=None, help="output folder")
-    parser.add_argument("--trust_pickle", action="store_true", help="allow pickled nn.Module checkpoints")
     return parser.parse_args(argv)
 
 

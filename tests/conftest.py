@@ -56,3 +56,24 @@ def real_cifar_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("cifar10")
     subprocess.run([sys.executable, str(script), str(root)], check=True, capture_output=True)
     return root
+
+
+def save_dense_and_sparse(save: Path, amount: float, pruner: str = "lamp", seed: int = 0) -> tuple[Path, Path]:
+    """Write an (untrained) resnet20 as the pretrained model of ``save`` and a copy pruned by ``amount``
+    as ``{save}/resnet20/oneshot/resnet20_{amount:.4f}.pth``; returns both paths."""
+    import torch
+
+    from models import create_model
+    from utils.checkpoint import save_checkpoint
+    from utils.masks import add_reparam
+    from utils.pruners import get_pruner
+
+    torch.manual_seed(seed)
+    model = create_model("resnet20")
+    dense = save / "resnet20" / "checkpoint" / "ckpt.pth"
+    save_checkpoint(dense, model, model_name="resnet20", dataset="synthetic", num_classes=10, meta={})
+    add_reparam(model)
+    get_pruner(pruner).prune(model, amount)
+    sparse = save / "resnet20" / "oneshot" / f"resnet20_{amount:.4f}.pth"
+    save_checkpoint(sparse, model, model_name="resnet20", dataset="synthetic", num_classes=10, meta={})
+    return dense, sparse

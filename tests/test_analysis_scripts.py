@@ -7,16 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import analyze_layers
 import single_layer_regrowth_analysis as single
 from models import create_model
-from tests.conftest import run_main, tree
+from tests.conftest import run_main, save_dense_and_sparse, tree
 from utils.checkpoint import save_checkpoint
-from utils.masks import add_reparam
 from utils.plots import read_csv
-from utils.pruners import get_pruner
 
 FAST = ["--dataset", "synthetic", "--train_subset", "128", "--batch_size", "64", "--eval_batch_size", "250",
         "--ssim_num_batches", "1", "--saliency_batches", "2", "--device", "cpu", "--no_progress"]
@@ -26,15 +23,7 @@ FAST = ["--dataset", "synthetic", "--train_subset", "128", "--batch_size", "64",
 def pair(tmp_path_factory) -> tuple[Path, Path, Path]:
     """(save_dir, dense checkpoint, 90%-sparse checkpoint) of resnet20 (untrained weights suffice)."""
     save = tmp_path_factory.mktemp("runs")
-    torch.manual_seed(0)
-    model = create_model("resnet20")
-    dense = save / "resnet20" / "checkpoint" / "ckpt.pth"
-    save_checkpoint(dense, model, model_name="resnet20", dataset="synthetic", num_classes=10, meta={})
-    add_reparam(model)
-    get_pruner("glob").prune(model, 0.9)
-    sparse = save / "resnet20" / "oneshot" / "resnet20_0.9000.pth"
-    save_checkpoint(sparse, model, model_name="resnet20", dataset="synthetic", num_classes=10, meta={})
-    return save, dense, sparse
+    return (save, *save_dense_and_sparse(save, 0.9, "glob"))
 
 
 def test_analyze_layers_writes_table_and_plots(pair, capsys):

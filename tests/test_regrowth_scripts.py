@@ -9,7 +9,7 @@ import torch
 
 import regrowth_oneshot
 from models import create_model
-from tests.conftest import run_main, tree
+from tests.conftest import run_main, save_dense_and_sparse, tree
 from utils.checkpoint import read_checkpoint, save_checkpoint
 from utils.masks import add_reparam, num_prunable
 from utils.plots import read_csv
@@ -25,15 +25,7 @@ FAST = ["--dataset", "synthetic", "--train_subset", "128", "--batch_size", "64",
 def start(tmp_path_factory) -> tuple[Path, Path, Path]:
     """(save_dir, dense checkpoint, 95%-sparse checkpoint) of resnet20."""
     save = tmp_path_factory.mktemp("runs")
-    torch.manual_seed(0)
-    model = create_model("resnet20")
-    dense = save / "resnet20" / "checkpoint" / "ckpt.pth"
-    save_checkpoint(dense, model, model_name="resnet20", dataset="synthetic", num_classes=10, meta={})
-    add_reparam(model)
-    get_pruner("lamp").prune(model, 0.95)
-    sparse = save / "resnet20" / "oneshot" / "resnet20_0.9500.pth"
-    save_checkpoint(sparse, model, model_name="resnet20", dataset="synthetic", num_classes=10, meta={})
-    return save, dense, sparse
+    return (save, *save_dense_and_sparse(save, 0.95, "lamp"))
 
 
 def _oneshot_args(save: Path, sparse: Path, label: str, episodes: int = 3) -> list[str]:

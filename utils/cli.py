@@ -134,16 +134,29 @@ def add_scoring_args(parser: argparse.ArgumentParser) -> None:
                        help="score (dL/dθ)^2 θ^2 on the dense pretrained model (original) or the sparse one")
 
 
+def add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
+    """--pretrained (the dense model) and --trust_pickle."""
+    parser.add_argument("--pretrained", default=None,
+                        help="dense pretrained checkpoint (default {save_dir}/{m_name}/checkpoint/ckpt.pth)")
+    parser.add_argument("--trust_pickle", action="store_true",
+                        help="allow checkpoints that are pickled nn.Modules (runs code from the file)")
+
+
+def add_finetune_args(parser: argparse.ArgumentParser, epochs: int | None, what: str = "finetune epochs") -> None:
+    """--finetune_epochs, --lr and --weight_decay of the AdamW finetunes (the original's 3e-4 and 0.01)."""
+    parser.add_argument("--finetune_epochs", type=positive_int, default=epochs, help=what)
+    parser.add_argument("--lr", type=positive_float, default=3e-4, help="AdamW learning rate of the finetunes")
+    parser.add_argument("--weight_decay", type=non_negative_float, default=0.01, help="AdamW weight decay")
+
+
 def add_controller_args(parser: argparse.ArgumentParser, *, episodes: int, action_space_size: int,
                         finetune_epochs: int, patience: int) -> None:
     """Flags of an RL regrowth search (controller, reward, mini-finetune, early stop, resume)."""
+    add_checkpoint_args(parser)
+    add_finetune_args(parser, finetune_epochs, "mini-finetune epochs per episode (best epoch on val)")
     group = parser.add_argument_group("regrowth search")
-    group.add_argument("--pretrained", default=None,
-                       help="dense checkpoint (default {save_dir}/{m_name}/checkpoint/ckpt.pth)")
     group.add_argument("--initial_ckpt", required=True, help="sparse starting checkpoint (with masks)")
     group.add_argument("--num_epochs", type=positive_int, default=episodes, help="maximum RL episodes")
-    group.add_argument("--finetune_epochs", type=positive_int, default=finetune_epochs,
-                       help="mini-finetune epochs per episode (best epoch on val)")
     group.add_argument("--init_strategy", default="zero", choices=list(INIT_STRATEGIES))
     group.add_argument("--learning_rate", type=positive_float, default=3e-4, help="controller Adam lr")
     group.add_argument("--hidden_size", type=positive_int, default=64)
@@ -160,4 +173,3 @@ def add_controller_args(parser: argparse.ArgumentParser, *, episodes: int, actio
     group.add_argument("--reward_window_size", type=positive_int, default=20)
     group.add_argument("--resume", action="store_true", help="continue the search from its search_state.pt")
     group.add_argument("--overwrite", action="store_true", help="start over where a search already ran")
-    group.add_argument("--trust_pickle", action="store_true", help="allow pickled nn.Module checkpoints")

@@ -99,7 +99,8 @@ def config_from_args(args) -> SearchConfig:
     return SearchConfig(episodes=args.num_epochs, finetune_epochs=args.finetune_epochs,
                         init_strategy=args.init_strategy, budget_bonus=args.budget_bonus,
                         early_stop_patience=args.early_stop_patience, min_epochs=args.min_epochs,
-                        reward_std_threshold=args.reward_std_threshold, reward_window_size=args.reward_window_size)
+                        reward_std_threshold=args.reward_std_threshold, reward_window_size=args.reward_window_size,
+                        lr=args.lr, weight_decay=args.weight_decay)
 
 
 class Search:

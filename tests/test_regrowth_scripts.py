@@ -197,3 +197,46 @@ def test_per_element_reference_matches_apply_regrowth():
     apply_regrowth(a, allocation, scores)
     per_element_regrowth(b, allocation, scores)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+
+
+def test_iterative_resume_equals_uninterrupted(start, tmp_path, monkeypatch):
+    import regrowth_iterative
+
+    save, dense, sparse = start
+    baseline = tmp_path / "baseline"
+    (baseline).mkdir()
+    save_checkpoint(baseline / "resnet20_0.9500.pth", read_weights_model(sparse), model_name="resnet20",
+                    dataset="synthetic", num_classes=10, meta={})
+
+    def args(save_dir: Path) -> list[str]:
+        return FAST + ["--save_dir", str(save_dir), "--pretrained", str(dense), "--initial_ckpt", str(sparse),
+                       "--baseline_dir", str(baseline), "--target_sparsity", "0.5", "--num_iters", "2",
+                       "--num_epochs", "2"]
+
+    assert regrowth_iterative.main(args(tmp_path / "a")) == 0
+    real_episode = Search.episode
+
+    def killed(self, index):
+        if "iter_1" in str(self.out) and index == 1:
+            raise KeyboardInterrupt
+        return real_episode(self, index)
+
+    monkeypatch.setattr(Search, "episode", killed)
+    with pytest.raises(KeyboardInterrupt):
+        regrowth_iterative.main(args(tmp_path / "b"))
+    monkeypatch.setattr(Search, "episode", real_episode)
+    assert regrowth_iterative.main(args(tmp_path / "b") + ["--resume"]) == 0
+    runs = [tmp_path / d / "resnet20" / "regrowth_iterative" for d in "ab"]
+    for it in (0, 1):
+        assert read_csv(runs[0] / f"iter_{it}" / "episodes.csv") == read_csv(runs[1] / f"iter_{it}" / "episodes.csv")
+    summaries = [json.loads((r / "summary.json").read_text())["iterations"] for r in runs]
+    assert summaries[0] == summaries[1]
+
+
+def read_weights_model(path: Path):
+    """The model stored at ``path`` (resnet20 with masks)."""
+    from utils.checkpoint import load_weights
+
+    model = create_model("resnet20")
+    load_weights(model, read_checkpoint(path), "resnet20", path)
+    return model

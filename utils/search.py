@@ -25,7 +25,7 @@ import torch.nn as nn
 from utils.checkpoint import atomic_save, save_checkpoint
 from utils.controller import AllocationPolicy, Reinforce, ReinforceConfig
 from utils.errors import UsageError
-from utils.masks import num_prunable, sparsity
+from utils.masks import sparsity
 from utils.plots import plot_reward_curve
 from utils.regrowth import apply_regrowth
 from utils.run import LOG, make_generator, write_csv
@@ -118,7 +118,6 @@ class Search:
         self.init_rng = make_generator(stage.args.seed, "regrowth_init", stage.device)
         self.history: list[dict] = []
         self.best = SearchResult()
-        self.n_tot = num_prunable(sparse)
 
     @property
     def policy(self) -> AllocationPolicy:

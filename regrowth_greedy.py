@@ -33,13 +33,15 @@ from utils.cli import (
     open_fraction,
     positive_int,
 )
-from utils.masks import capacity, num_prunable, prunable_modules, sparsity
+from utils.masks import capacity, num_prunable, sparsity
 from utils.pruners import random_scores
 from utils.regrowth import GREEDY_ALLOCATIONS, INIT_STRATEGIES, apply_regrowth
 from utils.run import LOG, make_generator, setup_logging, write_csv, write_json
 from utils.scores import saliency_scores, ssim_scores
 from utils.stage import prepare_dense_sparse
 from utils.train import evaluate, finetune
+
+SSIM_MODES = ("fill", "prop")  # the others ignore SSIM
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -64,18 +66,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     stage, pair = prepare_dense_sparse(args, args.initial_ckpt, reparam=True)
     out = Path(args.save_dir) / stage.model_name / f"greedy_{args.greedy_mode}"
     setup_logging(out)
-    saliency = saliency_scores(stage, pair)
-    dense_weights = {n: m.weight.detach() for n, m in prunable_modules(pair.dense).items()}
+    saliency = None if args.greedy_mode == "random" else saliency_scores(stage, pair)
     init_rng = make_generator(args.seed, "regrowth_init", stage.device)
     layer_rng = make_generator(args.seed, "greedy")  # CPU: random layers / positions
-    model, rows = pair.sparse, []
+    model, parent, rows = pair.sparse, pair.sparse_path, []
     for it in range(args.num_iters):
         caps = {n: c for n, c in capacity(model).items() if c > 0}
         budget = min(max(1, int(num_prunable(model) * args.regrow_step)), sum(caps.values()))
-        ssim = ssim_scores(stage, pair.dense, model)
-        allocation = GREEDY_ALLOCATIONS[args.greedy_mode]({n: ssim[n] for n in caps}, caps, budget, layer_rng)
-        scores = random_scores(model, layer_rng) if args.greedy_mode == "random" else saliency
-        regrown = sum(apply_regrowth(model, allocation, scores, args.init_strategy, dense_weights,
+        ssim = ssim_scores(stage, pair.dense, model) if args.greedy_mode in SSIM_MODES else {}
+        allocation = GREEDY_ALLOCATIONS[args.greedy_mode](ssim, caps, budget, layer_rng)
+        scores = random_scores(model, layer_rng) if saliency is None else saliency
+        regrown = sum(apply_regrowth(model, allocation, scores, args.init_strategy, pair.dense_weights,
                                      generator=init_rng).values())
         state = finetune(model, stage.data.train, stage.data.val, epochs=args.finetune_epochs, lr=args.lr,
                          weight_decay=args.weight_decay, patience=args.patience, amp=stage.amp,
@@ -84,10 +85,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         row = {"iteration": it, "mode": args.greedy_mode, "budget": budget, "regrown": regrown,
                "sparsity": sparsity(model), "val_acc": state.best_val_acc, "test_acc": test_acc}
         rows.append(row)
-        save_checkpoint(out / f"iter_{it}" / "best_grown_model.pth", model, model_name=stage.model_name,
-                        dataset=stage.dataset, num_classes=stage.data.info.num_classes,
+        path = out / f"iter_{it}" / "best_grown_model.pth"
+        save_checkpoint(path, model, model_name=stage.model_name, dataset=stage.dataset,
+                        num_classes=stage.data.info.num_classes,
                         meta={"stage": f"greedy_{args.greedy_mode}", **row, "allocation": allocation,
-                              "parent": str(args.initial_ckpt), "args": vars(args)})
+                              "parent": str(parent), "args": vars(args)})
+        parent = path
         LOG.info("iteration %d: %s regrew %d -> sparsity %.4f  val %.2f%%  test %.2f%%", it, args.greedy_mode,
                  regrown, row["sparsity"], row["val_acc"], test_acc)
     write_csv(out / "greedy_log.csv", rows)

@@ -39,7 +39,7 @@ from utils.cli import (
     positive_int,
 )
 from utils.errors import UsageError
-from utils.masks import capacity, num_prunable, prunable_modules, sparsity
+from utils.masks import capacity, num_prunable, sparsity
 from utils.run import LOG, setup_logging, write_json
 from utils.scores import saliency_scores, ssim_scores
 from utils.search import STATE_NAME, Search, config_from_args, search_space, trainer_from_args
@@ -87,8 +87,7 @@ def run_iteration(stage: Stage, pair: DenseSparse, current: nn.Module, current_p
     space = search_space(ssim_scores(stage, pair.dense, current), capacity(current), args.ssim_threshold)
     options = budget_options(args, num_prunable(current), sum(space.capacities))
     LOG.info("iteration %d: sparsity %.4f; budgets %s; searching %s", it, sparsity(current), options, space.layers)
-    dense_weights = {n: m.weight.detach() for n, m in prunable_modules(pair.dense).items()}
-    search = Search(stage, current, saliency, dense_weights, space,
+    search = Search(stage, current, saliency, pair.dense_weights, space,
                     trainer_from_args(args, args.budget_space_size, temperature=None, clip=10.0),
                     config_from_args(args), zero_point=lambda s: interpolate(table, s), out=out,
                     parent=current_path, budget_options=options)

@@ -35,7 +35,7 @@ from utils.cli import (
     positive_float,
 )
 from utils.errors import UsageError
-from utils.masks import capacity, num_prunable, prunable_modules, sparsity
+from utils.masks import capacity, num_prunable, sparsity
 from utils.run import LOG, setup_logging, write_json
 from utils.scores import saliency_scores, ssim_scores
 from utils.search import STATE_NAME, Search, config_from_args, search_space, trainer_from_args
@@ -76,8 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     saliency = saliency_scores(stage, pair)
     _, start_val = evaluate(pair.sparse, stage.data.val, amp=stage.amp)
     LOG.info("start: sparsity %.4f, val %.2f%%; K = %d; searching %s", start, start_val, budget, space.layers)
-    dense_weights = {n: m.weight.detach() for n, m in prunable_modules(pair.dense).items()}
-    search = Search(stage, pair.sparse, saliency, dense_weights, space,
+    search = Search(stage, pair.sparse, saliency, pair.dense_weights, space,
                     trainer_from_args(args, temperature=args.reward_temperature, clip=100.0),
                     config_from_args(args), zero_point=lambda s: start_val, out=out, parent=pair.sparse_path,
                     budget=budget)

@@ -102,7 +102,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(out)
     ssim = ssim_scores(stage, dense, sparse)
     saliency = saliency_scores(stage, pair)
-    dense_weights = {n: m.weight.detach() for n, m in prunable_modules(dense).items()}
     caps = capacity(sparse)
     layers = [n for n in (args.layers or caps) if caps[n] > 0 and not math.isnan(ssim[n])]
     control = finetuned_val(stage, copy.deepcopy(sparse))
@@ -110,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows, generator = [], make_generator(args.seed, "regrowth_init", stage.device)
     for name in layers:
         model = copy.deepcopy(sparse)
-        regrown = apply_regrowth(model, {name: k}, saliency, args.init_strategy, dense_weights,
+        regrown = apply_regrowth(model, {name: k}, saliency, args.init_strategy, pair.dense_weights,
                                  generator=generator)[name]
         _, immediate = evaluate(model, stage.data.val, amp=stage.amp)
         after = finetuned_val(stage, model)

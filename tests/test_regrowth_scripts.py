@@ -240,3 +240,16 @@ def read_weights_model(path: Path):
     model = create_model("resnet20")
     load_weights(model, read_checkpoint(path), "resnet20", path)
     return model
+
+
+def test_greedy_iterations_chain_their_parents(start, tmp_path):
+    import regrowth_greedy
+
+    save, dense, sparse = start
+    args = FAST + ["--save_dir", str(tmp_path), "--pretrained", str(dense), "--initial_ckpt", str(sparse),
+                   "--greedy_mode", "uniform", "--num_iters", "2"]
+    assert regrowth_greedy.main(args) == 0
+    out = tmp_path / "resnet20" / "greedy_uniform"
+    first, second = (read_checkpoint(out / f"iter_{i}" / "best_grown_model.pth").meta for i in (0, 1))
+    assert first["parent"] == str(sparse) and second["parent"] == str(out / "iter_0" / "best_grown_model.pth")
+    assert second["sparsity"] < first["sparsity"] < 0.95

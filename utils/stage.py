@@ -16,7 +16,7 @@ from data import DataBundle, canonical_dataset, get_data
 from models import create_model, model_spec
 from utils.checkpoint import load_weights, read_checkpoint
 from utils.errors import UsageError
-from utils.masks import add_reparam
+from utils.masks import add_reparam, prunable_modules
 from utils.run import resolve_device, seed_everything
 from utils.train import use_channels_last
 
@@ -102,6 +102,11 @@ class DenseSparse:
     dense_path: Path
     sparse: nn.Module
     sparse_path: Path
+
+    @property
+    def dense_weights(self) -> dict[str, torch.Tensor]:
+        """The dense model's prunable weights by layer name (for ``--init_strategy dense``); no copies."""
+        return {name: module.weight.detach() for name, module in prunable_modules(self.dense).items()}
 
 
 def prepare_dense_sparse(args: argparse.Namespace, sparse_path: str | Path,

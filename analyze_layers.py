@@ -1,4 +1,7 @@
-"""Per-layer analysis of a sparse model against its dense parent: SSIM, density, capacity, saliency.
+"""Per-unit analysis of a sparse model against its dense parent: SSIM, density, capacity, saliency.
+
+A unit is a prunable layer for a weight-pruned checkpoint, and a coupled channel group (named by its root
+layer; SSIM on that layer's output, saliency summed over the group's slices) for a channel-pruned one.
 
 Example:
     python analyze_layers.py --m_name resnet20 --pretrained runs/resnet20/checkpoint/ckpt.pth \\
@@ -6,11 +9,12 @@ Example:
 
 Prints one row per prunable layer and writes to --out (default {save_dir}/{m_name}/analysis/{ckpt stem}/):
     layers.csv        layer, shape, density, capacity, ssim, saliency_mean, saliency_max, selected
-                      (saliency over the layer's pruned positions; selected = searched by regrowth)
+                      (saliency over the unit's pruned entries; selected = searched by regrowth)
     ssim.png          SSIM per layer with the --ssim_threshold line
     density.png       kept fraction per layer
     saliency.png      distribution of log10 saliency at pruned positions per layer
-    saliency_per_class.png   with --per_class: mean saliency at pruned positions per layer and class
+    saliency_per_class.png   with --per_class (weight-pruned checkpoints): mean saliency at pruned positions
+                             per layer and class
 """
 from __future__ import annotations
 
@@ -28,7 +32,10 @@ from utils.cli import (
     cli_main,
     new_parser,
 )
+from utils.errors import UsageError
+from utils.granularity import Granularity
 from utils.masks import keep_mask, prunable_modules
+from utils.paths import analysis_dir
 from utils.plots import plot_distributions, plot_heatmap, plot_layer_bars
 from utils.run import make_generator, write_csv
 from utils.saliency import per_class_saliency
@@ -51,12 +58,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def layer_rows(sparse: torch.nn.Module, ssim: dict[str, float], saliency: dict[str, torch.Tensor],
-               selected: list[str]) -> list[dict]:
-    """One dict per prunable layer with the FIELDS columns."""
+def layer_rows(gran: Granularity, sparse: torch.nn.Module, ssim: dict[str, float],
+               saliency: dict[str, torch.Tensor], selected: list[str]) -> list[dict]:
+    """One dict per unit with the FIELDS columns."""
     rows = []
-    for name, module in prunable_modules(sparse).items():
-        kept = keep_mask(module)
+    for name, kept in gran.masks(sparse).items():
         pruned_scores = saliency[name][~kept]
         rows.append({"layer": name, "shape": "x".join(map(str, kept.shape)),
                      "density": float(kept.float().mean()), "capacity": int((~kept).sum()),
@@ -75,12 +81,13 @@ def print_table(rows: list[dict]) -> None:
               f"{'*' if r['selected'] else '':>4} {r['saliency_mean']:>10.3e} {r['saliency_max']:>10.3e}")
 
 
-def saliency_samples(sparse: torch.nn.Module, saliency: dict[str, torch.Tensor], seed: int) -> dict[str, list[float]]:
-    """Up to SAMPLES_PER_LAYER log10 saliency values at pruned positions of each layer (for plotting)."""
+def saliency_samples(gran: Granularity, sparse: torch.nn.Module, saliency: dict[str, torch.Tensor],
+                     seed: int) -> dict[str, list[float]]:
+    """Up to SAMPLES_PER_LAYER log10 saliency values at pruned entries of each unit (for plotting)."""
     gen = make_generator(seed, "plot_samples")
     samples = {}
-    for name, module in prunable_modules(sparse).items():
-        values = saliency[name][~keep_mask(module)].flatten().cpu()
+    for name, kept in gran.masks(sparse).items():
+        values = saliency[name][~kept].flatten().cpu()
         if len(values):
             pick = torch.randperm(len(values), generator=gen)[:SAMPLES_PER_LAYER]
             samples[name] = values[pick].clamp_min(1e-30).log10().tolist()
@@ -101,19 +108,21 @@ def plot_per_class(stage: Stage, model: torch.nn.Module, sparse: torch.nn.Module
 @cli_main
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    stage, pair = prepare_dense_sparse(args, args.ckpt)
-    dense, sparse = pair.dense, pair.sparse
+    stage, pair = prepare_dense_sparse(args, args.ckpt, granularity=None)
+    dense, sparse, gran = pair.dense, pair.sparse, stage.granularity
+    if args.per_class and gran.name != "weight":
+        raise UsageError("--per_class is for weight-pruned checkpoints (per-class saliency per weight)")
     ssim = ssim_scores(stage, dense, sparse)
     saliency = saliency_scores(stage, pair)
-    rows = layer_rows(sparse, ssim, saliency, select_layers(ssim, args.ssim_threshold))
-    out = Path(args.out or Path(args.save_dir) / stage.model_name / "analysis" / Path(args.ckpt).stem)
+    rows = layer_rows(gran, sparse, ssim, saliency, select_layers(ssim, args.ssim_threshold))
+    out = Path(args.out or analysis_dir(args.save_dir, stage.model_name, args.ckpt))
     print_table(rows)
     write_csv(out / "layers.csv", rows, FIELDS)
     names = [r["layer"] for r in rows]
     plot_layer_bars(names, [r["ssim"] for r in rows], "SSIM (dense vs sparse)", out / "ssim.png",
                     hline=args.ssim_threshold)
     plot_layer_bars(names, [r["density"] for r in rows], "density (kept fraction)", out / "density.png")
-    plot_distributions(saliency_samples(sparse, saliency, args.seed), "log10 saliency (pruned positions)",
+    plot_distributions(saliency_samples(gran, sparse, saliency, args.seed), "log10 saliency (pruned positions)",
                        out / "saliency.png")
     if args.per_class:
         reference = dense if args.saliency_model == "dense" else sparse

@@ -27,7 +27,7 @@ from benchmarks.common import timed
 from models import create_model
 from utils.cli import add_common_args, add_scoring_args, cli_main, fraction, new_parser, positive_int
 from utils.controller import AllocationPolicy
-from utils.masks import add_reparam, capacity, num_prunable, prunable_modules
+from utils.masks import add_reparam, capacity, clone_model, num_prunable, prunable_modules
 from utils.plots import plot_layer_bars
 from utils.pruners import get_pruner
 from utils.regrowth import allocate_uniform, apply_regrowth, top_pruned
@@ -57,7 +57,7 @@ def models(stage: Stage, args: argparse.Namespace) -> tuple[nn.Module, nn.Module
     """(dense, sparse) as the docstring says."""
     dense = stage.load_model(args.pretrained) if args.pretrained else stage.build_model()
     if args.initial_ckpt:
-        return dense, stage.load_model(args.initial_ckpt, require_masks=True, reparam=True)
+        return dense, stage.load_model(args.initial_ckpt, sparse=True, reparam=True)
     sparse = copy.deepcopy(dense)
     get_pruner("lamp").prune(sparse, args.sparsity)
     return dense, sparse
@@ -95,10 +95,10 @@ def episode_breakdown(stage: Stage, args: argparse.Namespace) -> dict[str, float
     modules = prunable_modules(sparse)
     times["selection"] = timed(lambda: [top_pruned(scores[n], modules[n].weight_mask, k)
                                         for n, k in allocation.items()], device, repeats)
-    regrow = lambda: apply_regrowth(copy.deepcopy(sparse), allocation, scores)  # noqa: E731
-    copy_time = timed(lambda: copy.deepcopy(sparse), device, repeats)
+    regrow = lambda: apply_regrowth(clone_model(sparse), allocation, scores)  # noqa: E731
+    copy_time = timed(lambda: clone_model(sparse), device, repeats)
     times["mask_update_and_init"] = max(0.0, timed(regrow, device, repeats) - copy_time - times["selection"])
-    model = copy.deepcopy(sparse)
+    model = clone_model(sparse)
     apply_regrowth(model, allocation, scores)
     times["finetune_epoch"] = timed(lambda: finetune(model, stage.data.train, stage.data.val, epochs=1,
                                                      progress=False, verbose=False), device, 1)

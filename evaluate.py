@@ -1,15 +1,19 @@
-"""Accuracy and sparsity of any checkpoint: ours or the original repository's formats.
+"""Accuracy and sparsity of any checkpoint: ours (weight-pruned, channel-pruned or exported) or the original
+repository's formats.
 
 Examples:
     python evaluate.py --m_name resnet20 --ckpt runs/resnet20/checkpoint/ckpt.pth
     python evaluate.py --ckpt runs/resnet20/oneshot/resnet20_0.9900.pth --per_layer
+    python evaluate.py --ckpt runs/resnet20/structured_oneshot/resnet20_ch0.5000.pth
     python evaluate.py --m_name vgg16 --ckpt old_repo/iterate_0.9903.pth --json
 
 Sparsity counts pruned prunable weights (every Conv2d and Linear weight): ``params_total`` is their
 number, ``params_nonzero`` the kept ones (mask == 1, or nonzero where a layer has no mask), and
-``sparsity = 1 - params_nonzero / params_total``. Val accuracy uses the checkpoint's own seed and
-val split unless --seed / --val_split are given. With --json, stdout is exactly one JSON object.
-Writes nothing.
+``sparsity = 1 - params_nonzero / params_total``. A channel-pruned checkpoint also reports its channel
+sparsity (masked channels / groupable channels) and the params and MACs (per image) of its physical
+export next to the dense model's; an exported checkpoint reports its own params and MACs. Val accuracy
+uses the checkpoint's own seed and val split unless --seed / --val_split are given. With --json, stdout is
+exactly one JSON object. Writes nothing.
 """
 from __future__ import annotations
 
@@ -17,10 +21,11 @@ import argparse
 import json
 from collections.abc import Sequence
 
-from utils.checkpoint import load_weights, read_checkpoint
+from utils.checkpoint import Checkpoint, read_checkpoint
 from utils.cli import add_common_args, cli_main, new_parser
+from utils.export import params_and_macs
 from utils.masks import LayerCount, layer_counts
-from utils.stage import prepare, resolve_names
+from utils.stage import Stage, prepare, resolve_names
 from utils.train import evaluate
 
 
@@ -54,6 +59,13 @@ def _print_text(report: dict, per_layer: bool) -> None:
     print(f"model       {report['model']} on {report['dataset']}")
     print(f"sparsity    {report['sparsity']:.4f}  ({report['params_nonzero']:,} of {report['params_total']:,} "
           f"prunable weights kept)")
+    if report["granularity"] != "weight":
+        print(f"{report['granularity']}s{' ' * (10 - len(report['granularity']))}{report['unit_sparsity']:.4f} "
+              f"{report['granularity']} sparsity")
+    if "macs" in report:
+        dense = (f" (dense {report['params_dense']:,} params, {report['macs_dense'] / 1e6:.2f}M MACs)"
+                 if "macs_dense" in report else "")
+        print(f"exported    {report['params']:,} params, {report['macs'] / 1e6:.2f}M MACs per image{dense}")
     if per_layer:
         print(f"\n{'layer':<28} {'shape':<20} {'total':>10} {'nonzero':>10} {'sparsity':>9}")
         for row in report["layers"]:
@@ -64,15 +76,28 @@ def _print_text(report: dict, per_layer: bool) -> None:
     print(f"test acc    {report['test_acc']:.2f}%  ({report['test_images']} images)")
 
 
+def structure(stage: Stage, model, ckpt: Checkpoint) -> dict:
+    """Granularity, its sparsity and its own figures (channels: the export's params and MACs, with the
+    dense model's); for an exported checkpoint its own params and MACs."""
+    gran, size = stage.granularity, stage.data.info.image_size
+    out = {"granularity": gran.name, "unit_sparsity": gran.sparsity(model), "exported": ckpt.export_history is not None}
+    if out["exported"]:
+        out["params"], out["macs"] = params_and_macs(model, size)
+        return out
+    out.update(gran.describe(model))
+    if "macs" in out:
+        out["params_dense"], out["macs_dense"] = params_and_macs(stage.build_model().cpu(), size)
+    return out
+
+
 @cli_main
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     ckpt = read_checkpoint(args.ckpt, trust_pickle=args.trust_pickle)
     model_name, dataset = resolve_names(args.m_name or ckpt.model, args.dataset or ckpt.dataset)
     _fill_from_checkpoint(args, ckpt.meta.get("args") or {})
-    stage = prepare(args, model_name, dataset)
-    model = stage.build_model()
-    load_weights(model, ckpt, stage.model_name, args.ckpt)
+    stage = prepare(args, model_name, dataset, ckpt.granularity or "weight")
+    model = stage.load_model(args.ckpt)
     counts = layer_counts(model)
     total, kept = sum(c.total for c in counts), sum(c.kept for c in counts)
     _, val_acc = evaluate(model, stage.data.val)
@@ -81,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               "sparsity": 1 - kept / total, "params_total": total, "params_nonzero": kept,
               "model_params": sum(p.numel() for p in model.parameters()), "val_acc": val_acc, "test_acc": test_acc,
               "val_images": stage.data.val.num_samples, "test_images": stage.data.test.num_samples,
-              "seed": args.seed, "val_split": args.val_split}
+              "seed": args.seed, "val_split": args.val_split, **structure(stage, model, ckpt)}
     if args.per_layer:
         report["layers"] = _layer_rows(counts)
     if args.json:

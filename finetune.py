@@ -2,7 +2,8 @@
 
 AdamW (lr 3e-4, weight decay 0.01) with a per-step schedule: linear warm-up over --warmup_frac (5%) of all
 steps, then cosine decay; --epochs (400), early stop after --patience (50) epochs without val gain; the
-best epoch is chosen on val. Pruned weights stay exactly zero.
+best epoch is chosen on val. Pruned weights (and masked channels) stay exactly zero. Weight-pruned,
+channel-pruned and exported checkpoints are all finetuned as they are (an export stays exported).
 
 Example:
     python finetune.py --ckpt runs/resnet20/regrowth_oneshot/0.9900/best_grown_model.pth --epochs 400
@@ -16,7 +17,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from utils.checkpoint import read_checkpoint, save_checkpoint
+from utils.checkpoint import read_checkpoint
 from utils.cli import (
     add_common_args,
     add_speed_args,
@@ -27,7 +28,8 @@ from utils.cli import (
     positive_float,
     positive_int,
 )
-from utils.masks import sparsity
+from utils.errors import UsageError
+from utils.paths import finetuned_path
 from utils.run import LOG, setup_logging
 from utils.stage import prepare
 from utils.train import evaluate, finetune
@@ -52,23 +54,25 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     ckpt = read_checkpoint(args.ckpt, trust_pickle=args.trust_pickle)
-    stage = prepare(args, args.m_name or ckpt.model, args.dataset or ckpt.dataset)
+    save_path = Path(args.save_path or finetuned_path(args.ckpt))
+    if save_path.resolve() == Path(args.ckpt).resolve():
+        raise UsageError(f"--save_path {save_path} is the checkpoint being finetuned; pick another path")
+    stage = prepare(args, args.m_name or ckpt.model, args.dataset or ckpt.dataset, ckpt.granularity or "weight")
     model = stage.load_model(args.ckpt)
-    save_path = Path(args.save_path or Path(args.ckpt).with_name(f"{Path(args.ckpt).stem}_finetuned.pth"))
+    sparsity = stage.granularity.sparsity
     setup_logging(save_path.parent, f"{save_path.stem}_log.txt")
     _, val_before = evaluate(model, stage.data.val, amp=stage.amp)
     _, test_before = evaluate(model, stage.data.test, amp=stage.amp)
     LOG.info("before: sparsity %.4f  val %.2f%%  test %.2f%%", sparsity(model), val_before, test_before)
     state = finetune(model, stage.data.train, stage.data.val, epochs=args.epochs, lr=args.lr,
-                     weight_decay=args.weight_decay, patience=args.patience, amp=stage.amp,
-                     progress=not args.no_progress, csv_path=save_path.with_name(f"{save_path.stem}_log.csv"),
-                     warmup_frac=args.warmup_frac)
+                     weight_decay=args.weight_decay, patience=args.patience, progress=not args.no_progress,
+                     csv_path=save_path.with_name(f"{save_path.stem}_log.csv"), warmup_frac=args.warmup_frac,
+                     **stage.speed)
     _, test_after = evaluate(model, stage.data.test, amp=stage.amp)
     meta = {"stage": "finetune", "parent": str(args.ckpt), "sparsity": sparsity(model), "epoch": state.best_epoch,
             "val_acc": state.best_val_acc, "test_acc": test_after, "val_acc_before": val_before,
-            "test_acc_before": test_before, "args": vars(args)}
-    save_checkpoint(save_path, model, model_name=stage.model_name, dataset=stage.dataset,
-                    num_classes=stage.data.info.num_classes, meta=meta)
+            "test_acc_before": test_before}
+    stage.save(save_path, model, meta, extra={"export": ckpt.extra["export"]} if ckpt.export_history else None)
     LOG.info("after:  sparsity %.4f  val %.2f%% (epoch %d)  test %.2f%%  (test %+.2f pp); saved %s",
              sparsity(model), state.best_val_acc, state.best_epoch, test_after, test_after - test_before, save_path)
     return 0

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from utils.checkpoint import load_weights, read_checkpoint, save_checkpoint
+from utils.checkpoint import load_weights, read_checkpoint
 from utils.cli import (
     add_common_args,
     add_speed_args,
@@ -29,8 +29,9 @@ from utils.cli import (
     positive_int,
 )
 from utils.errors import UsageError
+from utils.paths import pretrained_path
 from utils.run import LOG, setup_logging, write_json
-from utils.stage import Stage, prepare, pretrained_path
+from utils.stage import Stage, prepare
 from utils.train import EpochStats, FitState, evaluate, fit
 
 
@@ -92,15 +93,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(out)
     LOG.info("pretrain %s on %s (%d train / %d val images) on %s, from epoch %d", stage.model_name, stage.dataset,
              stage.data.train.num_samples, stage.data.val.num_samples, stage.device, state.epoch + 1)
-    common = dict(model_name=stage.model_name, dataset=stage.dataset, num_classes=stage.data.info.num_classes)
 
     def checkpoint(fit_state: FitState, stats: EpochStats, improved: bool) -> None:
-        meta = {"stage": "pretrain", "sparsity": 0.0, "epoch": stats.epoch, "val_acc": stats.val_acc,
-                "args": vars(args)}
+        meta = {"stage": "pretrain", "sparsity": 0.0, "epoch": stats.epoch, "val_acc": stats.val_acc}
         if improved:
-            save_checkpoint(best_path, model, meta=meta, **common)
-        save_checkpoint(last_path, model, meta=meta, **common,
-                        extra={"train_state": _train_state(optimizer, scheduler, fit_state, stage)})
+            stage.save(best_path, model, meta)
+        stage.save(last_path, model, meta, extra={"train_state": _train_state(optimizer, scheduler, fit_state, stage)})
 
     forward = torch.compile(model) if args.compile else model
     state = fit(model, stage.data.train, stage.data.val, optimizer, epochs=args.epochs, scheduler=scheduler,
@@ -109,9 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     model.load_state_dict(state.best_state)
     _, test_acc = evaluate(model, stage.data.test, amp=stage.amp)
-    meta = {"stage": "pretrain", "sparsity": 0.0, "epoch": state.best_epoch, "val_acc": state.best_val_acc,
-            "test_acc": test_acc, "args": vars(args)}
-    save_checkpoint(best_path, model, meta=meta, **common)
+    stage.save(best_path, model, {"stage": "pretrain", "sparsity": 0.0, "epoch": state.best_epoch,
+                                  "val_acc": state.best_val_acc, "test_acc": test_acc})
     write_json(out / "summary.json", {"model": stage.model_name, "dataset": stage.dataset, **state.summary(),
                                       "test_acc": test_acc, "checkpoint": str(best_path)})
     LOG.info("best val %.2f%% at epoch %d; test %.2f%%; saved %s", state.best_val_acc, state.best_epoch,

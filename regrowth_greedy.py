@@ -19,9 +19,8 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from pathlib import Path
 
-from utils.checkpoint import save_checkpoint
+from utils.budget import regrowth_budget
 from utils.cli import (
     add_checkpoint_args,
     add_common_args,
@@ -33,9 +32,8 @@ from utils.cli import (
     open_fraction,
     positive_int,
 )
-from utils.masks import capacity, num_prunable, sparsity
-from utils.pruners import random_scores
-from utils.regrowth import GREEDY_ALLOCATIONS, INIT_STRATEGIES, apply_regrowth
+from utils.paths import BEST_MODEL, SUMMARY, greedy_dir, iteration_dir
+from utils.regrowth import GREEDY_ALLOCATIONS, INIT_STRATEGIES, random_scores_like
 from utils.run import LOG, make_generator, setup_logging, write_csv, write_json
 from utils.scores import saliency_scores, ssim_scores
 from utils.stage import prepare_dense_sparse
@@ -64,37 +62,36 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     stage, pair = prepare_dense_sparse(args, args.initial_ckpt, reparam=True)
-    out = Path(args.save_dir) / stage.model_name / f"greedy_{args.greedy_mode}"
+    gran = stage.granularity
+    out = greedy_dir(args.save_dir, stage.model_name, gran.name, args.greedy_mode)
     setup_logging(out)
     saliency = None if args.greedy_mode == "random" else saliency_scores(stage, pair)
     init_rng = make_generator(args.seed, "regrowth_init", stage.device)
     layer_rng = make_generator(args.seed, "greedy")  # CPU: random layers / positions
     model, parent, rows = pair.sparse, pair.sparse_path, []
     for it in range(args.num_iters):
-        caps = {n: c for n, c in capacity(model).items() if c > 0}
-        budget = min(max(1, int(num_prunable(model) * args.regrow_step)), sum(caps.values()))
+        caps = {n: c for n, c in gran.capacity(model).items() if c > 0}
+        budget = regrowth_budget(gran.total(model), args.regrow_step, sum(caps.values()))
         ssim = ssim_scores(stage, pair.dense, model) if args.greedy_mode in SSIM_MODES else {}
         allocation = GREEDY_ALLOCATIONS[args.greedy_mode](ssim, caps, budget, layer_rng)
-        scores = random_scores(model, layer_rng) if saliency is None else saliency
-        regrown = sum(apply_regrowth(model, allocation, scores, args.init_strategy, pair.dense_weights,
-                                     generator=init_rng).values())
+        scores = random_scores_like(gran.masks(model), layer_rng) if saliency is None else saliency
+        regrown = sum(gran.regrow(model, allocation, scores, args.init_strategy, pair.dense,
+                                  generator=init_rng).values())
         state = finetune(model, stage.data.train, stage.data.val, epochs=args.finetune_epochs, lr=args.lr,
-                         weight_decay=args.weight_decay, patience=args.patience, amp=stage.amp,
-                         progress=not args.no_progress, csv_path=out / f"iter_{it}" / "finetune_log.csv")
+                         weight_decay=args.weight_decay, patience=args.patience, progress=not args.no_progress,
+                         csv_path=iteration_dir(out, it) / "finetune_log.csv", **stage.speed)
         _, test_acc = evaluate(model, stage.data.test, amp=stage.amp)
         row = {"iteration": it, "mode": args.greedy_mode, "budget": budget, "regrown": regrown,
-               "sparsity": sparsity(model), "val_acc": state.best_val_acc, "test_acc": test_acc}
+               "sparsity": gran.sparsity(model), "val_acc": state.best_val_acc, "test_acc": test_acc}
         rows.append(row)
-        path = out / f"iter_{it}" / "best_grown_model.pth"
-        save_checkpoint(path, model, model_name=stage.model_name, dataset=stage.dataset,
-                        num_classes=stage.data.info.num_classes,
-                        meta={"stage": f"greedy_{args.greedy_mode}", **row, "allocation": allocation,
-                              "parent": str(parent), "args": vars(args)})
+        path = iteration_dir(out, it) / BEST_MODEL
+        stage.save(path, model, {"stage": f"greedy_{args.greedy_mode}", **row, "allocation": allocation,
+                                 "parent": str(parent)})
         parent = path
         LOG.info("iteration %d: %s regrew %d -> sparsity %.4f  val %.2f%%  test %.2f%%", it, args.greedy_mode,
                  regrown, row["sparsity"], row["val_acc"], test_acc)
     write_csv(out / "greedy_log.csv", rows)
-    write_json(out / "summary.json", {"model": stage.model_name, "mode": args.greedy_mode, "iterations": rows})
+    write_json(out / SUMMARY, {"model": stage.model_name, "mode": args.greedy_mode, "iterations": rows})
     return 0
 
 

@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 
 from utils.baseline import baseline_table, interpolate
+from utils.budget import regrowth_budget
 from utils.cli import (
     add_common_args,
     add_controller_args,
@@ -39,10 +40,10 @@ from utils.cli import (
     positive_int,
 )
 from utils.errors import UsageError
-from utils.masks import capacity, num_prunable, sparsity
+from utils.paths import BEST_MODEL, SEARCH_STATE, SUMMARY, iteration_dir, prune_dir, regrowth_dir
 from utils.run import LOG, setup_logging, write_json
 from utils.scores import saliency_scores, ssim_scores
-from utils.search import STATE_NAME, Search, config_from_args, search_space, trainer_from_args
+from utils.search import Search, config_from_args, search_space, trainer_from_args
 from utils.stage import DenseSparse, Stage, prepare_dense_sparse
 from utils.train import evaluate
 
@@ -66,8 +67,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def pruning_baseline(stage: Stage, folder: Path) -> dict[float, float]:
     """{sparsity: val acc} of the plain-pruning checkpoints in ``folder`` (cached beside them)."""
     def measure(path: Path) -> tuple[float, float]:
-        model = stage.load_model(path, require_masks=True)
-        return sparsity(model), evaluate(model, stage.data.val, amp=stage.amp)[1]
+        model = stage.load_model(path, sparse=True)
+        return stage.granularity.sparsity(model), evaluate(model, stage.data.val, amp=stage.amp)[1]
 
     settings = {"model": stage.model_name, "dataset": stage.dataset, "seed": stage.args.seed,
                 "val_split": stage.args.val_split}
@@ -77,25 +78,26 @@ def pruning_baseline(stage: Stage, folder: Path) -> dict[float, float]:
 def budget_options(args: argparse.Namespace, n_tot: int, total_capacity: int) -> list[int]:
     """The B budgets the controller chooses from: linspace(min, max) fractions of N_tot, capped by capacity."""
     fracs = np.linspace(args.min_budget_frac, args.max_budget_frac, args.budget_space_size)
-    return [max(1, min(int(n_tot * f), total_capacity)) for f in fracs]
+    return [regrowth_budget(n_tot, float(f), total_capacity) for f in fracs]
 
 
 def run_iteration(stage: Stage, pair: DenseSparse, current: nn.Module, current_path: Path,
                   saliency: dict[str, torch.Tensor], table: dict[float, float], it: int, out: Path) -> dict:
     """One search from ``current``; writes ``out`` and returns the iteration's summary row."""
-    args = stage.args
-    space = search_space(ssim_scores(stage, pair.dense, current), capacity(current), args.ssim_threshold)
-    options = budget_options(args, num_prunable(current), sum(space.capacities))
-    LOG.info("iteration %d: sparsity %.4f; budgets %s; searching %s", it, sparsity(current), options, space.layers)
-    search = Search(stage, current, saliency, pair.dense_weights, space,
+    args, gran = stage.args, stage.granularity
+    space = search_space(ssim_scores(stage, pair.dense, current), gran.capacity(current), args.ssim_threshold)
+    options = budget_options(args, gran.total(current), sum(space.capacities))
+    LOG.info("iteration %d: sparsity %.4f; budgets %s; searching %s", it, gran.sparsity(current), options,
+             space.layers)
+    search = Search(stage, current, saliency, pair.dense, space,
                     trainer_from_args(args, args.budget_space_size, temperature=None, clip=10.0),
                     config_from_args(args), zero_point=lambda s: interpolate(table, s), out=out,
                     parent=current_path, budget_options=options)
-    if args.resume and (out / STATE_NAME).is_file():
+    if args.resume and (out / SEARCH_STATE).is_file():
         search.resume()
     best = search.run()
     row = {"iteration": it, **vars(best), "baseline_acc": interpolate(table, best.sparsity)}
-    write_json(out / "summary.json", row)
+    write_json(out / SUMMARY, row)
     LOG.info("iteration %d: sparsity %.4f  val %.2f%%  (%+.2f pp over the pruning baseline)", it, best.sparsity,
              best.val_acc, best.acc_gain)
     return row
@@ -105,34 +107,36 @@ def run_iteration(stage: Stage, pair: DenseSparse, current: nn.Module, current_p
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     stage, pair = prepare_dense_sparse(args, args.initial_ckpt, reparam=True)
-    start = sparsity(pair.sparse)
+    gran = stage.granularity
+    start = gran.sparsity(pair.sparse)
     if args.target_sparsity >= start:
         raise UsageError(f"--target_sparsity {args.target_sparsity} is not below the start sparsity {start:.4f}")
     if args.min_budget_frac > args.max_budget_frac:
         raise UsageError("--min_budget_frac is larger than --max_budget_frac")
-    root = Path(args.save_dir) / stage.model_name / "regrowth_iterative"
-    if (root / "iter_0" / STATE_NAME).exists() and not (args.resume or args.overwrite):
+    root = regrowth_dir(args.save_dir, stage.model_name, "weight", "iterative")
+    if (iteration_dir(root, 0) / SEARCH_STATE).exists() and not (args.resume or args.overwrite):
         raise UsageError(f"a search already ran in {root}: pass --resume to continue it or --overwrite to restart")
-    table = pruning_baseline(stage, Path(args.baseline_dir or Path(args.save_dir) / stage.model_name / "iterative"))
+    table = pruning_baseline(stage, Path(args.baseline_dir or prune_dir(args.save_dir, stage.model_name, "weight",
+                                                                        "iterative")))
     setup_logging(root)
     saliency = saliency_scores(stage, pair)
     current, current_path, summary = pair.sparse, pair.sparse_path, []
     for it in range(args.num_iters):
-        out = root / f"iter_{it}"
-        if args.resume and (out / "summary.json").is_file():  # finished before the interruption
-            row = json.loads((out / "summary.json").read_text())
+        out = iteration_dir(root, it)
+        if args.resume and (out / SUMMARY).is_file():  # finished before the interruption
+            row = json.loads((out / SUMMARY).read_text())
         else:
             row = run_iteration(stage, pair, current, current_path, saliency, table, it, out)
         summary.append(row)
-        current_path = out / "best_grown_model.pth"
+        current_path = out / BEST_MODEL
         current = stage.load_model(current_path, reparam=True)
-        if sparsity(current) <= args.target_sparsity:
+        if gran.sparsity(current) <= args.target_sparsity:
             break
     _, test_acc = evaluate(current, stage.data.test, amp=stage.amp)
-    write_json(root / "summary.json", {"model": stage.model_name, "start_sparsity": start,
-                                       "final_sparsity": sparsity(current), "final_checkpoint": str(current_path),
-                                       "final_test_acc": test_acc, "iterations": summary})
-    LOG.info("final: sparsity %.4f, test %.2f%% (%s)", sparsity(current), test_acc, current_path)
+    write_json(root / SUMMARY, {"model": stage.model_name, "start_sparsity": start,
+                                "final_sparsity": gran.sparsity(current), "final_checkpoint": str(current_path),
+                                "final_test_acc": test_acc, "iterations": summary})
+    LOG.info("final: sparsity %.4f, test %.2f%% (%s)", gran.sparsity(current), test_acc, current_path)
     return 0
 
 

@@ -24,6 +24,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+from utils.budget import regrowth_budget
 from utils.cli import (
     add_common_args,
     add_controller_args,
@@ -35,10 +36,10 @@ from utils.cli import (
     positive_float,
 )
 from utils.errors import UsageError
-from utils.masks import capacity, num_prunable, sparsity
+from utils.paths import BEST_MODEL, SEARCH_STATE, regrowth_dir
 from utils.run import LOG, setup_logging, write_json
 from utils.scores import saliency_scores, ssim_scores
-from utils.search import STATE_NAME, Search, config_from_args, search_space, trainer_from_args
+from utils.search import Search, config_from_args, search_space, trainer_from_args
 from utils.stage import prepare_dense_sparse
 from utils.train import evaluate
 
@@ -57,8 +58,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def output_dir(args: argparse.Namespace, model_name: str, start: float) -> Path:
     """The search folder; refuses to overwrite a finished or running search without --resume/--overwrite."""
-    out = Path(args.save_dir) / model_name / "regrowth_oneshot" / (args.label or f"{start:.4f}")
-    if (out / STATE_NAME).exists() and not (args.resume or args.overwrite):
+    out = regrowth_dir(args.save_dir, model_name, "weight", "oneshot") / (args.label or f"{start:.4f}")
+    if (out / SEARCH_STATE).exists() and not (args.resume or args.overwrite):
         raise UsageError(f"a search already ran in {out}: pass --resume to continue it or --overwrite to restart")
     return out
 
@@ -67,23 +68,24 @@ def output_dir(args: argparse.Namespace, model_name: str, start: float) -> Path:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     stage, pair = prepare_dense_sparse(args, args.initial_ckpt, reparam=True)
-    start = sparsity(pair.sparse)
+    gran = stage.granularity
+    start = gran.sparsity(pair.sparse)
     out = output_dir(args, stage.model_name, start)
     setup_logging(out)
     ssim = ssim_scores(stage, pair.dense, pair.sparse)
-    space = search_space(ssim, capacity(pair.sparse), args.ssim_threshold)
-    budget = min(int(num_prunable(pair.sparse) * args.regrow_step), sum(space.capacities))
+    space = search_space(ssim, gran.capacity(pair.sparse), args.ssim_threshold)
+    budget = regrowth_budget(gran.total(pair.sparse), args.regrow_step, sum(space.capacities))
     saliency = saliency_scores(stage, pair)
     _, start_val = evaluate(pair.sparse, stage.data.val, amp=stage.amp)
     LOG.info("start: sparsity %.4f, val %.2f%%; K = %d; searching %s", start, start_val, budget, space.layers)
-    search = Search(stage, pair.sparse, saliency, pair.dense_weights, space,
+    search = Search(stage, pair.sparse, saliency, pair.dense, space,
                     trainer_from_args(args, temperature=args.reward_temperature, clip=100.0),
                     config_from_args(args), zero_point=lambda s: start_val, out=out, parent=pair.sparse_path,
                     budget=budget)
     if args.resume:
         search.resume()
     best = search.run()
-    model = stage.load_model(out / "best_grown_model.pth")
+    model = stage.load_model(out / BEST_MODEL)
     _, test_acc = evaluate(model, stage.data.test, amp=stage.amp)
     write_json(out / "summary.json", {
         "model": stage.model_name, "dataset": stage.dataset, "start_sparsity": start, "start_val_acc": start_val,

@@ -18,13 +18,13 @@ Writes to --out (default {save_dir}/{m_name}/single_layer/{ckpt stem}/):
 from __future__ import annotations
 
 import argparse
-import copy
 import math
 from collections.abc import Sequence
 from pathlib import Path
 
 from scipy import stats
 
+from utils.budget import regrowth_budget
 from utils.cli import (
     add_checkpoint_args,
     add_common_args,
@@ -36,9 +36,11 @@ from utils.cli import (
     new_parser,
 )
 from utils.errors import UsageError
-from utils.masks import capacity, num_prunable, prunable_modules, sparsity
+from utils.granularity import Granularity
+from utils.masks import clone_model
+from utils.paths import single_layer_dir
 from utils.plots import plot_scatter
-from utils.regrowth import INIT_STRATEGIES, apply_regrowth
+from utils.regrowth import INIT_STRATEGIES
 from utils.run import LOG, make_generator, setup_logging, write_csv, write_json
 from utils.scores import saliency_scores, ssim_scores
 from utils.stage import Stage, prepare_dense_sparse
@@ -63,20 +65,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def budget(model, target: float | None) -> int:
-    """K = (s_start - s_target) * N_tot weights; default target = start - 0.01."""
-    start = sparsity(model)
+def budget(gran: Granularity, model, target: float | None) -> int:
+    """K = (s_start - s_target) * N_tot units; default target = start - 0.01."""
+    start = gran.sparsity(model)
     target = start - 0.01 if target is None else target
     if target >= start:
         raise UsageError(f"--target_sparsity {target} is not below the checkpoint's sparsity {start:.4f}")
-    return round((start - max(target, 0.0)) * num_prunable(model))
+    return regrowth_budget(gran.total(model), start - max(target, 0.0), sum(gran.capacity(model).values()))
 
 
 def finetuned_val(stage: Stage, model) -> float:
     """Val accuracy (%) after the analysis finetune (best epoch on val)."""
     args = stage.args
     state = finetune(model, stage.data.train, stage.data.val, epochs=args.finetune_epochs, lr=args.lr,
-                     weight_decay=args.weight_decay, amp=stage.amp, progress=not args.no_progress)
+                     weight_decay=args.weight_decay, progress=not args.no_progress, **stage.speed)
     return state.best_val_acc
 
 
@@ -93,24 +95,23 @@ def correlation(ssim: list[float], gain: list[float]) -> dict:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     stage, pair = prepare_dense_sparse(args, args.ckpt, reparam=True)
-    dense, sparse = pair.dense, pair.sparse
-    k = budget(sparse, args.target_sparsity)
-    unknown = sorted(set(args.layers or []) - set(prunable_modules(sparse)))
+    dense, sparse, gran = pair.dense, pair.sparse, stage.granularity
+    k = budget(gran, sparse, args.target_sparsity)
+    unknown = sorted(set(args.layers or []) - set(gran.units()))
     if unknown:
         raise UsageError(f"unknown layer(s) {', '.join(unknown)}; see analyze_layers.py for the names")
-    out = Path(args.out or Path(args.save_dir) / stage.model_name / "single_layer" / Path(args.ckpt).stem)
+    out = Path(args.out or single_layer_dir(args.save_dir, stage.model_name, args.ckpt))
     setup_logging(out)
     ssim = ssim_scores(stage, dense, sparse)
     saliency = saliency_scores(stage, pair)
-    caps = capacity(sparse)
+    caps = gran.capacity(sparse)
     layers = [n for n in (args.layers or caps) if caps[n] > 0 and not math.isnan(ssim[n])]
-    control = finetuned_val(stage, copy.deepcopy(sparse))
-    LOG.info("K = %d weights; control (no regrowth) val %.2f%%; %d layers", k, control, len(layers))
+    control = finetuned_val(stage, clone_model(sparse))
+    LOG.info("K = %d units; control (no regrowth) val %.2f%%; %d layers", k, control, len(layers))
     rows, generator = [], make_generator(args.seed, "regrowth_init", stage.device)
     for name in layers:
-        model = copy.deepcopy(sparse)
-        regrown = apply_regrowth(model, {name: k}, saliency, args.init_strategy, pair.dense_weights,
-                                 generator=generator)[name]
+        model = clone_model(sparse)
+        regrown = gran.regrow(model, {name: k}, saliency, args.init_strategy, dense, generator=generator)[name]
         _, immediate = evaluate(model, stage.data.val, amp=stage.amp)
         after = finetuned_val(stage, model)
         rows.append({"layer": name, "ssim": ssim[name], "capacity": caps[name], "regrown": regrown,

@@ -11,6 +11,7 @@ import torch
 
 import evaluate
 import pretrain
+import utils.stage as stage_module
 from models import create_model
 from tests.conftest import run_main, tree, write_cifar
 from utils.checkpoint import read_checkpoint, save_checkpoint
@@ -62,17 +63,17 @@ def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
     args = QUICK + ["--epochs", "3", "--lr", "0.05"]
     assert pretrain.main(args + ["--save_dir", str(tmp_path / "a")]) == 0
 
-    real_save = pretrain.save_checkpoint
+    real_save = stage_module.save_checkpoint  # every stage saves through Stage.save
 
     def killed_after_epoch_1(path, model, **kw):
         real_save(path, model, **kw)
         if path.name == "last.pth" and kw["meta"]["epoch"] == 1:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(pretrain, "save_checkpoint", killed_after_epoch_1)
+    monkeypatch.setattr(stage_module, "save_checkpoint", killed_after_epoch_1)
     with pytest.raises(KeyboardInterrupt):
         pretrain.main(args + ["--save_dir", str(tmp_path / "b")])
-    monkeypatch.setattr(pretrain, "save_checkpoint", real_save)
+    monkeypatch.setattr(stage_module, "save_checkpoint", real_save)
     assert pretrain.main(args + ["--save_dir", str(tmp_path / "b"), "--resume"]) == 0
 
     logs = [(tmp_path / d / "resnet20/checkpoint/pretrain_log.csv").read_text().splitlines() for d in "ab"]

@@ -16,7 +16,6 @@ Writes are atomic: a temp file in the same folder, then ``os.replace``.
 from __future__ import annotations
 
 import datetime as dt
-import os
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,10 +23,11 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+import torch.nn.utils.prune as prune
 
 from utils.errors import UsageError
-from utils.masks import add_reparam, prunable_modules
-from utils.run import git_revision
+from utils.masks import has_param_mask, prunable_modules
+from utils.run import atomic_write, git_revision
 
 FORMAT = "bridge-ckpt"
 VERSION = 1
@@ -49,20 +49,25 @@ class Checkpoint:
 
     @property
     def has_masks(self) -> bool:
-        """True when the state dict carries unstructured masks."""
+        """True when the state dict carries masks (weight or channel)."""
         return any(key.endswith("weight_mask") for key in self.state_dict)
+
+    @property
+    def granularity(self) -> str | None:
+        """``channel`` (channel masks), ``weight`` (weight masks only) or None (no masks: dense)."""
+        if self.channel_masks is not None:
+            return "channel"
+        return "weight" if self.has_masks else None
+
+    @property
+    def export_history(self) -> list | None:
+        """The Torch-Pruning history of a physically exported model (None for full-shape models)."""
+        return (self.extra.get("export") or {}).get("history")
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temp file beside ``path``, then rename over it (never a half-written file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """``torch.save`` through the one atomic writer (never a half-written file)."""
+    atomic_write(Path(path), lambda tmp: torch.save(obj, tmp))
 
 
 def plain(obj: Any) -> Any:
@@ -178,9 +183,15 @@ def _strip_wrappers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _match_reparam(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Align mask bookkeeping: add reparam where the state has masks; dense weights fill masked modules."""
-    masked = [k[: -len(".weight_mask")] for k in state if k.endswith(".weight_mask")]
-    add_reparam(model, masked)
+    """Align mask bookkeeping: every ``X.{param}_mask`` in the state (conv/Linear weights and biases, BN
+    gamma/beta) gets its reparametrisation in the model; dense weights fill masked prunable modules."""
+    modules = dict(model.named_modules())
+    for key in state:
+        if key.endswith("_mask") and key[: -len("_mask")] + "_orig" in state:
+            name, param = key[: -len("_mask")].rsplit(".", 1)
+            module = modules.get(name)
+            if module is not None and hasattr(module, param) and not has_param_mask(module, param):
+                prune.identity(module, param)
     state = dict(state)
     for name, module in prunable_modules(model).items():
         if hasattr(module, "weight_orig") and f"{name}.weight" in state and f"{name}.weight_orig" not in state:

@@ -149,6 +149,13 @@ def add_finetune_args(parser: argparse.ArgumentParser, epochs: int | None, what:
     parser.add_argument("--weight_decay", type=non_negative_float, default=0.01, help="AdamW weight decay")
 
 
+def add_prune_finetune_args(parser: argparse.ArgumentParser) -> None:
+    """--patience and --select_on of the finetune after each prune step."""
+    parser.add_argument("--patience", type=int, default=50, help="stop a finetune after N epochs without val gain")
+    parser.add_argument("--select_on", choices=["val", "test"], default="val",
+                        help="split that picks the best finetune epoch ('test' only to reproduce the original)")
+
+
 def add_controller_args(parser: argparse.ArgumentParser, *, episodes: int, action_space_size: int,
                         finetune_epochs: int, patience: int) -> None:
     """Flags of an RL regrowth search (controller, reward, mini-finetune, early stop, resume)."""

@@ -7,6 +7,7 @@ zeros (plain checkpoints whose masks were merged into the weights).
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -55,6 +56,60 @@ def add_reparam(model: nn.Module, names: list[str] | None = None) -> None:
     for name, module in prunable_modules(model).items():
         if (names is None or name in names) and not has_reparam(module):
             prune.custom_from_mask(module, "weight", module.weight.detach() != 0)
+
+
+def has_param_mask(module: nn.Module, param: str) -> bool:
+    """True when ``module.<param>`` is reparametrised as ``<param>_orig * <param>_mask``."""
+    return hasattr(module, f"{param}_orig") and hasattr(module, f"{param}_mask")
+
+
+def stored_param(module: nn.Module, param: str) -> torch.Tensor:
+    """The trainable tensor behind ``module.<param>``: ``<param>_orig`` under a mask, else the parameter."""
+    return getattr(module, f"{param}_orig") if has_param_mask(module, param) else getattr(module, param)
+
+
+def effective_param(module: nn.Module, param: str) -> torch.Tensor:
+    """``module.<param>`` as the next forward pass uses it (``orig * mask`` under a mask)."""
+    if has_param_mask(module, param):
+        return getattr(module, f"{param}_orig") * getattr(module, f"{param}_mask")
+    return getattr(module, param)
+
+
+def set_param_mask(module: nn.Module, param: str, mask: torch.Tensor) -> None:
+    """Write the bool keep-mask of ``module.<param>`` (any parameter: conv bias, BN gamma/beta, ...),
+    adding the reparametrisation when it is missing; stored values are untouched."""
+    if has_param_mask(module, param):
+        getattr(module, f"{param}_mask").copy_(mask)
+    else:
+        prune.custom_from_mask(module, param, mask)
+
+
+def clone_model(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model``, masks included. Each masked attribute (``weight = orig * mask``) is first
+    recomputed without autograd: after a forward pass with gradients it is a non-leaf tensor, which
+    ``copy.deepcopy`` refuses."""
+    with torch.no_grad():
+        for module in model.modules():
+            for name, _ in list(module.named_parameters(recurse=False)):
+                if name.endswith("_orig") and has_param_mask(module, name[: -len("_orig")]):
+                    base = name[: -len("_orig")]
+                    setattr(module, base, getattr(module, name) * getattr(module, f"{base}_mask"))
+    return copy.deepcopy(model)
+
+
+def merged_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state dict with every ``X_orig``/``X_mask`` pair merged into a plain ``X = orig * mask``:
+    what a model without any reparametrisation loads."""
+    state = model.state_dict()
+    out = {}
+    for key, value in state.items():
+        if key.endswith("_mask") and key[: -len("_mask")] + "_orig" in state:
+            continue
+        if key.endswith("_orig") and key[: -len("_orig")] + "_mask" in state:
+            out[key[: -len("_orig")]] = (value * state[key[: -len("_orig")] + "_mask"]).detach()
+        else:
+            out[key] = value.detach()
+    return out
 
 
 def effective_weight(module: nn.Module) -> torch.Tensor:

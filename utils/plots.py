@@ -9,6 +9,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from utils.run import atomic_write  # noqa: E402
+
 
 def read_csv(path: Path) -> list[dict[str, str]]:
     """Rows of a CSV file as dicts (empty when the file does not exist)."""
@@ -34,12 +36,9 @@ def plot_sparsity_accuracy(csv_path: Path, png_path: Path, title: str) -> None:
 
 
 def _save(fig, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
     fig.tight_layout()
-    fig.savefig(tmp, dpi=120)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
-    tmp.replace(path)
 
 
 def plot_layer_bars(names: list[str], values: list[float], ylabel: str, path: Path,

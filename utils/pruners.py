@@ -23,13 +23,19 @@ exceeds what it has (then the others absorb the rest).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 import torch.nn as nn
 
+from data.loader import DeviceLoader
+from utils.budget import largest_remainder
 from utils.errors import UsageError
 from utils.masks import add_reparam, effective_weight, get_masks, prunable_modules, set_masks
+
+if TYPE_CHECKING:
+    from utils.granularity import Granularity
 
 Masks = dict[str, torch.Tensor]  # layer name -> bool keep-mask shaped like the weight
 Scores = dict[str, torch.Tensor]  # layer name -> float score shaped like the weight
@@ -42,21 +48,27 @@ def magnitude_scores(model: nn.Module) -> Scores:
     return {name: effective_weight(m).detach().abs() for name, m in prunable_modules(model).items()}
 
 
+def lamp_of(squared: torch.Tensor) -> torch.Tensor:
+    """LAMP scores of a flat tensor of squared magnitudes ``u``: with ``u`` sorted ascending,
+    ``score(u_i) = u_i / sum_{j >= i} u_j`` in [0, 1] (float64, same order as the input)."""
+    ordered, order = squared.double().sort()
+    suffix = ordered.flip(0).cumsum(0).flip(0)
+    lamp = torch.empty_like(ordered)
+    lamp[order] = ordered / suffix.clamp_min(torch.finfo(torch.float64).tiny)
+    return lamp
+
+
 def lamp_scores(model: nn.Module) -> Scores:
-    """LAMP scores (Lee et al., ICLR 2021): with u = w^2 of a layer sorted ascending,
-    ``score(u_i) = u_i / sum_{j >= i} u_j``, in [0, 1]. A layer's largest weight scores 1; zeros score 0.
+    """LAMP scores (Lee et al., ICLR 2021) of every weight: ``lamp_of(w^2)`` per layer, in [0, 1]. A layer's
+    largest weight scores 1; zeros score 0.
 
     Full scores of every weight (a sort per layer); the ``lamp`` pruner itself only needs each layer's
-    top entries and scores those (``_lamp_candidates``). Sums run in float64.
+    top entries and scores those (``_lamp_candidates``).
     """
     scores = {}
     for name, module in prunable_modules(model).items():
         weight = effective_weight(module).detach()
-        ordered, order = weight.flatten().double().pow(2).sort()
-        suffix = ordered.flip(0).cumsum(0).flip(0)
-        lamp = torch.empty_like(ordered)
-        lamp[order] = ordered / suffix.clamp_min(torch.finfo(torch.float64).tiny)
-        scores[name] = lamp.view(weight.shape)
+        scores[name] = lamp_of(weight.flatten().double().pow(2)).view(weight.shape)
     return scores
 
 
@@ -71,17 +83,6 @@ def random_scores(model: nn.Module, generator: torch.Generator | None) -> Scores
 
 
 # ---- budgets: how many survivors each layer loses ---------------------------------------------------------
-
-def largest_remainder(shares: dict[str, float], total: int) -> dict[str, int]:
-    """Non-negative integers proportional to ``shares`` that add up to exactly ``total``."""
-    weight = sum(shares.values())
-    exact = {k: total * v / weight if weight > 0 else 0.0 for k, v in shares.items()}
-    floors = {k: int(v) for k, v in exact.items()}
-    leftover = total - sum(floors.values())
-    for k in sorted(exact, key=lambda k: exact[k] - floors[k], reverse=True)[:leftover]:
-        floors[k] += 1
-    return floors
-
 
 def uniform_budget(alive: dict[str, int], remove: int) -> dict[str, int]:
     """The same fraction of every layer's survivors."""
@@ -194,7 +195,35 @@ def select_lamp(model: nn.Module, alive: Masks, remove: int) -> Masks:
 
 # ---- the registry -----------------------------------------------------------------------------------------
 
-Selector = Callable[[nn.Module, Masks, int, "torch.Generator | None"], Masks]
+@dataclass(frozen=True)
+class PruneContext:
+    """What a selector may need besides the model: a seeded generator (``random``) and, for the
+    gradient-based channel scores (``taylor``, ``hessian``), training batches."""
+
+    generator: torch.Generator | None = None
+    loader: DeviceLoader | None = None
+    num_batches: int = 10
+
+
+Selector = Callable[[nn.Module, Masks, int, PruneContext], Masks]  # (model, alive, remove, context) -> kept
+
+
+class MaskAccess(Protocol):
+    """The part of a ``Granularity`` a pruner uses: read, write and add masks."""
+
+    def masks(self, model: nn.Module) -> Masks: ...
+
+    def set_masks(self, model: nn.Module, masks: Masks) -> None: ...
+
+    def ensure_masks(self, model: nn.Module) -> None: ...
+
+
+class _WeightMasks:
+    """Weight masks of any model (no architecture needed): what weight pruners use by default."""
+
+    masks = staticmethod(get_masks)
+    set_masks = staticmethod(set_masks)
+    ensure_masks = staticmethod(add_reparam)
 
 
 def _counts(alive: Masks) -> dict[str, int]:
@@ -202,44 +231,70 @@ def _counts(alive: Masks) -> dict[str, int]:
 
 
 _SELECTORS: dict[str, Selector] = {
-    "glob": lambda model, alive, remove, gen: select_global(alive, magnitude_scores(model), remove),
-    "unif": lambda model, alive, remove, gen: select_layerwise(alive, magnitude_scores(model),
+    "glob": lambda model, alive, remove, ctx: select_global(alive, magnitude_scores(model), remove),
+    "unif": lambda model, alive, remove, ctx: select_layerwise(alive, magnitude_scores(model),
                                                                uniform_budget(_counts(alive), remove)),
-    "unifplus": lambda model, alive, remove, gen: select_layerwise(alive, magnitude_scores(model),
+    "unifplus": lambda model, alive, remove, ctx: select_layerwise(alive, magnitude_scores(model),
                                                                    unifplus_budget(model, _counts(alive), remove)),
-    "lamp": lambda model, alive, remove, gen: select_lamp(model, alive, remove),
-    "erk": lambda model, alive, remove, gen: select_layerwise(alive, magnitude_scores(model),
+    "lamp": lambda model, alive, remove, ctx: select_lamp(model, alive, remove),
+    "erk": lambda model, alive, remove, ctx: select_layerwise(alive, magnitude_scores(model),
                                                               erk_budget(model, _counts(alive), remove)),
-    "random": lambda model, alive, remove, gen: select_global(alive, random_scores(model, gen), remove),
+    "random": lambda model, alive, remove, ctx: select_global(alive, random_scores(model, ctx.generator), remove),
 }
 
 
 @dataclass(frozen=True)
 class Pruner:
-    """A named pruning method; see the module docstring for the list."""
+    """A named pruning method over one granularity's masks (``utils.pruners`` for weights,
+    ``utils.channel_pruners`` for channels)."""
 
     name: str
     select: Selector
+    access: MaskAccess = field(default_factory=_WeightMasks)
+    needs_data: bool = False
 
     @torch.no_grad()
-    def prune(self, model: nn.Module, amount: float, generator: torch.Generator | None = None) -> int:
-        """Remove ``round(amount * survivors)`` more weights from ``model``'s masks; returns that count."""
+    def prune(self, model: nn.Module, amount: float, generator: torch.Generator | None = None,
+              context: PruneContext | None = None) -> int:
+        """Remove ``round(amount * survivors)`` more entries from ``model``'s masks; returns that count."""
         if not 0.0 <= amount < 1.0:
             raise UsageError(f"prune amount must lie in [0, 1), got {amount}")
-        add_reparam(model)
-        alive = get_masks(model)
+        context = context or PruneContext(generator)
+        if self.needs_data and context.loader is None:
+            raise UsageError(f"pruner '{self.name}' scores channels with gradients: it needs training batches")
+        self.access.ensure_masks(model)
+        alive = self.access.masks(model)
         remove = round(amount * sum(_counts(alive).values()))
-        set_masks(model, self.select(model, alive, remove, generator))
+        self.access.set_masks(model, self.select(model, alive, remove, context))
         return remove
 
 
-def list_pruners() -> list[str]:
-    """Names of the registered pruners."""
-    return list(_SELECTORS)
+def _weight_pruner(name: str, granularity: Granularity | None, scope: str) -> Pruner:
+    return Pruner(name, _SELECTORS[name], granularity or _WeightMasks())
 
 
-def get_pruner(name: str) -> Pruner:
-    """The pruner called ``name``; an unknown name is a ``UsageError`` listing the valid ones."""
-    if name not in _SELECTORS:
-        raise UsageError(f"unknown pruner '{name}'; choose one of: {', '.join(list_pruners())}")
-    return Pruner(name, _SELECTORS[name])
+# granularity name -> (pruner names, factory(name, granularity, scope)); utils.channel_pruners adds "channel"
+PRUNER_FAMILIES: dict[str, tuple[list[str], Callable[[str, Granularity | None, str], Pruner]]] = {
+    "weight": (list(_SELECTORS), _weight_pruner),
+}
+
+
+def _family(granularity: str) -> tuple[list[str], Callable[[str, Granularity | None, str], Pruner]]:
+    import utils.channel_pruners  # noqa: F401  (registers the channel family)
+
+    return PRUNER_FAMILIES[granularity]
+
+
+def list_pruners(granularity: str = "weight") -> list[str]:
+    """Names of the registered pruners of a granularity."""
+    return list(_family(granularity)[0])
+
+
+def get_pruner(name: str, granularity: Granularity | None = None, scope: str = "global") -> Pruner:
+    """The pruner called ``name`` for ``granularity`` (default: weights of any model); ``scope`` (local or
+    global) applies to channel pruners. An unknown name is a ``UsageError`` listing the valid ones."""
+    kind = granularity.name if granularity is not None else "weight"
+    names, factory = _family(kind)
+    if name not in names:
+        raise UsageError(f"unknown pruner '{name}' for {kind} pruning; choose one of: {', '.join(names)}")
+    return factory(name, granularity, scope)

@@ -21,9 +21,9 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 
+from utils.budget import largest_remainder
 from utils.errors import UsageError
 from utils.masks import has_reparam, prunable_modules
-from utils.pruners import largest_remainder
 
 # (module, flat positions [k], dense weight or None, generator) -> values [k]
 Init = Callable[[nn.Module, torch.Tensor, "torch.Tensor | None", "torch.Generator | None"], torch.Tensor]
@@ -110,6 +110,14 @@ def apply_regrowth(model: nn.Module, allocation: dict[str, int], scores: dict[st
         _reset_optimizer_state(optimizer, module.weight_orig, idx)
         regrown[name] = len(idx)
     return regrown
+
+
+def random_scores_like(masks: dict[str, torch.Tensor], generator: torch.Generator | None) -> dict[str, torch.Tensor]:
+    """Uniform scores in [0, 1) shaped like each unit's mask (random positions inside a unit), drawn in unit
+    order from ``generator`` (on its device) and moved to the mask's device."""
+    device = generator.device if generator is not None else None
+    return {name: torch.rand(mask.shape, generator=generator, device=device).to(mask.device)
+            for name, mask in masks.items()}
 
 
 # ---- non-RL allocations (the baselines the controller must beat); each spends exactly the budget ------------

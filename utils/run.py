@@ -8,6 +8,7 @@ import os
 import random
 import sys
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -76,24 +77,39 @@ def setup_logging(run_dir: Path | None = None, name: str = "log.txt") -> logging
     return LOG
 
 
-def write_json(path: Path, obj: Any) -> None:
-    """Write ``obj`` as indented JSON atomically (temp file + rename)."""
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """The one atomic writer: ``write(tmp)`` fills a temp file beside ``path``, which is flushed to disk
+    (fsync) and renamed over ``path``. A crash leaves the old file or the new one, never half of one; the
+    temp file is removed when ``write`` fails."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` as indented JSON atomically."""
+    text = json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def write_csv(path: Path, rows: list[dict], fields: list[str] | None = None) -> None:
     """Write ``rows`` (dicts) as a CSV table atomically; columns are ``fields`` or the first row's keys."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        columns = fields if fields is not None else (list(rows[0]) if rows else [])
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    columns = fields if fields is not None else (list(rows[0]) if rows else [])
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    atomic_write(path, write)
 
 
 def git_revision() -> str | None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -23,14 +24,14 @@ import torch.nn.functional as F
 
 from data.loader import DeviceLoader
 from utils.checkpoint import atomic_save
-from utils.masks import has_reparam, prunable_modules
+from utils.masks import prunable_modules, stored_param
 
-Scores = dict[str, torch.Tensor]  # layer name -> float32 tensor shaped like the weight
+Scores = dict[str, torch.Tensor]  # layer (or "module.param") name -> float32 tensor shaped like it
 
 
-def _theta(module: nn.Module) -> torch.Tensor:
-    """The weight values saliency multiplies: ``weight_orig`` under a mask, else ``weight``."""
-    return (module.weight_orig if has_reparam(module) else module.weight).detach()
+def _theta(module: nn.Module, param: str = "weight") -> torch.Tensor:
+    """The values saliency multiplies: ``<param>_orig`` under a mask, else the parameter itself."""
+    return stored_param(module, param).detach()
 
 
 def _batches(loader: DeviceLoader, num_batches: int | None):
@@ -40,28 +41,43 @@ def _batches(loader: DeviceLoader, num_batches: int | None):
         yield batch
 
 
-def saliency(model: nn.Module, loader: DeviceLoader, num_batches: int | None = None,
-             layers: list[str] | None = None) -> Scores:
-    """``mean_batches[(dL/dW)^2] · θ^2`` per layer (shape of the weight), model in eval mode, fp32.
+def param_saliency(model: nn.Module, loader: DeviceLoader, params: list[str], num_batches: int | None = None,
+                   order: int = 2) -> Scores:
+    """Per-entry scores of the parameters ``params`` (``"module.param"``, e.g. ``"layer1.0.bn1.weight"``),
+    shaped like each parameter, model in eval mode, fp32:
 
-    ``W`` is the weight the forward pass used (the effective weight under a mask); θ see ``_theta``.
+    * ``order=2``: ``mean_batches[(dL/dW)^2] · θ^2`` (the saliency, an empirical-Fisher OBD term);
+    * ``order=1``: ``mean_batches[|dL/dW|] · |θ|`` (first-order Taylor, ``mean |g·θ|``).
+
+    ``W`` is the tensor the forward pass used (``orig * mask`` under a mask), θ see ``_theta``. A
+    parameter that gets no gradient scores 0.
     """
-    modules = prunable_modules(model)
-    layers = layers or list(modules)
+    modules = dict(model.named_modules())
+    targets = [(modules[key.rsplit(".", 1)[0]], key.rsplit(".", 1)[1]) for key in params]
     was_training = model.training
     model.eval()
-    sums = {name: torch.zeros_like(_theta(modules[name])) for name in layers}
+    sums = {key: torch.zeros_like(_theta(m, p)) for key, (m, p) in zip(params, targets, strict=True)}
     count = 0
     for images, labels in _batches(loader, num_batches):
-        loss = F.cross_entropy(model(images), labels)
-        # after the forward pass, module.weight is the tensor that pass used (orig * mask under a mask)
-        grads = torch.autograd.grad(loss, [modules[n].weight for n in layers], allow_unused=True)
-        for name, grad in zip(layers, grads, strict=True):
+        with torch.enable_grad():  # also when called under no_grad (e.g. from a pruner)
+            loss = F.cross_entropy(model(images), labels)
+            # after the forward pass, module.<param> is the tensor that pass used (orig * mask under a mask)
+            grads = torch.autograd.grad(loss, [getattr(m, p) for m, p in targets], allow_unused=True)
+        for key, grad in zip(params, grads, strict=True):
             if grad is not None:
-                sums[name] += grad.detach().pow(2)
+                sums[key] += grad.detach().pow(2) if order == 2 else grad.detach().abs()
         count += 1
     model.train(was_training)
-    return {name: sums[name] / max(count, 1) * _theta(modules[name]).pow(2) for name in layers}
+    return {key: sums[key] / max(count, 1) * (_theta(m, p).pow(2) if order == 2 else _theta(m, p).abs())
+            for key, (m, p) in zip(params, targets, strict=True)}
+
+
+def saliency(model: nn.Module, loader: DeviceLoader, num_batches: int | None = None,
+             layers: list[str] | None = None) -> Scores:
+    """``mean_batches[(dL/dW)^2] · θ^2`` of the weight of every prunable layer (or ``layers``), by layer name."""
+    layers = layers or list(prunable_modules(model))
+    scores = param_saliency(model, loader, [f"{name}.weight" for name in layers], num_batches)
+    return {name: scores[f"{name}.weight"] for name in layers}
 
 
 def per_class_saliency(model: nn.Module, loader: DeviceLoader, num_classes: int, num_batches: int | None = None,
@@ -106,17 +122,23 @@ def _file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def cached_saliency(checkpoint: Path, model: nn.Module, loader: DeviceLoader, cache_dir: Path,
-                    settings: dict, num_batches: int | None = None) -> Scores:
-    """``saliency(model, ...)``, cached in ``cache_dir`` under a key made of the checkpoint file's content
-    and ``settings`` (anything that changes the result: model, data set, split, seed, batches, mode).
-    A changed checkpoint or setting gives a new key, so stale scores are never reused."""
-    key = hashlib.sha1(json.dumps({"ckpt": _file_digest(Path(checkpoint)), "num_batches": num_batches, **settings},
+def cached_scores(checkpoint: Path, compute: Callable[[], Scores], cache_dir: Path, settings: dict,
+                  device: torch.device) -> Scores:
+    """``compute()``, cached in ``cache_dir`` under a key made of the checkpoint file's content and
+    ``settings`` (anything that changes the result: model, data set, split, seed, batches, mode,
+    granularity). A changed checkpoint or setting gives a new key, so stale scores are never reused."""
+    key = hashlib.sha1(json.dumps({"ckpt": _file_digest(Path(checkpoint)), **settings},
                                   sort_keys=True, default=str).encode()).hexdigest()[:20]
     path = Path(cache_dir) / f"saliency_{key}.pt"
-    device = next(model.parameters()).device
     if path.is_file():
         return {k: v.to(device) for k, v in torch.load(path, map_location="cpu", weights_only=True).items()}
-    scores = saliency(model, loader, num_batches)
+    scores = compute()
     atomic_save({k: v.cpu() for k, v in scores.items()}, path)
     return scores
+
+
+def cached_saliency(checkpoint: Path, model: nn.Module, loader: DeviceLoader, cache_dir: Path,
+                    settings: dict, num_batches: int | None = None) -> Scores:
+    """``saliency(model, ...)`` through ``cached_scores``."""
+    return cached_scores(checkpoint, lambda: saliency(model, loader, num_batches), cache_dir,
+                         {"num_batches": num_batches, **settings}, next(model.parameters()).device)

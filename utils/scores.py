@@ -12,25 +12,35 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from utils.paths import cache_dir
 from utils.run import make_generator
-from utils.saliency import cached_saliency
+from utils.saliency import cached_scores, param_saliency
 from utils.ssim import layer_similarity
 from utils.stage import DenseSparse, Stage
 
 
 def ssim_scores(stage: Stage, dense: nn.Module, sparse: nn.Module) -> dict[str, float]:
-    """SSIM of every prunable layer of ``sparse`` against ``dense`` on ``--ssim_num_batches`` val batches."""
-    return layer_similarity(dense, sparse, stage.data.val, stage.args.ssim_num_batches, stage.amp)
+    """SSIM of every unit of the stage's granularity (its probe layer's output, ``sparse`` against ``dense``)
+    on ``--ssim_num_batches`` val batches."""
+    gran = stage.granularity
+    probes = {unit: gran.probe_layer(unit) for unit in gran.units()}
+    by_layer = layer_similarity(dense, sparse, stage.data.val, stage.args.ssim_num_batches, stage.amp,
+                                layers=list(dict.fromkeys(probes.values())))
+    return {unit: by_layer[layer] for unit, layer in probes.items()}
 
 
 def saliency_scores(stage: Stage, pair: DenseSparse) -> dict[str, torch.Tensor]:
-    """Saliency per prunable layer on the reference ``--saliency_model`` picks (cached on disk)."""
-    args = stage.args
+    """Per-entry unit scores from saliency ``(dL/dθ)^2 θ^2`` on the reference ``--saliency_model`` picks,
+    reduced by the stage's granularity (cached on disk)."""
+    args, gran = stage.args, stage.granularity
     model, path = (pair.dense, pair.dense_path) if args.saliency_model == "dense" else (pair.sparse, pair.sparse_path)
     # its own generator: whether the cache hits must not change the data order of later training
     loader = stage.data.train.with_generator(make_generator(args.seed, "saliency", stage.device))
     settings = {"model": stage.model_name, "dataset": stage.dataset, "seed": args.seed, "val_split": args.val_split,
-                "train_subset": args.train_subset, "batch_size": args.batch_size,
-                "augment": not args.no_augment, "reference": args.saliency_model}
-    cache = Path(args.save_dir) / stage.model_name / "cache"
-    return cached_saliency(path, model, loader, cache, settings, args.saliency_batches)
+                "train_subset": args.train_subset, "batch_size": args.batch_size, "augment": not args.no_augment,
+                "reference": args.saliency_model, "num_batches": args.saliency_batches, "granularity": gran.name}
+
+    def compute() -> dict[str, torch.Tensor]:
+        return gran.unit_scores(param_saliency(model, loader, gran.scored_params(), args.saliency_batches))
+
+    return cached_scores(Path(path), compute, cache_dir(args.save_dir, stage.model_name), settings, stage.device)

@@ -13,7 +13,6 @@ the same later episodes as an uninterrupted one (CPU). The best models are writt
 """
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,18 +21,17 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from utils.checkpoint import atomic_save, save_checkpoint
+from utils.checkpoint import atomic_save
 from utils.controller import AllocationPolicy, Reinforce, ReinforceConfig
 from utils.errors import UsageError
-from utils.masks import sparsity
+from utils.masks import clone_model
+from utils.paths import BEST_MODEL, BEST_PRE_FINETUNE, SEARCH_STATE
 from utils.plots import plot_reward_curve
-from utils.regrowth import apply_regrowth
 from utils.run import LOG, make_generator, write_csv
 from utils.ssim import select_layers
 from utils.stage import Stage
 from utils.train import finetune
 
-STATE_NAME = "search_state.pt"
 ZeroPoint = Callable[[float], float]  # sparsity after regrowth -> reference val accuracy (%)
 
 
@@ -106,11 +104,12 @@ def config_from_args(args) -> SearchConfig:
 class Search:
     """Runs and checkpoints one RL regrowth search into ``out``."""
 
-    def __init__(self, stage: Stage, sparse: nn.Module, saliency: dict[str, torch.Tensor],
-                 dense_weights: dict[str, torch.Tensor], space: SearchSpace, trainer: Reinforce,
-                 config: SearchConfig, zero_point: ZeroPoint, out: Path, parent: Path, budget: int | None = None,
-                 budget_options: list[int] | None = None) -> None:
-        self.stage, self.sparse, self.saliency, self.dense_weights = stage, sparse, saliency, dense_weights
+    def __init__(self, stage: Stage, sparse: nn.Module, scores: dict[str, torch.Tensor], dense: nn.Module,
+                 space: SearchSpace, trainer: Reinforce, config: SearchConfig, zero_point: ZeroPoint, out: Path,
+                 parent: Path, budget: int | None = None, budget_options: list[int] | None = None) -> None:
+        """``scores``: per-entry unit scores that pick what regrows inside a unit (saliency); ``dense``: the
+        dense model (for ``--init_strategy dense``). Units, masks and regrowth come from ``stage.granularity``."""
+        self.stage, self.sparse, self.scores, self.dense = stage, sparse, scores, dense
         self.parent = parent
         self.space, self.trainer, self.config, self.zero_point, self.out = space, trainer, config, zero_point, out
         self.budget, self.budget_options = budget, budget_options
@@ -131,9 +130,9 @@ class Search:
 
     def resume(self) -> None:
         """Continue from ``search_state.pt`` in ``out`` (a usage error when there is none)."""
-        path = self.out / STATE_NAME
+        path = self.out / SEARCH_STATE
         if not path.is_file():
-            raise UsageError(f"--resume: no {STATE_NAME} in {self.out}; run without --resume to start")
+            raise UsageError(f"--resume: no {SEARCH_STATE} in {self.out}; run without --resume to start")
         state = torch.load(path, map_location="cpu", weights_only=True)
         self.trainer.load_state_dict(state["trainer"])
         self.history, self.best = state["history"], SearchResult(**state["best"])
@@ -144,23 +143,20 @@ class Search:
         LOG.info("resumed after episode %d (best reward %.4f)", len(self.history), self.best.reward)
 
     # ---- one episode -------------------------------------------------------------------------------------
-    def _save_model(self, name: str, model: nn.Module, meta: dict) -> None:
-        save_checkpoint(self.out / name, model, model_name=self.stage.model_name, dataset=self.stage.dataset,
-                        num_classes=self.stage.data.info.num_classes, meta=meta)
-
     def episode(self, index: int) -> dict:
         """Sample, regrow, finetune, reward, update; returns the logged row."""
         ep = self.policy.sample(self.space.capacities, self.space.ssim, self.policy_rng, budget=self.budget,
                                 budget_options=self.budget_options)
         allocation = {name: n for name, n in zip(self.space.layers, ep.counts, strict=True) if n > 0}
-        model = copy.deepcopy(self.sparse)
-        regrown = sum(apply_regrowth(model, allocation, self.saliency, self.config.init_strategy,
-                                     self.dense_weights, generator=self.init_rng).values())
-        before = copy.deepcopy(model)
+        gran = self.stage.granularity
+        model = clone_model(self.sparse)
+        regrown = sum(gran.regrow(model, allocation, self.scores, self.config.init_strategy, self.dense,
+                                  generator=self.init_rng).values())
+        before = clone_model(model)
         fit = finetune(model, self.stage.data.train, self.stage.data.val, epochs=self.config.finetune_epochs,
-                       lr=self.config.lr, weight_decay=self.config.weight_decay, amp=self.stage.amp,
-                       progress=False, verbose=False)
-        new_sparsity = sparsity(model)
+                       lr=self.config.lr, weight_decay=self.config.weight_decay, progress=False, verbose=False,
+                       **self.stage.speed)
+        new_sparsity = gran.sparsity(model)
         gain = fit.best_val_acc - self.zero_point(new_sparsity)
         bonus = self.config.budget_bonus * (regrown / ep.budget if ep.budget else 0.0)
         reward = gain / 100 + bonus
@@ -171,10 +167,9 @@ class Search:
         if reward > self.best.reward:
             self.best = SearchResult(reward, index + 1, fit.best_val_acc, gain, new_sparsity, allocation)
             meta = {"stage": "regrowth", "episode": index + 1, "reward": reward, "acc_gain": gain,
-                    "allocation": allocation, "sparsity": new_sparsity, "parent": str(self.parent),
-                    "args": vars(self.stage.args)}
-            self._save_model("best_pre_finetune.pth", before, {**meta, "finetuned": False})
-            self._save_model("best_grown_model.pth", model, {**meta, "finetuned": True, "val_acc": fit.best_val_acc})
+                    "allocation": allocation, "sparsity": new_sparsity, "parent": str(self.parent)}
+            self.stage.save(self.out / BEST_PRE_FINETUNE, before, {**meta, "finetuned": False})
+            self.stage.save(self.out / BEST_MODEL, model, {**meta, "finetuned": True, "val_acc": fit.best_val_acc})
         return row
 
     def should_stop(self) -> bool:
@@ -194,7 +189,7 @@ class Search:
             row = self.episode(index)
             self.history.append(row)
             write_csv(self.out / "episodes.csv", self.history)
-            atomic_save(self._state(), self.out / STATE_NAME)
+            atomic_save(self._state(), self.out / SEARCH_STATE)
             LOG.info("episode %d: reward %+.4f  val %.2f%% (gain %+.2f pp)  sparsity %.4f  regrown %d%s",
                      row["episode"], row["reward"], row["val_acc"], row["acc_gain"], row["sparsity"], row["regrown"],
                      "  *" if self.best.episode == row["episode"] else "")

@@ -129,9 +129,10 @@ def map_similarity(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def layer_similarity(dense: nn.Module, sparse: nn.Module, loader: DeviceLoader, num_batches: int,
-                     amp: bool = True) -> dict[str, float]:
-    """Similarity of every prunable layer of ``sparse`` to ``dense`` (NaN for a layer that never ran)."""
-    layers = list(prunable_modules(sparse))
+                     amp: bool = True, layers: Sequence[str] | None = None) -> dict[str, float]:
+    """Similarity of every prunable layer (or ``layers``) of ``sparse`` to ``dense`` (NaN for a layer that
+    never ran)."""
+    layers = list(layers or prunable_modules(sparse))
     dense_maps, sparse_maps = attention_maps([dense, sparse], loader, num_batches, layers, amp)
     return {name: map_similarity(dense_maps[name], sparse_maps[name]) if name in sparse_maps else math.nan
             for name in layers}

@@ -1,11 +1,13 @@
-"""What every stage script does first: resolve device, model and data set, seed, and load the data.
+"""What every stage script does first (resolve device, model, data set and granularity, seed, load the
+data) and how every stage loads and saves models.
 
 Everything that can fail on user input (unknown names, missing data, a model that cannot take the data
-set's images, no CUDA) fails here, before any file is written.
+set's images, no CUDA, a checkpoint of the wrong granularity) fails here, before any file is written.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,29 +16,38 @@ import torch.nn as nn
 
 from data import DataBundle, canonical_dataset, get_data
 from models import create_model, model_spec
-from utils.checkpoint import load_weights, read_checkpoint
+from utils.checkpoint import Checkpoint, load_weights, read_checkpoint, save_checkpoint
 from utils.errors import UsageError
-from utils.masks import add_reparam, prunable_modules
+from utils.export import rebuild_exported
+from utils.granularity import Granularity, get_granularity
+from utils.paths import pretrained_path
 from utils.run import resolve_device, seed_everything
 from utils.train import use_channels_last
 
 DEFAULT_DATASET = {32: "cifar10", 64: "tiny_imagenet"}  # by the model's input resolution
-
-
-def pretrained_path(save_dir: str | Path, model_name: str) -> Path:
-    """Where pretrain.py keeps the best dense model: ``{save_dir}/{model_name}/checkpoint/ckpt.pth``."""
-    return Path(save_dir) / model_name / "checkpoint" / "ckpt.pth"
+_WRONG_KIND = {  # (checkpoint granularity, stage granularity) -> what to tell the user
+    ("channel", "weight"): "holds channel masks (a structured checkpoint); this stage works on weight masks: use "
+                           "the structured scripts (prune_structure.py, export.py), or evaluate.py / finetune.py",
+    ("weight", "channel"): "holds unstructured weight masks; this stage needs a dense or channel-pruned checkpoint "
+                           "(prune_structure.py writes them)",
+}
 
 
 @dataclass
 class Stage:
-    """The resolved set-up of one stage run."""
+    """The resolved set-up of one stage run, working at one granularity (``weight`` or ``channel``)."""
 
     args: argparse.Namespace
     device: torch.device
     model_name: str  # canonical registry name
     dataset: str  # canonical data set name
     data: DataBundle
+    granularity_name: str = "weight"
+
+    @functools.cached_property
+    def granularity(self) -> Granularity:
+        """Units, masks, scores and regrowth at this stage's granularity (built once per architecture)."""
+        return get_granularity(self.granularity_name, self.model_name, self.data.info.num_classes)
 
     @property
     def amp(self) -> bool:
@@ -48,25 +59,51 @@ class Stage:
         """Whether to use the channels_last memory layout (unless --no_channels_last)."""
         return not getattr(self.args, "no_channels_last", False)
 
+    @property
+    def speed(self) -> dict[str, bool]:
+        """``amp`` and ``compile`` keyword arguments of ``finetune`` (honours --no_amp and --compile)."""
+        return {"amp": self.amp, "compile": bool(getattr(self.args, "compile", False))}
+
     def build_model(self) -> nn.Module:
         """A freshly initialised model for this data set, on the device, in the chosen memory layout."""
         model = create_model(self.model_name, self.data.info.num_classes).to(self.device)
         return use_channels_last(model, self.channels_last)
 
-    def load_model(self, path: str | Path, *, require_masks: bool = False, reparam: bool = False) -> nn.Module:
-        """The model stored at ``path`` (any supported format) on the device.
+    def load_model(self, path: str | Path, *, sparse: bool = False, reparam: bool = False) -> nn.Module:
+        """The model stored at ``path`` (any supported format, or a physical export) on the device.
 
-        ``require_masks``: a checkpoint without masks is a usage error (a sparse model was expected).
-        ``reparam``: give every prunable layer a mask (pruning and regrowth need one).
+        ``sparse``: a checkpoint without masks is a usage error (a pruned model was expected). A checkpoint
+        of the other granularity always is. ``reparam``: give the model masks of this stage's granularity
+        where it has none (pruning and regrowth need them).
         """
         ckpt = read_checkpoint(path, trust_pickle=getattr(self.args, "trust_pickle", False))
-        if require_masks and not ckpt.has_masks:
-            raise UsageError(f"{path} has no masks (weight_orig / weight_mask): pass a pruned checkpoint")
-        model = self.build_model()
+        wrong = _WRONG_KIND.get((ckpt.granularity, self.granularity_name))
+        if wrong:
+            raise UsageError(f"{path} {wrong}")
+        if sparse and ckpt.granularity is None:
+            raise UsageError(f"{path} has no masks: pass a pruned checkpoint")
+        model = self._model_for(ckpt)
         load_weights(model, ckpt, self.model_name, path)
+        if ckpt.channel_masks is not None:
+            self.granularity.set_masks(model, ckpt.channel_masks)
         if reparam:
-            add_reparam(model)
+            self.granularity.ensure_masks(model)
         return model
+
+    def _model_for(self, ckpt: Checkpoint) -> nn.Module:
+        """A model shaped for ``ckpt``: the registry's, or the exported shapes its pruning history gives."""
+        if ckpt.export_history is None:
+            return self.build_model()
+        model = rebuild_exported(self.model_name, self.data.info.num_classes, model_spec(self.model_name).input_size,
+                                 ckpt.export_history)
+        return use_channels_last(model.to(self.device), self.channels_last)
+
+    def save(self, path: Path, model: nn.Module, meta: dict, extra: dict | None = None) -> None:
+        """Write ``model`` as a bridge-ckpt with this run's names and args and, at the channel granularity,
+        its channel masks; ``meta`` adds the stage's own entries."""
+        save_checkpoint(path, model, model_name=self.model_name, dataset=self.dataset,
+                        num_classes=self.data.info.num_classes, meta={"args": vars(self.args), **meta},
+                        channel_masks=self.granularity.checkpoint_masks(model), extra=extra)
 
 
 def resolve_names(model_name: str | None, dataset: str | None) -> tuple[str, str]:
@@ -77,7 +114,8 @@ def resolve_names(model_name: str | None, dataset: str | None) -> tuple[str, str
     return spec.name, canonical_dataset(dataset or DEFAULT_DATASET[spec.input_size])
 
 
-def prepare(args: argparse.Namespace, model_name: str | None = None, dataset: str | None = None) -> Stage:
+def prepare(args: argparse.Namespace, model_name: str | None = None, dataset: str | None = None,
+            granularity: str = "weight") -> Stage:
     """Resolve ``args`` (or the given names) into a ``Stage`` with data loaded on the device."""
     device = resolve_device(args.device)
     name, dataset = resolve_names(model_name or args.m_name, dataset or args.dataset)
@@ -91,7 +129,7 @@ def prepare(args: argparse.Namespace, model_name: str | None = None, dataset: st
     if data.info.image_size != expected:
         raise UsageError(f"model '{name}' takes {expected}x{expected} images but '{dataset}' has "
                          f"{data.info.image_size}x{data.info.image_size}; pick a model built for this data set")
-    return Stage(args, device, name, dataset, data)
+    return Stage(args, device, name, dataset, data, granularity)
 
 
 @dataclass
@@ -103,20 +141,16 @@ class DenseSparse:
     sparse: nn.Module
     sparse_path: Path
 
-    @property
-    def dense_weights(self) -> dict[str, torch.Tensor]:
-        """The dense model's prunable weights by layer name (for ``--init_strategy dense``); no copies."""
-        return {name: module.weight.detach() for name, module in prunable_modules(self.dense).items()}
 
-
-def prepare_dense_sparse(args: argparse.Namespace, sparse_path: str | Path,
-                         reparam: bool = False) -> tuple[Stage, DenseSparse]:
+def prepare_dense_sparse(args: argparse.Namespace, sparse_path: str | Path, reparam: bool = False,
+                         granularity: str | None = "weight") -> tuple[Stage, DenseSparse]:
     """Stage for the sparse checkpoint ``sparse_path`` (model and data set default to the ones it records)
     and both models: the dense one from ``--pretrained`` (default ``pretrained_path``) and the sparse one,
-    which must carry masks."""
+    which must carry masks. ``granularity=None`` works at the checkpoint's own granularity."""
     sparse_ckpt = read_checkpoint(sparse_path, trust_pickle=getattr(args, "trust_pickle", False))
-    stage = prepare(args, args.m_name or sparse_ckpt.model, args.dataset or sparse_ckpt.dataset)
+    stage = prepare(args, args.m_name or sparse_ckpt.model, args.dataset or sparse_ckpt.dataset,
+                    granularity or sparse_ckpt.granularity or "weight")
     dense_path = Path(args.pretrained or pretrained_path(args.save_dir, stage.model_name))
     dense = stage.load_model(dense_path)
-    sparse = stage.load_model(sparse_path, require_masks=True, reparam=reparam)
+    sparse = stage.load_model(sparse_path, sparse=True, reparam=reparam)
     return stage, DenseSparse(dense, dense_path, sparse, Path(sparse_path))

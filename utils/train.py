@@ -187,19 +187,22 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int,
 
 
 def finetune(model: nn.Module, train: DeviceLoader, select: DeviceLoader, *, epochs: int, lr: float = 3e-4,
-             weight_decay: float = 0.01, patience: int = 0, amp: bool = True, progress: bool = True,
-             csv_path: Path | None = None, warmup_frac: float | None = None, verbose: bool = True) -> FitState:
+             weight_decay: float = 0.01, patience: int = 0, amp: bool = True, compile: bool = False,
+             progress: bool = True, csv_path: Path | None = None, warmup_frac: float | None = None,
+             verbose: bool = True) -> FitState:
     """Finetune with a fresh AdamW (the original's recipe: lr 3e-4, weight decay 0.01) and load the best
     state by accuracy on ``select`` (the val split) into ``model``.
 
     ``warmup_frac=None``: constant learning rate (prune and regrowth finetunes); a number: per-step
     linear warm-up over that fraction of all steps, then cosine decay (the full finetune).
+    ``compile``: run the passes through ``torch.compile(model)`` (same parameters, so ``model`` is trained).
     """
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     schedule = None if warmup_frac is None else warmup_cosine(optimizer, epochs * len(train), warmup_frac)
     if csv_path is not None:
         csv_path.unlink(missing_ok=True)
     state = fit(model, train, select, optimizer, epochs=epochs, patience=patience, amp=amp, progress=progress,
-                csv_path=csv_path, batch_scheduler=schedule, verbose=verbose)
+                csv_path=csv_path, batch_scheduler=schedule, verbose=verbose,
+                forward_model=torch.compile(model) if compile else None)
     model.load_state_dict(state.best_state)
     return state

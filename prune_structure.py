@@ -1,0 +1,104 @@
+"""Structured (channel) pruning with finetuning: whole channels of Torch-Pruning's coupled groups are masked
+(the model keeps its shape, so channels can be regrown later; export.py makes it physically smaller).
+
+Channel sparsity = masked channels / all groupable channels. Every group keeps at least one channel and
+the classifier's outputs are never pruned. Channel scores (--pruner) are summed over every slice of a
+group (conv rows and biases, BN gamma/beta, consumer columns, depthwise convs); --scope local takes the
+same fraction from every group, global one threshold over group-normalised scores. Counts are exact.
+
+Examples:
+    # the original's schedule: 30% of each group's live channels per step, 15 steps, finetune after each
+    python prune_structure.py --m_name vgg16 --pruner l1 --mode iterative --ratio_per_step 0.3 --iterative_steps 15
+    # continue an interrupted run from step 6 (starts from step 5's checkpoint)
+    python prune_structure.py --m_name vgg16 --mode iterative --iter_start 6
+    # one-shot from the dense model to several channel sparsities, global Taylor scores
+    python prune_structure.py --m_name resnet56 --mode oneshot --target_sparsity 0.5 0.7 --pruner taylor --scope global
+
+Writes to {save_dir}/{m_name}/structured_{iterative|oneshot}/:
+    {m_name}_ch{sparsity:.4f}.pth  one checkpoint per step (channel masks; best-val epoch of its finetune)
+    prune_log.csv                  step, amount, sparsity (channel), weight_sparsity, params, macs (of the
+                                   exported model), val_acc, test_acc, checkpoint
+    sparsity_vs_accuracy.png, log.txt, finetune_step{k}.csv
+Finetuning after each prune: AdamW (lr 3e-4, weight decay 0.01), --finetune_epochs (40 iterative, 400
+one-shot), best epoch chosen on the validation split.
+"""
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+from utils.cli import (
+    add_checkpoint_args,
+    add_common_args,
+    add_finetune_args,
+    add_prune_finetune_args,
+    add_speed_args,
+    cli_main,
+    fraction,
+    new_parser,
+    open_fraction,
+    positive_int,
+)
+from utils.paths import pretrained_path, prune_dir
+from utils.pruners import PruneContext, get_pruner, list_pruners
+from utils.pruning import DEFAULT_FINETUNE_EPOCHS, MODE_ALIASES, PruneRun, previous_checkpoint
+from utils.run import LOG, make_generator
+from utils.stage import prepare
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = new_parser(__doc__)
+    add_common_args(parser)
+    add_speed_args(parser)
+    group = parser.add_argument_group("channel pruning")
+    group.add_argument("--pruner", default="l1", choices=list_pruners("channel"),
+                       help="channel importance (see utils/channel_pruners.py)")
+    group.add_argument("--scope", default="local", choices=["local", "global"],
+                       help="local: the same fraction of every group; global: one threshold over normalised scores")
+    group.add_argument("--mode", default="iterative", choices=sorted(MODE_ALIASES), help="iterative or oneshot")
+    group.add_argument("--ratio_per_step", type=open_fraction, default=0.3,
+                       help="iterative: fraction of the live channels removed per step")
+    group.add_argument("--iter_start", type=positive_int, default=1, help="first step (resume point)")
+    group.add_argument("--iterative_steps", "--iter_end", dest="iter_end", type=positive_int, default=15,
+                       help="last step (inclusive)")
+    group.add_argument("--target_sparsity", type=fraction, nargs="+", default=None,
+                       help="oneshot: target channel sparsity (one or more, each from the pretrained model)")
+    group.add_argument("--taylor_batches", type=positive_int, default=10,
+                       help="train batches for the gradient scores (taylor, hessian)")
+    add_checkpoint_args(parser)
+    add_finetune_args(parser, None, "finetune epochs after each prune (default 40 iterative, 400 oneshot)")
+    add_prune_finetune_args(parser)
+    args = parser.parse_args(argv)
+    args.mode = MODE_ALIASES[args.mode]
+    if args.finetune_epochs is None:
+        args.finetune_epochs = DEFAULT_FINETUNE_EPOCHS[args.mode]
+    if args.mode == "oneshot" and not args.target_sparsity:
+        parser.error("--mode oneshot needs --target_sparsity (e.g. 0.5)")
+    if args.iter_start > args.iter_end:
+        parser.error(f"--iter_start {args.iter_start} is after --iterative_steps {args.iter_end}")
+    return args
+
+
+@cli_main
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    stage = prepare(args, granularity="channel")
+    pruner = get_pruner(args.pruner, stage.granularity, args.scope)
+    pretrained = Path(args.pretrained or pretrained_path(args.save_dir, stage.model_name))
+    # gradient scores get their own data order: pruning must not shift the finetunes' batches
+    context = PruneContext(make_generator(args.seed, "pruner"),
+                           stage.data.train.with_generator(make_generator(args.seed, "prune_scores", stage.device)),
+                           args.taylor_batches)
+    run = PruneRun(stage, pruner, context, prune_dir(args.save_dir, stage.model_name, "channel", args.mode))
+    if args.mode == "iterative":
+        parent = pretrained if args.iter_start == 1 else previous_checkpoint(run.out, args.iter_start - 1)
+        run.run_iterative(parent, args.ratio_per_step, args.iter_start, args.iter_end)
+    else:
+        run.run_oneshot(pretrained, args.target_sparsity)
+    LOG.info("done: %s", run.out / "prune_log.csv")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

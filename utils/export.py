@@ -1,0 +1,58 @@
+"""Physical export of a channel-masked model: a smaller plain model with the same outputs.
+
+``export_model`` loads the masked model's effective weights (``orig * mask``) into a fresh model of the
+same architecture, builds Torch-Pruning's dependency graph on it and removes every masked channel of
+every group with ``DG.get_pruning_group(root, prune_out_channels, dropped).prune()``. The graph's
+pruning history (a list of ``[root name, is_out_channel, [indices]]``) is all it takes to rebuild the
+shapes, so an exported checkpoint is a state dict plus that history: it loads with ``weights_only``
+(no pickled modules) through ``rebuild_exported``.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch_pruning as tp
+
+from models import create_model
+from utils.masks import merged_state
+
+History = list[list]  # [[module name, is_out_channel_pruning, [channel indices]], ...]
+
+
+def _example(input_size: int) -> torch.Tensor:
+    return torch.zeros(1, 3, input_size, input_size)
+
+
+def export_model(granularity, model: nn.Module) -> tuple[nn.Module, History]:
+    """(the physically pruned CPU copy of ``model``, its pruning history); ``model`` is not changed.
+
+    ``granularity`` is the model's ``ChannelGranularity``.
+    """
+    masks = {root: mask.cpu() for root, mask in granularity.masks(model).items()}
+    plain = create_model(granularity.model_name, granularity.num_classes)
+    plain.load_state_dict({k: v.cpu() for k, v in merged_state(model).items()})
+    graph = tp.DependencyGraph().build_dependency(plain, example_inputs=_example(granularity.input_size))
+    modules = dict(plain.named_modules())
+    for root, keep in masks.items():
+        dropped = (~keep).nonzero().flatten().tolist()
+        if dropped:
+            module = modules[root]
+            graph.get_pruning_group(module, graph.get_pruner_of_module(module).prune_out_channels, dropped).prune()
+    plain.train(model.training)
+    return plain, [[name, bool(out), [int(i) for i in idxs]] for name, out, idxs in graph.pruning_history()]
+
+
+def rebuild_exported(model_name: str, num_classes: int, input_size: int, history: History) -> nn.Module:
+    """A fresh model of the exported shapes (weights still random: load the exported state dict next)."""
+    model = create_model(model_name, num_classes)
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=_example(input_size))
+    graph.load_pruning_history([tuple(entry) for entry in history])
+    return model
+
+
+def params_and_macs(model: nn.Module, input_size: int) -> tuple[int, int]:
+    """(parameters, multiply-accumulates per image) of a plain model (no masks), as Torch-Pruning counts
+    them: convs, Linears and BatchNorms; functional ops (ReLU, adds, the SE product) are not counted."""
+    device = next(model.parameters()).device
+    macs, params = tp.utils.count_ops_and_params(model, _example(input_size).to(device))
+    return int(params), int(macs)

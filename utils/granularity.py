@@ -1,0 +1,190 @@
+"""The granularity seam: what pruning, scores, regrowth, the search and checkpoints see of "a unit".
+
+A granularity is bound to one architecture (model name and class count) and answers, for any model of
+that architecture:
+
+| question | ``weight`` | ``channel`` |
+| --- | --- | --- |
+| units | prunable layers (Conv2d, Linear) | coupled channel groups (by root layer name) |
+| keep-mask of a unit | bool, shaped like the weight | bool [C], one entry per channel |
+| capacity of a unit | masked weights | masked channels |
+| N_tot | all prunable weights | all groupable channels |
+| unit scores from per-parameter scores | the weight's own scores | summed over every slice of the group |
+| layer whose output SSIM probes | the layer | the group's root layer |
+| cost of one entry of a unit | 1 weight, H_out·W_out MACs | the group's weights and MACs per channel |
+
+Everything else (pruners' selection, budgets, the RL search, baselines) works on these dicts and never
+asks which granularity it has. ``get_granularity(name, model_name)`` builds (once) and returns one.
+"""
+from __future__ import annotations
+
+import abc
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from utils.errors import UsageError
+
+Masks = dict[str, torch.Tensor]  # unit -> bool keep-mask (True = kept)
+Scores = dict[str, torch.Tensor]  # unit (or "module.param") -> float scores shaped like its mask (or param)
+
+
+@dataclass(frozen=True)
+class UnitCost:
+    """What one entry (a weight, or a channel) of a unit costs in the dense model.
+
+    ``weights``: stored parameters per entry; ``macs``: multiply-accumulates per entry per image. For
+    channels these are first-order figures (the other groups at full width); the exact figures of a
+    pruned model come from its physical export.
+    """
+
+    entries: int
+    weights: float
+    macs: float
+
+
+class Granularity(abc.ABC):
+    """Units, masks, scores, regrowth and costs at one granularity (see the module docstring)."""
+
+    name: str
+    init_strategies: tuple[str, ...]
+    default_init: str
+    keep_per_unit: int = 0  # entries every unit keeps whatever the pruner asks (channel groups: 1)
+
+    def __init__(self, model_name: str, num_classes: int, input_size: int) -> None:
+        self.model_name, self.num_classes, self.input_size = model_name, num_classes, input_size
+
+    # ---- masks ----------------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def units(self) -> list[str]:
+        """Unit names in model order."""
+
+    @abc.abstractmethod
+    def masks(self, model: nn.Module) -> Masks:
+        """Bool keep-mask of every unit (all True for a model without masks)."""
+
+    @abc.abstractmethod
+    def set_masks(self, model: nn.Module, masks: Masks) -> None:
+        """Write keep-masks of some or all units into the model's reparametrisation (added where missing).
+        Stored values (``*_orig``) are untouched."""
+
+    @abc.abstractmethod
+    def ensure_masks(self, model: nn.Module) -> None:
+        """Give the model masks of this granularity where it has none (its current pattern is kept)."""
+
+    @abc.abstractmethod
+    def checkpoint_masks(self, model: nn.Module) -> Masks | None:
+        """What the checkpoint stores as ``channel_masks`` (None when the element masks say it all)."""
+
+    def capacity(self, model: nn.Module) -> dict[str, int]:
+        """Masked entries per unit: how many can be regrown."""
+        return {unit: int((~mask).sum()) for unit, mask in self.masks(model).items()}
+
+    def total(self, model: nn.Module) -> int:
+        """N_tot: entries (weights or channels) over all units."""
+        return sum(mask.numel() for mask in self.masks(model).values())
+
+    def removable(self, model: nn.Module) -> int:
+        """Live entries that may still be pruned (all but ``keep_per_unit`` per unit)."""
+        masks = self.masks(model)
+        return sum(int(m.sum()) for m in masks.values()) - self.keep_per_unit * len(masks)
+
+    def sparsity(self, model: nn.Module) -> float:
+        """Masked entries / N_tot, in [0, 1]."""
+        masks = self.masks(model)
+        total = sum(m.numel() for m in masks.values())
+        return sum(int((~m).sum()) for m in masks.values()) / total if total else 0.0
+
+    # ---- scores -------------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def scored_params(self) -> list[str]:
+        """``module.param`` names whose per-entry scores the units reduce (see ``unit_scores``)."""
+
+    @abc.abstractmethod
+    def unit_scores(self, param_scores: Scores) -> Scores:
+        """Per-entry unit scores (shaped like each unit's mask) from per-parameter scores keyed
+        ``module.param``; parameters missing from ``param_scores`` contribute nothing."""
+
+    @abc.abstractmethod
+    def probe_layer(self, unit: str) -> str:
+        """The layer whose output SSIM compares (dense vs masked) to score ``unit``."""
+
+    # ---- regrowth and cost ------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def regrow(self, model: nn.Module, allocation: dict[str, int], scores: Scores, init_strategy: str,
+               dense: nn.Module | None = None, optimizer: torch.optim.Optimizer | None = None,
+               generator: torch.Generator | None = None) -> dict[str, int]:
+        """Bring back ``min(n, capacity)`` masked entries with the highest ``scores`` in each unit of
+        ``allocation``, initialised by ``init_strategy`` (``dense``: the dense model); resets their
+        optimizer state. Returns {unit: entries regrown}."""
+
+    @abc.abstractmethod
+    def unit_costs(self) -> dict[str, UnitCost]:
+        """Cost of one entry of each unit (see ``UnitCost``)."""
+
+    @abc.abstractmethod
+    def describe(self, model: nn.Module) -> dict[str, float]:
+        """Extra log columns for a pruned model (e.g. params and MACs after export)."""
+
+    def check_init(self, name: str) -> None:
+        """A ``UsageError`` unless ``name`` is one of this granularity's init strategies."""
+        if name not in self.init_strategies:
+            raise UsageError(f"--init_strategy {name} does not apply to {self.name} regrowth; choose one of: "
+                             f"{', '.join(self.init_strategies)}")
+
+
+_REGISTRY: dict[str, Callable[[str, int, int], Granularity]] = {}
+
+
+def register_granularity(name: str):
+    """Decorator adding a ``Granularity`` subclass to the registry under ``name``."""
+
+    def wrap(cls):
+        _REGISTRY[name] = cls
+        cls.name = name
+        return cls
+
+    return wrap
+
+
+def list_granularities() -> list[str]:
+    """Registered granularity names."""
+    _load()
+    return list(_REGISTRY)
+
+
+@functools.lru_cache(maxsize=32)
+def get_granularity(name: str, model_name: str, num_classes: int | None = None) -> Granularity:
+    """The granularity ``name`` for ``model_name`` (built once per architecture and class count)."""
+    from models import model_spec
+
+    _load()
+    if name not in _REGISTRY:
+        raise UsageError(f"unknown granularity '{name}'; choose one of: {', '.join(_REGISTRY)}")
+    spec = model_spec(model_name)
+    return _REGISTRY[name](spec.name, num_classes or spec.num_classes, spec.input_size)
+
+
+def _load() -> None:
+    """Import the implementations (they register themselves; imported late to avoid import cycles)."""
+    import utils.channels  # noqa: F401
+    import utils.weights  # noqa: F401
+
+
+def output_sizes(model: nn.Module, input_size: int) -> dict[str, int]:
+    """H_out·W_out of every Conv2d (1 for Linear) on one ``input_size`` image, by layer name; layers that
+    do not run are absent."""
+    sizes: dict[str, int] = {}
+    hooks = [m.register_forward_hook(lambda mod, i, o, n=name: sizes.__setitem__(n, o[0, 0].numel()
+                                                                                   if o.dim() == 4 else 1))
+             for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, input_size, input_size))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return sizes

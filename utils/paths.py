@@ -1,0 +1,99 @@
+"""Every run-folder path, in one place (open_lth's ``paths.py``).
+
+Layout under ``{save_dir}/{model}/`` (``granularity`` is ``weight`` or ``channel``):
+
+| what | weight | channel |
+| --- | --- | --- |
+| dense model | ``checkpoint/ckpt.pth`` | (the same) |
+| pruning run | ``{mode}/{m}_{s:.4f}.pth`` | ``structured_{mode}/{m}_ch{s:.4f}.pth`` |
+| one-shot regrowth search | ``regrowth_oneshot/{label}/`` | ``regrowth_structure_oneshot/{label}/`` |
+| iterative regrowth | ``regrowth_iterative/iter_{i}/`` | ``regrowth_structure_iterative/iter_{i}/`` |
+| greedy regrowth | ``greedy_{mode}/iter_{i}/`` | ``greedy_channel_{mode}/iter_{i}/`` |
+| layer analysis | ``analysis/{ckpt stem}/`` | (the same) |
+| single-layer analysis | ``single_layer/{ckpt stem}/`` | (the same) |
+| score caches | ``cache/`` | (the same) |
+
+``mode`` is ``oneshot`` or ``iterative``. File names that several modules share are constants here too.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+PRUNE_LOG = "prune_log.csv"
+SEARCH_STATE = "search_state.pt"
+BEST_MODEL = "best_grown_model.pth"
+BEST_PRE_FINETUNE = "best_pre_finetune.pth"
+SUMMARY = "summary.json"
+
+# folder prefix / file tag of each granularity (weight keeps the original repo's names)
+_PRUNE_PREFIX = {"weight": "", "channel": "structured_"}
+_FILE_TAG = {"weight": "", "channel": "ch"}
+_REGROWTH_STEM = {"weight": "regrowth", "channel": "regrowth_structure"}
+_GREEDY_STEM = {"weight": "greedy", "channel": "greedy_channel"}
+
+
+def model_root(save_dir: str | Path, model_name: str) -> Path:
+    """``{save_dir}/{model_name}``: everything one model's runs write."""
+    return Path(save_dir) / model_name
+
+
+def pretrained_path(save_dir: str | Path, model_name: str) -> Path:
+    """Where pretrain.py keeps the best dense model: ``{save_dir}/{model_name}/checkpoint/ckpt.pth``."""
+    return model_root(save_dir, model_name) / "checkpoint" / "ckpt.pth"
+
+
+def prune_dir(save_dir: str | Path, model_name: str, granularity: str, mode: str) -> Path:
+    """Folder of a pruning run: ``{mode}`` (weights) or ``structured_{mode}`` (channels)."""
+    return model_root(save_dir, model_name) / f"{_PRUNE_PREFIX[granularity]}{mode}"
+
+
+def prune_checkpoint(folder: Path, model_name: str, granularity: str, sparsity: float) -> Path:
+    """``{m}_{sparsity:.4f}.pth`` (weights) or ``{m}_ch{sparsity:.4f}.pth`` (channels) in ``folder``."""
+    return folder / f"{model_name}_{_FILE_TAG[granularity]}{sparsity:.4f}.pth"
+
+
+def regrowth_dir(save_dir: str | Path, model_name: str, granularity: str, schedule: str) -> Path:
+    """Root of a regrowth search: ``regrowth[_structure]_{oneshot|iterative}``."""
+    return model_root(save_dir, model_name) / f"{_REGROWTH_STEM[granularity]}_{schedule}"
+
+
+def iteration_dir(root: Path, iteration: int) -> Path:
+    """``{root}/iter_{iteration}``: one iteration of an iterative regrowth or greedy run."""
+    return root / f"iter_{iteration}"
+
+
+def greedy_dir(save_dir: str | Path, model_name: str, granularity: str, mode: str) -> Path:
+    """Folder of a greedy regrowth run: ``greedy_{mode}`` (weights) or ``greedy_channel_{mode}`` (channels)."""
+    return model_root(save_dir, model_name) / f"{_GREEDY_STEM[granularity]}_{mode}"
+
+
+def analysis_dir(save_dir: str | Path, model_name: str, ckpt: str | Path) -> Path:
+    """Default output of analyze_layers.py for ``ckpt``."""
+    return model_root(save_dir, model_name) / "analysis" / Path(ckpt).stem
+
+
+def single_layer_dir(save_dir: str | Path, model_name: str, ckpt: str | Path) -> Path:
+    """Default output of single_layer_regrowth_analysis.py for ``ckpt``."""
+    return model_root(save_dir, model_name) / "single_layer" / Path(ckpt).stem
+
+
+def cache_dir(save_dir: str | Path, model_name: str) -> Path:
+    """Content-keyed caches (saliency and channel scores)."""
+    return model_root(save_dir, model_name) / "cache"
+
+
+def benchmark_dir(save_dir: str | Path, model_name: str) -> Path:
+    """Default output of benchmark_regrowth.py."""
+    return model_root(save_dir, model_name) / "benchmark"
+
+
+def exported_path(ckpt: str | Path) -> Path:
+    """Default physical export of ``ckpt``: ``{stem}_exported.pth`` beside it."""
+    ckpt = Path(ckpt)
+    return ckpt.with_name(f"{ckpt.stem}_exported.pth")
+
+
+def finetuned_path(ckpt: str | Path) -> Path:
+    """Default output of finetune.py for ``ckpt``: ``{stem}_finetuned.pth`` beside it."""
+    ckpt = Path(ckpt)
+    return ckpt.with_name(f"{ckpt.stem}_finetuned.pth")

@@ -1,0 +1,140 @@
+"""A pruning run at any granularity: prune -> finetune -> save -> log -> plot, iterative or one-shot.
+
+Used by ``prune_unstructure.py`` (weights) and ``prune_structure.py`` (channels); the granularity and the
+pruner are the only difference. Each step writes ``{m}_{tag}{sparsity:.4f}.pth``, a row of
+``prune_log.csv`` (``step, amount, sparsity``, the granularity's own columns, ``val_acc, test_acc,
+checkpoint``) and the sparsity-vs-accuracy plot. Every target is checked before any training starts: a
+step that would remove nothing, or empty a channel group, is a ``UsageError``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch.nn as nn
+
+from utils.errors import UsageError
+from utils.paths import PRUNE_LOG, prune_checkpoint
+from utils.plots import plot_sparsity_accuracy, read_csv
+from utils.pruners import PruneContext, Pruner
+from utils.run import LOG, setup_logging, write_csv
+from utils.stage import Stage
+from utils.train import evaluate, finetune
+
+DEFAULT_FINETUNE_EPOCHS = {"iterative": 40, "oneshot": 400}  # the original's step budgets, in epochs
+MODE_ALIASES = {"iterate": "iterative", "iterative": "iterative", "oneshot": "oneshot"}
+
+
+@dataclass
+class PruneRun:
+    """One pruning run: where it writes, with which pruner, and the finetune flags in ``stage.args``
+    (``finetune_epochs``, ``lr``, ``weight_decay``, ``patience``, ``select_on``, ``mode``)."""
+
+    stage: Stage
+    pruner: Pruner
+    context: PruneContext
+    out: Path
+
+    @property
+    def iterative(self) -> bool:
+        return self.stage.args.mode == "iterative"
+
+    def finetune_and_score(self, model: nn.Module, csv_path: Path) -> tuple[float, float]:
+        """AdamW finetune, best epoch chosen on --select_on; returns (val acc, test acc) of that state."""
+        args, data = self.stage.args, self.stage.data
+        select = data.test if args.select_on == "test" else data.val
+        finetune(model, data.train, select, epochs=args.finetune_epochs, lr=args.lr, weight_decay=args.weight_decay,
+                 patience=args.patience, progress=not args.no_progress, csv_path=csv_path, **self.stage.speed)
+        return evaluate(model, data.val, amp=self.stage.amp)[1], evaluate(model, data.test, amp=self.stage.amp)[1]
+
+    def write_log_row(self, row: dict) -> None:
+        """Add ``row`` to prune_log.csv, atomically. Iterative: rows of this step and later (an older run
+        being redone) are dropped first; one-shot: a row for the same checkpoint is replaced."""
+        path = self.out / PRUNE_LOG
+        if self.iterative:
+            rows = [r for r in read_csv(path) if int(r["step"]) < int(row["step"])]
+        else:
+            rows = [r for r in read_csv(path) if r["checkpoint"] != row["checkpoint"]]
+        rows.append({k: str(v) for k, v in row.items()})
+        rows.sort(key=lambda r: (int(r["step"]), float(r["sparsity"])))
+        write_csv(path, rows, list(row))
+
+    def step(self, model: nn.Module, amount: float, step: int, parent: Path) -> Path:
+        """Prune ``amount`` of the survivors, finetune, save the checkpoint and log row; returns the checkpoint."""
+        stage, gran = self.stage, self.stage.granularity
+        removed = self.pruner.prune(model, amount, context=self.context)
+        achieved = gran.sparsity(model)
+        path = prune_checkpoint(self.out, stage.model_name, gran.name, achieved)
+        if path.resolve() == Path(parent).resolve():
+            raise UsageError(f"step {step} would write over its own input {parent}; nothing was pruned")
+        LOG.info("step %d: %s removed %d %ss -> sparsity %.4f", step, self.pruner.name, removed, gran.name, achieved)
+        val_acc, test_acc = self.finetune_and_score(model, self.out / f"finetune_step{step}.csv")
+        stage.save(path, model, {"stage": f"prune_{stage.args.mode}", "granularity": gran.name, "step": step,
+                                 "amount": amount, "pruner": self.pruner.name, "sparsity": achieved,
+                                 "val_acc": val_acc, "test_acc": test_acc, "parent": str(parent)})
+        self.write_log_row({"step": step, "amount": amount, "sparsity": achieved, **gran.describe(model),
+                            "val_acc": val_acc, "test_acc": test_acc, "checkpoint": path.name})
+        plot_sparsity_accuracy(self.out / PRUNE_LOG, self.out / "sparsity_vs_accuracy.png",
+                               f"{stage.model_name} {stage.args.mode} {gran.name} pruning ({self.pruner.name})")
+        LOG.info("step %d: sparsity %.4f  val %.2f%%  test %.2f%%  -> %s", step, achieved, val_acc, test_acc, path)
+        return path
+
+    # ---- schedules -----------------------------------------------------------------------------------
+    def run_iterative(self, parent: Path, amount: float, first: int, last: int) -> None:
+        """Steps ``first..last``, each removing ``amount`` of the survivors, from checkpoint ``parent``. A step
+        capped by what may go (every channel group keeps one channel) says so; when nothing may go the run
+        stops there."""
+        gran = self.stage.granularity
+        model = self.stage.load_model(parent, reparam=True)
+        setup_logging(self.out)
+        for step in range(first, last + 1):
+            alive = sum(int(m.sum()) for m in gran.masks(model).values())
+            room = gran.removable(model)
+            if room == 0:
+                LOG.info("step %d: every unit is down to its floor (sparsity %.4f); stopping", step,
+                         gran.sparsity(model))
+                return
+            if round(amount * alive) > room:
+                LOG.warning("step %d: only %d of the %d asked can go (every channel group keeps one channel)", step,
+                            room, round(amount * alive))
+            parent = self.step(model, min(amount, room / alive), step, parent)
+
+    def run_oneshot(self, dense_path: Path, targets: list[float]) -> None:
+        """One step from the dense model ``dense_path`` to each target sparsity (all checked first)."""
+        gran = self.stage.granularity
+        dense = self.stage.load_model(dense_path, reparam=True)
+        amounts = [oneshot_amount(gran.sparsity(dense), t, dense_path) for t in targets]
+        alive = sum(int(m.sum()) for m in gran.masks(dense).values())
+        for target, amount in zip(targets, amounts, strict=True):
+            check_amount(amount, alive, gran.removable(dense), target)
+        setup_logging(self.out)
+        for amount in amounts:
+            self.step(self.stage.load_model(dense_path, reparam=True), amount, 1, dense_path)
+
+
+def check_amount(amount: float, alive: int, room: int, target: float) -> None:
+    """A ``UsageError`` when ``amount`` of ``alive`` removes nothing or more than ``room``."""
+    remove = round(amount * alive)
+    if remove == 0:
+        raise UsageError(f"--target_sparsity {target} is already reached (within one unit): nothing would be pruned")
+    if remove > room:
+        raise UsageError(f"--target_sparsity {target} would empty a channel group: at most {room} of {alive} "
+                         f"channels can go (max sparsity {(1 - (alive - room) / alive):.4f} from this model)")
+
+
+def previous_checkpoint(out: Path, step: int) -> Path:
+    """The checkpoint iteration ``step`` wrote, from prune_log.csv."""
+    for row in read_csv(out / PRUNE_LOG):
+        if int(row["step"]) == step and (out / row["checkpoint"]).is_file():
+            return out / row["checkpoint"]
+    raise UsageError(f"no checkpoint of iteration {step} in {out}: run iterations up to {step} first "
+                     f"(or start with --iter_start 1)")
+
+
+def oneshot_amount(current: float, target: float, path: Path) -> float:
+    """Fraction of the survivors to remove to go from sparsity ``current`` to ``target``."""
+    if target >= 1.0:
+        raise UsageError("--target_sparsity must be below 1 (something has to survive)")
+    if target <= current:
+        raise UsageError(f"--target_sparsity {target} is not above the sparsity of {path} ({current:.4f})")
+    return (target - current) / (1.0 - current)

@@ -60,8 +60,7 @@ def _print_text(report: dict, per_layer: bool) -> None:
     print(f"sparsity    {report['sparsity']:.4f}  ({report['params_nonzero']:,} of {report['params_total']:,} "
           f"prunable weights kept)")
     if report["granularity"] != "weight":
-        print(f"{report['granularity']}s{' ' * (10 - len(report['granularity']))}{report['unit_sparsity']:.4f} "
-              f"{report['granularity']} sparsity")
+        print(f"{report['granularity'] + 's':<12}{report['unit_sparsity']:.4f} {report['granularity']} sparsity")
     if "macs" in report:
         dense = (f" (dense {report['params_dense']:,} params, {report['macs_dense'] / 1e6:.2f}M MACs)"
                  if "macs_dense" in report else "")

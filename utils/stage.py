@@ -41,13 +41,14 @@ class Stage:
     device: torch.device
     model_name: str  # canonical registry name
     dataset: str  # canonical data set name
-    data: DataBundle
+    data: DataBundle | None  # None for stages that need no images (export)
+    num_classes: int
     granularity_name: str = "weight"
 
     @functools.cached_property
     def granularity(self) -> Granularity:
         """Units, masks, scores and regrowth at this stage's granularity (built once per architecture)."""
-        return get_granularity(self.granularity_name, self.model_name, self.data.info.num_classes)
+        return get_granularity(self.granularity_name, self.model_name, self.num_classes)
 
     @property
     def amp(self) -> bool:
@@ -66,7 +67,7 @@ class Stage:
 
     def build_model(self) -> nn.Module:
         """A freshly initialised model for this data set, on the device, in the chosen memory layout."""
-        model = create_model(self.model_name, self.data.info.num_classes).to(self.device)
+        model = create_model(self.model_name, self.num_classes).to(self.device)
         return use_channels_last(model, self.channels_last)
 
     def load_model(self, path: str | Path, *, sparse: bool = False, reparam: bool = False) -> nn.Module:
@@ -94,7 +95,7 @@ class Stage:
         """A model shaped for ``ckpt``: the registry's, or the exported shapes its pruning history gives."""
         if ckpt.export_history is None:
             return self.build_model()
-        model = rebuild_exported(self.model_name, self.data.info.num_classes, model_spec(self.model_name).input_size,
+        model = rebuild_exported(self.model_name, self.num_classes, model_spec(self.model_name).input_size,
                                  ckpt.export_history)
         return use_channels_last(model.to(self.device), self.channels_last)
 
@@ -102,7 +103,7 @@ class Stage:
         """Write ``model`` as a bridge-ckpt with this run's names and args and, at the channel granularity,
         its channel masks; ``meta`` adds the stage's own entries."""
         save_checkpoint(path, model, model_name=self.model_name, dataset=self.dataset,
-                        num_classes=self.data.info.num_classes, meta={"args": vars(self.args), **meta},
+                        num_classes=self.num_classes, meta={"args": vars(self.args), **meta},
                         channel_masks=self.granularity.checkpoint_masks(model), extra=extra)
 
 
@@ -129,7 +130,17 @@ def prepare(args: argparse.Namespace, model_name: str | None = None, dataset: st
     if data.info.image_size != expected:
         raise UsageError(f"model '{name}' takes {expected}x{expected} images but '{dataset}' has "
                          f"{data.info.image_size}x{data.info.image_size}; pick a model built for this data set")
-    return Stage(args, device, name, dataset, data, granularity)
+    return Stage(args, device, name, dataset, data, data.info.num_classes, granularity)
+
+
+def prepare_model_only(args: argparse.Namespace, ckpt: Checkpoint, granularity: str) -> Stage:
+    """A ``Stage`` without data for a checkpoint that records its model, data set and class count (ours do):
+    enough to load, save and export models."""
+    if not (ckpt.model and ckpt.num_classes):
+        raise UsageError("the checkpoint does not record its model and class count (not a bridge-ckpt): "
+                         "pass a checkpoint written by this toolkit")
+    name, dataset = resolve_names(ckpt.model, ckpt.dataset)
+    return Stage(args, resolve_device(args.device), name, dataset, None, ckpt.num_classes, granularity)
 
 
 @dataclass

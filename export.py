@@ -1,0 +1,121 @@
+"""Physical export of a channel-pruned checkpoint: a smaller plain model (masked channels removed with
+Torch-Pruning) that gives the same outputs, with params, MACs and measured latency of all three models.
+
+The export is a bridge-ckpt whose state dict has the smaller shapes and whose ``export.history`` (Torch-
+Pruning's pruning history: root layer, out-channel flag, channel indices) rebuilds them, so it loads
+without pickles: evaluate.py and finetune.py take it like any checkpoint. No data set is needed: outputs
+are compared on random images, latency is measured on random images.
+
+Examples:
+    python export.py --ckpt runs/resnet20/structured_oneshot/resnet20_ch0.5000.pth
+    python export.py --ckpt runs/vgg16/structured_iterative/vgg16_ch0.8824.pth --device cuda --batch_sizes 1 256
+
+Writes --out (default {ckpt stem}_exported.pth beside the checkpoint) and prints, for the dense, the masked
+and the exported model: parameters, MACs per image, and latency (median of --repeats forward passes, in
+ms) at each --batch_sizes on --device; with --json, stdout is exactly one JSON object with the same figures.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from utils.checkpoint import read_checkpoint
+from utils.cli import cli_main, new_parser, positive_int
+from utils.cost import latency_ms
+from utils.errors import UsageError
+from utils.export import export_model, params_and_macs
+from utils.paths import exported_path
+from utils.stage import Stage, prepare_model_only
+from utils.train import use_channels_last
+
+NOT_CHANNEL = {None: "has no masks (a dense model): prune it with prune_structure.py first",
+               "weight": "holds unstructured weight masks, which export cannot shrink: export takes channel-pruned "
+                         "checkpoints (prune_structure.py)"}
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = new_parser(__doc__)
+    parser.add_argument("--ckpt", required=True, help="channel-pruned checkpoint (from prune_structure.py)")
+    parser.add_argument("--out", default=None, help="exported checkpoint (default {ckpt stem}_exported.pth)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (latency is measured here)")
+    parser.add_argument("--batch_sizes", type=positive_int, nargs="+", default=[1, 128], help="latency batch sizes")
+    parser.add_argument("--repeats", type=positive_int, default=10, help="timed forward passes per measurement")
+    parser.add_argument("--no_channels_last", action="store_true", help="time in NCHW layout")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    parser.add_argument("--trust_pickle", action="store_true", help="allow a pickled nn.Module checkpoint")
+    return parser.parse_args(argv)
+
+
+def output_path(args: argparse.Namespace) -> Path:
+    """--out, checked before any work: never the input, never an existing file without --overwrite."""
+    out = Path(args.out or exported_path(args.ckpt))
+    if out.resolve() == Path(args.ckpt).resolve():
+        raise UsageError(f"--out {out} is the checkpoint being exported; pick another path")
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a folder; give a file path")
+    if out.exists() and not args.overwrite:
+        raise UsageError(f"{out} exists; pass --overwrite to replace it")
+    return out
+
+
+def measure(stage: Stage, models: dict[str, torch.nn.Module], args: argparse.Namespace) -> dict[str, dict]:
+    """Params, MACs and latency (ms per batch, per --batch_sizes) of each model on the stage's device; the
+    masked model stores and computes what the dense one does, so it gets the dense counts."""
+    size = stage.granularity.input_size
+    rows = {}
+    for label, model in models.items():
+        params, macs = params_and_macs(models["dense" if label == "masked" else label], size)
+        latency = {str(b): latency_ms(model, b, size, stage.device, args.repeats, channels_last=stage.channels_last)
+                   for b in args.batch_sizes}
+        rows[label] = {"params": params, "macs": macs, "latency_ms": latency}
+    return rows
+
+
+def print_table(rows: dict[str, dict], report: dict) -> None:
+    batches = list(next(iter(rows.values()))["latency_ms"])
+    print(f"{report['model']} at channel sparsity {report['channel_sparsity']:.4f} on {report['device']} "
+          f"(max |masked - exported| = {report['max_abs_diff']:.2e})")
+    print(f"{'model':<10} {'params':>12} {'MACs':>12} " + " ".join(f"{'ms @ ' + b:>11}" for b in batches))
+    for label, row in rows.items():
+        print(f"{label:<10} {row['params']:>12,} {row['macs']:>12,} " +
+              " ".join(f"{row['latency_ms'][b]:>11.2f}" for b in batches))
+    print(f"wrote {report['out']}")
+
+
+@cli_main
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    ckpt = read_checkpoint(args.ckpt, trust_pickle=args.trust_pickle)
+    if ckpt.granularity != "channel":
+        raise UsageError(f"{args.ckpt} {NOT_CHANNEL[ckpt.granularity]}")
+    out = output_path(args)
+    stage = prepare_model_only(args, ckpt, "channel")
+    masked = stage.load_model(args.ckpt).eval()
+    exported, history = export_model(stage.granularity, masked)
+    exported = use_channels_last(exported.to(stage.device), stage.channels_last).eval()
+    x = torch.randn(4, 3, stage.granularity.input_size, stage.granularity.input_size, device=stage.device)
+    with torch.no_grad():
+        diff = float((masked(x) - exported(x)).abs().max())
+    report = {"checkpoint": str(args.ckpt), "out": str(out), "model": stage.model_name, "device": str(stage.device),
+              "channel_sparsity": stage.granularity.sparsity(masked), "max_abs_diff": diff}
+    report["models"] = measure(stage, {"dense": stage.build_model(), "masked": masked, "exported": exported}, args)
+    plain = dataclasses.replace(stage, granularity_name="weight")  # an export has no masks left to store
+    plain.save(out, exported, {"stage": "export", "parent": str(args.ckpt), **{k: report[k] for k in (
+        "channel_sparsity", "max_abs_diff")}, "params": report["models"]["exported"]["params"],
+        "macs": report["models"]["exported"]["macs"], "val_acc": ckpt.meta.get("val_acc"),
+        "test_acc": ckpt.meta.get("test_acc")}, extra={"export": {"history": history}})
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print_table(report["models"], report)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

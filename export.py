@@ -26,7 +26,7 @@ import torch
 
 from utils.checkpoint import read_checkpoint
 from utils.cli import cli_main, new_parser, positive_int
-from utils.cost import latency_ms
+from utils.cost import latencies_ms
 from utils.errors import UsageError
 from utils.export import export_model, params_and_macs
 from utils.paths import exported_path
@@ -65,15 +65,16 @@ def output_path(args: argparse.Namespace) -> Path:
 
 
 def measure(stage: Stage, models: dict[str, torch.nn.Module], args: argparse.Namespace) -> dict[str, dict]:
-    """Params, MACs and latency (ms per batch, per --batch_sizes) of each model on the stage's device; the
-    masked model stores and computes what the dense one does, so it gets the dense counts."""
+    """Params, MACs and latency (ms per batch, per --batch_sizes, timed side by side) of each model on the
+    stage's device; the masked model stores and computes what the dense one does, so it gets the dense counts."""
     size = stage.granularity.input_size
-    rows = {}
-    for label, model in models.items():
-        params, macs = params_and_macs(models["dense" if label == "masked" else label], size)
-        latency = {str(b): latency_ms(model, b, size, stage.device, args.repeats, channels_last=stage.channels_last)
-                   for b in args.batch_sizes}
-        rows[label] = {"params": params, "macs": macs, "latency_ms": latency}
+    rows = {label: dict(zip(("params", "macs"), params_and_macs(models["dense" if label == "masked" else label],
+                                                                 size), strict=True), latency_ms={})
+            for label in models}
+    for batch in args.batch_sizes:
+        timed = latencies_ms(models, batch, size, stage.device, args.repeats, channels_last=stage.channels_last)
+        for label, ms in timed.items():
+            rows[label]["latency_ms"][str(batch)] = ms
     return rows
 
 

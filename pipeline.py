@@ -28,6 +28,16 @@ import regrowth_greedy
 import regrowth_oneshot
 from utils.cli import cli_main, new_parser
 from utils.errors import UsageError
+from utils.paths import (
+    BEST_MODEL,
+    greedy_dir,
+    iteration_dir,
+    model_root,
+    pretrained_path,
+    prune_checkpoint,
+    prune_dir,
+    regrowth_dir,
+)
 from utils.run import LOG, setup_logging, write_csv, write_json
 
 PRESETS: dict[str, dict] = {
@@ -51,6 +61,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--no_progress", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model in every training stage")
     parser.add_argument("--overwrite", action="store_true", help="redo stages whose outputs already exist")
     return parser.parse_args(argv)
 
@@ -75,16 +86,18 @@ def scores(common: list[str], ckpt: Path) -> dict:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     p = PRESETS[args.preset]
-    root = Path(args.save_dir) / p["m_name"]
+    root = model_root(args.save_dir, p["m_name"])
     common = ["--m_name", p["m_name"], "--dataset", p["dataset"], "--data_dir", args.data_dir, "--save_dir",
               args.save_dir, "--seed", str(args.seed), "--device", args.device] + (
         ["--no_progress"] if args.no_progress else [])
-    train = common + (["--train_subset", str(p["train_subset"])] if p["train_subset"] else [])
+    train = common + (["--train_subset", str(p["train_subset"])] if p["train_subset"] else []) + (
+        ["--compile"] if args.compile else [])
     setup_logging(root, "pipeline_log.txt")
-    dense = root / "checkpoint" / "ckpt.pth"
+    dense = pretrained_path(args.save_dir, p["m_name"])
     if args.overwrite or not dense.exists():
         run_stage("pretrain", pretrain.main, train + ["--epochs", str(p["pretrain_epochs"]), "--overwrite"])
-    pruned = root / "oneshot" / f"{p['m_name']}_{p['sparsity']:.4f}.pth"
+    pruned = prune_checkpoint(prune_dir(args.save_dir, p["m_name"], "weight", "oneshot"), p["m_name"], "weight",
+                              p["sparsity"])
     if args.overwrite or not pruned.exists():
         run_stage("prune", prune_unstructure.main, train + ["--mode", "oneshot", "--target_sparsity",
                                                             str(p["sparsity"]), "--finetune_epochs",
@@ -94,8 +107,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_stage("regrowth", regrowth_oneshot.main, train + search + ["--num_epochs", str(p["episodes"]),
                                                                    "--label", "pipeline", "--overwrite"])
     run_stage("greedy", regrowth_greedy.main, train + search + ["--greedy_mode", "prop"])
-    candidates = {"pruned": pruned, "regrown (RL)": root / "regrowth_oneshot" / "pipeline" / "best_grown_model.pth",
-                  "regrown (greedy prop)": root / "greedy_prop" / "iter_0" / "best_grown_model.pth"}
+    rl_dir = regrowth_dir(args.save_dir, p["m_name"], "weight", "oneshot") / "pipeline"
+    greedy = iteration_dir(greedy_dir(args.save_dir, p["m_name"], "weight", "prop"), 0)
+    candidates = {"pruned": pruned, "regrown (RL)": rl_dir / BEST_MODEL, "regrown (greedy prop)": greedy / BEST_MODEL}
     rows = [{"model": "dense", **_row(scores(common, dense))}]
     for label, ckpt in candidates.items():
         tuned = ckpt.with_name(f"{ckpt.stem}_final.pth")

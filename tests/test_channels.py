@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from models import create_model
+from models import create_model, list_models, model_spec
+from utils.channels import trace_groups
 from utils.errors import UsageError
 from utils.export import export_model, params_and_macs, rebuild_exported
 from utils.granularity import get_granularity
@@ -156,3 +157,28 @@ def test_unit_costs_of_a_vgg_channel():
     assert cost.macs == (27 + 576) * 32 * 32
     weight_cost = get_granularity("weight", "vgg16").unit_costs()["features.0"]
     assert weight_cost.weights == 1 and weight_cost.macs == 32 * 32 and weight_cost.entries == 64 * 27
+
+
+@pytest.mark.parametrize("name", [n for n in list_models() if n not in MODELS])
+def test_every_other_zoo_model_masks_equal_its_export(name):
+    """The rest of the zoo (deeper ResNets, ResNet-18, the Tiny-ImageNet variants) in eval mode."""
+    gran, model, _ = _half_masked(name)
+    size = model_spec(name).input_size
+    x = torch.randn(2, 3, size, size)
+    exported, _ = export_model(gran, model.eval())
+    with torch.no_grad():
+        assert _close(model(x), exported.eval()(x))
+
+
+def test_a_model_that_cannot_be_traced_is_a_usage_error():
+    class Untraceable(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            raise RuntimeError("data-dependent control flow")
+
+    with pytest.raises(UsageError, match="cannot trace"):
+        trace_groups(Untraceable(), 32)

@@ -13,6 +13,7 @@ import analyze_layers
 import evaluate
 import export
 import finetune
+import pretrain
 import prune_structure
 import prune_unstructure
 import regrowth_oneshot
@@ -197,20 +198,37 @@ def test_bad_inputs_fail_cleanly_and_write_nothing(runs, tmp_path, capsys):
             assert _digest(folder) == digest, argv
 
 
-@pytest.mark.parametrize("script", ["prune_structure", "prune_unstructure", "finetune", "regrowth_oneshot"])
+@pytest.mark.parametrize("script", ["pretrain", "prune_structure", "prune_unstructure", "finetune",
+                                    "regrowth_oneshot"])
 def test_compile_flag_reaches_every_finetune(script, tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(torch, "compile", lambda model, **kw: calls.append(model) or model)
+
+    class Compiled(torch.nn.Module):
+        """Stands in for torch.compile's wrapper: same parameters, and (like it) no len() or truth value."""
+
+        def __init__(self, model):
+            super().__init__()
+            self.inner = model
+
+        def forward(self, x):
+            return self.inner(x)
+
+        def __len__(self):
+            raise TypeError("a compiled module does not support len()")
+
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: calls.append(model) or Compiled(model))
     save = tmp_path / "runs"
     dense, sparse = save_dense_and_sparse(save, 0.9)
     common = QUICK + ["--save_dir", str(save), "--compile"]
-    argv = {"prune_structure": common + ["--iterative_steps", "1"],
+    argv = {"pretrain": DATA + ["--save_dir", str(tmp_path / "pre"), "--compile", "--epochs", "1"],
+            "prune_structure": common + ["--iterative_steps", "1"],
             "prune_unstructure": common + ["--iter_end", "1"],
             "finetune": DATA + ["--compile", "--ckpt", str(sparse), "--epochs", "1"],
             "regrowth_oneshot": common + ["--initial_ckpt", str(sparse), "--num_epochs", "1", "--ssim_num_batches",
                                           "1", "--saliency_batches", "1"]}[script]
-    main = {"prune_structure": prune_structure.main, "prune_unstructure": prune_unstructure.main,
-            "finetune": finetune.main, "regrowth_oneshot": regrowth_oneshot.main}[script]
+    main = {"pretrain": pretrain.main, "prune_structure": prune_structure.main,
+            "prune_unstructure": prune_unstructure.main, "finetune": finetune.main,
+            "regrowth_oneshot": regrowth_oneshot.main}[script]
     assert main(argv) == 0
     assert calls, f"{script} --compile never called torch.compile"
 

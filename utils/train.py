@@ -138,7 +138,7 @@ def fit(model: nn.Module, train: DeviceLoader, val: DeviceLoader, optimizer: tor
     left in ``state.best_state``; the model keeps the last epoch's weights.
     """
     state = state or FitState()
-    net = forward_model or model
+    net = forward_model if forward_model is not None else model  # compiled modules have no truth value
     if train.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     while state.epoch < epochs and not state.stopped_early:

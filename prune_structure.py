@@ -35,15 +35,13 @@ from utils.cli import (
     add_prune_finetune_args,
     add_speed_args,
     cli_main,
-    fraction,
     new_parser,
-    open_fraction,
     positive_int,
 )
 from utils.paths import pretrained_path, prune_dir
 from utils.pruners import PruneContext, get_pruner, list_pruners
-from utils.pruning import DEFAULT_FINETUNE_EPOCHS, MODE_ALIASES, PruneRun, previous_checkpoint
-from utils.run import LOG, make_generator
+from utils.pruning import PruneRun, add_schedule_args, finish_schedule_args
+from utils.run import make_generator
 from utils.stage import prepare
 
 
@@ -56,28 +54,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                        help="channel importance (see utils/channel_pruners.py)")
     group.add_argument("--scope", default="local", choices=["local", "global"],
                        help="local: the same fraction of every group; global: one threshold over normalised scores")
-    group.add_argument("--mode", default="iterative", choices=sorted(MODE_ALIASES), help="iterative or oneshot")
-    group.add_argument("--ratio_per_step", type=open_fraction, default=0.3,
-                       help="iterative: fraction of the live channels removed per step")
-    group.add_argument("--iter_start", type=positive_int, default=1, help="first step (resume point)")
-    group.add_argument("--iterative_steps", "--iter_end", dest="iter_end", type=positive_int, default=15,
-                       help="last step (inclusive)")
-    group.add_argument("--target_sparsity", type=fraction, nargs="+", default=None,
-                       help="oneshot: target channel sparsity (one or more, each from the pretrained model)")
+    add_schedule_args(group, amount_flags=("--ratio_per_step",), end_flags=("--iterative_steps", "--iter_end"),
+                      unit="channels")
     group.add_argument("--taylor_batches", type=positive_int, default=10,
                        help="train batches for the gradient scores (taylor, hessian)")
     add_checkpoint_args(parser)
     add_finetune_args(parser, None, "finetune epochs after each prune (default 40 iterative, 400 oneshot)")
     add_prune_finetune_args(parser)
-    args = parser.parse_args(argv)
-    args.mode = MODE_ALIASES[args.mode]
-    if args.finetune_epochs is None:
-        args.finetune_epochs = DEFAULT_FINETUNE_EPOCHS[args.mode]
-    if args.mode == "oneshot" and not args.target_sparsity:
-        parser.error("--mode oneshot needs --target_sparsity (e.g. 0.5)")
-    if args.iter_start > args.iter_end:
-        parser.error(f"--iter_start {args.iter_start} is after --iterative_steps {args.iter_end}")
-    return args
+    return finish_schedule_args(parser, parser.parse_args(argv))
 
 
 @cli_main
@@ -90,13 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     context = PruneContext(make_generator(args.seed, "pruner"),
                            stage.data.train.with_generator(make_generator(args.seed, "prune_scores", stage.device)),
                            args.taylor_batches)
-    run = PruneRun(stage, pruner, context, prune_dir(args.save_dir, stage.model_name, "channel", args.mode))
-    if args.mode == "iterative":
-        parent = pretrained if args.iter_start == 1 else previous_checkpoint(run.out, args.iter_start - 1)
-        run.run_iterative(parent, args.ratio_per_step, args.iter_start, args.iter_end)
-    else:
-        run.run_oneshot(pretrained, args.target_sparsity)
-    LOG.info("done: %s", run.out / "prune_log.csv")
+    PruneRun(stage, pruner, context, prune_dir(args.save_dir, stage.model_name, "channel", args.mode)).run(pretrained)
     return 0
 
 

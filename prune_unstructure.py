@@ -30,15 +30,12 @@ from utils.cli import (
     add_prune_finetune_args,
     add_speed_args,
     cli_main,
-    fraction,
     new_parser,
-    open_fraction,
-    positive_int,
 )
 from utils.paths import pretrained_path, prune_dir
 from utils.pruners import PruneContext, get_pruner, list_pruners
-from utils.pruning import DEFAULT_FINETUNE_EPOCHS, MODE_ALIASES, PruneRun, previous_checkpoint
-from utils.run import LOG, make_generator
+from utils.pruning import PruneRun, add_schedule_args, finish_schedule_args
+from utils.run import make_generator
 from utils.stage import prepare
 
 
@@ -48,26 +45,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add_speed_args(parser)
     group = parser.add_argument_group("pruning")
     group.add_argument("--pruner", default="lamp", help=" | ".join(list_pruners("weight")))
-    group.add_argument("--mode", "--m_prune", dest="mode", default="iterative", choices=sorted(MODE_ALIASES),
-                       help="iterative (alias iterate) or oneshot")
-    group.add_argument("--sparsity", type=open_fraction, default=0.3,
-                       help="iterative: fraction of the surviving weights removed per iteration")
-    group.add_argument("--iter_start", type=positive_int, default=1, help="first iteration (resume point)")
-    group.add_argument("--iter_end", type=positive_int, default=15, help="last iteration (inclusive)")
-    group.add_argument("--target_sparsity", "--oneshot", dest="target_sparsity", type=fraction, nargs="+",
-                       default=None, help="oneshot: target sparsity (one or more, each from the pretrained model)")
+    add_schedule_args(group, amount_flags=("--sparsity",), end_flags=("--iter_end",), unit="weights")
     add_checkpoint_args(parser)
     add_finetune_args(parser, None, "finetune epochs after each prune (default 40 iterative, 400 oneshot)")
     add_prune_finetune_args(parser)
-    args = parser.parse_args(argv)
-    args.mode = MODE_ALIASES[args.mode]
-    if args.finetune_epochs is None:
-        args.finetune_epochs = DEFAULT_FINETUNE_EPOCHS[args.mode]
-    if args.mode == "oneshot" and not args.target_sparsity:
-        parser.error("--mode oneshot needs --target_sparsity (e.g. 0.99)")
-    if args.iter_start > args.iter_end:
-        parser.error(f"--iter_start {args.iter_start} is after --iter_end {args.iter_end}")
-    return args
+    return finish_schedule_args(parser, parser.parse_args(argv))
 
 
 @cli_main
@@ -76,14 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     pruner = get_pruner(args.pruner)
     stage = prepare(args)
     pretrained = Path(args.pretrained or pretrained_path(args.save_dir, stage.model_name))
-    run = PruneRun(stage, pruner, PruneContext(make_generator(args.seed, "pruner")),
-                   prune_dir(args.save_dir, stage.model_name, "weight", args.mode))
-    if args.mode == "iterative":
-        parent = pretrained if args.iter_start == 1 else previous_checkpoint(run.out, args.iter_start - 1)
-        run.run_iterative(parent, args.sparsity, args.iter_start, args.iter_end)
-    else:
-        run.run_oneshot(pretrained, args.target_sparsity)
-    LOG.info("done: %s", run.out / "prune_log.csv")
+    PruneRun(stage, pruner, PruneContext(make_generator(args.seed, "pruner")),
+             prune_dir(args.save_dir, stage.model_name, "weight", args.mode)).run(pretrained)
     return 0
 
 

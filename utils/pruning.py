@@ -8,11 +8,13 @@ step that would remove nothing, or empty a channel group, is a ``UsageError``.
 """
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch.nn as nn
 
+from utils.cli import fraction, open_fraction, positive_int
 from utils.errors import UsageError
 from utils.paths import PRUNE_LOG, prune_checkpoint
 from utils.plots import plot_sparsity_accuracy, read_csv
@@ -23,6 +25,32 @@ from utils.train import evaluate, finetune
 
 DEFAULT_FINETUNE_EPOCHS = {"iterative": 40, "oneshot": 400}  # the original's step budgets, in epochs
 MODE_ALIASES = {"iterate": "iterative", "iterative": "iterative", "oneshot": "oneshot"}
+
+
+def add_schedule_args(group: argparse._ArgumentGroup, *, amount_flags: tuple[str, ...], end_flags: tuple[str, ...],
+                      unit: str) -> None:
+    """--mode, the per-step amount (``amount_flags``, dest ``amount``), --iter_start, the last step
+    (``end_flags``, dest ``iter_end``) and --target_sparsity: the schedule flags of both prune scripts."""
+    group.add_argument("--mode", "--m_prune", dest="mode", default="iterative", choices=sorted(MODE_ALIASES),
+                       help="iterative (alias iterate) or oneshot")
+    group.add_argument(*amount_flags, dest="amount", type=open_fraction, default=0.3,
+                       help=f"iterative: fraction of the surviving {unit} removed per step")
+    group.add_argument("--iter_start", type=positive_int, default=1, help="first step (resume point)")
+    group.add_argument(*end_flags, dest="iter_end", type=positive_int, default=15, help="last step (inclusive)")
+    group.add_argument("--target_sparsity", "--oneshot", dest="target_sparsity", type=fraction, nargs="+",
+                       default=None, help="oneshot: target sparsity (one or more, each from the pretrained model)")
+
+
+def finish_schedule_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    """Canonical --mode, the default finetune length of the mode, and the schedule's consistency checks."""
+    args.mode = MODE_ALIASES[args.mode]
+    if args.finetune_epochs is None:
+        args.finetune_epochs = DEFAULT_FINETUNE_EPOCHS[args.mode]
+    if args.mode == "oneshot" and not args.target_sparsity:
+        parser.error("--mode oneshot needs --target_sparsity (e.g. 0.9)")
+    if args.iter_start > args.iter_end:
+        parser.error(f"--iter_start {args.iter_start} is after the last step {args.iter_end}")
+    return args
 
 
 @dataclass
@@ -98,6 +126,17 @@ class PruneRun:
                 LOG.warning("step %d: only %d of the %d asked can go (every channel group keeps one channel)", step,
                             room, round(amount * alive))
             parent = self.step(model, min(amount, room / alive), step, parent)
+
+    def run(self, pretrained: Path) -> None:
+        """The schedule ``stage.args`` asks for: iterative from --iter_start (the pretrained model, or the
+        checkpoint of the step before, from prune_log.csv), or one-shot to each --target_sparsity."""
+        args = self.stage.args
+        if self.iterative:
+            parent = pretrained if args.iter_start == 1 else previous_checkpoint(self.out, args.iter_start - 1)
+            self.run_iterative(parent, args.amount, args.iter_start, args.iter_end)
+        else:
+            self.run_oneshot(pretrained, args.target_sparsity)
+        LOG.info("done: %s", self.out / PRUNE_LOG)
 
     def run_oneshot(self, dense_path: Path, targets: list[float]) -> None:
         """One step from the dense model ``dense_path`` to each target sparsity (all checked first)."""

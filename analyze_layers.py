@@ -35,7 +35,7 @@ from utils.cli import (
 from utils.errors import UsageError
 from utils.granularity import Granularity
 from utils.masks import keep_mask, prunable_modules
-from utils.paths import analysis_dir
+from utils.paths import analysis_dir, check_output_dir
 from utils.plots import plot_distributions, plot_heatmap, plot_layer_bars
 from utils.run import make_generator, write_csv
 from utils.saliency import per_class_saliency
@@ -43,6 +43,7 @@ from utils.scores import saliency_scores, ssim_scores
 from utils.ssim import select_layers
 from utils.stage import Stage, prepare_dense_sparse
 
+FILES = ["layers.csv", "ssim.png", "density.png", "saliency.png"]  # what a finished analysis wrote
 FIELDS = ["layer", "shape", "density", "capacity", "ssim", "saliency_mean", "saliency_max", "selected"]
 SAMPLES_PER_LAYER = 4000  # saliency values drawn per layer for the distribution plot
 
@@ -54,6 +55,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add_checkpoint_args(parser)
     parser.add_argument("--ckpt", required=True, help="sparse checkpoint (with masks)")
     parser.add_argument("--out", default=None, help="output folder")
+    parser.add_argument("--overwrite", action="store_true", help="replace the results of an earlier analysis")
     parser.add_argument("--per_class", action="store_true", help="also plot saliency per class")
     return parser.parse_args(argv)
 
@@ -112,10 +114,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     dense, sparse, gran = pair.dense, pair.sparse, stage.granularity
     if args.per_class and gran.name != "weight":
         raise UsageError("--per_class is for weight-pruned checkpoints (per-class saliency per weight)")
+    out = check_output_dir(args.out or analysis_dir(args.save_dir, stage.model_name, args.ckpt),
+                           products=FILES, overwrite=args.overwrite, what="--out")
     ssim = ssim_scores(stage, dense, sparse)
     saliency = saliency_scores(stage, pair)
     rows = layer_rows(gran, sparse, ssim, saliency, select_layers(ssim, args.ssim_threshold))
-    out = Path(args.out or analysis_dir(args.save_dir, stage.model_name, args.ckpt))
     print_table(rows)
     write_csv(out / "layers.csv", rows, FIELDS)
     names = [r["layer"] for r in rows]

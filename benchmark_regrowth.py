@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import copy
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -28,7 +27,7 @@ from models import create_model
 from utils.cli import add_common_args, add_scoring_args, cli_main, fraction, new_parser, positive_int
 from utils.controller import AllocationPolicy
 from utils.masks import add_reparam, capacity, clone_model, num_prunable, prunable_modules
-from utils.paths import benchmark_dir
+from utils.paths import benchmark_dir, check_output_dir
 from utils.plots import plot_layer_bars
 from utils.pruners import get_pruner
 from utils.regrowth import allocate_uniform, apply_regrowth, top_pruned
@@ -131,7 +130,7 @@ def vgg_regrowth(device: torch.device, repeats: int) -> dict[str, float]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     stage = prepare(args)
-    out = Path(args.out or benchmark_dir(args.save_dir, stage.model_name))
+    out = check_output_dir(args.out or benchmark_dir(args.save_dir, stage.model_name), what="--out")
     times = episode_breakdown(stage, args)
     result = {"model": stage.model_name, "dataset": stage.dataset, "device": str(stage.device), "episode_s": times}
     print(f"one episode of {stage.model_name} on {stage.dataset} ({stage.device}), seconds:")

@@ -20,7 +20,6 @@ import argparse
 import dataclasses
 import json
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 
@@ -29,7 +28,7 @@ from utils.cli import cli_main, new_parser, positive_int
 from utils.cost import latencies_ms
 from utils.errors import UsageError
 from utils.export import export_model, params_and_macs
-from utils.paths import exported_path
+from utils.paths import check_output_file, exported_path
 from utils.stage import Stage, prepare_model_only
 from utils.train import use_channels_last
 
@@ -50,18 +49,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     parser.add_argument("--trust_pickle", action="store_true", help="allow a pickled nn.Module checkpoint")
     return parser.parse_args(argv)
-
-
-def output_path(args: argparse.Namespace) -> Path:
-    """--out, checked before any work: never the input, never an existing file without --overwrite."""
-    out = Path(args.out or exported_path(args.ckpt))
-    if out.resolve() == Path(args.ckpt).resolve():
-        raise UsageError(f"--out {out} is the checkpoint being exported; pick another path")
-    if out.is_dir():
-        raise UsageError(f"--out {out} is a folder; give a file path")
-    if out.exists() and not args.overwrite:
-        raise UsageError(f"{out} exists; pass --overwrite to replace it")
-    return out
 
 
 def measure(stage: Stage, models: dict[str, torch.nn.Module], args: argparse.Namespace) -> dict[str, dict]:
@@ -95,7 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ckpt = read_checkpoint(args.ckpt, trust_pickle=args.trust_pickle)
     if ckpt.granularity != "channel":
         raise UsageError(f"{args.ckpt} {NOT_CHANNEL[ckpt.granularity]}")
-    out = output_path(args)
+    out = check_output_file(args.out or exported_path(args.ckpt), inputs=[args.ckpt], overwrite=args.overwrite,
+                            what="--out")
     stage = prepare_model_only(args, ckpt, "channel")
     masked = stage.load_model(args.ckpt).eval()
     exported, history = export_model(stage.granularity, masked)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from pathlib import Path
 
 from utils.checkpoint import read_checkpoint
 from utils.cli import (
@@ -25,11 +24,11 @@ from utils.cli import (
     fraction,
     new_parser,
     non_negative_float,
+    non_negative_int,
     positive_float,
     positive_int,
 )
-from utils.errors import UsageError
-from utils.paths import finetuned_path
+from utils.paths import check_output_file, clean_stale_temps, finetuned_path
 from utils.run import LOG, setup_logging
 from utils.stage import prepare
 from utils.train import evaluate, finetune
@@ -45,8 +44,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--lr", type=positive_float, default=3e-4)
     parser.add_argument("--weight_decay", type=non_negative_float, default=0.01)
     parser.add_argument("--warmup_frac", type=fraction, default=0.05, help="share of steps for linear warm-up")
-    parser.add_argument("--patience", type=int, default=50, help="early stop after N epochs without val gain")
+    parser.add_argument("--patience", type=non_negative_int, default=50,
+                        help="early stop after N epochs without val gain")
     parser.add_argument("--trust_pickle", action="store_true", help="allow a pickled nn.Module checkpoint")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --save_path")
     return parser.parse_args(argv)
 
 
@@ -54,12 +55,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     ckpt = read_checkpoint(args.ckpt, trust_pickle=args.trust_pickle)
-    save_path = Path(args.save_path or finetuned_path(args.ckpt))
-    if save_path.resolve() == Path(args.ckpt).resolve():
-        raise UsageError(f"--save_path {save_path} is the checkpoint being finetuned; pick another path")
+    save_path = check_output_file(args.save_path or finetuned_path(args.ckpt), inputs=[args.ckpt],
+                                  overwrite=args.overwrite, what="--save_path")
     stage = prepare(args, args.m_name or ckpt.model, args.dataset or ckpt.dataset, ckpt.granularity or "weight")
     model = stage.load_model(args.ckpt)
     sparsity = stage.granularity.sparsity
+    clean_stale_temps(save_path.parent)
     setup_logging(save_path.parent, f"{save_path.stem}_log.txt")
     _, val_before = evaluate(model, stage.data.val, amp=stage.amp)
     _, test_before = evaluate(model, stage.data.test, amp=stage.amp)

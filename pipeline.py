@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
 import json
 from collections.abc import Callable, Sequence
@@ -26,10 +27,12 @@ import pretrain
 import prune_unstructure
 import regrowth_greedy
 import regrowth_oneshot
-from utils.cli import cli_main, new_parser
-from utils.errors import UsageError
+from utils.cli import cli_main, new_parser, seed_int
+from utils.errors import ReportedError
 from utils.paths import (
     BEST_MODEL,
+    SUMMARY,
+    check_output_dir,
     greedy_dir,
     iteration_dir,
     model_root,
@@ -38,7 +41,7 @@ from utils.paths import (
     prune_dir,
     regrowth_dir,
 )
-from utils.run import LOG, setup_logging, write_csv, write_json
+from utils.run import LOG, resolve_device, setup_logging, write_csv, write_json
 
 PRESETS: dict[str, dict] = {
     "demo": {"m_name": "resnet20", "dataset": "synthetic", "train_subset": 4500, "pretrain_epochs": 8,
@@ -58,7 +61,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--preset", default="demo", choices=list(PRESETS))
     parser.add_argument("--data_dir", default="./data")
     parser.add_argument("--save_dir", default="./runs")
-    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--seed", type=seed_int, default=42)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--no_progress", action="store_true")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model in every training stage")
@@ -73,8 +76,19 @@ def run_stage(name: str, main: Callable[[Sequence[str] | None], int], argv: list
     with contextlib.redirect_stdout(out):
         code = main(argv)
     if code != 0:
-        raise UsageError(f"stage {name} failed (exit {code}); see its error above")
+        LOG.info("stage %s failed (exit %d); the line above says why", name, code)
+        raise ReportedError()
     return out.getvalue()
+
+
+def run_once(name: str, main: Callable[[Sequence[str] | None], int], argv: list[str], output: Path, *,
+             overwrite: bool) -> None:
+    """Run a stage unless ``output`` (its last file) shows it finished, in which case it is reused and the log
+    says so; --overwrite redoes it, replacing what it wrote."""
+    if output.exists() and not overwrite:
+        LOG.info("== %s: reusing %s (pass --overwrite to redo it)", name, output)
+        return
+    run_stage(name, main, argv + ["--overwrite"])
 
 
 def scores(common: list[str], ckpt: Path) -> dict:
@@ -92,29 +106,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         ["--no_progress"] if args.no_progress else [])
     train = common + (["--train_subset", str(p["train_subset"])] if p["train_subset"] else []) + (
         ["--compile"] if args.compile else [])
+    resolve_device(args.device)  # a bad --device fails here, before anything is written
+    check_output_dir(root, what="--save_dir")
     setup_logging(root, "pipeline_log.txt")
     dense = pretrained_path(args.save_dir, p["m_name"])
-    if args.overwrite or not dense.exists():
-        run_stage("pretrain", pretrain.main, train + ["--epochs", str(p["pretrain_epochs"]), "--overwrite"])
+    once = functools.partial(run_once, overwrite=args.overwrite)
+    once("pretrain", pretrain.main, train + ["--epochs", str(p["pretrain_epochs"])], dense.with_name(SUMMARY))
     pruned = prune_checkpoint(prune_dir(args.save_dir, p["m_name"], "weight", "oneshot"), p["m_name"], "weight",
                               p["sparsity"])
-    if args.overwrite or not pruned.exists():
-        run_stage("prune", prune_unstructure.main, train + ["--mode", "oneshot", "--target_sparsity",
-                                                            str(p["sparsity"]), "--finetune_epochs",
-                                                            str(p["prune_epochs"])])
+    once("prune", prune_unstructure.main, train + ["--mode", "oneshot", "--target_sparsity", str(p["sparsity"]),
+                                                   "--finetune_epochs", str(p["prune_epochs"])], pruned)
     search = ["--initial_ckpt", str(pruned), "--regrow_step", str(p["regrow_step"]), "--finetune_epochs",
               str(p["mini_epochs"]), "--ssim_num_batches", str(p["ssim_num_batches"])]
-    run_stage("regrowth", regrowth_oneshot.main, train + search + ["--num_epochs", str(p["episodes"]),
-                                                                   "--label", "pipeline", "--overwrite"])
-    run_stage("greedy", regrowth_greedy.main, train + search + ["--greedy_mode", "prop"])
     rl_dir = regrowth_dir(args.save_dir, p["m_name"], "weight", "oneshot") / "pipeline"
-    greedy = iteration_dir(greedy_dir(args.save_dir, p["m_name"], "weight", "prop"), 0)
+    once("regrowth", regrowth_oneshot.main, train + search + ["--num_epochs", str(p["episodes"]), "--label",
+                                                              "pipeline"], rl_dir / SUMMARY)
+    greedy_root = greedy_dir(args.save_dir, p["m_name"], "weight", "prop")
+    once("greedy", regrowth_greedy.main, train + search + ["--greedy_mode", "prop"], greedy_root / SUMMARY)
+    greedy = iteration_dir(greedy_root, 0)
     candidates = {"pruned": pruned, "regrown (RL)": rl_dir / BEST_MODEL, "regrown (greedy prop)": greedy / BEST_MODEL}
     rows = [{"model": "dense", **_row(scores(common, dense))}]
     for label, ckpt in candidates.items():
         tuned = ckpt.with_name(f"{ckpt.stem}_final.pth")
-        run_stage(f"finetune {label}", finetune.main, train + ["--ckpt", str(ckpt), "--save_path", str(tuned),
-                                                               "--epochs", str(p["final_epochs"])])
+        once(f"finetune {label}", finetune.main, train + ["--ckpt", str(ckpt), "--save_path", str(tuned),
+                                                          "--epochs", str(p["final_epochs"])], tuned)
         rows.append({"model": label, **_row(scores(common, tuned))})
     write_csv(root / "pipeline_summary.csv", rows)
     write_json(root / "pipeline_summary.json", {"preset": args.preset, **p, "rows": rows})

@@ -2,6 +2,14 @@
 
 Example:
     python pretrain.py --m_name resnet20 --dataset cifar10 --epochs 200
+    # killed? continue exactly where the last finished epoch left off (same flags):
+    python pretrain.py --m_name resnet20 --dataset cifar10 --epochs 200 --resume
+
+The learning rate after e of E = --epochs epochs is lr·½(1 + cos(π·e/E)), reaching 0 at the end and never
+restarting. --resume checks that the defining flags are unchanged; --epochs and --patience may change: a
+longer --epochs recomputes the cosine for the new length from the epoch reached (so a finished run resumed
+with more epochs continues at lr·½(1 + cos(π·e/E_new)) and decays to 0 again), and a larger --patience lets a
+run that stopped early continue.
 
 Writes to {save_dir}/{m_name}/checkpoint/:
     ckpt.pth            best-val model (bridge-ckpt; meta has val_acc, test_acc, epoch)
@@ -13,6 +21,7 @@ Writes to {save_dir}/{m_name}/checkpoint/:
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,14 +34,19 @@ from utils.cli import (
     cli_main,
     new_parser,
     non_negative_float,
+    non_negative_int,
     positive_float,
     positive_int,
 )
 from utils.errors import UsageError
-from utils.paths import pretrained_path
-from utils.run import LOG, setup_logging, write_json
+from utils.paths import check_output_dir, clean_stale_temps, pretrained_path
+from utils.run import LOG, check_same_run, setup_logging, trim_csv, write_json
 from utils.stage import Stage, prepare
 from utils.train import EpochStats, FitState, evaluate, fit
+
+# flags a resumed run may change; every other flag must equal the one the run started with
+MAY_CHANGE_ON_RESUME = {"epochs", "patience", "resume", "overwrite", "device", "no_progress", "compile", "no_amp",
+                        "no_channels_last", "data_dir", "save_dir", "eval_batch_size", "no_download"}
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -44,7 +58,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     group.add_argument("--lr", type=positive_float, default=0.1, help="SGD learning rate")
     group.add_argument("--momentum", type=non_negative_float, default=0.9)
     group.add_argument("--weight_decay", type=non_negative_float, default=5e-4)
-    group.add_argument("--patience", type=int, default=30, help="early stop after N epochs without val gain (0: off)")
+    group.add_argument("--patience", type=non_negative_int, default=30,
+                       help="early stop after N epochs without val gain (0: off)")
     group.add_argument("--resume", "-r", action="store_true", help="continue from last.pth")
     group.add_argument("--overwrite", action="store_true", help="start over even if a checkpoint exists")
     return parser.parse_args(argv)
@@ -56,19 +71,35 @@ def _train_state(optimizer, scheduler, state: FitState, stage: Stage) -> dict:
             "data_rng": stage.data.train.generator.get_state(), "torch_rng": torch.get_rng_state()}
 
 
+def cosine(epochs: int):
+    """The learning-rate factor after ``e`` finished epochs of an ``epochs``-long run: ½(1 + cos(π·e/epochs)),
+    in closed form, held at 0 past the end (never restarting)."""
+    return lambda e: 0.5 * (1 + math.cos(math.pi * min(e, epochs) / epochs))
+
+
 def _restore(path: Path, model, optimizer, scheduler, stage: Stage) -> FitState:
-    """Load last.pth into the model, optimizer, scheduler and data RNG; return the fit progress."""
+    """Load last.pth into the model, optimizer, scheduler and data RNG; return the fit progress.
+
+    The run must have the same defining flags (``check_same_run``); --epochs and --patience may change:
+    the cosine is recomputed for the new --epochs from the epoch reached, and the early stop for the new
+    patience.
+    """
     ckpt = read_checkpoint(path)
     if "train_state" not in ckpt.extra:
         raise UsageError(f"{path} has no training state to resume from")
+    check_same_run(ckpt.meta.get("args") or {}, stage.args, MAY_CHANGE_ON_RESUME)
     load_weights(model, ckpt, stage.model_name, path)
     saved = ckpt.extra["train_state"]
     optimizer.load_state_dict(saved["optimizer"])
-    scheduler.load_state_dict(saved["scheduler"])
+    scheduler.load_state_dict({"lr_lambdas": [None], **saved["scheduler"]})
+    for group, base in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
+        group["lr"] = base * scheduler.lr_lambdas[0](scheduler.last_epoch)
     stage.data.train.generator.set_state(saved["data_rng"])
     torch.set_rng_state(saved["torch_rng"])
     best = {k: v.to(stage.device) for k, v in saved["best_state"].items()}
-    return FitState(**saved["fit"], best_state=best)
+    state = FitState(**saved["fit"], best_state=best)
+    state.stopped_early = 0 < stage.args.patience <= state.epochs_since_best
+    return state
 
 
 @cli_main
@@ -82,13 +113,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UsageError(f"--resume: {last_path} does not exist; run without --resume to start")
     if not args.resume and not args.overwrite and best_path.exists():
         raise UsageError(f"{best_path} exists; pass --resume to continue or --overwrite to start over")
+    check_output_dir(out, what="--save_dir")
+    clean_stale_temps(out)
 
     model = stage.build_model()
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine(args.epochs))
     state = _restore(last_path, model, optimizer, scheduler, stage) if args.resume else FitState()
-    if not args.resume:
+    if args.resume:  # rows a killed run logged after its last checkpoint would come twice
+        trim_csv(out / "pretrain_log.csv", lambda row: int(row["epoch"]) <= state.epoch)
+    else:
         (out / "pretrain_log.csv").unlink(missing_ok=True)
     setup_logging(out)
     LOG.info("pretrain %s on %s (%d train / %d val images) on %s, from epoch %d", stage.model_name, stage.dataset,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from pathlib import Path
 
 from utils.budget import regrowth_budget
 from utils.cli import (
@@ -29,10 +30,11 @@ from utils.cli import (
     add_speed_args,
     cli_main,
     new_parser,
+    non_negative_int,
     open_fraction,
     positive_int,
 )
-from utils.paths import BEST_MODEL, SUMMARY, greedy_dir, iteration_dir
+from utils.paths import BEST_MODEL, SUMMARY, check_output_dir, clean_stale_temps, greedy_dir, iteration_dir
 from utils.regrowth import GREEDY_ALLOCATIONS, INIT_STRATEGIES, random_scores_like
 from utils.run import LOG, make_generator, setup_logging, write_csv, write_json
 from utils.scores import saliency_scores, ssim_scores
@@ -53,8 +55,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--greedy_mode", default="prop", choices=list(GREEDY_ALLOCATIONS))
     parser.add_argument("--regrow_step", type=open_fraction, default=0.01, help="budget per iteration / N_tot")
     parser.add_argument("--num_iters", type=positive_int, default=1)
-    parser.add_argument("--patience", type=int, default=40, help="finetune early stop (epochs without val gain)")
+    parser.add_argument("--patience", type=non_negative_int, default=40,
+                        help="finetune early stop (epochs without val gain)")
     parser.add_argument("--init_strategy", default="zero", choices=list(INIT_STRATEGIES))
+    parser.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run")
     return parser.parse_args(argv)
 
 
@@ -63,7 +67,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     stage, pair = prepare_dense_sparse(args, args.initial_ckpt, reparam=True)
     gran = stage.granularity
-    out = greedy_dir(args.save_dir, stage.model_name, gran.name, args.greedy_mode)
+    out = check_output_dir(greedy_dir(args.save_dir, stage.model_name, gran.name, args.greedy_mode),
+                           products=["greedy_log.csv", SUMMARY, str(iteration_dir(Path(), 0) / BEST_MODEL)],
+                           overwrite=args.overwrite)
+    clean_stale_temps(out)
     setup_logging(out)
     saliency = None if args.greedy_mode == "random" else saliency_scores(stage, pair)
     init_rng = make_generator(args.seed, "regrowth_init", stage.device)

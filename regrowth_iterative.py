@@ -43,7 +43,7 @@ from utils.errors import UsageError
 from utils.paths import BEST_MODEL, SEARCH_STATE, SUMMARY, iteration_dir, prune_dir, regrowth_dir
 from utils.run import LOG, setup_logging, write_json
 from utils.scores import saliency_scores, ssim_scores
-from utils.search import Search, config_from_args, search_space, trainer_from_args
+from utils.search import Search, check_search_dir, config_from_args, search_space, trainer_from_args
 from utils.stage import DenseSparse, Stage, prepare_dense_sparse
 from utils.train import evaluate
 
@@ -114,8 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.min_budget_frac > args.max_budget_frac:
         raise UsageError("--min_budget_frac is larger than --max_budget_frac")
     root = regrowth_dir(args.save_dir, stage.model_name, "weight", "iterative")
-    if (iteration_dir(root, 0) / SEARCH_STATE).exists() and not (args.resume or args.overwrite):
-        raise UsageError(f"a search already ran in {root}: pass --resume to continue it or --overwrite to restart")
+    check_search_dir(iteration_dir(root, 0), args)
     table = pruning_baseline(stage, Path(args.baseline_dir or prune_dir(args.save_dir, stage.model_name, "weight",
                                                                         "iterative")))
     setup_logging(root)

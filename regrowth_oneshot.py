@@ -35,11 +35,10 @@ from utils.cli import (
     open_fraction,
     positive_float,
 )
-from utils.errors import UsageError
-from utils.paths import BEST_MODEL, SEARCH_STATE, regrowth_dir
+from utils.paths import BEST_MODEL, regrowth_dir
 from utils.run import LOG, setup_logging, write_json
 from utils.scores import saliency_scores, ssim_scores
-from utils.search import Search, config_from_args, search_space, trainer_from_args
+from utils.search import Search, check_search_dir, config_from_args, search_space, trainer_from_args
 from utils.stage import prepare_dense_sparse
 from utils.train import evaluate
 
@@ -57,10 +56,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def output_dir(args: argparse.Namespace, model_name: str, start: float) -> Path:
-    """The search folder; refuses to overwrite a finished or running search without --resume/--overwrite."""
+    """The search folder, checked: writable, and no earlier search replaced without --resume/--overwrite."""
     out = regrowth_dir(args.save_dir, model_name, "weight", "oneshot") / (args.label or f"{start:.4f}")
-    if (out / SEARCH_STATE).exists() and not (args.resume or args.overwrite):
-        raise UsageError(f"a search already ran in {out}: pass --resume to continue it or --overwrite to restart")
+    check_search_dir(out, args)
     return out
 
 

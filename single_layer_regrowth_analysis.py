@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Sequence
-from pathlib import Path
 
 from scipy import stats
 
@@ -38,7 +37,7 @@ from utils.cli import (
 from utils.errors import UsageError
 from utils.granularity import Granularity
 from utils.masks import clone_model
-from utils.paths import single_layer_dir
+from utils.paths import check_output_dir, single_layer_dir
 from utils.plots import plot_scatter
 from utils.regrowth import INIT_STRATEGIES
 from utils.run import LOG, make_generator, setup_logging, write_csv, write_json
@@ -62,6 +61,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--init_strategy", default="zero", choices=list(INIT_STRATEGIES))
     add_finetune_args(parser, 5, "finetune epochs after each single-layer regrowth (and for the control)")
     parser.add_argument("--out", default=None, help="output folder")
+    parser.add_argument("--overwrite", action="store_true", help="replace the results of an earlier analysis")
     return parser.parse_args(argv)
 
 
@@ -100,7 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = sorted(set(args.layers or []) - set(gran.units()))
     if unknown:
         raise UsageError(f"unknown layer(s) {', '.join(unknown)}; see analyze_layers.py for the names")
-    out = Path(args.out or single_layer_dir(args.save_dir, stage.model_name, args.ckpt))
+    out = check_output_dir(args.out or single_layer_dir(args.save_dir, stage.model_name, args.ckpt),
+                           products=["single_layer.csv", "correlation.json"], overwrite=args.overwrite, what="--out")
     setup_logging(out)
     ssim = ssim_scores(stage, dense, sparse)
     saliency = saliency_scores(stage, pair)

@@ -5,6 +5,7 @@ When the folder is missing it is downloaded with torchvision's helper (md5 check
 """
 from __future__ import annotations
 
+import contextlib
 import pickle
 import shutil
 import socket
@@ -63,6 +64,7 @@ def _download(data_dir: Path) -> None:
     """Fetch and extract the official archive; a failed download leaves nothing behind."""
     from torchvision.datasets.utils import download_url, extract_archive
 
+    created = [p for p in (data_dir, *data_dir.parents) if not p.exists()]  # folders this download makes
     data_dir.mkdir(parents=True, exist_ok=True)
     old_timeout = socket.getdefaulttimeout()
     socket.setdefaulttimeout(30)
@@ -71,6 +73,11 @@ def _download(data_dir: Path) -> None:
             download_url(URL, tmp, md5=ARCHIVE_MD5)
             extract_archive(str(Path(tmp) / Path(URL).name), tmp)
             shutil.move(str(Path(tmp) / FOLDER), str(data_dir / FOLDER))
+    except BaseException:
+        for folder in created:  # deepest first; only folders that are still empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
     finally:
         socket.setdefaulttimeout(old_timeout)
 

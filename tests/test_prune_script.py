@@ -79,9 +79,11 @@ def test_continue_from_iteration(iterative_run, capsys):
     assert meta["parent"].endswith("resnet20_0.5100.pth") and meta["step"] == 3
     code, _, err = run_main(prune_unstructure.main, QUICK + ["--save_dir", save, "--iter_start", "9"], capsys)
     assert code == 2 and "no checkpoint of iteration 8" in err
-    # redoing from iteration 2 replaces the old run's rows from 2 on
-    assert prune_unstructure.main(QUICK + ["--save_dir", save, "--iter_start", "2", "--iter_end", "2",
-                                           "--pruner", "unif"]) == 0
+    # redoing from iteration 2 is refused without --overwrite, and with it replaces the old rows from 2 on
+    redo = QUICK + ["--save_dir", save, "--iter_start", "2", "--iter_end", "2", "--pruner", "unif"]
+    code, _, err = run_main(prune_unstructure.main, redo, capsys)
+    assert code == 2 and "step 2 already ran" in err and "--overwrite" in err
+    assert prune_unstructure.main(redo + ["--overwrite"]) == 0
     rows = read_csv(iterative_run / "prune_log.csv")
     assert [r["step"] for r in rows] == ["1", "2"]
     assert read_checkpoint(iterative_run / rows[1]["checkpoint"]).meta["pruner"] == "unif"

@@ -179,7 +179,7 @@ def _bad_inputs(save: Path, dense: Path, weight_sparse: Path, channel: Path) -> 
          "holds channel masks"),
         (export.main, ["--ckpt", str(dense)], "has no masks"),
         (export.main, ["--ckpt", str(weight_sparse)], "unstructured weight masks"),
-        (export.main, ["--ckpt", str(channel), "--out", str(channel)], "being exported"),
+        (export.main, ["--ckpt", str(channel), "--out", str(channel)], "also an input"),
     ]
 
 

@@ -142,6 +142,8 @@ def _state_of(value: Any, path: Path, what: str) -> dict[str, torch.Tensor]:
 def read_checkpoint(path: str | Path, *, trust_pickle: bool = False) -> Checkpoint:
     """Read any supported checkpoint format; an unknown layout is a ``UsageError`` naming what was found."""
     path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"checkpoint {path} is a folder; pass the .pth file inside it")
     if not path.is_file():
         raise UsageError(f"checkpoint {path} does not exist")
     obj = _torch_load(path, trust_pickle)

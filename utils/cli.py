@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import argparse
 import functools
+import math
 import sys
 from collections.abc import Callable, Sequence
 
-from utils.errors import UsageError
+from utils.errors import ReportedError, UsageError
 from utils.regrowth import INIT_STRATEGIES
 
 
@@ -28,6 +29,8 @@ def cli_main(func: Callable[[Sequence[str] | None], int | None]) -> Callable[[Se
     def wrapper(argv: Sequence[str] | None = None) -> int:
         try:
             return func(argv) or 0
+        except ReportedError:
+            return 2
         except UsageError as exc:
             sys.stderr.write(f"error: {exc}\n")
             return 2
@@ -53,15 +56,40 @@ def open_fraction(text: str) -> float:
     return value
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
+def _int(text: str) -> int:
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text} is not an integer") from None
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = _int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text} must be at least 1")
     return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0 (e.g. a patience, where 0 switches early stopping off)."""
+    value = _int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} must be 0 or more")
+    return value
+
+
+def seed_int(text: str) -> int:
+    """argparse type: a seed in [0, 2^63) (what every generator accepts)."""
+    value = _int(text)
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"{text} is not a seed in [0, 2^63)")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """argparse type: any finite float (nan and inf are refused)."""
+    return _float(text)
 
 
 def positive_float(text: str) -> float:
@@ -81,10 +109,14 @@ def non_negative_float(text: str) -> float:
 
 
 def _float(text: str) -> float:
+    """A finite float; nan and inf are refused by every float type (they would silently poison training)."""
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number")
+    return value
 
 
 def new_parser(doc: str | None) -> ArgumentParser:
@@ -100,7 +132,7 @@ def add_common_args(parser: argparse.ArgumentParser, *, m_name_default: str | No
                        help="cifar10 | tiny_imagenet | synthetic (default: the model's own data set)")
     group.add_argument("--data_dir", default="./data", help="folder holding the data sets")
     group.add_argument("--save_dir", default="./runs", help="root of all run folders")
-    group.add_argument("--seed", type=int, default=42, help="run seed (data order, val split, init)")
+    group.add_argument("--seed", type=seed_int, default=42, help="run seed (data order, val split, init)")
     group.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     group.add_argument("--batch_size", type=positive_int, default=128, help="training batch size")
     group.add_argument("--eval_batch_size", type=positive_int, default=500, help="evaluation batch size")
@@ -126,7 +158,7 @@ def add_scoring_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("layer scores")
     group.add_argument("--ssim_num_batches", type=positive_int, default=64,
                        help="val batches (of --eval_batch_size) used for SSIM attention maps")
-    group.add_argument("--ssim_threshold", type=float, default=0.3,
+    group.add_argument("--ssim_threshold", type=finite_float, default=0.3,
                        help="layers with SSIM <= this are searched (lowest first); none -> the lowest one")
     group.add_argument("--saliency_batches", type=positive_int, default=None,
                        help="train batches for saliency (default: all)")
@@ -151,9 +183,12 @@ def add_finetune_args(parser: argparse.ArgumentParser, epochs: int | None, what:
 
 def add_prune_finetune_args(parser: argparse.ArgumentParser) -> None:
     """--patience and --select_on of the finetune after each prune step."""
-    parser.add_argument("--patience", type=int, default=50, help="stop a finetune after N epochs without val gain")
+    parser.add_argument("--patience", type=non_negative_int, default=50,
+                        help="stop a finetune after N epochs without val gain (0: never)")
     parser.add_argument("--select_on", choices=["val", "test"], default="val",
                         help="split that picks the best finetune epoch ('test' only to reproduce the original)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace checkpoints and log rows an earlier run wrote (default: refuse)")
 
 
 def add_controller_args(parser: argparse.ArgumentParser, *, episodes: int, action_space_size: int,

@@ -3,3 +3,7 @@
 
 class UsageError(Exception):
     """Bad input from the user (unknown name, missing file, impossible value): message says what to do."""
+
+
+class ReportedError(UsageError):
+    """A usage error whose ``error:`` line was already printed (by a stage a pipeline ran): exit 2, no more."""

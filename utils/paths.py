@@ -13,11 +13,18 @@ Layout under ``{save_dir}/{model}/`` (``granularity`` is ``weight`` or ``channel
 | single-layer analysis | ``single_layer/{ckpt stem}/`` | (the same) |
 | score caches | ``cache/`` | (the same) |
 
-``mode`` is ``oneshot`` or ``iterative``. File names that several modules share are constants here too.
+``mode`` is ``oneshot`` or ``iterative``. File names that several modules share are constants here too, and
+so are the checks every stage runs on its outputs before it trains (``check_output_file``,
+``check_output_dir``: right kind, writable, never an input, never replacing a result without --overwrite).
 """
 from __future__ import annotations
 
+import os
+import tempfile
+from collections.abc import Sequence
 from pathlib import Path
+
+from utils.errors import UsageError
 
 PRUNE_LOG = "prune_log.csv"
 SEARCH_STATE = "search_state.pt"
@@ -97,3 +104,79 @@ def finetuned_path(ckpt: str | Path) -> Path:
     """Default output of finetune.py for ``ckpt``: ``{stem}_finetuned.pth`` beside it."""
     ckpt = Path(ckpt)
     return ckpt.with_name(f"{ckpt.stem}_finetuned.pth")
+
+
+# ---- output checks: every stage runs them on its outputs before any work -------------------------------------
+
+def _existing_ancestor(path: Path) -> Path:
+    """The nearest part of ``path`` (itself included) that exists."""
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate
+    return Path.cwd()
+
+
+def check_writable(folder: Path, what: str) -> None:
+    """A ``UsageError`` unless ``folder`` could be created and written: its nearest existing part must be a
+    folder in which a file can really be made (probed, then removed; nothing else is created)."""
+    base = _existing_ancestor(folder)
+    if not base.is_dir():
+        raise UsageError(f"{what} {folder} cannot be created: {base} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(dir=base, prefix=".bridge-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UsageError(f"{what} {folder} is not writable ({exc.strerror or type(exc).__name__} in {base}); "
+                         "pick another --save_dir / output path") from exc
+
+
+def check_output_file(path: str | Path, *, inputs: Sequence[str | Path] = (), overwrite: bool = False,
+                      what: str = "output") -> Path:
+    """``path`` as a file a stage may write: not one of its ``inputs``, not a folder, not an existing file
+    unless ``overwrite``, in a writable place. Returns it as a ``Path``."""
+    path = Path(path)
+    if any(path.resolve() == Path(source).resolve() for source in inputs):
+        raise UsageError(f"{what} {path} is also an input of this stage; pick another path")
+    if path.is_dir():
+        raise UsageError(f"{what} {path} is a folder; give a file path")
+    if path.exists() and not overwrite:
+        raise UsageError(f"{what} {path} exists; pass --overwrite to replace it")
+    check_writable(path.parent, what)
+    return path
+
+
+def check_output_dir(folder: str | Path, *, products: Sequence[str] = (), overwrite: bool = False,
+                     what: str = "output folder") -> Path:
+    """``folder`` as a place a stage may write ``products`` (file names inside it): not a file, writable, and
+    holding none of them already unless ``overwrite``. Returns it as a ``Path``."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{what} {folder} is a file, not a folder")
+    existing = [name for name in products if (folder / name).exists()]
+    if existing and not overwrite:
+        raise UsageError(f"{folder / existing[0]} exists (a finished earlier run); pass --overwrite to replace it")
+    check_writable(folder, what)
+    return folder
+
+
+def clean_stale_temps(folder: Path) -> list[Path]:
+    """Remove the temp files (``.{name}.{pid}.tmp``) that a killed atomic write left in ``folder`` when their
+    process is gone; returns what was removed."""
+    removed = []
+    for tmp in folder.glob(".*.tmp") if folder.is_dir() else []:
+        pid = tmp.name.rsplit(".", 2)[-2]
+        if pid.isdigit() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

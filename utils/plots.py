@@ -1,7 +1,6 @@
 """Plots made from the CSV files a run writes (never from inside a training loop)."""
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import matplotlib
@@ -9,15 +8,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from utils.run import atomic_write  # noqa: E402
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    """Rows of a CSV file as dicts (empty when the file does not exist)."""
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+from utils.run import atomic_write, read_csv  # noqa: E402,F401  (read_csv: plots read run CSVs)
 
 
 def plot_sparsity_accuracy(csv_path: Path, png_path: Path, title: str) -> None:

@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from utils.cli import fraction, open_fraction, positive_int
 from utils.errors import UsageError
-from utils.paths import PRUNE_LOG, prune_checkpoint
+from utils.paths import PRUNE_LOG, check_output_dir, clean_stale_temps, prune_checkpoint
 from utils.plots import plot_sparsity_accuracy, read_csv
 from utils.pruners import PruneContext, Pruner
 from utils.run import LOG, setup_logging, write_csv
@@ -114,6 +114,7 @@ class PruneRun:
         stops there."""
         gran = self.stage.granularity
         model = self.stage.load_model(parent, reparam=True)
+        self.check_outputs(self.planned_iterative(model, amount, first, last), first)
         setup_logging(self.out)
         for step in range(first, last + 1):
             alive = sum(int(m.sum()) for m in gran.masks(model).values())
@@ -126,6 +127,35 @@ class PruneRun:
                 LOG.warning("step %d: only %d of the %d asked can go (every channel group keeps one channel)", step,
                             room, round(amount * alive))
             parent = self.step(model, min(amount, room / alive), step, parent)
+
+    def planned_iterative(self, model: nn.Module, amount: float, first: int, last: int) -> list[float]:
+        """The sparsity each step ``first..last`` will reach (counts only: the schedule is deterministic)."""
+        gran = self.stage.granularity
+        masks = gran.masks(model)
+        total, alive = gran.total(model), sum(int(m.sum()) for m in masks.values())
+        floor, planned = alive - gran.removable(model), []
+        for _ in range(first, last + 1):
+            alive -= min(round(amount * alive), alive - floor)
+            planned.append((total - alive) / total)
+        return sorted(set(planned), key=planned.index)
+
+    def check_outputs(self, sparsities: list[float], first_step: int | None) -> None:
+        """Before any work: the run folder is writable, no planned checkpoint replaces an existing file, and
+        (iterative) no step from ``first_step`` on is already logged, unless --overwrite. Also removes the
+        temp files of a killed earlier run."""
+        overwrite = self.stage.args.overwrite
+        check_output_dir(self.out, overwrite=overwrite, what="pruning folder")
+        clean_stale_temps(self.out)
+        gran, name = self.stage.granularity, self.stage.model_name
+        if first_step is not None and not overwrite:
+            done = [r["step"] for r in read_csv(self.out / PRUNE_LOG) if int(r["step"]) >= first_step]
+            if done:
+                raise UsageError(f"step {done[0]} already ran in {self.out} (see {PRUNE_LOG}); pass --overwrite to "
+                                 f"redo the steps from {first_step}, or continue with --iter_start {int(done[-1]) + 1}")
+        for sparsity in sparsities:
+            path = prune_checkpoint(self.out, name, gran.name, sparsity)
+            if path.exists() and not overwrite:
+                raise UsageError(f"{path} exists (an earlier run); pass --overwrite to replace it")
 
     def run(self, pretrained: Path) -> None:
         """The schedule ``stage.args`` asks for: iterative from --iter_start (the pretrained model, or the
@@ -146,6 +176,8 @@ class PruneRun:
         alive = sum(int(m.sum()) for m in gran.masks(dense).values())
         for target, amount in zip(targets, amounts, strict=True):
             check_amount(amount, alive, gran.removable(dense), target)
+        total = gran.total(dense)
+        self.check_outputs([(total - alive + round(a * alive)) / total for a in amounts], None)
         setup_logging(self.out)
         for amount in amounts:
             self.step(self.stage.load_model(dense_path, reparam=True), amount, 1, dense_path)

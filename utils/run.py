@@ -1,6 +1,7 @@
 """Run set-up: seeds, the device (resolved once), run folders and logging."""
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import logging
@@ -110,6 +111,45 @@ def write_csv(path: Path, rows: list[dict], fields: list[str] | None = None) -> 
             writer.writerows(rows)
 
     atomic_write(path, write)
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    """Rows of a CSV file as dicts (empty when the file does not exist)."""
+    if not Path(path).exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def trim_csv(path: Path, keep: Callable[[dict[str, str]], bool]) -> None:
+    """Rewrite the CSV ``path`` (atomically) with only the rows ``keep`` accepts; a missing file stays missing.
+    A resumed run uses it to drop the rows its killed predecessor logged after its last checkpoint."""
+    if Path(path).exists():
+        with open(path, newline="") as f:
+            fields = csv.DictReader(f).fieldnames or []
+        write_csv(path, [row for row in read_csv(path) if keep(row)], list(fields))
+
+
+def check_same_run(saved: dict, args: argparse.Namespace, may_change: set[str]) -> None:
+    """On --resume: a ``UsageError`` naming the first flag whose value differs from the one the run was
+    started with (``saved``: its recorded args), except the flags in ``may_change``."""
+    current = vars(args)
+    for key, old in saved.items():
+        if key in may_change or key not in current:
+            continue
+        new = current[key]
+        if _comparable(new) != _comparable(old):
+            raise UsageError(f"--resume: --{key} is {new!r} but the run being resumed used {old!r}; resume with "
+                             f"the same value (or start over with --overwrite)")
+
+
+def _comparable(value: Any) -> Any:
+    """Values as a checkpoint stores them (tuples as lists, paths as absolute strings)."""
+    if isinstance(value, (list, tuple)):
+        return [_comparable(v) for v in value]
+    if isinstance(value, (str, Path)) and ("/" in str(value) or str(value).endswith(".pth")):
+        return os.path.abspath(str(value))
+    return value
 
 
 def git_revision() -> str | None:

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from data.loader import DeviceLoader
 from utils.checkpoint import atomic_save
 from utils.masks import prunable_modules, stored_param
+from utils.run import LOG
 
 Scores = dict[str, torch.Tensor]  # layer (or "module.param") name -> float32 tensor shaped like it
 
@@ -133,7 +134,10 @@ def cached_scores(checkpoint: Path, compute: Callable[[], Scores], cache_dir: Pa
     if path.is_file():
         return {k: v.to(device) for k, v in torch.load(path, map_location="cpu", weights_only=True).items()}
     scores = compute()
-    atomic_save({k: v.cpu() for k, v in scores.items()}, path)
+    try:
+        atomic_save({k: v.cpu() for k, v in scores.items()}, path)
+    except OSError as exc:  # a cache is an optimisation: a read-only save_dir must not stop the stage
+        LOG.warning("could not cache scores in %s (%s); continuing without the cache", cache_dir, exc)
     return scores
 
 

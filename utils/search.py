@@ -21,17 +21,22 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from utils.checkpoint import atomic_save
+from utils.checkpoint import atomic_save, plain
 from utils.controller import AllocationPolicy, Reinforce, ReinforceConfig
 from utils.errors import UsageError
 from utils.masks import clone_model
-from utils.paths import BEST_MODEL, BEST_PRE_FINETUNE, SEARCH_STATE
+from utils.paths import BEST_MODEL, BEST_PRE_FINETUNE, SEARCH_STATE, check_output_dir, clean_stale_temps
 from utils.plots import plot_reward_curve
-from utils.run import LOG, make_generator, write_csv
+from utils.run import LOG, check_same_run, make_generator, write_csv
 from utils.ssim import select_layers
 from utils.stage import Stage
 from utils.train import finetune
 
+# flags a resumed search may change (how long it runs, where and how fast); every other flag defines the search
+MAY_CHANGE_ON_RESUME = {"num_epochs", "early_stop_patience", "min_epochs", "reward_std_threshold",
+                        "reward_window_size", "num_iters", "target_sparsity", "resume", "overwrite", "device",
+                        "no_progress", "compile", "no_amp", "no_channels_last", "data_dir", "save_dir",
+                        "eval_batch_size", "no_download", "trust_pickle"}
 ZeroPoint = Callable[[float], float]  # sparsity after regrowth -> reference val accuracy (%)
 
 
@@ -70,6 +75,18 @@ class SearchResult:
     acc_gain: float = float("nan")
     sparsity: float = float("nan")
     allocation: dict[str, int] = field(default_factory=dict)
+
+
+def check_search_dir(out: Path, args) -> None:
+    """Before any work: ``out`` is a writable folder; an earlier search there needs --resume (continue) or
+    --overwrite (restart), and --resume needs one. Temp files of a killed run are removed."""
+    check_output_dir(out, what="search folder")
+    ran = (out / SEARCH_STATE).exists()
+    if ran and not (args.resume or args.overwrite):
+        raise UsageError(f"a search already ran in {out}: pass --resume to continue it or --overwrite to restart")
+    if args.resume and not ran:
+        raise UsageError(f"--resume: no {SEARCH_STATE} in {out}; run without --resume to start")
+    clean_stale_temps(out)
 
 
 def search_space(ssim: dict[str, float], capacities: dict[str, int], threshold: float) -> SearchSpace:
@@ -124,7 +141,8 @@ class Search:
 
     # ---- state -------------------------------------------------------------------------------------------
     def _state(self) -> dict:
-        return {"trainer": self.trainer.state_dict(), "history": self.history, "best": vars(self.best),
+        return {"settings": plain(vars(self.stage.args)), "trainer": self.trainer.state_dict(),
+                "history": self.history, "best": vars(self.best),
                 "rng": {"policy": self.policy_rng.get_state(), "init": self.init_rng.get_state(),
                         "data": self.stage.data.train.generator.get_state(), "torch": torch.get_rng_state()}}
 
@@ -134,6 +152,7 @@ class Search:
         if not path.is_file():
             raise UsageError(f"--resume: no {SEARCH_STATE} in {self.out}; run without --resume to start")
         state = torch.load(path, map_location="cpu", weights_only=True)
+        check_same_run(state.get("settings", {}), self.stage.args, MAY_CHANGE_ON_RESUME)
         self.trainer.load_state_dict(state["trainer"])
         self.history, self.best = state["history"], SearchResult(**state["best"])
         self.policy_rng.set_state(state["rng"]["policy"])

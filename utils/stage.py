@@ -81,10 +81,11 @@ class Stage:
         wrong = _WRONG_KIND.get((ckpt.granularity, self.granularity_name))
         if wrong:
             raise UsageError(f"{path} {wrong}")
-        if sparse and ckpt.granularity is None:
-            raise UsageError(f"{path} has no masks: pass a pruned checkpoint")
         model = self._model_for(ckpt)
         load_weights(model, ckpt, self.model_name, path)
+        if sparse and ckpt.granularity is None and self.granularity.sparsity(model) == 0:
+            # a plain state dict whose masks were merged into its weights still counts: its zeros are the masks
+            raise UsageError(f"{path} has no masks and no pruned {self.granularity.name}s: pass a pruned checkpoint")
         if ckpt.channel_masks is not None:
             self.granularity.set_masks(model, ckpt.channel_masks)
         if reparam:

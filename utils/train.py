@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from data.loader import DeviceLoader
+from utils.errors import UsageError
 from utils.run import LOG
 
 
@@ -134,7 +135,8 @@ def fit(model: nn.Module, train: DeviceLoader, val: DeviceLoader, optimizer: tor
     once per epoch, ``batch_scheduler`` once per batch. ``forward_model`` (e.g. a torch.compile wrapper
     of ``model``) runs the passes.
     ``verbose=False`` skips the per-epoch log line (mini-finetunes inside a search).
-    ``on_epoch_end(state, stats, improved)`` runs after each epoch (checkpointing). The best state is
+    ``on_epoch_end(state, stats, improved)`` runs after each epoch (checkpointing). A non-finite training
+    loss stops with a ``UsageError`` before that epoch is evaluated or saved. The best state is
     left in ``state.best_state``; the model keeps the last epoch's weights.
     """
     state = state or FitState()
@@ -146,6 +148,9 @@ def fit(model: nn.Module, train: DeviceLoader, val: DeviceLoader, optimizer: tor
         lr = optimizer.param_groups[0]["lr"]
         train_loss, train_acc = train_epoch(net, train, optimizer, amp=amp, progress=progress,
                                             desc=f"epoch {state.epoch + 1}/{epochs}", batch_scheduler=batch_scheduler)
+        if not math.isfinite(train_loss):
+            raise UsageError(f"training diverged in epoch {state.epoch + 1} (train loss {train_loss}): this epoch is "
+                             "not saved and earlier checkpoints are kept; lower --lr (or check the data)")
         if scheduler is not None:
             scheduler.step()
         val_loss, val_acc = evaluate(net, val, amp=amp)

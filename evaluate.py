@@ -96,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     model_name, dataset = resolve_names(args.m_name or ckpt.model, args.dataset or ckpt.dataset)
     _fill_from_checkpoint(args, ckpt.meta.get("args") or {})
     stage = prepare(args, model_name, dataset, ckpt.granularity or "weight")
-    model = stage.load_model(args.ckpt)
+    model = stage.load_model(args.ckpt, exported=True)
     counts = layer_counts(model)
     total, kept = sum(c.total for c in counts), sum(c.kept for c in counts)
     _, val_acc = evaluate(model, stage.data.val)

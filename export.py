@@ -17,7 +17,6 @@ ms) at each --batch_sizes on --device; with --json, stdout is exactly one JSON o
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from collections.abc import Sequence
 
@@ -94,11 +93,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = {"checkpoint": str(args.ckpt), "out": str(out), "model": stage.model_name, "device": str(stage.device),
               "channel_sparsity": stage.granularity.sparsity(masked), "max_abs_diff": diff}
     report["models"] = measure(stage, {"dense": stage.build_model(), "masked": masked, "exported": exported}, args)
-    plain = dataclasses.replace(stage, granularity_name="weight")  # an export has no masks left to store
-    plain.save(out, exported, {"stage": "export", "parent": str(args.ckpt), **{k: report[k] for k in (
+    if diff > 1e-4 * max(1.0, float(masked(x).abs().max())):
+        raise UsageError(f"the export's outputs differ from the masked model's by {diff:.2e}: not written; "
+                         "please report this model")
+    stage.save(out, exported, {"stage": "export", "parent": str(args.ckpt), **{k: report[k] for k in (
         "channel_sparsity", "max_abs_diff")}, "params": report["models"]["exported"]["params"],
         "macs": report["models"]["exported"]["macs"], "val_acc": ckpt.meta.get("val_acc"),
-        "test_acc": ckpt.meta.get("test_acc")}, extra={"export": {"history": history}})
+        "test_acc": ckpt.meta.get("test_acc")}, export_history=history)
     if args.json:
         print(json.dumps(report))
     else:

@@ -58,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     save_path = check_output_file(args.save_path or finetuned_path(args.ckpt), inputs=[args.ckpt],
                                   overwrite=args.overwrite, what="--save_path")
     stage = prepare(args, args.m_name or ckpt.model, args.dataset or ckpt.dataset, ckpt.granularity or "weight")
-    model = stage.load_model(args.ckpt)
+    model = stage.load_model(args.ckpt, exported=True)
     sparsity = stage.granularity.sparsity
     clean_stale_temps(save_path.parent)
     setup_logging(save_path.parent, f"{save_path.stem}_log.txt")
@@ -73,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     meta = {"stage": "finetune", "parent": str(args.ckpt), "sparsity": sparsity(model), "epoch": state.best_epoch,
             "val_acc": state.best_val_acc, "test_acc": test_after, "val_acc_before": val_before,
             "test_acc_before": test_before}
-    stage.save(save_path, model, meta, extra={"export": ckpt.extra["export"]} if ckpt.export_history else None)
+    stage.save(save_path, model, meta, export_history=ckpt.export_history)
     LOG.info("after:  sparsity %.4f  val %.2f%% (epoch %d)  test %.2f%%  (test %+.2f pp); saved %s",
              sparsity(model), state.best_val_acc, state.best_epoch, test_after, test_after - test_before, save_path)
     return 0

@@ -70,6 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = check_output_dir(greedy_dir(args.save_dir, stage.model_name, gran.name, args.greedy_mode),
                            products=["greedy_log.csv", SUMMARY, str(iteration_dir(Path(), 0) / BEST_MODEL)],
                            overwrite=args.overwrite)
+    regrowth_budget(gran.total(pair.sparse), args.regrow_step, sum(gran.capacity(pair.sparse).values()))  # not 0
     clean_stale_temps(out)
     setup_logging(out)
     saliency = None if args.greedy_mode == "random" else saliency_scores(stage, pair)

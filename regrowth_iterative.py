@@ -117,6 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     check_search_dir(iteration_dir(root, 0), args)
     table = pruning_baseline(stage, Path(args.baseline_dir or prune_dir(args.save_dir, stage.model_name, "weight",
                                                                         "iterative")))
+    budget_options(args, gran.total(pair.sparse), sum(gran.capacity(pair.sparse).values()))  # none of them 0
     setup_logging(root)
     saliency = saliency_scores(stage, pair)
     current, current_path, summary = pair.sparse, pair.sparse_path, []

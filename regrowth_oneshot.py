@@ -69,6 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     gran = stage.granularity
     start = gran.sparsity(pair.sparse)
     out = output_dir(args, stage.model_name, start)
+    regrowth_budget(gran.total(pair.sparse), args.regrow_step, sum(gran.capacity(pair.sparse).values()))  # not 0
     setup_logging(out)
     ssim = ssim_scores(stage, pair.dense, pair.sparse)
     space = search_space(ssim, gran.capacity(pair.sparse), args.ssim_threshold)

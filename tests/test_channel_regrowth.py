@@ -101,15 +101,20 @@ def test_optimizer_state_of_regrown_slices_is_reset():
     sparse.train()
     nn.functional.cross_entropy(sparse(torch.randn(8, 3, 32, 32)), torch.randint(0, 10, (8,))).backward()
     opt.step()
-    conv = dict(sparse.named_modules())["layer1.0.conv1"]
-    for buf in opt.state[conv.weight_orig].values():
-        if isinstance(buf, torch.Tensor) and buf.dim() == 4:
-            buf.fill_(1.0)  # pretend every entry has history
+    modules = dict(sparse.named_modules())
+    conv, consumer, bn = modules["layer1.0.conv1"], modules["layer1.0.conv2"], modules["layer1.0.bn1"]
+    for param in (conv.weight_orig, consumer.weight_orig, bn.weight_orig):
+        opt.state[param]["exp_avg"].fill_(1.0)  # pretend every entry has history
     dead = (~gran.masks(sparse)["layer1.0.conv1"]).nonzero().flatten()
     gran.regrow(sparse, {"layer1.0.conv1": len(dead)}, _scores(gran, sparse), "preserve", optimizer=opt,
                 generator=torch.Generator().manual_seed(0))
     state = opt.state[stored_param(conv, "weight")]
-    assert (state["exp_avg"][dead] == 0).all() and (state["exp_avg"][~torch.isin(torch.arange(16), dead)] == 1).all()
+    live = ~torch.isin(torch.arange(16), dead)
+    assert (state["exp_avg"][dead] == 0).all() and (state["exp_avg"][live] == 1).all()  # producer rows
+    assert (opt.state[consumer.weight_orig]["exp_avg"][:, dead] == 0).all()  # the next conv's columns
+    assert (opt.state[consumer.weight_orig]["exp_avg"][:, live] == 1).all()
+    gamma = opt.state[bn.weight_orig]["exp_avg"]
+    assert (gamma[dead] == 0).all() and (gamma[live] == 1).all()  # and the BatchNorm's gamma
 
 
 def test_zero_and_unknown_inits_are_refused():

@@ -83,26 +83,32 @@ def test_per_class_saliency_shapes_and_consistency():
     assert torch.allclose(first["fc2"][c], grad.abs() * model.fc2.weight.detach().abs(), rtol=1e-4, atol=1e-10)
 
 
+def _cached(ckpt, model, loader, cache, settings, num_batches=None):
+    """Saliency through the content-keyed cache, as utils/scores.py calls it."""
+    return sal.cached_scores(ckpt, lambda: sal.saliency(model, loader, num_batches), cache,
+                             {"num_batches": num_batches, **settings}, CPU)
+
+
 def test_cache_reused_and_invalidated(tmp_path, monkeypatch):
     torch.manual_seed(0)
     model, loader = TwoLayer(), _loader()
     ckpt = tmp_path / "dense.pth"
     save_checkpoint(ckpt, model, model_name="two", dataset="synthetic", num_classes=3, meta={})
     cache = tmp_path / "cache"
-    first = sal.cached_saliency(ckpt, model, loader, cache, {"mode": "dense"})
+    first = _cached(ckpt, model, loader, cache, {"mode": "dense"})
     calls = []
     real = torch.autograd.grad
     monkeypatch.setattr(torch.autograd, "grad", lambda *a, **k: calls.append(1) or real(*a, **k))
-    again = sal.cached_saliency(ckpt, model, loader, cache, {"mode": "dense"})
+    again = _cached(ckpt, model, loader, cache, {"mode": "dense"})
     assert calls == [] and all(torch.equal(first[k], again[k]) for k in first)
     with torch.no_grad():
         model.fc1.weight.mul_(2)
     save_checkpoint(ckpt, model, model_name="two", dataset="synthetic", num_classes=3, meta={})
-    changed = sal.cached_saliency(ckpt, model, loader, cache, {"mode": "dense"})
+    changed = _cached(ckpt, model, loader, cache, {"mode": "dense"})
     assert calls and not torch.equal(changed["fc1"], first["fc1"])
     assert len(list(cache.glob("saliency_*.pt"))) == 2
     calls.clear()
-    sal.cached_saliency(ckpt, model, loader, cache, {"mode": "dense"}, num_batches=1)  # other settings
+    _cached(ckpt, model, loader, cache, {"mode": "dense"}, num_batches=1)  # other settings
     assert calls
 
 

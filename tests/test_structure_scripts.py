@@ -164,9 +164,16 @@ def _digest(folder: Path) -> dict[str, str]:
     return {f: hashlib.sha1((folder / f).read_bytes()).hexdigest() for f in tree(folder)}
 
 
-def _bad_inputs(save: Path, dense: Path, weight_sparse: Path, channel: Path) -> list[tuple]:
+def _bad_inputs(save: Path, dense: Path, weight_sparse: Path, channel: Path, exported: Path) -> list[tuple]:
     common = QUICK + ["--save_dir", str(save)]
     return [
+        (prune_structure.main, common + ["--ratio_per_step", "0.001"], "would remove no channel"),
+        (prune_structure.main, common + ["--pretrained", str(exported)], "physical export"),
+        (prune_unstructure.main, common + ["--pretrained", str(exported), "--iter_end", "1"], "physical export"),
+        (regrowth_oneshot.main, common + ["--initial_ckpt", str(weight_sparse), "--pretrained", str(exported)],
+         "physical export"),
+        (evaluate.main, ["--ckpt", str(exported), "--m_name", "vgg16", "--dataset", "synthetic"],
+         "holds a 'resnet20' model"),
         (prune_structure.main, common + ["--mode", "oneshot", "--target_sparsity", "1.5"], "not a fraction"),
         (prune_structure.main, common + ["--mode", "oneshot", "--target_sparsity", "1.0"], "below 1"),
         (prune_structure.main, common + ["--mode", "oneshot", "--target_sparsity", "0.99"], "would empty"),
@@ -187,8 +194,12 @@ def test_bad_inputs_fail_cleanly_and_write_nothing(runs, tmp_path, capsys):
     save = tmp_path / "bad"
     dense, weight_sparse = save_dense_and_sparse(save, 0.9)
     channel = _oneshot(runs, 0.5)
-    watched = {save: _digest(save), channel.parent: _digest(channel.parent)}
-    for main, argv, message in _bad_inputs(save, dense, weight_sparse, channel):
+    exported = tmp_path / "exported.pth"
+    assert export.main(["--ckpt", str(channel), "--out", str(exported), "--batch_sizes", "1", "--repeats", "1",
+                        "--device", "cpu"]) == 0
+    capsys.readouterr()
+    watched = {save: _digest(save), channel.parent: _digest(channel.parent), tmp_path: _digest(tmp_path)}
+    for main, argv, message in _bad_inputs(save, dense, weight_sparse, channel, exported):
         code, out, err = run_main(main, argv, capsys)
         assert code == 2, (argv, err)
         lines = [line for line in err.splitlines() if line.strip()]

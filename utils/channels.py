@@ -72,7 +72,9 @@ def classifier_name(model: nn.Module) -> str:
 def _slices(name: str, module: nn.Module, producer: bool, index: torch.Tensor, channel: torch.Tensor) -> list[Slice]:
     """The parameter slices of one group member."""
     if isinstance(module, nn.BatchNorm2d):
-        params, kind = (_PRODUCER_PARAMS if module.affine else ()), "norm"
+        if not module.affine:  # without gamma/beta a masked channel would still output -mean/sqrt(var)
+            raise UsageError(f"{name}: BatchNorm without affine parameters is not supported by the channel granularity")
+        params, kind = _PRODUCER_PARAMS, "norm"
     elif isinstance(module, (nn.Conv2d, nn.Linear)):
         grouped = isinstance(module, nn.Conv2d) and module.groups > 1
         depthwise = grouped and module.groups == module.in_channels == module.out_channels
@@ -115,6 +117,8 @@ def trace_groups(model: nn.Module, input_size: int) -> list[ChannelGroup]:
                               torch.tensor(item.root_idxs, dtype=torch.long))
         roots = [s for s in slices if s.kind == "producer" and s.param == "weight"]
         root = min(roots, key=lambda s: order[s.module])
+        if not torch.equal(root.index, root.channel):  # export and masks() index the root's rows by channel
+            raise UsageError(f"{root.module}: its rows do not map one-to-one to its group's channels (unsupported)")
         groups.append(ChannelGroup(root.module, int(root.channel.max()) + 1, tuple(slices)))
     return sorted(groups, key=lambda g: order[g.root])
 
@@ -126,6 +130,7 @@ class ChannelGranularity(Granularity):
     init_strategies = ("dense", "preserve", "kaiming", "magnitude")
     default_init = "dense"
     keep_per_unit = 1
+    unit_noun = "channel group"
 
     def __init__(self, model_name: str, num_classes: int, input_size: int) -> None:
         super().__init__(model_name, num_classes, input_size)

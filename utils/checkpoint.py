@@ -203,13 +203,18 @@ def _match_reparam(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str
     return state
 
 
+def check_model(ckpt: Checkpoint, model_name: str, path: str | Path = "checkpoint") -> None:
+    """A ``UsageError`` when ``ckpt`` records a model other than ``model_name``."""
+    if ckpt.model is not None and ckpt.model != model_name:
+        raise UsageError(f"{path} holds a '{ckpt.model}' model, not '{model_name}': pass --m_name {ckpt.model}")
+
+
 def load_weights(model: nn.Module, ckpt: Checkpoint, model_name: str, path: str | Path = "checkpoint") -> None:
     """Load ``ckpt`` into ``model`` (built as ``model_name``), adding mask reparametrisation when needed.
 
     A checkpoint that names another model, or whose keys/shapes do not fit, is a ``UsageError``.
     """
-    if ckpt.model is not None and ckpt.model != model_name:
-        raise UsageError(f"{path} holds a '{ckpt.model}' model, not '{model_name}': pass --m_name {ckpt.model}")
+    check_model(ckpt, model_name, path)
     state = _match_reparam(model, _strip_wrappers(ckpt.state_dict))
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]

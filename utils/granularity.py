@@ -53,6 +53,7 @@ class Granularity(abc.ABC):
     init_strategies: tuple[str, ...]
     default_init: str
     keep_per_unit: int = 0  # entries every unit keeps whatever the pruner asks (channel groups: 1)
+    unit_noun: str = "unit"  # what a unit is called in messages
 
     def __init__(self, model_name: str, num_classes: int, input_size: int) -> None:
         self.model_name, self.num_classes, self.input_size = model_name, num_classes, input_size
@@ -148,12 +149,6 @@ def register_granularity(name: str):
         return cls
 
     return wrap
-
-
-def list_granularities() -> list[str]:
-    """Registered granularity names."""
-    _load()
-    return list(_REGISTRY)
 
 
 @functools.lru_cache(maxsize=32)

@@ -110,34 +110,40 @@ class PruneRun:
     # ---- schedules -----------------------------------------------------------------------------------
     def run_iterative(self, parent: Path, amount: float, first: int, last: int) -> None:
         """Steps ``first..last``, each removing ``amount`` of the survivors, from checkpoint ``parent``. A step
-        capped by what may go (every channel group keeps one channel) says so; when nothing may go the run
-        stops there."""
+        capped by what may go (every unit keeps ``keep_per_unit`` entries) says so; the run stops early when
+        a step would remove nothing (at that floor, or when ``amount`` of the survivors rounds to 0)."""
         gran = self.stage.granularity
         model = self.stage.load_model(parent, reparam=True)
         self.check_outputs(self.planned_iterative(model, amount, first, last), first)
         setup_logging(self.out)
         for step in range(first, last + 1):
-            alive = sum(int(m.sum()) for m in gran.masks(model).values())
-            room = gran.removable(model)
-            if room == 0:
-                LOG.info("step %d: every unit is down to its floor (sparsity %.4f); stopping", step,
-                         gran.sparsity(model))
+            alive, room = sum(int(m.sum()) for m in gran.masks(model).values()), gran.removable(model)
+            if min(round(amount * alive), room) == 0:
+                LOG.info("step %d would remove no %s (%d live, %d may go); stopping at sparsity %.4f", step,
+                         gran.name, alive, room, gran.sparsity(model))
                 return
             if round(amount * alive) > room:
-                LOG.warning("step %d: only %d of the %d asked can go (every channel group keeps one channel)", step,
-                            room, round(amount * alive))
+                LOG.warning("step %d: only %d of the %d %ss asked can go (every %s keeps %d)", step, room,
+                            round(amount * alive), gran.name, gran.unit_noun, gran.keep_per_unit)
             parent = self.step(model, min(amount, room / alive), step, parent)
 
     def planned_iterative(self, model: nn.Module, amount: float, first: int, last: int) -> list[float]:
-        """The sparsity each step ``first..last`` will reach (counts only: the schedule is deterministic)."""
+        """The sparsity each step ``first..last`` will reach (counts only: the schedule is deterministic); a
+        first step that would remove nothing is a ``UsageError``."""
         gran = self.stage.granularity
         masks = gran.masks(model)
         total, alive = gran.total(model), sum(int(m.sum()) for m in masks.values())
         floor, planned = alive - gran.removable(model), []
         for _ in range(first, last + 1):
-            alive -= min(round(amount * alive), alive - floor)
+            remove = min(round(amount * alive), alive - floor)
+            if remove == 0:
+                break
+            alive -= remove
             planned.append((total - alive) / total)
-        return sorted(set(planned), key=planned.index)
+        if not planned:
+            raise UsageError(f"step {first} would remove no {gran.name}: {amount:g} of {alive:,} live {gran.name}s "
+                             f"rounds to 0 or every {gran.unit_noun} is at its floor; raise the per-step fraction")
+        return planned
 
     def check_outputs(self, sparsities: list[float], first_step: int | None) -> None:
         """Before any work: the run folder is writable, no planned checkpoint replaces an existing file, and
@@ -189,8 +195,9 @@ def check_amount(amount: float, alive: int, room: int, target: float) -> None:
     if remove == 0:
         raise UsageError(f"--target_sparsity {target} is already reached (within one unit): nothing would be pruned")
     if remove > room:
-        raise UsageError(f"--target_sparsity {target} would empty a channel group: at most {room} of {alive} "
-                         f"channels can go (max sparsity {(1 - (alive - room) / alive):.4f} from this model)")
+        raise UsageError(f"--target_sparsity {target} is past the floor (every unit keeps one): at most {room} of "
+                         f"{alive} can go, max sparsity {(1 - (alive - room) / alive):.4f} from this model; "
+                         "this would empty a channel group")
 
 
 def previous_checkpoint(out: Path, step: int) -> Path:

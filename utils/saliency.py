@@ -140,9 +140,3 @@ def cached_scores(checkpoint: Path, compute: Callable[[], Scores], cache_dir: Pa
         LOG.warning("could not cache scores in %s (%s); continuing without the cache", cache_dir, exc)
     return scores
 
-
-def cached_saliency(checkpoint: Path, model: nn.Module, loader: DeviceLoader, cache_dir: Path,
-                    settings: dict, num_batches: int | None = None) -> Scores:
-    """``saliency(model, ...)`` through ``cached_scores``."""
-    return cached_scores(checkpoint, lambda: saliency(model, loader, num_batches), cache_dir,
-                         {"num_batches": num_batches, **settings}, next(model.parameters()).device)

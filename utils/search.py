@@ -86,6 +86,9 @@ def check_search_dir(out: Path, args) -> None:
         raise UsageError(f"a search already ran in {out}: pass --resume to continue it or --overwrite to restart")
     if args.resume and not ran:
         raise UsageError(f"--resume: no {SEARCH_STATE} in {out}; run without --resume to start")
+    if args.resume:
+        saved = torch.load(out / SEARCH_STATE, map_location="cpu", weights_only=True).get("settings", {})
+        check_same_run(saved, args, MAY_CHANGE_ON_RESUME)
     clean_stale_temps(out)
 
 

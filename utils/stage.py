@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from data import DataBundle, canonical_dataset, get_data
 from models import create_model, model_spec
-from utils.checkpoint import Checkpoint, load_weights, read_checkpoint, save_checkpoint
+from utils.checkpoint import Checkpoint, check_model, load_weights, read_checkpoint, save_checkpoint
 from utils.errors import UsageError
 from utils.export import rebuild_exported
 from utils.granularity import Granularity, get_granularity
@@ -70,17 +70,23 @@ class Stage:
         model = create_model(self.model_name, self.num_classes).to(self.device)
         return use_channels_last(model, self.channels_last)
 
-    def load_model(self, path: str | Path, *, sparse: bool = False, reparam: bool = False) -> nn.Module:
-        """The model stored at ``path`` (any supported format, or a physical export) on the device.
+    def load_model(self, path: str | Path, *, sparse: bool = False, reparam: bool = False,
+                   exported: bool = False) -> nn.Module:
+        """The model stored at ``path`` (any supported format) on the device.
 
         ``sparse``: a checkpoint without masks is a usage error (a pruned model was expected). A checkpoint
         of the other granularity always is. ``reparam``: give the model masks of this stage's granularity
-        where it has none (pruning and regrowth need them).
+        where it has none (pruning and regrowth need them). ``exported``: accept a physical export (only
+        stages that just evaluate or finetune a model can use its smaller shapes).
         """
         ckpt = read_checkpoint(path, trust_pickle=getattr(self.args, "trust_pickle", False))
         wrong = _WRONG_KIND.get((ckpt.granularity, self.granularity_name))
         if wrong:
             raise UsageError(f"{path} {wrong}")
+        if ckpt.export_history is not None and not exported:
+            raise UsageError(f"{path} is a physical export (smaller shapes, no masks): this stage needs the full-shape "
+                             f"checkpoint it was exported from ({ckpt.meta.get('parent', 'see its meta parent')})")
+        check_model(ckpt, self.model_name, path)  # before the exported shapes are rebuilt
         model = self._model_for(ckpt)
         load_weights(model, ckpt, self.model_name, path)
         if sparse and ckpt.granularity is None and self.granularity.sparsity(model) == 0:
@@ -96,16 +102,24 @@ class Stage:
         """A model shaped for ``ckpt``: the registry's, or the exported shapes its pruning history gives."""
         if ckpt.export_history is None:
             return self.build_model()
-        model = rebuild_exported(self.model_name, self.num_classes, model_spec(self.model_name).input_size,
-                                 ckpt.export_history)
+        try:
+            model = rebuild_exported(self.model_name, self.num_classes, model_spec(self.model_name).input_size,
+                                     ckpt.export_history)
+        except Exception as exc:  # Torch-Pruning raises many types on a history that does not fit the model
+            raise UsageError(f"the export history does not fit model '{self.model_name}' ({type(exc).__name__}); "
+                             "is the checkpoint from another model or class count?") from exc
         return use_channels_last(model.to(self.device), self.channels_last)
 
-    def save(self, path: Path, model: nn.Module, meta: dict, extra: dict | None = None) -> None:
+    def save(self, path: Path, model: nn.Module, meta: dict, extra: dict | None = None,
+             export_history: list | None = None) -> None:
         """Write ``model`` as a bridge-ckpt with this run's names and args and, at the channel granularity,
-        its channel masks; ``meta`` adds the stage's own entries."""
+        its channel masks; ``meta`` adds the stage's own entries. ``export_history``: ``model`` is a physical
+        export (no masks left) with that Torch-Pruning history."""
+        masks = self.granularity.checkpoint_masks(model) if export_history is None else None
+        extra = {**(extra or {}), **({"export": {"history": export_history}} if export_history is not None else {})}
         save_checkpoint(path, model, model_name=self.model_name, dataset=self.dataset,
                         num_classes=self.num_classes, meta={"args": vars(self.args), **meta},
-                        channel_masks=self.granularity.checkpoint_masks(model), extra=extra)
+                        channel_masks=masks, extra=extra or None)
 
 
 def resolve_names(model_name: str | None, dataset: str | None) -> tuple[str, str]:

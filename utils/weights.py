@@ -20,6 +20,7 @@ class WeightGranularity(Granularity):
 
     init_strategies = tuple(INIT_STRATEGIES)
     default_init = "zero"
+    unit_noun = "layer"
 
     def __init__(self, model_name: str, num_classes: int, input_size: int) -> None:
         super().__init__(model_name, num_classes, input_size)

@@ -1,0 +1,309 @@
+"""Nothing lost, nothing overwritten (issue "Nothing lost"): one test per reported failure, each reproducing it,
+plus a table of bad inputs over the scripts (exit 2, one error line, no traceback, files untouched)."""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+import analyze_layers
+import evaluate
+import export
+import finetune
+import pipeline
+import pretrain
+import prune_structure
+import prune_unstructure
+import regrowth_greedy
+import regrowth_iterative
+import regrowth_oneshot
+import single_layer_regrowth_analysis as single
+import utils.stage as stage_module
+from models import create_model
+from tests.conftest import run_main, save_dense_and_sparse, tree
+from utils.checkpoint import load_weights, read_checkpoint, save_checkpoint
+from utils.masks import merged_state
+from utils.plots import read_csv
+
+DATA = ["--dataset", "synthetic", "--train_subset", "128", "--batch_size", "64", "--eval_batch_size", "250",
+        "--device", "cpu", "--no_progress"]
+SCORES = ["--ssim_num_batches", "1", "--saliency_batches", "1", "--ssim_threshold", "0.9"]
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` with its content hash: the 'nothing changed' witness."""
+    return {f: hashlib.sha1((folder / f).read_bytes()).hexdigest() for f in tree(folder)}
+
+
+def _one_error(code: int, err: str, needle: str) -> None:
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(lines) == 1 and needle in lines[0] and "Traceback" not in err, err
+
+
+@pytest.fixture(scope="module")
+def start(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """(save_dir, dense resnet20, its 95% LAMP-pruned copy)."""
+    save = tmp_path_factory.mktemp("runs")
+    return (save, *save_dense_and_sparse(save, 0.95, "lamp"))
+
+
+# ---- 1-3: data loss, silent overwrites, outputs checked first ------------------------------------------------
+
+def test_oneshot_prune_to_the_inputs_own_sparsity_is_refused_and_leaves_it(start, tmp_path, capsys):
+    save, _, sparse = start  # 0.95 of 270,896 rounds to a sparsity of 0.9499993
+    before = _digest(sparse.parent)
+    code, _, err = run_main(prune_unstructure.main, DATA + ["--save_dir", str(tmp_path), "--mode", "oneshot",
+                                                            "--pretrained", str(sparse), "--target_sparsity",
+                                                            "0.95", "--finetune_epochs", "1"], capsys)
+    _one_error(code, err, "already reached")
+    assert _digest(sparse.parent) == before and tree(tmp_path) == []
+
+
+def test_reruns_are_refused_without_overwrite(start, tmp_path, capsys):
+    save, dense, sparse = start
+    prune = DATA + ["--save_dir", str(tmp_path), "--pretrained", str(dense), "--mode", "oneshot",
+                    "--target_sparsity", "0.9", "--finetune_epochs", "1"]
+    assert prune_unstructure.main(prune) == 0
+    out = tmp_path / "resnet20" / "oneshot"
+    before = _digest(out)
+    code, _, err = run_main(prune_unstructure.main, prune, capsys)
+    _one_error(code, err, "--overwrite")
+    assert _digest(out) == before
+    assert prune_unstructure.main(prune + ["--overwrite"]) == 0
+
+    tuned = tmp_path / "tuned.pth"
+    tune = DATA + ["--ckpt", str(sparse), "--save_path", str(tuned), "--epochs", "1"]
+    assert finetune.main(tune) == 0
+    digest = tuned.read_bytes()
+    code, _, err = run_main(finetune.main, tune, capsys)
+    _one_error(code, err, "exists; pass --overwrite")
+    assert tuned.read_bytes() == digest
+    code, _, err = run_main(finetune.main, DATA + ["--ckpt", str(tuned), "--save_path", str(tuned)], capsys)
+    _one_error(code, err, "also an input")
+
+    greedy = DATA + SCORES + ["--save_dir", str(tmp_path), "--initial_ckpt", str(sparse), "--pretrained",
+                              str(dense), "--finetune_epochs", "1", "--greedy_mode", "uniform"]
+    assert regrowth_greedy.main(greedy) == 0
+    code, _, err = run_main(regrowth_greedy.main, greedy, capsys)
+    _one_error(code, err, "--overwrite")
+
+    analyse = DATA + SCORES + ["--ckpt", str(sparse), "--pretrained", str(dense), "--out", str(tmp_path / "an")]
+    assert analyze_layers.main(analyse) == 0
+    capsys.readouterr()
+    code, _, err = run_main(analyze_layers.main, analyse, capsys)
+    _one_error(code, err, "--overwrite")
+    assert analyze_layers.main(analyse + ["--overwrite"]) == 0
+
+
+def test_output_locations_are_checked_before_any_work(start, tmp_path, capsys):
+    save, dense, sparse = start
+    folder = tmp_path / "a_folder"
+    folder.mkdir()
+    code, _, err = run_main(finetune.main, DATA + ["--ckpt", str(sparse), "--save_path", str(folder)], capsys)
+    _one_error(code, err, "is a folder")
+    assert tree(tmp_path) == []  # no stray logs
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    code, _, err = run_main(analyze_layers.main, DATA + SCORES + ["--ckpt", str(sparse), "--pretrained",
+                                                                   str(dense), "--out", str(a_file)], capsys)
+    _one_error(code, err, "is a file")
+    code, _, err = run_main(pretrain.main, DATA + ["--save_dir", str(a_file / "runs"), "--epochs", "1"], capsys)
+    _one_error(code, err, "is a file, not a folder")
+
+
+def _read_only_dir(tmp_path: Path) -> Path:
+    """A folder nobody can write in: chmod for a normal user, /proc (read-only even for root) otherwise."""
+    if os.geteuid() != 0:
+        folder = tmp_path / "ro"
+        folder.mkdir()
+        folder.chmod(0o555)
+        return folder
+    if not Path("/proc").is_dir() or os.access("/proc", os.W_OK) and _can_write("/proc"):
+        pytest.skip("no read-only folder to test with")
+    return Path("/proc")
+
+
+def _can_write(folder: str) -> bool:
+    try:
+        Path(folder, ".bridge-test").touch()
+    except OSError:
+        return False
+    Path(folder, ".bridge-test").unlink()
+    return True
+
+
+@pytest.mark.parametrize("script", ["pretrain", "prune_unstructure", "regrowth_oneshot", "finetune", "pipeline"])
+def test_read_only_save_dir_is_one_error_line(start, tmp_path, capsys, script):
+    save, dense, sparse = start
+    ro = _read_only_dir(tmp_path) / "runs"
+    argv = {"pretrain": DATA + ["--save_dir", str(ro), "--epochs", "1"],
+            "prune_unstructure": DATA + ["--save_dir", str(ro), "--pretrained", str(dense), "--iter_end", "1"],
+            "regrowth_oneshot": DATA + SCORES + ["--save_dir", str(ro), "--initial_ckpt", str(sparse),
+                                                 "--pretrained", str(dense)],
+            "finetune": DATA + ["--ckpt", str(sparse), "--save_path", str(ro / "x.pth")],
+            "pipeline": ["--save_dir", str(ro), "--device", "cpu"]}[script]
+    main = {"pretrain": pretrain.main, "prune_unstructure": prune_unstructure.main, "finetune": finetune.main,
+            "regrowth_oneshot": regrowth_oneshot.main, "pipeline": pipeline.main}[script]
+    code, _, err = run_main(main, argv, capsys)
+    _one_error(code, err, "not writable")
+
+
+# ---- 4: resumes must match the run ---------------------------------------------------------------------------
+
+def test_resume_with_other_defining_flags_is_refused(start, tmp_path, capsys):
+    save, dense, sparse = start
+    other_dense, other = save_dense_and_sparse(tmp_path / "other", 0.9, "glob", seed=1)
+    search = DATA + SCORES + ["--save_dir", str(tmp_path), "--initial_ckpt", str(sparse), "--pretrained",
+                              str(dense), "--finetune_epochs", "1", "--label", "r"]
+    assert regrowth_oneshot.main(search + ["--num_epochs", "1"]) == 0
+    out = tmp_path / "resnet20" / "regrowth_oneshot" / "r"
+    before = _digest(out)
+    code, _, err = run_main(regrowth_oneshot.main, search + ["--num_epochs", "2", "--resume", "--hidden_size",
+                                                             "32"], capsys)
+    _one_error(code, err, "--hidden_size is 32")
+    moved = [a if a != str(sparse) else str(other) for a in search]
+    code, _, err = run_main(regrowth_oneshot.main, moved + ["--num_epochs", "2", "--resume"], capsys)
+    _one_error(code, err, "--initial_ckpt")
+    assert _digest(out) == before
+    assert regrowth_oneshot.main(search + ["--num_epochs", "2", "--resume"]) == 0  # more episodes: allowed
+    assert len(read_csv(out / "episodes.csv")) == 2
+
+
+# ---- 5-7: pretrain resume, longer resume, stale temp files -------------------------------------------------
+
+def test_kill_between_log_row_and_checkpoint_leaves_no_duplicate_rows(tmp_path, monkeypatch):
+    args = DATA + ["--epochs", "3", "--lr", "0.05"]
+    assert pretrain.main(args + ["--save_dir", str(tmp_path / "a")]) == 0
+    real_save = stage_module.save_checkpoint
+
+    def killed_before_saving_epoch_2(path, model, **kw):
+        if kw["meta"]["epoch"] == 2:
+            raise KeyboardInterrupt  # the epoch's log row is written, its checkpoint is not
+        real_save(path, model, **kw)
+
+    monkeypatch.setattr(stage_module, "save_checkpoint", killed_before_saving_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain.main(args + ["--save_dir", str(tmp_path / "b")])
+    monkeypatch.setattr(stage_module, "save_checkpoint", real_save)
+    assert len(read_csv(tmp_path / "b/resnet20/checkpoint/pretrain_log.csv")) == 2
+    assert pretrain.main(args + ["--save_dir", str(tmp_path / "b"), "--resume"]) == 0
+    logs = [read_csv(tmp_path / d / "resnet20/checkpoint/pretrain_log.csv") for d in "ab"]
+    strip = [[{k: v for k, v in row.items() if k != "seconds"} for row in log] for log in logs]
+    assert strip[0] == strip[1]
+
+
+def test_longer_resume_recomputes_the_cosine_from_the_epoch_reached(tmp_path):
+    args = DATA + ["--save_dir", str(tmp_path), "--lr", "0.05", "--patience", "0"]
+    assert pretrain.main(args + ["--epochs", "2"]) == 0
+    assert pretrain.main(args + ["--epochs", "4", "--resume"]) == 0
+    lrs = [float(r["lr"]) for r in read_csv(tmp_path / "resnet20/checkpoint/pretrain_log.csv")]
+    cosine = [0.05 * 0.5 * (1 + math.cos(math.pi * e / n)) for e, n in ((0, 2), (1, 2), (2, 4), (3, 4))]
+    assert lrs == pytest.approx(cosine)  # epochs 3 and 4 follow the 4-epoch cosine; nothing restarts
+
+
+def test_stale_temp_files_of_a_killed_save_are_removed(tmp_path):
+    args = DATA + ["--save_dir", str(tmp_path), "--epochs", "1"]
+    assert pretrain.main(args) == 0
+    folder = tmp_path / "resnet20" / "checkpoint"
+    stale = folder / ".last.pth.999999999.tmp"  # no such process
+    stale.write_bytes(b"half a checkpoint")
+    assert pretrain.main(args + ["--epochs", "2", "--resume"]) == 0
+    assert not stale.exists()
+
+
+# ---- 8-12: values that got through --------------------------------------------------------------------------
+
+def test_training_that_diverges_stops_and_keeps_the_input(start, tmp_path, capsys):
+    save, _, sparse = start
+    before = sparse.read_bytes()
+    out = tmp_path / "tuned.pth"
+    code, _, err = run_main(finetune.main, DATA + ["--ckpt", str(sparse), "--save_path", str(out), "--epochs", "2",
+                                                   "--lr", "1e30"], capsys)
+    _one_error(code, err, "diverged")
+    assert not out.exists() and sparse.read_bytes() == before
+
+
+def test_a_failed_download_leaves_no_folder(tmp_path, monkeypatch, capsys):
+    import torchvision.datasets.utils as tv_utils
+
+    def offline(*args, **kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(tv_utils, "download_url", offline)
+    data = tmp_path / "new" / "data"
+    code, _, err = run_main(pretrain.main, ["--dataset", "cifar10", "--data_dir", str(data), "--save_dir",
+                                            str(tmp_path / "runs"), "--device", "cpu"], capsys)
+    _one_error(code, err, "download failed")
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_merged_sparse_state_dict_can_start_a_search(start, tmp_path):
+    save, dense, sparse = start
+    model = create_model("resnet20")
+    load_weights(model, read_checkpoint(sparse), "resnet20")
+    merged = tmp_path / "merged.pth"
+    torch.save(merged_state(model), merged)  # the original's test scripts save these: zeros, no masks
+    assert regrowth_greedy.main(DATA + SCORES + ["--save_dir", str(tmp_path), "--m_name", "resnet20",
+                                                 "--initial_ckpt", str(merged), "--pretrained", str(dense),
+                                                 "--finetune_epochs", "1", "--greedy_mode", "uniform"]) == 0
+    grown = read_checkpoint(tmp_path / "resnet20/greedy_uniform/iter_0/best_grown_model.pth")
+    assert grown.granularity == "weight"
+
+
+def _bad_inputs(save: Path, dense: Path, sparse: Path, tmp: Path) -> list[tuple]:
+    run = ["--save_dir", str(save)]
+    search = DATA + SCORES + run + ["--initial_ckpt", str(sparse), "--pretrained", str(dense)]
+    return [
+        (pretrain.main, DATA + run + ["--lr", "inf"], "not a finite number"),
+        (pretrain.main, DATA + run + ["--weight_decay", "nan"], "not a finite number"),
+        (pretrain.main, DATA + run + ["--seed", "99999999999999999999999"], "not a seed"),
+        (pretrain.main, DATA + run + ["--patience", "-1"], "must be 0 or more"),
+        (pretrain.main, DATA + run + ["--resume"], "does not exist"),
+        (finetune.main, DATA + ["--ckpt", str(sparse), "--lr", "inf"], "not a finite number"),
+        (finetune.main, DATA + ["--ckpt", str(tmp)], "is a folder"),
+        (evaluate.main, DATA + ["--ckpt", str(tmp)], "is a folder"),
+        (regrowth_oneshot.main, search + ["--ssim_threshold", "nan"], "not a finite number"),
+        (regrowth_oneshot.main, search + ["--resume"], "no search_state.pt"),
+        (regrowth_oneshot.main, search + ["--initial_ckpt", str(dense)], "has no masks"),
+        (regrowth_iterative.main, search + ["--target_sparsity", "0.99"], "not below the start"),
+        (regrowth_greedy.main, search + ["--regrow_step", "1e-9"], "budget is 0"),
+        (single.main, search[:-4] + ["--ckpt", str(sparse), "--pretrained", str(dense), "--layers", "nope"],
+         "unknown layer"),
+        (prune_unstructure.main, DATA + run + ["--pretrained", str(dense), "--iter_start", "3"], "no checkpoint"),
+        (prune_structure.main, DATA + run + ["--pretrained", str(sparse)], "unstructured weight masks"),
+        (export.main, ["--ckpt", str(sparse)], "unstructured weight masks"),
+        (pipeline.main, ["--save_dir", str(save / "p"), "--device", "cuda:7"], "cuda:7"),
+    ]
+
+
+def test_bad_inputs_table(start, tmp_path, capsys):
+    save, dense, sparse = start
+    watched = save
+    before = _digest(watched)
+    for main, argv, needle in _bad_inputs(save, dense, sparse, tmp_path):
+        code, out, err = run_main(main, argv, capsys)
+        _one_error(code, err, needle)
+        assert _digest(watched) == before, (argv, set(_digest(watched)) ^ set(before))
+    assert tree(tmp_path) == []
+
+
+def test_export_never_replaces_without_overwrite(start, tmp_path, capsys):
+    from utils.granularity import get_granularity
+    from utils.pruners import get_pruner
+
+    model = create_model("resnet20")
+    gran = get_granularity("channel", "resnet20")
+    get_pruner("l1", gran, "local").prune(model, 0.5)
+    ckpt = tmp_path / "ch.pth"
+    save_checkpoint(ckpt, model, model_name="resnet20", dataset="synthetic", num_classes=10, meta={},
+                    channel_masks=gran.checkpoint_masks(model))
+    argv = ["--ckpt", str(ckpt), "--device", "cpu", "--batch_sizes", "1", "--repeats", "1"]
+    assert export.main(argv) == 0
+    before = _digest(tmp_path)
+    code, _, err = run_main(export.main, argv, capsys)
+    _one_error(code, err, "--overwrite")
+    assert _digest(tmp_path) == before

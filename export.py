@@ -31,7 +31,8 @@ from utils.paths import check_output_file, exported_path
 from utils.stage import Stage, prepare_model_only
 from utils.train import use_channels_last
 
-NOT_CHANNEL = {None: "has no masks (a dense model): prune it with prune_structure.py first",
+NOT_CHANNEL = {None: "has no masks (a dense model, or already exported): export takes the channel-pruned checkpoint "
+                     "that prune_structure.py writes",
                "weight": "holds unstructured weight masks, which export cannot shrink: export takes channel-pruned "
                          "checkpoints (prune_structure.py)"}
 
@@ -89,11 +90,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     exported = use_channels_last(exported.to(stage.device), stage.channels_last).eval()
     x = torch.randn(4, 3, stage.granularity.input_size, stage.granularity.input_size, device=stage.device)
     with torch.no_grad():
-        diff = float((masked(x) - exported(x)).abs().max())
+        reference = masked(x)
+        diff = float((reference - exported(x)).abs().max())
     report = {"checkpoint": str(args.ckpt), "out": str(out), "model": stage.model_name, "device": str(stage.device),
               "channel_sparsity": stage.granularity.sparsity(masked), "max_abs_diff": diff}
     report["models"] = measure(stage, {"dense": stage.build_model(), "masked": masked, "exported": exported}, args)
-    if diff > 1e-4 * max(1.0, float(masked(x).abs().max())):
+    if diff > 1e-4 * max(1.0, float(reference.abs().max())):
         raise UsageError(f"the export's outputs differ from the masked model's by {diff:.2e}: not written; "
                          "please report this model")
     stage.save(out, exported, {"stage": "export", "parent": str(args.ckpt), **{k: report[k] for k in (

@@ -59,12 +59,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                                   overwrite=args.overwrite, what="--save_path")
     stage = prepare(args, args.m_name or ckpt.model, args.dataset or ckpt.dataset, ckpt.granularity or "weight")
     model = stage.load_model(args.ckpt, exported=True)
-    sparsity = stage.granularity.sparsity
+    sparsity, kind = stage.granularity.sparsity, stage.granularity.name
     clean_stale_temps(save_path.parent)
     setup_logging(save_path.parent, f"{save_path.stem}_log.txt")
     _, val_before = evaluate(model, stage.data.val, amp=stage.amp)
     _, test_before = evaluate(model, stage.data.test, amp=stage.amp)
-    LOG.info("before: sparsity %.4f  val %.2f%%  test %.2f%%", sparsity(model), val_before, test_before)
+    LOG.info("before: %s sparsity %.4f  val %.2f%%  test %.2f%%", kind, sparsity(model), val_before, test_before)
     state = finetune(model, stage.data.train, stage.data.val, epochs=args.epochs, lr=args.lr,
                      weight_decay=args.weight_decay, patience=args.patience, progress=not args.no_progress,
                      csv_path=save_path.with_name(f"{save_path.stem}_log.csv"), warmup_frac=args.warmup_frac,
@@ -74,8 +74,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "val_acc": state.best_val_acc, "test_acc": test_after, "val_acc_before": val_before,
             "test_acc_before": test_before}
     stage.save(save_path, model, meta, export_history=ckpt.export_history)
-    LOG.info("after:  sparsity %.4f  val %.2f%% (epoch %d)  test %.2f%%  (test %+.2f pp); saved %s",
-             sparsity(model), state.best_val_acc, state.best_epoch, test_after, test_after - test_before, save_path)
+    LOG.info("after:  %s sparsity %.4f  val %.2f%% (epoch %d)  test %.2f%%  (test %+.2f pp); saved %s",
+             kind, sparsity(model), state.best_val_acc, state.best_epoch, test_after, test_after - test_before,
+             save_path)
     return 0
 
 

@@ -18,7 +18,7 @@ Writes to {save_dir}/{m_name}/structured_{iterative|oneshot}/:
     {m_name}_ch{sparsity:.4f}.pth  one checkpoint per step (channel masks; best-val epoch of its finetune)
     prune_log.csv                  step, amount, sparsity (channel), weight_sparsity, params, macs (of the
                                    exported model), val_acc, test_acc, checkpoint
-    sparsity_vs_accuracy.png, log.txt, finetune_step{k}.csv
+    sparsity_vs_accuracy.png, log.txt, finetune_step{k}.csv (iterative) or finetune_{checkpoint stem}.csv (one-shot)
 Finetuning after each prune: AdamW (lr 3e-4, weight decay 0.01), --finetune_epochs (40 iterative, 400
 one-shot), best epoch chosen on the validation split.
 """
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from pathlib import Path
 
 from utils.cli import (
     add_checkpoint_args,
@@ -38,11 +37,11 @@ from utils.cli import (
     new_parser,
     positive_int,
 )
-from utils.paths import pretrained_path, prune_dir
+from utils.paths import prune_dir
 from utils.pruners import PruneContext, get_pruner, list_pruners
 from utils.pruning import PruneRun, add_schedule_args, finish_schedule_args
 from utils.run import make_generator
-from utils.stage import prepare
+from utils.stage import dense_checkpoint, prepare
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -69,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     stage = prepare(args, granularity="channel")
     pruner = get_pruner(args.pruner, stage.granularity, args.scope)
-    pretrained = Path(args.pretrained or pretrained_path(args.save_dir, stage.model_name))
+    pretrained = dense_checkpoint(args, stage.model_name)
     # gradient scores get their own data order: pruning must not shift the finetunes' batches
     context = PruneContext(make_generator(args.seed, "pruner"),
                            stage.data.train.with_generator(make_generator(args.seed, "prune_scores", stage.device)),

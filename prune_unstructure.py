@@ -13,7 +13,7 @@ Writes to {save_dir}/{m_name}/{iterative|oneshot}/:
     {m_name}_{sparsity:.4f}.pth   one checkpoint per step (best-val epoch of its finetune)
     prune_log.csv                 step, amount, sparsity, params_nonzero, val_acc, test_acc, checkpoint
     sparsity_vs_accuracy.png      val/test accuracy against sparsity
-    log.txt, finetune_step{k}.csv
+    log.txt, finetune_step{k}.csv (iterative) or finetune_{checkpoint stem}.csv (one-shot)
 Finetuning after each prune: AdamW (lr 3e-4, weight decay 0.01), --finetune_epochs (40 iterative, 400
 one-shot, as in the original), best epoch chosen on the validation split.
 """
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from pathlib import Path
 
 from utils.cli import (
     add_checkpoint_args,
@@ -32,11 +31,11 @@ from utils.cli import (
     cli_main,
     new_parser,
 )
-from utils.paths import pretrained_path, prune_dir
+from utils.paths import prune_dir
 from utils.pruners import PruneContext, get_pruner, list_pruners
 from utils.pruning import PruneRun, add_schedule_args, finish_schedule_args
 from utils.run import make_generator
-from utils.stage import prepare
+from utils.stage import dense_checkpoint, prepare
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -57,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     pruner = get_pruner(args.pruner)
     stage = prepare(args)
-    pretrained = Path(args.pretrained or pretrained_path(args.save_dir, stage.model_name))
+    pretrained = dense_checkpoint(args, stage.model_name)
     PruneRun(stage, pruner, PruneContext(make_generator(args.seed, "pruner")),
              prune_dir(args.save_dir, stage.model_name, "weight", args.mode)).run(pretrained)
     return 0

@@ -33,10 +33,11 @@ def add_schedule_args(group: argparse._ArgumentGroup, *, amount_flags: tuple[str
     (``end_flags``, dest ``iter_end``) and --target_sparsity: the schedule flags of both prune scripts."""
     group.add_argument("--mode", "--m_prune", dest="mode", default="iterative", choices=sorted(MODE_ALIASES),
                        help="iterative (alias iterate) or oneshot")
-    group.add_argument(*amount_flags, dest="amount", type=open_fraction, default=0.3,
+    group.add_argument(*amount_flags, dest="amount", type=open_fraction, default=0.3, metavar="FRACTION",
                        help=f"iterative: fraction of the surviving {unit} removed per step")
     group.add_argument("--iter_start", type=positive_int, default=1, help="first step (resume point)")
-    group.add_argument(*end_flags, dest="iter_end", type=positive_int, default=15, help="last step (inclusive)")
+    group.add_argument(*end_flags, dest="iter_end", type=positive_int, default=15, metavar="STEP",
+                       help="last step (inclusive)")
     group.add_argument("--target_sparsity", "--oneshot", dest="target_sparsity", type=fraction, nargs="+",
                        default=None, help="oneshot: target sparsity (one or more, each from the pretrained model)")
 
@@ -96,7 +97,8 @@ class PruneRun:
         if path.resolve() == Path(parent).resolve():
             raise UsageError(f"step {step} would write over its own input {parent}; nothing was pruned")
         LOG.info("step %d: %s removed %d %ss -> sparsity %.4f", step, self.pruner.name, removed, gran.name, achieved)
-        val_acc, test_acc = self.finetune_and_score(model, self.out / f"finetune_step{step}.csv")
+        log = f"finetune_step{step}.csv" if self.iterative else f"finetune_{path.stem}.csv"  # one per target
+        val_acc, test_acc = self.finetune_and_score(model, self.out / log)
         stage.save(path, model, {"stage": f"prune_{stage.args.mode}", "granularity": gran.name, "step": step,
                                  "amount": amount, "pruner": self.pruner.name, "sparsity": achieved,
                                  "val_acc": val_acc, "test_acc": test_acc, "parent": str(parent)})

@@ -168,6 +168,17 @@ class DenseSparse:
     sparse_path: Path
 
 
+def dense_checkpoint(args: argparse.Namespace, model_name: str) -> Path:
+    """--pretrained, or pretrain.py's checkpoint for ``model_name``; a missing default says how to make it."""
+    if args.pretrained:
+        return Path(args.pretrained)
+    path = pretrained_path(args.save_dir, model_name)
+    if not path.is_file():
+        raise UsageError(f"no dense model at {path}: run pretrain.py --m_name {model_name} (same --save_dir) first, "
+                         "or pass --pretrained")
+    return path
+
+
 def prepare_dense_sparse(args: argparse.Namespace, sparse_path: str | Path, reparam: bool = False,
                          granularity: str | None = "weight") -> tuple[Stage, DenseSparse]:
     """Stage for the sparse checkpoint ``sparse_path`` (model and data set default to the ones it records)
@@ -176,7 +187,7 @@ def prepare_dense_sparse(args: argparse.Namespace, sparse_path: str | Path, repa
     sparse_ckpt = read_checkpoint(sparse_path, trust_pickle=getattr(args, "trust_pickle", False))
     stage = prepare(args, args.m_name or sparse_ckpt.model, args.dataset or sparse_ckpt.dataset,
                     granularity or sparse_ckpt.granularity or "weight")
-    dense_path = Path(args.pretrained or pretrained_path(args.save_dir, stage.model_name))
+    dense_path = dense_checkpoint(args, stage.model_name)
     dense = stage.load_model(dense_path)
     sparse = stage.load_model(sparse_path, sparse=True, reparam=reparam)
     return stage, DenseSparse(dense, dense_path, sparse, Path(sparse_path))

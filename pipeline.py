@@ -1,15 +1,20 @@
 """The whole method in one command: pretrain -> one-shot prune -> RL regrowth -> finetune -> evaluate,
-with a greedy (SSIM-proportional) regrowth at the same budget as the baseline to beat.
+with a greedy (SSIM-proportional) regrowth at the same budget as the baseline to beat; of weights, or with
+--granularity channel of whole channels (prune_structure.py, regrowth_structure_oneshot.py, greedy channel
+regrowth, and a physical export of every final model).
 
 Every sparse model (pruned, RL-regrown, greedy-regrown) gets the same final finetune.py run before it
-is evaluated, so the table compares like with like. Stages run in-process through each script's main().
+is evaluated, so the table compares like with like. Stages run in-process through each script's main();
+a stage whose output exists is reused (the log says so) unless --overwrite.
 
     python pipeline.py                                  # --preset demo: synthetic data, ~6 minutes on 2 CPU cores
+    python pipeline.py --granularity channel            # the same for channels
     python pipeline.py --preset cifar10_resnet20        # the original settings (GPU days)
     python pipeline.py --preset cifar10_vgg16 --data_dir ./data
 
-Writes everything under {save_dir}/{m_name}/ as the stage scripts do, plus pipeline_summary.json and
-pipeline_summary.csv with the final table (sparsity, val and test accuracy of each model).
+Writes everything under {save_dir}/{m_name}/ as the stage scripts do, plus pipeline_summary.json / .csv
+(channels: pipeline_structure_summary.json / .csv) with the final table (sparsity, params, val and test
+accuracy of each model; for channels the params of the exported model).
 """
 from __future__ import annotations
 
@@ -22,13 +27,18 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import evaluate
+import export
 import finetune
 import pretrain
+import prune_structure
 import prune_unstructure
 import regrowth_greedy
 import regrowth_oneshot
+import regrowth_structure_oneshot
+from models import create_model
 from utils.cli import cli_main, new_parser, seed_int
 from utils.errors import ReportedError
+from utils.granularity import get_granularity
 from utils.paths import (
     BEST_MODEL,
     SUMMARY,
@@ -43,22 +53,29 @@ from utils.paths import (
 )
 from utils.run import LOG, resolve_device, setup_logging, write_csv, write_json
 
+# per granularity: the pruning target and the regrowth budget (fractions of N_tot: weights or channels)
+TARGETS = {"weight": {"sparsity": 0.99, "regrow_step": 0.01}, "channel": {"sparsity": 0.9, "regrow_step": 0.05}}
 PRESETS: dict[str, dict] = {
     "demo": {"m_name": "resnet20", "dataset": "synthetic", "train_subset": 4500, "pretrain_epochs": 8,
-             "sparsity": 0.99, "prune_epochs": 4, "regrow_step": 0.01, "episodes": 5, "mini_epochs": 1,
-             "final_epochs": 4, "ssim_num_batches": 2},
+             "prune_epochs": 4, "episodes": 5, "mini_epochs": 1, "final_epochs": 4, "ssim_num_batches": 2},
     "cifar10_resnet20": {"m_name": "resnet20", "dataset": "cifar10", "train_subset": None, "pretrain_epochs": 200,
-                         "sparsity": 0.99, "prune_epochs": 400, "regrow_step": 0.01, "episodes": 400,
-                         "mini_epochs": 50, "final_epochs": 400, "ssim_num_batches": 64},
+                         "prune_epochs": 400, "episodes": 400, "mini_epochs": 50, "final_epochs": 400,
+                         "ssim_num_batches": 64},
     "cifar10_vgg16": {"m_name": "vgg16", "dataset": "cifar10", "train_subset": None, "pretrain_epochs": 200,
-                      "sparsity": 0.99, "prune_epochs": 400, "regrow_step": 0.01, "episodes": 400,
-                      "mini_epochs": 50, "final_epochs": 400, "ssim_num_batches": 64},
+                      "prune_epochs": 400, "episodes": 400, "mini_epochs": 50, "final_epochs": 400,
+                      "ssim_num_batches": 64},
 }
+# per granularity: (prune script, RL search script, extra greedy flags, summary file stem, export final models)
+SCRIPTS = {"weight": (prune_unstructure.main, regrowth_oneshot.main, [], "pipeline_summary", False),
+           "channel": (prune_structure.main, regrowth_structure_oneshot.main, ["--granularity", "channel"],
+                       "pipeline_structure_summary", True)}
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = new_parser(__doc__)
     parser.add_argument("--preset", default="demo", choices=list(PRESETS))
+    parser.add_argument("--granularity", default="weight", choices=list(SCRIPTS), help="prune and regrow weights "
+                        "or whole channels")
     parser.add_argument("--data_dir", default="./data")
     parser.add_argument("--save_dir", default="./runs")
     parser.add_argument("--seed", type=seed_int, default=42)
@@ -99,7 +116,9 @@ def scores(common: list[str], ckpt: Path) -> dict:
 @cli_main
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    p = PRESETS[args.preset]
+    g = args.granularity
+    p = {**PRESETS[args.preset], **TARGETS[g]}
+    prune_main, search_main, greedy_flags, summary_stem, exports = SCRIPTS[g]
     root = model_root(args.save_dir, p["m_name"])
     common = ["--m_name", p["m_name"], "--dataset", p["dataset"], "--data_dir", args.data_dir, "--save_dir",
               args.save_dir, "--seed", str(args.seed), "--device", args.device] + (
@@ -112,36 +131,52 @@ def main(argv: Sequence[str] | None = None) -> int:
     dense = pretrained_path(args.save_dir, p["m_name"])
     once = functools.partial(run_once, overwrite=args.overwrite)
     once("pretrain", pretrain.main, train + ["--epochs", str(p["pretrain_epochs"])], dense.with_name(SUMMARY))
-    pruned = prune_checkpoint(prune_dir(args.save_dir, p["m_name"], "weight", "oneshot"), p["m_name"], "weight",
-                              p["sparsity"])
-    once("prune", prune_unstructure.main, train + ["--mode", "oneshot", "--target_sparsity", str(p["sparsity"]),
-                                                   "--finetune_epochs", str(p["prune_epochs"])], pruned)
+    pruned = prune_checkpoint(prune_dir(args.save_dir, p["m_name"], g, "oneshot"), p["m_name"], g,
+                              exact_sparsity(g, p["m_name"], p["sparsity"]))
+    once("prune", prune_main, train + ["--mode", "oneshot", "--target_sparsity", str(p["sparsity"]),
+                                       "--finetune_epochs", str(p["prune_epochs"])], pruned)
     search = ["--initial_ckpt", str(pruned), "--regrow_step", str(p["regrow_step"]), "--finetune_epochs",
               str(p["mini_epochs"]), "--ssim_num_batches", str(p["ssim_num_batches"])]
-    rl_dir = regrowth_dir(args.save_dir, p["m_name"], "weight", "oneshot") / "pipeline"
-    once("regrowth", regrowth_oneshot.main, train + search + ["--num_epochs", str(p["episodes"]), "--label",
-                                                              "pipeline"], rl_dir / SUMMARY)
-    greedy_root = greedy_dir(args.save_dir, p["m_name"], "weight", "prop")
-    once("greedy", regrowth_greedy.main, train + search + ["--greedy_mode", "prop"], greedy_root / SUMMARY)
+    rl_dir = regrowth_dir(args.save_dir, p["m_name"], g, "oneshot") / "pipeline"
+    once("regrowth", search_main, train + search + ["--num_epochs", str(p["episodes"]), "--label", "pipeline"],
+         rl_dir / SUMMARY)
+    greedy_root = greedy_dir(args.save_dir, p["m_name"], g, "prop")
+    once("greedy", regrowth_greedy.main, train + search + ["--greedy_mode", "prop"] + greedy_flags,
+         greedy_root / SUMMARY)
     greedy = iteration_dir(greedy_root, 0)
     candidates = {"pruned": pruned, "regrown (RL)": rl_dir / BEST_MODEL, "regrown (greedy prop)": greedy / BEST_MODEL}
-    rows = [{"model": "dense", **_row(scores(common, dense))}]
+    rows = [{"model": "dense", **_row(scores(common, dense), exports)}]
     for label, ckpt in candidates.items():
         tuned = ckpt.with_name(f"{ckpt.stem}_final.pth")
         once(f"finetune {label}", finetune.main, train + ["--ckpt", str(ckpt), "--save_path", str(tuned),
                                                           "--epochs", str(p["final_epochs"])], tuned)
-        rows.append({"model": label, **_row(scores(common, tuned))})
-    write_csv(root / "pipeline_summary.csv", rows)
-    write_json(root / "pipeline_summary.json", {"preset": args.preset, **p, "rows": rows})
-    print(f"\n{'model':<24} {'sparsity':>9} {'val acc':>8} {'test acc':>9}")
+        report = scores(common, tuned)
+        if exports:  # the final models' physical export (and its timing)
+            once(f"export {label}", export.main, ["--ckpt", str(tuned), "--device", args.device],
+                 tuned.with_name(f"{tuned.stem}_exported.pth"))
+        rows.append({"model": label, **_row(report, exports)})
+    write_csv(root / f"{summary_stem}.csv", rows)
+    write_json(root / f"{summary_stem}.json", {"preset": args.preset, "granularity": g, **p, "rows": rows})
+    print(f"\n{'model':<24} {g + ' sparsity':>16} {'params':>10} {'val acc':>8} {'test acc':>9}")
     for row in rows:
-        print(f"{row['model']:<24} {row['sparsity']:>9.4f} {row['val_acc']:>7.2f}% {row['test_acc']:>8.2f}%")
-    print(f"\nwrote {root / 'pipeline_summary.csv'}")
+        print(f"{row['model']:<24} {row['sparsity']:>16.4f} {row['params']:>10,} {row['val_acc']:>7.2f}% "
+              f"{row['test_acc']:>8.2f}%")
+    print(f"\nwrote {root / f'{summary_stem}.csv'}")
     return 0
 
 
-def _row(report: dict) -> dict:
-    return {k: report[k] for k in ("sparsity", "val_acc", "test_acc", "checkpoint")}
+def exact_sparsity(granularity: str, model_name: str, target: float) -> float:
+    """The sparsity a one-shot prune to ``target`` reaches: round(target · N_tot) whole units of N_tot."""
+    total = get_granularity(granularity, model_name).total(create_model(model_name))
+    return round(target * total) / total
+
+
+def _row(report: dict, exported: bool) -> dict:
+    """A table row from evaluate.py's report: the granularity's sparsity and the params the model really
+    needs: nonzero prunable weights, or (``exported``) all parameters of the exported or dense model."""
+    params = report.get("params", report["model_params"]) if exported else report["params_nonzero"]
+    return {"sparsity": report["unit_sparsity"], "params": params,
+            **{k: report[k] for k in ("val_acc", "test_acc", "checkpoint")}}
 
 
 if __name__ == "__main__":

@@ -5,15 +5,18 @@
     prop     shares proportional to max(1 - SSIM, 1e-6), capped by capacity, leftovers filled by SSIM order
     uniform  shares proportional to capacity
     random   random pruned positions anywhere in the model (random layers and random positions)
-Every mode spends exactly the budget min(--regrow_step · N_tot, total capacity) per iteration; fill, prop
-and uniform regrow the highest-saliency positions inside each layer. Each iteration finetunes with AdamW
+--granularity channel does the same with channels of coupled groups (scores: fisher over each group's
+slices on --taylor_batches (10) batches; init default dense). Every mode spends exactly the budget
+min(--regrow_step · N_tot, total capacity) per iteration; fill, prop and uniform regrow the highest-scoring
+positions inside each unit. Each iteration finetunes with AdamW
 (best epoch on val) and carries the model forward.
 
 Example:
     python regrowth_greedy.py --m_name resnet20 --initial_ckpt runs/resnet20/oneshot/resnet20_0.9900.pth \\
         --greedy_mode prop --regrow_step 0.01 --finetune_epochs 50
 
-Writes to {save_dir}/{m_name}/greedy_{mode}/: iter_{i}/best_grown_model.pth, greedy_log.csv, summary.json.
+Writes to {save_dir}/{m_name}/greedy_{mode}/ (channels: greedy_channel_{mode}/): iter_{i}/best_grown_model.pth,
+greedy_log.csv, summary.json.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from pathlib import Path
 
 from utils.budget import regrowth_budget
 from utils.cli import (
+    INIT_HELP,
     add_checkpoint_args,
     add_common_args,
     add_finetune_args,
@@ -35,7 +39,8 @@ from utils.cli import (
     positive_int,
 )
 from utils.paths import BEST_MODEL, SUMMARY, check_output_dir, clean_stale_temps, greedy_dir, iteration_dir
-from utils.regrowth import GREEDY_ALLOCATIONS, INIT_STRATEGIES, random_scores_like
+from utils.regrowth import GREEDY_ALLOCATIONS, random_scores_like
+from utils.regrowth_runs import SCORE_BATCHES
 from utils.run import LOG, make_generator, setup_logging, write_csv, write_json
 from utils.scores import saliency_scores, ssim_scores
 from utils.stage import prepare_dense_sparse
@@ -51,13 +56,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add_scoring_args(parser)
     add_checkpoint_args(parser)
     add_finetune_args(parser, 50, "finetune epochs after each regrowth (best epoch on val)")
-    parser.add_argument("--initial_ckpt", required=True, help="sparse starting checkpoint (with masks)")
+    parser.add_argument("--initial_ckpt", "--pruned_ckpt", dest="initial_ckpt", required=True,
+                        help="sparse starting checkpoint (with masks)")
+    parser.add_argument("--granularity", choices=["weight", "channel"], default="weight",
+                        help="regrow weights (layers are units) or channels (coupled channel groups are units)")
     parser.add_argument("--greedy_mode", default="prop", choices=list(GREEDY_ALLOCATIONS))
-    parser.add_argument("--regrow_step", type=open_fraction, default=0.01, help="budget per iteration / N_tot")
+    parser.add_argument("--regrow_step", "--sparsity_delta", dest="regrow_step", type=open_fraction, default=0.01,
+                        help="budget per iteration / N_tot (all weights, or all groupable channels)")
     parser.add_argument("--num_iters", type=positive_int, default=1)
     parser.add_argument("--patience", type=non_negative_int, default=40,
                         help="finetune early stop (epochs without val gain)")
-    parser.add_argument("--init_strategy", default="zero", choices=list(INIT_STRATEGIES))
+    parser.add_argument("--init_strategy", default=None, help=INIT_HELP)
     parser.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run")
     return parser.parse_args(argv)
 
@@ -65,8 +74,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 @cli_main
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    stage, pair = prepare_dense_sparse(args, args.initial_ckpt, reparam=True)
+    stage, pair = prepare_dense_sparse(args, args.initial_ckpt, reparam=True, granularity=args.granularity)
     gran = stage.granularity
+    args.init_strategy = args.init_strategy or gran.default_init
+    args.saliency_batches = args.saliency_batches or SCORE_BATCHES[gran.name]
+    gran.check_init(args.init_strategy)
     out = check_output_dir(greedy_dir(args.save_dir, stage.model_name, gran.name, args.greedy_mode),
                            products=["greedy_log.csv", SUMMARY, str(iteration_dir(Path(), 0) / BEST_MODEL)],
                            overwrite=args.overwrite)

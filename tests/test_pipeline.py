@@ -23,3 +23,23 @@ def test_demo_pipeline(tmp_path, capsys):
     summary = json.loads((root / "pipeline_summary.json").read_text())
     assert summary["preset"] == "demo" and len(summary["rows"]) == 4
     assert "regrown (RL)" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_demo_pipeline_for_channels(tmp_path, capsys):
+    """--granularity channel: prune_structure -> structured RL regrowth -> greedy channel regrowth -> finetune ->
+    export; run twice, the second run reuses every finished stage."""
+    args = ["--save_dir", str(tmp_path), "--device", "cpu", "--no_progress", "--granularity", "channel"]
+    assert pipeline.main(args) == 0
+    root = tmp_path / "resnet20"
+    rows = read_csv(root / "pipeline_structure_summary.csv")
+    assert [r["model"] for r in rows] == ["dense", "pruned", "regrown (RL)", "regrown (greedy prop)"]
+    sparsity = {r["model"]: float(r["sparsity"]) for r in rows}
+    assert sparsity["pruned"] == pytest.approx(403 / 448)  # round(0.9 * 448) of resnet20's 448 channels
+    assert sparsity["regrown (greedy prop)"] == pytest.approx((403 - int(0.05 * 448)) / 448)
+    params = {r["model"]: int(r["params"]) for r in rows}
+    assert params["pruned"] < params["regrown (greedy prop)"] < params["dense"] == 272_474  # exported params
+    assert len(list(root.rglob("*_final_exported.pth"))) == 3
+    capsys.readouterr()
+    assert pipeline.main(args) == 0
+    assert "reusing" in capsys.readouterr().err

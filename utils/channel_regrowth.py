@@ -68,8 +68,6 @@ _RULES: dict[str, dict[tuple[str, str], Rule | None]] = {
     "magnitude": {("producer", "weight"): _KEEP, ("producer", "bias"): _KEEP, ("norm", "weight"): _KEEP,
                   ("norm", "bias"): _KEEP, ("consumer", "weight"): _KEEP},
 }
-REFUSED = {"zero": "zero producer rows and zero consumer columns leave a regrown channel dead forever (neither "
-                   "gets a gradient); use preserve (function-preserving) or dense"}
 
 
 def _reset_state(optimizer: torch.optim.Optimizer | None, param: torch.Tensor, pos: torch.Tensor, dim: int) -> None:
@@ -117,9 +115,7 @@ def regrow_channels(granularity, model: nn.Module, allocation: dict[str, int], s
                     generator: torch.Generator | None = None) -> dict[str, int]:
     """Regrow ``allocation[root]`` masked channels (capped by capacity) with the highest ``scores[root]``
     ([C] per group) in each group; returns {root: channels regrown}. Nothing else changes."""
-    if strategy in REFUSED:
-        raise UsageError(f"--init_strategy {strategy}: {REFUSED[strategy]}")
-    granularity.check_init(strategy)
+    granularity.check_init(strategy)  # refuses zero: a dead channel
     if strategy == "dense" and dense is None:
         raise UsageError("--init_strategy dense needs the dense model")
     masks = granularity.masks(model)

@@ -131,6 +131,8 @@ class ChannelGranularity(Granularity):
     default_init = "dense"
     keep_per_unit = 1
     unit_noun = "channel group"
+    refused_inits = {"zero": "zero producer rows and zero consumer columns leave a regrown channel dead forever "
+                             "(neither gets a gradient); use preserve (function-preserving) or dense"}
 
     def __init__(self, model_name: str, num_classes: int, input_size: int) -> None:
         super().__init__(model_name, num_classes, input_size)
@@ -235,9 +237,14 @@ class ChannelGranularity(Granularity):
             costs[group.root] = UnitCost(group.size, weights / group.size, macs / group.size)
         return costs
 
-    def describe(self, model: nn.Module) -> dict[str, float]:
-        from utils.export import export_model, params_and_macs
+    def export(self, model: nn.Module) -> tuple[nn.Module, list]:
+        from utils.export import export_model
 
-        exported, _ = export_model(self, model)
+        return export_model(self, model)
+
+    def describe(self, model: nn.Module) -> dict[str, float]:
+        from utils.export import params_and_macs
+
+        exported, _ = self.export(model)
         params, macs = params_and_macs(exported, self.input_size)
         return {"weight_sparsity": sparsity(model), "params": params, "macs": macs}

@@ -10,7 +10,9 @@ Written format (``format: bridge-ckpt``, version 1)::
 
 The reader also takes the original repository's formats (spec §2.3): ``{'net', 'acc', 'epoch'}``,
 ``{'model_state_dict', ...}``, a raw state dict (plain or reparam with float masks) and, only with
-``trust_pickle=True``, a pickled ``nn.Module`` (unpickling runs code from the file).
+``trust_pickle=True``, a pickled ``nn.Module`` (unpickling runs code from the file) or a structured
+checkpoint ``{'model': <slimmed module>, 'out_index_map' | 'index_map': ...}`` (source ``original-structured``,
+brought to full shape with channel masks by ``utils.upstream.inflate`` when a stage loads it).
 Writes are atomic: a temp file in the same folder, then ``os.replace``.
 """
 from __future__ import annotations
@@ -55,7 +57,7 @@ class Checkpoint:
     @property
     def granularity(self) -> str | None:
         """``channel`` (channel masks), ``weight`` (weight masks only) or None (no masks: dense)."""
-        if self.channel_masks is not None:
+        if self.channel_masks is not None or self.source == "original-structured":
             return "channel"
         return "weight" if self.has_masks else None
 
@@ -165,9 +167,10 @@ def read_checkpoint(path: str | Path, *, trust_pickle: bool = False) -> Checkpoi
         meta = {k: obj[k] for k in ("epoch", "reward", "accuracy", "allocation") if k in obj}
         return Checkpoint(_state_of(obj["model_state_dict"], path, "model_state_dict"),
                           "original-model-state-dict", meta=plain(meta))
-    if "index_map" in obj or "out_index_map" in obj:
-        raise UsageError(f"{path} is a structured checkpoint of the original repo (a physically slimmed model); "
-                         "this reader takes unstructured and dense checkpoints only")
+    if "index_map" in obj or "out_index_map" in obj:  # the original's structured format (spec §2.3)
+        index_map = obj.get("index_map") or obj["out_index_map"]
+        return Checkpoint(_state_of(obj.get("model"), path, "model"), "original-structured",
+                          extra={"index_map": {str(k): [int(i) for i in v] for k, v in index_map.items()}})
     if _is_state_dict(obj):
         return Checkpoint(obj, "raw-state-dict")
     keys = ", ".join(sorted(map(str, obj))[:8])

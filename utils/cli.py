@@ -11,7 +11,10 @@ import sys
 from collections.abc import Callable, Sequence
 
 from utils.errors import ReportedError, UsageError
-from utils.regrowth import INIT_STRATEGIES
+from utils.run import setup_logging
+
+INIT_HELP = ("value of regrown entries: weights zero (default) | kaiming | xavier | magnitude | dense; channels "
+             "dense (default) | preserve | kaiming | magnitude")
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -27,6 +30,7 @@ def cli_main(func: Callable[[Sequence[str] | None], int | None]) -> Callable[[Se
 
     @functools.wraps(func)
     def wrapper(argv: Sequence[str] | None = None) -> int:
+        setup_logging()  # console only until the stage knows its run folder (no writes into an earlier run's log)
         try:
             return func(argv) or 0
         except ReportedError:
@@ -160,8 +164,10 @@ def add_scoring_args(parser: argparse.ArgumentParser) -> None:
                        help="val batches (of --eval_batch_size) used for SSIM attention maps")
     group.add_argument("--ssim_threshold", type=finite_float, default=0.3,
                        help="layers with SSIM <= this are searched (lowest first); none -> the lowest one")
-    group.add_argument("--saliency_batches", type=positive_int, default=None,
-                       help="train batches for saliency (default: all)")
+    group.add_argument("--saliency_batches", "--taylor_batches", dest="saliency_batches", type=positive_int,
+                       default=None, help="train batches for the regrowth scores (default: all; channels: 10)")
+    group.add_argument("--regrowth_score", choices=["fisher", "taylor"], default="fisher",
+                       help="fisher: mean (dL/dθ)^2 θ^2 (the saliency); taylor: mean |dL/dθ · θ|")
     group.add_argument("--saliency_model", choices=["dense", "sparse"], default="dense",
                        help="score (dL/dθ)^2 θ^2 on the dense pretrained model (original) or the sparse one")
 
@@ -192,17 +198,19 @@ def add_prune_finetune_args(parser: argparse.ArgumentParser) -> None:
 
 
 def add_controller_args(parser: argparse.ArgumentParser, *, episodes: int, action_space_size: int,
-                        finetune_epochs: int, patience: int) -> None:
+                        finetune_epochs: int, patience: int, default_init: str = "zero") -> None:
     """Flags of an RL regrowth search (controller, reward, mini-finetune, early stop, resume)."""
     add_checkpoint_args(parser)
     add_finetune_args(parser, finetune_epochs, "mini-finetune epochs per episode (best epoch on val)")
     group = parser.add_argument_group("regrowth search")
-    group.add_argument("--initial_ckpt", required=True, help="sparse starting checkpoint (with masks)")
+    group.add_argument("--initial_ckpt", "--pruned_ckpt", dest="initial_ckpt", required=True,
+                       help="sparse starting checkpoint (with masks)")
     group.add_argument("--num_epochs", type=positive_int, default=episodes, help="maximum RL episodes")
-    group.add_argument("--init_strategy", default="zero", choices=list(INIT_STRATEGIES))
+    group.add_argument("--init_strategy", default=default_init, help=INIT_HELP)
     group.add_argument("--learning_rate", type=positive_float, default=3e-4, help="controller Adam lr")
     group.add_argument("--hidden_size", type=positive_int, default=64)
-    group.add_argument("--action_space_size", type=positive_int, default=action_space_size,
+    group.add_argument("--action_space_size", "--alloc_space_size", dest="action_space_size", type=positive_int,
+                       default=action_space_size,
                        help="A: options j/A of min(capacity, remaining) per layer")
     group.add_argument("--no_skip", action="store_true", help="no j = 0 option (the original's 1..A)")
     group.add_argument("--start_beta", type=non_negative_float, default=0.4, help="entropy bonus at the start")

@@ -54,6 +54,7 @@ class Granularity(abc.ABC):
     default_init: str
     keep_per_unit: int = 0  # entries every unit keeps whatever the pruner asks (channel groups: 1)
     unit_noun: str = "unit"  # what a unit is called in messages
+    refused_inits: dict[str, str] = {}  # init strategy -> why this granularity refuses it
 
     def __init__(self, model_name: str, num_classes: int, input_size: int) -> None:
         self.model_name, self.num_classes, self.input_size = model_name, num_classes, input_size
@@ -130,8 +131,14 @@ class Granularity(abc.ABC):
     def describe(self, model: nn.Module) -> dict[str, float]:
         """Extra log columns for a pruned model (e.g. params and MACs after export)."""
 
+    def export(self, model: nn.Module) -> tuple[nn.Module, list] | None:
+        """(a physically smaller copy, its Torch-Pruning history), or None where masks cannot shrink a model."""
+        return None
+
     def check_init(self, name: str) -> None:
         """A ``UsageError`` unless ``name`` is one of this granularity's init strategies."""
+        if name in self.refused_inits:
+            raise UsageError(f"--init_strategy {name}: {self.refused_inits[name]}")
         if name not in self.init_strategies:
             raise UsageError(f"--init_strategy {name} does not apply to {self.name} regrowth; choose one of: "
                              f"{', '.join(self.init_strategies)}")
@@ -151,16 +158,21 @@ def register_granularity(name: str):
     return wrap
 
 
+def granularity_class(name: str) -> type[Granularity]:
+    """The registered class of granularity ``name`` (its defaults, without building one for a model)."""
+    _load()
+    if name not in _REGISTRY:
+        raise UsageError(f"unknown granularity '{name}'; choose one of: {', '.join(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
 @functools.lru_cache(maxsize=32)
 def get_granularity(name: str, model_name: str, num_classes: int | None = None) -> Granularity:
     """The granularity ``name`` for ``model_name`` (built once per architecture and class count)."""
     from models import model_spec
 
-    _load()
-    if name not in _REGISTRY:
-        raise UsageError(f"unknown granularity '{name}'; choose one of: {', '.join(_REGISTRY)}")
     spec = model_spec(model_name)
-    return _REGISTRY[name](spec.name, num_classes or spec.num_classes, spec.input_size)
+    return granularity_class(name)(spec.name, num_classes or spec.num_classes, spec.input_size)
 
 
 def _load() -> None:

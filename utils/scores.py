@@ -18,6 +18,8 @@ from utils.saliency import cached_scores, param_saliency
 from utils.ssim import layer_similarity
 from utils.stage import DenseSparse, Stage
 
+SCORE_ORDER = {"fisher": 2, "taylor": 1}  # --regrowth_score -> param_saliency order
+
 
 def ssim_scores(stage: Stage, dense: nn.Module, sparse: nn.Module) -> dict[str, float]:
     """SSIM of every unit of the stage's granularity (its probe layer's output, ``sparse`` against ``dense``)
@@ -30,17 +32,20 @@ def ssim_scores(stage: Stage, dense: nn.Module, sparse: nn.Module) -> dict[str, 
 
 
 def saliency_scores(stage: Stage, pair: DenseSparse) -> dict[str, torch.Tensor]:
-    """Per-entry unit scores from saliency ``(dL/dθ)^2 θ^2`` on the reference ``--saliency_model`` picks,
-    reduced by the stage's granularity (cached on disk)."""
+    """Per-entry unit scores on the reference ``--saliency_model`` picks: ``--regrowth_score fisher``
+    (``mean (dL/dθ)^2 θ^2``, the saliency) or ``taylor`` (``mean |dL/dθ · θ|``), computed in eval mode (BN
+    statistics untouched) and reduced by the stage's granularity (a group sums its slices); cached on disk."""
     args, gran = stage.args, stage.granularity
     model, path = (pair.dense, pair.dense_path) if args.saliency_model == "dense" else (pair.sparse, pair.sparse_path)
     # its own generator: whether the cache hits must not change the data order of later training
     loader = stage.data.train.with_generator(make_generator(args.seed, "saliency", stage.device))
     settings = {"model": stage.model_name, "dataset": stage.dataset, "seed": args.seed, "val_split": args.val_split,
                 "train_subset": args.train_subset, "batch_size": args.batch_size, "augment": not args.no_augment,
-                "reference": args.saliency_model, "num_batches": args.saliency_batches, "granularity": gran.name}
+                "reference": args.saliency_model, "num_batches": args.saliency_batches, "granularity": gran.name,
+                "score": args.regrowth_score}
 
     def compute() -> dict[str, torch.Tensor]:
-        return gran.unit_scores(param_saliency(model, loader, gran.scored_params(), args.saliency_batches))
+        order = SCORE_ORDER[args.regrowth_score]
+        return gran.unit_scores(param_saliency(model, loader, gran.scored_params(), args.saliency_batches, order))
 
     return cached_scores(Path(path), compute, cache_dir(args.save_dir, stage.model_name), settings, stage.device)

@@ -23,6 +23,7 @@ from utils.granularity import Granularity, get_granularity
 from utils.paths import pretrained_path
 from utils.run import resolve_device, seed_everything
 from utils.train import use_channels_last
+from utils.upstream import inflate
 
 DEFAULT_DATASET = {32: "cifar10", 64: "tiny_imagenet"}  # by the model's input resolution
 _WRONG_KIND = {  # (checkpoint granularity, stage granularity) -> what to tell the user
@@ -87,6 +88,8 @@ class Stage:
             raise UsageError(f"{path} is a physical export (smaller shapes, no masks): this stage needs the full-shape "
                              f"checkpoint it was exported from ({ckpt.meta.get('parent', 'see its meta parent')})")
         check_model(ckpt, self.model_name, path)  # before the exported shapes are rebuilt
+        if ckpt.source == "original-structured":  # a slimmed module with index maps: full shape + channel masks
+            ckpt = inflate(self.granularity, create_model(self.model_name, self.num_classes), ckpt)
         model = self._model_for(ckpt)
         load_weights(model, ckpt, self.model_name, path)
         if sparse and ckpt.granularity is None and self.granularity.sparsity(model) == 0:

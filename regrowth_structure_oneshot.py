@@ -1,0 +1,44 @@
+"""One-shot RL regrowth of channels (spec §10.2, fixed): regrow K = --regrow_step (alias --sparsity_delta)
+· all groupable channels across the coupled channel groups that pruning damaged most.
+
+The search of regrowth_oneshot.py with the channel granularity (utils/regrowth_runs.py): a unit is a
+coupled group (a residual stream is one group: no shortcut special case), its capacity its masked
+channels; SSIM compares the output of each group's root layer (dense vs masked, same shapes); channel
+scores are fisher (sum of g²θ² over every slice of the group, default) or taylor (sum of |g·θ|) on the
+dense model in eval mode over --taylor_batches (10) train batches; regrown channels get --init_strategy
+dense (every slice copied from the dense model, BN statistics included; the original's choice),
+preserve (outputs unchanged at regrowth), kaiming or magnitude. Rewards on val, against the start or, with
+--baseline_dir (e.g. the structured prune folder), the pruning baseline at the new channel sparsity.
+
+Example:
+    python prune_structure.py --m_name resnet20 --mode oneshot --target_sparsity 0.7
+    python regrowth_structure_oneshot.py --m_name resnet20 \\
+        --pruned_ckpt runs/resnet20/structured_oneshot/resnet20_ch0.7009.pth --sparsity_delta 0.02
+
+Writes to {save_dir}/{m_name}/regrowth_structure_oneshot/{label}/ the same files as regrowth_oneshot.py
+(checkpoints with channel masks) plus best_grown_model_exported.pth, with the export's params and MACs in
+summary.json.
+"""
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from utils.cli import cli_main, new_parser
+from utils.regrowth_runs import add_search_args, run_oneshot
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = new_parser(__doc__)
+    add_search_args(parser, "channel", "oneshot")
+    return parser.parse_args(argv)
+
+
+@cli_main
+def main(argv: Sequence[str] | None = None) -> int:
+    run_oneshot(parse_args(argv), "channel")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,214 @@
+"""The RL regrowth stages, once for both granularities: one-shot (one budget) and iterative (an RL-chosen
+budget per iteration, until a target sparsity), over weights or channel groups.
+
+``regrowth_oneshot.py`` / ``regrowth_structure_oneshot.py`` and ``regrowth_iterative.py`` /
+``regrowth_structure_iterative.py`` are thin scripts: their flags (``add_search_args``, with each
+granularity's defaults and the original's flag names as aliases) and a call of ``run_oneshot`` or
+``run_iterative``. A unit is a prunable layer (weights) or a coupled channel group (channels); the budget is
+a fraction of all its entries (N_tot weights, or all groupable channels); SSIM probes each unit's layer;
+scores reduce ``(dL/dθ)^2 θ^2`` (``fisher``) or ``|dL/dθ · θ|`` (``taylor``) over each unit's slices.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from utils.baseline import baseline_table, interpolate
+from utils.budget import regrowth_budget
+from utils.cli import (
+    add_common_args,
+    add_controller_args,
+    add_scoring_args,
+    add_speed_args,
+    fraction,
+    open_fraction,
+    positive_float,
+    positive_int,
+)
+from utils.errors import UsageError
+from utils.granularity import granularity_class
+from utils.paths import BEST_MODEL, SEARCH_STATE, SUMMARY, iteration_dir, prune_dir, regrowth_dir
+from utils.run import LOG, setup_logging, write_json
+from utils.scores import saliency_scores, ssim_scores
+from utils.search import Search, SearchResult, check_search_dir, config_from_args, search_space, trainer_from_args
+from utils.stage import DenseSparse, Stage, prepare_dense_sparse
+from utils.train import evaluate
+
+# (granularity, schedule) -> episodes, options per unit (A), mini-finetune epochs, early-stop patience (spec §7-§10)
+DEFAULTS = {("weight", "oneshot"): (400, 11, 50, 50), ("channel", "oneshot"): (300, 10, 50, 40),
+            ("weight", "iterative"): (300, 10, 40, 40), ("channel", "iterative"): (300, 10, 40, 40)}
+SCORE_BATCHES = {"weight": None, "channel": 10}  # train batches for the scores (None: all), as the originals
+BUDGET_FRACS = {"weight": (0.001, 0.005), "channel": (0.005, 0.01)}  # iterative budget range / N_tot
+
+
+def add_search_args(parser: argparse.ArgumentParser, granularity: str, schedule: str) -> None:
+    """Every flag of a regrowth search script at ``granularity`` (weight|channel) and ``schedule``
+    (oneshot|iterative), with the original scripts' names as aliases."""
+    episodes, actions, epochs, patience = DEFAULTS[(granularity, schedule)]
+    add_common_args(parser, m_name_default=None)
+    add_speed_args(parser)
+    add_scoring_args(parser)
+    add_controller_args(parser, episodes=episodes, action_space_size=actions, finetune_epochs=epochs,
+                        patience=patience, default_init=granularity_class(granularity).default_init)
+    parser.set_defaults(saliency_batches=SCORE_BATCHES[granularity])
+    default_baseline = {"iterative": f"{{save_dir}}/{{m_name}}/{prune_dir('', '', granularity, 'iterative').name}",
+                        "oneshot": "none: the sparse start's own val accuracy"}[schedule]
+    parser.add_argument("--baseline_dir", default=None, help="pruning checkpoints whose val accuracy, interpolated "
+                        f"at the regrown sparsity, is the reward's zero point (default {default_baseline})")
+    if schedule == "oneshot":
+        parser.add_argument("--regrow_step", "--sparsity_delta", dest="regrow_step", type=open_fraction, default=0.01,
+                            help="budget K as a fraction of N_tot (all weights, or all groupable channels)")
+        parser.add_argument("--reward_temperature", type=positive_float, default=0.005, help="advantage divisor τ")
+        parser.add_argument("--label", default=None, help="output sub-folder (default: start sparsity, e.g. 0.9900)")
+    else:
+        parser.add_argument("--target_sparsity", type=fraction, required=True, help="stop at or below this sparsity")
+        parser.add_argument("--num_iters", type=positive_int, default=10, help="maximum regrowth iterations")
+        parser.add_argument("--budget_space_size", type=positive_int, default=5, help="B budget options")
+        low, high = BUDGET_FRACS[granularity]
+        parser.add_argument("--min_budget_frac", "--min_restore_frac", dest="min_budget_frac", type=open_fraction,
+                            default=low, help="smallest budget / N_tot")
+        parser.add_argument("--max_budget_frac", "--max_restore_frac", dest="max_budget_frac", type=open_fraction,
+                            default=high, help="largest budget / N_tot")
+
+
+# ---- shared pieces -----------------------------------------------------------------------------------------
+
+def start(args: argparse.Namespace, granularity: str) -> tuple[Stage, DenseSparse]:
+    """Stage and (dense, sparse) pair of a search; the init strategy is checked before anything runs."""
+    stage, pair = prepare_dense_sparse(args, args.initial_ckpt, reparam=True, granularity=granularity)
+    stage.granularity.check_init(args.init_strategy)
+    return stage, pair
+
+
+def pruning_baseline(stage: Stage, folder: Path) -> dict[float, float]:
+    """{sparsity: val acc} of the plain-pruning checkpoints in ``folder`` (cached beside them), counted at the
+    stage's granularity."""
+    def measure(path: Path) -> tuple[float, float]:
+        model = stage.load_model(path, sparse=True)
+        return stage.granularity.sparsity(model), evaluate(model, stage.data.val, amp=stage.amp)[1]
+
+    settings = {"model": stage.model_name, "dataset": stage.dataset, "seed": stage.args.seed,
+                "val_split": stage.args.val_split, "granularity": stage.granularity.name}
+    return baseline_table(folder, measure, settings)
+
+
+def budget_options(args: argparse.Namespace, n_tot: int, total_capacity: int) -> list[int]:
+    """The B budgets the controller chooses from: linspace(min, max) fractions of N_tot, capped by capacity."""
+    fracs = np.linspace(args.min_budget_frac, args.max_budget_frac, args.budget_space_size)
+    return [regrowth_budget(n_tot, float(f), total_capacity) for f in fracs]
+
+
+def finish(stage: Stage, best_path: Path, acc_key: str) -> dict:
+    """Test accuracy of the best model (under ``acc_key``), its granularity's figures (exported params and
+    MACs for channels), and (channels) its physical export beside it."""
+    model = stage.load_model(best_path)
+    report = {acc_key: evaluate(model, stage.data.test, amp=stage.amp)[1], **stage.granularity.describe(model)}
+    exported = stage.granularity.export(model)
+    if exported is not None:
+        path = best_path.with_name(f"{best_path.stem}_exported.pth")
+        stage.save(path, exported[0], {"stage": "export", "parent": str(best_path)}, export_history=exported[1])
+        report["exported_checkpoint"] = str(path)
+    return report
+
+
+# ---- one-shot ---------------------------------------------------------------------------------------------
+
+def run_oneshot(args: argparse.Namespace, granularity: str) -> SearchResult:
+    """One search regrowing K = --regrow_step · N_tot units into the SSIM-selected units of --initial_ckpt."""
+    stage, pair = start(args, granularity)
+    gran = stage.granularity
+    sparsity = gran.sparsity(pair.sparse)
+    out = regrowth_dir(args.save_dir, stage.model_name, gran.name, "oneshot") / (args.label or f"{sparsity:.4f}")
+    check_search_dir(out, args)
+    regrowth_budget(gran.total(pair.sparse), args.regrow_step, sum(gran.capacity(pair.sparse).values()))  # not 0
+    table = pruning_baseline(stage, Path(args.baseline_dir)) if args.baseline_dir else None
+    setup_logging(out)
+    ssim = ssim_scores(stage, pair.dense, pair.sparse)
+    space = search_space(ssim, gran.capacity(pair.sparse), args.ssim_threshold)
+    budget = regrowth_budget(gran.total(pair.sparse), args.regrow_step, sum(space.capacities))
+    scores = saliency_scores(stage, pair)
+    _, start_val = evaluate(pair.sparse, stage.data.val, amp=stage.amp)
+    LOG.info("start: %s sparsity %.4f, val %.2f%%; K = %d %ss; searching %s", gran.name, sparsity, start_val, budget,
+             gran.name, space.layers)
+    zero_point = (lambda s: interpolate(table, s)) if table else (lambda s: start_val)
+    search = Search(stage, pair.sparse, scores, pair.dense, space,
+                    trainer_from_args(args, temperature=args.reward_temperature, clip=100.0), config_from_args(args),
+                    zero_point=zero_point, out=out, parent=pair.sparse_path, budget=budget)
+    if args.resume:
+        search.resume()
+    best = search.run()
+    write_json(out / SUMMARY, {
+        "model": stage.model_name, "dataset": stage.dataset, "granularity": gran.name, "start_sparsity": sparsity,
+        "start_val_acc": start_val, "budget": budget, "baseline_dir": args.baseline_dir,
+        "searched_layers": dict(zip(space.layers, space.ssim, strict=True)), "episodes": len(search.history),
+        "best": vars(best), **finish(stage, out / BEST_MODEL, "best_test_acc")})
+    LOG.info("best episode %d: val %.2f%% (gain %+.2f pp), sparsity %.4f", best.episode, best.val_acc, best.acc_gain,
+             best.sparsity)
+    return best
+
+
+# ---- iterative --------------------------------------------------------------------------------------------
+
+def run_iteration(stage: Stage, pair: DenseSparse, current: nn.Module, current_path: Path,
+                  scores: dict[str, torch.Tensor], table: dict[float, float], it: int, out: Path) -> dict:
+    """One search from ``current``; writes ``out`` and returns the iteration's summary row."""
+    args, gran = stage.args, stage.granularity
+    space = search_space(ssim_scores(stage, pair.dense, current), gran.capacity(current), args.ssim_threshold)
+    options = budget_options(args, gran.total(current), sum(space.capacities))
+    LOG.info("iteration %d: sparsity %.4f; budgets %s; searching %s", it, gran.sparsity(current), options,
+             space.layers)
+    search = Search(stage, current, scores, pair.dense, space,
+                    trainer_from_args(args, args.budget_space_size, temperature=None, clip=10.0),
+                    config_from_args(args), zero_point=lambda s: interpolate(table, s), out=out,
+                    parent=current_path, budget_options=options)
+    if args.resume and (out / SEARCH_STATE).is_file():
+        search.resume()
+    best = search.run()
+    row = {"iteration": it, **vars(best), "baseline_acc": interpolate(table, best.sparsity)}
+    write_json(out / SUMMARY, row)
+    LOG.info("iteration %d: sparsity %.4f  val %.2f%%  (%+.2f pp over the pruning baseline)", it, best.sparsity,
+             best.val_acc, best.acc_gain)
+    return row
+
+
+def run_iterative(args: argparse.Namespace, granularity: str) -> dict:
+    """Searches from --initial_ckpt, each carrying its best post-finetune model forward, until
+    --target_sparsity or --num_iters; rewards against the pruning baseline of --baseline_dir."""
+    stage, pair = start(args, granularity)
+    gran = stage.granularity
+    first = gran.sparsity(pair.sparse)
+    if args.target_sparsity >= first:
+        raise UsageError(f"--target_sparsity {args.target_sparsity} is not below the start sparsity {first:.4f}")
+    if args.min_budget_frac > args.max_budget_frac:
+        raise UsageError("--min_budget_frac is larger than --max_budget_frac")
+    root = regrowth_dir(args.save_dir, stage.model_name, gran.name, "iterative")
+    check_search_dir(iteration_dir(root, 0), args)
+    table = pruning_baseline(stage, Path(args.baseline_dir or prune_dir(args.save_dir, stage.model_name, gran.name,
+                                                                        "iterative")))
+    budget_options(args, gran.total(pair.sparse), sum(gran.capacity(pair.sparse).values()))  # none of them 0
+    setup_logging(root)
+    scores = saliency_scores(stage, pair)
+    current, current_path, rows = pair.sparse, pair.sparse_path, []
+    for it in range(args.num_iters):
+        out = iteration_dir(root, it)
+        if args.resume and (out / SUMMARY).is_file():  # finished before the interruption
+            row = json.loads((out / SUMMARY).read_text())
+        else:
+            row = run_iteration(stage, pair, current, current_path, scores, table, it, out)
+        rows.append(row)
+        current_path = out / BEST_MODEL
+        current = stage.load_model(current_path, reparam=True)
+        if gran.sparsity(current) <= args.target_sparsity:
+            break
+    summary = {"model": stage.model_name, "granularity": gran.name, "start_sparsity": first,
+               "final_sparsity": gran.sparsity(current), "final_checkpoint": str(current_path), "iterations": rows,
+               **finish(stage, current_path, "final_test_acc")}
+    write_json(root / SUMMARY, summary)
+    LOG.info("final: sparsity %.4f, test %.2f%% (%s)", summary["final_sparsity"], summary["final_test_acc"],
+             current_path)
+    return summary

@@ -106,6 +106,9 @@ def test_iterative_rewards_against_the_structured_baseline(start, tmp_path):
                    "--target_sparsity", "0.7", "--num_iters", "2", "--num_epochs", "1"]
     assert regrowth_structure_iterative.main(args) == 0
     root = save / "resnet20" / "regrowth_structure_iterative"
+    assert {"summary.json", "log.txt", "iter_0/best_grown_model.pth", "iter_0/best_pre_finetune.pth",
+            "iter_0/episodes.csv", "iter_0/summary.json", "iter_0/search_state.pt", "iter_0/reward_curve.png",
+            "iter_1/best_grown_model_exported.pth"} <= set(tree(root))
     summary = json.loads((root / "summary.json").read_text())
     assert [r["iteration"] for r in summary["iterations"]] == [0, 1]
     budgets = {int(r["budget"]) for r in read_csv(root / "iter_0" / "episodes.csv")}
@@ -201,3 +204,16 @@ def test_bad_inputs_of_the_channel_searches(start, tmp_path, capsys):
         errors = [line for line in err.splitlines() if line.startswith("error:")]
         assert code == 2 and len(errors) == 1 and needle in errors[0] and "Traceback" not in err, (argv, err)
         assert tree(out) == [] and _digest(save) == before, argv
+
+
+def test_benchmark_regrowth_channel_breakdown(tmp_path):
+    import benchmark_regrowth
+
+    i, j = FAST.index("--taylor_batches"), FAST.index("--finetune_epochs")
+    fast = [a for k, a in enumerate(FAST) if k not in (i, i + 1, j, j + 1)]  # it times one finetune epoch
+    args = fast + ["--save_dir", str(tmp_path), "--skip_vgg", "--repeats", "1", "--granularity", "channel",
+                   "--saliency_batches", "1"]
+    assert benchmark_regrowth.main(args) == 0
+    result = json.loads((tmp_path / "resnet20" / "benchmark" / "benchmark_resnet20_channel.json").read_text())
+    assert {"selection", "mask_update_and_init", "finetune_epoch"} <= set(result["episode_s"])
+    assert all(v >= 0 for v in result["episode_s"].values())

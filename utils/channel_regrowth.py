@@ -91,11 +91,11 @@ def _running_stats(module: nn.Module, dense_module: nn.Module | None, pos: torch
         module.running_var.index_fill_(0, pos, 1.0)
 
 
-def initialise(group, model: nn.Module, channels: torch.Tensor, strategy: str, dense: nn.Module | None,
-               optimizer: torch.optim.Optimizer | None, generator: torch.Generator | None) -> None:
-    """Write ``strategy``'s values for group ``channels`` into every slice of ``group`` of ``model``."""
-    modules = dict(model.named_modules())
-    dense_modules = dict(dense.named_modules()) if dense is not None else {}
+def initialise(group, modules: dict[str, nn.Module], channels: torch.Tensor, strategy: str,
+               dense_modules: dict[str, nn.Module], optimizer: torch.optim.Optimizer | None,
+               generator: torch.Generator | None) -> None:
+    """Write ``strategy``'s values for group ``channels`` into every slice of ``group`` (``modules``: the
+    model's modules by name; ``dense_modules``: the dense model's, empty when there is none)."""
     for s in group.slices:
         module = modules[s.module]
         stored = stored_param(module, s.param)
@@ -119,11 +119,12 @@ def regrow_channels(granularity, model: nn.Module, allocation: dict[str, int], s
     if strategy == "dense" and dense is None:
         raise UsageError("--init_strategy dense needs the dense model")
     masks = granularity.masks(model)
+    modules, dense_modules = dict(model.named_modules()), dict(dense.named_modules()) if dense is not None else {}
     new_masks, regrown = {}, {}
     for root, n in allocation.items():
         chosen = top_pruned(scores[root], masks[root], n)
-        initialise(granularity.by_root[root], model, chosen, strategy, dense, optimizer, generator)
+        initialise(granularity.by_root[root], modules, chosen, strategy, dense_modules, optimizer, generator)
         new_masks[root] = masks[root].clone().index_fill_(0, chosen, True)
         regrown[root] = len(chosen)
-    granularity.set_masks(model, new_masks)
+    granularity.set_masks(model, new_masks, current=masks)
     return regrown

@@ -158,14 +158,15 @@ class ChannelGranularity(Granularity):
             device = root.weight_orig.device if has_param_mask(root, "weight") else root.weight.device
             alive = torch.ones(group.size, dtype=torch.bool, device=device)
             if has_param_mask(root, "weight"):
-                rows = root.weight_mask.flatten(1).bool().any(1)
+                rows = root.weight_mask.flatten(1).amax(1) > 0  # no full-size bool copy
                 s = next(s for s in group.members("producer") if s.module == group.root and s.param == "weight")
                 alive[s.channel.to(device)] = rows[s.index.to(device)]
             out[group.root] = alive
         return out
 
-    def set_masks(self, model: nn.Module, masks: Masks) -> None:
-        full = {**self.masks(model), **masks}
+    def set_masks(self, model: nn.Module, masks: Masks, current: Masks | None = None) -> None:
+        """``current``: the model's masks when the caller has them already (saves reading them again)."""
+        full = {**(current if current is not None else self.masks(model)), **masks}
         for root, mask in full.items():
             group = self.by_root.get(root)
             if group is None:
@@ -175,19 +176,22 @@ class ChannelGranularity(Granularity):
             if not bool(mask.any()):
                 raise UsageError(f"channel group {root} would lose its last channel")
         modules = dict(model.named_modules())
+        # only the parameters the given groups touch change (each derived from every group that touches it)
+        touched = {f"{s.module}.{s.param}" for root in masks for s in self.by_root[root].slices}
         with torch.no_grad():
-            for key, entries in self._by_param.items():
+            for key in touched:
+                entries = self._by_param[key]
                 module_name, param = key.rsplit(".", 1)
                 module = modules[module_name]
                 target = stored_param(module, param)
-                mask = torch.ones(target.shape, dtype=torch.bool, device=target.device)
-                for root, s in entries:
+                mask = torch.ones([1] * target.dim(), dtype=torch.bool, device=target.device)
+                for root, s in entries:  # a broadcast product of one vector per masked dim, expanded once
                     along = torch.ones(target.shape[s.dim], dtype=torch.bool, device=target.device)
                     along[s.index.to(target.device)] = full[root].to(target.device)[s.channel.to(target.device)]
                     view = [1] * target.dim()
                     view[s.dim] = -1
-                    mask &= along.view(view)
-                set_param_mask(module, param, mask)
+                    mask = mask & along.view(view)
+                set_param_mask(module, param, mask.expand(target.shape))
 
     def ensure_masks(self, model: nn.Module) -> None:
         self.set_masks(model, self.masks(model))

@@ -38,7 +38,7 @@ from utils.pruners import get_pruner
 from utils.regrowth import allocate_uniform, apply_regrowth, top_pruned
 from utils.run import make_generator, write_json
 from utils.saliency import param_saliency
-from utils.scores import ssim_scores
+from utils.scores import SCORE_ORDER, ssim_scores
 from utils.ssim import select_layers
 from utils.stage import Stage, prepare
 from utils.train import evaluate, finetune
@@ -94,7 +94,7 @@ def episode_breakdown(stage: Stage, args: argparse.Namespace) -> dict[str, float
     times = {"ssim_preprocessing": timed(lambda: ssim_scores(stage, dense, sparse), device, repeats)}
     ssim = ssim_scores(stage, dense, sparse)
     score = lambda: gran.unit_scores(param_saliency(dense, stage.data.train, gran.scored_params(),  # noqa: E731
-                                                    args.saliency_batches))
+                                                    args.saliency_batches, SCORE_ORDER[args.regrowth_score]))
     times["saliency_preprocessing"] = timed(score, device, 1)
     scores = score()
     caps, masks = gran.capacity(sparse), gran.masks(sparse)

@@ -40,7 +40,6 @@ from utils.cli import (
 )
 from utils.paths import BEST_MODEL, SUMMARY, check_output_dir, clean_stale_temps, greedy_dir, iteration_dir
 from utils.regrowth import GREEDY_ALLOCATIONS, random_scores_like
-from utils.regrowth_runs import SCORE_BATCHES
 from utils.run import LOG, make_generator, setup_logging, write_csv, write_json
 from utils.scores import saliency_scores, ssim_scores
 from utils.stage import prepare_dense_sparse
@@ -58,8 +57,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add_finetune_args(parser, 50, "finetune epochs after each regrowth (best epoch on val)")
     parser.add_argument("--initial_ckpt", "--pruned_ckpt", dest="initial_ckpt", required=True,
                         help="sparse starting checkpoint (with masks)")
-    parser.add_argument("--granularity", choices=["weight", "channel"], default="weight",
-                        help="regrow weights (layers are units) or channels (coupled channel groups are units)")
+    parser.add_argument("--granularity", choices=["weight", "channel"], default=None,
+                        help="regrow weights (layers are units) or channels (coupled channel groups are units); "
+                             "default: the checkpoint's own")
     parser.add_argument("--greedy_mode", default="prop", choices=list(GREEDY_ALLOCATIONS))
     parser.add_argument("--regrow_step", "--sparsity_delta", dest="regrow_step", type=open_fraction, default=0.01,
                         help="budget per iteration / N_tot (all weights, or all groupable channels)")
@@ -77,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stage, pair = prepare_dense_sparse(args, args.initial_ckpt, reparam=True, granularity=args.granularity)
     gran = stage.granularity
     args.init_strategy = args.init_strategy or gran.default_init
-    args.saliency_batches = args.saliency_batches or SCORE_BATCHES[gran.name]
+    args.saliency_batches = args.saliency_batches or gran.score_batches
     gran.check_init(args.init_strategy)
     out = check_output_dir(greedy_dir(args.save_dir, stage.model_name, gran.name, args.greedy_mode),
                            products=["greedy_log.csv", SUMMARY, str(iteration_dir(Path(), 0) / BEST_MODEL)],

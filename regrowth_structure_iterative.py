@@ -11,7 +11,7 @@ scores (--regrowth_score fisher | taylor, --taylor_batches) are computed once on
 
 Example:
     python prune_structure.py --m_name resnet20 --mode iterative --iterative_steps 8
-    python regrowth_structure_iterative.py --m_name resnet20 \
+    python regrowth_structure_iterative.py --m_name resnet20 \\
         --pruned_ckpt runs/resnet20/structured_iterative/resnet20_ch0.9420.pth --target_sparsity 0.9
 
 Writes to {save_dir}/{m_name}/regrowth_structure_iterative/: iter_{i}/ as regrowth_iterative.py (checkpoints

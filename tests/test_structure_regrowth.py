@@ -74,7 +74,8 @@ def test_oneshot_writes_every_output_with_channel_masks_and_export(start):
     assert sum(grown.values()) == sum(best.meta["allocation"].values()) <= k
     assert all(not (start_masks[r] & ~best.channel_masks[r]).any() for r in start_masks)  # nothing pruned
     exported = read_checkpoint(out / "best_grown_model_exported.pth")
-    assert exported.export_history and summary["params"] == exported.meta.get("params", summary["params"])
+    assert exported.export_history and summary["params"] == exported.meta["params"]
+    assert exported.meta["test_acc"] == summary["best_test_acc"]
     assert summary["params"] < 272_474 and summary["macs"] < 41_214_602
 
 
@@ -95,6 +96,9 @@ def test_oneshot_resume_equals_uninterrupted(start, monkeypatch):
     assert regrowth_structure_oneshot.main(_oneshot(save, sparse, "cut", episodes=3) + ["--resume"]) == 0
     root = save / "resnet20" / "regrowth_structure_oneshot"
     assert read_csv(root / "cut" / "episodes.csv") == read_csv(root / "full" / "episodes.csv")
+    a, b = (read_checkpoint(root / d / "best_grown_model.pth") for d in ("full", "cut"))
+    assert all(torch.equal(a.channel_masks[k], b.channel_masks[k]) for k in a.channel_masks)
+    assert all(torch.allclose(a.state_dict[k].float(), b.state_dict[k].float(), atol=1e-6) for k in a.state_dict)
 
 
 def test_iterative_rewards_against_the_structured_baseline(start, tmp_path):
@@ -133,38 +137,74 @@ def test_greedy_channel_modes_spend_exactly_the_budget(start, mode):
     assert live == sum(int(m.sum()) for m in read_checkpoint(sparse).channel_masks.values()) + k
 
 
-def test_an_original_structured_checkpoint_loads_with_its_channels(tmp_path):
-    """The original saves {'model': slimmed module, 'out_index_map': ...}; with --trust_pickle it becomes our
-    full-shape model with channel masks and the same outputs."""
-    gran = get_granularity("channel", "resnet20")
+def _original(tmp_path: Path, name: str, key: str = "out_index_map", every_conv: bool = True):
+    """(granularity, masked model, path of the same model saved as the original repo's structured checkpoint:
+    a pickled slimmed module and, for every conv of each group, its live channels in physical order)."""
+    gran = get_granularity("channel", name)
     torch.manual_seed(0)
-    masked = create_model("resnet20")
+    masked = create_model(name)
     for m in masked.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.normal_()
             m.running_var.uniform_(0.5, 2.0)
     get_pruner("random", gran, "global").prune(masked, 0.6, torch.Generator().manual_seed(1))
     slim, _ = export_model(gran, masked.eval())
-    index_map = {root: mask.nonzero().flatten().tolist() for root, mask in gran.masks(masked).items()}
-    path = tmp_path / "step01_sp0.600.pth"
-    torch.save({"model": slim, "out_index_map": index_map, "pruned_out_dense_map": {}}, path)
-    args = argparse.Namespace(device="cpu", no_channels_last=True, trust_pickle=True)
-    stage = prepare_model_only(args, _ref(tmp_path), "channel")
-    loaded = stage.load_model(path).eval()
+    index_map = {}
+    for group in gran.groups:
+        live = gran.masks(masked)[group.root].nonzero().flatten().tolist()
+        members = {s.module for s in group.members("producer")} if every_conv else {group.root}
+        index_map.update(dict.fromkeys(members, live))
+    path = tmp_path / f"{name}_step01_sp0.600.pth"
+    torch.save({"model": slim, key: index_map, "pruned_out_dense_map": {}}, path)
+    return gran, masked, path, index_map
+
+
+def _load_original(tmp_path: Path, name: str, path: Path, trust: bool = True):
+    args = argparse.Namespace(device="cpu", no_channels_last=True, trust_pickle=trust)
+    return prepare_model_only(args, _ref(tmp_path, name), "channel").load_model(path)
+
+
+@pytest.mark.parametrize("name", ["resnet20", "vgg16", "alexnet"])
+def test_an_original_structured_checkpoint_loads_with_its_channels(tmp_path, name):
+    """With --trust_pickle the original's slimmed checkpoint becomes our full-shape model with channel masks:
+    the same outputs, BN statistics in the right channels (vgg16's biased convs, AlexNet's 4 columns per
+    channel through the flatten included)."""
+    gran, masked, path, _ = _original(tmp_path, name)
+    loaded = _load_original(tmp_path, name, path).eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(loaded(x), masked(x))
     assert all(torch.equal(gran.masks(loaded)[r], m) for r, m in gran.masks(masked).items())
-    args.trust_pickle = False
+    bns = [n for n, m in masked.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for bn in bns:
+        live = gran.masks(masked)[next(g.root for g in gran.groups if any(s.module == bn for s in g.slices))]
+        for stat in ("running_mean", "running_var"):
+            assert torch.equal(getattr(dict(loaded.named_modules())[bn], stat)[live],
+                               getattr(dict(masked.named_modules())[bn], stat)[live])
     with pytest.raises(UsageError, match="--trust_pickle"):
-        stage.load_model(path)
+        _load_original(tmp_path, name, path, trust=False)
 
 
-def _ref(tmp_path: Path) -> Checkpoint:
+def test_bad_original_maps_and_dead_regrowth_are_refused(tmp_path):
+    gran, masked, path, index_map = _original(tmp_path, "resnet20")
+    bad = dict(index_map)
+    bad["conv1"] = bad["conv1"][:-1] + [bad["conv1"][0]]  # a channel listed twice
+    torch.save({"model": torch.load(path, weights_only=False)["model"], "out_index_map": bad}, tmp_path / "dup.pth")
+    with pytest.raises(UsageError, match="distinct"):
+        _load_original(tmp_path, "resnet20", tmp_path / "dup.pth")
+    torch.save({"model": torch.load(path, weights_only=False)["model"], "out_index_map": [1, 2]}, tmp_path / "l.pth")
+    with pytest.raises(UsageError, match="index map"):
+        _load_original(tmp_path, "resnet20", tmp_path / "l.pth")
+    loaded = _load_original(tmp_path, "resnet20", path)  # its pruned slices are stored as zeros
+    scores = {r: torch.rand(m.shape) for r, m in gran.masks(loaded).items()}
+    with pytest.raises(UsageError, match="dead channel"):
+        gran.regrow(loaded, {"layer1.0.conv1": 2}, scores, "magnitude")
+
+
+def _ref(tmp_path: Path, name: str = "resnet20") -> Checkpoint:
     """A bridge-ckpt that names the model and class count (what prepare_model_only needs)."""
-    path = tmp_path / "ref.pth"
-    save_checkpoint(path, create_model("resnet20"), model_name="resnet20", dataset="synthetic", num_classes=10,
-                    meta={})
+    path = tmp_path / f"ref_{name}.pth"
+    save_checkpoint(path, create_model(name), model_name=name, dataset="synthetic", num_classes=10, meta={})
     return read_checkpoint(path)
 
 
@@ -217,3 +257,18 @@ def test_benchmark_regrowth_channel_breakdown(tmp_path):
     result = json.loads((tmp_path / "resnet20" / "benchmark" / "benchmark_resnet20_channel.json").read_text())
     assert {"selection", "mask_update_and_init", "finetune_epoch"} <= set(result["episode_s"])
     assert all(v >= 0 for v in result["episode_s"].values())
+
+
+def test_oneshot_with_a_baseline_dir_rewards_against_the_interpolated_baseline(start, tmp_path):
+    from utils.baseline import interpolate
+
+    save, _, sparse = start
+    baseline = tmp_path / "structured_oneshot"
+    for amount in (0.6, 0.9):
+        _channel_pruned(baseline / f"resnet20_ch{amount:.4f}.pth", amount, seed=2)
+    assert regrowth_structure_oneshot.main(_oneshot(save, sparse, "b") + ["--baseline_dir", str(baseline)]) == 0
+    cache = json.loads((baseline / "baseline_cache.json").read_text())
+    table = {e["sparsity"]: e["val_acc"] for e in cache["entries"].values()}
+    for row in read_csv(save / "resnet20" / "regrowth_structure_oneshot" / "b" / "episodes.csv"):
+        zero = interpolate(table, float(row["sparsity"]))
+        assert float(row["acc_gain"]) == pytest.approx(float(row["val_acc"]) - zero, abs=1e-6)

@@ -109,6 +109,24 @@ def initialise(group, modules: dict[str, nn.Module], channels: torch.Tensor, str
             _running_stats(module, dense_modules.get(s.module), pos, strategy)
 
 
+def check_alive(group, modules: dict[str, nn.Module], channels: torch.Tensor, strategy: str) -> None:
+    """A ``UsageError`` when a regrown channel has all-zero producer rows *and* consumer columns: it would
+    never get a gradient (e.g. ``magnitude`` on a model whose pruned slices were stored as zeros, as the
+    original repository's exported checkpoints are)."""
+    live = {"producer": torch.zeros(group.size), "consumer": torch.zeros(group.size)}  # nonzero entries per channel
+    for s in group.slices:
+        if s.param != "weight" or s.kind == "norm":
+            continue
+        stored = stored_param(modules[s.module], s.param).detach()
+        chosen = torch.isin(s.channel, channels.cpu())  # only the regrown channels' rows / columns are read
+        per_position = stored.movedim(s.dim, 0)[s.index[chosen].to(stored.device)].flatten(1).ne(0).sum(1).float()
+        live[s.kind].index_add_(0, s.channel[chosen], per_position.cpu())
+    producing, consuming = live["producer"][channels.cpu()] > 0, live["consumer"][channels.cpu()] > 0
+    if (~producing & ~consuming).any():
+        raise UsageError(f"--init_strategy {strategy} regrows channels of {group.root} whose stored rows and "
+                         "columns are all zero (a dead channel): use dense or preserve")
+
+
 @torch.no_grad()
 def regrow_channels(granularity, model: nn.Module, allocation: dict[str, int], scores: dict[str, torch.Tensor],
                     strategy: str, dense: nn.Module | None = None, optimizer: torch.optim.Optimizer | None = None,
@@ -124,6 +142,7 @@ def regrow_channels(granularity, model: nn.Module, allocation: dict[str, int], s
     for root, n in allocation.items():
         chosen = top_pruned(scores[root], masks[root], n)
         initialise(granularity.by_root[root], modules, chosen, strategy, dense_modules, optimizer, generator)
+        check_alive(granularity.by_root[root], modules, chosen, strategy)
         new_masks[root] = masks[root].clone().index_fill_(0, chosen, True)
         regrown[root] = len(chosen)
     granularity.set_masks(model, new_masks, current=masks)

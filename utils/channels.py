@@ -131,6 +131,10 @@ class ChannelGranularity(Granularity):
     default_init = "dense"
     keep_per_unit = 1
     unit_noun = "channel group"
+    search_defaults = {"oneshot": (300, 10, 50, 40), "iterative": (300, 10, 40, 40)}
+    score_batches = 10
+    budget_fracs = (0.005, 0.01)
+    budget_space_size = 6
     refused_inits = {"zero": "zero producer rows and zero consumer columns leave a regrown channel dead forever "
                              "(neither gets a gradient); use preserve (function-preserving) or dense"}
 

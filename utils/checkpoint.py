@@ -129,6 +129,14 @@ def _damaged(path: Path, exc: Exception) -> UsageError:
     return UsageError(f"cannot read checkpoint {path}: damaged or not a torch checkpoint ({reason[:120]})")
 
 
+def _index_map(value: Any, path: Path) -> dict[str, list[int]]:
+    """The original's ``{conv name: [dense channel index, ...]}``; anything else is a ``UsageError``."""
+    try:
+        return {str(k): [int(i) for i in v] for k, v in value.items()}
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise UsageError(f"{path}: its index map is not {{layer: [channel indices]}}") from exc
+
+
 def _is_state_dict(obj: Any) -> bool:
     return isinstance(obj, dict) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
 
@@ -168,9 +176,9 @@ def read_checkpoint(path: str | Path, *, trust_pickle: bool = False) -> Checkpoi
         return Checkpoint(_state_of(obj["model_state_dict"], path, "model_state_dict"),
                           "original-model-state-dict", meta=plain(meta))
     if "index_map" in obj or "out_index_map" in obj:  # the original's structured format (spec §2.3)
-        index_map = obj.get("index_map") or obj["out_index_map"]
+        kind = "out_index_map" if "out_index_map" in obj else "index_map"
         return Checkpoint(_state_of(obj.get("model"), path, "model"), "original-structured",
-                          extra={"index_map": {str(k): [int(i) for i in v] for k, v in index_map.items()}})
+                          extra={"index_map": _index_map(obj[kind], path), "map_kind": kind})
     if _is_state_dict(obj):
         return Checkpoint(obj, "raw-state-dict")
     keys = ", ".join(sorted(map(str, obj))[:8])

@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch_pruning as tp
 
 from models import create_model
+from utils.errors import UsageError
 from utils.masks import merged_state
 
 History = list[list]  # [[module name, is_out_channel_pruning, [channel indices]], ...]
@@ -40,6 +41,20 @@ def export_model(granularity, model: nn.Module) -> tuple[nn.Module, History]:
             graph.get_pruning_group(module, graph.get_pruner_of_module(module).prune_out_channels, dropped).prune()
     plain.train(model.training)
     return plain, [[name, bool(out), [int(i) for i in idxs]] for name, out, idxs in graph.pruning_history()]
+
+
+@torch.no_grad()
+def verify_export(masked: nn.Module, exported: nn.Module, input_size: int) -> float:
+    """Max |masked - exported| over 4 random images in eval mode; a ``UsageError`` when it exceeds 1e-4 of
+    the outputs' scale (nothing should then be written). Both models are left in eval mode."""
+    device = next(masked.parameters()).device
+    x = torch.randn(4, 3, input_size, input_size, device=device)
+    reference = masked.eval()(x)
+    diff = float((reference - exported.to(device).eval()(x)).abs().max())
+    if diff > 1e-4 * max(1.0, float(reference.abs().max())):
+        raise UsageError(f"the export's outputs differ from the masked model's by {diff:.2e}: not written; please "
+                         "report this model")
+    return diff
 
 
 def rebuild_exported(model_name: str, num_classes: int, input_size: int, history: History) -> nn.Module:

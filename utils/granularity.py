@@ -55,6 +55,12 @@ class Granularity(abc.ABC):
     keep_per_unit: int = 0  # entries every unit keeps whatever the pruner asks (channel groups: 1)
     unit_noun: str = "unit"  # what a unit is called in messages
     refused_inits: dict[str, str] = {}  # init strategy -> why this granularity refuses it
+    # search defaults (spec §7-§10): {schedule: (episodes, options per unit A, mini-finetune epochs, patience)},
+    # train batches for the regrowth scores (None: all), iterative budget range / N_tot and its option count
+    search_defaults: dict[str, tuple[int, int, int, int]] = {}
+    score_batches: int | None = None
+    budget_fracs: tuple[float, float] = (0.001, 0.005)
+    budget_space_size: int = 5
 
     def __init__(self, model_name: str, num_classes: int, input_size: int) -> None:
         self.model_name, self.num_classes, self.input_size = model_name, num_classes, input_size
@@ -135,13 +141,14 @@ class Granularity(abc.ABC):
         """(a physically smaller copy, its Torch-Pruning history), or None where masks cannot shrink a model."""
         return None
 
-    def check_init(self, name: str) -> None:
-        """A ``UsageError`` unless ``name`` is one of this granularity's init strategies."""
-        if name in self.refused_inits:
-            raise UsageError(f"--init_strategy {name}: {self.refused_inits[name]}")
-        if name not in self.init_strategies:
-            raise UsageError(f"--init_strategy {name} does not apply to {self.name} regrowth; choose one of: "
-                             f"{', '.join(self.init_strategies)}")
+    @classmethod
+    def check_init(cls, name: str) -> None:
+        """A ``UsageError`` unless ``name`` is one of this granularity's init strategies (needs no model)."""
+        if name in cls.refused_inits:
+            raise UsageError(f"--init_strategy {name}: {cls.refused_inits[name]}")
+        if name not in cls.init_strategies:
+            raise UsageError(f"--init_strategy {name} does not apply to {cls.name} regrowth; choose one of: "
+                             f"{', '.join(cls.init_strategies)}")
 
 
 _REGISTRY: dict[str, Callable[[str, int, int], Granularity]] = {}

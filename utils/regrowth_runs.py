@@ -31,6 +31,7 @@ from utils.cli import (
     positive_int,
 )
 from utils.errors import UsageError
+from utils.export import verify_export
 from utils.granularity import granularity_class
 from utils.paths import BEST_MODEL, SEARCH_STATE, SUMMARY, iteration_dir, prune_dir, regrowth_dir
 from utils.run import LOG, setup_logging, write_json
@@ -39,23 +40,18 @@ from utils.search import Search, SearchResult, check_search_dir, config_from_arg
 from utils.stage import DenseSparse, Stage, prepare_dense_sparse
 from utils.train import evaluate
 
-# (granularity, schedule) -> episodes, options per unit (A), mini-finetune epochs, early-stop patience (spec §7-§10)
-DEFAULTS = {("weight", "oneshot"): (400, 11, 50, 50), ("channel", "oneshot"): (300, 10, 50, 40),
-            ("weight", "iterative"): (300, 10, 40, 40), ("channel", "iterative"): (300, 10, 40, 40)}
-SCORE_BATCHES = {"weight": None, "channel": 10}  # train batches for the scores (None: all), as the originals
-BUDGET_FRACS = {"weight": (0.001, 0.005), "channel": (0.005, 0.01)}  # iterative budget range / N_tot
-
 
 def add_search_args(parser: argparse.ArgumentParser, granularity: str, schedule: str) -> None:
     """Every flag of a regrowth search script at ``granularity`` (weight|channel) and ``schedule``
     (oneshot|iterative), with the original scripts' names as aliases."""
-    episodes, actions, epochs, patience = DEFAULTS[(granularity, schedule)]
+    kind = granularity_class(granularity)
+    episodes, actions, epochs, patience = kind.search_defaults[schedule]
     add_common_args(parser, m_name_default=None)
     add_speed_args(parser)
     add_scoring_args(parser)
     add_controller_args(parser, episodes=episodes, action_space_size=actions, finetune_epochs=epochs,
-                        patience=patience, default_init=granularity_class(granularity).default_init)
-    parser.set_defaults(saliency_batches=SCORE_BATCHES[granularity])
+                        patience=patience, default_init=kind.default_init)
+    parser.set_defaults(saliency_batches=kind.score_batches)
     default_baseline = {"iterative": f"{{save_dir}}/{{m_name}}/{prune_dir('', '', granularity, 'iterative').name}",
                         "oneshot": "none: the sparse start's own val accuracy"}[schedule]
     parser.add_argument("--baseline_dir", default=None, help="pruning checkpoints whose val accuracy, interpolated "
@@ -68,8 +64,9 @@ def add_search_args(parser: argparse.ArgumentParser, granularity: str, schedule:
     else:
         parser.add_argument("--target_sparsity", type=fraction, required=True, help="stop at or below this sparsity")
         parser.add_argument("--num_iters", type=positive_int, default=10, help="maximum regrowth iterations")
-        parser.add_argument("--budget_space_size", type=positive_int, default=5, help="B budget options")
-        low, high = BUDGET_FRACS[granularity]
+        parser.add_argument("--budget_space_size", type=positive_int, default=kind.budget_space_size,
+                            help="B budget options")
+        low, high = kind.budget_fracs
         parser.add_argument("--min_budget_frac", "--min_restore_frac", dest="min_budget_frac", type=open_fraction,
                             default=low, help="smallest budget / N_tot")
         parser.add_argument("--max_budget_frac", "--max_restore_frac", dest="max_budget_frac", type=open_fraction,
@@ -79,10 +76,9 @@ def add_search_args(parser: argparse.ArgumentParser, granularity: str, schedule:
 # ---- shared pieces -----------------------------------------------------------------------------------------
 
 def start(args: argparse.Namespace, granularity: str) -> tuple[Stage, DenseSparse]:
-    """Stage and (dense, sparse) pair of a search; the init strategy is checked before anything runs."""
-    stage, pair = prepare_dense_sparse(args, args.initial_ckpt, reparam=True, granularity=granularity)
-    stage.granularity.check_init(args.init_strategy)
-    return stage, pair
+    """Stage and (dense, sparse) pair of a search; the init strategy is checked before anything loads."""
+    granularity_class(granularity).check_init(args.init_strategy)
+    return prepare_dense_sparse(args, args.initial_ckpt, reparam=True, granularity=granularity)
 
 
 def pruning_baseline(stage: Stage, folder: Path) -> dict[float, float]:
@@ -105,13 +101,16 @@ def budget_options(args: argparse.Namespace, n_tot: int, total_capacity: int) ->
 
 def finish(stage: Stage, best_path: Path, acc_key: str) -> dict:
     """Test accuracy of the best model (under ``acc_key``), its granularity's figures (exported params and
-    MACs for channels), and (channels) its physical export beside it."""
+    MACs for channels), and (channels) its physical export beside it, checked to give the same outputs."""
     model = stage.load_model(best_path)
     report = {acc_key: evaluate(model, stage.data.test, amp=stage.amp)[1], **stage.granularity.describe(model)}
     exported = stage.granularity.export(model)
     if exported is not None:
+        verify_export(model, exported[0], stage.granularity.input_size)
         path = best_path.with_name(f"{best_path.stem}_exported.pth")
-        stage.save(path, exported[0], {"stage": "export", "parent": str(best_path)}, export_history=exported[1])
+        meta = {"stage": "export", "parent": str(best_path), "test_acc": report[acc_key],
+                **{k: v for k, v in report.items() if k != acc_key}}
+        stage.save(path, exported[0], meta, export_history=exported[1])
         report["exported_checkpoint"] = str(path)
     return report
 
@@ -142,13 +141,15 @@ def run_oneshot(args: argparse.Namespace, granularity: str) -> SearchResult:
     if args.resume:
         search.resume()
     best = search.run()
-    write_json(out / SUMMARY, {
+    summary = {
         "model": stage.model_name, "dataset": stage.dataset, "granularity": gran.name, "start_sparsity": sparsity,
         "start_val_acc": start_val, "budget": budget, "baseline_dir": args.baseline_dir,
         "searched_layers": dict(zip(space.layers, space.ssim, strict=True)), "episodes": len(search.history),
-        "best": vars(best), **finish(stage, out / BEST_MODEL, "best_test_acc")})
-    LOG.info("best episode %d: val %.2f%% (gain %+.2f pp), sparsity %.4f", best.episode, best.val_acc, best.acc_gain,
-             best.sparsity)
+        "best": vars(best), **finish(stage, out / BEST_MODEL, "best_test_acc")}
+    write_json(out / SUMMARY, summary)
+    LOG.info("best episode %d: val %.2f%% (gain %+.2f pp over the %s), %s sparsity %.4f, test %.2f%%",
+             best.episode, best.val_acc, best.acc_gain, "pruning baseline" if table else "sparse start", gran.name,
+             best.sparsity, summary["best_test_acc"])
     return best
 
 

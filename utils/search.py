@@ -96,7 +96,7 @@ def search_space(ssim: dict[str, float], capacities: dict[str, int], threshold: 
     """Layers with SSIM <= ``threshold`` and room to regrow, most damaged first (the lowest one if none)."""
     open_layers = {name: s for name, s in ssim.items() if capacities[name] > 0}
     if not open_layers:
-        raise UsageError("no layer has pruned weights to regrow")
+        raise UsageError("no unit (layer or channel group) has pruned entries to regrow")
     layers = select_layers(open_layers, threshold)
     return SearchSpace(layers, [capacities[n] for n in layers], [ssim[n] for n in layers])
 

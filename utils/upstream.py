@@ -16,6 +16,7 @@ import torch.nn as nn
 
 from utils.checkpoint import Checkpoint
 from utils.errors import UsageError
+from utils.run import LOG
 
 
 def _scatter(slim: torch.Tensor, shape: torch.Size, index: list[torch.Tensor | None]) -> torch.Tensor:
@@ -37,11 +38,18 @@ def inflate(granularity, model: nn.Module, ckpt: Checkpoint) -> Checkpoint:
     """``ckpt`` (source ``original-structured``) as a full-shape checkpoint of ``model``'s architecture with
     ``channel_masks``; a map without an entry for some group's root is a ``UsageError``."""
     index_map = ckpt.extra["index_map"]
+    if ckpt.extra.get("map_kind") == "index_map":
+        LOG.warning("this checkpoint carries the original regrowth's 'index_map', which can disagree with the "
+                    "physical channel order (spec §17.2): prefer the prune-step checkpoints ('out_index_map')")
     live = {}
     for group in granularity.groups:
         if group.root not in index_map:
             raise UsageError(f"the original checkpoint's index map has no entry for {group.root}; is --m_name right?")
-        live[group.root] = torch.tensor(index_map[group.root], dtype=torch.long)
+        order = index_map[group.root]
+        if len(set(order)) != len(order) or not all(0 <= i < group.size for i in order):
+            raise UsageError(f"the original checkpoint's index map for {group.root} is not a list of distinct "
+                             f"channels in [0, {group.size}): the file is damaged or from another model")
+        live[group.root] = torch.tensor(order, dtype=torch.long)
     slices = {}  # "module.param" -> {dim: positions in physical order}
     for group in granularity.groups:
         for s in group.slices:

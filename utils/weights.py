@@ -21,6 +21,7 @@ class WeightGranularity(Granularity):
     init_strategies = tuple(INIT_STRATEGIES)
     default_init = "zero"
     unit_noun = "layer"
+    search_defaults = {"oneshot": (400, 11, 50, 50), "iterative": (300, 10, 40, 40)}
 
     def __init__(self, model_name: str, num_classes: int, input_size: int) -> None:
         super().__init__(model_name, num_classes, input_size)

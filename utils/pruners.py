@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 
 from data.loader import DeviceLoader
-from utils.budget import largest_remainder
+from utils.budget import erk_budget, largest_remainder, uniform_budget, unifplus_budget  # noqa: F401
 from utils.errors import UsageError
 from utils.masks import add_reparam, effective_weight, get_masks, prunable_modules, set_masks
 
@@ -80,58 +80,6 @@ def random_scores(model: nn.Module, generator: torch.Generator | None) -> Scores
         device = generator.device if generator is not None else weight.device
         scores[name] = torch.rand(weight.shape, generator=generator, device=device).to(weight.device)
     return scores
-
-
-# ---- budgets: how many survivors each layer loses ---------------------------------------------------------
-
-def uniform_budget(alive: dict[str, int], remove: int) -> dict[str, int]:
-    """The same fraction of every layer's survivors."""
-    return largest_remainder({k: float(v) for k, v in alive.items()}, remove)
-
-
-def unifplus_budget(model: nn.Module, alive: dict[str, int], remove: int) -> dict[str, int]:
-    """Uniform, but a first conv stays dense and the last layer keeps >= 20% of its weights; what the
-    last layer cannot give is spread over the middle layers."""
-    modules = prunable_modules(model)
-    names = list(alive)
-    last = names[-1]
-    last_cap = max(0, alive[last] - round(0.2 * modules[last].weight.numel()))
-    free = names[1:] if isinstance(modules[names[0]], nn.Conv2d) else names
-    budget = dict.fromkeys(names, 0)
-    plan = uniform_budget({k: alive[k] for k in free}, remove)
-    if plan.get(last, 0) > last_cap:
-        budget[last] = last_cap
-        plan = uniform_budget({k: alive[k] for k in free if k != last}, remove - last_cap)
-    budget.update(plan)
-    if any(budget[k] > alive[k] for k in names):
-        raise UsageError(f"unifplus cannot remove {remove} weights while the first conv stays dense and the last "
-                         "layer keeps 20%; ask for less sparsity or use another pruner")
-    return budget
-
-
-def erk_budget(model: nn.Module, alive: dict[str, int], remove: int) -> dict[str, int]:
-    """Survivors proportional to the sum of each layer's weight dimensions (the LAMP repository's ERK).
-
-    A layer whose share exceeds its survivors stays dense (largest excess first) and the others share
-    the rest; survivors are rounded by largest remainder, so the total is exact.
-    """
-    modules = prunable_modules(model)
-    raw = {k: float(sum(modules[k].weight.shape)) for k in alive}
-    keep_total = sum(alive.values()) - remove
-    dense: set[str] = set()
-    while True:
-        budget_left = keep_total - sum(alive[k] for k in dense)
-        free = {k: v for k, v in raw.items() if k not in dense}
-        if not free:
-            break
-        scale = budget_left / sum(free.values())
-        over = {k: scale * v / alive[k] for k, v in free.items() if scale * v > alive[k]}
-        if not over:
-            break
-        dense.add(max(over, key=over.get))
-    keep = largest_remainder(free, budget_left)
-    keep.update({k: alive[k] for k in dense})
-    return {k: alive[k] - min(keep[k], alive[k]) for k in alive}
 
 
 # ---- selectors: scores + counts -> masks ------------------------------------------------------------------

@@ -8,6 +8,9 @@ channel-pruned and exported checkpoints are all finetuned as they are (an export
 Example:
     python finetune.py --ckpt runs/resnet20/regrowth_oneshot/0.9900/best_grown_model.pth --epochs 400
 
+Data-parallel under torchrun (--batch_size is the global batch):
+    torchrun --nproc_per_node 4 finetune.py --ckpt ... --epochs 400
+
 Writes --save_path (default: {ckpt stem}_finetuned.pth beside the checkpoint) and {save_path stem}_log.csv;
 prints sparsity and val/test accuracy before and after.
 """
@@ -59,6 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                   overwrite=args.overwrite, what="--save_path")
     stage = prepare(args, args.m_name or ckpt.model, args.dataset or ckpt.dataset, ckpt.granularity or "weight")
     model = stage.load_model(args.ckpt, exported=True)
+    stage.shard_training_data()  # under torchrun: data-parallel, each process on its shard
     sparsity, kind = stage.granularity.sparsity, stage.granularity.name
     clean_stale_temps(save_path.parent)
     setup_logging(save_path.parent, f"{save_path.stem}_log.txt")
@@ -68,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     state = finetune(model, stage.data.train, stage.data.val, epochs=args.epochs, lr=args.lr,
                      weight_decay=args.weight_decay, patience=args.patience, progress=not args.no_progress,
                      csv_path=save_path.with_name(f"{save_path.stem}_log.csv"), warmup_frac=args.warmup_frac,
-                     **stage.speed)
+                     data_parallel_device=stage.device, **stage.speed)
     _, test_after = evaluate(model, stage.data.test, amp=stage.amp)
     meta = {"stage": "finetune", "parent": str(args.ckpt), "sparsity": sparsity(model), "epoch": state.best_epoch,
             "val_acc": state.best_val_acc, "test_acc": test_after, "val_acc_before": val_before,

@@ -11,6 +11,9 @@ longer --epochs recomputes the cosine for the new length from the epoch reached 
 with more epochs continues at lr·½(1 + cos(π·e/E_new)) and decays to 0 again), and a larger --patience lets a
 run that stopped early continue.
 
+Data-parallel on several GPUs (or CPU processes) with PyTorch's launcher; --batch_size stays the global batch:
+    torchrun --nproc_per_node 4 pretrain.py --m_name resnet20 --dataset cifar10 --epochs 200
+
 Writes to {save_dir}/{m_name}/checkpoint/:
     ckpt.pth            best-val model (bridge-ckpt; meta has val_acc, test_acc, epoch)
     last.pth            last finished epoch with optimizer/scheduler/RNG state, for --resume
@@ -38,11 +41,12 @@ from utils.cli import (
     positive_float,
     positive_int,
 )
+from utils.distributed import all_gather, current_world
 from utils.errors import UsageError
 from utils.paths import check_output_dir, clean_stale_temps, pretrained_path
 from utils.run import LOG, check_same_run, setup_logging, trim_csv, write_json
 from utils.stage import Stage, prepare
-from utils.train import EpochStats, FitState, evaluate, fit
+from utils.train import EpochStats, FitState, data_parallel, evaluate, fit
 
 # flags a resumed run may change; every other flag must equal the one the run started with
 MAY_CHANGE_ON_RESUME = {"epochs", "patience", "resume", "overwrite", "device", "no_progress", "compile", "no_amp",
@@ -66,9 +70,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def _train_state(optimizer, scheduler, state: FitState, stage: Stage) -> dict:
+    """What --resume needs; the RNG states of every process of a data-parallel run (rank order)."""
+    rngs = all_gather((stage.data.train.generator.get_state(), torch.get_rng_state()))
     return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "fit": state.summary(),
             "best_state": {k: v.cpu() for k, v in state.best_state.items()},
-            "data_rng": stage.data.train.generator.get_state(), "torch_rng": torch.get_rng_state()}
+            "data_rng": rngs[0][0], "torch_rng": rngs[0][1], "rng_per_process": rngs}
 
 
 def cosine(epochs: int):
@@ -94,8 +100,13 @@ def _restore(path: Path, model, optimizer, scheduler, stage: Stage) -> FitState:
     scheduler.load_state_dict({"lr_lambdas": [None], **saved["scheduler"]})
     for group, base in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
         group["lr"] = base * scheduler.lr_lambdas[0](scheduler.last_epoch)
-    stage.data.train.generator.set_state(saved["data_rng"])
-    torch.set_rng_state(saved["torch_rng"])
+    world = current_world()
+    rngs = saved.get("rng_per_process") or [(saved["data_rng"], saved["torch_rng"])]
+    if len(rngs) != world.size:
+        raise UsageError(f"--resume: the run used {len(rngs)} process(es) and this one has {world.size}; resume with "
+                         "the same torchrun --nproc_per_node (each process continues its own data shard)")
+    stage.data.train.generator.set_state(rngs[world.rank][0])
+    torch.set_rng_state(rngs[world.rank][1])
     best = {k: v.to(stage.device) for k, v in saved["best_state"].items()}
     state = FitState(**saved["fit"], best_state=best)
     state.stopped_early = 0 < stage.args.patience <= state.epochs_since_best
@@ -106,6 +117,7 @@ def _restore(path: Path, model, optimizer, scheduler, stage: Stage) -> FitState:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     stage = prepare(args)
+    stage.shard_training_data()  # under torchrun: data-parallel, each process on its shard
     best_path = pretrained_path(args.save_dir, stage.model_name)
     out = best_path.parent
     last_path = out / "last.pth"
@@ -123,11 +135,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     state = _restore(last_path, model, optimizer, scheduler, stage) if args.resume else FitState()
     if args.resume:  # rows a killed run logged after its last checkpoint would come twice
         trim_csv(out / "pretrain_log.csv", lambda row: int(row["epoch"]) <= state.epoch)
-    else:
+    elif current_world().is_main:
         (out / "pretrain_log.csv").unlink(missing_ok=True)
     setup_logging(out)
-    LOG.info("pretrain %s on %s (%d train / %d val images) on %s, from epoch %d", stage.model_name, stage.dataset,
-             stage.data.train.num_samples, stage.data.val.num_samples, stage.device, state.epoch + 1)
+    world = current_world()
+    LOG.info("pretrain %s on %s (%d train / %d val images) on %s%s, from epoch %d", stage.model_name, stage.dataset,
+             stage.data.train.num_samples * world.size, stage.data.val.num_samples, stage.device,
+             f" x {world.size} processes (data-parallel)" if world.distributed else "", state.epoch + 1)
 
     def checkpoint(fit_state: FitState, stats: EpochStats, improved: bool) -> None:
         meta = {"stage": "pretrain", "sparsity": 0.0, "epoch": stats.epoch, "val_acc": stats.val_acc}
@@ -135,10 +149,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             stage.save(best_path, model, meta)
         stage.save(last_path, model, meta, extra={"train_state": _train_state(optimizer, scheduler, fit_state, stage)})
 
-    forward = torch.compile(model) if args.compile else model
+    wrapped = data_parallel(model, stage.device)
+    forward = torch.compile(wrapped) if args.compile else wrapped
+    evaluator = forward if wrapped is model else (torch.compile(model) if args.compile else model)
     state = fit(model, stage.data.train, stage.data.val, optimizer, epochs=args.epochs, scheduler=scheduler,
                 patience=args.patience, amp=stage.amp, progress=not args.no_progress,
-                csv_path=out / "pretrain_log.csv", state=state, forward_model=forward, on_epoch_end=checkpoint)
+                csv_path=out / "pretrain_log.csv", state=state, forward_model=forward, eval_model=evaluator,
+                on_epoch_end=checkpoint)
 
     model.load_state_dict(state.best_state)
     _, test_acc = evaluate(model, stage.data.test, amp=stage.amp)

@@ -5,11 +5,12 @@
     prop     shares proportional to max(1 - SSIM, 1e-6), capped by capacity, leftovers filled by SSIM order
     uniform  shares proportional to capacity
     random   random pruned positions anywhere in the model (random layers and random positions)
+    (random search over the RL controller's action space: the search scripts' --random_search)
 --granularity channel does the same with channels of coupled groups (scores: fisher over each group's
 slices on --taylor_batches (10) batches; init default dense). Every mode spends exactly the budget
-min(--regrow_step · N_tot, total capacity) per iteration; fill, prop and uniform regrow the highest-scoring
-positions inside each unit. Each iteration finetunes with AdamW
-(best epoch on val) and carries the model forward.
+min(--regrow_step · N_tot, total capacity) per iteration; fill, prop and uniform regrow the positions inside
+each unit that --selection ranks first (saliency by default; reference, magnitude, random). Each iteration
+finetunes with AdamW (best epoch on val) and carries the model forward.
 
 Example:
     python regrowth_greedy.py --m_name resnet20 --initial_ckpt runs/resnet20/oneshot/resnet20_0.9900.pth \\
@@ -41,7 +42,8 @@ from utils.cli import (
 from utils.paths import BEST_MODEL, SUMMARY, check_output_dir, clean_stale_temps, greedy_dir, iteration_dir
 from utils.regrowth import GREEDY_ALLOCATIONS, random_scores_like
 from utils.run import LOG, make_generator, setup_logging, write_csv, write_json
-from utils.scores import saliency_scores, ssim_scores
+from utils.scores import ssim_scores
+from utils.selection import add_selection_args, default_init, load_reference, selection_scores
 from utils.stage import prepare_dense_sparse
 from utils.train import evaluate, finetune
 
@@ -66,7 +68,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--num_iters", type=positive_int, default=1)
     parser.add_argument("--patience", type=non_negative_int, default=40,
                         help="finetune early stop (epochs without val gain)")
-    parser.add_argument("--init_strategy", default=None, help=INIT_HELP)
+    parser.add_argument("--init_strategy", default=None,
+                        help=f"{INIT_HELP}; default: the granularity's, or dense with --selection reference")
+    add_selection_args(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run")
     return parser.parse_args(argv)
 
@@ -76,16 +80,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     stage, pair = prepare_dense_sparse(args, args.initial_ckpt, reparam=True, granularity=args.granularity)
     gran = stage.granularity
-    args.init_strategy = args.init_strategy or gran.default_init
+    args.init_strategy = default_init(args, gran.default_init)
     args.saliency_batches = args.saliency_batches or gran.score_batches
     gran.check_init(args.init_strategy)
     out = check_output_dir(greedy_dir(args.save_dir, stage.model_name, gran.name, args.greedy_mode),
                            products=["greedy_log.csv", SUMMARY, str(iteration_dir(Path(), 0) / BEST_MODEL)],
                            overwrite=args.overwrite)
     regrowth_budget(gran.total(pair.sparse), args.regrow_step, sum(gran.capacity(pair.sparse).values()))  # not 0
+    reference = load_reference(stage, pair)
     clean_stale_temps(out)
     setup_logging(out)
-    saliency = None if args.greedy_mode == "random" else saliency_scores(stage, pair)
+    selected = None if args.greedy_mode == "random" else selection_scores(stage, pair, reference)
+    source = pair.dense if reference is None else reference
     init_rng = make_generator(args.seed, "regrowth_init", stage.device)
     layer_rng = make_generator(args.seed, "greedy")  # CPU: random layers / positions
     model, parent, rows = pair.sparse, pair.sparse_path, []
@@ -94,8 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         budget = regrowth_budget(gran.total(model), args.regrow_step, sum(caps.values()))
         ssim = ssim_scores(stage, pair.dense, model) if args.greedy_mode in SSIM_MODES else {}
         allocation = GREEDY_ALLOCATIONS[args.greedy_mode](ssim, caps, budget, layer_rng)
-        scores = random_scores_like(gran.masks(model), layer_rng) if saliency is None else saliency
-        regrown = sum(gran.regrow(model, allocation, scores, args.init_strategy, pair.dense,
+        scores = random_scores_like(gran.masks(model), layer_rng) if selected is None else selected
+        regrown = sum(gran.regrow(model, allocation, scores, args.init_strategy, source,
                                   generator=init_rng).values())
         state = finetune(model, stage.data.train, stage.data.val, epochs=args.finetune_epochs, lr=args.lr,
                          weight_decay=args.weight_decay, patience=args.patience, progress=not args.no_progress,

@@ -1,7 +1,8 @@
 """Does low SSIM predict where regrowth helps? Give the whole budget to one layer at a time and see.
 
 For each prunable layer in turn (or --layers): regrow ``K = (s_start - s_target) * N_tot`` weights (capped
-by the layer's capacity) at its highest-saliency pruned positions (init --init_strategy, default zero),
+by the layer's capacity) at the pruned positions --selection ranks first (saliency by default; reference,
+magnitude, random), initialised by --init_strategy (default zero; dense with --selection reference),
 finetune --finetune_epochs with AdamW (best epoch on val), and record the val accuracy gain over a
 control run that gets the same finetune with no regrowth. Then Pearson and Spearman correlation (with
 p-values) between the layers' SSIM and their gains: a negative r means damaged layers gain most.
@@ -41,7 +42,8 @@ from utils.paths import check_output_dir, single_layer_dir
 from utils.plots import plot_scatter
 from utils.regrowth import INIT_STRATEGIES
 from utils.run import LOG, make_generator, setup_logging, write_csv, write_json
-from utils.scores import saliency_scores, ssim_scores
+from utils.scores import ssim_scores
+from utils.selection import add_selection_args, default_init, load_reference, selection_scores
 from utils.stage import Stage, prepare_dense_sparse
 from utils.train import evaluate, finetune
 
@@ -58,7 +60,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--target_sparsity", type=fraction, default=None,
                         help="sparsity after regrowth; sets K (default: 1%% of the weights below the start)")
     parser.add_argument("--layers", nargs="+", default=None, help="only these layers (default: all)")
-    parser.add_argument("--init_strategy", default="zero", choices=list(INIT_STRATEGIES))
+    parser.add_argument("--init_strategy", default=None, choices=list(INIT_STRATEGIES),
+                        help="value of regrown weights (default zero; dense, i.e. the reference's, with --selection "
+                             "reference)")
+    add_selection_args(parser)
     add_finetune_args(parser, 5, "finetune epochs after each single-layer regrowth (and for the control)")
     parser.add_argument("--out", default=None, help="output folder")
     parser.add_argument("--overwrite", action="store_true", help="replace the results of an earlier analysis")
@@ -94,8 +99,10 @@ def correlation(ssim: list[float], gain: list[float]) -> dict:
 @cli_main
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    args.init_strategy = default_init(args, "zero")
     stage, pair = prepare_dense_sparse(args, args.ckpt, reparam=True)
     dense, sparse, gran = pair.dense, pair.sparse, stage.granularity
+    reference = load_reference(stage, pair)
     k = budget(gran, sparse, args.target_sparsity)
     unknown = sorted(set(args.layers or []) - set(gran.units()))
     if unknown:
@@ -104,7 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                            products=["single_layer.csv", "correlation.json"], overwrite=args.overwrite, what="--out")
     setup_logging(out)
     ssim = ssim_scores(stage, dense, sparse)
-    saliency = saliency_scores(stage, pair)
+    selected = selection_scores(stage, pair, reference)
+    source = dense if reference is None else reference
     caps = gran.capacity(sparse)
     layers = [n for n in (args.layers or caps) if caps[n] > 0 and not math.isnan(ssim[n])]
     control = finetuned_val(stage, clone_model(sparse))
@@ -112,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows, generator = [], make_generator(args.seed, "regrowth_init", stage.device)
     for name in layers:
         model = clone_model(sparse)
-        regrown = gran.regrow(model, {name: k}, saliency, args.init_strategy, dense, generator=generator)[name]
+        regrown = gran.regrow(model, {name: k}, selected, args.init_strategy, source, generator=generator)[name]
         _, immediate = evaluate(model, stage.data.val, amp=stage.amp)
         after = finetuned_val(stage, model)
         rows.append({"layer": name, "ssim": ssim[name], "capacity": caps[name], "regrown": regrown,

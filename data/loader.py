@@ -95,11 +95,25 @@ class DeviceLoader:
         self.generator = generator if generator is not None else torch.Generator(device=device)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.device = device
+        self.shards = 1  # > 1: one rank's shard of a data-parallel split (see ``shard``)
         self._rows = torch.arange(self.height, device=device)
         self._cols = torch.arange(self.width, device=device)
 
     def __len__(self) -> int:
         return math.ceil(len(self.labels) / self.batch_size)
+
+    def shard(self, rank: int, shards: int, generator: torch.Generator) -> DeviceLoader:
+        """This rank's share for data-parallel training: images ``rank, rank + shards, ...`` (every shard
+        the same size, so up to ``shards - 1`` images are left out), batches of ``batch_size // shards``
+        (the global batch stays ``batch_size``), order and augmentation from ``generator``."""
+        per_shard = len(self.labels) // shards
+        view = copy.copy(self)
+        view.pixels = self.pixels[rank::shards][:per_shard].contiguous()
+        view.labels = self.labels[rank::shards][:per_shard].contiguous()
+        view.batch_size = self.batch_size // shards
+        view.generator = generator
+        view.shards = shards
+        return view
 
     def with_generator(self, generator: torch.Generator) -> DeviceLoader:
         """A view of this loader (same tensors, no copy) that draws order and augmentation from ``generator``."""

@@ -57,17 +57,17 @@ def test_oneshot_search_writes_every_output(start):
 def test_resume_equals_uninterrupted(start, monkeypatch):
     save, _, sparse = start
     assert regrowth_oneshot.main(_oneshot_args(save, sparse, "full", episodes=4)) == 0
-    real_episode = Search.episode
+    real_episode = Search.evaluate
 
-    def killed_at_third(self, index):
+    def killed_at_third(self, index, ep):
         if index == 2:
             raise KeyboardInterrupt
-        return real_episode(self, index)
+        return real_episode(self, index, ep)
 
-    monkeypatch.setattr(Search, "episode", killed_at_third)
+    monkeypatch.setattr(Search, "evaluate", killed_at_third)
     with pytest.raises(KeyboardInterrupt):
         regrowth_oneshot.main(_oneshot_args(save, sparse, "cut", episodes=4))
-    monkeypatch.setattr(Search, "episode", real_episode)
+    monkeypatch.setattr(Search, "evaluate", real_episode)
     cut = save / "resnet20" / "regrowth_oneshot" / "cut"
     assert len(read_csv(cut / "episodes.csv")) == 2
     assert regrowth_oneshot.main(_oneshot_args(save, sparse, "cut", episodes=4) + ["--resume"]) == 0
@@ -214,17 +214,17 @@ def test_iterative_resume_equals_uninterrupted(start, tmp_path, monkeypatch):
                        "--num_epochs", "2"]
 
     assert regrowth_iterative.main(args(tmp_path / "a")) == 0
-    real_episode = Search.episode
+    real_episode = Search.evaluate
 
-    def killed(self, index):
+    def killed(self, index, ep):
         if "iter_1" in str(self.out) and index == 1:
             raise KeyboardInterrupt
-        return real_episode(self, index)
+        return real_episode(self, index, ep)
 
-    monkeypatch.setattr(Search, "episode", killed)
+    monkeypatch.setattr(Search, "evaluate", killed)
     with pytest.raises(KeyboardInterrupt):
         regrowth_iterative.main(args(tmp_path / "b"))
-    monkeypatch.setattr(Search, "episode", real_episode)
+    monkeypatch.setattr(Search, "evaluate", real_episode)
     assert regrowth_iterative.main(args(tmp_path / "b") + ["--resume"]) == 0
     runs = [tmp_path / d / "resnet20" / "regrowth_iterative" for d in "ab"]
     for it in (0, 1):

@@ -82,17 +82,17 @@ def test_oneshot_writes_every_output_with_channel_masks_and_export(start):
 def test_oneshot_resume_equals_uninterrupted(start, monkeypatch):
     save, _, sparse = start
     assert regrowth_structure_oneshot.main(_oneshot(save, sparse, "full", episodes=3)) == 0
-    real_episode = Search.episode
+    real_episode = Search.evaluate
 
-    def killed_at_second(self, index):
+    def killed_at_second(self, index, ep):
         if index == 1:
             raise KeyboardInterrupt
-        return real_episode(self, index)
+        return real_episode(self, index, ep)
 
-    monkeypatch.setattr(Search, "episode", killed_at_second)
+    monkeypatch.setattr(Search, "evaluate", killed_at_second)
     with pytest.raises(KeyboardInterrupt):
         regrowth_structure_oneshot.main(_oneshot(save, sparse, "cut", episodes=3))
-    monkeypatch.setattr(Search, "episode", real_episode)
+    monkeypatch.setattr(Search, "evaluate", real_episode)
     assert regrowth_structure_oneshot.main(_oneshot(save, sparse, "cut", episodes=3) + ["--resume"]) == 0
     root = save / "resnet20" / "regrowth_structure_oneshot"
     assert read_csv(root / "cut" / "episodes.csv") == read_csv(root / "full" / "episodes.csv")

@@ -19,6 +19,7 @@ statistics a masked BN channel drifts to (structured_notes.md): they are reset o
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -27,28 +28,26 @@ import torch.nn as nn
 
 from utils.errors import UsageError
 from utils.masks import stored_param
-from utils.regrowth import top_pruned
+from utils.regrowth import Draws, draw_base, keyed_uniform, top_pruned
 
-# (slice kind, param) -> value rule per strategy; a rule maps (stored, dense, positions, dim, generator) -> values
-Rule = Callable[[torch.Tensor, "torch.Tensor | None", torch.Tensor, int, "torch.Generator | None"], torch.Tensor]
+# (slice kind, param) -> value rule per strategy; a rule maps (stored, dense, positions, dim, draws) -> values,
+# ``draws()`` giving U[0, 1) values shaped like ``stored`` and keyed by position (``keyed_uniform``)
+Rule = Callable[[torch.Tensor, "torch.Tensor | None", torch.Tensor, int, Draws], torch.Tensor]
 
 
-def _kaiming(stored, dense, pos, dim, gen):
-    shape = list(stored.shape)
-    shape[dim] = len(pos)
+def _kaiming(stored, dense, pos, dim, draws):
     bound = math.sqrt(6 / (stored[0].numel() if stored.dim() > 1 else 1))
-    draws = torch.rand(shape, generator=gen, device=gen.device if gen is not None else stored.device)
-    return ((draws * 2 - 1) * bound).to(stored.device, stored.dtype)
+    return ((draws().index_select(dim, pos) * 2 - 1) * bound).to(stored.dtype)
 
 
-def _dense(stored, dense, pos, dim, gen):
+def _dense(stored, dense, pos, dim, draws):
     if dense is None:
         raise UsageError("--init_strategy dense needs the dense model")
     return dense.to(stored.device, stored.dtype).index_select(dim, pos)
 
 
 def _constant(value: float) -> Rule:
-    def rule(stored, dense, pos, dim, gen):
+    def rule(stored, dense, pos, dim, draws):
         shape = list(stored.shape)
         shape[dim] = len(pos)
         return torch.full(shape, value, dtype=stored.dtype, device=stored.device)
@@ -93,9 +92,10 @@ def _running_stats(module: nn.Module, dense_module: nn.Module | None, pos: torch
 
 def initialise(group, modules: dict[str, nn.Module], channels: torch.Tensor, strategy: str,
                dense_modules: dict[str, nn.Module], optimizer: torch.optim.Optimizer | None,
-               generator: torch.Generator | None) -> None:
+               base: int) -> None:
     """Write ``strategy``'s values for group ``channels`` into every slice of ``group`` (``modules``: the
-    model's modules by name; ``dense_modules``: the dense model's, empty when there is none)."""
+    model's modules by name; ``dense_modules``: the dense model's, empty when there is none; ``base``: the
+    seed of this regrowth's position-keyed draws, see ``draw_base``)."""
     for s in group.slices:
         module = modules[s.module]
         stored = stored_param(module, s.param)
@@ -103,7 +103,8 @@ def initialise(group, modules: dict[str, nn.Module], channels: torch.Tensor, str
         rule = _RULES[strategy][(s.kind, s.param)]
         if rule is not None:
             reference = getattr(dense_modules[s.module], s.param).detach() if s.module in dense_modules else None
-            stored.data.index_copy_(s.dim, pos, rule(stored.detach(), reference, pos, s.dim, generator))
+            draws = functools.partial(keyed_uniform, base, f"{s.module}.{s.param}", stored.shape, stored.device)
+            stored.data.index_copy_(s.dim, pos, rule(stored.detach(), reference, pos, s.dim, draws))
         _reset_state(optimizer, stored, pos, s.dim)
         if s.kind == "norm" and s.param == "weight":
             _running_stats(module, dense_modules.get(s.module), pos, strategy)
@@ -138,10 +139,10 @@ def regrow_channels(granularity, model: nn.Module, allocation: dict[str, int], s
         raise UsageError("--init_strategy dense needs the dense model")
     masks = granularity.masks(model)
     modules, dense_modules = dict(model.named_modules()), dict(dense.named_modules()) if dense is not None else {}
-    new_masks, regrown = {}, {}
+    new_masks, regrown, base = {}, {}, draw_base(generator)
     for root, n in allocation.items():
         chosen = top_pruned(scores[root], masks[root], n)
-        initialise(granularity.by_root[root], modules, chosen, strategy, dense_modules, optimizer, generator)
+        initialise(granularity.by_root[root], modules, chosen, strategy, dense_modules, optimizer, base)
         check_alive(granularity.by_root[root], modules, chosen, strategy)
         new_masks[root] = masks[root].clone().index_fill_(0, chosen, True)
         regrown[root] = len(chosen)

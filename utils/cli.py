@@ -10,6 +10,7 @@ import math
 import sys
 from collections.abc import Callable, Sequence
 
+from utils.distributed import close_world, is_main_process
 from utils.errors import ReportedError, UsageError
 from utils.run import setup_logging
 
@@ -21,7 +22,8 @@ class ArgumentParser(argparse.ArgumentParser):
     """argparse with one-line errors: ``error: <message>`` on stderr and exit code 2."""
 
     def error(self, message: str):  # type: ignore[override]
-        sys.stderr.write(f"error: {message} (see {self.prog} --help)\n")
+        if is_main_process():
+            sys.stderr.write(f"error: {message} (see {self.prog} --help)\n")
         raise SystemExit(2)
 
 
@@ -36,10 +38,13 @@ def cli_main(func: Callable[[Sequence[str] | None], int | None]) -> Callable[[Se
         except ReportedError:
             return 2
         except UsageError as exc:
-            sys.stderr.write(f"error: {exc}\n")
+            if is_main_process():  # every process of a torchrun launch meets the same error; one line says it
+                sys.stderr.write(f"error: {exc}\n")
             return 2
         except SystemExit as exc:  # argparse: --help exits 0, bad flags exit 2
             return int(exc.code or 0)
+        finally:
+            close_world()
 
     return wrapper
 
@@ -206,7 +211,8 @@ def add_controller_args(parser: argparse.ArgumentParser, *, episodes: int, actio
     group.add_argument("--initial_ckpt", "--pruned_ckpt", dest="initial_ckpt", required=True,
                        help="sparse starting checkpoint (with masks)")
     group.add_argument("--num_epochs", type=positive_int, default=episodes, help="maximum RL episodes")
-    group.add_argument("--init_strategy", default=default_init, help=INIT_HELP)
+    group.add_argument("--init_strategy", default=None,
+                       help=f"{INIT_HELP}; default {default_init}, or dense with --selection reference")
     group.add_argument("--learning_rate", type=positive_float, default=3e-4, help="controller Adam lr")
     group.add_argument("--hidden_size", type=positive_int, default=64)
     group.add_argument("--action_space_size", "--alloc_space_size", dest="action_space_size", type=positive_int,
@@ -221,5 +227,14 @@ def add_controller_args(parser: argparse.ArgumentParser, *, episodes: int, actio
     group.add_argument("--min_epochs", type=positive_int, default=50, help="episodes before the flat-reward stop")
     group.add_argument("--reward_std_threshold", type=non_negative_float, default=0.002)
     group.add_argument("--reward_window_size", type=positive_int, default=20)
+    group.add_argument("--episodes_per_update", type=positive_int, default=1,
+                       help="M: episodes sampled from one policy per REINFORCE step (batch-mean baseline; 1: "
+                            "one step per episode with an EMA baseline); under torchrun they run in parallel")
+    group.add_argument("--unpaired_episodes", action="store_true",
+                       help="give every episode its own data order and init draws (default: the same for all, "
+                            "so rewards differ by the allocation only)")
+    group.add_argument("--random_search", action="store_true",
+                       help="baseline: allocations drawn uniformly from the controller's action space, no policy "
+                            "updates, best episode by val (written to random_regrowth_* folders)")
     group.add_argument("--resume", action="store_true", help="continue the search from its search_state.pt")
     group.add_argument("--overwrite", action="store_true", help="start over where a search already ran")

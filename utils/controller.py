@@ -7,11 +7,12 @@ skips the layer; ``skip=False`` gives the original 1..A); options whose count re
 masked, so every distinct count has one action. An optional first "budget" step picks the episode's total
 budget among given options. Sampling uses the policy's own ``torch.Generator``.
 
-``Reinforce`` trains it one episode per update: EMA baseline (initialised to the first reward), advantage
-``clip((r - b)/τ, ±c)`` with τ fixed or the rolling std of recent rewards, loss ``-A·Σ log π - β·H`` with β
-decaying linearly from ``start_beta`` to ``end_beta`` over the first ``decay_fraction`` of the episodes,
-Adam and gradient-norm clipping at 1.0. Its state (policy, optimizer, baseline, rewards) is a plain dict
-for resumable searches.
+``Reinforce`` trains it one episode per update (``update``), or one batch of M episodes sampled from the
+same policy per update (``update_batch``: the batch's mean reward is the baseline). One episode: EMA
+baseline (initialised to the first reward), advantage ``clip((r - b)/τ, ±c)`` with τ fixed or the
+rolling std of recent rewards, loss ``-A·Σ log π - β·H`` with β decaying linearly from ``start_beta`` to
+``end_beta`` over the first ``decay_fraction`` of the episodes, Adam and gradient-norm clipping at 1.0.
+Its state (policy, optimizer, baseline, rewards) is a plain dict for resumable searches.
 """
 from __future__ import annotations
 
@@ -65,10 +66,12 @@ class AllocationPolicy(nn.Module):
         return counts, torch.tensor(feasible)
 
     def sample(self, capacities: list[int], ssim: list[float], generator: torch.Generator,
-               budget: int | None = None, budget_options: list[int] | None = None) -> Episode:
+               budget: int | None = None, budget_options: list[int] | None = None, uniform: bool = False) -> Episode:
         """Sample an allocation over layers with ``capacities`` (and SSIM scores), visited in the given order.
 
-        Either ``budget`` is fixed or the budget head picks one of ``budget_options`` first.
+        Either ``budget`` is fixed or the budget head picks one of ``budget_options`` first. ``uniform``:
+        every feasible option of each step equally likely (random search over the same action space); the
+        policy's logits are still computed, so the generator advances exactly as in a policy draw.
         """
         state = (torch.zeros(1, self.hidden_size), torch.zeros(1, self.hidden_size))
         prev = torch.zeros(1, self.width)
@@ -78,7 +81,8 @@ class AllocationPolicy(nn.Module):
                 raise ValueError("give a budget, or build the policy with a budget head and pass budget_options")
             state = self._step(prev, [0.0, 0.0, 1.0, 0.0], state)
             prev = self.budget_head(state[0])
-            choice = self._choose(prev, torch.ones(prev.shape[1], dtype=torch.bool), generator, log_probs, entropies)
+            choice = self._choose(prev, torch.ones(prev.shape[1], dtype=torch.bool), generator, log_probs, entropies,
+                                  uniform)
             actions.append(choice)
             budget = budget_options[choice]
         total_cap, remaining, counts = max(sum(capacities), 1), budget, []
@@ -87,7 +91,7 @@ class AllocationPolicy(nn.Module):
             state = self._step(prev, context, state)
             prev = self.alloc_head(state[0])
             options, feasible = self.options(cap, remaining)
-            choice = self._choose(prev, feasible, generator, log_probs, entropies)
+            choice = self._choose(prev, feasible, generator, log_probs, entropies, uniform)
             actions.append(choice)
             counts.append(min(options[choice], cap, remaining))
             remaining -= counts[-1]
@@ -95,8 +99,8 @@ class AllocationPolicy(nn.Module):
 
     @staticmethod
     def _choose(logits: torch.Tensor, feasible: torch.Tensor, generator: torch.Generator,
-                log_probs: list, entropies: list) -> int:
-        masked = logits[0].masked_fill(~feasible, -1e9)
+                log_probs: list, entropies: list, uniform: bool = False) -> int:
+        masked = (torch.zeros_like(logits[0]) if uniform else logits[0]).masked_fill(~feasible, -1e9)
         dist = torch.distributions.Categorical(logits=masked)
         choice = int(torch.multinomial(dist.probs.detach(), 1, generator=generator))
         log_probs.append(dist.log_prob(torch.tensor(choice)))
@@ -154,11 +158,34 @@ class Reinforce:
         self.rewards.append(reward)
         beta = self.beta(index)
         loss = -advantage * episode.log_prob - beta * episode.entropy
+        self._step(loss)
+        return {"advantage": advantage, "beta": beta, "loss": float(loss.detach()), "baseline": self.baseline}
+
+    def update_batch(self, episodes: list[Episode], rewards: list[float], index: int) -> dict[str, float]:
+        """One policy step for a batch of episodes sampled from the same policy (``index``: 0-based number of
+        the batch's first episode, for the entropy schedule). One episode: ``update`` (EMA baseline). More:
+        the batch's mean reward is the baseline, advantages ``clip((r_i - mean)/τ, ±c)``, loss
+        ``-mean_i(A_i · log π_i) - β · mean_i(H_i)``; the EMA baseline follows the batch means."""
+        if len(episodes) == 1:
+            return self.update(episodes[0], rewards[0], index)
+        cfg, mean = self.config, statistics.fmean(rewards)
+        tau = self._tau()
+        advantages = [max(-cfg.clip, min(cfg.clip, (r - mean) / tau)) for r in rewards]
+        self.baseline = mean if self.baseline is None else cfg.ema * self.baseline + (1 - cfg.ema) * mean
+        self.rewards.extend(rewards)
+        beta = self.beta(index)
+        log_probs = torch.stack([ep.log_prob for ep in episodes])
+        entropy = torch.stack([ep.entropy for ep in episodes]).mean()
+        loss = -(torch.tensor(advantages) * log_probs).mean() - beta * entropy
+        self._step(loss)
+        return {"advantage": statistics.fmean(advantages), "beta": beta, "loss": float(loss.detach()),
+                "baseline": mean}
+
+    def _step(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(self.policy.parameters(), self.config.grad_clip)
         self.optimizer.step()
-        return {"advantage": advantage, "beta": beta, "loss": float(loss.detach()), "baseline": self.baseline}
 
     def state_dict(self) -> dict:
         """Everything needed to continue the search exactly."""

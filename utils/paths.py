@@ -8,6 +8,7 @@ Layout under ``{save_dir}/{model}/`` (``granularity`` is ``weight`` or ``channel
 | pruning run | ``{mode}/{m}_{s:.4f}.pth`` | ``structured_{mode}/{m}_ch{s:.4f}.pth`` |
 | one-shot regrowth search | ``regrowth_oneshot/{label}/`` | ``regrowth_structure_oneshot/{label}/`` |
 | iterative regrowth | ``regrowth_iterative/iter_{i}/`` | ``regrowth_structure_iterative/iter_{i}/`` |
+| random-search regrowth | ``random_regrowth_{schedule}/...`` | ``random_regrowth_structure_{schedule}/...`` |
 | greedy regrowth | ``greedy_{mode}/iter_{i}/`` | ``greedy_channel_{mode}/iter_{i}/`` |
 | layer analysis | ``analysis/{ckpt stem}/`` | (the same) |
 | single-layer analysis | ``single_layer/{ckpt stem}/`` | (the same) |
@@ -59,9 +60,12 @@ def prune_checkpoint(folder: Path, model_name: str, granularity: str, sparsity: 
     return folder / f"{model_name}_{_FILE_TAG[granularity]}{sparsity:.4f}.pth"
 
 
-def regrowth_dir(save_dir: str | Path, model_name: str, granularity: str, schedule: str) -> Path:
-    """Root of a regrowth search: ``regrowth[_structure]_{oneshot|iterative}``."""
-    return model_root(save_dir, model_name) / f"{_REGROWTH_STEM[granularity]}_{schedule}"
+def regrowth_dir(save_dir: str | Path, model_name: str, granularity: str, schedule: str,
+                 random_search: bool = False) -> Path:
+    """Root of a regrowth search: ``regrowth[_structure]_{oneshot|iterative}`` (RL), or the same with a
+    ``random_`` prefix for a random search."""
+    prefix = "random_" if random_search else ""
+    return model_root(save_dir, model_name) / f"{prefix}{_REGROWTH_STEM[granularity]}_{schedule}"
 
 
 def iteration_dir(root: Path, iteration: int) -> Path:

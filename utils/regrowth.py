@@ -12,10 +12,17 @@ Initial values (``--init_strategy``):
 | `xavier`    | U(-b, b), b = sqrt(6 / (fan_in + fan_out))                         |
 | `magnitude` | the stored ``weight_orig`` value (its decayed last live value)     |
 | `dense`     | the dense pretrained weight at that position                       |
+
+Random draws are keyed by position: ``keyed_uniform`` draws one uniform value per entry of a whole layer from
+a seed made of one number drawn from the caller's generator and the layer's name, and a regrown position
+reads its own entry. So two regrowths from generators in the same state give a position the same initial
+value whatever else they regrow (the paired episodes of a search differ only by their allocation).
 """
 from __future__ import annotations
 
+import functools
 import math
+import zlib
 from collections.abc import Callable
 
 import torch
@@ -25,8 +32,24 @@ from utils.budget import largest_remainder
 from utils.errors import UsageError
 from utils.masks import has_reparam, prunable_modules
 
-# (module, flat positions [k], dense weight or None, generator) -> values [k]
-Init = Callable[[nn.Module, torch.Tensor, "torch.Tensor | None", "torch.Generator | None"], torch.Tensor]
+Draws = Callable[[], torch.Tensor]  # () -> U[0, 1) values shaped like the whole parameter (keyed by position)
+# (module, flat positions [k], dense weight or None, draws) -> values [k]
+Init = Callable[[nn.Module, torch.Tensor, "torch.Tensor | None", Draws], torch.Tensor]
+
+
+def draw_base(generator: torch.Generator | None) -> int:
+    """One number from ``generator`` (the global RNG when None) that seeds every ``keyed_uniform`` of one
+    regrowth call."""
+    device = generator.device if generator is not None else "cpu"
+    return int(torch.randint(0, 2**62, (1,), generator=generator, device=device))
+
+
+def keyed_uniform(base: int, key: str, shape: torch.Size, device: torch.device) -> torch.Tensor:
+    """U[0, 1) values of ``shape`` on ``device`` that depend only on ``base``, ``key`` (a parameter's name)
+    and the position."""
+    gen = torch.Generator(device=device)
+    gen.manual_seed((base + zlib.crc32(key.encode())) % 2**63)
+    return torch.rand(shape, generator=gen, device=device)
 
 
 def _fans(weight: torch.Tensor) -> tuple[int, int]:
@@ -34,25 +57,23 @@ def _fans(weight: torch.Tensor) -> tuple[int, int]:
     return weight.shape[1] * receptive, weight.shape[0] * receptive
 
 
-def _uniform(bound: float, k: int, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    device = generator.device if generator is not None else like.device
-    draws = torch.rand(k, generator=generator, device=device).to(like.device, like.dtype)
-    return (draws * 2 - 1) * bound
+def _uniform(bound: float, idx: torch.Tensor, like: torch.Tensor, draws: Draws) -> torch.Tensor:
+    return ((draws().reshape(-1)[idx.to(like.device)] * 2 - 1) * bound).to(like.dtype)
 
 
-def _dense_values(module, idx, dense, generator):
+def _dense_values(module, idx, dense, draws):
     if dense is None:
         raise UsageError("--init_strategy dense needs the dense pretrained weights")
     return dense.reshape(-1)[idx].to(module.weight_orig.dtype)
 
 
 INIT_STRATEGIES: dict[str, Init] = {
-    "zero": lambda module, idx, dense, gen: torch.zeros(len(idx), device=idx.device, dtype=module.weight_orig.dtype),
-    "kaiming": lambda module, idx, dense, gen: _uniform(math.sqrt(6 / _fans(module.weight_orig)[0]), len(idx),
-                                                        module.weight_orig, gen),
-    "xavier": lambda module, idx, dense, gen: _uniform(math.sqrt(6 / sum(_fans(module.weight_orig))), len(idx),
-                                                       module.weight_orig, gen),
-    "magnitude": lambda module, idx, dense, gen: module.weight_orig.detach().reshape(-1)[idx],
+    "zero": lambda module, idx, dense, draws: torch.zeros(len(idx), device=idx.device, dtype=module.weight_orig.dtype),
+    "kaiming": lambda module, idx, dense, draws: _uniform(math.sqrt(6 / _fans(module.weight_orig)[0]), idx,
+                                                          module.weight_orig, draws),
+    "xavier": lambda module, idx, dense, draws: _uniform(math.sqrt(6 / sum(_fans(module.weight_orig))), idx,
+                                                         module.weight_orig, draws),
+    "magnitude": lambda module, idx, dense, draws: module.weight_orig.detach().reshape(-1)[idx],
     "dense": _dense_values,
 }
 
@@ -98,13 +119,15 @@ def apply_regrowth(model: nn.Module, allocation: dict[str, int], scores: dict[st
     """
     init = get_init(init_strategy)
     modules = prunable_modules(model)
+    base = draw_base(generator)
     regrown = {}
     for name, n in allocation.items():
         module = modules[name]
         if not has_reparam(module):
             raise UsageError(f"layer {name} has no mask to regrow into")
         idx = top_pruned(scores[name], module.weight_mask, n)
-        values = init(module, idx, None if dense is None else dense.get(name), generator)
+        draws = functools.partial(keyed_uniform, base, name, module.weight_orig.shape, module.weight_orig.device)
+        values = init(module, idx, None if dense is None else dense.get(name), draws)
         _write(module.weight_orig, idx, values)
         _write(module.weight_mask, idx, 1.0)
         _reset_optimizer_state(optimizer, module.weight_orig, idx)

@@ -35,8 +35,9 @@ from utils.export import verify_export
 from utils.granularity import granularity_class
 from utils.paths import BEST_MODEL, SEARCH_STATE, SUMMARY, iteration_dir, prune_dir, regrowth_dir
 from utils.run import LOG, setup_logging, write_json
-from utils.scores import saliency_scores, ssim_scores
+from utils.scores import ssim_scores
 from utils.search import Search, SearchResult, check_search_dir, config_from_args, search_space, trainer_from_args
+from utils.selection import add_selection_args, default_init, load_reference, selection_scores
 from utils.stage import DenseSparse, Stage, prepare_dense_sparse
 from utils.train import evaluate
 
@@ -51,6 +52,7 @@ def add_search_args(parser: argparse.ArgumentParser, granularity: str, schedule:
     add_scoring_args(parser)
     add_controller_args(parser, episodes=episodes, action_space_size=actions, finetune_epochs=epochs,
                         patience=patience, default_init=kind.default_init)
+    add_selection_args(parser)
     parser.set_defaults(saliency_batches=kind.score_batches)
     default_baseline = {"iterative": f"{{save_dir}}/{{m_name}}/{prune_dir('', '', granularity, 'iterative').name}",
                         "oneshot": "none: the sparse start's own val accuracy"}[schedule]
@@ -75,10 +77,20 @@ def add_search_args(parser: argparse.ArgumentParser, granularity: str, schedule:
 
 # ---- shared pieces -----------------------------------------------------------------------------------------
 
-def start(args: argparse.Namespace, granularity: str) -> tuple[Stage, DenseSparse]:
-    """Stage and (dense, sparse) pair of a search; the init strategy is checked before anything loads."""
-    granularity_class(granularity).check_init(args.init_strategy)
-    return prepare_dense_sparse(args, args.initial_ckpt, reparam=True, granularity=granularity)
+def start(args: argparse.Namespace, granularity: str) -> tuple[Stage, DenseSparse, nn.Module | None]:
+    """Stage, (dense, sparse) pair and --selection reference model of a search; the init strategy is
+    resolved and checked before anything loads."""
+    kind = granularity_class(granularity)
+    args.init_strategy = default_init(args, kind.default_init)
+    kind.check_init(args.init_strategy)
+    stage, pair = prepare_dense_sparse(args, args.initial_ckpt, reparam=True, granularity=granularity)
+    return stage, pair, load_reference(stage, pair)
+
+
+def init_source(pair: DenseSparse, reference: nn.Module | None) -> nn.Module:
+    """Where ``--init_strategy dense`` copies values from: the reference of --selection reference, else the
+    dense model."""
+    return reference if reference is not None else pair.dense
 
 
 def pruning_baseline(stage: Stage, folder: Path) -> dict[float, float]:
@@ -119,10 +131,11 @@ def finish(stage: Stage, best_path: Path, acc_key: str) -> dict:
 
 def run_oneshot(args: argparse.Namespace, granularity: str) -> SearchResult:
     """One search regrowing K = --regrow_step · N_tot units into the SSIM-selected units of --initial_ckpt."""
-    stage, pair = start(args, granularity)
+    stage, pair, reference = start(args, granularity)
     gran = stage.granularity
     sparsity = gran.sparsity(pair.sparse)
-    out = regrowth_dir(args.save_dir, stage.model_name, gran.name, "oneshot") / (args.label or f"{sparsity:.4f}")
+    out = (regrowth_dir(args.save_dir, stage.model_name, gran.name, "oneshot", args.random_search)
+           / (args.label or f"{sparsity:.4f}"))
     check_search_dir(out, args)
     regrowth_budget(gran.total(pair.sparse), args.regrow_step, sum(gran.capacity(pair.sparse).values()))  # not 0
     table = pruning_baseline(stage, Path(args.baseline_dir)) if args.baseline_dir else None
@@ -130,12 +143,12 @@ def run_oneshot(args: argparse.Namespace, granularity: str) -> SearchResult:
     ssim = ssim_scores(stage, pair.dense, pair.sparse)
     space = search_space(ssim, gran.capacity(pair.sparse), args.ssim_threshold)
     budget = regrowth_budget(gran.total(pair.sparse), args.regrow_step, sum(space.capacities))
-    scores = saliency_scores(stage, pair)
+    scores = selection_scores(stage, pair, reference)
     _, start_val = evaluate(pair.sparse, stage.data.val, amp=stage.amp)
     LOG.info("start: %s sparsity %.4f, val %.2f%%; K = %d %ss; searching %s", gran.name, sparsity, start_val, budget,
              gran.name, space.layers)
     zero_point = (lambda s: interpolate(table, s)) if table else (lambda s: start_val)
-    search = Search(stage, pair.sparse, scores, pair.dense, space,
+    search = Search(stage, pair.sparse, scores, init_source(pair, reference), space,
                     trainer_from_args(args, temperature=args.reward_temperature, clip=100.0), config_from_args(args),
                     zero_point=zero_point, out=out, parent=pair.sparse_path, budget=budget)
     if args.resume:
@@ -155,7 +168,7 @@ def run_oneshot(args: argparse.Namespace, granularity: str) -> SearchResult:
 
 # ---- iterative --------------------------------------------------------------------------------------------
 
-def run_iteration(stage: Stage, pair: DenseSparse, current: nn.Module, current_path: Path,
+def run_iteration(stage: Stage, pair: DenseSparse, source: nn.Module, current: nn.Module, current_path: Path,
                   scores: dict[str, torch.Tensor], table: dict[float, float], it: int, out: Path) -> dict:
     """One search from ``current``; writes ``out`` and returns the iteration's summary row."""
     args, gran = stage.args, stage.granularity
@@ -163,7 +176,7 @@ def run_iteration(stage: Stage, pair: DenseSparse, current: nn.Module, current_p
     options = budget_options(args, gran.total(current), sum(space.capacities))
     LOG.info("iteration %d: sparsity %.4f; budgets %s; searching %s", it, gran.sparsity(current), options,
              space.layers)
-    search = Search(stage, current, scores, pair.dense, space,
+    search = Search(stage, current, scores, source, space,
                     trainer_from_args(args, args.budget_space_size, temperature=None, clip=10.0),
                     config_from_args(args), zero_point=lambda s: interpolate(table, s), out=out,
                     parent=current_path, budget_options=options)
@@ -180,27 +193,28 @@ def run_iteration(stage: Stage, pair: DenseSparse, current: nn.Module, current_p
 def run_iterative(args: argparse.Namespace, granularity: str) -> dict:
     """Searches from --initial_ckpt, each carrying its best post-finetune model forward, until
     --target_sparsity or --num_iters; rewards against the pruning baseline of --baseline_dir."""
-    stage, pair = start(args, granularity)
+    stage, pair, reference = start(args, granularity)
     gran = stage.granularity
     first = gran.sparsity(pair.sparse)
     if args.target_sparsity >= first:
         raise UsageError(f"--target_sparsity {args.target_sparsity} is not below the start sparsity {first:.4f}")
     if args.min_budget_frac > args.max_budget_frac:
         raise UsageError("--min_budget_frac is larger than --max_budget_frac")
-    root = regrowth_dir(args.save_dir, stage.model_name, gran.name, "iterative")
+    root = regrowth_dir(args.save_dir, stage.model_name, gran.name, "iterative", args.random_search)
     check_search_dir(iteration_dir(root, 0), args)
     table = pruning_baseline(stage, Path(args.baseline_dir or prune_dir(args.save_dir, stage.model_name, gran.name,
                                                                         "iterative")))
     budget_options(args, gran.total(pair.sparse), sum(gran.capacity(pair.sparse).values()))  # none of them 0
     setup_logging(root)
-    scores = saliency_scores(stage, pair)
+    scores = selection_scores(stage, pair, reference)
     current, current_path, rows = pair.sparse, pair.sparse_path, []
     for it in range(args.num_iters):
         out = iteration_dir(root, it)
         if args.resume and (out / SUMMARY).is_file():  # finished before the interruption
             row = json.loads((out / SUMMARY).read_text())
         else:
-            row = run_iteration(stage, pair, current, current_path, scores, table, it, out)
+            row = run_iteration(stage, pair, init_source(pair, reference), current, current_path, scores, table,
+                                it, out)
         rows.append(row)
         current_path = out / BEST_MODEL
         current = stage.load_model(current_path, reparam=True)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from utils.distributed import is_main_process
 from utils.errors import UsageError
 
 LOG = logging.getLogger("bridge")
@@ -60,8 +61,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 def setup_logging(run_dir: Path | None = None, name: str = "log.txt") -> logging.Logger:
-    """Log INFO lines to stderr and, when ``run_dir`` is given, append them to ``run_dir/name``."""
-    LOG.setLevel(logging.INFO)
+    """Log INFO lines to stderr and, when ``run_dir`` is given, append them to ``run_dir/name``. Ranks other
+    than 0 of a ``torchrun`` launch log warnings only, and to stderr only (rank 0 writes the files)."""
+    main = is_main_process()
+    LOG.setLevel(logging.INFO if main else logging.WARNING)
     LOG.propagate = False
     for handler in list(LOG.handlers):
         LOG.removeHandler(handler)
@@ -70,7 +73,7 @@ def setup_logging(run_dir: Path | None = None, name: str = "log.txt") -> logging
     console = logging.StreamHandler(sys.stderr)
     console.setFormatter(fmt)
     LOG.addHandler(console)
-    if run_dir is not None:
+    if run_dir is not None and main:
         run_dir.mkdir(parents=True, exist_ok=True)
         file_handler = logging.FileHandler(run_dir / name)
         file_handler.setFormatter(fmt)
@@ -81,7 +84,9 @@ def setup_logging(run_dir: Path | None = None, name: str = "log.txt") -> logging
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """The one atomic writer: ``write(tmp)`` fills a temp file beside ``path``, which is flushed to disk
     (fsync) and renamed over ``path``. A crash leaves the old file or the new one, never half of one; the
-    temp file is removed when ``write`` fails."""
+    temp file is removed when ``write`` fails. Only rank 0 of a ``torchrun`` launch writes (the others skip)."""
+    if not is_main_process():
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

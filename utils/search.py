@@ -1,15 +1,24 @@
-"""The RL regrowth search shared by the one-shot and iterative scripts (spec §6-§8).
+"""The RL regrowth search shared by the one-shot and iterative scripts, for weights and channels.
 
-One episode: the policy samples an allocation over the searched layers -> a copy of the sparse model
-regrows it (top saliency positions, chosen init) -> mini-finetune (AdamW, best epoch on **val**) ->
+One episode: the policy samples an allocation over the searched units -> a copy of the sparse model
+regrows it (top-scoring positions, chosen init) -> mini-finetune (AdamW, best epoch on **val**) ->
 reward = (val acc - zero point)/100 + budget_bonus·usage, where the zero point is the starting sparse
-model's val accuracy (one-shot) or the interpolated pruning baseline at the new sparsity (iterative) ->
-REINFORCE update -> early-stopping check (spec §6.8).
+model's val accuracy (one-shot) or the interpolated pruning baseline at the new sparsity (iterative).
+M = ``--episodes_per_update`` episodes sampled from one policy make a batch, followed by one REINFORCE
+step (M = 1: the original's one update per episode with an EMA baseline) and the early-stopping check
+(no new best for ``--early_stop_patience`` episodes, or a flat reward window after ``--min_epochs``).
 
-Resumable: after every episode the whole search state (controller, its optimizer, EMA baseline,
-rewards, every RNG that the next episode draws from, the history and the best result so far) is written
-atomically to ``search_state.pt``; a resumed search continues from the last finished episode and gives
-the same later episodes as an uninterrupted one (CPU). The best models are written as soon as found.
+Episodes are paired by default (common random numbers: every episode's mini-finetune sees the same data
+order, augmentation and init draws, so two allocations are compared on equal terms); ``--unpaired_episodes``
+gives each episode its own draws. Under ``torchrun`` the episodes of a batch run in parallel, one process
+each (round-robin), and every process takes the same policy step; rank 0 writes the files.
+``--random_search`` draws allocations uniformly from the same action space and never updates the policy:
+the baseline an RL search must beat at equal episodes.
+
+Resumable: after every batch the search state (controller, its optimizer, EMA baseline, rewards, the
+policy's RNG, the history and the best result so far) is written atomically to ``search_state.pt``; a
+resumed search continues from the last finished batch and gives the same later episodes as an
+uninterrupted one (CPU). The best models are written as soon as a batch finds them.
 """
 from __future__ import annotations
 
@@ -22,12 +31,13 @@ import torch
 import torch.nn as nn
 
 from utils.checkpoint import atomic_save, plain
-from utils.controller import AllocationPolicy, Reinforce, ReinforceConfig
+from utils.controller import AllocationPolicy, Episode, Reinforce, ReinforceConfig
+from utils.distributed import all_gather, barrier, broadcast, current_world
 from utils.errors import UsageError
 from utils.masks import clone_model
 from utils.paths import BEST_MODEL, BEST_PRE_FINETUNE, SEARCH_STATE, check_output_dir, clean_stale_temps
 from utils.plots import plot_reward_curve
-from utils.run import LOG, check_same_run, make_generator, write_csv
+from utils.run import LOG, check_same_run, make_generator, role_seed, write_csv
 from utils.ssim import select_layers
 from utils.stage import Stage
 from utils.train import finetune
@@ -63,6 +73,9 @@ class SearchConfig:
     reward_window_size: int = 20
     lr: float = 3e-4
     weight_decay: float = 0.01
+    episodes_per_update: int = 1  # M: episodes sampled from one policy per REINFORCE step
+    paired: bool = True  # every episode uses the same random draws (common random numbers)
+    learn: bool = True  # False: random search (uniform allocations, no policy step)
 
 
 @dataclass
@@ -118,23 +131,44 @@ def config_from_args(args) -> SearchConfig:
                         init_strategy=args.init_strategy, budget_bonus=args.budget_bonus,
                         early_stop_patience=args.early_stop_patience, min_epochs=args.min_epochs,
                         reward_std_threshold=args.reward_std_threshold, reward_window_size=args.reward_window_size,
-                        lr=args.lr, weight_decay=args.weight_decay)
+                        lr=args.lr, weight_decay=args.weight_decay, episodes_per_update=args.episodes_per_update,
+                        paired=not args.unpaired_episodes, learn=not args.random_search)
+
+
+@dataclass
+class Outcome:
+    """What evaluating one episode gives: its log row and (kept only while the batch is decided) its
+    regrown model before and after the mini-finetune."""
+
+    row: dict
+    before: nn.Module
+    after: nn.Module
 
 
 class Search:
-    """Runs and checkpoints one RL regrowth search into ``out``."""
+    """Runs and checkpoints one RL regrowth search into ``out``.
+
+    Episodes come in policy batches of ``config.episodes_per_update``: M allocations sampled from the same
+    policy, evaluated (spread over the processes of a ``torchrun`` launch, round-robin), then one policy
+    step. Each episode seeds its own randomness (init draws, data order and augmentation, dropout) from the
+    run seed: the same seed for every episode when ``config.paired`` (common random numbers, so rewards
+    differ by the allocation only), or one per episode number. So an episode's reward depends on nothing
+    but the run seed, its allocation and (unpaired) its number: not on the process that runs it nor on what
+    ran before, which makes resume and episode-parallel runs equal a single uninterrupted run.
+    """
 
     def __init__(self, stage: Stage, sparse: nn.Module, scores: dict[str, torch.Tensor], dense: nn.Module,
                  space: SearchSpace, trainer: Reinforce, config: SearchConfig, zero_point: ZeroPoint, out: Path,
                  parent: Path, budget: int | None = None, budget_options: list[int] | None = None) -> None:
         """``scores``: per-entry unit scores that pick what regrows inside a unit (saliency); ``dense``: the
-        dense model (for ``--init_strategy dense``). Units, masks and regrowth come from ``stage.granularity``."""
+        source of ``--init_strategy dense`` values (the dense model, or the reference of ``--selection
+        reference``). Units, masks and regrowth come from ``stage.granularity``."""
         self.stage, self.sparse, self.scores, self.dense = stage, sparse, scores, dense
         self.parent = parent
         self.space, self.trainer, self.config, self.zero_point, self.out = space, trainer, config, zero_point, out
         self.budget, self.budget_options = budget, budget_options
         self.policy_rng = make_generator(stage.args.seed, "policy")
-        self.init_rng = make_generator(stage.args.seed, "regrowth_init", stage.device)
+        self.world = current_world()
         self.history: list[dict] = []
         self.best = SearchResult()
 
@@ -145,9 +179,7 @@ class Search:
     # ---- state -------------------------------------------------------------------------------------------
     def _state(self) -> dict:
         return {"settings": plain(vars(self.stage.args)), "trainer": self.trainer.state_dict(),
-                "history": self.history, "best": vars(self.best),
-                "rng": {"policy": self.policy_rng.get_state(), "init": self.init_rng.get_state(),
-                        "data": self.stage.data.train.generator.get_state(), "torch": torch.get_rng_state()}}
+                "history": self.history, "best": vars(self.best), "rng": {"policy": self.policy_rng.get_state()}}
 
     def resume(self) -> None:
         """Continue from ``search_state.pt`` in ``out`` (a usage error when there is none)."""
@@ -159,40 +191,84 @@ class Search:
         self.trainer.load_state_dict(state["trainer"])
         self.history, self.best = state["history"], SearchResult(**state["best"])
         self.policy_rng.set_state(state["rng"]["policy"])
-        self.init_rng.set_state(state["rng"]["init"])
-        self.stage.data.train.generator.set_state(state["rng"]["data"])
-        torch.set_rng_state(state["rng"]["torch"])
         LOG.info("resumed after episode %d (best reward %.4f)", len(self.history), self.best.reward)
 
     # ---- one episode -------------------------------------------------------------------------------------
-    def episode(self, index: int) -> dict:
-        """Sample, regrow, finetune, reward, update; returns the logged row."""
-        ep = self.policy.sample(self.space.capacities, self.space.ssim, self.policy_rng, budget=self.budget,
-                                budget_options=self.budget_options)
+    def _seed_episode(self, index: int) -> tuple[torch.Generator, torch.Generator]:
+        """Seed the episode's randomness; returns its (init draws, data order) generators."""
+        seed, device = self.stage.args.seed, self.stage.device
+        role = "episode" if self.config.paired else f"episode/{index}"
+        torch.manual_seed(role_seed(seed, f"{role}/torch"))  # dropout and anything else on the global RNG
+        return make_generator(seed, f"{role}/init", device), make_generator(seed, f"{role}/data", device)
+
+    def sample(self) -> Episode:
+        """One allocation from the policy (uniform over its action space for a random search)."""
+        return self.policy.sample(self.space.capacities, self.space.ssim, self.policy_rng, budget=self.budget,
+                                  budget_options=self.budget_options, uniform=not self.config.learn)
+
+    def evaluate(self, index: int, ep: Episode) -> Outcome:
+        """Regrow ``ep``'s allocation into a copy of the sparse model, mini-finetune it, and reward it."""
+        init_rng, data_rng = self._seed_episode(index)
         allocation = {name: n for name, n in zip(self.space.layers, ep.counts, strict=True) if n > 0}
         gran = self.stage.granularity
         model = clone_model(self.sparse)
         regrown = sum(gran.regrow(model, allocation, self.scores, self.config.init_strategy, self.dense,
-                                  generator=self.init_rng).values())
+                                  generator=init_rng).values())
         before = clone_model(model)
-        fit = finetune(model, self.stage.data.train, self.stage.data.val, epochs=self.config.finetune_epochs,
-                       lr=self.config.lr, weight_decay=self.config.weight_decay, progress=False, verbose=False,
-                       **self.stage.speed)
+        fit = finetune(model, self.stage.data.train.with_generator(data_rng), self.stage.data.val,
+                       epochs=self.config.finetune_epochs, lr=self.config.lr, weight_decay=self.config.weight_decay,
+                       progress=False, verbose=False, **self.stage.speed)
         new_sparsity = gran.sparsity(model)
         gain = fit.best_val_acc - self.zero_point(new_sparsity)
         bonus = self.config.budget_bonus * (regrown / ep.budget if ep.budget else 0.0)
-        reward = gain / 100 + bonus
-        update = self.trainer.update(ep, reward, index)
-        row = {"episode": index + 1, "reward": reward, "acc_gain": gain, "bonus": bonus, "val_acc": fit.best_val_acc,
-               "sparsity": new_sparsity, "regrown": regrown, "budget": ep.budget, "entropy": float(ep.entropy.detach()),
-               "beta": update["beta"], "allocation": json.dumps(allocation)}
-        if reward > self.best.reward:
-            self.best = SearchResult(reward, index + 1, fit.best_val_acc, gain, new_sparsity, allocation)
-            meta = {"stage": "regrowth", "episode": index + 1, "reward": reward, "acc_gain": gain,
-                    "allocation": allocation, "sparsity": new_sparsity, "parent": str(self.parent)}
-            self.stage.save(self.out / BEST_PRE_FINETUNE, before, {**meta, "finetuned": False})
-            self.stage.save(self.out / BEST_MODEL, model, {**meta, "finetuned": True, "val_acc": fit.best_val_acc})
-        return row
+        row = {"episode": index + 1, "reward": gain / 100 + bonus, "acc_gain": gain, "bonus": bonus,
+               "val_acc": fit.best_val_acc, "sparsity": new_sparsity, "regrown": regrown, "budget": ep.budget,
+               "entropy": float(ep.entropy.detach()), "allocation": json.dumps(allocation)}
+        return Outcome(row, before, model)
+
+    # ---- one policy batch --------------------------------------------------------------------------------
+    def batch(self, first: int) -> list[dict]:
+        """Sample, evaluate (this process's share) and learn from the batch of episodes starting at
+        ``first`` (0-based); saves a new best model; returns the batch's rows in episode order."""
+        size = min(self.config.episodes_per_update, self.config.episodes - first)
+        episodes = [self.sample() for _ in range(size)]
+        mine: dict[int, dict] = {}
+        kept: tuple[int, Outcome] | None = None  # this process's best of the batch (first of equal rewards)
+        for j in range(self.world.rank, size, self.world.size):
+            outcome = self.evaluate(first + j, episodes[j])
+            mine[j] = outcome.row
+            if kept is None or outcome.row["reward"] > kept[1].row["reward"]:
+                kept = (j, outcome)
+        rows = [row for part in all_gather(mine) for row in part.items()]
+        rows = [row for _, row in sorted(rows)]
+        rewards = [row["reward"] for row in rows]
+        beta = self.trainer.update_batch(episodes, rewards, first)["beta"] if self.config.learn else float("nan")
+        for row in rows:
+            row.update(beta=beta, update=first // self.config.episodes_per_update + 1)
+        top = max(range(size), key=rewards.__getitem__)
+        if rewards[top] > self.best.reward:
+            owner = top % self.world.size
+            mine_top = kept is not None and kept[0] == top
+            self._keep_best(rows[top], broadcast(self._models(kept[1]) if mine_top else None, owner))
+        return rows
+
+    @staticmethod
+    def _models(outcome: Outcome) -> tuple[dict, dict]:
+        """The outcome's two models as CPU state dicts (what another process can receive)."""
+        return tuple({k: v.detach().cpu() for k, v in m.state_dict().items()} for m in (outcome.before, outcome.after))
+
+    def _keep_best(self, row: dict, states: tuple[dict, dict]) -> None:
+        """Record episode ``row`` as the best so far and (rank 0) write its models before/after finetuning."""
+        allocation = json.loads(row["allocation"])
+        self.best = SearchResult(row["reward"], row["episode"], row["val_acc"], row["acc_gain"], row["sparsity"],
+                                 allocation)
+        meta = {"stage": "regrowth", "episode": row["episode"], "reward": row["reward"], "acc_gain": row["acc_gain"],
+                "allocation": allocation, "sparsity": row["sparsity"], "parent": str(self.parent)}
+        before, after = clone_model(self.sparse), clone_model(self.sparse)
+        before.load_state_dict(states[0])
+        after.load_state_dict(states[1])
+        self.stage.save(self.out / BEST_PRE_FINETUNE, before, {**meta, "finetuned": False})
+        self.stage.save(self.out / BEST_MODEL, after, {**meta, "finetuned": True, "val_acc": row["val_acc"]})
 
     def should_stop(self) -> bool:
         """Spec §6.8: no new best for ``early_stop_patience`` episodes, or a flat reward window."""
@@ -204,16 +280,18 @@ class Search:
                 and torch.tensor(window).std(unbiased=False).item() < cfg.reward_std_threshold)
 
     def run(self) -> SearchResult:
-        """Episodes until ``episodes`` or early stop; state saved after each; returns the best result."""
-        self.out.mkdir(parents=True, exist_ok=True)
+        """Policy batches until ``episodes`` or early stop; state saved after each batch; returns the best."""
+        if self.world.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
         while len(self.history) < self.config.episodes and not (self.history and self.should_stop()):
-            index = len(self.history)
-            row = self.episode(index)
-            self.history.append(row)
+            rows = self.batch(len(self.history))
+            self.history.extend(rows)
             write_csv(self.out / "episodes.csv", self.history)
             atomic_save(self._state(), self.out / SEARCH_STATE)
-            LOG.info("episode %d: reward %+.4f  val %.2f%% (gain %+.2f pp)  sparsity %.4f  regrown %d%s",
-                     row["episode"], row["reward"], row["val_acc"], row["acc_gain"], row["sparsity"], row["regrown"],
-                     "  *" if self.best.episode == row["episode"] else "")
+            for row in rows:
+                LOG.info("episode %d: reward %+.4f  val %.2f%% (gain %+.2f pp, bonus %+.4f)  sparsity %.4f  "
+                         "regrown %d%s", row["episode"], row["reward"], row["val_acc"], row["acc_gain"], row["bonus"],
+                         row["sparsity"], row["regrown"], "  *" if self.best.episode == row["episode"] else "")
         plot_reward_curve(self.history, self.out / "reward_curve.png")
+        barrier()  # the other processes read what rank 0 wrote (the best model) only after this
         return self.best

@@ -17,11 +17,12 @@ import torch.nn as nn
 from data import DataBundle, canonical_dataset, get_data
 from models import create_model, model_spec
 from utils.checkpoint import Checkpoint, check_model, load_weights, read_checkpoint, save_checkpoint
+from utils.distributed import current_world, init_world
 from utils.errors import UsageError
 from utils.export import rebuild_exported
 from utils.granularity import Granularity, get_granularity
 from utils.paths import pretrained_path
-from utils.run import resolve_device, seed_everything
+from utils.run import make_generator, resolve_device, seed_everything
 from utils.train import use_channels_last
 from utils.upstream import inflate
 
@@ -65,6 +66,20 @@ class Stage:
     def speed(self) -> dict[str, bool]:
         """``amp`` and ``compile`` keyword arguments of ``finetune`` (honours --no_amp and --compile)."""
         return {"amp": self.amp, "compile": bool(getattr(self.args, "compile", False))}
+
+    def shard_training_data(self) -> None:
+        """Data-parallel training (under ``torchrun``): keep only this process's shard of the training split
+        (``DeviceLoader.shard``; rank 0 keeps its data-order generator, so one process is unchanged)."""
+        world = current_world()
+        if not world.distributed:
+            return
+        if self.args.batch_size % world.size:
+            raise UsageError(f"--batch_size {self.args.batch_size} is the global batch and must divide by the "
+                             f"{world.size} processes")
+        train = self.data.train
+        generator = (train.generator if world.is_main
+                     else make_generator(self.args.seed, f"data_order/rank{world.rank}", self.device))
+        self.data.train = train.shard(world.rank, world.size, generator)
 
     def build_model(self) -> nn.Module:
         """A freshly initialised model for this data set, on the device, in the chosen memory layout."""
@@ -136,7 +151,7 @@ def resolve_names(model_name: str | None, dataset: str | None) -> tuple[str, str
 def prepare(args: argparse.Namespace, model_name: str | None = None, dataset: str | None = None,
             granularity: str = "weight") -> Stage:
     """Resolve ``args`` (or the given names) into a ``Stage`` with data loaded on the device."""
-    device = resolve_device(args.device)
+    _, device = init_world(resolve_device(args.device))
     name, dataset = resolve_names(model_name or args.m_name, dataset or args.dataset)
     seed_everything(args.seed)
     data = get_data(dataset, args.data_dir, device=device, seed=args.seed, val_split=args.val_split,
@@ -158,7 +173,7 @@ def prepare_model_only(args: argparse.Namespace, ckpt: Checkpoint, granularity: 
         raise UsageError("the checkpoint does not record its model and class count (not a bridge-ckpt): "
                          "pass a checkpoint written by this toolkit")
     name, dataset = resolve_names(ckpt.model, ckpt.dataset)
-    return Stage(args, resolve_device(args.device), name, dataset, None, ckpt.num_classes, granularity)
+    return Stage(args, init_world(resolve_device(args.device))[1], name, dataset, None, ckpt.num_classes, granularity)
 
 
 @dataclass

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from data.loader import DeviceLoader
+from utils.distributed import all_reduce_sum, current_world, is_main_process
 from utils.errors import UsageError
 from utils.run import LOG
 
@@ -75,7 +76,8 @@ def train_epoch(model: nn.Module, loader: DeviceLoader, optimizer: torch.optim.O
                 batch_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> tuple[float, float]:
     """One pass over ``loader`` with cross-entropy; returns (mean loss, accuracy %) on the augmented data.
 
-    ``batch_scheduler`` (if any) steps after every optimizer step.
+    ``batch_scheduler`` (if any) steps after every optimizer step. A data-parallel shard (``loader.shards``
+    > 1) reports the figures of all shards together.
     """
     model.train()
     loss_sum = torch.zeros((), device=loader.device)
@@ -91,8 +93,20 @@ def train_epoch(model: nn.Module, loader: DeviceLoader, optimizer: torch.optim.O
             batch_scheduler.step()
         loss_sum += loss.detach().float() * labels.numel()
         correct += (logits.argmax(1) == labels).sum()
-    n = loader.num_samples
+    n = loader.num_samples * loader.shards
+    if loader.shards > 1:
+        all_reduce_sum(loss_sum)
+        all_reduce_sum(correct)
     return loss_sum.item() / n, 100.0 * correct.item() / n
+
+
+def data_parallel(model: nn.Module, device: torch.device) -> nn.Module:
+    """``model`` wrapped in DistributedDataParallel under ``torchrun`` (gradients averaged over the
+    processes); the model itself in a single process."""
+    if not current_world().distributed:
+        return model
+    ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
 @torch.no_grad()
@@ -113,7 +127,9 @@ def evaluate(model: nn.Module, loader: DeviceLoader, *, amp: bool = True) -> tup
 
 
 def append_csv(path: Path, row: dict) -> None:
-    """Append ``row`` to a CSV file, writing the header when the file is new."""
+    """Append ``row`` to a CSV file, writing the header when the file is new (rank 0 only)."""
+    if not is_main_process():
+        return
     new = not path.exists()
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", newline="") as f:
@@ -126,14 +142,15 @@ def append_csv(path: Path, row: dict) -> None:
 def fit(model: nn.Module, train: DeviceLoader, val: DeviceLoader, optimizer: torch.optim.Optimizer, *,
         epochs: int, scheduler: torch.optim.lr_scheduler.LRScheduler | None = None, patience: int = 0,
         amp: bool = True, progress: bool = True, csv_path: Path | None = None, state: FitState | None = None,
-        forward_model: nn.Module | None = None,
+        forward_model: nn.Module | None = None, eval_model: nn.Module | None = None,
         batch_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None, verbose: bool = True,
         on_epoch_end: Callable[[FitState, EpochStats, bool], None] | None = None) -> FitState:
     """Train for up to ``epochs`` epochs (continuing from ``state``), keeping the best state by val accuracy.
 
     ``patience`` > 0 stops after that many epochs without a strict val improvement. ``scheduler`` steps
     once per epoch, ``batch_scheduler`` once per batch. ``forward_model`` (e.g. a torch.compile wrapper
-    of ``model``) runs the passes.
+    of ``model``, or its DistributedDataParallel wrapper) runs the training passes, ``eval_model`` (default:
+    the same) the val passes.
     ``verbose=False`` skips the per-epoch log line (mini-finetunes inside a search).
     ``on_epoch_end(state, stats, improved)`` runs after each epoch (checkpointing). A non-finite training
     loss stops with a ``UsageError`` before that epoch is evaluated or saved. The best state is
@@ -141,6 +158,7 @@ def fit(model: nn.Module, train: DeviceLoader, val: DeviceLoader, optimizer: tor
     """
     state = state or FitState()
     net = forward_model if forward_model is not None else model  # compiled modules have no truth value
+    eval_net = eval_model if eval_model is not None else net
     if train.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     while state.epoch < epochs and not state.stopped_early:
@@ -153,7 +171,7 @@ def fit(model: nn.Module, train: DeviceLoader, val: DeviceLoader, optimizer: tor
                              "not saved and earlier checkpoints are kept; lower --lr (or check the data)")
         if scheduler is not None:
             scheduler.step()
-        val_loss, val_acc = evaluate(net, val, amp=amp)
+        val_loss, val_acc = evaluate(eval_net, val, amp=amp)
         state.epoch += 1
         stats = EpochStats(state.epoch, lr, train_loss, train_acc, val_loss, val_acc, time.perf_counter() - start)
         improved = val_acc > state.best_val_acc
@@ -194,20 +212,25 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int,
 def finetune(model: nn.Module, train: DeviceLoader, select: DeviceLoader, *, epochs: int, lr: float = 3e-4,
              weight_decay: float = 0.01, patience: int = 0, amp: bool = True, compile: bool = False,
              progress: bool = True, csv_path: Path | None = None, warmup_frac: float | None = None,
-             verbose: bool = True) -> FitState:
+             verbose: bool = True, data_parallel_device: torch.device | None = None) -> FitState:
     """Finetune with a fresh AdamW (the original's recipe: lr 3e-4, weight decay 0.01) and load the best
     state by accuracy on ``select`` (the val split) into ``model``.
 
     ``warmup_frac=None``: constant learning rate (prune and regrowth finetunes); a number: per-step
     linear warm-up over that fraction of all steps, then cosine decay (the full finetune).
     ``compile``: run the passes through ``torch.compile(model)`` (same parameters, so ``model`` is trained).
+    ``data_parallel_device``: train through DistributedDataParallel on that device (``train`` is this
+    process's shard); every process evaluates the whole val split.
     """
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     schedule = None if warmup_frac is None else warmup_cosine(optimizer, epochs * len(train), warmup_frac)
-    if csv_path is not None:
+    if csv_path is not None and is_main_process():
         csv_path.unlink(missing_ok=True)
+    wrapped = data_parallel(model, data_parallel_device) if data_parallel_device is not None else model
+    forward = torch.compile(wrapped) if compile else wrapped
+    evaluator = forward if wrapped is model else (torch.compile(model) if compile else model)
     state = fit(model, train, select, optimizer, epochs=epochs, patience=patience, amp=amp, progress=progress,
-                csv_path=csv_path, batch_scheduler=schedule, verbose=verbose,
-                forward_model=torch.compile(model) if compile else None)
+                csv_path=csv_path, batch_scheduler=schedule, verbose=verbose, forward_model=forward,
+                eval_model=evaluator)
     model.load_state_dict(state.best_state)
     return state

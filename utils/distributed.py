@@ -113,6 +113,14 @@ def barrier() -> None:
         dist.barrier()
 
 
+def sync_buffers(model: torch.nn.Module) -> None:
+    """Copy rank 0's buffers (BN running statistics, masks) to every rank, so that evaluations, and the
+    decisions made on them (best epoch, early stop), agree everywhere."""
+    if current_world().distributed:
+        for buffer in model.buffers():
+            dist.broadcast(buffer.data, src=0)
+
+
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum of ``tensor`` over the ranks, in place (unchanged in a single process)."""
     if current_world().distributed:

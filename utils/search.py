@@ -223,7 +223,8 @@ class Search:
         bonus = self.config.budget_bonus * (regrown / ep.budget if ep.budget else 0.0)
         row = {"episode": index + 1, "reward": gain / 100 + bonus, "acc_gain": gain, "bonus": bonus,
                "val_acc": fit.best_val_acc, "sparsity": new_sparsity, "regrown": regrown, "budget": ep.budget,
-               "entropy": float(ep.entropy.detach()), "allocation": json.dumps(allocation)}
+               "entropy": float(ep.entropy.detach()), "beta": float("nan"), "update": 0,
+               "allocation": json.dumps(allocation)}
         return Outcome(row, before, model)
 
     # ---- one policy batch --------------------------------------------------------------------------------

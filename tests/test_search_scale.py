@@ -1,0 +1,278 @@
+"""The search earns its cost: paired episodes, batched REINFORCE, random search, episode-parallel and
+data-parallel runs under torchrun (gloo, 2 CPU processes), within-unit selectors."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import evaluate as evaluate_script
+import pretrain
+import regrowth_greedy
+import regrowth_oneshot
+from tests.conftest import run_main, tree
+from utils.checkpoint import read_checkpoint, save_checkpoint
+from utils.controller import AllocationPolicy, Reinforce, ReinforceConfig
+from utils.masks import add_reparam, get_masks
+from utils.plots import read_csv
+from utils.pruners import get_pruner
+from utils.search import Search
+from utils.stage import Stage
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ["--dataset", "synthetic", "--train_subset", "256", "--batch_size", "64", "--eval_batch_size", "500",
+        "--device", "cpu", "--no_progress"]
+SEARCH = DATA + ["--ssim_num_batches", "1", "--saliency_batches", "2", "--finetune_epochs", "1",
+                 "--ssim_threshold", "0.99"]
+
+
+@pytest.fixture(scope="module")
+def start(tmp_path_factory) -> tuple[Path, Path]:
+    """(save_dir, checkpoint) of a briefly trained resnet20 pruned to 95% (so episodes' rewards differ)."""
+    save = tmp_path_factory.mktemp("runs")
+    assert pretrain.main(DATA[:3] + ["1000"] + DATA[4:] + ["--m_name", "resnet20", "--epochs", "2",
+                                                           "--save_dir", str(save)]) == 0
+    dense = read_checkpoint(save / "resnet20" / "checkpoint" / "ckpt.pth")
+    from models import create_model
+
+    model = create_model("resnet20")
+    model.load_state_dict(dense.state_dict)
+    add_reparam(model)
+    get_pruner("lamp").prune(model, 0.95)
+    sparse = save / "resnet20" / "oneshot" / "resnet20_0.9500.pth"
+    save_checkpoint(sparse, model, model_name="resnet20", dataset="synthetic", num_classes=10, meta={})
+    return save, sparse
+
+
+def _search_args(start, label: str, *extra: str) -> list[str]:
+    save, sparse = start
+    return SEARCH + ["--save_dir", str(save), "--initial_ckpt", str(sparse), "--label", label, *extra]
+
+
+def _out(start, label: str, kind: str = "regrowth_oneshot") -> Path:
+    return start[0] / "resnet20" / kind / label
+
+
+def _subprocess(args: list[str], procs: int = 1) -> subprocess.CompletedProcess:
+    """Run a script alone (1) or under torchrun (N gloo processes), one thread each, in the repository."""
+    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(procs)]
+                if procs > 1 else [sys.executable])
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(launcher + args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+# ---- paired episodes ----------------------------------------------------------------------------------
+
+def test_paired_episodes_give_one_allocation_one_reward(start):
+    # one option per layer (A = 1, no skip): every episode regrows the same allocation
+    same = ["--num_epochs", "3", "--action_space_size", "1", "--no_skip"]
+    assert regrowth_oneshot.main(_search_args(start, "paired", *same)) == 0
+    rows = read_csv(_out(start, "paired") / "episodes.csv")
+    assert len({r["allocation"] for r in rows}) == 1
+    assert len({r["reward"] for r in rows}) == 1 and len({r["val_acc"] for r in rows}) == 1
+    assert regrowth_oneshot.main(_search_args(start, "unpaired", *same, "--unpaired_episodes")) == 0
+    unpaired = read_csv(_out(start, "unpaired") / "episodes.csv")
+    assert [r["allocation"] for r in unpaired] == [r["allocation"] for r in rows]
+    assert len({r["val_acc"] for r in unpaired}) > 1  # its own data order and draws per episode
+
+
+# ---- batched REINFORCE --------------------------------------------------------------------------------
+
+def _trainer(seed: int = 0, **config) -> Reinforce:
+    torch.manual_seed(seed)
+    return Reinforce(AllocationPolicy(4, 16), ReinforceConfig(episodes=10, temperature=0.01, **config))
+
+
+def test_batch_of_one_is_the_single_episode_update():
+    a, b = _trainer(), _trainer()
+    for step in range(3):
+        ea = a.policy.sample([50, 80, 30], [0.1, 0.5, 0.9], torch.Generator().manual_seed(step), budget=60)
+        eb = b.policy.sample([50, 80, 30], [0.1, 0.5, 0.9], torch.Generator().manual_seed(step), budget=60)
+        assert ea.counts == eb.counts
+        out_a = a.update(ea, 0.1 * step, step)
+        out_b = b.update_batch([eb], [0.1 * step], step)
+        assert out_a == out_b
+    for pa, pb in zip(a.policy.parameters(), b.policy.parameters(), strict=True):
+        assert torch.equal(pa, pb)
+
+
+def test_batch_update_moves_towards_the_better_episode():
+    trainer = _trainer(learning_rate=0.01, start_beta=0.0, end_beta=0.0)  # no entropy pull
+    gen = torch.Generator().manual_seed(3)
+    batch = [trainer.policy.sample([40, 40], [0.2, 0.4], gen, budget=40) for _ in range(6)]
+    while len({tuple(e.counts) for e in batch}) < 2:  # need two different allocations
+        batch.append(trainer.policy.sample([40, 40], [0.2, 0.4], gen, budget=40))
+    good = batch[0].counts
+    rewards = [1.0 if e.counts == good else 0.0 for e in batch]
+    before = [float(e.log_prob) for e in batch]
+    out = trainer.update_batch(batch, rewards, 0)
+    assert out["baseline"] == pytest.approx(sum(rewards) / len(rewards))
+    # re-score the same actions under the updated policy: the rewarded allocation became more likely
+    after = _log_prob(trainer.policy, batch[0], [40, 40], [0.2, 0.4], 40)
+    assert after > before[0]
+
+
+def _log_prob(policy: AllocationPolicy, episode, capacities, ssim, budget) -> float:
+    """log π of ``episode``'s actions under ``policy`` (the sampling steps replayed without drawing)."""
+    total, remaining, state = 0.0, budget, (torch.zeros(1, policy.hidden_size), torch.zeros(1, policy.hidden_size))
+    prev = torch.zeros(1, policy.width)
+    with torch.no_grad():
+        for i, (cap, score, action) in enumerate(zip(capacities, ssim, episode.actions, strict=True)):
+            context = [(i + 1) / (len(capacities) + 1), cap / sum(capacities), remaining / budget, score]
+            state = policy._step(prev, context, state)
+            prev = policy.alloc_head(state[0])
+            options, feasible = policy.options(cap, remaining)
+            logits = prev[0].masked_fill(~feasible, -1e9)
+            total += float(torch.log_softmax(logits, 0)[action])
+            remaining -= min(options[action], cap, remaining)
+    return total
+
+
+def test_batched_search_resume_equals_uninterrupted(start, monkeypatch):
+    batched = ["--num_epochs", "4", "--episodes_per_update", "2"]
+    assert regrowth_oneshot.main(_search_args(start, "batched", *batched)) == 0
+    rows = read_csv(_out(start, "batched") / "episodes.csv")
+    assert [r["update"] for r in rows] == ["1", "1", "2", "2"]
+    assert len({r["beta"] for r in rows[:2]}) == 1
+    real = Search.evaluate
+
+    def killed_in_second_batch(self, index, ep):
+        if index == 3:
+            raise KeyboardInterrupt
+        return real(self, index, ep)
+
+    monkeypatch.setattr(Search, "evaluate", killed_in_second_batch)
+    with pytest.raises(KeyboardInterrupt):
+        regrowth_oneshot.main(_search_args(start, "batched_cut", *batched))
+    monkeypatch.setattr(Search, "evaluate", real)
+    assert len(read_csv(_out(start, "batched_cut") / "episodes.csv")) == 2  # the finished batch only
+    assert regrowth_oneshot.main(_search_args(start, "batched_cut", *batched, "--resume")) == 0
+    assert read_csv(_out(start, "batched_cut") / "episodes.csv") == rows
+    a, b = (torch.load(_out(start, d) / "search_state.pt", weights_only=True)["trainer"]["policy"]
+            for d in ("batched", "batched_cut"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_with_another_batch_size_is_refused(start, capsys):
+    assert regrowth_oneshot.main(_search_args(start, "m", "--num_epochs", "1")) == 0
+    code, _, err = run_main(regrowth_oneshot.main, _search_args(start, "m", "--num_epochs", "2", "--resume",
+                                                                "--episodes_per_update", "2"), capsys)
+    assert code == 2 and "--episodes_per_update" in err and err.count("error:") == 1
+
+
+# ---- random search ------------------------------------------------------------------------------------
+
+def test_random_search_draws_from_the_action_space_and_never_learns(start):
+    assert regrowth_oneshot.main(_search_args(start, "rs", "--num_epochs", "3", "--random_search")) == 0
+    out = _out(start, "rs", "random_regrowth_oneshot")
+    rows = read_csv(out / "episodes.csv")
+    assert len(rows) == 3 and len({r["allocation"] for r in rows}) == 3
+    policy = torch.load(out / "search_state.pt", weights_only=True)["trainer"]["policy"]
+    torch.manual_seed(42)  # the seed trainer_from_args gives the policy's initial weights
+    fresh = AllocationPolicy(11, 64).state_dict()
+    assert all(torch.equal(policy[k], fresh[k]) for k in fresh)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["best"]["reward"] == pytest.approx(max(float(r["reward"]) for r in rows))
+
+
+# ---- torchrun: episode-parallel search and data-parallel training ------------------------------------------
+
+def test_two_process_search_equals_one_process(start):
+    args = ["regrowth_oneshot.py", *SEARCH, "--save_dir", str(start[0]), "--initial_ckpt", str(start[1]),
+            "--num_epochs", "4", "--episodes_per_update", "2"]
+    one = _subprocess(args + ["--label", "procs1"])
+    two = _subprocess(args + ["--label", "procs2"], procs=2)
+    assert one.returncode == 0, one.stderr[-2000:]
+    assert two.returncode == 0, two.stderr[-2000:]
+    a, b = _out(start, "procs1"), _out(start, "procs2")
+    assert read_csv(a / "episodes.csv") == read_csv(b / "episodes.csv")
+    assert len({r["reward"] for r in read_csv(a / "episodes.csv")}) > 1  # the comparison means something
+    pa, pb = (torch.load(d / "search_state.pt", weights_only=True)["trainer"]["policy"] for d in (a, b))
+    assert all(torch.equal(pa[k], pb[k]) for k in pa)
+    assert tree(a) == tree(b)  # rank 1 wrote nothing of its own
+    assert two.stderr.count("episode 1:") == 1  # and logged nothing but warnings
+    ma, mb = (read_checkpoint(d / "best_grown_model.pth").state_dict for d in (a, b))
+    assert all(torch.equal(ma[k], mb[k]) for k in ma)
+
+
+def test_two_process_pretrain_is_data_parallel(tmp_path, capsys):
+    args = ["pretrain.py", *DATA, "--m_name", "resnet20", "--epochs", "2", "--save_dir", str(tmp_path)]
+    done = _subprocess(args, procs=2)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "x 2 processes (data-parallel)" in done.stderr
+    rows = read_csv(tmp_path / "resnet20" / "checkpoint" / "pretrain_log.csv")
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert all(0 < float(r["train_loss"]) < 10 for r in rows)
+    code, out, _ = run_main(evaluate_script.main, ["--ckpt", str(tmp_path / "resnet20" / "checkpoint" / "ckpt.pth"),
+                                                   *DATA, "--json"], capsys)
+    assert code == 0 and json.loads(out)["val_acc"] >= 0
+    resumed = _subprocess(args[:-4] + ["--epochs", "3", "--save_dir", str(tmp_path), "--resume"])
+    assert resumed.returncode == 2 and "--nproc_per_node" in resumed.stderr
+
+
+# ---- within-unit selection ----------------------------------------------------------------------------
+
+def _stage_for(start) -> tuple[Stage, object]:
+    from utils.stage import prepare_dense_sparse
+
+    args = regrowth_oneshot.parse_args(_search_args(start, "sel"))
+    return prepare_dense_sparse(args, args.initial_ckpt, reparam=True)
+
+
+def test_reference_selection_prefers_what_the_reference_keeps(start, tmp_path):
+    from utils.selection import SELECTORS
+
+    stage, pair = _stage_for(start)
+    model = stage.build_model()
+    dense = read_checkpoint(start[0] / "resnet20" / "checkpoint" / "ckpt.pth")
+    model.load_state_dict(dense.state_dict)
+    add_reparam(model)
+    get_pruner("lamp").prune(model, 0.8)
+    scores = SELECTORS["reference"](stage, pair, model)
+    ref_keep, own = get_masks(model), get_masks(pair.sparse)
+    for layer, score in scores.items():
+        candidates = ~own[layer]
+        if (candidates & ref_keep[layer]).any() and (candidates & ~ref_keep[layer]).any():
+            assert score[candidates & ref_keep[layer]].min() > score[candidates & ~ref_keep[layer]].max()
+    magnitude = SELECTORS["magnitude"](stage, pair, None)
+    assert torch.equal(magnitude["layer1.0.conv1"], pair.sparse.layer1[0].conv1.weight_orig.detach().abs())
+    r1, r2 = (SELECTORS["random"](stage, pair, None) for _ in range(2))
+    assert all(torch.equal(r1[k], r2[k]) for k in r1)  # seeded by the run seed
+
+
+def test_greedy_with_reference_selection_copies_the_reference(start, tmp_path):
+    save, sparse = start
+    dense = read_checkpoint(save / "resnet20" / "checkpoint" / "ckpt.pth")
+    from models import create_model
+
+    model = create_model("resnet20")
+    model.load_state_dict(dense.state_dict)
+    add_reparam(model)
+    get_pruner("lamp").prune(model, 0.8)
+    ref_path = tmp_path / "reference.pth"
+    save_checkpoint(ref_path, model, model_name="resnet20", dataset="synthetic", num_classes=10, meta={})
+    args = DATA + ["--save_dir", str(tmp_path / "runs"), "--pretrained", str(save / "resnet20/checkpoint/ckpt.pth"),
+                   "--initial_ckpt", str(sparse), "--greedy_mode", "prop", "--finetune_epochs", "1",
+                   "--ssim_num_batches", "1", "--selection", "reference", "--reference_ckpt", str(ref_path)]
+    assert regrowth_greedy.main(args) == 0
+    grown = read_checkpoint(tmp_path / "runs" / "resnet20" / "greedy_prop" / "iter_0" / "best_grown_model.pth")
+    assert grown.meta["args"]["init_strategy"] == "dense" and grown.meta["regrown"] > 0
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--selection", "reference"], "needs --reference_ckpt"),
+    (["--reference_ckpt", "x.pth"], "only read by --selection reference"),
+    (["--selection", "reference", "--reference_ckpt", "SPARSE"], "not below the start"),
+    (["--selection", "nearest"], "invalid choice"),
+])
+def test_bad_selection_inputs(start, capsys, extra, message):
+    extra = [str(start[1]) if e == "SPARSE" else e for e in extra]
+    before = tree(start[0])
+    code, _, err = run_main(regrowth_oneshot.main, _search_args(start, "bad", "--num_epochs", "1", *extra), capsys)
+    assert code == 2 and message in err and err.count("error:") == 1 and "Traceback" not in err
+    assert tree(start[0]) == before

@@ -39,6 +39,7 @@ from utils.regrowth import allocate_uniform, apply_regrowth, top_pruned
 from utils.run import make_generator, write_json
 from utils.saliency import param_saliency
 from utils.scores import SCORE_ORDER, ssim_scores
+from utils.selection import reference_scores
 from utils.ssim import select_layers
 from utils.stage import Stage, prepare
 from utils.train import evaluate, finetune
@@ -59,7 +60,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--regrow_step", type=fraction, default=0.01)
     parser.add_argument("--repeats", type=positive_int, default=3, help="timing repeats (best counts)")
     parser.add_argument("--skip_vgg", action="store_true", help="skip part 2 (vgg16 regrowth)")
-    parser.add_argument("--out", default=None)
+    parser.add_argument("--out", default=None, help="output folder (default {save_dir}/{m_name}/benchmark)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier benchmark's files")
     parser.set_defaults(saliency_batches=8, ssim_num_batches=8)
     return parser.parse_args(argv)
 
@@ -134,7 +136,29 @@ def vgg_regrowth(device: torch.device, repeats: int) -> dict[str, float]:
 
     vectorised = min(run(apply_regrowth) for _ in range(repeats))
     loop = run(per_element_regrowth)
-    return {"K": budget, "apply_regrowth_s": vectorised, "per_element_loop_s": loop, "speedup": loop / vectorised}
+    model.load_state_dict(state)
+    return {"K": budget, "apply_regrowth_s": vectorised, "per_element_loop_s": loop, "speedup": loop / vectorised,
+            **selection_times(model, scores, allocation, device, repeats)}
+
+
+def selection_times(model: nn.Module, saliency: dict[str, torch.Tensor], allocation: dict[str, int],
+                    device: torch.device, repeats: int) -> dict[str, float]:
+    """Seconds to pick the positions of ``allocation`` in vgg16 at 99%: by precomputed saliency (top-k of the
+    pruned positions; the saliency itself is computed once per search) and by a 98%-sparse reference (the
+    older repository's way: candidates from the reference's masks and magnitudes, then top-k), side by side."""
+    gran = get_granularity("weight", "vgg16")
+    reference = create_model("vgg16").to(device)
+    reference.load_state_dict({k.replace("_orig", ""): v for k, v in model.state_dict().items()
+                               if not k.endswith("_mask")})
+    add_reparam(reference)
+    get_pruner("lamp").prune(reference, 0.98)
+    masks = gran.masks(model)
+
+    def pick(scores):
+        return [top_pruned(scores[n], masks[n], k) for n, k in allocation.items()]
+
+    return {"saliency_selection_s": timed(lambda: pick(saliency), device, repeats),
+            "reference_selection_s": timed(lambda: pick(reference_scores(gran, model, reference)), device, repeats)}
 
 
 def vgg_channel_regrowth(device: torch.device, repeats: int) -> dict[str, float]:
@@ -174,7 +198,9 @@ PART2 = {"weight": vgg_regrowth, "channel": vgg_channel_regrowth}
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     stage = prepare(args, granularity=args.granularity)
-    out = check_output_dir(args.out or benchmark_dir(args.save_dir, stage.model_name), what="--out")
+    name = f"benchmark_{stage.model_name}" + ("" if args.granularity == "weight" else f"_{args.granularity}")
+    out = check_output_dir(args.out or benchmark_dir(args.save_dir, stage.model_name), what="--out",
+                           products=[f"{name}.json"], overwrite=args.overwrite)
     times = episode_breakdown(stage, args)
     result = {"model": stage.model_name, "dataset": stage.dataset, "device": str(stage.device), "episode_s": times}
     print(f"one episode of {stage.model_name} on {stage.dataset} ({stage.device}), seconds:")
@@ -183,9 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.skip_vgg:
         result["vgg16_regrowth"] = vgg = PART2[args.granularity](stage.device, args.repeats)
         print(f"vgg16 {args.granularity} regrowth, K = {vgg['K']:,}: " +
-              ", ".join(f"{k[:-2]} {v:.3f} s" if k.endswith("_s") else f"{k} {v:.0f}x" for k, v in vgg.items()
+              ", ".join(f"{k[:-2]} {v:.4f} s" if k.endswith("_s") else f"{k} {v:.0f}x" for k, v in vgg.items()
                         if k != "K"))
-    name = f"benchmark_{stage.model_name}" + ("" if args.granularity == "weight" else f"_{args.granularity}")
     write_json(out / f"{name}.json", result)
     plot_layer_bars(list(times), list(times.values()), "seconds", out / f"{name}.png")
     print(f"wrote {out}")

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from utils.baseline import CACHE_NAME, baseline_table, interpolate
+from utils.baseline import baseline_table, interpolate
 from utils.errors import UsageError
 
 
@@ -28,22 +28,23 @@ def test_table_is_cached_and_refreshed(tmp_path):
             raise UsageError("cannot read")
         return float(path.stem.split("_")[1]), 100 * (1 - float(path.stem.split("_")[1]))
 
-    table = baseline_table(tmp_path, evaluate, {"seed": 1})
-    assert table == {0.9: pytest.approx(10.0), 0.95: pytest.approx(5.0)} and (tmp_path / CACHE_NAME).is_file()
+    cache = tmp_path / "cache" / "baseline.json"
+    table = baseline_table(tmp_path, evaluate, {"seed": 1}, cache)
+    assert table == {0.9: pytest.approx(10.0), 0.95: pytest.approx(5.0)} and cache.is_file()
     calls.clear()
-    assert baseline_table(tmp_path, evaluate, {"seed": 1}) == table
+    assert baseline_table(tmp_path, evaluate, {"seed": 1}, cache) == table
     assert calls == ["broken.pth"]  # good entries came from the cache; the broken file is retried
     os.utime(tmp_path / "m_0.9000.pth", (1, 1))
     calls.clear()
-    baseline_table(tmp_path, evaluate, {"seed": 1})
+    baseline_table(tmp_path, evaluate, {"seed": 1}, cache)
     assert "m_0.9000.pth" in calls and "m_0.9500.pth" not in calls
     calls.clear()
-    baseline_table(tmp_path, evaluate, {"seed": 2})  # other settings: everything again
+    baseline_table(tmp_path, evaluate, {"seed": 2}, cache)  # other settings: everything again
     assert sorted(calls) == ["broken.pth", "m_0.9000.pth", "m_0.9500.pth"]
 
 
 def test_no_usable_checkpoint(tmp_path):
     with pytest.raises(UsageError, match="no usable checkpoint"):
-        baseline_table(tmp_path, lambda p: (0.0, 0.0), {})
+        baseline_table(tmp_path, lambda p: (0.0, 0.0), {}, tmp_path / "c.json")
     with pytest.raises(UsageError, match="not a folder"):
-        baseline_table(tmp_path / "missing", lambda p: (0.0, 0.0), {})
+        baseline_table(tmp_path / "missing", lambda p: (0.0, 0.0), {}, tmp_path / "c.json")

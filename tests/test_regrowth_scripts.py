@@ -12,6 +12,7 @@ from models import create_model
 from tests.conftest import run_main, save_dense_and_sparse, tree
 from utils.checkpoint import read_checkpoint, save_checkpoint
 from utils.masks import add_reparam, num_prunable
+from utils.paths import baseline_cache
 from utils.plots import read_csv
 from utils.pruners import get_pruner
 from utils.search import Search
@@ -116,6 +117,7 @@ def test_iterative_search_carries_the_model_forward(start, tmp_path):
                         num_classes=10, meta={})
     args = FAST + ["--save_dir", str(save), "--initial_ckpt", str(sparse), "--baseline_dir", str(baseline),
                    "--target_sparsity", "0.9", "--num_iters", "2", "--num_epochs", "2"]
+    before_baseline = tree(baseline)
     assert regrowth_iterative.main(args) == 0
     root = save / "resnet20" / "regrowth_iterative"
     summary = json.loads((root / "summary.json").read_text())
@@ -128,7 +130,7 @@ def test_iterative_search_carries_the_model_forward(start, tmp_path):
     budgets = {int(r["budget"]) for r in rows}
     n_tot = num_prunable(create_model("resnet20"))
     assert budgets <= {int(n_tot * f) for f in (0.001, 0.002, 0.003, 0.004, 0.005)}
-    assert (baseline / "baseline_cache.json").is_file()
+    assert baseline_cache(save, "resnet20", baseline).is_file() and tree(baseline) == before_baseline
 
 
 @pytest.mark.parametrize("case", ["target-not-below", "empty-baseline"])

@@ -26,6 +26,7 @@ import utils.stage as stage_module
 from models import create_model
 from tests.conftest import run_main, save_dense_and_sparse, tree
 from utils.checkpoint import load_weights, read_checkpoint, save_checkpoint
+from utils.errors import UsageError
 from utils.masks import merged_state
 from utils.plots import read_csv
 
@@ -213,6 +214,28 @@ def test_stale_temp_files_of_a_killed_save_are_removed(tmp_path):
     stale.write_bytes(b"half a checkpoint")
     assert pretrain.main(args + ["--epochs", "2", "--resume"]) == 0
     assert not stale.exists()
+
+
+def test_stale_temp_files_are_found_in_sub_folders(tmp_path):
+    from utils.paths import clean_stale_temps
+
+    deep = tmp_path / "iter_3"
+    deep.mkdir()
+    (deep / ".best_grown_model.pth.999999999.tmp").write_bytes(b"x")
+    alive = deep / f".summary.json.{os.getpid()}.tmp"  # a live process's write is left alone
+    alive.write_bytes(b"x")
+    assert [p.name for p in clean_stale_temps(tmp_path)] == [".best_grown_model.pth.999999999.tmp"]
+    assert alive.exists()
+
+
+def test_a_gpu_number_beyond_the_machine_is_a_usage_error(monkeypatch):
+    from utils.run import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(UsageError, match="2 GPU"):
+        resolve_device("cuda:7")
 
 
 # ---- 8-12: values that got through --------------------------------------------------------------------------

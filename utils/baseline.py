@@ -2,8 +2,9 @@
 
 Built from the checkpoints in ``--baseline_dir`` (e.g. ``{save_dir}/{m}/iterative``). Each checkpoint is
 evaluated once; its sparsity (counted from its masks, not parsed from the file name) and val accuracy are
-cached in ``baseline_cache.json`` beside it, keyed by file size and modification time and by the
-evaluation settings, so a changed file or setting is evaluated again. ``interpolate`` is linear between
+cached in the run's cache folder (``paths.baseline_cache``: never in the input folder, which may be
+read-only or shared), keyed by file size and modification time and by the evaluation settings, so a
+changed file or setting is evaluated again. ``interpolate`` is linear between
 the two nearest sparsities and constant beyond the ends.
 """
 from __future__ import annotations
@@ -17,7 +18,6 @@ from pathlib import Path
 from utils.errors import UsageError
 from utils.run import LOG, write_json
 
-CACHE_NAME = "baseline_cache.json"
 Evaluator = Callable[[Path], tuple[float, float]]  # checkpoint -> (sparsity in [0, 1], val accuracy %)
 
 
@@ -26,14 +26,14 @@ def _fingerprint(path: Path) -> list[float]:
     return [stat.st_size, stat.st_mtime]
 
 
-def baseline_table(folder: str | Path, evaluate: Evaluator, settings: dict) -> dict[float, float]:
-    """{sparsity: val accuracy} over the checkpoints in ``folder``; unreadable files are skipped with a
-    warning, and a folder with no usable checkpoint is a ``UsageError``."""
+def baseline_table(folder: str | Path, evaluate: Evaluator, settings: dict, cache_path: Path) -> dict[float, float]:
+    """{sparsity: val accuracy} over the checkpoints in ``folder`` (cached in ``cache_path``); unreadable
+    files are skipped with a warning, and a folder with no usable checkpoint is a ``UsageError``."""
     folder = Path(folder)
     if not folder.is_dir():
         raise UsageError(f"--baseline_dir {folder} is not a folder")
-    cache_path = folder / CACHE_NAME
     cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    settings = {**settings, "folder": str(folder.resolve())}
     entries = cache.get("entries", {}) if cache.get("settings") == settings else {}
     fresh = {}
     for path in sorted(folder.glob("*.pth")):

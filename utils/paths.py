@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -91,6 +92,13 @@ def single_layer_dir(save_dir: str | Path, model_name: str, ckpt: str | Path) ->
 def cache_dir(save_dir: str | Path, model_name: str) -> Path:
     """Content-keyed caches (saliency and channel scores)."""
     return model_root(save_dir, model_name) / "cache"
+
+
+def baseline_cache(save_dir: str | Path, model_name: str, folder: str | Path) -> Path:
+    """Cache of the pruning baseline read from ``folder`` (``--baseline_dir``), in the cache folder and
+    named after the folder's absolute path (the input folder itself is never written)."""
+    key = zlib.crc32(str(Path(folder).resolve()).encode())
+    return cache_dir(save_dir, model_name) / f"baseline_{Path(folder).name}_{key:08x}.json"
 
 
 def benchmark_dir(save_dir: str | Path, model_name: str) -> Path:
@@ -165,10 +173,10 @@ def check_output_dir(folder: str | Path, *, products: Sequence[str] = (), overwr
 
 
 def clean_stale_temps(folder: Path) -> list[Path]:
-    """Remove the temp files (``.{name}.{pid}.tmp``) that a killed atomic write left in ``folder`` when their
-    process is gone; returns what was removed."""
+    """Remove the temp files (``.{name}.{pid}.tmp``) that a killed atomic write left in ``folder`` or any
+    folder below it when their process is gone; returns what was removed."""
     removed = []
-    for tmp in folder.glob(".*.tmp") if folder.is_dir() else []:
+    for tmp in folder.rglob(".*.tmp") if folder.is_dir() else []:
         pid = tmp.name.rsplit(".", 2)[-2]
         if pid.isdigit() and not _alive(int(pid)):
             tmp.unlink(missing_ok=True)

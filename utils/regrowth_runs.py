@@ -33,7 +33,7 @@ from utils.cli import (
 from utils.errors import UsageError
 from utils.export import verify_export
 from utils.granularity import granularity_class
-from utils.paths import BEST_MODEL, SEARCH_STATE, SUMMARY, iteration_dir, prune_dir, regrowth_dir
+from utils.paths import BEST_MODEL, SEARCH_STATE, SUMMARY, baseline_cache, iteration_dir, prune_dir, regrowth_dir
 from utils.run import LOG, setup_logging, write_json
 from utils.scores import ssim_scores
 from utils.search import Search, SearchResult, check_search_dir, config_from_args, search_space, trainer_from_args
@@ -102,7 +102,7 @@ def pruning_baseline(stage: Stage, folder: Path) -> dict[float, float]:
 
     settings = {"model": stage.model_name, "dataset": stage.dataset, "seed": stage.args.seed,
                 "val_split": stage.args.val_split, "granularity": stage.granularity.name}
-    return baseline_table(folder, measure, settings)
+    return baseline_table(folder, measure, settings, baseline_cache(stage.args.save_dir, stage.model_name, folder))
 
 
 def budget_options(args: argparse.Namespace, n_tot: int, total_capacity: int) -> list[int]:

@@ -55,6 +55,8 @@ def resolve_device(name: str) -> torch.device:
         raise UsageError(f"unknown device '{name}'; use auto, cpu, cuda or cuda:N") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {name} was asked for but CUDA is not available here; use --device cpu or auto")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UsageError(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s), numbered from 0")
     if device.type not in ("cpu", "cuda"):
         raise UsageError(f"unsupported device '{name}'; use auto, cpu, cuda or cuda:N")
     return device

@@ -63,15 +63,18 @@ def _random(stage: Stage, pair: DenseSparse, reference: nn.Module | None) -> Sco
     return random_scores_like(stage.granularity.masks(pair.sparse), gen)
 
 
-def _reference(stage: Stage, pair: DenseSparse, reference: nn.Module | None) -> Scores:
-    """Kept-by-the-reference entries in [2, 3] (by reference magnitude), the others in [0, 1] (by stored
-    magnitude), each scaled by its unit's largest value."""
-    gran = stage.granularity
+def reference_scores(gran: Granularity, sparse: nn.Module, reference: nn.Module) -> Scores:
+    """Entries the ``reference`` model keeps score in [2, 3] (by the reference's magnitude), the others in
+    [0, 1] (by ``sparse``'s stored magnitude), each scaled by its unit's largest value."""
     keep = gran.masks(reference)
     ref = _per_unit_max(param_magnitudes(gran, reference, stored=False))
-    own = _per_unit_max(param_magnitudes(gran, pair.sparse, stored=True))
+    own = _per_unit_max(param_magnitudes(gran, sparse, stored=True))
     return {unit: torch.where(keep[unit].to(own[unit].device), 2 + ref[unit].to(own[unit].device), own[unit])
             for unit in own}
+
+
+def _reference(stage: Stage, pair: DenseSparse, reference: nn.Module | None) -> Scores:
+    return reference_scores(stage.granularity, pair.sparse, reference)
 
 
 SELECTORS: dict[str, Selector] = {"saliency": _saliency, "reference": _reference, "magnitude": _magnitude,

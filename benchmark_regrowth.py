@@ -198,9 +198,9 @@ PART2 = {"weight": vgg_regrowth, "channel": vgg_channel_regrowth}
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     stage = prepare(args, granularity=args.granularity)
-    name = f"benchmark_{stage.model_name}" + ("" if args.granularity == "weight" else f"_{args.granularity}")
+    stem = f"benchmark_{stage.model_name}" + ("" if args.granularity == "weight" else f"_{args.granularity}")
     out = check_output_dir(args.out or benchmark_dir(args.save_dir, stage.model_name), what="--out",
-                           products=[f"{name}.json"], overwrite=args.overwrite)
+                           products=[f"{stem}.json"], overwrite=args.overwrite)
     times = episode_breakdown(stage, args)
     result = {"model": stage.model_name, "dataset": stage.dataset, "device": str(stage.device), "episode_s": times}
     print(f"one episode of {stage.model_name} on {stage.dataset} ({stage.device}), seconds:")
@@ -211,8 +211,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"vgg16 {args.granularity} regrowth, K = {vgg['K']:,}: " +
               ", ".join(f"{k[:-2]} {v:.4f} s" if k.endswith("_s") else f"{k} {v:.0f}x" for k, v in vgg.items()
                         if k != "K"))
-    write_json(out / f"{name}.json", result)
-    plot_layer_bars(list(times), list(times.values()), "seconds", out / f"{name}.png")
+    write_json(out / f"{stem}.json", result)
+    plot_layer_bars(list(times), list(times.values()), "seconds", out / f"{stem}.png")
     print(f"wrote {out}")
     return 0
 

@@ -276,3 +276,33 @@ def test_bad_selection_inputs(start, capsys, extra, message):
     code, _, err = run_main(regrowth_oneshot.main, _search_args(start, "bad", "--num_epochs", "1", *extra), capsys)
     assert code == 2 and message in err and err.count("error:") == 1 and "Traceback" not in err
     assert tree(start[0]) == before
+
+
+# ---- the accuracy experiments run end to end (tiny settings; the figures come from real runs) --------------
+
+TINY = ["--dataset", "synthetic", "--train_subset", "256", "--batch_size", "64", "--device", "cpu",
+        "--pretrain_epochs", "1", "--prune_epochs", "1"]
+
+
+def test_reward_noise_benchmark_reports_paired_and_unpaired_noise(tmp_path, monkeypatch):
+    from benchmarks import bench_reward_noise, common
+
+    monkeypatch.setattr(common, "ROOT", tmp_path)  # results beside the test, not in the checkout
+    assert bench_reward_noise.main(TINY + ["--save_dir", str(tmp_path), "--allocations", "2", "--streams", "2",
+                                           "--sparsity", "0.95"]) == 0
+    result = json.loads((tmp_path / "benchmarks" / "results" / "reward_noise_synthetic.json").read_text())
+    assert len(result["rewards"]) == 2 and all(len(row) == 2 for row in result["rewards"])
+    assert result["within_allocation_std"] >= 0 and result["comparison_std_unpaired"] >= 0
+
+
+def test_matched_benchmark_compares_every_arm_with_straight_pruning(tmp_path, monkeypatch):
+    from benchmarks import bench_matched, common
+
+    monkeypatch.setattr(common, "ROOT", tmp_path)
+    monkeypatch.setattr(bench_matched, "ROOT", tmp_path)
+    assert bench_matched.main(TINY + ["--save_dir", str(tmp_path), "--seeds", "1", "--start_sparsity", "0.96",
+                                      "--final_sparsity", "0.95", "--regrow_epochs", "1", "--episodes", "2",
+                                      "--inits", "zero", "dense", "--allocations", "rl", "greedy"]) == 0
+    rows = read_csv(tmp_path / "benchmarks" / "results" / "matched_synthetic.csv")
+    assert [r["arm"] for r in rows] == ["straight", "rl/zero", "rl/dense", "greedy/zero", "greedy/dense"]
+    assert all(float(r["sparsity"]) == pytest.approx(0.95, abs=1e-3) for r in rows if r["allocation"] == "greedy")

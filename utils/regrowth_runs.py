@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -129,8 +130,21 @@ def finish(stage: Stage, best_path: Path, acc_key: str) -> dict:
 
 # ---- one-shot ---------------------------------------------------------------------------------------------
 
-def run_oneshot(args: argparse.Namespace, granularity: str) -> SearchResult:
-    """One search regrowing K = --regrow_step · N_tot units into the SSIM-selected units of --initial_ckpt."""
+@dataclass
+class OneShot:
+    """A prepared one-shot search and what its summary reports."""
+
+    stage: Stage
+    pair: DenseSparse
+    search: Search
+    start_sparsity: float
+    start_val: float
+    baseline: dict[float, float] | None
+
+
+def prepare_oneshot(args: argparse.Namespace, granularity: str) -> OneShot:
+    """Everything before the first episode of a one-shot search: inputs and outputs checked, scores, the
+    searched units, the budget K = --regrow_step · N_tot, and the ``Search`` (resumed with --resume)."""
     stage, pair, reference = start(args, granularity)
     gran = stage.granularity
     sparsity = gran.sparsity(pair.sparse)
@@ -153,16 +167,25 @@ def run_oneshot(args: argparse.Namespace, granularity: str) -> SearchResult:
                     zero_point=zero_point, out=out, parent=pair.sparse_path, budget=budget)
     if args.resume:
         search.resume()
+    return OneShot(stage, pair, search, sparsity, start_val, table)
+
+
+def run_oneshot(args: argparse.Namespace, granularity: str) -> SearchResult:
+    """One search regrowing K = --regrow_step · N_tot units into the SSIM-selected units of --initial_ckpt."""
+    job = prepare_oneshot(args, granularity)
+    stage, search, gran = job.stage, job.search, job.stage.granularity
     best = search.run()
+    space = search.space
     summary = {
-        "model": stage.model_name, "dataset": stage.dataset, "granularity": gran.name, "start_sparsity": sparsity,
-        "start_val_acc": start_val, "budget": budget, "baseline_dir": args.baseline_dir,
+        "model": stage.model_name, "dataset": stage.dataset, "granularity": gran.name,
+        "start_sparsity": job.start_sparsity, "start_val_acc": job.start_val, "budget": search.budget,
+        "baseline_dir": args.baseline_dir, "search": "random" if args.random_search else "rl",
         "searched_layers": dict(zip(space.layers, space.ssim, strict=True)), "episodes": len(search.history),
-        "best": vars(best), **finish(stage, out / BEST_MODEL, "best_test_acc")}
-    write_json(out / SUMMARY, summary)
+        "best": vars(best), **finish(stage, search.out / BEST_MODEL, "best_test_acc")}
+    write_json(search.out / SUMMARY, summary)
     LOG.info("best episode %d: val %.2f%% (gain %+.2f pp over the %s), %s sparsity %.4f, test %.2f%%",
-             best.episode, best.val_acc, best.acc_gain, "pruning baseline" if table else "sparse start", gran.name,
-             best.sparsity, summary["best_test_acc"])
+             best.episode, best.val_acc, best.acc_gain, "pruning baseline" if job.baseline else "sparse start",
+             gran.name, best.sparsity, summary["best_test_acc"])
     return best
 
 

@@ -1,0 +1,137 @@
+"""The method's central claim, checked at equal finetune epochs: is prune-further-then-regrow better than
+pruning straight to the final sparsity?
+
+Per seed (--seeds), with the stage scripts (run folders under --save_dir, reused on a rerun):
+
+* dense: pretrain.py, --pretrain_epochs;
+* straight: one-shot LAMP from dense to --final_sparsity, finetuned --prune_epochs + --regrow_epochs;
+* start: one-shot LAMP from dense to --start_sparsity, finetuned --prune_epochs;
+* allocations of K = (start - final) · N_tot weights over the start's layers: ``rl`` (regrowth_oneshot.py,
+  --episodes episodes of --search_epochs), ``random_search`` (the same with --random_search, equal episodes)
+  and ``greedy`` (SSIM-proportional, regrowth_greedy.py's ``prop`` rule);
+* every allocation x every --inits strategy: regrow into the start (saliency picks the positions), finetune
+  --regrow_epochs (AdamW, best epoch on val), test accuracy reported.
+
+So every final model has had --prune_epochs + --regrow_epochs finetune epochs after pruning (the searches'
+mini-finetunes only choose the allocation; their models are not used). Printed: mean ± std over seeds of
+val and test accuracy per arm, and of each arm's paired difference to ``straight`` (same seed).
+
+    python -m benchmarks.bench_matched --seeds 1 2 3                   # synthetic, CPU (~30 min)
+    python -m benchmarks.bench_matched --seeds 1 2 3 --dataset cifar10 --data_dir /tmp/cifar --train_subset 5000
+
+Results: benchmarks/results/matched_{dataset}.json and .csv.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+
+import regrowth_oneshot
+from benchmarks.common import ROOT, machine, save_results
+from benchmarks.experiment import add_experiment_args, dense_model, pruned_model, regrow_and_finetune, run, stage_flags
+from utils.budget import regrowth_budget
+from utils.regrowth import allocate_proportional
+from utils.run import write_csv
+from utils.scores import saliency_scores, ssim_scores
+from utils.stage import prepare_dense_sparse
+from utils.train import evaluate
+
+ALLOCATIONS = ("rl", "random_search", "greedy")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_experiment_args(parser)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--start_sparsity", type=float, default=0.99)
+    parser.add_argument("--final_sparsity", type=float, default=0.98)
+    parser.add_argument("--regrow_epochs", type=int, default=4, help="finetune epochs after regrowth")
+    parser.add_argument("--episodes", type=int, default=12, help="episodes of the RL and random searches")
+    parser.add_argument("--search_epochs", type=int, default=1, help="mini-finetune epochs per episode")
+    parser.add_argument("--inits", nargs="+", default=["zero", "dense", "magnitude", "kaiming"])
+    parser.add_argument("--allocations", nargs="+", default=list(ALLOCATIONS), choices=ALLOCATIONS)
+    return parser.parse_args(argv)
+
+
+def searched_allocation(args, seed: int, root: Path, dense: Path, start: Path, kind: str) -> dict[str, int]:
+    """Best allocation of an RL or random search from ``start`` (run once, then read from its summary)."""
+    label = f"matched_{kind}"
+    folder = "random_regrowth_oneshot" if kind == "random_search" else "regrowth_oneshot"
+    summary = root / "search" / args.m_name / folder / label / "summary.json"
+    if not summary.is_file():
+        run(regrowth_oneshot.main, stage_flags(args, seed) + [
+            "--save_dir", str(root / "search"), "--pretrained", str(dense), "--initial_ckpt", str(start),
+            "--regrow_step", f"{args.start_sparsity - args.final_sparsity:.6f}", "--num_epochs", str(args.episodes),
+            "--finetune_epochs", str(args.search_epochs), "--label", label, "--overwrite",
+            *(["--random_search"] if kind == "random_search" else [])])
+    return json.loads(summary.read_text())["best"]["allocation"]
+
+
+def one_seed(args: argparse.Namespace, seed: int) -> list[dict]:
+    """Every arm's row for ``seed``."""
+    root = Path(args.save_dir) / f"matched_{args.dataset}_{args.m_name}" / f"seed{seed}"
+    dense = dense_model(args, seed, root)
+    straight = pruned_model(args, seed, root, dense, args.final_sparsity, args.prune_epochs + args.regrow_epochs,
+                            "straight")
+    start = pruned_model(args, seed, root, dense, args.start_sparsity, args.prune_epochs, "start")
+    stage_args = regrowth_oneshot.parse_args(stage_flags(args, seed) + [
+        "--save_dir", str(root / "search"), "--pretrained", str(dense), "--initial_ckpt", str(start)])
+    stage, pair = prepare_dense_sparse(stage_args, start, reparam=True)
+    gran = stage.granularity
+    model = stage.load_model(straight, sparse=True)
+    rows = [{"seed": seed, "arm": "straight", "allocation": "-", "init": "-", "sparsity": gran.sparsity(model),
+             "regrown": 0, "val_acc": evaluate(model, stage.data.val)[1],
+             "test_acc": evaluate(model, stage.data.test)[1]}]
+    caps = {n: c for n, c in gran.capacity(pair.sparse).items() if c > 0}
+    budget = regrowth_budget(gran.total(pair.sparse), args.start_sparsity - args.final_sparsity, sum(caps.values()))
+    allocations = {}
+    for kind in args.allocations:
+        if kind == "greedy":
+            allocations[kind] = allocate_proportional(ssim_scores(stage, pair.dense, pair.sparse), caps, budget)
+        else:
+            allocations[kind] = searched_allocation(args, seed, root, dense, start, kind)
+    scores = saliency_scores(stage, pair)
+    for kind, allocation in allocations.items():
+        for init in args.inits:
+            result = regrow_and_finetune(stage, pair, allocation, scores, init, args.regrow_epochs)
+            rows.append({"seed": seed, "arm": f"{kind}/{init}", "allocation": kind, "init": init, **result})
+            print(f"seed {seed} {kind:<14} {init:<10} regrew {result['regrown']:>6}  val {result['val_acc']:.2f}%  "
+                  f"test {result['test_acc']:.2f}%", flush=True)
+    return rows
+
+
+def mean_std(values: list[float]) -> str:
+    return f"{statistics.fmean(values):.2f} ± {statistics.stdev(values) if len(values) > 1 else 0:.2f}"
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown: mean ± std over seeds of val and test accuracy per arm, and of the difference to straight."""
+    straight = {r["seed"]: r for r in rows if r["arm"] == "straight"}
+    arms = list(dict.fromkeys(r["arm"] for r in rows))
+    lines = ["| arm | n | regrown | val acc (%) | test acc (%) | test - straight (pp) |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for arm in arms:
+        mine = [r for r in rows if r["arm"] == arm]
+        diff = [r["test_acc"] - straight[r["seed"]]["test_acc"] for r in mine]
+        lines.append(f"| {arm} | {len(mine)} | {statistics.fmean(r['regrown'] for r in mine):.0f} | "
+                     f"{mean_std([r['val_acc'] for r in mine])} | {mean_std([r['test_acc'] for r in mine])} | "
+                     f"{'-' if arm == 'straight' else mean_std(diff)} |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    rows = [row for seed in args.seeds for row in one_seed(args, seed)]
+    text = table(rows)
+    print(text)
+    results = save_results(f"matched_{args.dataset}", {"args": vars(args), "rows": rows, "table": text})
+    write_csv(ROOT / "benchmarks" / "results" / f"matched_{args.dataset}.csv", rows)
+    print(f"wrote {results} ({machine()})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

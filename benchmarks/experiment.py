@@ -1,0 +1,89 @@
+"""Building blocks of the accuracy experiments (bench_reward_noise, bench_matched): the stage scripts run
+in-process for the dense and pruned models (reused when a folder already holds them), and a regrow +
+finetune of a given allocation with the library's own functions.
+
+Every experiment flag that the stage scripts share (model, data, batch sizes, seed) is passed on as is.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+import pretrain
+import prune_unstructure
+from utils.errors import UsageError
+from utils.paths import pretrained_path, prune_checkpoint, prune_dir
+from utils.run import make_generator
+from utils.train import evaluate, finetune
+
+DATA_FLAGS = ("m_name", "dataset", "data_dir", "batch_size", "eval_batch_size", "train_subset", "device")
+
+
+def add_experiment_args(parser: argparse.ArgumentParser) -> None:
+    """Model, data and the short schedules of the dense and pruned starting models."""
+    parser.add_argument("--m_name", default="resnet20")
+    parser.add_argument("--dataset", default="synthetic")
+    parser.add_argument("--data_dir", default="./data")
+    parser.add_argument("--save_dir", default="./runs/experiments", help="root of the experiment's run folders")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--batch_size", type=int, default=128)
+    parser.add_argument("--eval_batch_size", type=int, default=500)
+    parser.add_argument("--train_subset", type=int, default=None, help="use only N training images")
+    parser.add_argument("--pretrain_epochs", type=int, default=15, help="dense pretraining epochs")
+    parser.add_argument("--prune_epochs", type=int, default=4, help="finetune epochs after the one-shot prune")
+
+
+def stage_flags(args: argparse.Namespace, seed: int) -> list[str]:
+    """The shared stage-script flags of ``args`` for ``seed`` (progress bars off)."""
+    flags = ["--seed", str(seed), "--no_progress"]
+    for name in DATA_FLAGS:
+        value = getattr(args, name)
+        if value is not None:
+            flags += [f"--{name}", str(value)]
+    return flags
+
+
+def run(main, argv: list[str]) -> None:
+    """A stage script's ``main(argv)``; a non-zero exit stops the experiment."""
+    code = main(argv)
+    if code:
+        raise UsageError(f"{main.__module__} {' '.join(argv)} failed with exit code {code}")
+
+
+def dense_model(args: argparse.Namespace, seed: int, root: Path) -> Path:
+    """``pretrain.py`` for ``seed`` under ``root`` (kept when it already finished)."""
+    path = pretrained_path(root, args.m_name)
+    if not path.is_file():
+        run(pretrain.main, stage_flags(args, seed) + ["--save_dir", str(root), "--epochs", str(args.pretrain_epochs),
+                                                       "--patience", "0"])
+    return path
+
+
+def pruned_model(args: argparse.Namespace, seed: int, root: Path, dense: Path, sparsity: float, epochs: int,
+                 label: str) -> Path:
+    """One-shot LAMP pruning of ``dense`` to ``sparsity`` with an ``epochs`` finetune, in ``root/label``."""
+    save = root / label
+    path = prune_checkpoint(prune_dir(save, args.m_name, "weight", "oneshot"), args.m_name, "weight", sparsity)
+    if not path.is_file():
+        run(prune_unstructure.main, stage_flags(args, seed) + [
+            "--save_dir", str(save), "--pretrained", str(dense), "--mode", "oneshot", "--target_sparsity",
+            str(sparsity), "--finetune_epochs", str(epochs), "--patience", "0"])
+    return path
+
+
+def regrow_and_finetune(stage, pair, allocation: dict[str, int], scores: dict[str, torch.Tensor], init: str,
+                        epochs: int) -> dict[str, float]:
+    """Regrow ``allocation`` into a copy of the sparse model (``init`` values, ``scores`` pick positions),
+    finetune ``epochs`` (AdamW, best epoch on val) and report val/test accuracy (%), sparsity and count."""
+    from utils.masks import clone_model
+
+    gran, seed = stage.granularity, stage.args.seed
+    model = clone_model(pair.sparse)
+    regrown = sum(gran.regrow(model, allocation, scores, init, pair.dense,
+                              generator=make_generator(seed, "regrowth_init", stage.device)).values())
+    train = stage.data.train.with_generator(make_generator(seed, "matched_finetune", stage.device))
+    fit = finetune(model, train, stage.data.val, epochs=epochs, progress=False, verbose=False, amp=stage.amp)
+    return {"val_acc": fit.best_val_acc, "test_acc": evaluate(model, stage.data.test, amp=stage.amp)[1],
+            "sparsity": gran.sparsity(model), "regrown": regrown}

@@ -9,6 +9,8 @@ a stage whose output exists is reused (the log says so) unless --overwrite.
 
     python pipeline.py                                  # --preset demo: synthetic data, ~6 minutes on 2 CPU cores
     python pipeline.py --granularity channel            # the same for channels
+    python pipeline.py --seeds 1 2 3                    # once per seed under runs/seed{n}/, then report.py's tables
+    python pipeline.py --preset smoke                   # every stage for a few seconds (checks an install)
     python pipeline.py --preset cifar10_resnet20        # the original settings (GPU days)
     python pipeline.py --preset cifar10_vgg16 --data_dir ./data
 
@@ -35,6 +37,7 @@ import prune_unstructure
 import regrowth_greedy
 import regrowth_oneshot
 import regrowth_structure_oneshot
+import report
 from models import create_model
 from utils.cli import cli_main, new_parser, seed_int
 from utils.errors import ReportedError
@@ -58,6 +61,8 @@ TARGETS = {"weight": {"sparsity": 0.99, "regrow_step": 0.01}, "channel": {"spars
 PRESETS: dict[str, dict] = {
     "demo": {"m_name": "resnet20", "dataset": "synthetic", "train_subset": 4500, "pretrain_epochs": 8,
              "prune_epochs": 4, "episodes": 5, "mini_epochs": 1, "final_epochs": 4, "ssim_num_batches": 2},
+    "smoke": {"m_name": "resnet20", "dataset": "synthetic", "train_subset": 512, "pretrain_epochs": 1,
+              "prune_epochs": 1, "episodes": 2, "mini_epochs": 1, "final_epochs": 1, "ssim_num_batches": 1},
     "cifar10_resnet20": {"m_name": "resnet20", "dataset": "cifar10", "train_subset": None, "pretrain_epochs": 200,
                          "prune_epochs": 400, "episodes": 400, "mini_epochs": 50, "final_epochs": 400,
                          "ssim_num_batches": 64},
@@ -78,7 +83,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "or whole channels")
     parser.add_argument("--data_dir", default="./data")
     parser.add_argument("--save_dir", default="./runs")
-    parser.add_argument("--seed", type=seed_int, default=42)
+    parser.add_argument("--seed", type=seed_int, default=42, help="run seed of a single run")
+    parser.add_argument("--seeds", type=seed_int, nargs="+", default=None, metavar="N",
+                        help="run the whole chain once per seed under {save_dir}/seed{N}/ (finished stages are "
+                             "reused, so a killed run continues), then print report.py's tables over the seeds")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--no_progress", action="store_true")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model in every training stage")
@@ -116,31 +124,44 @@ def scores(common: list[str], ckpt: Path) -> dict:
 @cli_main
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    resolve_device(args.device)  # a bad --device fails here, before anything is written
+    if not args.seeds:
+        return run_chain(args, args.seed, Path(args.save_dir))
+    for seed in args.seeds:
+        check_output_dir(Path(args.save_dir) / f"seed{seed}", what="--save_dir")
+    for seed in args.seeds:
+        run_chain(args, seed, Path(args.save_dir) / f"seed{seed}")
+    LOG.info("== report over seeds %s", " ".join(map(str, args.seeds)))
+    return report.main([str(Path(args.save_dir) / f"seed{seed}") for seed in args.seeds] + [
+        "--plot", str(Path(args.save_dir) / "report.png"), "--overwrite"])
+
+
+def run_chain(args: argparse.Namespace, seed: int, save_dir: Path) -> int:
+    """The whole chain for one seed into ``save_dir`` (finished stages reused unless --overwrite)."""
     g = args.granularity
     p = {**PRESETS[args.preset], **TARGETS[g]}
     prune_main, search_main, greedy_flags, summary_stem, exports = SCRIPTS[g]
-    root = model_root(args.save_dir, p["m_name"])
+    root = model_root(save_dir, p["m_name"])
     common = ["--m_name", p["m_name"], "--dataset", p["dataset"], "--data_dir", args.data_dir, "--save_dir",
-              args.save_dir, "--seed", str(args.seed), "--device", args.device] + (
+              str(save_dir), "--seed", str(seed), "--device", args.device] + (
         ["--no_progress"] if args.no_progress else [])
     train = common + (["--train_subset", str(p["train_subset"])] if p["train_subset"] else []) + (
         ["--compile"] if args.compile else [])
-    resolve_device(args.device)  # a bad --device fails here, before anything is written
     check_output_dir(root, what="--save_dir")
     setup_logging(root, "pipeline_log.txt")
-    dense = pretrained_path(args.save_dir, p["m_name"])
+    dense = pretrained_path(save_dir, p["m_name"])
     once = functools.partial(run_once, overwrite=args.overwrite)
     once("pretrain", pretrain.main, train + ["--epochs", str(p["pretrain_epochs"])], dense.with_name(SUMMARY))
-    pruned = prune_checkpoint(prune_dir(args.save_dir, p["m_name"], g, "oneshot"), p["m_name"], g,
+    pruned = prune_checkpoint(prune_dir(save_dir, p["m_name"], g, "oneshot"), p["m_name"], g,
                               exact_sparsity(g, p["m_name"], p["sparsity"]))
     once("prune", prune_main, train + ["--mode", "oneshot", "--target_sparsity", str(p["sparsity"]),
                                        "--finetune_epochs", str(p["prune_epochs"])], pruned)
     search = ["--initial_ckpt", str(pruned), "--regrow_step", str(p["regrow_step"]), "--finetune_epochs",
               str(p["mini_epochs"]), "--ssim_num_batches", str(p["ssim_num_batches"])]
-    rl_dir = regrowth_dir(args.save_dir, p["m_name"], g, "oneshot") / "pipeline"
+    rl_dir = regrowth_dir(save_dir, p["m_name"], g, "oneshot") / "pipeline"
     once("regrowth", search_main, train + search + ["--num_epochs", str(p["episodes"]), "--label", "pipeline"],
          rl_dir / SUMMARY)
-    greedy_root = greedy_dir(args.save_dir, p["m_name"], g, "prop")
+    greedy_root = greedy_dir(save_dir, p["m_name"], g, "prop")
     once("greedy", regrowth_greedy.main, train + search + ["--greedy_mode", "prop"] + greedy_flags,
          greedy_root / SUMMARY)
     greedy = iteration_dir(greedy_root, 0)

@@ -22,6 +22,7 @@ greedy_log.csv, summary.json.
 from __future__ import annotations
 
 import argparse
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -95,6 +96,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     init_rng = make_generator(args.seed, "regrowth_init", stage.device)
     layer_rng = make_generator(args.seed, "greedy")  # CPU: random layers / positions
     model, parent, rows = pair.sparse, pair.sparse_path, []
+    start = {"start_sparsity": gran.sparsity(model), "start_val_acc": evaluate(model, stage.data.val, amp=stage.amp)[1],
+             "start_test_acc": evaluate(model, stage.data.test, amp=stage.amp)[1]}
+    began = time.perf_counter()
     for it in range(args.num_iters):
         caps = {n: c for n, c in gran.capacity(model).items() if c > 0}
         budget = regrowth_budget(gran.total(model), args.regrow_step, sum(caps.values()))
@@ -117,7 +121,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         LOG.info("iteration %d: %s regrew %d -> sparsity %.4f  val %.2f%%  test %.2f%%", it, args.greedy_mode,
                  regrown, row["sparsity"], row["val_acc"], test_acc)
     write_csv(out / "greedy_log.csv", rows)
-    write_json(out / SUMMARY, {"model": stage.model_name, "mode": args.greedy_mode, "iterations": rows})
+    write_json(out / SUMMARY, {"model": stage.model_name, "dataset": stage.dataset, "granularity": gran.name,
+                               "mode": args.greedy_mode, **start, "final_epochs": args.finetune_epochs,
+                               "seconds": time.perf_counter() - began, "iterations": rows})
     return 0
 
 

@@ -10,6 +10,8 @@ version is regrowth_structure_iterative.py; both run utils/regrowth_runs.py.
 Example:
     python regrowth_iterative.py --m_name resnet20 --initial_ckpt runs/resnet20/iterative/resnet20_0.9953.pth \\
         --baseline_dir runs/resnet20/iterative --target_sparsity 0.98 --num_iters 10
+    # 8 episodes per policy step, spread over 4 GPUs (or CPU processes); --random_search: the baseline
+    torchrun --nproc_per_node 4 regrowth_iterative.py --m_name resnet20 --initial_ckpt ... --episodes_per_update 8
     # killed? continue (finished iterations are kept, the running search resumes):
     python regrowth_iterative.py ... --resume
 

@@ -10,6 +10,8 @@ regrowth_structure_oneshot.py; both run utils/regrowth_runs.py.
 Example:
     python regrowth_oneshot.py --m_name resnet20 --initial_ckpt runs/resnet20/oneshot/resnet20_0.9900.pth \\
         --regrow_step 0.01 --num_epochs 400 --finetune_epochs 50
+    # 8 episodes per policy step, spread over 4 GPUs (or CPU processes); --random_search: the baseline
+    torchrun --nproc_per_node 4 regrowth_oneshot.py --m_name resnet20 --initial_ckpt ... --episodes_per_update 8
     # killed? continue from the last finished episode (same flags):
     python regrowth_oneshot.py --m_name resnet20 --initial_ckpt ... --resume
 

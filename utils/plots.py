@@ -94,3 +94,41 @@ def plot_reward_curve(history: list[dict], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     _save(fig, path)
+
+
+def plot_report(curves: dict[str, list[tuple[float, float, float]]],
+                arrows: list[tuple[str, float, float, float, float, float | None]], title: str, path: Path) -> None:
+    """Accuracy against sparsity for one model, data set and granularity: pruning curves with ±std bands and
+    regrowth results as arrows.
+
+    ``curves``: {label: [(sparsity in [0, 1], mean test acc %, std or 0)]}; ``arrows``: (label, start
+    sparsity, start acc, final sparsity, final acc, matched pruning baseline acc or None), marked with an x.
+    Sparsity is plotted as a percentage inside [0, 100].
+    """
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    xs: list[float] = []
+    for label, points in curves.items():
+        points = sorted(points)
+        x = [100 * p[0] for p in points]
+        mean, std = [p[1] for p in points], [p[2] for p in points]
+        line = ax.plot(x, mean, "o-", ms=3, label=label)[0]
+        ax.fill_between(x, [m - s for m, s in zip(mean, std, strict=True)],
+                        [m + s for m, s in zip(mean, std, strict=True)], color=line.get_color(), alpha=0.2)
+        xs += x
+    for label, s0, a0, s1, a1, baseline in arrows:
+        ax.annotate("", xy=(100 * s1, a1), xytext=(100 * s0, a0), arrowprops={"arrowstyle": "->", "lw": 1.2})
+        ax.plot([100 * s1], [a1], "^", ms=6, label=label)
+        if baseline is not None:
+            ax.plot([100 * s1], [baseline], "kx", ms=7)
+        xs += [100 * s0, 100 * s1]
+    if xs:
+        low, high = min(xs), max(xs)
+        pad = max(0.5, 0.05 * (high - low))
+        ax.set_xlim(max(0.0, low - pad), min(100.0, high + pad))
+    ax.set_xlabel("sparsity (%)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"{title}\n(arrows: regrowth from its sparse start; x: pruning baseline at the same sparsity)",
+                 fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    _save(fig, path)

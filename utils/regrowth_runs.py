@@ -180,7 +180,9 @@ def run_oneshot(args: argparse.Namespace, granularity: str) -> SearchResult:
         "model": stage.model_name, "dataset": stage.dataset, "granularity": gran.name,
         "start_sparsity": job.start_sparsity, "start_val_acc": job.start_val, "budget": search.budget,
         "baseline_dir": args.baseline_dir, "search": "random" if args.random_search else "rl",
+        "start_test_acc": evaluate(job.pair.sparse, stage.data.test, amp=stage.amp)[1],
         "searched_layers": dict(zip(space.layers, space.ssim, strict=True)), "episodes": len(search.history),
+        "finetune_epochs": args.finetune_epochs, "search_seconds": search.seconds,
         "best": vars(best), **finish(stage, search.out / BEST_MODEL, "best_test_acc")}
     write_json(search.out / SUMMARY, summary)
     LOG.info("best episode %d: val %.2f%% (gain %+.2f pp over the %s), %s sparsity %.4f, test %.2f%%",
@@ -206,7 +208,8 @@ def run_iteration(stage: Stage, pair: DenseSparse, source: nn.Module, current: n
     if args.resume and (out / SEARCH_STATE).is_file():
         search.resume()
     best = search.run()
-    row = {"iteration": it, **vars(best), "baseline_acc": interpolate(table, best.sparsity)}
+    row = {"iteration": it, **vars(best), "baseline_acc": interpolate(table, best.sparsity),
+           "episodes": len(search.history), "search_seconds": search.seconds}
     write_json(out / SUMMARY, row)
     LOG.info("iteration %d: sparsity %.4f  val %.2f%%  (%+.2f pp over the pruning baseline)", it, best.sparsity,
              best.val_acc, best.acc_gain)
@@ -243,8 +246,13 @@ def run_iterative(args: argparse.Namespace, granularity: str) -> dict:
         current = stage.load_model(current_path, reparam=True)
         if gran.sparsity(current) <= args.target_sparsity:
             break
-    summary = {"model": stage.model_name, "granularity": gran.name, "start_sparsity": first,
-               "final_sparsity": gran.sparsity(current), "final_checkpoint": str(current_path), "iterations": rows,
+    summary = {"model": stage.model_name, "dataset": stage.dataset, "granularity": gran.name,
+               "search": "random" if args.random_search else "rl", "start_sparsity": first,
+               "start_test_acc": evaluate(pair.sparse, stage.data.test, amp=stage.amp)[1],
+               "final_sparsity": gran.sparsity(current), "final_val_acc": rows[-1]["val_acc"],
+               "final_checkpoint": str(current_path), "iterations": rows,
+               "episodes": sum(r.get("episodes", 0) for r in rows), "finetune_epochs": args.finetune_epochs,
+               "search_seconds": sum(r.get("search_seconds", 0.0) for r in rows),
                **finish(stage, current_path, "final_test_acc")}
     write_json(root / SUMMARY, summary)
     LOG.info("final: sparsity %.4f, test %.2f%% (%s)", summary["final_sparsity"], summary["final_test_acc"],

@@ -23,6 +23,7 @@ uninterrupted one (CPU). The best models are written as soon as a batch finds th
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,6 +172,7 @@ class Search:
         self.world = current_world()
         self.history: list[dict] = []
         self.best = SearchResult()
+        self.seconds = 0.0  # wall time of the finished batches (over all resumed segments)
 
     @property
     def policy(self) -> AllocationPolicy:
@@ -179,7 +181,8 @@ class Search:
     # ---- state -------------------------------------------------------------------------------------------
     def _state(self) -> dict:
         return {"settings": plain(vars(self.stage.args)), "trainer": self.trainer.state_dict(),
-                "history": self.history, "best": vars(self.best), "rng": {"policy": self.policy_rng.get_state()}}
+                "history": self.history, "best": vars(self.best), "rng": {"policy": self.policy_rng.get_state()},
+                "seconds": self.seconds}
 
     def resume(self) -> None:
         """Continue from ``search_state.pt`` in ``out`` (a usage error when there is none)."""
@@ -191,6 +194,7 @@ class Search:
         self.trainer.load_state_dict(state["trainer"])
         self.history, self.best = state["history"], SearchResult(**state["best"])
         self.policy_rng.set_state(state["rng"]["policy"])
+        self.seconds = state.get("seconds", 0.0)
         LOG.info("resumed after episode %d (best reward %.4f)", len(self.history), self.best.reward)
 
     # ---- one episode -------------------------------------------------------------------------------------
@@ -285,7 +289,9 @@ class Search:
         if self.world.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
         while len(self.history) < self.config.episodes and not (self.history and self.should_stop()):
+            began = time.perf_counter()
             rows = self.batch(len(self.history))
+            self.seconds += time.perf_counter() - began
             self.history.extend(rows)
             write_csv(self.out / "episodes.csv", self.history)
             atomic_save(self._state(), self.out / SEARCH_STATE)

@@ -13,7 +13,10 @@ number, ``params_nonzero`` the kept ones (mask == 1, or nonzero where a layer ha
 sparsity (masked channels / groupable channels) and the params and MACs (per image) of its physical
 export next to the dense model's; an exported checkpoint reports its own params and MACs. Val accuracy
 uses the checkpoint's own seed and val split unless --seed / --val_split are given. With --json, stdout is
-exactly one JSON object. Writes nothing.
+exactly one JSON object. --device_profile (or --max_bytes / --max_macs / --max_latency_ms / --storage) says
+whether the model fits a device, with the margin of each limit (see utils/device.py). Writes nothing.
+
+    python evaluate.py --ckpt runs/resnet20/oneshot/resnet20_0.9900.pth --device_profile profiles/mcu_64kb.json
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from collections.abc import Sequence
 
 from utils.checkpoint import Checkpoint, read_checkpoint
 from utils.cli import add_common_args, cli_main, new_parser
+from utils.device import add_device_args, fit, model_costs, profile_from_args
 from utils.export import params_and_macs
 from utils.masks import LayerCount, layer_counts
 from utils.stage import Stage, prepare, resolve_names
@@ -38,6 +42,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     parser.add_argument("--trust_pickle", action="store_true",
                         help="allow checkpoints that are pickled nn.Modules (runs code from the file)")
+    add_device_args(parser)
     return parser.parse_args(argv)
 
 
@@ -73,6 +78,18 @@ def _print_text(report: dict, per_layer: bool) -> None:
         print()
     print(f"val acc     {report['val_acc']:.2f}%  ({report['val_images']} images)")
     print(f"test acc    {report['test_acc']:.2f}%  ({report['test_images']} images)")
+    if "device" in report:
+        _print_fit(report["device"])
+
+
+def _print_fit(device: dict) -> None:
+    profile = device["profile"]
+    print(f"\ndevice      {profile['name']} (storage {profile['storage']}): "
+          f"{'FITS' if device['fits'] else 'DOES NOT FIT'}")
+    units = {"bytes": "bytes", "macs": "MACs", "latency_ms": "ms"}
+    for key, row in device["limits"].items():
+        print(f"  {key:<11} {row['cost']:>14,.1f} of {row['limit']:>14,.1f} {units[key]:<5}  margin "
+              f"{row['margin']:>+14,.1f} ({row['margin_pct']:+.1f}%)  {'ok' if row['fits'] else 'over'}")
 
 
 def structure(stage: Stage, model, ckpt: Checkpoint) -> dict:
@@ -92,6 +109,7 @@ def structure(stage: Stage, model, ckpt: Checkpoint) -> dict:
 @cli_main
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    profile = profile_from_args(args)  # a bad profile fails before anything loads
     ckpt = read_checkpoint(args.ckpt, trust_pickle=args.trust_pickle)
     model_name, dataset = resolve_names(args.m_name or ckpt.model, args.dataset or ckpt.dataset)
     _fill_from_checkpoint(args, ckpt.meta.get("args") or {})
@@ -108,6 +126,9 @@ def main(argv: Sequence[str] | None = None) -> int:
               "seed": args.seed, "val_split": args.val_split, **structure(stage, model, ckpt)}
     if args.per_layer:
         report["layers"] = _layer_rows(counts)
+    if profile is not None:
+        report["device"] = fit(profile, model_costs(profile, stage.granularity, model, stage.device,
+                                                    is_export=ckpt.export_history is not None))
     if args.json:
         print(json.dumps(report))
     else:

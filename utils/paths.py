@@ -12,6 +12,7 @@ Layout under ``{save_dir}/{model}/`` (``granularity`` is ``weight`` or ``channel
 | greedy regrowth | ``greedy_{mode}/iter_{i}/`` | ``greedy_channel_{mode}/iter_{i}/`` |
 | layer analysis | ``analysis/{ckpt stem}/`` | (the same) |
 | single-layer analysis | ``single_layer/{ckpt stem}/`` | (the same) |
+| boundary estimates | ``boundary/{pruning folder name}/`` | (the same) |
 | score caches | ``cache/`` | (the same) |
 
 ``mode`` is ``oneshot`` or ``iterative``. File names that several modules share are constants here too, and
@@ -89,16 +90,27 @@ def single_layer_dir(save_dir: str | Path, model_name: str, ckpt: str | Path) ->
     return model_root(save_dir, model_name) / "single_layer" / Path(ckpt).stem
 
 
+def boundary_dir(save_dir: str | Path, model_name: str, folder: str | Path) -> Path:
+    """Default output of find_drop_point.py for the pruning run in ``folder``."""
+    return model_root(save_dir, model_name) / "boundary" / Path(folder).name
+
+
 def cache_dir(save_dir: str | Path, model_name: str) -> Path:
     """Content-keyed caches (saliency and channel scores)."""
     return model_root(save_dir, model_name) / "cache"
 
 
-def baseline_cache(save_dir: str | Path, model_name: str, folder: str | Path) -> Path:
-    """Cache of the pruning baseline read from ``folder`` (``--baseline_dir``), in the cache folder and
-    named after the folder's absolute path (the input folder itself is never written)."""
+def folder_cache(save_dir: str | Path, model_name: str, folder: str | Path, kind: str, suffix: str) -> Path:
+    """Cache of what a stage measured on the checkpoints in an input ``folder`` (``kind``: e.g. the
+    pruning baseline), in the cache folder and named after the folder's absolute path: the input folder
+    itself is never written."""
     key = zlib.crc32(str(Path(folder).resolve()).encode())
-    return cache_dir(save_dir, model_name) / f"baseline_{Path(folder).name}_{key:08x}.json"
+    return cache_dir(save_dir, model_name) / f"{kind}_{Path(folder).name}_{key:08x}{suffix}"
+
+
+def baseline_cache(save_dir: str | Path, model_name: str, folder: str | Path) -> Path:
+    """Cache of the pruning baseline read from ``folder`` (``--baseline_dir``)."""
+    return folder_cache(save_dir, model_name, folder, "baseline", ".json")
 
 
 def benchmark_dir(save_dir: str | Path, model_name: str) -> Path:

@@ -132,3 +132,31 @@ def plot_report(curves: dict[str, list[tuple[float, float, float]]],
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     _save(fig, path)
+
+
+def plot_boundary(sparsity: list[float], accuracy: list[float], estimates: dict[str, float | None],
+                  tolerance: dict, title: str, path: Path) -> None:
+    """The accuracy-vs-sparsity curve (sparsity in %, inside [0, 100]) with each boundary estimate as a
+    vertical line, the dense accuracy minus the tolerance as a dashed level and the bootstrap interval of
+    the tolerance boundary shaded."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    x = [100 * s for s in sparsity]
+    ax.plot(x, accuracy, "o-", ms=4, color="black", label="val accuracy")
+    if "interval" in tolerance:
+        lo, hi = tolerance["interval"]
+        ax.axvspan(100 * lo, 100 * hi, color="tab:green", alpha=0.15,
+                   label=f"tolerance boundary, {100 * tolerance['level']:.0f}% interval")
+    level = tolerance["dense_accuracy"] - tolerance["tolerance_pp"]
+    ax.axhline(level, ls=":", color="tab:green", label=f"dense - {tolerance['tolerance_pp']:g} pp")
+    for (name, value), color in zip(estimates.items(), ("tab:blue", "tab:orange", "tab:purple", "tab:green"),
+                                    strict=False):
+        if value is not None:
+            ax.axvline(100 * value, ls="--", color=color, label=f"{name}: {100 * value:.2f}%")
+    pad = max(0.5, 0.05 * (max(x) - min(x)))
+    ax.set_xlim(max(0.0, min(x) - pad), min(100.0, max(x) + pad))
+    ax.set_xlabel("sparsity (%)")
+    ax.set_ylabel("val accuracy (%)")
+    ax.set_title(f"{title}\n(each estimate: the last sparsity before the break)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    _save(fig, path)

@@ -126,6 +126,20 @@ def evaluate(model: nn.Module, loader: DeviceLoader, *, amp: bool = True) -> tup
     return loss_sum.item() / n, 100.0 * correct.item() / n
 
 
+@torch.no_grad()
+def correct_per_image(model: nn.Module, loader: DeviceLoader, *, amp: bool = True) -> torch.Tensor:
+    """Bool [N] on the CPU: whether ``model`` (eval mode) classifies each image of ``loader`` correctly, in the
+    loader's order (val and test loaders do not shuffle)."""
+    was_training = model.training
+    model.eval()
+    hits = []
+    for images, labels in loader:
+        with autocast(loader.device, amp):
+            hits.append(model(images).argmax(1) == labels)
+    model.train(was_training)
+    return torch.cat(hits).cpu()
+
+
 def append_csv(path: Path, row: dict) -> None:
     """Append ``row`` to a CSV file, writing the header when the file is new (rank 0 only)."""
     if not is_main_process():

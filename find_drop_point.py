@@ -1,0 +1,136 @@
+"""Where does accuracy collapse? Boundary estimates of a pruning run's accuracy-vs-sparsity curve, on val.
+
+Reads the checkpoints of one pruning run (--model_dir: a prune_unstructure.py / prune_structure.py folder,
+or any folder of checkpoints of one model), evaluates each once on the **val** split (per-image
+correctness, cached in {save_dir}/{m_name}/cache/ by file fingerprint and settings) and estimates, each as
+the last sparsity before the break:
+
+    residual     the original's residual break against a running line fit (fixed: the point before the break)
+    two_segment  the original's two-segment fit (the corner)
+    kneedle      the Kneedle knee (kneed package)
+    tolerance    the largest sparsity before val accuracy first drops more than --tolerance pp (1.0) below the
+                 dense model's, with a --bootstrap (1000) resample interval over the val images
+
+Points are taken in the run's step order (prune_log.csv) when it has one, else by sparsity; a sparsity that
+does not increase from step to step, fewer than 4 points, or no checkpoint is an error. At the channel
+granularity (structured runs) the sparsity is the channel sparsity.
+
+Example:
+    python find_drop_point.py --m_name resnet20 --model_dir runs/resnet20/iterative
+
+Writes to --out (default {save_dir}/{m_name}/boundary/{model_dir name}/): boundary.json (every estimate, the
+curve, the interval) and boundary.png (the curve with each estimate marked).
+"""
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from utils.boundary import ESTIMATORS, check_curve, tolerance_boundary
+from utils.checkpoint import atomic_save, read_checkpoint
+from utils.cli import add_checkpoint_args, add_common_args, cli_main, new_parser, non_negative_float, non_negative_int
+from utils.errors import UsageError
+from utils.paths import PRUNE_LOG, boundary_dir, check_output_dir, folder_cache
+from utils.plots import plot_boundary
+from utils.run import LOG, read_csv, setup_logging, write_json
+from utils.stage import dense_checkpoint, prepare
+from utils.train import correct_per_image
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = new_parser(__doc__)
+    parser.add_argument("--model_dir", required=True, help="folder of one pruning run's checkpoints")
+    add_common_args(parser, m_name_default=None)
+    add_checkpoint_args(parser)
+    parser.add_argument("--tolerance", type=non_negative_float, default=1.0,
+                        help="accuracy drop (pp) below the dense model's val accuracy that still counts as safe")
+    parser.add_argument("--bootstrap", type=non_negative_int, default=1000,
+                        help="resamples of the val images for the tolerance interval (0: none)")
+    parser.add_argument("--out", default=None, help="output folder")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier estimate's files")
+    return parser.parse_args(argv)
+
+
+def checkpoints(folder: Path) -> list[Path]:
+    """The run's checkpoints in step order (prune_log.csv), else every *.pth but exports and finetunes."""
+    if not folder.is_dir():
+        raise UsageError(f"--model_dir {folder} is not a folder")
+    log = read_csv(folder / PRUNE_LOG)
+    if log:
+        ordered = sorted(log, key=lambda r: int(r["step"]))
+        paths = [folder / r["checkpoint"] for r in ordered if (folder / r["checkpoint"]).is_file()]
+    else:
+        paths = sorted(p for p in folder.glob("*.pth") if not p.stem.endswith(("_exported", "_final", "_finetuned")))
+    if not paths:
+        raise UsageError(f"--model_dir {folder} holds no checkpoints (*.pth, or those prune_log.csv lists)")
+    return paths
+
+
+def _fingerprint(path: Path) -> list[float]:
+    stat = path.stat()
+    return [stat.st_size, stat.st_mtime]
+
+
+def evaluate_all(stage, paths: list[Path], dense: Path) -> tuple[list[float], torch.Tensor, torch.Tensor]:
+    """(sparsities, per-image correctness [points, N], dense correctness [N]) on val; cached."""
+    settings = {"dataset": stage.dataset, "seed": stage.args.seed, "val_split": stage.args.val_split,
+                "granularity": stage.granularity.name}
+    cache_path = folder_cache(stage.args.save_dir, stage.model_name, paths[0].parent, "val_correct", ".pt")
+    cache = torch.load(cache_path, weights_only=True) if cache_path.is_file() else {}
+    entries = cache.get("entries", {}) if cache.get("settings") == settings else {}
+    fresh = {}
+    for path in [dense, *paths]:
+        key = str(path.resolve())
+        entry = entries.get(key)
+        if entry is None or entry["fingerprint"] != _fingerprint(path):
+            model = stage.load_model(path, sparse=path != dense)
+            LOG.info("val: %s", path.name)
+            entry = {"fingerprint": _fingerprint(path), "sparsity": stage.granularity.sparsity(model),
+                     "correct": correct_per_image(model, stage.data.val, amp=stage.amp)}
+        fresh[key] = entry
+    atomic_save({"settings": settings, "entries": fresh}, cache_path)
+    rows = [fresh[str(p.resolve())] for p in paths]
+    return ([r["sparsity"] for r in rows], torch.stack([r["correct"] for r in rows]),
+            fresh[str(dense.resolve())]["correct"])
+
+
+@cli_main
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    folder = Path(args.model_dir)
+    paths = checkpoints(folder)
+    first = read_checkpoint(paths[0], trust_pickle=args.trust_pickle)
+    stage = prepare(args, args.m_name or first.model, args.dataset or first.dataset, first.granularity or "weight")
+    out = check_output_dir(args.out or boundary_dir(args.save_dir, stage.model_name, folder), what="--out",
+                           products=["boundary.json"], overwrite=args.overwrite)
+    dense = dense_checkpoint(args, stage.model_name)
+    setup_logging(out)
+    sparsity, correct, dense_correct = evaluate_all(stage, paths, dense)
+    accuracy = (100 * correct.float().mean(1)).tolist()
+    check_curve(sparsity, accuracy)
+    estimates = {name: fn(sparsity, accuracy) for name, fn in ESTIMATORS.items()}
+    tolerance = tolerance_boundary(sparsity, correct, dense_correct, args.tolerance, args.bootstrap, args.seed)
+    estimates["tolerance"] = tolerance["boundary"]
+    result = {"model": stage.model_name, "dataset": stage.dataset, "granularity": stage.granularity.name,
+              "model_dir": str(folder), "split": "val", "estimates": estimates, "tolerance": tolerance,
+              "curve": [{"checkpoint": p.name, "sparsity": s, "val_acc": a}
+                        for p, s, a in zip(paths, sparsity, accuracy, strict=True)]}
+    write_json(out / "boundary.json", result)
+    plot_boundary(sparsity, accuracy, estimates, tolerance, f"{stage.model_name} {folder.name}: val accuracy",
+                  out / "boundary.png")
+    print(f"{'estimate':<12} {'sparsity':>9}   (last sparsity before the break; val accuracy)")
+    for name, value in estimates.items():
+        extra = ""
+        if name == "tolerance" and "interval" in tolerance:
+            lo, hi = tolerance["interval"]
+            extra = f"   {100 * tolerance['level']:.0f}% interval [{lo:.4f}, {hi:.4f}] ({args.bootstrap} resamples)"
+        print(f"{name:<12} {'none' if value is None else f'{value:.4f}':>9}{extra}")
+    print(f"dense val {tolerance['dense_accuracy']:.2f}%, tolerance {args.tolerance} pp; wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

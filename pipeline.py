@@ -11,6 +11,7 @@ a stage whose output exists is reused (the log says so) unless --overwrite.
     python pipeline.py --granularity channel            # the same for channels
     python pipeline.py --seeds 1 2 3                    # once per seed under runs/seed{n}/, then report.py's tables
     python pipeline.py --preset smoke                   # every stage for a few seconds (checks an install)
+    python pipeline.py --device_profile profiles/mcu_64kb.json   # regrowth up to a device's storage limit
     python pipeline.py --preset cifar10_resnet20        # the original settings (GPU days)
     python pipeline.py --preset cifar10_vgg16 --data_dir ./data
 
@@ -25,11 +26,15 @@ import contextlib
 import functools
 import io
 import json
+import math
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import evaluate
 import export
+import find_drop_point
 import finetune
 import pretrain
 import prune_structure
@@ -39,12 +44,15 @@ import regrowth_oneshot
 import regrowth_structure_oneshot
 import report
 from models import create_model
-from utils.cli import cli_main, new_parser, seed_int
-from utils.errors import ReportedError
+from utils.cli import cli_main, new_parser, positive_float, seed_int
+from utils.device import DeviceProfile, kept_weight_limit, profile_from_args
+from utils.errors import ReportedError, UsageError
 from utils.granularity import get_granularity
+from utils.masks import add_reparam
 from utils.paths import (
     BEST_MODEL,
     SUMMARY,
+    boundary_dir,
     check_output_dir,
     greedy_dir,
     iteration_dir,
@@ -91,6 +99,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--no_progress", action="store_true")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model in every training stage")
     parser.add_argument("--overwrite", action="store_true", help="redo stages whose outputs already exist")
+    parser.add_argument("--device_profile", default=None,
+                        help="regrow up to a device's storage limit instead (a JSON profile, see profiles/): the "
+                             "pruning curve and its boundary, pruned-to-limit against regrown-to-limit")
+    parser.add_argument("--past_limit", type=positive_float, default=1.5,
+                        help="with --device_profile: prune to this many times fewer weights than the device holds, "
+                             "then regrow up to the limit")
     return parser.parse_args(argv)
 
 
@@ -125,12 +139,15 @@ def scores(common: list[str], ckpt: Path) -> dict:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     resolve_device(args.device)  # a bad --device fails here, before anything is written
+    chain = run_device_chain if args.device_profile else run_chain
+    if args.device_profile:
+        device_profile(args)  # a bad profile fails here
     if not args.seeds:
-        return run_chain(args, args.seed, Path(args.save_dir))
+        return chain(args, args.seed, Path(args.save_dir))
     for seed in args.seeds:
         check_output_dir(Path(args.save_dir) / f"seed{seed}", what="--save_dir")
     for seed in args.seeds:
-        run_chain(args, seed, Path(args.save_dir) / f"seed{seed}")
+        chain(args, seed, Path(args.save_dir) / f"seed{seed}")
     LOG.info("== report over seeds %s", " ".join(map(str, args.seeds)))
     return report.main([str(Path(args.save_dir) / f"seed{seed}") for seed in args.seeds] + [
         "--plot", str(Path(args.save_dir) / "report.png"), "--overwrite"])
@@ -142,11 +159,7 @@ def run_chain(args: argparse.Namespace, seed: int, save_dir: Path) -> int:
     p = {**PRESETS[args.preset], **TARGETS[g]}
     prune_main, search_main, greedy_flags, summary_stem, exports = SCRIPTS[g]
     root = model_root(save_dir, p["m_name"])
-    common = ["--m_name", p["m_name"], "--dataset", p["dataset"], "--data_dir", args.data_dir, "--save_dir",
-              str(save_dir), "--seed", str(seed), "--device", args.device] + (
-        ["--no_progress"] if args.no_progress else [])
-    train = common + (["--train_subset", str(p["train_subset"])] if p["train_subset"] else []) + (
-        ["--compile"] if args.compile else [])
+    common, train = _flags(args, p, seed, save_dir)
     check_output_dir(root, what="--save_dir")
     setup_logging(root, "pipeline_log.txt")
     dense = pretrained_path(save_dir, p["m_name"])
@@ -184,6 +197,101 @@ def run_chain(args: argparse.Namespace, seed: int, save_dir: Path) -> int:
               f"{row['test_acc']:>8.2f}%")
     print(f"\nwrote {root / f'{summary_stem}.csv'}")
     return 0
+
+
+def _flags(args: argparse.Namespace, p: dict, seed: int, save_dir: Path) -> tuple[list[str], list[str]]:
+    """(flags every stage takes, the same plus the training-only ones)."""
+    common = ["--m_name", p["m_name"], "--dataset", p["dataset"], "--data_dir", args.data_dir, "--save_dir",
+              str(save_dir), "--seed", str(seed), "--device", args.device] + (
+        ["--no_progress"] if args.no_progress else [])
+    train = common + (["--train_subset", str(p["train_subset"])] if p["train_subset"] else []) + (
+        ["--compile"] if args.compile else [])
+    return common, train
+
+
+def device_profile(args: argparse.Namespace) -> DeviceProfile:
+    """The --device_profile of the run (weights only)."""
+    if args.granularity != "weight":
+        raise UsageError("--device_profile: regrowth up to a device limit counts bytes of kept weights; it runs "
+                         "with --granularity weight (channel budgets are not built yet)")
+    return profile_from_args(argparse.Namespace(device_profile=args.device_profile))
+
+
+DEVICE_GRID = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995)  # one-shot targets of the boundary curve
+
+
+def run_device_chain(args: argparse.Namespace, seed: int, save_dir: Path) -> int:
+    """Regrowth up to a device's storage limit, for one seed: the one-shot pruning curve and its boundary
+    (find_drop_point.py), the densest model that fits (pruned straight to the limit), a start pruned
+    --past_limit times past it, an RL search that regrows exactly up to the limit, and the same total
+    finetune for both; prints the limit, the boundary estimates, both accuracies and the margins."""
+    p, profile, began = PRESETS[args.preset], device_profile(args), time.perf_counter()
+    m, gran = p["m_name"], get_granularity("weight", p["m_name"])
+    reference = create_model(m)
+    add_reparam(reference)
+    total, limit = gran.total(reference), kept_weight_limit(profile, gran, reference)
+    if limit >= total:
+        raise UsageError(f"device profile {profile.name}: the dense {m} fits already ({total:,} weights); nothing to "
+                         "prune")
+    start_kept = math.floor(limit / args.past_limit)
+    at_limit, past = (total - limit) / total, (total - start_kept) / total
+    grid = [t for t in DEVICE_GRID if min(abs(t - at_limit), abs(t - past)) > 1e-3 and t < 1 - 1 / total]
+    targets = sorted({*grid, at_limit, past})
+    root = model_root(save_dir, m)
+    common, train = _flags(args, p, seed, save_dir)
+    check_output_dir(root, what="--save_dir")
+    setup_logging(root, "pipeline_log.txt")
+    LOG.info("device %s: at most %s kept weights in %s (sparsity %.4f); start at %s kept (%.4f)", profile.name,
+             f"{limit:,}", profile.storage, at_limit, f"{start_kept:,}", past)
+    once = functools.partial(run_once, overwrite=args.overwrite)
+    dense = pretrained_path(save_dir, m)
+    once("pretrain", pretrain.main, train + ["--epochs", str(p["pretrain_epochs"])], dense.with_name(SUMMARY))
+    folder = prune_dir(save_dir, m, "weight", "oneshot")
+    files = {t: prune_checkpoint(folder, m, "weight", round(t * total) / total) for t in targets}
+    once("prune (curve)", prune_unstructure.main, train + ["--mode", "oneshot", "--target_sparsity",
+                                                           *[f"{t:.10f}" for t in targets], "--finetune_epochs",
+                                                           str(p["prune_epochs"])], files[targets[-1]])
+    boundary = boundary_dir(save_dir, m, folder)
+    once("boundary", find_drop_point.main, common + ["--model_dir", str(folder), "--out", str(boundary)],
+         boundary / "boundary.json")
+    label = f"device_{profile.name}"
+    search_dir = regrowth_dir(save_dir, m, "weight", "oneshot") / label
+    once("regrowth to the limit", regrowth_oneshot.main, train + [
+        "--initial_ckpt", str(files[past]), "--device_profile", args.device_profile, "--label", label,
+        "--num_epochs", str(p["episodes"]), "--finetune_epochs", str(p["mini_epochs"]),
+        "--ssim_num_batches", str(p["ssim_num_batches"])], search_dir / SUMMARY)
+    rows = []
+    for name, ckpt, epochs in (("pruned to the limit", files[at_limit], p["final_epochs"] + p["mini_epochs"]),
+                               ("regrown to the limit (RL)", search_dir / BEST_MODEL, p["final_epochs"])):
+        tuned = ckpt.with_name(f"{ckpt.stem}_final.pth")
+        once(f"finetune {name}", finetune.main, train + ["--ckpt", str(ckpt), "--save_path", str(tuned),
+                                                         "--epochs", str(epochs)], tuned)
+        report_ = json.loads(run_stage("evaluate", evaluate.main, common + [
+            "--ckpt", str(tuned), "--json", "--device_profile", args.device_profile]))
+        margin = report_["device"]["limits"]["bytes"]
+        rows.append({"model": name, "sparsity": report_["sparsity"], "kept": report_["params_nonzero"],
+                     "bytes": margin["cost"], "margin_bytes": margin["margin"], "fits": report_["device"]["fits"],
+                     "val_acc": report_["val_acc"], "test_acc": report_["test_acc"], "checkpoint": str(tuned)})
+    estimates = json.loads((boundary / "boundary.json").read_text())["estimates"]
+    summary = {"profile": asdict(profile), "limit_kept": limit, "limit_sparsity": at_limit, "start_sparsity": past,
+               "boundary": estimates, "rows": rows, "seconds": time.perf_counter() - began}
+    write_json(root / "device_summary.json", summary)
+    write_csv(root / "device_summary.csv", rows)
+    _print_device(profile, summary)
+    print(f"\nwrote {root / 'device_summary.csv'}")
+    return 0
+
+
+def _print_device(profile: DeviceProfile, summary: dict) -> None:
+    print(f"\ndevice {profile.name}: at most {profile.max_bytes:,.0f} bytes in {profile.storage} -> at most "
+          f"{summary['limit_kept']:,} kept weights (sparsity {summary['limit_sparsity']:.4f})")
+    print("boundary of the one-shot curve (val): " + ", ".join(
+        f"{k} {'none' if v is None else f'{v:.4f}'}" for k, v in summary["boundary"].items()))
+    print(f"\n{'model':<28} {'sparsity':>9} {'bytes':>9} {'margin':>8} {'val acc':>8} {'test acc':>9}")
+    for r in summary["rows"]:
+        print(f"{r['model']:<28} {r['sparsity']:>9.4f} {r['bytes']:>9,} {r['margin_bytes']:>+8,} "
+              f"{r['val_acc']:>7.2f}% {r['test_acc']:>8.2f}%{'' if r['fits'] else '  DOES NOT FIT'}")
+    print(f"({summary['seconds']:.0f} s)")
 
 
 def exact_sparsity(granularity: str, model_name: str, target: float) -> float:

@@ -181,3 +181,41 @@ def test_find_drop_point_writes_estimates(pruned, tmp_path, capsys):
         code, _, err = run_main(find_drop_point.main, DATA + bad + ["--save_dir", str(save)], capsys)
         assert code == 2 and err.count("error:") == 1
     assert math.isfinite(result["tolerance"]["dense_accuracy"])
+
+
+def test_regrowth_fills_the_device_exactly_and_reports_its_margin(pruned, tmp_path, capsys):
+    import regrowth_oneshot
+
+    save, _, sparse = pruned
+    profile = tmp_path / "mcu.json"
+    profile.write_text(json.dumps({"name": "mcu", "max_bytes": 64000, "storage": "bitmap_int8"}))
+    args = DATA + ["--save_dir", str(save), "--initial_ckpt", str(sparse), "--device_profile", str(profile),
+                   "--num_epochs", "1", "--finetune_epochs", "1", "--ssim_num_batches", "1", "--saliency_batches", "1",
+                   "--ssim_threshold", "1.0", "--label", "mcu", "--no_progress"]
+    code, _, err = run_main(regrowth_oneshot.main, args, capsys)
+    assert code == 0, err
+    summary = json.loads((save / "resnet20" / "regrowth_oneshot" / "mcu" / "summary.json").read_text())
+    bytes_ = summary["device"]["limits"]["bytes"]
+    assert summary["device"]["fits"] and 0 <= bytes_["margin"] < 1  # int8 values: one byte per kept weight
+    assert summary["best"]["sparsity"] < 0.95
+
+
+@pytest.mark.parametrize("profile,message", [
+    ({"max_bytes": 1000, "storage": "bitmap_int8"}, "no model can meet"),
+    ({"max_bytes": 10 ** 9, "storage": "dense_fp32"}, "keeps every weight"),
+    ({"max_macs": 10 ** 6}, "has no max_bytes"),
+])
+def test_device_regrowth_bad_profiles(pruned, tmp_path, capsys, profile, message):
+    import pipeline
+    import regrowth_oneshot
+
+    save, _, sparse = pruned
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(profile))
+    before = tree(save)
+    code, _, err = run_main(regrowth_oneshot.main, DATA + ["--save_dir", str(save), "--initial_ckpt", str(sparse),
+                                                           "--device_profile", str(path)], capsys)
+    assert code == 2 and message in err and err.count("error:") == 1 and tree(save) == before
+    code, _, err = run_main(pipeline.main, ["--save_dir", str(tmp_path / "p"), "--device", "cpu", "--device_profile",
+                                            str(path), "--preset", "smoke"], capsys)
+    assert code == 2 and message in err and not (tmp_path / "p").exists()

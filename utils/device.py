@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from utils.cost import latencies_ms
 from utils.errors import UsageError
 from utils.export import params_and_macs
 from utils.granularity import Granularity
-from utils.storage import FORMATS, Format, model_bytes
+from utils.storage import FORMATS, Format, bytes_per_kept_weight, model_bytes
 
 LIMITS = {"max_bytes": "bytes", "max_macs": "macs", "max_latency_ms": "latency_ms"}
 
@@ -134,3 +135,39 @@ def fit(profile: DeviceProfile, costs: dict) -> dict:
             limits[cost_key] = {"cost": value, "limit": limit, "margin": limit - value,
                                 "margin_pct": 100 * (limit - value) / limit, "fits": value <= limit}
     return {"profile": asdict(profile), "limits": limits, "fits": all(v["fits"] for v in limits.values())}
+
+
+def kept_weight_limit(profile: DeviceProfile, gran: Granularity, model: nn.Module) -> int:
+    """The most kept weights a model of this architecture may have and still fit ``profile.max_bytes`` in
+    its storage format: ``floor((max_bytes - fixed) / bytes per kept weight)``, ``fixed`` being what the
+    format stores whatever the sparsity (the dense tensors, bitmaps or row pointers). A usage error where
+    the limit cannot bind: channel budgets (not counted in bytes here), no byte limit, a dense layout (its
+    size does not shrink), or a limit that even one weight per layer exceeds."""
+    if gran.name != "weight":
+        raise UsageError("regrowth up to a device limit counts bytes of kept weights: it needs weight pruning "
+                         "(channel budgets in MACs or latency are not built yet)")
+    if profile.max_bytes is None:
+        raise UsageError(f"device profile {profile.name} has no max_bytes: regrowth to a device limit counts bytes")
+    per = bytes_per_kept_weight(profile.storage)
+    masks = gran.masks(model)
+    kept = sum(int(m.sum()) for m in masks.values())
+    fixed = model_bytes(model, profile.storage) - per * kept
+    if per == 0:
+        raise UsageError(f"storage {profile.storage} keeps every weight ({fixed:,} bytes whatever the sparsity): "
+                         "pruning cannot bring a model to the limit; use a bitmap or csr layout")
+    if fixed + per * len(masks) > profile.max_bytes:
+        raise UsageError(f"no model can meet device profile {profile.name}: {gran.model_name} needs "
+                         f"{fixed + per * len(masks):,} bytes in {profile.storage} even with one weight per layer "
+                         f"(limit {profile.max_bytes:,.0f})")
+    return min(gran.total(model), math.floor((profile.max_bytes - fixed) / per))
+
+
+def device_budget(profile: DeviceProfile, gran: Granularity, sparse: nn.Module, capacity: int) -> int:
+    """K that fills the device: the kept-weight limit of ``profile`` minus what ``sparse`` keeps (capped by
+    ``capacity``); a start that already fills the device is a usage error."""
+    limit = kept_weight_limit(profile, gran, sparse)
+    kept = gran.total(sparse) - sum(gran.capacity(sparse).values())
+    if limit <= kept:
+        raise UsageError(f"the start already keeps {kept:,} weights and device profile {profile.name} holds at most "
+                         f"{limit:,} in {profile.storage}: nothing to regrow; prune past the limit first")
+    return min(limit - kept, capacity)

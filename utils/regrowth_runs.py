@@ -31,6 +31,7 @@ from utils.cli import (
     positive_float,
     positive_int,
 )
+from utils.device import DeviceProfile, add_device_args, device_budget, fit, model_costs, profile_from_args
 from utils.errors import UsageError
 from utils.export import verify_export
 from utils.granularity import granularity_class
@@ -61,7 +62,9 @@ def add_search_args(parser: argparse.ArgumentParser, granularity: str, schedule:
                         f"at the regrown sparsity, is the reward's zero point (default {default_baseline})")
     if schedule == "oneshot":
         parser.add_argument("--regrow_step", "--sparsity_delta", dest="regrow_step", type=open_fraction, default=0.01,
-                            help="budget K as a fraction of N_tot (all weights, or all groupable channels)")
+                            help="budget K as a fraction of N_tot (all weights, or all groupable channels); with a "
+                                 "device profile, K is what fills the device instead")
+        add_device_args(parser)
         parser.add_argument("--reward_temperature", type=positive_float, default=0.005, help="advantage divisor τ")
         parser.add_argument("--label", default=None, help="output sub-folder (default: start sparsity, e.g. 0.9900)")
     else:
@@ -140,14 +143,18 @@ class OneShot:
     start_sparsity: float
     start_val: float
     baseline: dict[float, float] | None
+    profile: DeviceProfile | None = None
 
 
 def prepare_oneshot(args: argparse.Namespace, granularity: str) -> OneShot:
     """Everything before the first episode of a one-shot search: inputs and outputs checked, scores, the
     searched units, the budget K = --regrow_step · N_tot, and the ``Search`` (resumed with --resume)."""
+    profile = profile_from_args(args)
     stage, pair, reference = start(args, granularity)
     gran = stage.granularity
     sparsity = gran.sparsity(pair.sparse)
+    if profile is not None:
+        device_budget(profile, gran, pair.sparse, sum(gran.capacity(pair.sparse).values()))  # fails before writing
     out = (regrowth_dir(args.save_dir, stage.model_name, gran.name, "oneshot", args.random_search)
            / (args.label or f"{sparsity:.4f}"))
     check_search_dir(out, args)
@@ -156,7 +163,8 @@ def prepare_oneshot(args: argparse.Namespace, granularity: str) -> OneShot:
     setup_logging(out)
     ssim = ssim_scores(stage, pair.dense, pair.sparse)
     space = search_space(ssim, gran.capacity(pair.sparse), args.ssim_threshold)
-    budget = regrowth_budget(gran.total(pair.sparse), args.regrow_step, sum(space.capacities))
+    budget = (device_budget(profile, gran, pair.sparse, sum(space.capacities)) if profile is not None
+              else regrowth_budget(gran.total(pair.sparse), args.regrow_step, sum(space.capacities)))
     scores = selection_scores(stage, pair, reference)
     _, start_val = evaluate(pair.sparse, stage.data.val, amp=stage.amp)
     LOG.info("start: %s sparsity %.4f, val %.2f%%; K = %d %ss; searching %s", gran.name, sparsity, start_val, budget,
@@ -167,7 +175,7 @@ def prepare_oneshot(args: argparse.Namespace, granularity: str) -> OneShot:
                     zero_point=zero_point, out=out, parent=pair.sparse_path, budget=budget)
     if args.resume:
         search.resume()
-    return OneShot(stage, pair, search, sparsity, start_val, table)
+    return OneShot(stage, pair, search, sparsity, start_val, table, profile)
 
 
 def run_oneshot(args: argparse.Namespace, granularity: str) -> SearchResult:
@@ -184,6 +192,12 @@ def run_oneshot(args: argparse.Namespace, granularity: str) -> SearchResult:
         "searched_layers": dict(zip(space.layers, space.ssim, strict=True)), "episodes": len(search.history),
         "finetune_epochs": args.finetune_epochs, "search_seconds": search.seconds,
         "best": vars(best), **finish(stage, search.out / BEST_MODEL, "best_test_acc")}
+    if job.profile is not None:
+        summary["device"] = fit(job.profile, model_costs(job.profile, gran, stage.load_model(search.out / BEST_MODEL),
+                                                          stage.device))
+        device = summary["device"]
+        LOG.info("device %s: the best model %s (margin %s bytes)", job.profile.name,
+                 "fits" if device["fits"] else "DOES NOT FIT", f"{device['limits']['bytes']['margin']:+,.0f}")
     write_json(search.out / SUMMARY, summary)
     LOG.info("best episode %d: val %.2f%% (gain %+.2f pp over the %s), %s sparsity %.4f, test %.2f%%",
              best.episode, best.val_acc, best.acc_gain, "pruning baseline" if job.baseline else "sparse start",

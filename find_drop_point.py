@@ -11,8 +11,9 @@ the last sparsity before the break:
     tolerance    the largest sparsity before val accuracy first drops more than --tolerance pp (1.0) below the
                  dense model's, with a --bootstrap (1000) resample interval over the val images
 
-Points are taken in the run's step order (prune_log.csv) when it has one, else by sparsity; a sparsity that
-does not increase from step to step, fewer than 4 points, or no checkpoint is an error. At the channel
+Points are taken in the run's step order (prune_log.csv) when it has one, else by measured sparsity; a
+sparsity that does not increase from step to step, fewer than 4 points, a checkpoint the log lists but the
+folder lacks, or no checkpoint is an error. At the channel
 granularity (structured runs) the sparsity is the channel sparsity.
 
 Example:
@@ -54,19 +55,26 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def checkpoints(folder: Path) -> list[Path]:
-    """The run's checkpoints in step order (prune_log.csv), else every *.pth but exports and finetunes."""
+def checkpoints(folder: Path) -> tuple[list[Path], bool]:
+    """(the run's checkpoints, whether they are in step order): those prune_log.csv lists, in step order, or
+    else every *.pth but exports and finetunes (ordered later by their sparsity). Fewer than 4, or a listed
+    file that is missing, is a usage error."""
     if not folder.is_dir():
         raise UsageError(f"--model_dir {folder} is not a folder")
     log = read_csv(folder / PRUNE_LOG)
     if log:
-        ordered = sorted(log, key=lambda r: int(r["step"]))
-        paths = [folder / r["checkpoint"] for r in ordered if (folder / r["checkpoint"]).is_file()]
+        paths = [folder / r["checkpoint"] for r in sorted(log, key=lambda r: int(r["step"]))]
+        missing = [p.name for p in paths if not p.is_file()]
+        if missing:
+            raise UsageError(f"{folder / PRUNE_LOG} lists checkpoints that are not there: {', '.join(missing)}")
     else:
         paths = sorted(p for p in folder.glob("*.pth") if not p.stem.endswith(("_exported", "_final", "_finetuned")))
     if not paths:
         raise UsageError(f"--model_dir {folder} holds no checkpoints (*.pth, or those prune_log.csv lists)")
-    return paths
+    if len(paths) < 4:
+        raise UsageError(f"a boundary needs at least 4 points of the accuracy-vs-sparsity curve; {folder} has "
+                         f"{len(paths)} checkpoint(s)")
+    return paths, bool(log)
 
 
 def _fingerprint(path: Path) -> list[float]:
@@ -101,16 +109,19 @@ def evaluate_all(stage, paths: list[Path], dense: Path) -> tuple[list[float], to
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     folder = Path(args.model_dir)
-    paths = checkpoints(folder)
+    paths, in_step_order = checkpoints(folder)
     first = read_checkpoint(paths[0], trust_pickle=args.trust_pickle)
     stage = prepare(args, args.m_name or first.model, args.dataset or first.dataset, first.granularity or "weight")
     out = check_output_dir(args.out or boundary_dir(args.save_dir, stage.model_name, folder), what="--out",
                            products=["boundary.json"], overwrite=args.overwrite)
     dense = dense_checkpoint(args, stage.model_name)
-    setup_logging(out)
     sparsity, correct, dense_correct = evaluate_all(stage, paths, dense)
+    if not in_step_order:  # a plain folder of checkpoints: by measured sparsity
+        order = sorted(range(len(paths)), key=sparsity.__getitem__)
+        paths, sparsity, correct = [paths[i] for i in order], [sparsity[i] for i in order], correct[order]
     accuracy = (100 * correct.float().mean(1)).tolist()
     check_curve(sparsity, accuracy)
+    setup_logging(out)
     estimates = {name: fn(sparsity, accuracy) for name, fn in ESTIMATORS.items()}
     tolerance = tolerance_boundary(sparsity, correct, dense_correct, args.tolerance, args.bootstrap, args.seed)
     estimates["tolerance"] = tolerance["boundary"]

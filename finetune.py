@@ -64,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     model = stage.load_model(args.ckpt, exported=True)
     stage.shard_training_data()  # under torchrun: data-parallel, each process on its shard
     sparsity, kind = stage.granularity.sparsity, stage.granularity.name
-    clean_stale_temps(save_path.parent)
+    clean_stale_temps(save_path.parent, recursive=False)  # a file's folder, not a run tree
     setup_logging(save_path.parent, f"{save_path.stem}_log.txt")
     _, val_before = evaluate(model, stage.data.val, amp=stage.amp)
     _, test_before = evaluate(model, stage.data.test, amp=stage.amp)

@@ -54,6 +54,7 @@ from utils.paths import (
     SUMMARY,
     boundary_dir,
     check_output_dir,
+    check_output_file,
     greedy_dir,
     iteration_dir,
     model_root,
@@ -142,15 +143,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     chain = run_device_chain if args.device_profile else run_chain
     if args.device_profile:
         device_profile(args)  # a bad profile fails here
+        if args.past_limit <= 1:
+            raise UsageError(f"--past_limit {args.past_limit} must be above 1: the start is pruned that many times "
+                             "past the device limit, then regrown up to it")
     if not args.seeds:
         return chain(args, args.seed, Path(args.save_dir))
     for seed in args.seeds:
         check_output_dir(Path(args.save_dir) / f"seed{seed}", what="--save_dir")
+    plot = check_output_file(Path(args.save_dir) / "report.png", overwrite=args.overwrite, what="the report figure")
     for seed in args.seeds:
         chain(args, seed, Path(args.save_dir) / f"seed{seed}")
     LOG.info("== report over seeds %s", " ".join(map(str, args.seeds)))
     return report.main([str(Path(args.save_dir) / f"seed{seed}") for seed in args.seeds] + [
-        "--plot", str(Path(args.save_dir) / "report.png"), "--overwrite"])
+        "--plot", str(plot)] + (["--overwrite"] if args.overwrite else []))
 
 
 def run_chain(args: argparse.Namespace, seed: int, save_dir: Path) -> int:

@@ -44,7 +44,7 @@ from utils.paths import BEST_MODEL, SUMMARY, check_output_dir, clean_stale_temps
 from utils.regrowth import GREEDY_ALLOCATIONS, random_scores_like
 from utils.run import LOG, make_generator, setup_logging, write_csv, write_json
 from utils.scores import ssim_scores
-from utils.selection import add_selection_args, default_init, load_reference, selection_scores
+from utils.selection import add_selection_args, default_init, init_source, load_reference, selection_scores
 from utils.stage import prepare_dense_sparse
 from utils.train import evaluate, finetune
 
@@ -92,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     clean_stale_temps(out)
     setup_logging(out)
     selected = None if args.greedy_mode == "random" else selection_scores(stage, pair, reference)
-    source = pair.dense if reference is None else reference
+    source = init_source(pair, reference)
     init_rng = make_generator(args.seed, "regrowth_init", stage.device)
     layer_rng = make_generator(args.seed, "greedy")  # CPU: random layers / positions
     model, parent, rows = pair.sparse, pair.sparse_path, []

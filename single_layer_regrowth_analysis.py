@@ -43,7 +43,7 @@ from utils.plots import plot_scatter
 from utils.regrowth import INIT_STRATEGIES
 from utils.run import LOG, make_generator, setup_logging, write_csv, write_json
 from utils.scores import ssim_scores
-from utils.selection import add_selection_args, default_init, load_reference, selection_scores
+from utils.selection import add_selection_args, default_init, init_source, load_reference, selection_scores
 from utils.stage import Stage, prepare_dense_sparse
 from utils.train import evaluate, finetune
 
@@ -112,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(out)
     ssim = ssim_scores(stage, dense, sparse)
     selected = selection_scores(stage, pair, reference)
-    source = dense if reference is None else reference
+    source = init_source(pair, reference)
     caps = gran.capacity(sparse)
     layers = [n for n in (args.layers or caps) if caps[n] > 0 and not math.isnan(ssim[n])]
     control = finetuned_val(stage, clone_model(sparse))

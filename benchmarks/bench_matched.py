@@ -16,7 +16,10 @@ So every final model has had --prune_epochs + --regrow_epochs finetune epochs af
 mini-finetunes only choose the allocation; their models are not used). Printed: mean ± std over seeds of
 val and test accuracy per arm, and of each arm's paired difference to ``straight`` (same seed).
 
-    python -m benchmarks.bench_matched --seeds 1 2 3                   # synthetic, CPU (~30 min)
+    python -m benchmarks.bench_matched --seeds 1 2 3                   # synthetic, CPU (~35 min a seed)
+    # seeds in parallel processes, then one call that gathers their finished rows:
+    python -m benchmarks.bench_matched --seeds 2 & python -m benchmarks.bench_matched --seeds 3; wait
+    python -m benchmarks.bench_matched --seeds 1 2 3
     python -m benchmarks.bench_matched --seeds 1 2 3 --dataset cifar10 --data_dir /tmp/cifar --train_subset 5000
 
 Results: benchmarks/results/matched_{dataset}.json and .csv.
@@ -31,10 +34,18 @@ from pathlib import Path
 
 import regrowth_oneshot
 from benchmarks.common import ROOT, machine, save_results
-from benchmarks.experiment import add_experiment_args, dense_model, pruned_model, regrow_and_finetune, run, stage_flags
+from benchmarks.experiment import (
+    add_experiment_args,
+    check_settings,
+    dense_model,
+    pruned_model,
+    regrow_and_finetune,
+    run,
+    stage_flags,
+)
 from utils.budget import regrowth_budget
 from utils.regrowth import allocate_proportional
-from utils.run import write_csv
+from utils.run import write_csv, write_json
 from utils.scores import saliency_scores, ssim_scores
 from utils.stage import prepare_dense_sparse
 from utils.train import evaluate
@@ -71,8 +82,20 @@ def searched_allocation(args, seed: int, root: Path, dense: Path, start: Path, k
 
 
 def one_seed(args: argparse.Namespace, seed: int) -> list[dict]:
-    """Every arm's row for ``seed``."""
+    """Every arm's row for ``seed``; kept in ``{seed root}/rows.json`` once finished (so seeds can run in
+    separate processes and a last call only gathers them)."""
     root = Path(args.save_dir) / f"matched_{args.dataset}_{args.m_name}" / f"seed{seed}"
+    check_settings(root.parent, {k: v for k, v in vars(args).items() if k not in ("seeds", "device", "save_dir")})
+    done = root / "rows.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    rows = arms(args, seed, root)
+    write_json(done, rows)
+    return rows
+
+
+def arms(args: argparse.Namespace, seed: int, root: Path) -> list[dict]:
+    """Every arm's row for ``seed`` in ``root`` (see the module docstring)."""
     dense = dense_model(args, seed, root)
     straight = pruned_model(args, seed, root, dense, args.final_sparsity, args.prune_epochs + args.regrow_epochs,
                             "straight")
@@ -83,8 +106,8 @@ def one_seed(args: argparse.Namespace, seed: int) -> list[dict]:
     gran = stage.granularity
     model = stage.load_model(straight, sparse=True)
     rows = [{"seed": seed, "arm": "straight", "allocation": "-", "init": "-", "sparsity": gran.sparsity(model),
-             "regrown": 0, "val_acc": evaluate(model, stage.data.val)[1],
-             "test_acc": evaluate(model, stage.data.test)[1]}]
+             "regrown": 0, "val_acc": evaluate(model, stage.data.val, amp=stage.amp)[1],
+             "test_acc": evaluate(model, stage.data.test, amp=stage.amp)[1]}]
     caps = {n: c for n, c in gran.capacity(pair.sparse).items() if c > 0}
     budget = regrowth_budget(gran.total(pair.sparse), args.start_sparsity - args.final_sparsity, sum(caps.values()))
     allocations = {}

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import regrowth_oneshot
 from benchmarks.common import machine, save_results
-from benchmarks.experiment import add_experiment_args, dense_model, pruned_model, stage_flags
+from benchmarks.experiment import add_experiment_args, check_settings, dense_model, pruned_model, stage_flags
 from utils.regrowth_runs import prepare_oneshot
 
 
@@ -43,7 +43,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--finetune_epochs", type=int, default=1, help="mini-finetune epochs per episode")
     parser.add_argument("--allocations", type=int, default=4, help="K different allocations")
     parser.add_argument("--streams", type=int, default=4, help="R random-number streams per allocation")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.allocations < 2 or args.streams < 2:
+        parser.error("--allocations and --streams must be at least 2 (a spread needs two values)")
+    return args
 
 
 def reward_table(args: argparse.Namespace) -> tuple[list[str], list[list[float]]]:
@@ -83,6 +86,7 @@ def noise_figures(table: list[list[float]]) -> dict[str, float]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     args.save_dir_path = Path(args.save_dir) / f"reward_noise_{args.dataset}_{args.m_name}"
+    check_settings(args.save_dir_path, {k: v for k, v in vars(args).items() if k not in ("device", "save_dir_path")})
     allocations, table = reward_table(args)
     figures = noise_figures(table)
     print(f"rewards (rows: {len(table)} allocations, columns: {len(table[0])} streams), reward = gain/100 + bonus:")

@@ -7,6 +7,7 @@ Every experiment flag that the stage scripts share (model, data, batch sizes, se
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import torch
@@ -15,7 +16,7 @@ import pretrain
 import prune_unstructure
 from utils.errors import UsageError
 from utils.paths import pretrained_path, prune_checkpoint, prune_dir
-from utils.run import make_generator
+from utils.run import make_generator, write_json
 from utils.train import evaluate, finetune
 
 DATA_FLAGS = ("m_name", "dataset", "data_dir", "batch_size", "eval_batch_size", "train_subset", "device")
@@ -33,6 +34,16 @@ def add_experiment_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train_subset", type=int, default=None, help="use only N training images")
     parser.add_argument("--pretrain_epochs", type=int, default=15, help="dense pretraining epochs")
     parser.add_argument("--prune_epochs", type=int, default=4, help="finetune epochs after the one-shot prune")
+
+
+def check_settings(root: Path, settings: dict) -> None:
+    """Reuse ``root``'s finished stages only for the settings they were made with: ``settings.json`` is
+    written on first use and compared after (a mismatch is a usage error: pick another --save_dir)."""
+    path = root / "settings.json"
+    settings = {k: str(v) for k, v in settings.items()}
+    if path.is_file() and json.loads(path.read_text()) != settings:
+        raise UsageError(f"{root} was made with other settings ({path}); use another --save_dir to rerun with these")
+    write_json(path, settings)
 
 
 def stage_flags(args: argparse.Namespace, seed: int) -> list[str]:
@@ -53,11 +64,13 @@ def run(main, argv: list[str]) -> None:
 
 
 def dense_model(args: argparse.Namespace, seed: int, root: Path) -> Path:
-    """``pretrain.py`` for ``seed`` under ``root`` (kept when it already finished)."""
+    """``pretrain.py`` for ``seed`` under ``root``: kept when it finished (its summary.json exists), resumed
+    when it was interrupted."""
     path = pretrained_path(root, args.m_name)
-    if not path.is_file():
+    if not path.with_name("summary.json").is_file():
+        resume = ["--resume"] if path.with_name("last.pth").is_file() else []
         run(pretrain.main, stage_flags(args, seed) + ["--save_dir", str(root), "--epochs", str(args.pretrain_epochs),
-                                                       "--patience", "0"])
+                                                       "--patience", "0", *resume])
     return path
 
 
@@ -66,7 +79,7 @@ def pruned_model(args: argparse.Namespace, seed: int, root: Path, dense: Path, s
     """One-shot LAMP pruning of ``dense`` to ``sparsity`` with an ``epochs`` finetune, in ``root/label``."""
     save = root / label
     path = prune_checkpoint(prune_dir(save, args.m_name, "weight", "oneshot"), args.m_name, "weight", sparsity)
-    if not path.is_file():
+    if not path.is_file():  # written once its finetune finished
         run(prune_unstructure.main, stage_flags(args, seed) + [
             "--save_dir", str(save), "--pretrained", str(dense), "--mode", "oneshot", "--target_sparsity",
             str(sparsity), "--finetune_epochs", str(epochs), "--patience", "0"])

@@ -306,3 +306,27 @@ def test_matched_benchmark_compares_every_arm_with_straight_pruning(tmp_path, mo
     rows = read_csv(tmp_path / "benchmarks" / "results" / "matched_synthetic.csv")
     assert [r["arm"] for r in rows] == ["straight", "rl/zero", "rl/dense", "greedy/zero", "greedy/dense"]
     assert all(float(r["sparsity"]) == pytest.approx(0.95, abs=1e-3) for r in rows if r["allocation"] == "greedy")
+
+
+def test_reference_values_are_the_references_effective_weights(start, tmp_path):
+    """A checkpoint loaded with masks keeps a stale ``weight`` attribute until its first forward pass: the
+    values copied from a reference must be ``weight_orig * weight_mask``."""
+    from utils.selection import reference_scores
+
+    stage, pair = _stage_for(start)
+    model = stage.build_model()
+    model.load_state_dict(read_checkpoint(start[0] / "resnet20" / "checkpoint" / "ckpt.pth").state_dict)
+    add_reparam(model)
+    get_pruner("lamp").prune(model, 0.8)
+    path = tmp_path / "reference.pth"
+    save_checkpoint(path, model, model_name="resnet20", dataset="synthetic", num_classes=10, meta={})
+    reference = stage.load_model(path, reparam=True)  # as load_reference does
+    gran = stage.granularity
+    grown = stage.load_model(start[1], reparam=True)
+    before = get_masks(grown)
+    gran.regrow(grown, {"layer3.0.conv1": 500}, reference_scores(gran, grown, reference), "dense", reference)
+    new = get_masks(grown)["layer3.0.conv1"] & ~before["layer3.0.conv1"]
+    want = (reference.layer3[0].conv1.weight_orig * reference.layer3[0].conv1.weight_mask).detach()
+    assert int(new.sum()) == 500
+    assert torch.equal(grown.layer3[0].conv1.weight_orig.detach()[new], want[new])
+    assert (want[new] != 0).all()  # the reference keeps them: real trained values, not zeros

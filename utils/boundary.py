@@ -3,7 +3,7 @@
 Every estimator takes sparsities ``s`` (ascending, in [0, 1]) and accuracies ``a`` (%, same length) and
 returns the **last sparsity before the break** (a grid point), or None when it finds no break:
 
-* ``residual_break`` (the original's first method, fixed): for i = 3 .. n-1, fit a least-squares line to the
+* ``residual_break`` (the original's first method, fixed): for i = 3 .. n, fit a least-squares line to the
   first i points; the first point i-1 whose absolute residual exceeds 3x the mean absolute residual of the
   others (which must be > 0) is the break, and the point before it is reported (the original reported the
   break itself as "safe");

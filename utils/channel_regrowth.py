@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 
 from utils.errors import UsageError
-from utils.masks import stored_param
+from utils.masks import effective_param, stored_param
 from utils.regrowth import Draws, draw_base, keyed_uniform, top_pruned
 
 # (slice kind, param) -> value rule per strategy; a rule maps (stored, dense, positions, dim, draws) -> values,
@@ -102,7 +102,8 @@ def initialise(group, modules: dict[str, nn.Module], channels: torch.Tensor, str
         pos = s.index[torch.isin(s.channel, channels.cpu())].to(stored.device)
         rule = _RULES[strategy][(s.kind, s.param)]
         if rule is not None:
-            reference = getattr(dense_modules[s.module], s.param).detach() if s.module in dense_modules else None
+            reference = (effective_param(dense_modules[s.module], s.param).detach() if s.module in dense_modules
+                         else None)  # effective: a masked source's ``weight`` attribute may be stale
             draws = functools.partial(keyed_uniform, base, f"{s.module}.{s.param}", stored.shape, stored.device)
             stored.data.index_copy_(s.dim, pos, rule(stored.detach(), reference, pos, s.dim, draws))
         _reset_state(optimizer, stored, pos, s.dim)

@@ -10,7 +10,7 @@ import math
 import sys
 from collections.abc import Callable, Sequence
 
-from utils.distributed import close_world, is_main_process
+from utils.distributed import close_world, is_main_process, launched_world
 from utils.errors import ReportedError, UsageError
 from utils.run import setup_logging
 
@@ -38,8 +38,8 @@ def cli_main(func: Callable[[Sequence[str] | None], int | None]) -> Callable[[Se
         except ReportedError:
             return 2
         except UsageError as exc:
-            if is_main_process():  # every process of a torchrun launch meets the same error; one line says it
-                sys.stderr.write(f"error: {exc}\n")
+            rank = launched_world().rank  # under torchrun every process says it, ranks > 0 with their number
+            sys.stderr.write(f"error: {exc}\n" if rank == 0 else f"error: [rank {rank}] {exc}\n")
             return 2
         except SystemExit as exc:  # argparse: --help exits 0, bad flags exit 2
             return int(exc.code or 0)

@@ -169,7 +169,8 @@ class Reinforce:
         if len(episodes) == 1:
             return self.update(episodes[0], rewards[0], index)
         cfg, mean = self.config, statistics.fmean(rewards)
-        tau = self._tau()
+        tau = self._tau() if cfg.temperature is not None or len(self.rewards) >= 2 else (
+            statistics.pstdev(rewards) or 1.0)  # no history yet: the batch's own spread
         advantages = [max(-cfg.clip, min(cfg.clip, (r - mean) / tau)) for r in rewards]
         self.baseline = mean if self.baseline is None else cfg.ema * self.baseline + (1 - cfg.ema) * mean
         self.rewards.extend(rewards)

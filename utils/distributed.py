@@ -65,15 +65,16 @@ def current_world() -> World:
 def init_world(device: torch.device) -> tuple[World, torch.device]:
     """Join the process group of a ``torchrun`` launch (once) and return (world, this process's device).
 
-    ``device``: the resolved ``--device``; a CUDA device becomes ``cuda:LOCAL_RANK`` (NCCL), a CPU stays
-    the CPU (gloo). More processes than GPUs is a usage error.
+    ``device``: the resolved ``--device``; a CUDA device (any ``cuda:N``) becomes ``cuda:LOCAL_RANK`` (NCCL),
+    a CPU stays the CPU (gloo). More processes per node than GPUs is a usage error.
     """
     world = launched_world()
     if not world.distributed:
         return world, device
     if device.type == "cuda":
-        if world.local_rank >= torch.cuda.device_count():
-            raise UsageError(f"torchrun started {world.size} processes per node but this node has "
+        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world.local_rank + 1))
+        if per_node > torch.cuda.device_count():  # every process of the node sees the same numbers
+            raise UsageError(f"torchrun started {per_node} processes per node but this node has "
                              f"{torch.cuda.device_count()} GPU(s): use --nproc_per_node <= the GPU count")
         device = torch.device("cuda", world.local_rank)
         torch.cuda.set_device(device)

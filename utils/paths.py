@@ -184,11 +184,13 @@ def check_output_dir(folder: str | Path, *, products: Sequence[str] = (), overwr
     return folder
 
 
-def clean_stale_temps(folder: Path) -> list[Path]:
-    """Remove the temp files (``.{name}.{pid}.tmp``) that a killed atomic write left in ``folder`` or any
-    folder below it when their process is gone; returns what was removed."""
+def clean_stale_temps(folder: Path, recursive: bool = True) -> list[Path]:
+    """Remove the temp files (``.{name}.{pid}.tmp``) that a killed atomic write left in ``folder`` (and, when
+    ``recursive``, any folder below it: a run folder's ``iter_*``) when their process is gone; returns what
+    was removed."""
     removed = []
-    for tmp in folder.rglob(".*.tmp") if folder.is_dir() else []:
+    found = (folder.rglob if recursive else folder.glob)(".*.tmp") if folder.is_dir() else []
+    for tmp in found:
         pid = tmp.name.rsplit(".", 2)[-2]
         if pid.isdigit() and not _alive(int(pid)):
             tmp.unlink(missing_ok=True)

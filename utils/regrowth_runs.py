@@ -39,7 +39,7 @@ from utils.paths import BEST_MODEL, SEARCH_STATE, SUMMARY, baseline_cache, itera
 from utils.run import LOG, setup_logging, write_json
 from utils.scores import ssim_scores
 from utils.search import Search, SearchResult, check_search_dir, config_from_args, search_space, trainer_from_args
-from utils.selection import add_selection_args, default_init, load_reference, selection_scores
+from utils.selection import add_selection_args, default_init, init_source, load_reference, selection_scores
 from utils.stage import DenseSparse, Stage, prepare_dense_sparse
 from utils.train import evaluate
 
@@ -89,12 +89,6 @@ def start(args: argparse.Namespace, granularity: str) -> tuple[Stage, DenseSpars
     kind.check_init(args.init_strategy)
     stage, pair = prepare_dense_sparse(args, args.initial_ckpt, reparam=True, granularity=granularity)
     return stage, pair, load_reference(stage, pair)
-
-
-def init_source(pair: DenseSparse, reference: nn.Module | None) -> nn.Module:
-    """Where ``--init_strategy dense`` copies values from: the reference of --selection reference, else the
-    dense model."""
-    return reference if reference is not None else pair.dense
 
 
 def pruning_baseline(stage: Stage, folder: Path) -> dict[float, float]:

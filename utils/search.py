@@ -48,6 +48,7 @@ MAY_CHANGE_ON_RESUME = {"num_epochs", "early_stop_patience", "min_epochs", "rewa
                         "reward_window_size", "num_iters", "target_sparsity", "resume", "overwrite", "device",
                         "no_progress", "compile", "no_amp", "no_channels_last", "data_dir", "save_dir",
                         "eval_batch_size", "no_download", "trust_pickle"}
+STATE_VERSION = 2  # 2: per-episode seeds and policy batches
 ZeroPoint = Callable[[float], float]  # sparsity after regrowth -> reference val accuracy (%)
 
 
@@ -101,8 +102,11 @@ def check_search_dir(out: Path, args) -> None:
     if args.resume and not ran:
         raise UsageError(f"--resume: no {SEARCH_STATE} in {out}; run without --resume to start")
     if args.resume:
-        saved = torch.load(out / SEARCH_STATE, map_location="cpu", weights_only=True).get("settings", {})
-        check_same_run(saved, args, MAY_CHANGE_ON_RESUME)
+        state = torch.load(out / SEARCH_STATE, map_location="cpu", weights_only=True)
+        if state.get("version") != STATE_VERSION:
+            raise UsageError(f"--resume: {out / SEARCH_STATE} was written by an older version of the search (other "
+                             "episode seeding); start over with --overwrite")
+        check_same_run(state.get("settings", {}), args, MAY_CHANGE_ON_RESUME)
     clean_stale_temps(out)
 
 
@@ -180,7 +184,8 @@ class Search:
 
     # ---- state -------------------------------------------------------------------------------------------
     def _state(self) -> dict:
-        return {"settings": plain(vars(self.stage.args)), "trainer": self.trainer.state_dict(),
+        return {"version": STATE_VERSION, "budget": self.budget, "budget_options": self.budget_options,
+                "settings": plain(vars(self.stage.args)), "trainer": self.trainer.state_dict(),
                 "history": self.history, "best": vars(self.best), "rng": {"policy": self.policy_rng.get_state()},
                 "seconds": self.seconds}
 
@@ -191,6 +196,10 @@ class Search:
             raise UsageError(f"--resume: no {SEARCH_STATE} in {self.out}; run without --resume to start")
         state = torch.load(path, map_location="cpu", weights_only=True)
         check_same_run(state.get("settings", {}), self.stage.args, MAY_CHANGE_ON_RESUME)
+        if (state.get("budget"), state.get("budget_options")) != (self.budget, self.budget_options):
+            now, then = self.budget or self.budget_options, state.get("budget") or state.get("budget_options")
+            raise UsageError(f"--resume: the budget is now {now} but the search ran with {then} (a changed device "
+                             "profile or data?); resume with the same inputs or start over with --overwrite")
         self.trainer.load_state_dict(state["trainer"])
         self.history, self.best = state["history"], SearchResult(**state["best"])
         self.policy_rng.set_state(state["rng"]["policy"])
@@ -288,6 +297,10 @@ class Search:
         """Policy batches until ``episodes`` or early stop; state saved after each batch; returns the best."""
         if self.world.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
+        if self.world.size > self.config.episodes_per_update:
+            LOG.warning("%d processes but --episodes_per_update %d: %d of them wait; use M >= the process count",
+                        self.world.size, self.config.episodes_per_update,
+                        self.world.size - self.config.episodes_per_update)
         while len(self.history) < self.config.episodes and not (self.history and self.should_stop()):
             began = time.perf_counter()
             rows = self.batch(len(self.history))

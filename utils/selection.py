@@ -116,6 +116,12 @@ def load_reference(stage: Stage, pair: DenseSparse) -> nn.Module | None:
     return reference
 
 
+def init_source(pair: DenseSparse, reference: nn.Module | None) -> nn.Module:
+    """Where ``--init_strategy dense`` copies values from: the reference of --selection reference, else the
+    dense model."""
+    return reference if reference is not None else pair.dense
+
+
 def selection_scores(stage: Stage, pair: DenseSparse, reference: nn.Module | None) -> Scores:
     """The ``--selection`` scores of every unit of ``pair.sparse`` (see the module docstring)."""
     return SELECTORS[stage.args.selection](stage, pair, reference)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from data.loader import DeviceLoader
-from utils.distributed import all_reduce_sum, current_world, is_main_process, sync_buffers
+from utils.distributed import all_reduce_sum, broadcast, current_world, is_main_process, sync_buffers
 from utils.errors import UsageError
 from utils.run import LOG
 
@@ -185,9 +185,11 @@ def fit(model: nn.Module, train: DeviceLoader, val: DeviceLoader, optimizer: tor
                              "not saved and earlier checkpoints are kept; lower --lr (or check the data)")
         if scheduler is not None:
             scheduler.step()
-        if train.shards > 1:  # data-parallel: every rank evaluates the same model (rank 0's BN statistics)
+        if train.shards > 1:  # data-parallel: the same model everywhere (rank 0's BN statistics) ...
             sync_buffers(model)
         val_loss, val_acc = evaluate(eval_net, val, amp=amp)
+        if train.shards > 1:  # ... and rank 0's figures, so best-epoch and early-stop decisions agree
+            val_loss, val_acc = broadcast((val_loss, val_acc), 0)
         state.epoch += 1
         stats = EpochStats(state.epoch, lr, train_loss, train_acc, val_loss, val_acc, time.perf_counter() - start)
         improved = val_acc > state.best_val_acc

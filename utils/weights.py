@@ -63,7 +63,8 @@ class WeightGranularity(Granularity):
     def regrow(self, model: nn.Module, allocation: dict[str, int], scores: Scores, init_strategy: str,
                dense: nn.Module | None = None, optimizer: torch.optim.Optimizer | None = None,
                generator: torch.Generator | None = None) -> dict[str, int]:
-        dense_weights = None if dense is None else {n: m.weight.detach() for n, m in M.prunable_modules(dense).items()}
+        dense_weights = None if dense is None else {n: M.effective_weight(m).detach()
+                                                    for n, m in M.prunable_modules(dense).items()}
         return apply_regrowth(model, allocation, scores, init_strategy, dense_weights, optimizer, generator)
 
     def unit_costs(self) -> dict[str, UnitCost]:

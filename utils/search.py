@@ -253,8 +253,8 @@ class Search:
             mine[j] = outcome.row
             if kept is None or outcome.row["reward"] > kept[1].row["reward"]:
                 kept = (j, outcome)
-        rows = [row for part in all_gather(mine) for row in part.items()]
-        rows = [row for _, row in sorted(rows)]
+        merged = {j: row for part in all_gather(mine) for j, row in part.items()}  # every process's rows
+        rows = [merged[j] for j in range(size)]
         rewards = [row["reward"] for row in rows]
         beta = self.trainer.update_batch(episodes, rewards, first)["beta"] if self.config.learn else float("nan")
         for row in rows:

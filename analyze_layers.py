@@ -37,7 +37,7 @@ from utils.granularity import Granularity
 from utils.masks import keep_mask, prunable_modules
 from utils.paths import analysis_dir, check_output_dir
 from utils.plots import plot_distributions, plot_heatmap, plot_layer_bars
-from utils.run import make_generator, write_csv
+from utils.run import LOG, log_outputs, make_generator, write_csv
 from utils.saliency import per_class_saliency
 from utils.scores import saliency_scores, ssim_scores
 from utils.ssim import select_layers
@@ -104,7 +104,9 @@ def plot_per_class(stage: Stage, model: torch.nn.Module, sparse: torch.nn.Module
     matrix = [per_class[n][:, ~masks[n]].mean(1).tolist() if (~masks[n]).any() else [0.0] * len(per_class[n])
               for n in masks]
     plot_heatmap(matrix, list(masks), [str(c) for c in range(stage.data.info.num_classes)],
-                 "mean saliency (pruned positions)", path)
+                 "mean saliency (pruned positions)", path,
+                 f"{Path(stage.args.ckpt).name}: saliency per layer and class ({stage.dataset})",
+                 xlabel="class index")
 
 
 @cli_main
@@ -120,17 +122,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     saliency = saliency_scores(stage, pair)
     rows = layer_rows(gran, sparse, ssim, saliency, select_layers(ssim, args.ssim_threshold))
     print_table(rows)
+    print(f"(sel *: searched by regrowth, SSIM <= --ssim_threshold {args.ssim_threshold:g}, or the lowest one; "
+          f"sal_mean / sal_max: {args.regrowth_score} saliency over the unit's pruned entries)")
     write_csv(out / "layers.csv", rows, FIELDS)
-    names = [r["layer"] for r in rows]
-    plot_layer_bars(names, [r["ssim"] for r in rows], "SSIM (dense vs sparse)", out / "ssim.png",
-                    hline=args.ssim_threshold)
-    plot_layer_bars(names, [r["density"] for r in rows], "density (kept fraction)", out / "density.png")
+    names, source = [r["layer"] for r in rows], Path(args.ckpt).name
+    plot_layer_bars(names, [r["ssim"] for r in rows], "SSIM, dense vs sparse (1 = unchanged)", out / "ssim.png",
+                    f"{source}: SSIM of each {gran.name} unit's feature maps", hline=args.ssim_threshold,
+                    hline_label=f"--ssim_threshold {args.ssim_threshold:g} (searched at or below)")
+    plot_layer_bars(names, [r["density"] for r in rows], "density (kept fraction)", out / "density.png",
+                    f"{source}: kept fraction per unit")
     plot_distributions(saliency_samples(gran, sparse, saliency, args.seed), "log10 saliency (pruned positions)",
-                       out / "saliency.png")
+                       out / "saliency.png", f"{source}: saliency at pruned positions ({args.saliency_model} model)")
+    written = [out / name for name in FILES]
     if args.per_class:
         reference = dense if args.saliency_model == "dense" else sparse
+        LOG.info("per-class saliency: one pass per class over the train batches ...")
         plot_per_class(stage, reference, sparse, out / "saliency_per_class.png")
-    print(f"\nwrote {out / 'layers.csv'} and plots to {out}")
+        written.append(out / "saliency_per_class.png")
+    log_outputs(written, f"python regrowth_oneshot.py --initial_ckpt {args.ckpt} --m_name {stage.model_name}")
     return 0
 
 

@@ -57,7 +57,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--initial_ckpt", default=None, help="sparse checkpoint (default: the pruned dense model)")
     parser.add_argument("--sparsity", type=fraction, default=None,
                         help="sparsity when pruning the dense model (default 0.99 weights, 0.9 channels)")
-    parser.add_argument("--regrow_step", type=fraction, default=0.01)
+    parser.add_argument("--regrow_step", type=fraction, default=0.01, help="budget K / N_tot of the timed regrowth")
     parser.add_argument("--repeats", type=positive_int, default=3, help="timing repeats (best counts)")
     parser.add_argument("--skip_vgg", action="store_true", help="skip part 2 (vgg16 regrowth)")
     parser.add_argument("--out", default=None, help="output folder (default {save_dir}/{m_name}/benchmark)")
@@ -212,7 +212,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               ", ".join(f"{k[:-2]} {v:.4f} s" if k.endswith("_s") else f"{k} {v:.0f}x" for k, v in vgg.items()
                         if k != "K"))
     write_json(out / f"{stem}.json", result)
-    plot_layer_bars(list(times), list(times.values()), "seconds", out / f"{stem}.png")
+    plot_layer_bars(list(times), list(times.values()), "seconds", out / f"{stem}.png",
+                    f"one regrowth episode of {stage.model_name} on {stage.device}: seconds per part", xlabel="part")
     print(f"wrote {out}")
     return 0
 

@@ -35,8 +35,11 @@ from utils.train import evaluate
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = new_parser(__doc__)
-    add_common_args(parser, m_name_default=None)
+    add_common_args(parser, m_name_default=None, training=False)
     parser.set_defaults(seed=None, val_split=None)
+    for action in parser._actions:  # noqa: SLF001  (argparse keeps no public list)
+        if action.dest in ("seed", "val_split"):
+            action.help += " (default: the checkpoint's own)"
     parser.add_argument("--ckpt", required=True, help="checkpoint to evaluate")
     parser.add_argument("--per_layer", action="store_true", help="also report sparsity per prunable layer")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")

@@ -28,6 +28,7 @@ from utils.cost import latencies_ms
 from utils.errors import UsageError
 from utils.export import export_model, params_and_macs, verify_export
 from utils.paths import check_output_file, exported_path
+from utils.run import log_outputs
 from utils.stage import Stage, prepare_model_only
 from utils.train import use_channels_last
 
@@ -100,6 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(report))
     else:
         print_table(report["models"], report)
+    log_outputs([out], f"python evaluate.py --ckpt {out}")
     return 0
 
 

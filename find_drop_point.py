@@ -36,8 +36,8 @@ from utils.cli import add_checkpoint_args, add_common_args, cli_main, new_parser
 from utils.errors import UsageError
 from utils.paths import PRUNE_LOG, boundary_dir, check_output_dir, folder_cache
 from utils.plots import plot_boundary
-from utils.run import LOG, read_csv, setup_logging, write_json
-from utils.stage import dense_checkpoint, prepare
+from utils.run import LOG, log_outputs, read_csv, setup_logging, write_json
+from utils.stage import check_lineage, dense_checkpoint, prepare
 from utils.train import correct_per_image
 
 
@@ -97,8 +97,12 @@ def evaluate_all(stage, paths: list[Path], dense: Path) -> tuple[list[float], to
             model = stage.load_model(path, sparse=path != dense)
             LOG.info("val: %s", path.name)
             entry = {"fingerprint": _fingerprint(path), "sparsity": stage.granularity.sparsity(model),
-                     "correct": correct_per_image(model, stage.data.val, amp=stage.amp)}
+                     "correct": correct_per_image(model, stage.data.val, amp=stage.amp),
+                     "lineage": stage.lineages[str(path)]}
         fresh[key] = entry
+    for path in paths:  # every point must be pruned from this dense model (or --allow_other_dense)
+        check_lineage(stage.args, dense, fresh[str(dense.resolve())].get("lineage"), path,
+                      fresh[str(path.resolve())].get("lineage"))
     atomic_save({"settings": settings, "entries": fresh}, cache_path)
     rows = [fresh[str(p.resolve())] for p in paths]
     return ([r["sparsity"] for r in rows], torch.stack([r["correct"] for r in rows]),
@@ -139,7 +143,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             lo, hi = tolerance["interval"]
             extra = f"   {100 * tolerance['level']:.0f}% interval [{lo:.4f}, {hi:.4f}] ({args.bootstrap} resamples)"
         print(f"{name:<12} {'none' if value is None else f'{value:.4f}':>9}{extra}")
-    print(f"dense val {tolerance['dense_accuracy']:.2f}%, tolerance {args.tolerance} pp; wrote {out}")
+    print(f"dense val {tolerance['dense_accuracy']:.2f}%, tolerance {args.tolerance} pp")
+    log_outputs([out / "boundary.json", out / "boundary.png"],
+                f"python evaluate.py --ckpt <a checkpoint of {folder}> --device_profile profiles/mcu_64kb.json")
     return 0
 
 

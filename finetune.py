@@ -32,7 +32,7 @@ from utils.cli import (
     positive_int,
 )
 from utils.paths import check_output_file, clean_stale_temps, finetuned_path
-from utils.run import LOG, setup_logging
+from utils.run import LOG, log_outputs, setup_logging
 from utils.stage import prepare
 from utils.train import evaluate, finetune
 
@@ -43,9 +43,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add_speed_args(parser)
     parser.add_argument("--ckpt", required=True, help="checkpoint to finetune")
     parser.add_argument("--save_path", default=None, help="output checkpoint")
-    parser.add_argument("--epochs", type=positive_int, default=400)
-    parser.add_argument("--lr", type=positive_float, default=3e-4)
-    parser.add_argument("--weight_decay", type=non_negative_float, default=0.01)
+    parser.add_argument("--epochs", type=positive_int, default=400, help="finetune epochs (best epoch on val)")
+    parser.add_argument("--lr", type=positive_float, default=3e-4, help="AdamW learning rate (cosine decay)")
+    parser.add_argument("--weight_decay", type=non_negative_float, default=0.01, help="AdamW weight decay")
     parser.add_argument("--warmup_frac", type=fraction, default=0.05, help="share of steps for linear warm-up")
     parser.add_argument("--patience", type=non_negative_int, default=50,
                         help="early stop after N epochs without val gain")
@@ -81,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     LOG.info("after:  %s sparsity %.4f  val %.2f%% (epoch %d)  test %.2f%%  (test %+.2f pp); saved %s",
              kind, sparsity(model), state.best_val_acc, state.best_epoch, test_after, test_after - test_before,
              save_path)
+    log_outputs([save_path, *(save_path.with_name(f"{save_path.stem}_log{ext}") for ext in (".csv", ".txt"))],
+                f"python evaluate.py --ckpt {save_path} --per_layer")
     return 0
 
 

@@ -7,29 +7,30 @@ Every sparse model (pruned, RL-regrown, greedy-regrown) gets the same final fine
 is evaluated, so the table compares like with like. Stages run in-process through each script's main();
 a stage whose output exists is reused (the log says so) unless --overwrite.
 
-    python pipeline.py                                  # --preset demo: synthetic data, ~6 minutes on 2 CPU cores
+    python pipeline.py                                  # --preset demo: synthetic data, 9 min on 2 CPU cores
     python pipeline.py --granularity channel            # the same for channels
-    python pipeline.py --seeds 1 2 3                    # once per seed under runs/seed{n}/, then report.py's tables
-    python pipeline.py --preset smoke                   # every stage for a few seconds (checks an install)
+    python pipeline.py --seeds 1 2 3                    # once per seed under runs/demo/seed{n}/, then report.py
+    python pipeline.py --preset smoke                   # every stage, briefly (checks an install)
     python pipeline.py --device_profile profiles/mcu_64kb.json   # regrowth up to a device's storage limit
     python pipeline.py --preset cifar10_resnet20        # the original settings (GPU days)
     python pipeline.py --preset cifar10_vgg16 --data_dir ./data
 
-Writes everything under {save_dir}/{m_name}/ as the stage scripts do, plus pipeline_summary.json / .csv
-(channels: pipeline_structure_summary.json / .csv) with the final table (sparsity, params, val and test
-accuracy of each model; for channels the params of the exported model).
+Writes everything under {save_dir}/{m_name}/ (--save_dir defaults to runs/{preset}) as the stage scripts do,
+plus pipeline_summary.json / .csv with the final table (sparsity, params, val and test accuracy of each
+model; for channels the params of the exported model) and pipeline_summary.png, the results figure
+(channels: pipeline_structure_summary.*). The smoke preset takes about 1.5 min on 2 CPU cores.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import io
 import json
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import evaluate
@@ -63,7 +64,8 @@ from utils.paths import (
     prune_dir,
     regrowth_dir,
 )
-from utils.run import LOG, resolve_device, setup_logging, write_csv, write_json
+from utils.plots import plot_results
+from utils.run import LOG, inner_stage, log_outputs, resolve_device, setup_logging, write_csv, write_json
 
 # per granularity: the pruning target and the regrowth budget (fractions of N_tot: weights or channels)
 TARGETS = {"weight": {"sparsity": 0.99, "regrow_step": 0.01}, "channel": {"sparsity": 0.9, "regrow_step": 0.05}}
@@ -87,17 +89,21 @@ SCRIPTS = {"weight": (prune_unstructure.main, regrowth_oneshot.main, [], "pipeli
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = new_parser(__doc__)
-    parser.add_argument("--preset", default="demo", choices=list(PRESETS))
+    parser.add_argument("--preset", default="demo", choices=list(PRESETS),
+                        help="schedules and model: demo (synthetic data, minutes on a CPU), smoke (seconds: checks an "
+                             "install), cifar10_resnet20 / cifar10_vgg16 (the original settings, GPU days)")
     parser.add_argument("--granularity", default="weight", choices=list(SCRIPTS), help="prune and regrow weights "
                         "or whole channels")
-    parser.add_argument("--data_dir", default="./data")
-    parser.add_argument("--save_dir", default="./runs")
+    parser.add_argument("--data_dir", default="./data", help="folder holding the data sets (not used by synthetic)")
+    parser.add_argument("--save_dir", default=None,
+                        help="root of the run folders (default: runs/{preset}, so stage-by-stage runs under runs/ "
+                             "never meet the pipeline's)")
     parser.add_argument("--seed", type=seed_int, default=42, help="run seed of a single run")
     parser.add_argument("--seeds", type=seed_int, nargs="+", default=None, metavar="N",
                         help="run the whole chain once per seed under {save_dir}/seed{N}/ (finished stages are "
                              "reused, so a killed run continues), then print report.py's tables over the seeds")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--no_progress", action="store_true")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--no_progress", action="store_true", help="no progress bars")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model in every training stage")
     parser.add_argument("--overwrite", action="store_true", help="redo stages whose outputs already exist")
     parser.add_argument("--device_profile", default=None,
@@ -106,34 +112,56 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--past_limit", type=positive_float, default=1.5,
                         help="with --device_profile: prune to this many times fewer weights than the device holds, "
                              "then regrow up to the limit")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.save_dir = args.save_dir or str(Path("runs") / args.preset)
+    return args
 
 
 def run_stage(name: str, main: Callable[[Sequence[str] | None], int], argv: list[str]) -> str:
-    """Run one stage script in-process; its stdout is returned; a failure stops the pipeline."""
+    """Run one stage script in-process; its stdout is returned; a failure stops the pipeline. The stage logs
+    to its own run folder; the pipeline's log file is restored afterwards."""
     LOG.info("== %s %s", name, " ".join(argv))
+    logs = [Path(h.baseFilename) for h in LOG.handlers if isinstance(h, logging.FileHandler)]
     out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = main(argv)
+    try:
+        with contextlib.redirect_stdout(out), inner_stage():
+            code = main(argv)
+    finally:
+        setup_logging(logs[0].parent if logs else None, logs[0].name if logs else "log.txt")
     if code != 0:
         LOG.info("stage %s failed (exit %d); the line above says why", name, code)
         raise ReportedError()
     return out.getvalue()
 
 
-def run_once(name: str, main: Callable[[Sequence[str] | None], int], argv: list[str], output: Path, *,
-             overwrite: bool) -> None:
-    """Run a stage unless ``output`` (its last file) shows it finished, in which case it is reused and the log
-    says so; --overwrite redoes it, replacing what it wrote."""
-    if output.exists() and not overwrite:
-        LOG.info("== %s: reusing %s (pass --overwrite to redo it)", name, output)
-        return
-    run_stage(name, main, argv + ["--overwrite"])
+@dataclass
+class Ledger:
+    """What each stage of one chain did: ``(stage, "ran" | "reused", the file that shows it)``."""
+
+    rows: list[tuple[str, str, Path]] = field(default_factory=list)
+    overwrite: bool = False
+
+    def once(self, name: str, main: Callable[[Sequence[str] | None], int], argv: list[str], output: Path) -> None:
+        """Run a stage unless ``output`` (its last file) shows it finished, in which case it is reused and the
+        log says so (with the file); --overwrite redoes it, replacing what it wrote."""
+        if output.exists() and not self.overwrite:
+            LOG.info("== %s: reused, %s exists from an earlier run (--overwrite redoes it)", name, output)
+            self.rows.append((name, "reused", output))
+            return
+        LOG.info("== %s: running (%s)", name, "--overwrite" if output.exists() else f"no {output} yet")
+        run_stage(name, main, argv + ["--overwrite"])
+        self.rows.append((name, "ran", output))
+
+    def log(self) -> None:
+        """One line per stage: ran or reused, and its output file."""
+        LOG.info("stages:")
+        for name, status, output in self.rows:
+            LOG.info("  %-32s %-7s %s", name, status, output)
 
 
-def scores(common: list[str], ckpt: Path) -> dict:
-    """evaluate.py --json on ``ckpt``."""
-    return json.loads(run_stage("evaluate", evaluate.main, common + ["--ckpt", str(ckpt), "--json"]))
+def scores(evaluation: list[str], ckpt: Path) -> dict:
+    """evaluate.py --json on ``ckpt`` (``evaluation``: its flags)."""
+    return json.loads(run_stage("evaluate", evaluate.main, evaluation + ["--ckpt", str(ckpt), "--json"]))
 
 
 @cli_main
@@ -164,11 +192,12 @@ def run_chain(args: argparse.Namespace, seed: int, save_dir: Path) -> int:
     p = {**PRESETS[args.preset], **TARGETS[g]}
     prune_main, search_main, greedy_flags, summary_stem, exports = SCRIPTS[g]
     root = model_root(save_dir, p["m_name"])
-    common, train = _flags(args, p, seed, save_dir)
+    evaluation, _, train = _flags(args, p, seed, save_dir)
     check_output_dir(root, what="--save_dir")
     setup_logging(root, "pipeline_log.txt")
     dense = pretrained_path(save_dir, p["m_name"])
-    once = functools.partial(run_once, overwrite=args.overwrite)
+    ledger = Ledger(overwrite=args.overwrite)
+    once = ledger.once
     once("pretrain", pretrain.main, train + ["--epochs", str(p["pretrain_epochs"])], dense.with_name(SUMMARY))
     pruned = prune_checkpoint(prune_dir(save_dir, p["m_name"], g, "oneshot"), p["m_name"], g,
                               exact_sparsity(g, p["m_name"], p["sparsity"]))
@@ -184,34 +213,48 @@ def run_chain(args: argparse.Namespace, seed: int, save_dir: Path) -> int:
          greedy_root / SUMMARY)
     greedy = iteration_dir(greedy_root, 0)
     candidates = {"pruned": pruned, "regrown (RL)": rl_dir / BEST_MODEL, "regrown (greedy prop)": greedy / BEST_MODEL}
-    rows = [{"model": "dense", **_row(scores(common, dense), exports)}]
+    rows = [{"model": "dense", **_row(scores(evaluation, dense), exports)}]
     for label, ckpt in candidates.items():
         tuned = ckpt.with_name(f"{ckpt.stem}_final.pth")
         once(f"finetune {label}", finetune.main, train + ["--ckpt", str(ckpt), "--save_path", str(tuned),
                                                           "--epochs", str(p["final_epochs"])], tuned)
-        report = scores(common, tuned)
+        report = scores(evaluation, tuned)
         if exports:  # the final models' physical export (and its timing)
             once(f"export {label}", export.main, ["--ckpt", str(tuned), "--device", args.device],
                  tuned.with_name(f"{tuned.stem}_exported.pth"))
         rows.append({"model": label, **_row(report, exports)})
-    write_csv(root / f"{summary_stem}.csv", rows)
-    write_json(root / f"{summary_stem}.json", {"preset": args.preset, "granularity": g, **p, "rows": rows})
+    table = root / f"{summary_stem}.csv"
+    write_csv(table, rows)
+    write_json(table.with_suffix(".json"), {"preset": args.preset, "granularity": g, **p, "rows": rows})
+    figure = table.with_suffix(".png")
+    plot_results(rows, g, f"{p['m_name']} on {p['dataset']}, preset {args.preset}, seed {seed}: final models after "
+                 f"the same finetune", figure)
+    ledger.log()
     print(f"\n{'model':<24} {g + ' sparsity':>16} {'params':>10} {'val acc':>8} {'test acc':>9}")
     for row in rows:
         print(f"{row['model']:<24} {row['sparsity']:>16.4f} {row['params']:>10,} {row['val_acc']:>7.2f}% "
               f"{row['test_acc']:>8.2f}%")
-    print(f"\nwrote {root / f'{summary_stem}.csv'}")
+    print()
+    log_outputs([table, table.with_suffix(".json"), figure, f"every stage's files under {root}/"],
+                f"python evaluate.py --ckpt {rows[2]['checkpoint']} --per_layer   (or: python pipeline.py --seeds "
+                f"1 2 3{_same_job(args)} for mean ± std)")
     return 0
 
 
-def _flags(args: argparse.Namespace, p: dict, seed: int, save_dir: Path) -> tuple[list[str], list[str]]:
-    """(flags every stage takes, the same plus the training-only ones)."""
-    common = ["--m_name", p["m_name"], "--dataset", p["dataset"], "--data_dir", args.data_dir, "--save_dir",
-              str(save_dir), "--seed", str(seed), "--device", args.device] + (
-        ["--no_progress"] if args.no_progress else [])
+def _same_job(args: argparse.Namespace) -> str:
+    """The flags that name this job's preset and granularity when they are not the defaults."""
+    return ((f" --preset {args.preset}" if args.preset != "demo" else "")
+            + (f" --granularity {args.granularity}" if args.granularity != "weight" else ""))
+
+
+def _flags(args: argparse.Namespace, p: dict, seed: int, save_dir: Path) -> tuple[list[str], list[str], list[str]]:
+    """(evaluate.py's flags, the flags of every other stage, the same plus the training-only ones)."""
+    evaluation = ["--m_name", p["m_name"], "--dataset", p["dataset"], "--data_dir", args.data_dir, "--seed",
+                  str(seed), "--device", args.device] + (["--no_progress"] if args.no_progress else [])
+    common = evaluation + ["--save_dir", str(save_dir)]
     train = common + (["--train_subset", str(p["train_subset"])] if p["train_subset"] else []) + (
         ["--compile"] if args.compile else [])
-    return common, train
+    return evaluation, common, train
 
 
 def device_profile(args: argparse.Namespace) -> DeviceProfile:
@@ -243,12 +286,13 @@ def run_device_chain(args: argparse.Namespace, seed: int, save_dir: Path) -> int
     grid = [t for t in DEVICE_GRID if min(abs(t - at_limit), abs(t - past)) > 1e-3 and t < 1 - 1 / total]
     targets = sorted({*grid, at_limit, past})
     root = model_root(save_dir, m)
-    common, train = _flags(args, p, seed, save_dir)
+    evaluation, common, train = _flags(args, p, seed, save_dir)
     check_output_dir(root, what="--save_dir")
     setup_logging(root, "pipeline_log.txt")
     LOG.info("device %s: at most %s kept weights in %s (sparsity %.4f); start at %s kept (%.4f)", profile.name,
              f"{limit:,}", profile.storage, at_limit, f"{start_kept:,}", past)
-    once = functools.partial(run_once, overwrite=args.overwrite)
+    ledger = Ledger(overwrite=args.overwrite)
+    once = ledger.once
     dense = pretrained_path(save_dir, m)
     once("pretrain", pretrain.main, train + ["--epochs", str(p["pretrain_epochs"])], dense.with_name(SUMMARY))
     folder = prune_dir(save_dir, m, "weight", "oneshot")
@@ -271,7 +315,7 @@ def run_device_chain(args: argparse.Namespace, seed: int, save_dir: Path) -> int
         tuned = ckpt.with_name(f"{ckpt.stem}_final.pth")
         once(f"finetune {name}", finetune.main, train + ["--ckpt", str(ckpt), "--save_path", str(tuned),
                                                          "--epochs", str(epochs)], tuned)
-        report_ = json.loads(run_stage("evaluate", evaluate.main, common + [
+        report_ = json.loads(run_stage("evaluate", evaluate.main, evaluation + [
             "--ckpt", str(tuned), "--json", "--device_profile", args.device_profile]))
         margin = report_["device"]["limits"]["bytes"]
         rows.append({"model": name, "sparsity": report_["sparsity"], "kept": report_["params_nonzero"],
@@ -282,8 +326,11 @@ def run_device_chain(args: argparse.Namespace, seed: int, save_dir: Path) -> int
                "boundary": estimates, "rows": rows, "seconds": time.perf_counter() - began}
     write_json(root / "device_summary.json", summary)
     write_csv(root / "device_summary.csv", rows)
+    ledger.log()
     _print_device(profile, summary)
-    print(f"\nwrote {root / 'device_summary.csv'}")
+    print()
+    log_outputs([root / "device_summary.csv", root / "device_summary.json", boundary / "boundary.png"],
+                f"python evaluate.py --ckpt {rows[1]['checkpoint']} --device_profile {args.device_profile}")
     return 0
 
 

@@ -44,7 +44,7 @@ from utils.cli import (
 from utils.distributed import all_gather, current_world
 from utils.errors import UsageError
 from utils.paths import check_output_dir, clean_stale_temps, pretrained_path
-from utils.run import LOG, check_same_run, setup_logging, trim_csv, write_json
+from utils.run import LOG, check_same_run, log_outputs, setup_logging, trim_csv, write_json
 from utils.stage import Stage, prepare
 from utils.train import EpochStats, FitState, data_parallel, evaluate, fit
 
@@ -60,8 +60,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     group = parser.add_argument_group("pretraining")
     group.add_argument("--epochs", type=positive_int, default=200, help="epochs; cosine schedule spans them")
     group.add_argument("--lr", type=positive_float, default=0.1, help="SGD learning rate")
-    group.add_argument("--momentum", type=non_negative_float, default=0.9)
-    group.add_argument("--weight_decay", type=non_negative_float, default=5e-4)
+    group.add_argument("--momentum", type=non_negative_float, default=0.9, help="SGD momentum")
+    group.add_argument("--weight_decay", type=non_negative_float, default=5e-4, help="SGD weight decay")
     group.add_argument("--patience", type=non_negative_int, default=30,
                        help="early stop after N epochs without val gain (0: off)")
     group.add_argument("--resume", "-r", action="store_true", help="continue from last.pth")
@@ -165,6 +165,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                       "test_acc": test_acc, "checkpoint": str(best_path)})
     LOG.info("best val %.2f%% at epoch %d; test %.2f%%; saved %s", state.best_val_acc, state.best_epoch,
              test_acc, best_path)
+    log_outputs([best_path, last_path, out / "pretrain_log.csv", out / "summary.json", out / "log.txt"],
+                f"python prune_unstructure.py --m_name {stage.model_name} --dataset {stage.dataset} --save_dir "
+                f"{args.save_dir} --mode oneshot --target_sparsity 0.99")
     return 0
 
 

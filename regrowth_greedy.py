@@ -1,4 +1,5 @@
-"""Non-RL regrowth baselines at the same budget and finetune as the RL search (spec §9, fixed).
+"""Non-RL regrowth baselines at the same budget and finetune as the RL search (the original's greedy
+baselines, fixed).
 
 --greedy_mode:
     fill     most damaged layers first (ascending SSIM), each filled to capacity
@@ -41,8 +42,8 @@ from utils.cli import (
     positive_int,
 )
 from utils.paths import BEST_MODEL, SUMMARY, check_output_dir, clean_stale_temps, greedy_dir, iteration_dir
-from utils.regrowth import GREEDY_ALLOCATIONS, random_scores_like
-from utils.run import LOG, make_generator, setup_logging, write_csv, write_json
+from utils.regrowth import GREEDY_ALLOCATIONS, allocation_lines, random_scores_like
+from utils.run import LOG, log_outputs, make_generator, setup_logging, write_csv, write_json
 from utils.scores import ssim_scores
 from utils.selection import add_selection_args, default_init, init_source, load_reference, selection_scores
 from utils.stage import prepare_dense_sparse
@@ -63,10 +64,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--granularity", choices=["weight", "channel"], default=None,
                         help="regrow weights (layers are units) or channels (coupled channel groups are units); "
                              "default: the checkpoint's own")
-    parser.add_argument("--greedy_mode", default="prop", choices=list(GREEDY_ALLOCATIONS))
+    parser.add_argument("--greedy_mode", default="prop", choices=list(GREEDY_ALLOCATIONS),
+                        help="split of the budget over the searched layers: prop (in proportion to 1 - SSIM), fill "
+                             "(lowest SSIM first, each up to its capacity), uniform, random")
     parser.add_argument("--regrow_step", "--sparsity_delta", dest="regrow_step", type=open_fraction, default=0.01,
                         help="budget per iteration / N_tot (all weights, or all groupable channels)")
-    parser.add_argument("--num_iters", type=positive_int, default=1)
+    parser.add_argument("--num_iters", type=positive_int, default=1, help="regrowth rounds of --regrow_step each")
     parser.add_argument("--patience", type=non_negative_int, default=40,
                         help="finetune early stop (epochs without val gain)")
     parser.add_argument("--init_strategy", default=None,
@@ -118,12 +121,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         stage.save(path, model, {"stage": f"greedy_{args.greedy_mode}", **row, "allocation": allocation,
                                  "parent": str(parent)})
         parent = path
+        LOG.info("iteration %d: %s split of %d %ss", it, args.greedy_mode, budget, gran.name)
+        for line in allocation_lines(allocation, caps, ssim, gran.name):
+            LOG.info(line)
         LOG.info("iteration %d: %s regrew %d -> sparsity %.4f  val %.2f%%  test %.2f%%", it, args.greedy_mode,
                  regrown, row["sparsity"], row["val_acc"], test_acc)
     write_csv(out / "greedy_log.csv", rows)
     write_json(out / SUMMARY, {"model": stage.model_name, "dataset": stage.dataset, "granularity": gran.name,
                                "mode": args.greedy_mode, **start, "final_epochs": args.finetune_epochs,
                                "seconds": time.perf_counter() - began, "iterations": rows})
+    last = iteration_dir(out, len(rows) - 1) / BEST_MODEL
+    log_outputs([out / "greedy_log.csv", out / SUMMARY, f"iter_*/{BEST_MODEL} in {out}/ (one per iteration)"],
+                f"python finetune.py --ckpt {last} --epochs 400   (the final finetune)")
     return 0
 
 

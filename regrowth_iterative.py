@@ -1,5 +1,6 @@
-"""Iterative RL regrowth (spec §8): repeat searches, each regrowing a budget the controller picks
-(--min_budget_frac .. --max_budget_frac of N_tot, --budget_space_size options) until --target_sparsity.
+"""Iterative RL regrowth (the original's iterative search): repeat searches, each regrowing a budget the
+controller picks (--min_budget_frac .. --max_budget_frac of N_tot, --budget_space_size options) until
+--target_sparsity.
 
 Every iteration recomputes SSIM and capacities on the current model, trains a fresh controller, rewards
 an episode by its val-accuracy gain over the **pruning baseline** interpolated at its new sparsity (the

@@ -1,5 +1,6 @@
-"""One-shot RL regrowth of weights (spec §7): regrow a fixed budget K = --regrow_step · N_tot across the
-layers that pruning damaged most, split by an LSTM controller trained with REINFORCE.
+"""One-shot RL regrowth of weights (the original's one-shot search): regrow a fixed budget
+K = --regrow_step · N_tot across the layers that pruning damaged most, split by an LSTM controller trained
+with REINFORCE.
 
 SSIM (dense vs sparse, val images) picks the searched layers; saliency (dL/dθ)^2 θ^2 picks positions
 inside each; every episode regrows a copy of the sparse model, mini-finetunes it (best epoch on val) and

@@ -1,6 +1,6 @@
-"""Iterative RL regrowth of channels (spec §10.3, fixed): repeat channel searches, each regrowing a budget the
-controller picks (--min_restore_frac .. --max_restore_frac of all groupable channels, --budget_space_size
-options) until --target_sparsity (channel sparsity).
+"""Iterative RL regrowth of channels (the original's structured iterative search, fixed): repeat channel
+searches, each regrowing a budget the controller picks (--min_restore_frac .. --max_restore_frac of all
+groupable channels, --budget_space_size options) until --target_sparsity (channel sparsity).
 
 The search of regrowth_iterative.py with the channel granularity (utils/regrowth_runs.py): every iteration
 recomputes SSIM per group and capacities on the current model, trains a fresh controller, rewards an

@@ -1,5 +1,6 @@
-"""One-shot RL regrowth of channels (spec §10.2, fixed): regrow K = --regrow_step (alias --sparsity_delta)
-· all groupable channels across the coupled channel groups that pruning damaged most.
+"""One-shot RL regrowth of channels (the original's structured one-shot search, fixed): regrow
+K = --regrow_step (alias --sparsity_delta) · all groupable channels across the coupled channel groups that
+pruning damaged most.
 
 The search of regrowth_oneshot.py with the channel granularity (utils/regrowth_runs.py): a unit is a
 coupled group (a residual stream is one group: no shortcut special case), its capacity its masked

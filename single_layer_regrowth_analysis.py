@@ -41,7 +41,7 @@ from utils.masks import clone_model
 from utils.paths import check_output_dir, single_layer_dir
 from utils.plots import plot_scatter
 from utils.regrowth import INIT_STRATEGIES
-from utils.run import LOG, make_generator, setup_logging, write_csv, write_json
+from utils.run import LOG, log_outputs, make_generator, setup_logging, write_csv, write_json
 from utils.scores import ssim_scores
 from utils.selection import add_selection_args, default_init, init_source, load_reference, selection_scores
 from utils.stage import Stage, prepare_dense_sparse
@@ -133,8 +133,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     plot_scatter([r["ssim"] for r in rows], [r["gain"] for r in rows], [r["layer"] for r in rows], "SSIM",
                  "val accuracy gain over control (pp)", f"Pearson r {corr['pearson_r']:.2f}, "
                  f"Spearman r {corr['spearman_r']:.2f}", out / "ssim_vs_gain.png")
-    LOG.info("Pearson r %.3f (p %.3g), Spearman r %.3f (p %.3g); wrote %s", corr["pearson_r"], corr["pearson_p"],
-             corr["spearman_r"], corr["spearman_p"], out)
+    LOG.info("Pearson r %.3f (p %.3g), Spearman r %.3f (p %.3g)", corr["pearson_r"], corr["pearson_p"],
+             corr["spearman_r"], corr["spearman_p"])
+    log_outputs([out / "single_layer.csv", out / "correlation.json", out / "ssim_vs_gain.png"])
     return 0
 
 

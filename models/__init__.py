@@ -1,6 +1,6 @@
 """Model registry: ``create_model(name)`` builds any architecture of the original BRIDGE zoo.
 
-Module names and parameter counts match the original repository exactly (spec §2.2), so state dicts
+Module names and parameter counts match the original repository exactly, so state dicts
 move between the two code bases. Each entry records the input resolution it was designed for, which
 lets scripts refuse a model/dataset pair that cannot work (e.g. ``resnet20`` on 64x64 images).
 """

@@ -1,7 +1,7 @@
 """ResNets of the original zoo: CIFAR ResNet-20/32/44/56 (``CifarResNet``) and ResNet-18.
 
 Both use option-B shortcuts: a 1x1 conv + BN projection (``shortcut.0`` / ``shortcut.1``) whenever the
-stride or width changes (spec §2.2). ResNet-20 has 272,474 parameters and 22 prunable modules.
+stride or width changes. ResNet-20 has 272,474 parameters and 22 prunable modules.
 """
 from __future__ import annotations
 

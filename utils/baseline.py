@@ -1,4 +1,4 @@
-"""The pruning baseline: val accuracy of plain pruning as a function of sparsity (spec §6.7).
+"""The pruning baseline: val accuracy of plain pruning as a function of sparsity.
 
 Built from the checkpoints in ``--baseline_dir`` (e.g. ``{save_dir}/{m}/iterative``). Each checkpoint is
 evaluated once; its sparsity (counted from its masks, not parsed from the file name) and val accuracy are

@@ -48,7 +48,7 @@ def regrowth_budget(total: int, fraction: float, capacity: int) -> int:
     step brings back, where ``total`` is N_tot of the granularity and ``capacity`` what the allocation may
     fill (masked entries of the units it spreads over).
 
-    The floor is the original's ``int()`` (spec §18.8); 1e-9 absorbs float error (2708.9999999 -> 2709).
+    The floor is the original's ``int()``; 1e-9 absorbs float error (2708.9999999 -> 2709).
     A budget of 0 is a ``UsageError``: the step would change nothing.
     """
     budget = min(math.floor(total * fraction + 1e-9), capacity)

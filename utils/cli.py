@@ -9,6 +9,7 @@ import functools
 import math
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from utils.distributed import close_world, is_main_process, launched_world
 from utils.errors import ReportedError, UsageError
@@ -18,8 +19,32 @@ INIT_HELP = ("value of regrown entries: weights zero (default) | kaiming | xavie
              "dense (default) | preserve | kaiming | magnitude")
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The module docstring as written, and every flag's default after its help (flags without a default,
+    and switches that are off by default, show none)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if "%(default)" in text or default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else "%(default)s"
+        return f"{text} (default: {shown})".lstrip()
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse with one-line errors: ``error: <message>`` on stderr and exit code 2."""
+    """argparse with one-line errors (``error: <message>`` on stderr and exit code 2), defaults in --help and
+    required flags listed first (in their own "required" section, after positional arguments)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.required_group = self.add_argument_group("required")
+        self._action_groups.insert(1, self._action_groups.pop())  # after positionals, before the options
+
+    def add_argument(self, *args, **kwargs) -> argparse.Action:  # type: ignore[override]
+        if kwargs.get("required") and args and str(args[0]).startswith("-"):
+            return self.required_group.add_argument(*args, **kwargs)
+        return super().add_argument(*args, **kwargs)
 
     def error(self, message: str):  # type: ignore[override]
         if is_main_process():
@@ -129,28 +154,36 @@ def _float(text: str) -> float:
 
 
 def new_parser(doc: str | None) -> ArgumentParser:
-    """A parser whose description is the script's module docstring."""
-    return ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """A parser whose description is the script's module docstring, named after the calling script's file
+    (so a stage run inside pipeline.py still says which script's --help to read)."""
+    caller = sys._getframe(1).f_globals.get("__file__") or sys.argv[0]  # noqa: SLF001
+    return ArgumentParser(prog=Path(caller).name, description=doc, formatter_class=HelpFormatter)
 
 
-def add_common_args(parser: argparse.ArgumentParser, *, m_name_default: str | None = "resnet20") -> None:
-    """Flags every stage shares: model, data, output folder, seed, device."""
+def add_common_args(parser: argparse.ArgumentParser, *, m_name_default: str | None = "resnet20",
+                    training: bool = True) -> None:
+    """Flags every stage shares: model, data, output folder, seed, device. ``training=False`` (a stage that
+    only evaluates and writes nothing) still accepts the flags only training and writing use, so shared
+    command lines keep working, but leaves them out of --help."""
     group = parser.add_argument_group("common")
+    unlisted = {} if training else {"help": argparse.SUPPRESS}
     group.add_argument("--m_name", default=m_name_default, help="model name (see models/)")
     group.add_argument("--dataset", default=None,
                        help="cifar10 | tiny_imagenet | synthetic (default: the model's own data set)")
     group.add_argument("--data_dir", default="./data", help="folder holding the data sets")
-    group.add_argument("--save_dir", default="./runs", help="root of all run folders")
+    group.add_argument("--save_dir", default="./runs", **({"help": "root of all run folders"} | unlisted))
     group.add_argument("--seed", type=seed_int, default=42, help="run seed (data order, val split, init)")
     group.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    group.add_argument("--batch_size", type=positive_int, default=128, help="training batch size")
+    group.add_argument("--batch_size", type=positive_int, default=128,
+                       **({"help": "training batch size"} | unlisted))
     group.add_argument("--eval_batch_size", type=positive_int, default=500, help="evaluation batch size")
     group.add_argument("--val_split", type=open_fraction, default=0.1,
                        help="fraction of the training set held out for validation")
     group.add_argument("--train_subset", type=positive_int, default=None,
-                       help="use only the first N training images (quick runs)")
+                       **({"help": "use only the first N training images (quick runs)"} | unlisted))
     group.add_argument("--no_download", action="store_true", help="never try to download a missing data set")
-    group.add_argument("--no_augment", action="store_true", help="train without crop/flip/jitter augmentation")
+    group.add_argument("--no_augment", action="store_true",
+                       **({"help": "train without crop/flip/jitter augmentation"} | unlisted))
     group.add_argument("--no_progress", action="store_true", help="no progress bars")
 
 
@@ -183,6 +216,9 @@ def add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
                         help="dense pretrained checkpoint (default {save_dir}/{m_name}/checkpoint/ckpt.pth)")
     parser.add_argument("--trust_pickle", action="store_true",
                         help="allow checkpoints that are pickled nn.Modules (runs code from the file)")
+    parser.add_argument("--allow_other_dense", action="store_true",
+                        help="pair a sparse checkpoint with a dense model it was not pruned from (its meta records "
+                             "the fingerprint of its dense parent; a mismatch is refused by default)")
 
 
 def add_finetune_args(parser: argparse.ArgumentParser, epochs: int | None, what: str = "finetune epochs") -> None:
@@ -208,13 +244,13 @@ def add_controller_args(parser: argparse.ArgumentParser, *, episodes: int, actio
     add_checkpoint_args(parser)
     add_finetune_args(parser, finetune_epochs, "mini-finetune epochs per episode (best epoch on val)")
     group = parser.add_argument_group("regrowth search")
-    group.add_argument("--initial_ckpt", "--pruned_ckpt", dest="initial_ckpt", required=True,
-                       help="sparse starting checkpoint (with masks)")
+    parser.add_argument("--initial_ckpt", "--pruned_ckpt", dest="initial_ckpt", required=True,
+                        help="sparse starting checkpoint (with masks)")
     group.add_argument("--num_epochs", type=positive_int, default=episodes, help="maximum RL episodes")
     group.add_argument("--init_strategy", default=None,
                        help=f"{INIT_HELP}; default {default_init}, or dense with --selection reference")
     group.add_argument("--learning_rate", type=positive_float, default=3e-4, help="controller Adam lr")
-    group.add_argument("--hidden_size", type=positive_int, default=64)
+    group.add_argument("--hidden_size", type=positive_int, default=64, help="controller LSTM hidden units")
     group.add_argument("--action_space_size", "--alloc_space_size", dest="action_space_size", type=positive_int,
                        default=action_space_size,
                        help="A: options j/A of min(capacity, remaining) per layer")
@@ -223,10 +259,13 @@ def add_controller_args(parser: argparse.ArgumentParser, *, episodes: int, actio
     group.add_argument("--end_beta", type=non_negative_float, default=0.04, help="entropy bonus after decay")
     group.add_argument("--decay_fraction", type=open_fraction, default=0.4, help="share of episodes to decay over")
     group.add_argument("--budget_bonus", type=non_negative_float, default=0.005, help="reward per budget used")
-    group.add_argument("--early_stop_patience", type=positive_int, default=patience)
+    group.add_argument("--early_stop_patience", type=positive_int, default=patience,
+                       help="stop after N episodes without a new best reward")
     group.add_argument("--min_epochs", type=positive_int, default=50, help="episodes before the flat-reward stop")
-    group.add_argument("--reward_std_threshold", type=non_negative_float, default=0.002)
-    group.add_argument("--reward_window_size", type=positive_int, default=20)
+    group.add_argument("--reward_std_threshold", type=non_negative_float, default=0.002,
+                       help="after --min_epochs, stop when the std of the last --reward_window_size rewards is below")
+    group.add_argument("--reward_window_size", type=positive_int, default=20,
+                       help="rewards in the flat-reward window (and in the reward temperature's rolling std)")
     group.add_argument("--episodes_per_update", type=positive_int, default=1,
                        help="M: episodes sampled from one policy per REINFORCE step (batch-mean baseline; 1: "
                             "one step per episode with an EMA baseline); under torchrun they run in parallel")

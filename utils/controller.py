@@ -1,4 +1,4 @@
-"""The RL controller that splits a regrowth budget across layers (spec §6.4-§6.5), model-agnostic.
+"""The RL controller that splits a regrowth budget across layers, model-agnostic.
 
 ``AllocationPolicy`` is an LSTMCell that visits the searched layers one step each. At step i its input is
 the previous step's raw logits (zero-padded) and a context ``[position, capacity share, remaining-budget

@@ -55,7 +55,7 @@ class Granularity(abc.ABC):
     keep_per_unit: int = 0  # entries every unit keeps whatever the pruner asks (channel groups: 1)
     unit_noun: str = "unit"  # what a unit is called in messages
     refused_inits: dict[str, str] = {}  # init strategy -> why this granularity refuses it
-    # search defaults (spec §7-§10): {schedule: (episodes, options per unit A, mini-finetune epochs, patience)},
+    # search defaults (the original's): {schedule: (episodes, options per unit A, mini-finetune epochs, patience)},
     # train batches for the regrowth scores (None: all), iterative budget range / N_tot and its option count
     search_defaults: dict[str, tuple[int, int, int, int]] = {}
     score_batches: int | None = None

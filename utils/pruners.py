@@ -1,7 +1,7 @@
 """Unstructured pruners: score functions, per-layer budget rules and selectors, kept apart.
 
 Every pruner is ``pruner.prune(model, amount, generator=None)``, where ``amount`` in [0, 1) is the fraction
-of the *currently surviving* prunable weights to remove (spec §4.3), so iterating 0.3 gives sparsity
+of the *currently surviving* prunable weights to remove, so iterating 0.3 gives sparsity
 ``1 - 0.7^k``. Pruned weights never come back (new mask = old mask AND kept), and only the lowest-scoring
 survivors of a layer (per-layer pruners) or of the whole model (global pruners) are removed.
 

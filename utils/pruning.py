@@ -19,7 +19,7 @@ from utils.errors import UsageError
 from utils.paths import PRUNE_LOG, check_output_dir, clean_stale_temps, prune_checkpoint
 from utils.plots import plot_sparsity_accuracy, read_csv
 from utils.pruners import PruneContext, Pruner
-from utils.run import LOG, setup_logging, write_csv
+from utils.run import LOG, log_outputs, setup_logging, write_csv
 from utils.stage import Stage
 from utils.train import evaluate, finetune
 
@@ -174,7 +174,13 @@ class PruneRun:
             self.run_iterative(parent, args.amount, args.iter_start, args.iter_end)
         else:
             self.run_oneshot(pretrained, args.target_sparsity)
-        LOG.info("done: %s", self.out / PRUNE_LOG)
+        rows = read_csv(self.out / PRUNE_LOG)
+        last = self.out / max(rows, key=lambda r: float(r["sparsity"]))["checkpoint"]
+        search = "regrowth_oneshot.py" if self.stage.granularity.name == "weight" else "regrowth_structure_oneshot.py"
+        log_outputs([self.out / PRUNE_LOG, self.out / "sparsity_vs_accuracy.png",
+                     f"{len(rows)} checkpoint(s) in {self.out}/, the sparsest {last.name}"],
+                    f"python {search} --m_name {self.stage.model_name} --dataset {self.stage.dataset} --save_dir "
+                    f"{args.save_dir} --initial_ckpt {last}")
 
     def run_oneshot(self, dense_path: Path, targets: list[float]) -> None:
         """One step from the dense model ``dense_path`` to each target sparsity (all checked first)."""

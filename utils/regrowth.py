@@ -189,3 +189,17 @@ def allocate_random(ssim: dict[str, float], capacities: dict[str, int], budget: 
 
 GREEDY_ALLOCATIONS = {"fill": allocate_fill, "prop": allocate_proportional, "uniform": allocate_uniform,
                       "random": allocate_random}
+
+
+def allocation_lines(allocation: dict[str, int], capacities: dict[str, int], ssim: dict[str, float],
+                     unit: str = "weight") -> list[str]:
+    """A per-layer table of a regrowth decision, for the log: each unit's SSIM (blank when not scored), its
+    capacity (pruned entries it could take back) and what was regrown, with the total; units in
+    ``capacities`` order (the searched ones), then any other unit the allocation names."""
+    names = list(capacities) + [n for n in allocation if n not in capacities]
+    lines = [f"  {'layer':<28} {'SSIM':>7} {'capacity':>10} {'regrown ' + unit + 's':>16}"]
+    for name in names:
+        score = f"{ssim[name]:.3f}" if name in ssim else ""
+        lines.append(f"  {name:<28} {score:>7} {capacities.get(name, 0):>10,} {allocation.get(name, 0):>16,}")
+    lines.append(f"  {'total':<28} {'':>7} {sum(capacities.values()):>10,} {sum(allocation.values()):>16,}")
+    return lines

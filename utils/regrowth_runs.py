@@ -35,8 +35,17 @@ from utils.device import DeviceProfile, add_device_args, device_budget, fit, mod
 from utils.errors import UsageError
 from utils.export import verify_export
 from utils.granularity import granularity_class
-from utils.paths import BEST_MODEL, SEARCH_STATE, SUMMARY, baseline_cache, iteration_dir, prune_dir, regrowth_dir
-from utils.run import LOG, setup_logging, write_json
+from utils.paths import (
+    BEST_MODEL,
+    BEST_PRE_FINETUNE,
+    SEARCH_STATE,
+    SUMMARY,
+    baseline_cache,
+    iteration_dir,
+    prune_dir,
+    regrowth_dir,
+)
+from utils.run import LOG, log_outputs, setup_logging, write_json
 from utils.scores import ssim_scores
 from utils.search import Search, SearchResult, check_search_dir, config_from_args, search_space, trainer_from_args
 from utils.selection import add_selection_args, default_init, init_source, load_reference, selection_scores
@@ -196,6 +205,11 @@ def run_oneshot(args: argparse.Namespace, granularity: str) -> SearchResult:
     LOG.info("best episode %d: val %.2f%% (gain %+.2f pp over the %s), %s sparsity %.4f, test %.2f%%",
              best.episode, best.val_acc, best.acc_gain, "pruning baseline" if job.baseline else "sparse start",
              gran.name, best.sparsity, summary["best_test_acc"])
+    out = search.out
+    log_outputs([out / BEST_MODEL, out / BEST_PRE_FINETUNE, out / "episodes.csv", out / SUMMARY,
+                 out / "reward_curve.png", out / SEARCH_STATE, out / "log.txt"]
+                + ([summary["exported_checkpoint"]] if "exported_checkpoint" in summary else []),
+                f"python finetune.py --ckpt {out / BEST_MODEL} --epochs 400   (the final finetune)")
     return best
 
 
@@ -265,4 +279,7 @@ def run_iterative(args: argparse.Namespace, granularity: str) -> dict:
     write_json(root / SUMMARY, summary)
     LOG.info("final: sparsity %.4f, test %.2f%% (%s)", summary["final_sparsity"], summary["final_test_acc"],
              current_path)
+    log_outputs([root / SUMMARY, f"{len(rows)} iteration folder(s) iter_*/ in {root}/ (best model, episodes.csv, "
+                                 "reward_curve.png each)"],
+                f"python finetune.py --ckpt {current_path} --epochs 400   (the final finetune)")
     return summary

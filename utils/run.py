@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import logging
@@ -9,7 +10,7 @@ import os
 import random
 import sys
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -169,3 +170,27 @@ def git_revision() -> str | None:
         return ref[:12]
     except OSError:
         return None
+
+
+_SUMMARIES = {"on": True}  # off while pipeline.py runs the stages (it prints its own summary)
+
+
+@contextlib.contextmanager
+def inner_stage() -> Iterator[None]:
+    """Within: stages run as parts of a larger job, so ``log_outputs`` stays quiet."""
+    _SUMMARIES["on"] = False
+    try:
+        yield
+    finally:
+        _SUMMARIES["on"] = True
+
+
+def log_outputs(written: Iterable[Path | str], next_command: str | None = None) -> None:
+    """The last lines of a stage: every file or folder it wrote, then the natural next command (if any)."""
+    if not _SUMMARIES["on"]:
+        return
+    LOG.info("wrote:")
+    for path in written:
+        LOG.info("  %s", path)
+    if next_command:
+        LOG.info("next: %s", next_command)

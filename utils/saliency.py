@@ -132,6 +132,7 @@ def cached_scores(checkpoint: Path, compute: Callable[[], Scores], cache_dir: Pa
                                   sort_keys=True, default=str).encode()).hexdigest()[:20]
     path = Path(cache_dir) / f"saliency_{key}.pt"
     if path.is_file():
+        LOG.info("scores: reused %s (same checkpoint content and settings)", path)
         return {k: v.to(device) for k, v in torch.load(path, map_location="cpu", weights_only=True).items()}
     scores = compute()
     try:

@@ -7,13 +7,14 @@ changes the result.
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
 from utils.paths import cache_dir
-from utils.run import make_generator
+from utils.run import LOG, make_generator
 from utils.saliency import cached_scores, param_saliency
 from utils.ssim import layer_similarity
 from utils.stage import DenseSparse, Stage
@@ -24,10 +25,13 @@ SCORE_ORDER = {"fisher": 2, "taylor": 1}  # --regrowth_score -> param_saliency o
 def ssim_scores(stage: Stage, dense: nn.Module, sparse: nn.Module) -> dict[str, float]:
     """SSIM of every unit of the stage's granularity (its probe layer's output, ``sparse`` against ``dense``)
     on ``--ssim_num_batches`` val batches."""
-    gran = stage.granularity
+    gran, began = stage.granularity, time.perf_counter()
     probes = {unit: gran.probe_layer(unit) for unit in gran.units()}
+    batches = min(stage.args.ssim_num_batches, len(stage.data.val))
+    LOG.info("SSIM: dense vs sparse feature maps of %d units on %d val batches ...", len(probes), batches)
     by_layer = layer_similarity(dense, sparse, stage.data.val, stage.args.ssim_num_batches, stage.amp,
                                 layers=list(dict.fromkeys(probes.values())))
+    LOG.info("SSIM: done in %.1f s", time.perf_counter() - began)
     return {unit: by_layer[layer] for unit, layer in probes.items()}
 
 
@@ -45,7 +49,12 @@ def saliency_scores(stage: Stage, pair: DenseSparse) -> dict[str, torch.Tensor]:
                 "score": args.regrowth_score}
 
     def compute() -> dict[str, torch.Tensor]:
+        began = time.perf_counter()
+        LOG.info("saliency: %s scores of the %s model on %s train batches ...", args.regrowth_score,
+                 args.saliency_model, args.saliency_batches or f"all {len(loader)}")
         order = SCORE_ORDER[args.regrowth_score]
-        return gran.unit_scores(param_saliency(model, loader, gran.scored_params(), args.saliency_batches, order))
+        scores = gran.unit_scores(param_saliency(model, loader, gran.scored_params(), args.saliency_batches, order))
+        LOG.info("saliency: done in %.1f s (cached for later runs)", time.perf_counter() - began)
+        return scores
 
     return cached_scores(Path(path), compute, cache_dir(args.save_dir, stage.model_name), settings, stage.device)

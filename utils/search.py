@@ -38,6 +38,7 @@ from utils.errors import UsageError
 from utils.masks import clone_model
 from utils.paths import BEST_MODEL, BEST_PRE_FINETUNE, SEARCH_STATE, check_output_dir, clean_stale_temps
 from utils.plots import plot_reward_curve
+from utils.regrowth import allocation_lines
 from utils.run import LOG, check_same_run, make_generator, role_seed, write_csv
 from utils.ssim import select_layers
 from utils.stage import Stage
@@ -284,8 +285,20 @@ class Search:
         self.stage.save(self.out / BEST_PRE_FINETUNE, before, {**meta, "finetuned": False})
         self.stage.save(self.out / BEST_MODEL, after, {**meta, "finetuned": True, "val_acc": row["val_acc"]})
 
+    def log_best(self) -> None:
+        """The decision the search ends with: the best episode's allocation per searched unit, with each
+        unit's SSIM and capacity."""
+        if self.best.episode < 0:
+            return
+        LOG.info("best episode %d of %d (reward %+.2f pp, val %.2f%%): allocation", self.best.episode,
+                 len(self.history), 100 * self.best.reward, self.best.val_acc)
+        capacities = dict(zip(self.space.layers, self.space.capacities, strict=True))
+        ssim = dict(zip(self.space.layers, self.space.ssim, strict=True))
+        for line in allocation_lines(self.best.allocation, capacities, ssim, self.stage.granularity.name):
+            LOG.info(line)
+
     def should_stop(self) -> bool:
-        """Spec §6.8: no new best for ``early_stop_patience`` episodes, or a flat reward window."""
+        """The original's early stop: no new best for ``early_stop_patience`` episodes, or a flat reward window."""
         cfg, done = self.config, len(self.history)
         if done - self.best.episode >= cfg.early_stop_patience:
             return True
@@ -308,10 +321,14 @@ class Search:
             self.history.extend(rows)
             write_csv(self.out / "episodes.csv", self.history)
             atomic_save(self._state(), self.out / SEARCH_STATE)
-            for row in rows:
-                LOG.info("episode %d: reward %+.4f  val %.2f%% (gain %+.2f pp, bonus %+.4f)  sparsity %.4f  "
-                         "regrown %d%s", row["episode"], row["reward"], row["val_acc"], row["acc_gain"], row["bonus"],
-                         row["sparsity"], row["regrown"], "  *" if self.best.episode == row["episode"] else "")
-        plot_reward_curve(self.history, self.out / "reward_curve.png")
+            for row in rows:  # reward in pp, like the gain: reward = gain/100 + bonus (a fraction) in the CSV
+                LOG.info("episode %d: reward %+.2f pp = gain %+.2f pp + budget bonus %.2f pp  val %.2f%%  "
+                         "sparsity %.4f  regrown %d of %d%s", row["episode"], 100 * row["reward"], row["acc_gain"],
+                         100 * row["bonus"], row["val_acc"], row["sparsity"], row["regrown"], row["budget"],
+                         "  * new best" if self.best.episode == row["episode"] else "")
+        self.log_best()
+        plot_reward_curve(self.history, self.out / "reward_curve.png",
+                          f"{'random search' if not self.config.learn else 'RL search'} from {Path(self.parent).name}: "
+                          f"reward per episode ({self.out.name})")
         barrier()  # the other processes read what rank 0 wrote (the best model) only after this
         return self.best

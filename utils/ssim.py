@@ -1,7 +1,7 @@
 """Per-layer similarity between a dense and a sparse model: which layers did pruning damage most?
 
 For every prunable layer both models see the same validation images. A forward hook reduces each conv
-output Z [B, C, H, W] **on the device, inside the hook** to the attention map of spec §6.1:
+output Z [B, C, H, W] **on the device, inside the hook** to the original's attention map:
 ``a_b = sum_c Z_b`` (signed channel sum of the raw conv output), ``a_b / ||a_b||_1`` per image, summed
 over images (a running sum: memory does not grow with the number of batches). Their mean is min-max
 normalised to [0, 1]. A Linear layer keeps the running sum of its outputs instead.

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from data import DataBundle, canonical_dataset, get_data
 from models import create_model, model_spec
-from utils.checkpoint import Checkpoint, check_model, load_weights, read_checkpoint, save_checkpoint
+from utils.checkpoint import LINEAGE_KEY, Checkpoint, check_model, load_weights, read_checkpoint, save_checkpoint
 from utils.distributed import current_world, init_world
 from utils.errors import UsageError
 from utils.export import rebuild_exported
@@ -46,6 +46,13 @@ class Stage:
     data: DataBundle | None  # None for stages that need no images (export)
     num_classes: int
     granularity_name: str = "weight"
+    lineages: dict[str, str | None] = field(default_factory=dict)  # loaded file -> its dense model's fingerprint
+
+    @property
+    def lineage(self) -> str | None:
+        """Fingerprint of the dense model the first loaded checkpoint descends from (recorded in what this stage
+        saves, so every sparse file knows its dense parent); None before a load or when unknown."""
+        return next((value for value in self.lineages.values() if value), None)
 
     @functools.cached_property
     def granularity(self) -> Granularity:
@@ -96,6 +103,7 @@ class Stage:
         stages that just evaluate or finetune a model can use its smaller shapes).
         """
         ckpt = read_checkpoint(path, trust_pickle=getattr(self.args, "trust_pickle", False))
+        self.lineages[str(path)] = ckpt.lineage
         wrong = _WRONG_KIND.get((ckpt.granularity, self.granularity_name))
         if wrong:
             raise UsageError(f"{path} {wrong}")
@@ -135,8 +143,9 @@ class Stage:
         export (no masks left) with that Torch-Pruning history."""
         masks = self.granularity.checkpoint_masks(model) if export_history is None else None
         extra = {**(extra or {}), **({"export": {"history": export_history}} if export_history is not None else {})}
+        lineage = {LINEAGE_KEY: self.lineage} if self.lineage else {}
         save_checkpoint(path, model, model_name=self.model_name, dataset=self.dataset,
-                        num_classes=self.num_classes, meta={"args": vars(self.args), **meta},
+                        num_classes=self.num_classes, meta={"args": vars(self.args), **lineage, **meta},
                         channel_masks=masks, extra=extra or None)
 
 
@@ -208,4 +217,19 @@ def prepare_dense_sparse(args: argparse.Namespace, sparse_path: str | Path, repa
     dense_path = dense_checkpoint(args, stage.model_name)
     dense = stage.load_model(dense_path)
     sparse = stage.load_model(sparse_path, sparse=True, reparam=reparam)
+    check_lineage(args, dense_path, stage.lineages[str(dense_path)], Path(sparse_path),
+                  sparse_ckpt.meta.get(LINEAGE_KEY))
     return stage, DenseSparse(dense, dense_path, sparse, Path(sparse_path))
+
+
+def check_lineage(args: argparse.Namespace, dense_path: Path, dense: str | None, sparse_path: Path,
+                  recorded: str | None) -> None:
+    """Refuse to pair a sparse checkpoint with a dense model it was not pruned from (e.g. the dense one was
+    retrained with --overwrite since): SSIM, saliency and dense init would all compare unrelated models.
+    ``recorded``: the dense fingerprint the sparse file's meta records (None, e.g. files of the original
+    code, is not checked). --allow_other_dense pairs them on purpose."""
+    if recorded is None or dense is None or recorded == dense or getattr(args, "allow_other_dense", False):
+        return
+    raise UsageError(f"{sparse_path} was pruned from another dense model (fingerprint {recorded}) than {dense_path} "
+                     f"({dense}); was the dense model retrained since? Pass the dense checkpoint it came from as "
+                     "--pretrained, or --allow_other_dense to pair them anyway")

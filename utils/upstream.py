@@ -1,13 +1,13 @@
 """The original repository's structured checkpoints, brought into our full-shape model with channel masks.
 
 The original's ``prune_structure_ratio.py`` saves ``{'model': <slimmed nn.Module>, 'out_index_map': {conv:
-[dense index of each live output channel, in physical order]}, 'pruned_out_dense_map': ...}`` (spec §5.1,
-§2.3); its regrowth scripts save ``index_map`` instead. ``inflate`` reads each group's live channels from
-its root's entry, writes every slimmed tensor into a zero tensor of the dense shape at the positions of those
-channels along every coupled dimension (rows, columns, BN entries and statistics; AlexNet's flatten gives 4
-columns per channel), and returns the state dict with the channel masks. Index maps that no longer match
-the physical order (the original's regrowth appends channels but stores its map sorted, spec §17.2) cannot
-be detected here: use the prune-step checkpoints, whose maps are right.
+[dense index of each live output channel, in physical order]}, 'pruned_out_dense_map': ...}``; its regrowth
+scripts save ``index_map`` instead. ``inflate`` reads each group's live channels from its root's entry,
+writes every slimmed tensor into a zero tensor of the dense shape at the positions of those channels along
+every coupled dimension (rows, columns, BN entries and statistics; AlexNet's flatten gives 4 columns per
+channel), and returns the state dict with the channel masks. Index maps that no longer match the physical
+order (the original's regrowth appends channels but stores its map sorted) cannot be detected here: use the
+prune-step checkpoints, whose maps are right.
 """
 from __future__ import annotations
 
@@ -40,7 +40,8 @@ def inflate(granularity, model: nn.Module, ckpt: Checkpoint) -> Checkpoint:
     index_map = ckpt.extra["index_map"]
     if ckpt.extra.get("map_kind") == "index_map":
         LOG.warning("this checkpoint carries the original regrowth's 'index_map', which can disagree with the "
-                    "physical channel order (spec §17.2): prefer the prune-step checkpoints ('out_index_map')")
+                    "physical channel order (its regrowth appends channels but stores the map sorted): prefer the "
+                    "prune-step checkpoints ('out_index_map')")
     live = {}
     for group in granularity.groups:
         if group.root not in index_map:

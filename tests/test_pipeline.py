@@ -23,6 +23,9 @@ def test_demo_pipeline(tmp_path, capsys):
     summary = json.loads((root / "pipeline_summary.json").read_text())
     assert summary["preset"] == "demo" and len(summary["rows"]) == 4
     assert "regrown (RL)" in capsys.readouterr().out
+    assert (root / "pipeline_summary.png").stat().st_size > 0  # the results figure beside the table
+    log = (root / "pipeline_log.txt").read_text()  # the pipeline's own log survives the stages' logging
+    assert "== pretrain: running" in log and "== greedy: running" in log and "stages:" in log
 
 
 @pytest.mark.slow
@@ -42,4 +45,8 @@ def test_demo_pipeline_for_channels(tmp_path, capsys):
     assert len(list(root.rglob("*_final_exported.pth"))) == 3
     capsys.readouterr()
     assert pipeline.main(args) == 0
-    assert "reusing" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    for stage in ("pretrain", "prune", "regrowth", "greedy", "finetune pruned", "export regrown (RL)"):
+        assert f"== {stage}: reused, " in err  # each reused stage named with the file that shows it finished
+    log = (root / "pipeline_log.txt").read_text()
+    assert "== regrowth: reused, " in log and "pipeline_structure_summary.csv" in log

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,12 @@ def test_oneshot_search_writes_every_output(start):
     pre = read_checkpoint(out / "best_pre_finetune.pth")
     assert pre.meta["finetuned"] is False
     assert summary["best"]["reward"] == pytest.approx(max(float(r["reward"]) for r in rows))
+    log = (out / "log.txt").read_text()  # the decision, shown: one table row per searched layer, and the total
+    best_ep = summary["best"]
+    assert f"best episode {best_ep['episode']} of 3" in log and "budget bonus" in log
+    for layer in summary["searched_layers"]:
+        assert re.search(rf"{re.escape(layer)} +-?\d\.\d{{3}} +[\d,]+ +{best_ep['allocation'].get(layer, 0):,}\n", log)
+    assert re.search(rf"total +[\d,]+ +{sum(best_ep['allocation'].values()):,}\n", log)
 
 
 def test_resume_equals_uninterrupted(start, monkeypatch):
@@ -167,6 +174,8 @@ def test_greedy_spends_the_budget(start, mode):
     ckpt = read_checkpoint(out / "iter_0" / "best_grown_model.pth")
     assert ckpt.meta["sparsity"] == pytest.approx(0.95 - k / num_prunable(create_model("resnet20")), abs=1e-5)
     assert sum(ckpt.meta["allocation"].values()) == k
+    log = (out / "log.txt").read_text()  # the greedy split per layer, with its total
+    assert f"{mode} split of {k} weights" in log and re.search(rf"total +[\d,]+ +{k:,}\n", log)
 
 
 def test_benchmark_regrowth_writes_breakdown(tmp_path):

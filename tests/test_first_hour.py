@@ -1,0 +1,149 @@
+"""What a new user meets first: --help that shows every default, checkpoints that know their dense parent,
+pipeline logs that say what ran, and plots whose axes stay inside the valid range."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+import analyze_layers
+import finetune
+import prune_unstructure
+import utils.plots as plots
+from models import create_model
+from tests.conftest import run_main, tree
+from utils.checkpoint import LINEAGE_KEY, read_checkpoint, save_checkpoint
+from utils.cli import ArgumentParser
+
+SCRIPTS = ["analyze_layers", "benchmark_regrowth", "evaluate", "export", "find_drop_point", "finetune", "pipeline",
+           "pretrain", "prune_structure", "prune_unstructure", "regrowth_greedy", "regrowth_iterative",
+           "regrowth_oneshot", "regrowth_structure_iterative", "regrowth_structure_oneshot", "report",
+           "single_layer_regrowth_analysis"]
+QUICK = ["--dataset", "synthetic", "--train_subset", "128", "--batch_size", "64", "--device", "cpu", "--no_progress"]
+
+
+class _Captured(Exception):
+    pass
+
+
+def script_parser(name: str, monkeypatch) -> ArgumentParser:
+    """The parser a script's parse_args builds (caught where it would parse)."""
+    found = {}
+
+    def capture(self, args=None, namespace=None):
+        found["parser"] = self
+        raise _Captured
+
+    monkeypatch.setattr(ArgumentParser, "parse_args", capture)
+    with pytest.raises(_Captured):
+        importlib.import_module(name).parse_args([])
+    return found["parser"]
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_help_describes_every_flag_and_shows_its_default(name, monkeypatch):
+    parser = script_parser(name, monkeypatch)
+    text = " ".join(parser.format_help().split())  # argparse wraps lines; compare with single spaces
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction) or action.help == argparse.SUPPRESS:
+            continue
+        flag = "/".join(action.option_strings) or action.dest
+        assert action.help, f"{name} {flag} has no help text"
+        if action.option_strings and action.default not in (None, False):
+            shown = (" ".join(map(str, action.default)) if isinstance(action.default, (list, tuple))
+                     else str(action.default))
+            assert f"(default: {shown})" in text or "%(default)" in action.help, f"{name} {flag}: no default"
+    required = [a for a in parser._actions if a.required and a.option_strings]
+    if required:  # listed first: the "required" section comes before every optional flag
+        assert text.index("required:") < text.index("-h, --help")
+
+
+def test_evaluate_help_lists_only_what_evaluation_uses(monkeypatch):
+    text = script_parser("evaluate", monkeypatch).format_help()
+    assert not [f for f in ("--batch_size", "--train_subset", "--no_augment", "--save_dir", "--lr") if f in text]
+    assert all(f in text for f in ("--ckpt", "--eval_batch_size", "--per_layer", "--device_profile"))
+
+
+@pytest.fixture()
+def pruned(tmp_path) -> tuple[Path, Path, Path]:
+    """(save_dir, dense, 90% one-shot pruned) written by the stage scripts themselves."""
+    torch.manual_seed(0)
+    dense = tmp_path / "resnet20" / "checkpoint" / "ckpt.pth"
+    save_checkpoint(dense, create_model("resnet20"), model_name="resnet20", dataset="synthetic", num_classes=10,
+                    meta={"stage": "pretrain"})
+    assert prune_unstructure.main(QUICK + ["--save_dir", str(tmp_path), "--mode", "oneshot", "--target_sparsity",
+                                           "0.9", "--finetune_epochs", "1"]) == 0
+    return tmp_path, dense, tmp_path / "resnet20" / "oneshot" / "resnet20_0.9000.pth"
+
+
+def test_sparse_checkpoints_record_their_dense_parent(pruned):
+    save, dense, sparse = pruned
+    fingerprint = read_checkpoint(dense).lineage
+    assert len(fingerprint) == 16 and read_checkpoint(sparse).meta[LINEAGE_KEY] == fingerprint
+    tuned = save / "tuned.pth"  # carried on through later stages
+    assert finetune.main(QUICK + ["--ckpt", str(sparse), "--save_path", str(tuned), "--epochs", "1"]) == 0
+    assert read_checkpoint(tuned).meta[LINEAGE_KEY] == fingerprint
+
+
+def test_a_retrained_dense_model_is_refused_unless_allowed(pruned, capsys):
+    save, dense, sparse = pruned
+    torch.manual_seed(1)  # "pretrain.py --overwrite": other weights at the same path
+    save_checkpoint(dense, create_model("resnet20"), model_name="resnet20", dataset="synthetic", num_classes=10,
+                    meta={"stage": "pretrain"})
+    args = QUICK + ["--save_dir", str(save), "--ckpt", str(sparse), "--ssim_num_batches", "1",
+                    "--saliency_batches", "1"]
+    code, _, err = run_main(analyze_layers.main, args, capsys)
+    assert code == 2 and err.count("\n") == 1 and "was pruned from another dense model" in err
+    assert "--allow_other_dense" in err and tree(save / "resnet20" / "analysis") == []
+    code, _, _ = run_main(analyze_layers.main, args + ["--allow_other_dense"], capsys)
+    assert code == 0
+
+
+@pytest.fixture()
+def captured_axes(monkeypatch) -> list:
+    """The figures the plot functions would save (still open), in order."""
+    figures = []
+    original = plots._save
+
+    def keep(fig, path):
+        figures.append(fig.axes[0])
+        original(fig, path)
+
+    monkeypatch.setattr(plots, "_save", keep)
+    return figures
+
+
+def test_one_point_curves_stay_inside_zero_to_hundred_percent(tmp_path, captured_axes):
+    log = tmp_path / "prune_log.csv"
+    log.write_text("sparsity,val_acc,test_acc\n0.99,70.0,69.5\n")
+    plots.plot_sparsity_accuracy(log, tmp_path / "a.png", "one point")
+    plots.plot_report({"one-shot": [(0.999, 50.0, 0.0)]}, [], "report", tmp_path / "b.png")
+    for ax, point in zip(captured_axes, (99.0, 99.9), strict=True):
+        low, high = ax.get_xlim()
+        assert 0.0 <= low < point < high <= 100.0 and ax.get_title()
+
+
+def test_counts_get_whole_ticks_and_decades_get_log_scales(tmp_path, captured_axes):
+    history = [{"episode": i, "reward": 0.01 * i} for i in (1, 2, 3)]
+    plots.plot_reward_curve(history, tmp_path / "r.png", "search")
+    plots.plot_layer_bars(["a", "b", "c"], [1e-4, 1e-2, 0.5], "density", tmp_path / "d.png", "density")
+    plots.plot_heatmap([[1e-9, 1e-3], [1e-6, 0.0]], ["l1", "l2"], ["0", "1"], "saliency", tmp_path / "h.png", "heat")
+    reward, bars, heat = captured_axes
+    ticks = [t for t in reward.get_xticks() if reward.get_xlim()[0] <= t <= reward.get_xlim()[1]]
+    assert ticks and all(float(t).is_integer() for t in ticks) and reward.get_title() == "search"
+    assert bars.get_yscale() == "log" and bars.get_xlabel() and bars.get_title()
+    assert heat.images[0].norm.__class__.__name__ == "LogNorm" and heat.get_xlabel() == "class"
+
+
+def test_results_figure_runs_from_dense_to_sparsest(tmp_path, captured_axes):
+    rows = [{"model": "dense", "sparsity": 0.0, "val_acc": 80.0, "test_acc": 79.0},
+            {"model": "pruned", "sparsity": 0.99, "val_acc": 60.0, "test_acc": 59.0}]
+    plots.plot_results(rows, "weight", "final models", tmp_path / "p.png")
+    (ax,) = captured_axes
+    left, right = ax.get_xlim()
+    assert ax.get_xscale() == "log" and left > 100 and 0 < right < 1  # kept %: dense left, sparsest right
+    assert math.isclose(left, 150) and "kept weights" in ax.get_xlabel()

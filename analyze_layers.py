@@ -139,7 +139,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         LOG.info("per-class saliency: one pass per class over the train batches ...")
         plot_per_class(stage, reference, sparse, out / "saliency_per_class.png")
         written.append(out / "saliency_per_class.png")
-    log_outputs(written, f"python regrowth_oneshot.py --initial_ckpt {args.ckpt} --m_name {stage.model_name}")
+    search = "regrowth_oneshot.py" if gran.name == "weight" else "regrowth_structure_oneshot.py"
+    dense = f" --pretrained {args.pretrained}" if args.pretrained else ""
+    log_outputs(written, f"python {search} --m_name {stage.model_name} --save_dir {args.save_dir}{dense} "
+                         f"--initial_ckpt {args.ckpt}")
     return 0
 
 

@@ -93,7 +93,7 @@ def evaluate_all(stage, paths: list[Path], dense: Path) -> tuple[list[float], to
     for path in [dense, *paths]:
         key = str(path.resolve())
         entry = entries.get(key)
-        if entry is None or entry["fingerprint"] != _fingerprint(path):
+        if entry is None or entry["fingerprint"] != _fingerprint(path) or "lineage" not in entry:
             model = stage.load_model(path, sparse=path != dense)
             LOG.info("val: %s", path.name)
             entry = {"fingerprint": _fingerprint(path), "sparsity": stage.granularity.sparsity(model),

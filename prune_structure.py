@@ -57,7 +57,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                       unit="channels")
     group.add_argument("--taylor_batches", type=positive_int, default=10,
                        help="train batches for the gradient scores (taylor, hessian)")
-    add_checkpoint_args(parser)
+    add_checkpoint_args(parser, pairs=False)
     add_finetune_args(parser, None, "finetune epochs after each prune (default 40 iterative, 400 oneshot)")
     add_prune_finetune_args(parser)
     return finish_schedule_args(parser, parser.parse_args(argv))

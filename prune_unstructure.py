@@ -45,7 +45,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     group = parser.add_argument_group("pruning")
     group.add_argument("--pruner", default="lamp", help=" | ".join(list_pruners("weight")))
     add_schedule_args(group, amount_flags=("--sparsity",), end_flags=("--iter_end",), unit="weights")
-    add_checkpoint_args(parser)
+    add_checkpoint_args(parser, pairs=False)
     add_finetune_args(parser, None, "finetune epochs after each prune (default 40 iterative, 400 oneshot)")
     add_prune_finetune_args(parser)
     return finish_schedule_args(parser, parser.parse_args(argv))

@@ -2,13 +2,13 @@
 the regrowth outcome (baseline at the same final sparsity, result, improvement) and its cost, and the
 pipeline's final table, each as mean ± std over seeds with n.
 
-Each RUN_ROOT is one seed's --save_dir (runs/seed1 runs/seed2 ...), or a folder holding seed*/ roots (what
-pipeline.py --seeds writes). Only what the stages wrote is read; a value a run did not write is shown as
+Each RUN_ROOT is one seed's --save_dir (runs/demo/seed1 runs/demo/seed2 ...), or a folder holding seed*/ roots
+(what pipeline.py --seeds writes). Only what the stages wrote is read; a value a run did not write is shown as
 "missing", and a regrowth result is compared with the pruning checkpoint of the same seed at the same final
 sparsity (within 1e-4) or with nothing.
 
 Example:
-    python pipeline.py --seeds 1 2 3 --save_dir runs/demo
+    python pipeline.py --seeds 1 2 3               # writes runs/demo/seed{1,2,3}/
     python report.py runs/demo                    # Markdown on stdout, runs/demo/report.png
     python report.py runs/demo --csv report.csv --json report.json
 

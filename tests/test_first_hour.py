@@ -103,6 +103,26 @@ def test_a_retrained_dense_model_is_refused_unless_allowed(pruned, capsys):
     assert code == 0
 
 
+def test_files_without_a_recorded_parent_are_not_refused(pruned, capsys):
+    """A raw state dict with merged masks (the original code's format) records no parent and is not a dense
+    model of its own; a finetuned dense model is a new dense model (its own fingerprint, no parent entry)."""
+    save, dense, sparse = pruned
+    ckpt = read_checkpoint(sparse)
+    merged = {k.replace("_orig", ""): v * ckpt.state_dict[k.replace("_orig", "_mask")] if k.endswith("_orig") else v
+              for k, v in ckpt.state_dict.items() if not k.endswith("_mask")}
+    raw = save / "raw_sparse.pth"
+    torch.save(merged, raw)
+    assert read_checkpoint(raw).lineage is None
+    code, _, err = run_main(analyze_layers.main, QUICK + ["--m_name", "resnet20", "--save_dir", str(save), "--ckpt",
+                                                          str(raw), "--ssim_num_batches", "1", "--saliency_batches",
+                                                          "1"], capsys)
+    assert code == 0, err
+    tuned = save / "dense_tuned.pth"
+    assert finetune.main(QUICK + ["--ckpt", str(dense), "--save_path", str(tuned), "--epochs", "1"]) == 0
+    tuned_ckpt = read_checkpoint(tuned)
+    assert LINEAGE_KEY not in tuned_ckpt.meta and tuned_ckpt.lineage not in (None, read_checkpoint(dense).lineage)
+
+
 @pytest.fixture()
 def captured_axes(monkeypatch) -> list:
     """The figures the plot functions would save (still open), in order."""

@@ -68,9 +68,8 @@ class Checkpoint:
         """Fingerprint of the dense model this checkpoint descends from: the one its meta records, else (a
         dense checkpoint) its own content; None when unknown (a sparse file from another tool or version)."""
         recorded = self.meta.get(LINEAGE_KEY)
-        if recorded or self.granularity is not None or self.export_history is not None:
-            return recorded
-        return content_fingerprint(self.state_dict)
+        dense = self.granularity is None and self.export_history is None and self.source in DENSE_SOURCES
+        return recorded or (content_fingerprint(self.state_dict) if dense else None)
 
     @property
     def export_history(self) -> list | None:
@@ -79,6 +78,8 @@ class Checkpoint:
 
 
 LINEAGE_KEY = "dense_fingerprint"  # meta entry: content_fingerprint of the dense model a checkpoint came from
+# formats whose mask-free files are dense models (a raw state dict may be a sparse one with merged masks)
+DENSE_SOURCES = (FORMAT, "original-pretrain")
 
 
 def content_fingerprint(state: dict[str, torch.Tensor]) -> str:

@@ -26,7 +26,8 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         default = action.default
-        if "%(default)" in text or default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+        if ("%(default)" in text or default is None or default is False or default is argparse.SUPPRESS
+                or not action.option_strings):
             return text
         shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else "%(default)s"
         return f"{text} (default: {shown})".lstrip()
@@ -210,15 +211,18 @@ def add_scoring_args(parser: argparse.ArgumentParser) -> None:
                        help="score (dL/dθ)^2 θ^2 on the dense pretrained model (original) or the sparse one")
 
 
-def add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
-    """--pretrained (the dense model) and --trust_pickle."""
+def add_checkpoint_args(parser: argparse.ArgumentParser, pairs: bool = True) -> None:
+    """--pretrained (the dense model), --trust_pickle and (``pairs``: the stage pairs a sparse checkpoint with
+    the dense model) --allow_other_dense."""
     parser.add_argument("--pretrained", default=None,
                         help="dense pretrained checkpoint (default {save_dir}/{m_name}/checkpoint/ckpt.pth)")
     parser.add_argument("--trust_pickle", action="store_true",
                         help="allow checkpoints that are pickled nn.Modules (runs code from the file)")
-    parser.add_argument("--allow_other_dense", action="store_true",
-                        help="pair a sparse checkpoint with a dense model it was not pruned from (its meta records "
-                             "the fingerprint of its dense parent; a mismatch is refused by default)")
+    if pairs:
+        parser.add_argument("--allow_other_dense", action="store_true",
+                            help="pair a sparse checkpoint with a dense model it was not pruned from (its meta "
+                                 "records its dense parent's fingerprint; a mismatch is refused by default); what "
+                                 "this stage writes then records --pretrained as its parent")
 
 
 def add_finetune_args(parser: argparse.ArgumentParser, epochs: int | None, what: str = "finetune epochs") -> None:

@@ -118,16 +118,17 @@ def plot_scatter(x: list[float], y: list[float], labels: list[str], xlabel: str,
 
 
 def plot_reward_curve(history: list[dict], path: Path, title: str) -> None:
-    """Reward per episode and its running best, from a search's history rows (whole-number episode ticks)."""
+    """Reward per episode and its running best in percentage points (``reward`` rows are fractions), from a
+    search's history rows, with whole-number episode ticks."""
     episodes = [r["episode"] for r in history]
-    rewards = [r["reward"] for r in history]
+    rewards = [100 * r["reward"] for r in history]  # pp, as the episode log line shows it
     best = [max(rewards[: i + 1]) for i in range(len(rewards))]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(episodes, rewards, "o-", ms=3, label="reward")
     ax.plot(episodes, best, "--", label="best so far")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("episode")
-    ax.set_ylabel("reward (val accuracy gain, fraction, + budget bonus)")
+    ax.set_ylabel("reward (pp: val accuracy gain + budget bonus)")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend()

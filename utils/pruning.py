@@ -180,7 +180,8 @@ class PruneRun:
         log_outputs([self.out / PRUNE_LOG, self.out / "sparsity_vs_accuracy.png",
                      f"{len(rows)} checkpoint(s) in {self.out}/, the sparsest {last.name}"],
                     f"python {search} --m_name {self.stage.model_name} --dataset {self.stage.dataset} --save_dir "
-                    f"{args.save_dir} --initial_ckpt {last}")
+                    f"{args.save_dir}{f' --pretrained {args.pretrained}' if args.pretrained else ''} "
+                    f"--initial_ckpt {last}")
 
     def run_oneshot(self, dense_path: Path, targets: list[float]) -> None:
         """One step from the dense model ``dense_path`` to each target sparsity (all checked first)."""

@@ -49,7 +49,7 @@ from utils.run import LOG, log_outputs, setup_logging, write_json
 from utils.scores import ssim_scores
 from utils.search import Search, SearchResult, check_search_dir, config_from_args, search_space, trainer_from_args
 from utils.selection import add_selection_args, default_init, init_source, load_reference, selection_scores
-from utils.stage import DenseSparse, Stage, prepare_dense_sparse
+from utils.stage import DenseSparse, Stage, check_parent, prepare_dense_sparse
 from utils.train import evaluate
 
 
@@ -105,6 +105,7 @@ def pruning_baseline(stage: Stage, folder: Path) -> dict[float, float]:
     stage's granularity."""
     def measure(path: Path) -> tuple[float, float]:
         model = stage.load_model(path, sparse=True)
+        check_parent(stage, path)  # a baseline pruned from another dense model is no zero point for this one
         return stage.granularity.sparsity(model), evaluate(model, stage.data.val, amp=stage.amp)[1]
 
     settings = {"model": stage.model_name, "dataset": stage.dataset, "seed": stage.args.seed,

@@ -1,11 +1,11 @@
 """The README's tables from what the stages wrote: records read from run folders, grouped over seeds.
 
-A *root* is one seed's ``--save_dir`` (e.g. ``runs/seed1``): it holds ``{model}/...`` as the stage scripts
-write it. ``collect`` turns each root into flat records (one per pruning checkpoint, regrowth result or
-pipeline row); ``tables`` groups equal settings over the roots (sparsities equal within ``TOLERANCE``) and
-gives mean ± std and n. Nothing is guessed: a value a run did not write is ``None`` and prints as
-"missing", and a regrowth result is paired with a pruning baseline only at the same model, data set,
-granularity and final sparsity.
+A *root* is one seed's ``--save_dir`` (e.g. ``runs/demo/seed1``): it holds ``{model}/...`` as the stage
+scripts write it. ``collect`` turns each root into flat records (one per pruning checkpoint, regrowth result
+or pipeline row); ``tables`` groups equal settings over the roots (sparsities equal within ``TOLERANCE``) and
+gives mean ± std and n. Nothing is guessed: a value a run did not write is ``None`` and prints as "missing",
+and a regrowth result is paired with a pruning baseline only at the same model, data set, granularity and
+final sparsity.
 """
 from __future__ import annotations
 
@@ -55,7 +55,8 @@ def expand_roots(paths: list[str | Path]) -> list[Path]:
     roots: list[Path] = []
     for path in map(Path, paths):
         if not path.is_dir():
-            raise UsageError(f"{path} is not a folder (give run roots such as runs/seed1, or a folder of seed*/)")
+            raise UsageError(f"{path} is not a folder (give run roots such as runs/demo/seed1, or a folder of "
+                             "seed*/)")
         seeds = sorted(p for p in path.glob("seed*") if p.is_dir())
         roots.extend(seeds or [path])
     return roots

@@ -28,7 +28,7 @@ from utils.masks import effective_param, stored_param
 from utils.regrowth import random_scores_like
 from utils.run import make_generator
 from utils.scores import saliency_scores
-from utils.stage import DenseSparse, Stage
+from utils.stage import DenseSparse, Stage, check_parent
 
 # (stage, dense/sparse pair, reference model or None) -> per-entry unit scores
 Selector = Callable[[Stage, DenseSparse, "nn.Module | None"], Scores]
@@ -85,7 +85,7 @@ def add_selection_args(parser: argparse.ArgumentParser) -> None:
     """--selection and --reference_ckpt."""
     group = parser.add_argument_group("within-unit selection")
     group.add_argument("--selection", choices=list(SELECTORS), default="saliency",
-                       help="which masked entries of a unit regrow first: saliency (default), reference (those a "
+                       help="which masked entries of a unit regrow first: saliency, reference (those a "
                             "less sparse --reference_ckpt keeps, values copied from it), magnitude, random")
     group.add_argument("--reference_ckpt", default=None,
                        help="--selection reference: a less sparse checkpoint of the same model")
@@ -108,6 +108,7 @@ def load_reference(stage: Stage, pair: DenseSparse) -> nn.Module | None:
     if not args.reference_ckpt:
         raise UsageError("--selection reference needs --reference_ckpt (a less sparse checkpoint of the same model)")
     reference = stage.load_model(Path(args.reference_ckpt), reparam=True)
+    check_parent(stage, args.reference_ckpt)  # its values are copied in: it must come from the same dense model
     gran = stage.granularity
     ref_s, start_s = gran.sparsity(reference), gran.sparsity(pair.sparse)
     if ref_s >= start_s:

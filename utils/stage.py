@@ -143,7 +143,9 @@ class Stage:
         export (no masks left) with that Torch-Pruning history."""
         masks = self.granularity.checkpoint_masks(model) if export_history is None else None
         extra = {**(extra or {}), **({"export": {"history": export_history}} if export_history is not None else {})}
-        lineage = {LINEAGE_KEY: self.lineage} if self.lineage else {}
+        sparse = export_history is not None or masks is not None or any(
+            name.endswith("weight_mask") for name, _ in model.named_buffers())  # a dense output is its own parent
+        lineage = {LINEAGE_KEY: self.lineage} if self.lineage and sparse else {}
         save_checkpoint(path, model, model_name=self.model_name, dataset=self.dataset,
                         num_classes=self.num_classes, meta={"args": vars(self.args), **lineage, **meta},
                         channel_masks=masks, extra=extra or None)
@@ -220,6 +222,13 @@ def prepare_dense_sparse(args: argparse.Namespace, sparse_path: str | Path, repa
     check_lineage(args, dense_path, stage.lineages[str(dense_path)], Path(sparse_path),
                   sparse_ckpt.meta.get(LINEAGE_KEY))
     return stage, DenseSparse(dense, dense_path, sparse, Path(sparse_path))
+
+
+def check_parent(stage: Stage, path: str | Path) -> None:
+    """The checkpoint ``stage`` loaded from ``path`` must descend from the dense model it loaded first (see
+    ``check_lineage``)."""
+    dense_path, dense = next(iter(stage.lineages.items()), ("the dense model", None))
+    check_lineage(stage.args, Path(dense_path), dense, Path(path), stage.lineages.get(str(path)))
 
 
 def check_lineage(args: argparse.Namespace, dense_path: Path, dense: str | None, sparse_path: Path,

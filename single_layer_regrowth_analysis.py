@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 from scipy import stats
 
@@ -130,9 +131,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_csv(out / "single_layer.csv", rows, FIELDS)
     corr = correlation([r["ssim"] for r in rows], [r["gain"] for r in rows])
     write_json(out / "correlation.json", {"K": k, "control_val_acc": control, "layers": len(rows), **corr})
-    plot_scatter([r["ssim"] for r in rows], [r["gain"] for r in rows], [r["layer"] for r in rows], "SSIM",
-                 "val accuracy gain over control (pp)", f"Pearson r {corr['pearson_r']:.2f}, "
-                 f"Spearman r {corr['spearman_r']:.2f}", out / "ssim_vs_gain.png")
+    plot_scatter([r["ssim"] for r in rows], [r["gain"] for r in rows], [r["layer"] for r in rows],
+                 "SSIM of the layer, dense vs sparse", "val accuracy gain over control (pp)",
+                 f"{Path(args.ckpt).name}: all K = {k:,} regrown into one layer at a time\n"
+                 f"Pearson r {corr['pearson_r']:.2f}, Spearman r {corr['spearman_r']:.2f}", out / "ssim_vs_gain.png")
     LOG.info("Pearson r %.3f (p %.3g), Spearman r %.3f (p %.3g)", corr["pearson_r"], corr["pearson_p"],
              corr["spearman_r"], corr["spearman_p"])
     log_outputs([out / "single_layer.csv", out / "correlation.json", out / "ssim_vs_gain.png"])

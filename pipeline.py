@@ -160,9 +160,9 @@ class Ledger:
             LOG.info("  %-32s %-7s %s", name, status, output)
 
 
-def scores(evaluation: list[str], ckpt: Path) -> dict:
-    """evaluate.py --json on ``ckpt`` (``evaluation``: its flags)."""
-    return json.loads(run_stage("evaluate", evaluate.main, evaluation + ["--ckpt", str(ckpt), "--json"]))
+def scores(common: list[str], ckpt: Path) -> dict:
+    """evaluate.py --json on ``ckpt`` (it accepts the shared flags and ignores --save_dir)."""
+    return json.loads(run_stage("evaluate", evaluate.main, common + ["--ckpt", str(ckpt), "--json"]))
 
 
 @cli_main
@@ -193,7 +193,7 @@ def run_chain(args: argparse.Namespace, seed: int, save_dir: Path) -> int:
     p = {**PRESETS[args.preset], **TARGETS[g]}
     prune_main, search_main, greedy_flags, summary_stem, exports = SCRIPTS[g]
     root = model_root(save_dir, p["m_name"])
-    evaluation, _, train = _flags(args, p, seed, save_dir)
+    common, train = _flags(args, p, seed, save_dir)
     check_output_dir(root, what="--save_dir")
     setup_logging(root, "pipeline_log.txt")
     dense = pretrained_path(save_dir, p["m_name"])
@@ -214,12 +214,12 @@ def run_chain(args: argparse.Namespace, seed: int, save_dir: Path) -> int:
          greedy_root / SUMMARY)
     greedy = iteration_dir(greedy_root, 0)
     candidates = {"pruned": pruned, "regrown (RL)": rl_dir / BEST_MODEL, "regrown (greedy prop)": greedy / BEST_MODEL}
-    rows = [{"model": "dense", **_row(scores(evaluation, dense), exports)}]
+    rows = [{"model": "dense", **_row(scores(common, dense), exports)}]
     for label, ckpt in candidates.items():
         tuned = ckpt.with_name(f"{ckpt.stem}_final.pth")
         once(f"finetune {label}", finetune.main, train + ["--ckpt", str(ckpt), "--save_path", str(tuned),
                                                           "--epochs", str(p["final_epochs"])], tuned)
-        report = scores(evaluation, tuned)
+        report = scores(common, tuned)
         if exports:  # the final models' physical export (and its timing)
             once(f"export {label}", export.main, ["--ckpt", str(tuned), "--device", args.device],
                  tuned.with_name(f"{tuned.stem}_exported.pth"))
@@ -248,14 +248,14 @@ def _same_job(args: argparse.Namespace) -> str:
             + (f" --granularity {args.granularity}" if args.granularity != "weight" else ""))
 
 
-def _flags(args: argparse.Namespace, p: dict, seed: int, save_dir: Path) -> tuple[list[str], list[str], list[str]]:
-    """(evaluate.py's flags, the flags of every other stage, the same plus the training-only ones)."""
-    evaluation = ["--m_name", p["m_name"], "--dataset", p["dataset"], "--data_dir", args.data_dir, "--seed",
-                  str(seed), "--device", args.device] + (["--no_progress"] if args.no_progress else [])
-    common = evaluation + ["--save_dir", str(save_dir)]
+def _flags(args: argparse.Namespace, p: dict, seed: int, save_dir: Path) -> tuple[list[str], list[str]]:
+    """(flags every stage takes, the same plus the training-only ones)."""
+    common = ["--m_name", p["m_name"], "--dataset", p["dataset"], "--data_dir", args.data_dir, "--save_dir",
+              str(save_dir), "--seed", str(seed), "--device", args.device] + (
+        ["--no_progress"] if args.no_progress else [])
     train = common + (["--train_subset", str(p["train_subset"])] if p["train_subset"] else []) + (
         ["--compile"] if args.compile else [])
-    return evaluation, common, train
+    return common, train
 
 
 def device_profile(args: argparse.Namespace) -> DeviceProfile:
@@ -287,7 +287,7 @@ def run_device_chain(args: argparse.Namespace, seed: int, save_dir: Path) -> int
     grid = [t for t in DEVICE_GRID if min(abs(t - at_limit), abs(t - past)) > 1e-3 and t < 1 - 1 / total]
     targets = sorted({*grid, at_limit, past})
     root = model_root(save_dir, m)
-    evaluation, common, train = _flags(args, p, seed, save_dir)
+    common, train = _flags(args, p, seed, save_dir)
     check_output_dir(root, what="--save_dir")
     setup_logging(root, "pipeline_log.txt")
     LOG.info("device %s: at most %s kept weights in %s (sparsity %.4f); start at %s kept (%.4f)", profile.name,
@@ -316,7 +316,7 @@ def run_device_chain(args: argparse.Namespace, seed: int, save_dir: Path) -> int
         tuned = ckpt.with_name(f"{ckpt.stem}_final.pth")
         once(f"finetune {name}", finetune.main, train + ["--ckpt", str(ckpt), "--save_path", str(tuned),
                                                          "--epochs", str(epochs)], tuned)
-        report_ = json.loads(run_stage("evaluate", evaluate.main, evaluation + [
+        report_ = json.loads(run_stage("evaluate", evaluate.main, common + [
             "--ckpt", str(tuned), "--json", "--device_profile", args.device_profile]))
         margin = report_["device"]["limits"]["bytes"]
         rows.append({"model": name, "sparsity": report_["sparsity"], "kept": report_["params_nonzero"],

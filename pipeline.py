@@ -12,6 +12,7 @@ a stage whose output exists is reused (the log says so) unless --overwrite.
     python pipeline.py --seeds 1 2 3                    # once per seed under runs/demo/seed{n}/, then report.py
     python pipeline.py --preset smoke                   # every stage, briefly (checks an install)
     python pipeline.py --device_profile profiles/mcu_64kb.json   # regrowth up to a device's storage limit
+    python pipeline.py --granularity channel --device_profile profiles/edge_20mmac.json   # up to a MAC limit
     python pipeline.py --preset cifar10_resnet20        # the original settings (GPU days)
     python pipeline.py --preset cifar10_vgg16 --data_dir ./data
 
@@ -27,7 +28,6 @@ import contextlib
 import io
 import json
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -46,7 +46,7 @@ import regrowth_structure_oneshot
 import report
 from models import create_model
 from utils.cli import cli_main, new_parser, positive_float, seed_int
-from utils.device import DeviceProfile, kept_weight_limit, profile_from_args
+from utils.device import DeviceProfile, DeviceTargets, device_targets, profile_from_args
 from utils.errors import ReportedError, UsageError
 from utils.granularity import get_granularity
 from utils.masks import add_reparam
@@ -108,11 +108,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--compile", action="store_true", help="torch.compile the model in every training stage")
     parser.add_argument("--overwrite", action="store_true", help="redo stages whose outputs already exist")
     parser.add_argument("--device_profile", default=None,
-                        help="regrow up to a device's storage limit instead (a JSON profile, see profiles/): the "
-                             "pruning curve and its boundary, pruned-to-limit against regrown-to-limit")
+                        help="regrow up to a device's limit instead (a JSON profile, see profiles/; weights fill "
+                             "max_bytes, channels max_macs): the pruning curve and its boundary, pruned-to-limit "
+                             "against regrown-to-limit")
     parser.add_argument("--past_limit", type=positive_float, default=1.5,
-                        help="with --device_profile: prune to this many times fewer weights than the device holds, "
-                             "then regrow up to the limit")
+                        help="with --device_profile: prune to this many times fewer kept weights (channels: MACs) "
+                             "than the device holds, then regrow up to the limit")
     args = parser.parse_args(argv)
     args.save_dir = args.save_dir or str(Path("runs") / args.preset)
     return args
@@ -259,54 +260,52 @@ def _flags(args: argparse.Namespace, p: dict, seed: int, save_dir: Path) -> tupl
 
 
 def device_profile(args: argparse.Namespace) -> DeviceProfile:
-    """The --device_profile of the run (weights only)."""
-    if args.granularity != "weight":
-        raise UsageError("--device_profile: regrowth up to a device limit counts bytes of kept weights; it runs "
-                         "with --granularity weight (channel budgets are not built yet)")
+    """The --device_profile of the run."""
     return profile_from_args(argparse.Namespace(device_profile=args.device_profile))
 
 
-DEVICE_GRID = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995)  # one-shot targets of the boundary curve
+# one-shot targets of the boundary curve, per granularity (the limit and the start are added)
+DEVICE_GRID = {"weight": (0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995), "channel": (0.2, 0.4, 0.6, 0.7, 0.8, 0.9)}
+COST_UNITS = {"bytes": "bytes", "macs": "MACs"}
 
 
 def run_device_chain(args: argparse.Namespace, seed: int, save_dir: Path) -> int:
-    """Regrowth up to a device's storage limit, for one seed: the one-shot pruning curve and its boundary
+    """Regrowth up to a device's limit, for one seed: the one-shot pruning curve and its boundary
     (find_drop_point.py), the densest model that fits (pruned straight to the limit), a start pruned
-    --past_limit times past it, an RL search that regrows exactly up to the limit, and the same total
-    finetune for both; prints the limit, the boundary estimates, both accuracies and the margins."""
+    --past_limit times past it, an RL search that regrows exactly up to the limit (weights: the storage
+    limit in bytes; channels: the MAC limit of the export), and the same total finetune for both; prints the
+    limit, the boundary estimates, both accuracies and the margins."""
+    g = args.granularity
     p, profile, began = PRESETS[args.preset], device_profile(args), time.perf_counter()
-    m, gran = p["m_name"], get_granularity("weight", p["m_name"])
+    prune_main, search_main = SCRIPTS[g][:2]
+    m, gran = p["m_name"], get_granularity(g, p["m_name"])
     reference = create_model(m)
     add_reparam(reference)
-    total, limit = gran.total(reference), kept_weight_limit(profile, gran, reference)
-    if limit >= total:
-        raise UsageError(f"device profile {profile.name}: the dense {m} fits already ({total:,} weights); nothing to "
-                         "prune")
-    start_kept = math.floor(limit / args.past_limit)
-    at_limit, past = (total - limit) / total, (total - start_kept) / total
-    grid = [t for t in DEVICE_GRID if min(abs(t - at_limit), abs(t - past)) > 1e-3 and t < 1 - 1 / total]
+    total, targets_ = gran.total(reference), device_targets(profile, gran, reference, args.past_limit)
+    at_limit, past = targets_.at_limit, targets_.start
+    grid = [t for t in DEVICE_GRID[g] if min(abs(t - at_limit), abs(t - past)) > 1e-3 and t < 1 - 1 / total]
     targets = sorted({*grid, at_limit, past})
     root = model_root(save_dir, m)
     common, train = _flags(args, p, seed, save_dir)
     check_output_dir(root, what="--save_dir")
     setup_logging(root, "pipeline_log.txt")
-    LOG.info("device %s: at most %s kept weights in %s (sparsity %.4f); start at %s kept (%.4f)", profile.name,
-             f"{limit:,}", profile.storage, at_limit, f"{start_kept:,}", past)
+    LOG.info("device %s: %s (%s sparsity %.4f); start at %s sparsity %.4f", profile.name, targets_.describe, g,
+             at_limit, g, past)
     ledger = Ledger(overwrite=args.overwrite)
     once = ledger.once
     dense = pretrained_path(save_dir, m)
     once("pretrain", pretrain.main, train + ["--epochs", str(p["pretrain_epochs"])], dense.with_name(SUMMARY))
-    folder = prune_dir(save_dir, m, "weight", "oneshot")
-    files = {t: prune_checkpoint(folder, m, "weight", round(t * total) / total) for t in targets}
-    once("prune (curve)", prune_unstructure.main, train + ["--mode", "oneshot", "--target_sparsity",
-                                                           *[f"{t:.10f}" for t in targets], "--finetune_epochs",
-                                                           str(p["prune_epochs"])], files[targets[-1]])
+    folder = prune_dir(save_dir, m, g, "oneshot")
+    files = {t: prune_checkpoint(folder, m, g, round(t * total) / total) for t in targets}
+    once("prune (curve)", prune_main, train + ["--mode", "oneshot", "--target_sparsity",
+                                               *[f"{t:.10f}" for t in targets], "--finetune_epochs",
+                                               str(p["prune_epochs"])], files[targets[-1]])
     boundary = boundary_dir(save_dir, m, folder)
     once("boundary", find_drop_point.main, common + ["--model_dir", str(folder), "--out", str(boundary)],
          boundary / "boundary.json")
     label = f"device_{profile.name}"
-    search_dir = regrowth_dir(save_dir, m, "weight", "oneshot") / label
-    once("regrowth to the limit", regrowth_oneshot.main, train + [
+    search_dir = regrowth_dir(save_dir, m, g, "oneshot") / label
+    once("regrowth to the limit", search_main, train + [
         "--initial_ckpt", str(files[past]), "--device_profile", args.device_profile, "--label", label,
         "--num_epochs", str(p["episodes"]), "--finetune_epochs", str(p["mini_epochs"]),
         "--ssim_num_batches", str(p["ssim_num_batches"])], search_dir / SUMMARY)
@@ -318,31 +317,31 @@ def run_device_chain(args: argparse.Namespace, seed: int, save_dir: Path) -> int
                                                          "--epochs", str(epochs)], tuned)
         report_ = json.loads(run_stage("evaluate", evaluate.main, common + [
             "--ckpt", str(tuned), "--json", "--device_profile", args.device_profile]))
-        margin = report_["device"]["limits"]["bytes"]
-        rows.append({"model": name, "sparsity": report_["sparsity"], "kept": report_["params_nonzero"],
-                     "bytes": margin["cost"], "margin_bytes": margin["margin"], "fits": report_["device"]["fits"],
+        margin = report_["device"]["limits"][targets_.limit]
+        rows.append({"model": name, "sparsity": report_["unit_sparsity"], "kept": report_["params_nonzero"],
+                     "cost": margin["cost"], "margin": margin["margin"], "fits": report_["device"]["fits"],
                      "val_acc": report_["val_acc"], "test_acc": report_["test_acc"], "checkpoint": str(tuned)})
     estimates = json.loads((boundary / "boundary.json").read_text())["estimates"]
-    summary = {"profile": asdict(profile), "limit_kept": limit, "limit_sparsity": at_limit, "start_sparsity": past,
-               "boundary": estimates, "rows": rows, "seconds": time.perf_counter() - began}
+    summary = {"profile": asdict(profile), "granularity": g, "limit": targets_.limit, "limit_sparsity": at_limit,
+               "start_sparsity": past, "boundary": estimates, "rows": rows, "seconds": time.perf_counter() - began}
     write_json(root / "device_summary.json", summary)
     write_csv(root / "device_summary.csv", rows)
     ledger.log()
-    _print_device(profile, summary)
+    _print_device(profile, targets_, summary)
     print()
     log_outputs([root / "device_summary.csv", root / "device_summary.json", boundary / "boundary.png"],
                 f"python evaluate.py --ckpt {rows[1]['checkpoint']} --device_profile {args.device_profile}")
     return 0
 
 
-def _print_device(profile: DeviceProfile, summary: dict) -> None:
-    print(f"\ndevice {profile.name}: at most {profile.max_bytes:,.0f} bytes in {profile.storage} -> at most "
-          f"{summary['limit_kept']:,} kept weights (sparsity {summary['limit_sparsity']:.4f})")
+def _print_device(profile: DeviceProfile, targets: DeviceTargets, summary: dict) -> None:
+    g, unit = summary["granularity"], COST_UNITS[targets.limit]
+    print(f"\ndevice {profile.name}: {targets.describe} ({g} sparsity {summary['limit_sparsity']:.4f})")
     print("boundary of the one-shot curve (val): " + ", ".join(
         f"{k} {'none' if v is None else f'{v:.4f}'}" for k, v in summary["boundary"].items()))
-    print(f"\n{'model':<28} {'sparsity':>9} {'bytes':>9} {'margin':>8} {'val acc':>8} {'test acc':>9}")
+    print(f"\n{'model':<28} {g + ' sparsity':>16} {unit:>11} {'margin':>10} {'val acc':>8} {'test acc':>9}")
     for r in summary["rows"]:
-        print(f"{r['model']:<28} {r['sparsity']:>9.4f} {r['bytes']:>9,} {r['margin_bytes']:>+8,} "
+        print(f"{r['model']:<28} {r['sparsity']:>16.4f} {r['cost']:>11,.0f} {r['margin']:>+10,.0f} "
               f"{r['val_acc']:>7.2f}% {r['test_acc']:>8.2f}%{'' if r['fits'] else '  DOES NOT FIT'}")
     print(f"({summary['seconds']:.0f} s)")
 

@@ -31,7 +31,7 @@ class Episode:
     """One sampled allocation and what the update needs from it."""
 
     counts: list[int]  # weights per searched layer, in visiting order
-    budget: int  # the episode's total budget K
+    budget: int  # the episode's total budget K (entries, or cost units when the layers have costs)
     actions: list[int]  # chosen option index per step (budget step first when present)
     log_prob: torch.Tensor  # sum of log π over steps (scalar, differentiable)
     entropy: torch.Tensor  # mean entropy over steps (scalar, differentiable)
@@ -66,12 +66,16 @@ class AllocationPolicy(nn.Module):
         return counts, torch.tensor(feasible)
 
     def sample(self, capacities: list[int], ssim: list[float], generator: torch.Generator,
-               budget: int | None = None, budget_options: list[int] | None = None, uniform: bool = False) -> Episode:
+               budget: int | None = None, budget_options: list[int] | None = None, uniform: bool = False,
+               costs: list[int] | None = None) -> Episode:
         """Sample an allocation over layers with ``capacities`` (and SSIM scores), visited in the given order.
 
         Either ``budget`` is fixed or the budget head picks one of ``budget_options`` first. ``uniform``:
         every feasible option of each step equally likely (random search over the same action space); the
         policy's logits are still computed, so the generator advances exactly as in a policy draw.
+        ``costs``: what one entry of each layer spends of the budget (e.g. MACs per channel; default 1 each,
+        the budget then counts entries): a layer's options are fractions of ``min(capacity, remaining //
+        cost)`` and the remaining budget shrinks by count x cost.
         """
         state = (torch.zeros(1, self.hidden_size), torch.zeros(1, self.hidden_size))
         prev = torch.zeros(1, self.width)
@@ -87,14 +91,16 @@ class AllocationPolicy(nn.Module):
             budget = budget_options[choice]
         total_cap, remaining, counts = max(sum(capacities), 1), budget, []
         for i, (cap, score) in enumerate(zip(capacities, ssim, strict=True)):
+            cost = costs[i] if costs is not None else 1
             context = [(i + 1) / (len(capacities) + 1), cap / total_cap, remaining / max(budget, 1), score]
             state = self._step(prev, context, state)
             prev = self.alloc_head(state[0])
-            options, feasible = self.options(cap, remaining)
+            affordable = remaining // cost
+            options, feasible = self.options(cap, affordable)
             choice = self._choose(prev, feasible, generator, log_probs, entropies, uniform)
             actions.append(choice)
-            counts.append(min(options[choice], cap, remaining))
-            remaining -= counts[-1]
+            counts.append(min(options[choice], cap, affordable))
+            remaining -= counts[-1] * cost
         return Episode(counts, budget, actions, torch.stack(log_probs).sum(), torch.stack(entropies).mean())
 
     @staticmethod

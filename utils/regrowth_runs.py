@@ -47,7 +47,15 @@ from utils.paths import (
 )
 from utils.run import LOG, log_outputs, setup_logging, write_json
 from utils.scores import ssim_scores
-from utils.search import Search, SearchResult, check_search_dir, config_from_args, search_space, trainer_from_args
+from utils.search import (
+    Search,
+    SearchResult,
+    check_search_dir,
+    config_from_args,
+    search_space,
+    trainer_from_args,
+    widen_space,
+)
 from utils.selection import add_selection_args, default_init, init_source, load_reference, selection_scores
 from utils.stage import DenseSparse, Stage, check_parent, prepare_dense_sparse
 from utils.train import evaluate
@@ -72,7 +80,7 @@ def add_search_args(parser: argparse.ArgumentParser, granularity: str, schedule:
     if schedule == "oneshot":
         parser.add_argument("--regrow_step", "--sparsity_delta", dest="regrow_step", type=open_fraction, default=0.01,
                             help="budget K as a fraction of N_tot (all weights, or all groupable channels); with a "
-                                 "device profile, K is what fills the device instead")
+                                 "device profile, K is what fills it (weights: its bytes; channels: its MACs)")
         add_device_args(parser)
         parser.add_argument("--reward_temperature", type=positive_float, default=0.005, help="advantage divisor τ")
         parser.add_argument("--label", default=None, help="output sub-folder (default: start sparsity, e.g. 0.9900)")
@@ -148,6 +156,7 @@ class OneShot:
     start_val: float
     baseline: dict[float, float] | None
     profile: DeviceProfile | None = None
+    limit: str | None = None  # the device limit the regrowth fills ("bytes" | "macs")
 
 
 def prepare_oneshot(args: argparse.Namespace, granularity: str) -> OneShot:
@@ -157,8 +166,7 @@ def prepare_oneshot(args: argparse.Namespace, granularity: str) -> OneShot:
     stage, pair, reference = start(args, granularity)
     gran = stage.granularity
     sparsity = gran.sparsity(pair.sparse)
-    if profile is not None:
-        device_budget(profile, gran, pair.sparse, sum(gran.capacity(pair.sparse).values()))  # fails before writing
+    fills = device_budget(profile, gran, pair.sparse) if profile is not None else None  # fails before writing
     out = (regrowth_dir(args.save_dir, stage.model_name, gran.name, "oneshot", args.random_search)
            / (args.label or f"{sparsity:.4f}"))
     check_search_dir(out, args)
@@ -166,20 +174,29 @@ def prepare_oneshot(args: argparse.Namespace, granularity: str) -> OneShot:
     table = pruning_baseline(stage, Path(args.baseline_dir)) if args.baseline_dir else None
     setup_logging(out)
     ssim = ssim_scores(stage, pair.dense, pair.sparse)
-    space = search_space(ssim, gran.capacity(pair.sparse), args.ssim_threshold)
-    budget = (device_budget(profile, gran, pair.sparse, sum(space.capacities)) if profile is not None
+    capacities = gran.capacity(pair.sparse)
+    space = search_space(ssim, capacities, args.ssim_threshold)
+    if fills is not None:  # the searched units must be able to hold what fills the device
+        selected, space = len(space.layers), widen_space(space, ssim, capacities,
+                                                         lambda caps: fills.room(caps) >= fills.need)
+        if len(space.layers) > selected:
+            LOG.info("the %d unit(s) under --ssim_threshold cannot hold what fills the device: searching the next "
+                     "%d most damaged as well", selected, len(space.layers) - selected)
+    budget = (fills.budget(dict(zip(space.layers, space.capacities, strict=True))) if fills is not None
               else regrowth_budget(gran.total(pair.sparse), args.regrow_step, sum(space.capacities)))
     scores = selection_scores(stage, pair, reference)
     _, start_val = evaluate(pair.sparse, stage.data.val, amp=stage.amp)
-    LOG.info("start: %s sparsity %.4f, val %.2f%%; K = %d %ss; searching %s", gran.name, sparsity, start_val, budget,
-             gran.name, space.layers)
+    unit = "MACs" if fills is not None and fills.macs is not None else f"{gran.name}s"
+    LOG.info("start: %s sparsity %.4f, val %.2f%%; K = %s %s; searching %s", gran.name, sparsity, start_val,
+             f"{budget:,}", unit, space.layers)
     zero_point = (lambda s: interpolate(table, s)) if table else (lambda s: start_val)
     search = Search(stage, pair.sparse, scores, init_source(pair, reference), space,
                     trainer_from_args(args, temperature=args.reward_temperature, clip=100.0), config_from_args(args),
-                    zero_point=zero_point, out=out, parent=pair.sparse_path, budget=budget)
+                    zero_point=zero_point, out=out, parent=pair.sparse_path, budget=budget,
+                    macs=fills.macs if fills is not None else None)
     if args.resume:
         search.resume()
-    return OneShot(stage, pair, search, sparsity, start_val, table, profile)
+    return OneShot(stage, pair, search, sparsity, start_val, table, profile, fills.limit if fills else None)
 
 
 def run_oneshot(args: argparse.Namespace, granularity: str) -> SearchResult:
@@ -200,8 +217,9 @@ def run_oneshot(args: argparse.Namespace, granularity: str) -> SearchResult:
         summary["device"] = fit(job.profile, model_costs(job.profile, gran, stage.load_model(search.out / BEST_MODEL),
                                                           stage.device))
         device = summary["device"]
-        LOG.info("device %s: the best model %s (margin %s bytes)", job.profile.name,
-                 "fits" if device["fits"] else "DOES NOT FIT", f"{device['limits']['bytes']['margin']:+,.0f}")
+        LOG.info("device %s: the best model %s (margin %s %s)", job.profile.name,
+                 "fits" if device["fits"] else "DOES NOT FIT", f"{device['limits'][job.limit]['margin']:+,.0f}",
+                 job.limit)
     write_json(search.out / SUMMARY, summary)
     LOG.info("best episode %d: val %.2f%% (gain %+.2f pp over the %s), %s sparsity %.4f, test %.2f%%",
              best.episode, best.val_acc, best.acc_gain, "pruning baseline" if job.baseline else "sparse start",

@@ -33,6 +33,7 @@ import torch.nn as nn
 
 from utils.checkpoint import atomic_save, plain
 from utils.controller import AllocationPolicy, Episode, Reinforce, ReinforceConfig
+from utils.device import MacBudget
 from utils.distributed import all_gather, barrier, broadcast, current_world
 from utils.errors import UsageError
 from utils.masks import clone_model
@@ -120,6 +121,18 @@ def search_space(ssim: dict[str, float], capacities: dict[str, int], threshold: 
     return SearchSpace(layers, [capacities[n] for n in layers], [ssim[n] for n in layers])
 
 
+def widen_space(space: SearchSpace, ssim: dict[str, float], capacities: dict[str, int],
+                holds: Callable[[dict[str, int]], bool]) -> SearchSpace:
+    """``space`` with the next most damaged open units added (ascending SSIM) until ``holds`` is true of
+    the searched units' capacities, or every open unit is in: a device limit must be reachable by the
+    units a search may regrow into, whatever the SSIM threshold selected."""
+    layers = list(space.layers)
+    rest = sorted((n for n, s in ssim.items() if capacities[n] > 0 and n not in layers and s == s), key=ssim.get)
+    while rest and not holds({n: capacities[n] for n in layers}):
+        layers.append(rest.pop(0))
+    return SearchSpace(layers, [capacities[n] for n in layers], [ssim[n] for n in layers])
+
+
 def trainer_from_args(args, budget_space_size: int = 0, temperature: float | None = None,
                       clip: float = 100.0) -> Reinforce:
     """Policy + REINFORCE trainer from the controller flags (``add_controller_args``)."""
@@ -165,14 +178,18 @@ class Search:
 
     def __init__(self, stage: Stage, sparse: nn.Module, scores: dict[str, torch.Tensor], dense: nn.Module,
                  space: SearchSpace, trainer: Reinforce, config: SearchConfig, zero_point: ZeroPoint, out: Path,
-                 parent: Path, budget: int | None = None, budget_options: list[int] | None = None) -> None:
+                 parent: Path, budget: int | None = None, budget_options: list[int] | None = None,
+                 macs: MacBudget | None = None) -> None:
         """``scores``: per-entry unit scores that pick what regrows inside a unit (saliency); ``dense``: the
         source of ``--init_strategy dense`` values (the dense model, or the reference of ``--selection
-        reference``). Units, masks and regrowth come from ``stage.granularity``."""
+        reference``). Units, masks and regrowth come from ``stage.granularity``. ``macs``: the budget counts
+        MACs of the export (a device limit on channels): each unit's channel costs its MACs at the start,
+        and an allocation is trimmed until it fits the limit exactly before it regrows."""
         self.stage, self.sparse, self.scores, self.dense = stage, sparse, scores, dense
         self.parent = parent
         self.space, self.trainer, self.config, self.zero_point, self.out = space, trainer, config, zero_point, out
-        self.budget, self.budget_options = budget, budget_options
+        self.budget, self.budget_options, self.macs = budget, budget_options, macs
+        self.unit_costs = macs.unit_costs(space.layers) if macs is not None else None
         self.policy_rng = make_generator(stage.args.seed, "policy")
         self.world = current_world()
         self.history: list[dict] = []
@@ -218,12 +235,15 @@ class Search:
     def sample(self) -> Episode:
         """One allocation from the policy (uniform over its action space for a random search)."""
         return self.policy.sample(self.space.capacities, self.space.ssim, self.policy_rng, budget=self.budget,
-                                  budget_options=self.budget_options, uniform=not self.config.learn)
+                                  budget_options=self.budget_options, uniform=not self.config.learn,
+                                  costs=self.unit_costs)
 
     def evaluate(self, index: int, ep: Episode) -> Outcome:
         """Regrow ``ep``'s allocation into a copy of the sparse model, mini-finetune it, and reward it."""
         init_rng, data_rng = self._seed_episode(index)
         allocation = {name: n for name, n in zip(self.space.layers, ep.counts, strict=True) if n > 0}
+        if self.macs is not None:
+            allocation = self.macs.fit(allocation)
         gran = self.stage.granularity
         model = clone_model(self.sparse)
         regrown = sum(gran.regrow(model, allocation, self.scores, self.config.init_strategy, self.dense,
@@ -234,11 +254,14 @@ class Search:
                        progress=False, verbose=False, **self.stage.speed)
         new_sparsity = gran.sparsity(model)
         gain = fit.best_val_acc - self.zero_point(new_sparsity)
-        bonus = self.config.budget_bonus * (regrown / ep.budget if ep.budget else 0.0)
+        spent = self.macs.added(allocation) if self.macs is not None else regrown  # in the budget's unit
+        bonus = self.config.budget_bonus * (spent / ep.budget if ep.budget else 0.0)
         row = {"episode": index + 1, "reward": gain / 100 + bonus, "acc_gain": gain, "bonus": bonus,
                "val_acc": fit.best_val_acc, "sparsity": new_sparsity, "regrown": regrown, "budget": ep.budget,
                "entropy": float(ep.entropy.detach()), "beta": float("nan"), "update": 0,
                "allocation": json.dumps(allocation)}
+        if self.macs is not None:
+            row["macs_added"] = spent
         return Outcome(row, before, model)
 
     # ---- one policy batch --------------------------------------------------------------------------------
@@ -322,9 +345,11 @@ class Search:
             write_csv(self.out / "episodes.csv", self.history)
             atomic_save(self._state(), self.out / SEARCH_STATE)
             for row in rows:  # reward in pp, like the gain: reward = gain/100 + bonus (a fraction) in the CSV
+                spent = (f"regrown {row['regrown']} (+{row['macs_added']:,} of {row['budget']:,} MACs)"
+                         if "macs_added" in row else f"regrown {row['regrown']} of {row['budget']}")
                 LOG.info("episode %d: reward %+.2f pp = gain %+.2f pp + budget bonus %.2f pp  val %.2f%%  "
-                         "sparsity %.4f  regrown %d of %d%s", row["episode"], 100 * row["reward"], row["acc_gain"],
-                         100 * row["bonus"], row["val_acc"], row["sparsity"], row["regrown"], row["budget"],
+                         "sparsity %.4f  %s%s", row["episode"], 100 * row["reward"], row["acc_gain"],
+                         100 * row["bonus"], row["val_acc"], row["sparsity"], spent,
                          "  * new best" if self.best.episode == row["episode"] else "")
         self.log_best()
         plot_reward_curve(self.history, self.out / "reward_curve.png",

@@ -31,6 +31,7 @@ from utils.cli import (
     positive_float,
     positive_int,
 )
+from utils.distributed import current_world
 from utils.paths import check_output_file, clean_stale_temps, finetuned_path
 from utils.run import LOG, log_outputs, setup_logging
 from utils.stage import prepare
@@ -68,7 +69,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(save_path.parent, f"{save_path.stem}_log.txt")
     _, val_before = evaluate(model, stage.data.val, amp=stage.amp)
     _, test_before = evaluate(model, stage.data.test, amp=stage.amp)
-    LOG.info("before: %s sparsity %.4f  val %.2f%%  test %.2f%%", kind, sparsity(model), val_before, test_before)
+    world = current_world()
+    LOG.info("before: %s sparsity %.4f  val %.2f%%  test %.2f%%%s", kind, sparsity(model), val_before, test_before,
+             f"  ({world.size} processes, data-parallel)" if world.distributed else "")
     state = finetune(model, stage.data.train, stage.data.val, epochs=args.epochs, lr=args.lr,
                      weight_decay=args.weight_decay, patience=args.patience, progress=not args.no_progress,
                      csv_path=save_path.with_name(f"{save_path.stem}_log.csv"), warmup_frac=args.warmup_frac,

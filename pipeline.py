@@ -46,7 +46,8 @@ import regrowth_structure_oneshot
 import report
 from models import create_model
 from utils.cli import cli_main, new_parser, positive_float, seed_int
-from utils.device import DeviceProfile, DeviceTargets, device_targets, profile_from_args
+from utils.device import DeviceProfile, profile_from_args
+from utils.device_budget import DeviceTargets, device_targets
 from utils.errors import ReportedError, UsageError
 from utils.granularity import get_granularity
 from utils.masks import add_reparam
@@ -97,8 +98,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "or whole channels")
     parser.add_argument("--data_dir", default="./data", help="folder holding the data sets (not used by synthetic)")
     parser.add_argument("--save_dir", default=None,
-                        help="root of the run folders (default: runs/{preset}, so stage-by-stage runs under runs/ "
-                             "never meet the pipeline's)")
+                        help="root of the run folders (default: runs/{preset}, with --device_profile "
+                             "runs/{preset}-{profile file name}, so stage-by-stage runs under runs/ never meet the "
+                             "pipeline's, nor a device run the demo)")
     parser.add_argument("--seed", type=seed_int, default=42, help="run seed of a single run")
     parser.add_argument("--seeds", type=seed_int, nargs="+", default=None, metavar="N",
                         help="run the whole chain once per seed under {save_dir}/seed{N}/ (finished stages are "
@@ -115,7 +117,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="with --device_profile: prune to this many times fewer kept weights (channels: MACs) "
                              "than the device holds, then regrow up to the limit")
     args = parser.parse_args(argv)
-    args.save_dir = args.save_dir or str(Path("runs") / args.preset)
+    # a device run prunes along its own curve (--overwrite inside), so it never shares a folder with the demo
+    device = f"-{Path(args.device_profile).stem}" if args.device_profile else ""
+    args.save_dir = args.save_dir or str(Path("runs") / f"{args.preset}{device}")
     return args
 
 
@@ -143,16 +147,19 @@ class Ledger:
     rows: list[tuple[str, str, Path]] = field(default_factory=list)
     overwrite: bool = False
 
-    def once(self, name: str, main: Callable[[Sequence[str] | None], int], argv: list[str], output: Path) -> None:
-        """Run a stage unless ``output`` (its last file) shows it finished, in which case it is reused and the
-        log says so (with the file); --overwrite redoes it, replacing what it wrote."""
-        if output.exists() and not self.overwrite:
-            LOG.info("== %s: reused, %s exists from an earlier run (--overwrite redoes it)", name, output)
-            self.rows.append((name, "reused", output))
+    def once(self, name: str, main: Callable[[Sequence[str] | None], int], argv: list[str],
+             output: Path | list[Path]) -> None:
+        """Run a stage unless ``output`` (its last file, or every file of a list) shows it finished, in which
+        case it is reused and the log says so (with the file); --overwrite redoes it, replacing what it wrote."""
+        outputs = output if isinstance(output, list) else [output]
+        missing = [path for path in outputs if not path.exists()]
+        if not missing and not self.overwrite:
+            LOG.info("== %s: reused, %s exists from an earlier run (--overwrite redoes it)", name, outputs[-1])
+            self.rows.append((name, "reused", outputs[-1]))
             return
-        LOG.info("== %s: running (%s)", name, "--overwrite" if output.exists() else f"no {output} yet")
+        LOG.info("== %s: running (%s)", name, f"no {missing[0]} yet" if missing else "--overwrite")
         run_stage(name, main, argv + ["--overwrite"])
-        self.rows.append((name, "ran", output))
+        self.rows.append((name, "ran", outputs[-1]))
 
     def log(self) -> None:
         """One line per stage: ran or reused, and its output file."""
@@ -281,7 +288,8 @@ def run_device_chain(args: argparse.Namespace, seed: int, save_dir: Path) -> int
     m, gran = p["m_name"], get_granularity(g, p["m_name"])
     reference = create_model(m)
     add_reparam(reference)
-    total, targets_ = gran.total(reference), device_targets(profile, gran, reference, args.past_limit)
+    total = gran.total(reference)
+    targets_ = device_targets(profile, gran, reference, args.past_limit, resolve_device(args.device))
     at_limit, past = targets_.at_limit, targets_.start
     grid = [t for t in DEVICE_GRID[g] if min(abs(t - at_limit), abs(t - past)) > 1e-3 and t < 1 - 1 / total]
     targets = sorted({*grid, at_limit, past})
@@ -299,7 +307,7 @@ def run_device_chain(args: argparse.Namespace, seed: int, save_dir: Path) -> int
     files = {t: prune_checkpoint(folder, m, g, round(t * total) / total) for t in targets}
     once("prune (curve)", prune_main, train + ["--mode", "oneshot", "--target_sparsity",
                                                *[f"{t:.10f}" for t in targets], "--finetune_epochs",
-                                               str(p["prune_epochs"])], files[targets[-1]])
+                                               str(p["prune_epochs"])], [files[t] for t in targets])
     boundary = boundary_dir(save_dir, m, folder)
     once("boundary", find_drop_point.main, common + ["--model_dir", str(folder), "--out", str(boundary)],
          boundary / "boundary.json")

@@ -17,7 +17,9 @@ from tests.test_structure_regrowth import FAST, _channel_pruned
 from utils.channel_cost import ChannelMacs, live_counts
 from utils.checkpoint import read_checkpoint, save_checkpoint
 from utils.controller import AllocationPolicy
-from utils.device import DeviceProfile, MacBudget, device_targets, local_counts
+from utils.device import DeviceProfile
+from utils.device_budget import MacBudget, device_targets, local_counts
+from utils.errors import UsageError
 from utils.export import export_model, params_and_macs
 from utils.granularity import get_granularity
 from utils.masks import add_reparam
@@ -142,3 +144,20 @@ def test_channel_device_bad_profiles(channel_start, tmp_path, capsys, profile, m
         code, _, err = run_main(pipeline.main, ["--save_dir", str(tmp_path / "p"), "--device", "cpu", "--granularity",
                                                 "channel", "--device_profile", str(path), "--preset", "smoke"], capsys)
         assert code == 2 and "has no max_macs" in err and not (tmp_path / "p").exists()
+
+
+def test_a_latency_limit_becomes_the_mac_count_of_the_fitted_line(monkeypatch):
+    import utils.device_budget as device_budget
+
+    def linear_latency(models, batch_size, input_size, device):  # 1 ms + 1 ms per million MACs
+        return {k: 1.0 + params_and_macs(m, input_size)[1] / 1e6 for k, m in models.items()}
+
+    monkeypatch.setattr(device_budget, "latencies_ms", linear_latency)
+    gran = get_granularity("channel", "resnet20")
+    limit, words = device_budget.mac_limit(DeviceProfile(max_latency_ms=11.0), gran, torch.device("cpu"))
+    assert limit == pytest.approx(10e6) and "fit to measured latencies" in words
+    both, _ = device_budget.mac_limit(DeviceProfile(max_latency_ms=11.0, max_macs=8e6), gran, torch.device("cpu"))
+    assert both == 8e6  # the lower of the two limits binds
+    monkeypatch.setattr(device_budget, "latencies_ms", lambda models, *a: {k: 5.0 for k in models})
+    with pytest.raises(UsageError, match="does not grow with MACs"):
+        device_budget.mac_limit(DeviceProfile(max_latency_ms=11.0), gran, torch.device("cpu"))

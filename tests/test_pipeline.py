@@ -1,4 +1,5 @@
-"""pipeline.py --preset demo runs every stage end to end on synthetic data (a few minutes on 2 cores)."""
+"""pipeline.py runs every stage end to end on synthetic data: the smoke preset (the demo's code path with
+shorter schedules, about a minute on 2 cores), for weights, for channels, and up to a device's MAC limit."""
 from __future__ import annotations
 
 import json
@@ -10,8 +11,8 @@ from utils.plots import read_csv
 
 
 @pytest.mark.slow
-def test_demo_pipeline(tmp_path, capsys):
-    assert pipeline.main(["--save_dir", str(tmp_path), "--device", "cpu", "--no_progress"]) == 0
+def test_pipeline(tmp_path, capsys):
+    assert pipeline.main(["--save_dir", str(tmp_path), "--device", "cpu", "--no_progress", "--preset", "smoke"]) == 0
     root = tmp_path / "resnet20"
     rows = read_csv(root / "pipeline_summary.csv")
     assert [r["model"] for r in rows] == ["dense", "pruned", "regrown (RL)", "regrown (greedy prop)"]
@@ -21,7 +22,7 @@ def test_demo_pipeline(tmp_path, capsys):
     assert sparsity["regrown (greedy prop)"] == pytest.approx(0.99 - budget, abs=1e-5)
     assert 0.99 - budget - 1e-5 <= sparsity["regrown (RL)"] <= 0.99 + 1e-9  # the policy may skip layers
     summary = json.loads((root / "pipeline_summary.json").read_text())
-    assert summary["preset"] == "demo" and len(summary["rows"]) == 4
+    assert summary["preset"] == "smoke" and len(summary["rows"]) == 4
     assert "regrown (RL)" in capsys.readouterr().out
     assert (root / "pipeline_summary.png").stat().st_size > 0  # the results figure beside the table
     log = (root / "pipeline_log.txt").read_text()  # the pipeline's own log survives the stages' logging
@@ -29,10 +30,11 @@ def test_demo_pipeline(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_demo_pipeline_for_channels(tmp_path, capsys):
+def test_pipeline_for_channels(tmp_path, capsys):
     """--granularity channel: prune_structure -> structured RL regrowth -> greedy channel regrowth -> finetune ->
     export; run twice, the second run reuses every finished stage."""
-    args = ["--save_dir", str(tmp_path), "--device", "cpu", "--no_progress", "--granularity", "channel"]
+    args = ["--save_dir", str(tmp_path), "--device", "cpu", "--no_progress", "--granularity", "channel", "--preset",
+            "smoke"]
     assert pipeline.main(args) == 0
     root = tmp_path / "resnet20"
     rows = read_csv(root / "pipeline_structure_summary.csv")
@@ -50,3 +52,21 @@ def test_demo_pipeline_for_channels(tmp_path, capsys):
         assert f"== {stage}: reused, " in err  # each reused stage named with the file that shows it finished
     log = (root / "pipeline_log.txt").read_text()
     assert "== regrowth: reused, " in log and "pipeline_structure_summary.csv" in log
+
+
+@pytest.mark.slow
+def test_pipeline_up_to_a_mac_limit(tmp_path, capsys):
+    """--granularity channel --device_profile: the curve and its boundary, pruned straight to the MAC limit
+    against pruned 1.5x past it and regrown up to it; both fit, and the table gives their margins."""
+    profile = tmp_path / "edge.json"
+    profile.write_text(json.dumps({"name": "edge", "max_macs": 20_000_000}))
+    args = ["--save_dir", str(tmp_path / "runs"), "--device", "cpu", "--no_progress", "--granularity", "channel",
+            "--preset", "smoke", "--device_profile", str(profile)]
+    assert pipeline.main(args) == 0
+    summary = json.loads((tmp_path / "runs" / "resnet20" / "device_summary.json").read_text())
+    assert summary["limit"] == "macs" and summary["start_sparsity"] > summary["limit_sparsity"]
+    pruned, regrown = summary["rows"]
+    assert pruned["fits"] and regrown["fits"] and 0 <= pruned["margin"] == 20_000_000 - pruned["cost"]
+    assert regrown["sparsity"] < summary["start_sparsity"]  # channels came back
+    assert set(summary["boundary"]) == {"residual", "two_segment", "kneedle", "tolerance"}
+    assert "MACs" in capsys.readouterr().out

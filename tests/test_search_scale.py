@@ -217,6 +217,58 @@ def test_two_process_pretrain_is_data_parallel(tmp_path, capsys):
     assert resumed.returncode == 2 and "--nproc_per_node" in resumed.stderr
 
 
+def _baseline_folder(start, folder: Path) -> Path:
+    """Plain-pruning checkpoints at 80% and 90% of the start's dense model: an iterative search's zero point."""
+    from models import create_model
+
+    dense = read_checkpoint(start[0] / "resnet20" / "checkpoint" / "ckpt.pth")
+    for amount in (0.8, 0.9):
+        model = create_model("resnet20")
+        model.load_state_dict(dense.state_dict)
+        add_reparam(model)
+        get_pruner("lamp").prune(model, amount)
+        save_checkpoint(folder / f"resnet20_{amount:.4f}.pth", model, model_name="resnet20", dataset="synthetic",
+                        num_classes=10, meta={})
+    return folder
+
+
+def test_two_process_iterative_search_equals_one_process(start, tmp_path):
+    save, sparse = start
+    baseline = _baseline_folder(start, tmp_path / "baseline")
+    args = ["regrowth_iterative.py", *SEARCH, "--initial_ckpt", str(sparse), "--pretrained",
+            str(save / "resnet20" / "checkpoint" / "ckpt.pth"), "--baseline_dir", str(baseline), "--target_sparsity",
+            "0.8", "--num_iters", "2", "--num_epochs", "2", "--episodes_per_update", "2", "--budget_space_size", "2",
+            "--min_budget_frac", "0.01", "--max_budget_frac", "0.02"]
+    one = _subprocess(args + ["--save_dir", str(tmp_path / "one")])
+    two = _subprocess(args + ["--save_dir", str(tmp_path / "two")], procs=2)
+    assert one.returncode == 0, one.stderr[-2000:]
+    assert two.returncode == 0, two.stderr[-2000:]
+    a, b = (tmp_path / run / "resnet20" / "regrowth_iterative" for run in ("one", "two"))
+    assert tree(a) == tree(b) and (a / "iter_1" / "episodes.csv").is_file()  # two iterations, the same files
+    for it in ("iter_0", "iter_1"):
+        assert read_csv(a / it / "episodes.csv") == read_csv(b / it / "episodes.csv")
+        pa, pb = (torch.load(d / it / "search_state.pt", weights_only=True)["trainer"]["policy"] for d in (a, b))
+        assert all(torch.equal(pa[k], pb[k]) for k in pa)
+    final = [json.loads((d / "summary.json").read_text()) for d in (a, b)]
+    assert final[0]["final_sparsity"] == final[1]["final_sparsity"] < 0.9
+    assert final[0]["final_val_acc"] == final[1]["final_val_acc"]
+
+
+def test_two_process_finetune_is_data_parallel_and_keeps_the_masks(start, tmp_path, capsys):
+    _, sparse = start
+    out = tmp_path / "tuned.pth"
+    done = _subprocess(["finetune.py", *DATA, "--ckpt", str(sparse), "--save_path", str(out), "--epochs", "2"],
+                       procs=2)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "(2 processes, data-parallel)" in done.stderr
+    assert [r["epoch"] for r in read_csv(tmp_path / "tuned_log.csv")] == ["1", "2"]
+    before, after = read_checkpoint(sparse).state_dict, read_checkpoint(out).state_dict
+    masks = [k for k in before if k.endswith("_mask")]
+    assert masks and all(torch.equal(before[k], after[k]) for k in masks)  # pruned weights stayed pruned
+    code, report, _ = run_main(evaluate_script.main, ["--ckpt", str(out), *DATA, "--json"], capsys)
+    assert code == 0 and json.loads(report)["sparsity"] == pytest.approx(0.9, abs=1e-3)
+
+
 # ---- within-unit selection ----------------------------------------------------------------------------
 
 def _stage_for(start) -> tuple[Stage, object]:

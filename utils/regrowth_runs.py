@@ -31,7 +31,8 @@ from utils.cli import (
     positive_float,
     positive_int,
 )
-from utils.device import DeviceProfile, add_device_args, device_budget, fit, model_costs, profile_from_args
+from utils.device import DeviceProfile, add_device_args, fit, model_costs, profile_from_args
+from utils.device_budget import device_budget
 from utils.errors import UsageError
 from utils.export import verify_export
 from utils.granularity import granularity_class
@@ -166,7 +167,8 @@ def prepare_oneshot(args: argparse.Namespace, granularity: str) -> OneShot:
     stage, pair, reference = start(args, granularity)
     gran = stage.granularity
     sparsity = gran.sparsity(pair.sparse)
-    fills = device_budget(profile, gran, pair.sparse) if profile is not None else None  # fails before writing
+    fills = (device_budget(profile, gran, pair.sparse, stage.device) if profile is not None
+             else None)  # fails before writing
     out = (regrowth_dir(args.save_dir, stage.model_name, gran.name, "oneshot", args.random_search)
            / (args.label or f"{sparsity:.4f}"))
     check_search_dir(out, args)
@@ -208,6 +210,7 @@ def run_oneshot(args: argparse.Namespace, granularity: str) -> SearchResult:
     summary = {
         "model": stage.model_name, "dataset": stage.dataset, "granularity": gran.name,
         "start_sparsity": job.start_sparsity, "start_val_acc": job.start_val, "budget": search.budget,
+        "budget_unit": "macs" if search.macs is not None else f"{gran.name}s",
         "baseline_dir": args.baseline_dir, "search": "random" if args.random_search else "rl",
         "start_test_acc": evaluate(job.pair.sparse, stage.data.test, amp=stage.amp)[1],
         "searched_layers": dict(zip(space.layers, space.ssim, strict=True)), "episodes": len(search.history),

@@ -33,7 +33,7 @@ import torch.nn as nn
 
 from utils.checkpoint import atomic_save, plain
 from utils.controller import AllocationPolicy, Episode, Reinforce, ReinforceConfig
-from utils.device import MacBudget
+from utils.device_budget import MacBudget
 from utils.distributed import all_gather, barrier, broadcast, current_world
 from utils.errors import UsageError
 from utils.masks import clone_model

@@ -60,9 +60,12 @@ def two_segment(s: list[float], a: list[float]) -> float | None:
 
 
 def kneedle(s: list[float], a: list[float]) -> float | None:
-    """The Kneedle knee of a concave decreasing curve (``kneed.KneeLocator``)."""
+    """The Kneedle knee of a concave decreasing curve (``kneed.KneeLocator``); None for a flat curve (it
+    has no knee, and kneed would divide by zero normalising it)."""
     from kneed import KneeLocator
 
+    if max(a) == min(a):
+        return None
     knee = KneeLocator(s, a, curve="concave", direction="decreasing").knee
     return None if knee is None else float(knee)
 

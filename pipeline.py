@@ -279,8 +279,8 @@ COST_UNITS = {"bytes": "bytes", "macs": "MACs"}
 def run_device_chain(args: argparse.Namespace, seed: int, save_dir: Path) -> int:
     """Regrowth up to a device's limit, for one seed: the one-shot pruning curve and its boundary
     (find_drop_point.py), the densest model that fits (pruned straight to the limit), a start pruned
-    --past_limit times past it, an RL search that regrows exactly up to the limit (weights: the storage
-    limit in bytes; channels: the MAC limit of the export), and the same total finetune for both; prints the
+    --past_limit times past it, an RL search that regrows up to the limit (weights: exactly to the storage
+    limit in bytes; channels: within the MAC limit of the export), and the same total finetune for both; prints the
     limit, the boundary estimates, both accuracies and the margins."""
     g = args.granularity
     p, profile, began = PRESETS[args.preset], device_profile(args), time.perf_counter()
@@ -289,15 +289,15 @@ def run_device_chain(args: argparse.Namespace, seed: int, save_dir: Path) -> int
     reference = create_model(m)
     add_reparam(reference)
     total = gran.total(reference)
-    targets_ = device_targets(profile, gran, reference, args.past_limit, resolve_device(args.device))
-    at_limit, past = targets_.at_limit, targets_.start
+    bound = device_targets(profile, gran, reference, args.past_limit)
+    at_limit, past = bound.at_limit, bound.start
     grid = [t for t in DEVICE_GRID[g] if min(abs(t - at_limit), abs(t - past)) > 1e-3 and t < 1 - 1 / total]
     targets = sorted({*grid, at_limit, past})
     root = model_root(save_dir, m)
     common, train = _flags(args, p, seed, save_dir)
     check_output_dir(root, what="--save_dir")
     setup_logging(root, "pipeline_log.txt")
-    LOG.info("device %s: %s (%s sparsity %.4f); start at %s sparsity %.4f", profile.name, targets_.describe, g,
+    LOG.info("device %s: %s (%s sparsity %.4f); start at %s sparsity %.4f", profile.name, bound.describe, g,
              at_limit, g, past)
     ledger = Ledger(overwrite=args.overwrite)
     once = ledger.once
@@ -325,17 +325,17 @@ def run_device_chain(args: argparse.Namespace, seed: int, save_dir: Path) -> int
                                                          "--epochs", str(epochs)], tuned)
         report_ = json.loads(run_stage("evaluate", evaluate.main, common + [
             "--ckpt", str(tuned), "--json", "--device_profile", args.device_profile]))
-        margin = report_["device"]["limits"][targets_.limit]
+        margin = report_["device"]["limits"][bound.limit]
         rows.append({"model": name, "sparsity": report_["unit_sparsity"], "kept": report_["params_nonzero"],
                      "cost": margin["cost"], "margin": margin["margin"], "fits": report_["device"]["fits"],
                      "val_acc": report_["val_acc"], "test_acc": report_["test_acc"], "checkpoint": str(tuned)})
     estimates = json.loads((boundary / "boundary.json").read_text())["estimates"]
-    summary = {"profile": asdict(profile), "granularity": g, "limit": targets_.limit, "limit_sparsity": at_limit,
+    summary = {"profile": asdict(profile), "granularity": g, "limit": bound.limit, "limit_sparsity": at_limit,
                "start_sparsity": past, "boundary": estimates, "rows": rows, "seconds": time.perf_counter() - began}
     write_json(root / "device_summary.json", summary)
     write_csv(root / "device_summary.csv", rows)
     ledger.log()
-    _print_device(profile, targets_, summary)
+    _print_device(profile, bound, summary)
     print()
     log_outputs([root / "device_summary.csv", root / "device_summary.json", boundary / "boundary.png"],
                 f"python evaluate.py --ckpt {rows[1]['checkpoint']} --device_profile {args.device_profile}")

@@ -94,6 +94,10 @@ def test_local_counts_are_prune_structures_and_the_limit_binds_where_it_says():
     assert cost.macs(local_counts(gran, at)) <= 20e6 < cost.macs(local_counts(gran, at - 1))
     assert cost.macs(local_counts(gran, start)) <= 20e6 / 1.5 < cost.macs(local_counts(gran, start - 1))
     assert targets.limit == "macs" and start > at
+    with pytest.raises(UsageError, match="--past_limit 1e"):  # the start cannot be that far past the limit
+        device_targets(DeviceProfile(max_macs=20e6), gran, dense, past_limit=1e6)
+    with pytest.raises(UsageError, match="nothing to prune"):
+        device_targets(DeviceProfile(max_macs=1e9), gran, dense, past_limit=1.5)
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +134,7 @@ def test_channel_search_fills_a_mac_limit_and_reports_its_margin(channel_start):
 
 @pytest.mark.parametrize("profile,message", [
     ({"max_bytes": 10 ** 6}, "has no max_macs"),
+    ({"max_latency_ms": 5.0}, "has no max_macs"),  # latency is checked and reported, not filled
     ({"max_macs": 1000}, "already costs"),
 ])
 def test_channel_device_bad_profiles(channel_start, tmp_path, capsys, profile, message):
@@ -140,24 +145,7 @@ def test_channel_device_bad_profiles(channel_start, tmp_path, capsys, profile, m
     argv = FAST + ["--save_dir", str(save), "--pruned_ckpt", str(sparse), "--device_profile", str(path)]
     code, _, err = run_main(regrowth_structure_oneshot.main, argv, capsys)
     assert code == 2 and message in err and err.count("error:") == 1 and tree(save) == before
-    if "max_bytes" in profile:
+    if "max_macs" not in profile:
         code, _, err = run_main(pipeline.main, ["--save_dir", str(tmp_path / "p"), "--device", "cpu", "--granularity",
                                                 "channel", "--device_profile", str(path), "--preset", "smoke"], capsys)
         assert code == 2 and "has no max_macs" in err and not (tmp_path / "p").exists()
-
-
-def test_a_latency_limit_becomes_the_mac_count_of_the_fitted_line(monkeypatch):
-    import utils.device_budget as device_budget
-
-    def linear_latency(models, batch_size, input_size, device):  # 1 ms + 1 ms per million MACs
-        return {k: 1.0 + params_and_macs(m, input_size)[1] / 1e6 for k, m in models.items()}
-
-    monkeypatch.setattr(device_budget, "latencies_ms", linear_latency)
-    gran = get_granularity("channel", "resnet20")
-    limit, words = device_budget.mac_limit(DeviceProfile(max_latency_ms=11.0), gran, torch.device("cpu"))
-    assert limit == pytest.approx(10e6) and "fit to measured latencies" in words
-    both, _ = device_budget.mac_limit(DeviceProfile(max_latency_ms=11.0, max_macs=8e6), gran, torch.device("cpu"))
-    assert both == 8e6  # the lower of the two limits binds
-    monkeypatch.setattr(device_budget, "latencies_ms", lambda models, *a: {k: 5.0 for k in models})
-    with pytest.raises(UsageError, match="does not grow with MACs"):
-        device_budget.mac_limit(DeviceProfile(max_latency_ms=11.0), gran, torch.device("cpu"))

@@ -7,6 +7,9 @@ import json
 import pytest
 
 import pipeline
+from utils.channel_cost import channel_macs
+from utils.device_budget import local_counts
+from utils.granularity import get_granularity
 from utils.plots import read_csv
 
 
@@ -68,5 +71,10 @@ def test_pipeline_up_to_a_mac_limit(tmp_path, capsys):
     pruned, regrown = summary["rows"]
     assert pruned["fits"] and regrown["fits"] and 0 <= pruned["margin"] == 20_000_000 - pruned["cost"]
     assert regrown["sparsity"] < summary["start_sparsity"]  # channels came back
+    search = json.loads((tmp_path / "runs" / "resnet20" / "regrowth_structure_oneshot" / "device_edge"
+                         / "summary.json").read_text())
+    gran = get_granularity("channel", "resnet20")
+    start_macs = channel_macs(gran).macs(local_counts(gran, round(summary["start_sparsity"] * 448)))
+    assert search["budget_unit"] == "macs" and search["budget"] == 20_000_000 - start_macs  # the stage agrees
     assert set(summary["boundary"]) == {"residual", "two_segment", "kneedle", "tolerance"}
     assert "MACs" in capsys.readouterr().out

@@ -17,6 +17,7 @@ allocation until the exact cost fits (``fit_allocation``).
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import torch
@@ -140,8 +141,8 @@ class ChannelMacs:
         return round(sum(layer.macs(counts) for layer in self.layers))
 
     def marginal(self, counts: dict[str, int]) -> dict[str, float]:
-        """MACs one more live channel of each group adds at ``counts`` (the derivative; exact for one channel
-        in one group)."""
+        """MACs one more live channel of each group adds at ``counts`` (the derivative: exact for one channel
+        in one group, since no layer of the zoo has one group on both of its axes)."""
         return {g: sum(layer.marginal(counts, g) for layer in self.layers) for g in self.units}
 
     def fit_allocation(self, counts: dict[str, int], allocation: dict[str, int], limit: float) -> dict[str, int]:
@@ -155,6 +156,12 @@ class ChannelMacs:
             costs = self.marginal(after)
             worst = max((g for g, n in plan.items() if n > 0), key=lambda g: costs[g])
             plan[worst] -= 1
+
+
+@functools.lru_cache(maxsize=16)
+def channel_macs(gran) -> ChannelMacs:
+    """The ``ChannelMacs`` of a (cached, so hashable) ``ChannelGranularity``, built once."""
+    return ChannelMacs(gran)
 
 
 def live_counts(gran, model: nn.Module) -> dict[str, int]:

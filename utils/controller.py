@@ -73,7 +73,7 @@ class AllocationPolicy(nn.Module):
         Either ``budget`` is fixed or the budget head picks one of ``budget_options`` first. ``uniform``:
         every feasible option of each step equally likely (random search over the same action space); the
         policy's logits are still computed, so the generator advances exactly as in a policy draw.
-        ``costs``: what one entry of each layer spends of the budget (e.g. MACs per channel; default 1 each,
+        ``costs``: what one entry of each layer spends of the budget, each >= 1 (e.g. MACs per channel; default 1,
         the budget then counts entries): a layer's options are fractions of ``min(capacity, remaining //
         cost)`` and the remaining budget shrinks by count x cost.
         """

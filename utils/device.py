@@ -29,7 +29,6 @@ from utils.export import params_and_macs
 from utils.granularity import Granularity
 from utils.storage import FORMATS, Format, model_bytes
 
-CPU = torch.device("cpu")
 LIMITS = {"max_bytes": "bytes", "max_macs": "macs", "max_latency_ms": "latency_ms"}
 
 

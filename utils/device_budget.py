@@ -2,23 +2,21 @@
 where on a one-shot pruning curve the limit binds.
 
 Weights fill ``max_bytes``: a kept weight costs the same bytes in every layer of a storage format, so the
-budget counts weights (``kept_weight_limit``). Channels fill a MAC limit (``max_macs``, or ``max_latency_ms``
-turned into MACs by a line fitted to measured latencies): the MACs of the export are an exact quadratic of
-the groups' live counts (``utils.channel_cost``), so the search prices each group's channel at the start
-and trims every allocation until it fits (``MacBudget``).
+budget counts weights (``kept_weight_limit``). Channels fill ``max_macs``: the MACs of the export are an
+exact quadratic of the groups' live counts (``utils.channel_cost``), so the search prices each group's
+channel at the start and trims every allocation until it is within the limit (``MacBudget``). Other limits
+of a profile (latency, and bytes for channels) are checked and reported, not filled.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
-import torch
 import torch.nn as nn
 
 from utils.budget import capped_largest_remainder
-from utils.channel_cost import ChannelMacs, live_counts
-from utils.cost import latencies_ms
-from utils.device import CPU, DeviceProfile
+from utils.channel_cost import channel_macs, live_counts
+from utils.device import DeviceProfile
 from utils.errors import UsageError
 from utils.granularity import Granularity
 from utils.storage import bytes_per_kept_weight, model_bytes
@@ -53,7 +51,7 @@ class MacBudget:
     price at the start is an estimate and ``fit`` makes an allocation fit exactly)."""
 
     def __init__(self, gran: Granularity, sparse: nn.Module, limit: float) -> None:
-        self.model, self.limit = ChannelMacs(gran), limit
+        self.model, self.limit = channel_macs(gran), limit
         self.start = live_counts(gran, sparse)
         self.start_macs = self.model.macs(self.start)
 
@@ -89,14 +87,13 @@ class DeviceBudget:
         return min(self.need, self.room(capacities))
 
 
-def device_budget(profile: DeviceProfile, gran: Granularity, sparse: nn.Module,
-                  device: torch.device = CPU) -> DeviceBudget:
+def device_budget(profile: DeviceProfile, gran: Granularity, sparse: nn.Module) -> DeviceBudget:
     """The regrowth that fills the device from ``sparse``: weights up to ``max_bytes`` (the kept-weight
-    limit minus what ``sparse`` keeps), channels up to the MAC limit of ``mac_limit`` (the headroom of its
-    export; latencies measured on ``device``). A start that already fills the device, or a profile without
-    the limit the granularity counts, is a usage error."""
+    limit minus what ``sparse`` keeps), channels up to ``max_macs`` (the MAC headroom of its export). A
+    start that already fills the device, or a profile without the limit the granularity counts, is a usage
+    error."""
     if gran.name == "channel":
-        return _channel_budget(profile, gran, sparse, device)
+        return _channel_budget(profile, gran, sparse)
     limit = kept_weight_limit(profile, gran, sparse)
     kept = gran.total(sparse) - sum(gran.capacity(sparse).values())
     if limit <= kept:
@@ -105,9 +102,8 @@ def device_budget(profile: DeviceProfile, gran: Granularity, sparse: nn.Module,
     return DeviceBudget(limit - kept, "bytes")
 
 
-def _channel_budget(profile: DeviceProfile, gran: Granularity, sparse: nn.Module,
-                    device: torch.device) -> DeviceBudget:
-    limit, _ = mac_limit(profile, gran, device)
+def _channel_budget(profile: DeviceProfile, gran: Granularity, sparse: nn.Module) -> DeviceBudget:
+    limit = mac_limit(profile)
     macs = MacBudget(gran, sparse, limit)
     headroom = math.floor(limit - macs.start_macs)
     if headroom <= 0:
@@ -116,49 +112,14 @@ def _channel_budget(profile: DeviceProfile, gran: Granularity, sparse: nn.Module
     return DeviceBudget(headroom, "macs", macs)
 
 
-LATENCY_SHARES = (0.0, 0.25, 0.5, 0.75)  # shares of the removable channels of the timed exports
-
-
-def mac_limit(profile: DeviceProfile, gran: Granularity, device: torch.device) -> tuple[float, str]:
-    """(the MAC limit channel regrowth fills, the limit in words): ``max_macs``, and/or the MACs at which a
-    line fitted to measured latencies reaches ``max_latency_ms``; the lower of the two when both are set.
-
-    Latency goes through MACs because it is measured, not counted: the exports of local one-shot prunes
-    removing ``LATENCY_SHARES`` of the removable channels are timed here (``latencies_ms``) and ``ms = a +
-    b · MACs`` fitted by least squares. The final model's latency is measured again and reported as it is."""
-    limits, words = [], []
-    if profile.max_macs is not None:
-        limits.append(profile.max_macs)
-        words.append(f"at most {profile.max_macs:,.0f} MACs per image")
-    if profile.max_latency_ms is not None:
-        limits.append(_latency_macs(profile, gran, device))
-        words.append(f"at most {profile.max_latency_ms:g} ms per pass of {profile.latency_batch} image(s) here "
-                     f"(~{limits[-1]:,.0f} MACs by a fit to measured latencies)")
-    if not limits:
-        raise UsageError(f"device profile {profile.name} has no max_macs or max_latency_ms: channel regrowth to a "
-                         "device limit counts MACs of the export (bytes are checked and reported, not filled)")
-    return min(limits), "; ".join(words)
-
-
-def _latency_macs(profile: DeviceProfile, gran: Granularity, device: torch.device) -> float:
-    """The MACs whose fitted latency is ``profile.max_latency_ms`` (see ``mac_limit``)."""
-    from models import create_model
-
-    cost, most = ChannelMacs(gran), sum(g.size - 1 for g in gran.groups)
-    models, macs = {}, {}
-    for share in LATENCY_SHARES:
-        counts = local_counts(gran, round(share * most))
-        model = create_model(gran.model_name, gran.num_classes)
-        gran.set_masks(model, {g.root: torch.arange(g.size) < counts[g.root] for g in gran.groups})
-        models[share], macs[share] = gran.export(model)[0].to(device), cost.macs(counts)
-    ms = latencies_ms(models, profile.latency_batch, gran.input_size, device)
-    x, y = torch.tensor([macs[k] for k in models], dtype=torch.float64), torch.tensor([ms[k] for k in models],
-                                                                                       dtype=torch.float64)
-    slope = float(((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum())
-    intercept = float(y.mean() - slope * x.mean())
-    if slope <= 0:
-        raise UsageError(f"latency does not grow with MACs on this machine (measured {ms}); give max_macs instead")
-    return (profile.max_latency_ms - intercept) / slope
+def mac_limit(profile: DeviceProfile) -> float:
+    """The MAC limit channel regrowth fills (``max_macs``). A latency limit is checked and reported, not
+    filled: it is measured, so a limit derived from it would differ between the stages, the processes of a
+    ``torchrun`` launch and a resumed run."""
+    if profile.max_macs is None:
+        raise UsageError(f"device profile {profile.name} has no max_macs: channel regrowth to a device limit counts "
+                         "MACs of the export (bytes and latency are checked and reported, not filled)")
+    return profile.max_macs
 
 
 @dataclass(frozen=True)
@@ -177,17 +138,16 @@ class DeviceTargets:
     describe: str
 
 
-def device_targets(profile: DeviceProfile, gran: Granularity, dense: nn.Module, past_limit: float,
-                   device: torch.device = CPU) -> DeviceTargets:
+def device_targets(profile: DeviceProfile, gran: Granularity, dense: nn.Module, past_limit: float) -> DeviceTargets:
     """The one-shot sparsities of ``profile``'s limit and of the regrowth start, for ``dense`` (reparametrised,
     no entry masked). Channels follow ``prune_structure.py``'s default one-shot split (--scope local: every
-    group loses the same share), whose MACs depend on the counts only, not on the weights; a latency limit
-    is turned into MACs on ``device`` (``mac_limit``)."""
+    group loses the same share), whose MACs depend on the counts only, not on the weights."""
     total = gran.total(dense)
     if gran.name == "channel":
-        limit, words = mac_limit(profile, gran, device)
-        at, start = (_local_removal(gran, limit / factor) for factor in (1.0, past_limit))
-        return DeviceTargets(at / total, start / total, "macs", words)
+        limit = mac_limit(profile)
+        at = _local_removal(gran, limit, f"device profile {profile.name}")
+        start = _local_removal(gran, limit / past_limit, f"--past_limit {past_limit:g} ({limit:,.0f} / {past_limit:g})")
+        return DeviceTargets(at / total, start / total, "macs", f"at most {limit:,.0f} MACs per image")
     limit = kept_weight_limit(profile, gran, dense)
     if limit >= total:
         raise UsageError(f"device profile {profile.name}: the dense {gran.model_name} fits already ({total:,} "
@@ -205,17 +165,21 @@ def local_counts(gran: Granularity, removed: int) -> dict[str, int]:
     return {k: sizes[k] - cut[k] for k in sizes}
 
 
-def _local_removal(gran: Granularity, macs_limit: float) -> int:
-    """The fewest channels a local one-shot prune removes to bring the export within ``macs_limit`` MACs
-    (bisection: the cost falls as more channels go); a usage error when even the thinnest model is over."""
-    cost = ChannelMacs(gran)
+def _local_removal(gran: Granularity, macs_limit: float, what: str) -> int:
+    """A count of channels that a local one-shot prune removes to bring the export within ``macs_limit``
+    MACs, one more than a count that does not (bisection; largest-remainder splits can make the cost rise
+    by a few MACs for one more channel removed, so a smaller count may fit elsewhere, never this one's
+    neighbour). ``what`` names the limit in errors: a usage error when even the thinnest model is over, or
+    the dense model fits."""
+    cost = channel_macs(gran)
     low, high = 0, sum(g.size - 1 for g in gran.groups)
-    if cost.macs(local_counts(gran, high)) > macs_limit:
-        raise UsageError(f"no model can meet {macs_limit:,.0f} MACs: {gran.model_name} with one channel per group "
-                         f"costs {cost.macs(local_counts(gran, high)):,}")
-    if cost.macs(local_counts(gran, 0)) <= macs_limit:
-        raise UsageError(f"the dense {gran.model_name} fits {macs_limit:,.0f} MACs already "
-                         f"({cost.macs(local_counts(gran, 0)):,}); nothing to prune")
+    thinnest, dense = cost.macs(local_counts(gran, high)), cost.macs(local_counts(gran, low))
+    if thinnest > macs_limit:
+        raise UsageError(f"{what}: no model can meet {macs_limit:,.0f} MACs: {gran.model_name} with one channel per "
+                         f"group costs {thinnest:,}")
+    if dense <= macs_limit:
+        raise UsageError(f"{what}: the dense {gran.model_name} fits {macs_limit:,.0f} MACs already ({dense:,}); "
+                         "nothing to prune")
     while high - low > 1:
         mid = (low + high) // 2
         low, high = (low, mid) if cost.macs(local_counts(gran, mid)) <= macs_limit else (mid, high)

@@ -167,8 +167,7 @@ def prepare_oneshot(args: argparse.Namespace, granularity: str) -> OneShot:
     stage, pair, reference = start(args, granularity)
     gran = stage.granularity
     sparsity = gran.sparsity(pair.sparse)
-    fills = (device_budget(profile, gran, pair.sparse, stage.device) if profile is not None
-             else None)  # fails before writing
+    fills = device_budget(profile, gran, pair.sparse) if profile is not None else None  # fails before writing
     out = (regrowth_dir(args.save_dir, stage.model_name, gran.name, "oneshot", args.random_search)
            / (args.label or f"{sparsity:.4f}"))
     check_search_dir(out, args)

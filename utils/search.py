@@ -184,7 +184,7 @@ class Search:
         source of ``--init_strategy dense`` values (the dense model, or the reference of ``--selection
         reference``). Units, masks and regrowth come from ``stage.granularity``. ``macs``: the budget counts
         MACs of the export (a device limit on channels): each unit's channel costs its MACs at the start,
-        and an allocation is trimmed until it fits the limit exactly before it regrows."""
+        and an allocation is trimmed until it is within the limit before it regrows."""
         self.stage, self.sparse, self.scores, self.dense = stage, sparse, scores, dense
         self.parent = parent
         self.space, self.trainer, self.config, self.zero_point, self.out = space, trainer, config, zero_point, out

@@ -111,7 +111,7 @@ def test_batch_update_moves_towards_the_better_episode():
         batch.append(trainer.policy.sample([40, 40], [0.2, 0.4], gen, budget=40))
     good = batch[0].counts
     rewards = [1.0 if e.counts == good else 0.0 for e in batch]
-    before = [float(e.log_prob) for e in batch]
+    before = [float(e.log_prob.detach()) for e in batch]
     out = trainer.update_batch(batch, rewards, 0)
     assert out["baseline"] == pytest.approx(sum(rewards) / len(rewards))
     # re-score the same actions under the updated policy: the rewarded allocation became more likely

@@ -165,7 +165,7 @@ class Ledger:
         """One line per stage: ran or reused, and its output file."""
         LOG.info("stages:")
         for name, status, output in self.rows:
-            LOG.info("  %-32s %-7s %s", name, status, output)
+            LOG.info("  %-36s %-7s %s", name, status, output)
 
 
 def scores(common: list[str], ckpt: Path) -> dict:
@@ -326,7 +326,7 @@ def run_device_chain(args: argparse.Namespace, seed: int, save_dir: Path) -> int
         report_ = json.loads(run_stage("evaluate", evaluate.main, common + [
             "--ckpt", str(tuned), "--json", "--device_profile", args.device_profile]))
         margin = report_["device"]["limits"][bound.limit]
-        rows.append({"model": name, "sparsity": report_["unit_sparsity"], "kept": report_["params_nonzero"],
+        rows.append({"model": name, "sparsity": report_["unit_sparsity"], "weights_kept": report_["params_nonzero"],
                      "cost": margin["cost"], "margin": margin["margin"], "fits": report_["device"]["fits"],
                      "val_acc": report_["val_acc"], "test_acc": report_["test_acc"], "checkpoint": str(tuned)})
     estimates = json.loads((boundary / "boundary.json").read_text())["estimates"]

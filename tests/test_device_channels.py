@@ -128,7 +128,7 @@ def test_channel_search_fills_a_mac_limit_and_reports_its_margin(channel_start):
     assert summary["device"]["fits"] and macs["limit"] == limit and macs["cost"] == summary["macs"]
     assert summary["budget"] == 2_000_000 and len(summary["searched_layers"]) > 1
     rows = read_csv(out / "episodes.csv")
-    assert rows and all(0 < int(r["macs_added"]) <= int(r["budget"]) for r in rows)
+    assert rows and all(0 < int(r["macs_added"]) <= int(r["budget"]) and int(r["trimmed"]) >= 0 for r in rows)
     assert "cannot hold what fills the device" in (out / "log.txt").read_text()
 
 

@@ -94,7 +94,7 @@ def profile_from_args(args: argparse.Namespace) -> DeviceProfile | None:
             entries[key] = getattr(args, key)
     if not entries:
         return None
-    entries.setdefault("name", Path(args.device_profile).stem if args.device_profile else "device")
+    entries.setdefault("name", Path(args.device_profile).stem if args.device_profile else "given by flags")
     return DeviceProfile(**entries)
 
 

@@ -219,9 +219,9 @@ def run_oneshot(args: argparse.Namespace, granularity: str) -> SearchResult:
         summary["device"] = fit(job.profile, model_costs(job.profile, gran, stage.load_model(search.out / BEST_MODEL),
                                                           stage.device))
         device = summary["device"]
-        LOG.info("device %s: the best model %s (margin %s %s)", job.profile.name,
+        LOG.info("device profile %s: the best model %s (margin %s %s)", job.profile.name,
                  "fits" if device["fits"] else "DOES NOT FIT", f"{device['limits'][job.limit]['margin']:+,.0f}",
-                 job.limit)
+                 {"bytes": "bytes", "macs": "MACs"}[job.limit])
     write_json(search.out / SUMMARY, summary)
     LOG.info("best episode %d: val %.2f%% (gain %+.2f pp over the %s), %s sparsity %.4f, test %.2f%%",
              best.episode, best.val_acc, best.acc_gain, "pruning baseline" if job.baseline else "sparse start",

@@ -242,6 +242,7 @@ class Search:
         """Regrow ``ep``'s allocation into a copy of the sparse model, mini-finetune it, and reward it."""
         init_rng, data_rng = self._seed_episode(index)
         allocation = {name: n for name, n in zip(self.space.layers, ep.counts, strict=True) if n > 0}
+        sampled = sum(allocation.values())
         if self.macs is not None:
             allocation = self.macs.fit(allocation)
         gran = self.stage.granularity
@@ -260,8 +261,8 @@ class Search:
                "val_acc": fit.best_val_acc, "sparsity": new_sparsity, "regrown": regrown, "budget": ep.budget,
                "entropy": float(ep.entropy.detach()), "beta": float("nan"), "update": 0,
                "allocation": json.dumps(allocation)}
-        if self.macs is not None:
-            row["macs_added"] = spent
+        if self.macs is not None:  # channels trimmed from the sampled allocation to stay within the limit
+            row.update(macs_added=spent, trimmed=sampled - sum(allocation.values()))
         return Outcome(row, before, model)
 
     # ---- one policy batch --------------------------------------------------------------------------------
@@ -345,8 +346,9 @@ class Search:
             write_csv(self.out / "episodes.csv", self.history)
             atomic_save(self._state(), self.out / SEARCH_STATE)
             for row in rows:  # reward in pp, like the gain: reward = gain/100 + bonus (a fraction) in the CSV
-                spent = (f"regrown {row['regrown']} (+{row['macs_added']:,} of {row['budget']:,} MACs)"
-                         if "macs_added" in row else f"regrown {row['regrown']} of {row['budget']}")
+                spent = (f"regrown {row['regrown']} (+{row['macs_added']:,} of {row['budget']:,} MACs, "
+                         f"{row['trimmed']} trimmed to fit)" if "macs_added" in row
+                         else f"regrown {row['regrown']} of {row['budget']}")
                 LOG.info("episode %d: reward %+.2f pp = gain %+.2f pp + budget bonus %.2f pp  val %.2f%%  "
                          "sparsity %.4f  %s%s", row["episode"], 100 * row["reward"], row["acc_gain"],
                          100 * row["bonus"], row["val_acc"], row["sparsity"], spent,

@@ -46,7 +46,7 @@ import regrowth_structure_oneshot
 import report
 from models import create_model
 from utils.cli import cli_main, new_parser, positive_float, seed_int
-from utils.device import DeviceProfile, profile_from_args
+from utils.device import UNIT_NAMES, DeviceProfile, profile_from_args
 from utils.device_budget import DeviceTargets, device_targets
 from utils.errors import ReportedError, UsageError
 from utils.granularity import get_granularity
@@ -273,7 +273,6 @@ def device_profile(args: argparse.Namespace) -> DeviceProfile:
 
 # one-shot targets of the boundary curve, per granularity (the limit and the start are added)
 DEVICE_GRID = {"weight": (0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995), "channel": (0.2, 0.4, 0.6, 0.7, 0.8, 0.9)}
-COST_UNITS = {"bytes": "bytes", "macs": "MACs"}
 
 
 def run_device_chain(args: argparse.Namespace, seed: int, save_dir: Path) -> int:
@@ -343,7 +342,7 @@ def run_device_chain(args: argparse.Namespace, seed: int, save_dir: Path) -> int
 
 
 def _print_device(profile: DeviceProfile, targets: DeviceTargets, summary: dict) -> None:
-    g, unit = summary["granularity"], COST_UNITS[targets.limit]
+    g, unit = summary["granularity"], UNIT_NAMES[targets.limit]
     print(f"\ndevice {profile.name}: {targets.describe} ({g} sparsity {summary['limit_sparsity']:.4f})")
     print("boundary of the one-shot curve (val): " + ", ".join(
         f"{k} {'none' if v is None else f'{v:.4f}'}" for k, v in summary["boundary"].items()))

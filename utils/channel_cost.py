@@ -25,6 +25,7 @@ import torch.nn as nn
 
 from models import create_model
 from utils.errors import UsageError
+from utils.granularity import trace_forward
 
 
 @dataclass
@@ -99,14 +100,7 @@ def _trace(model: nn.Module, input_size: int, axes: dict[tuple[str, int], Axis])
             layers.append(LayerMacs(name, inputs[0][0, 0].numel(), axis_of[id(inputs[0])], None, 0.0, 1.0))
             axis_of[id(output)] = axis_of[id(inputs[0])]
 
-    hooks = [m.register_forward_hook(lambda mod, i, o, n=name: hook(n, mod, i, o))
-             for name, m in model.named_modules() if not list(m.children())]
-    try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(1, 3, input_size, input_size))
-    finally:
-        for h in hooks:
-            h.remove()
+    trace_forward(model, input_size, hook, lambda m: not list(m.children()))  # every leaf module
     return layers
 
 

@@ -30,6 +30,7 @@ from utils.granularity import Granularity
 from utils.storage import FORMATS, Format, model_bytes
 
 LIMITS = {"max_bytes": "bytes", "max_macs": "macs", "max_latency_ms": "latency_ms"}
+UNIT_NAMES = {"bytes": "bytes", "macs": "MACs", "latency_ms": "ms"}  # cost keys as printed
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,7 @@ def kept_weight_limit(profile: DeviceProfile, gran: Granularity, model: nn.Modul
 class MacBudget:
     """Channel regrowth counted in MACs of the export, up to ``limit`` MACs per image, from the live channel
     counts of ``sparse`` (see ``utils.channel_cost``: the cost is quadratic in the counts, so a channel's
-    price at the start is an estimate and ``fit`` makes an allocation fit exactly)."""
+    price at the start is an estimate and ``fit`` trims an allocation until it is within the limit)."""
 
     def __init__(self, gran: Granularity, sparse: nn.Module, limit: float) -> None:
         self.model, self.limit = channel_macs(gran), limit
@@ -72,11 +72,15 @@ class MacBudget:
 @dataclass
 class DeviceBudget:
     """What fills a device from a sparse start: ``need`` weights (their bytes are the same everywhere) or,
-    for channels, ``need`` MACs of the export spent through ``macs``; ``limit`` names the limit filled."""
+    for channels, ``need`` MACs of the export spent through ``macs``."""
 
     need: int
-    limit: str  # "bytes" | "macs"
     macs: MacBudget | None = None
+
+    @property
+    def limit(self) -> str:
+        """The profile limit being filled: ``bytes`` (weights) or ``macs`` (channels)."""
+        return "macs" if self.macs is not None else "bytes"
 
     def room(self, capacities: dict[str, int]) -> int:
         """What regrowing every masked entry of ``capacities`` ({unit: entries}) would add, in ``need``'s unit."""
@@ -99,7 +103,7 @@ def device_budget(profile: DeviceProfile, gran: Granularity, sparse: nn.Module) 
     if limit <= kept:
         raise UsageError(f"the start already keeps {kept:,} weights and device profile {profile.name} holds at most "
                          f"{limit:,} in {profile.storage}: nothing to regrow; prune past the limit first")
-    return DeviceBudget(limit - kept, "bytes")
+    return DeviceBudget(limit - kept)
 
 
 def _channel_budget(profile: DeviceProfile, gran: Granularity, sparse: nn.Module) -> DeviceBudget:
@@ -109,7 +113,7 @@ def _channel_budget(profile: DeviceProfile, gran: Granularity, sparse: nn.Module
     if headroom <= 0:
         raise UsageError(f"the start already costs {macs.start_macs:,} MACs and device profile {profile.name} allows "
                          f"{limit:,.0f}: nothing to regrow; prune past the limit first")
-    return DeviceBudget(headroom, "macs", macs)
+    return DeviceBudget(headroom, macs)
 
 
 def mac_limit(profile: DeviceProfile) -> float:

@@ -188,17 +188,23 @@ def _load() -> None:
     import utils.weights  # noqa: F401
 
 
-def output_sizes(model: nn.Module, input_size: int) -> dict[str, int]:
-    """H_out·W_out of every Conv2d (1 for Linear) on one ``input_size`` image, by layer name; layers that
-    do not run are absent."""
-    sizes: dict[str, int] = {}
-    hooks = [m.register_forward_hook(lambda mod, i, o, n=name: sizes.__setitem__(n, o[0, 0].numel()
-                                                                                   if o.dim() == 4 else 1))
-             for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+def trace_forward(model: nn.Module, input_size: int, hook: Callable, modules: Callable[[nn.Module], bool]) -> None:
+    """Run ``model`` (eval, no grad) on one zero ``input_size`` image with ``hook(name, module, inputs,
+    output)`` called after every module for which ``modules(module)`` is true; the hooks are removed after."""
+    handles = [m.register_forward_hook(lambda mod, i, o, n=name: hook(n, mod, i, o))
+               for name, m in model.named_modules() if modules(m)]
     try:
         with torch.no_grad():
             model.eval()(torch.zeros(1, 3, input_size, input_size))
     finally:
-        for hook in hooks:
-            hook.remove()
+        for handle in handles:
+            handle.remove()
+
+
+def output_sizes(model: nn.Module, input_size: int) -> dict[str, int]:
+    """H_out·W_out of every Conv2d (1 for Linear) on one ``input_size`` image, by layer name; layers that
+    do not run are absent."""
+    sizes: dict[str, int] = {}
+    trace_forward(model, input_size, lambda n, mod, i, o: sizes.__setitem__(n, o[0, 0].numel() if o.dim() == 4 else 1),
+                  lambda m: isinstance(m, (nn.Conv2d, nn.Linear)))
     return sizes

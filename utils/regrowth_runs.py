@@ -31,7 +31,7 @@ from utils.cli import (
     positive_float,
     positive_int,
 )
-from utils.device import DeviceProfile, add_device_args, fit, model_costs, profile_from_args
+from utils.device import UNIT_NAMES, DeviceProfile, add_device_args, fit, model_costs, profile_from_args
 from utils.device_budget import device_budget
 from utils.errors import UsageError
 from utils.export import verify_export
@@ -157,7 +157,6 @@ class OneShot:
     start_val: float
     baseline: dict[float, float] | None
     profile: DeviceProfile | None = None
-    limit: str | None = None  # the device limit the regrowth fills ("bytes" | "macs")
 
 
 def prepare_oneshot(args: argparse.Namespace, granularity: str) -> OneShot:
@@ -187,7 +186,7 @@ def prepare_oneshot(args: argparse.Namespace, granularity: str) -> OneShot:
               else regrowth_budget(gran.total(pair.sparse), args.regrow_step, sum(space.capacities)))
     scores = selection_scores(stage, pair, reference)
     _, start_val = evaluate(pair.sparse, stage.data.val, amp=stage.amp)
-    unit = "MACs" if fills is not None and fills.macs is not None else f"{gran.name}s"
+    unit = "MACs" if fills is not None and fills.macs is not None else f"{gran.name}s"  # what K counts
     LOG.info("start: %s sparsity %.4f, val %.2f%%; K = %s %s; searching %s", gran.name, sparsity, start_val,
              f"{budget:,}", unit, space.layers)
     zero_point = (lambda s: interpolate(table, s)) if table else (lambda s: start_val)
@@ -197,19 +196,20 @@ def prepare_oneshot(args: argparse.Namespace, granularity: str) -> OneShot:
                     macs=fills.macs if fills is not None else None)
     if args.resume:
         search.resume()
-    return OneShot(stage, pair, search, sparsity, start_val, table, profile, fills.limit if fills else None)
+    return OneShot(stage, pair, search, sparsity, start_val, table, profile)
 
 
 def run_oneshot(args: argparse.Namespace, granularity: str) -> SearchResult:
     """One search regrowing K = --regrow_step · N_tot units into the SSIM-selected units of --initial_ckpt."""
     job = prepare_oneshot(args, granularity)
     stage, search, gran = job.stage, job.search, job.stage.granularity
+    limit = "macs" if search.macs is not None else "bytes"  # what a device profile's regrowth fills
     best = search.run()
     space = search.space
     summary = {
         "model": stage.model_name, "dataset": stage.dataset, "granularity": gran.name,
         "start_sparsity": job.start_sparsity, "start_val_acc": job.start_val, "budget": search.budget,
-        "budget_unit": "macs" if search.macs is not None else f"{gran.name}s",
+        "budget_unit": "macs" if search.macs is not None else f"{gran.name}s",  # K counts MACs or units
         "baseline_dir": args.baseline_dir, "search": "random" if args.random_search else "rl",
         "start_test_acc": evaluate(job.pair.sparse, stage.data.test, amp=stage.amp)[1],
         "searched_layers": dict(zip(space.layers, space.ssim, strict=True)), "episodes": len(search.history),
@@ -220,8 +220,8 @@ def run_oneshot(args: argparse.Namespace, granularity: str) -> SearchResult:
                                                           stage.device))
         device = summary["device"]
         LOG.info("device profile %s: the best model %s (margin %s %s)", job.profile.name,
-                 "fits" if device["fits"] else "DOES NOT FIT", f"{device['limits'][job.limit]['margin']:+,.0f}",
-                 {"bytes": "bytes", "macs": "MACs"}[job.limit])
+                 "fits" if device["fits"] else "DOES NOT FIT", f"{device['limits'][limit]['margin']:+,.0f}",
+                 UNIT_NAMES[limit])
     write_json(search.out / SUMMARY, summary)
     LOG.info("best episode %d: val %.2f%% (gain %+.2f pp over the %s), %s sparsity %.4f, test %.2f%%",
              best.episode, best.val_acc, best.acc_gain, "pruning baseline" if job.baseline else "sparse start",

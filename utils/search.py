@@ -23,6 +23,7 @@ uninterrupted one (CPU). The best models are written as soon as a batch finds th
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -127,7 +128,8 @@ def widen_space(space: SearchSpace, ssim: dict[str, float], capacities: dict[str
     the searched units' capacities, or every open unit is in: a device limit must be reachable by the
     units a search may regrow into, whatever the SSIM threshold selected."""
     layers = list(space.layers)
-    rest = sorted((n for n, s in ssim.items() if capacities[n] > 0 and n not in layers and s == s), key=ssim.get)
+    rest = sorted((n for n, s in ssim.items() if capacities[n] > 0 and n not in layers and not math.isnan(s)),
+                  key=ssim.get)
     while rest and not holds({n: capacities[n] for n in layers}):
         layers.append(rest.pop(0))
     return SearchSpace(layers, [capacities[n] for n in layers], [ssim[n] for n in layers])

@@ -10,11 +10,14 @@ Per seed (--seeds), with the stage scripts (run folders under --save_dir, reused
   --episodes episodes of --search_epochs), ``random_search`` (the same with --random_search, equal episodes)
   and ``greedy`` (SSIM-proportional, regrowth_greedy.py's ``prop`` rule);
 * every allocation x every --inits strategy: regrow into the start (saliency picks the positions), finetune
-  --regrow_epochs (AdamW, best epoch on val), test accuracy reported.
+  --regrow_epochs (AdamW, best epoch on val), test accuracy reported;
+* ``none``: the start finetuned --regrow_epochs more without regrowing anything (the same finetune stream), which
+  tells how much of an arm's gain over the start is the regrown weights and how much the extra epochs.
 
 So every final model has had --prune_epochs + --regrow_epochs finetune epochs after pruning (the searches'
 mini-finetunes only choose the allocation; their models are not used). Printed: mean ± std over seeds of
-val and test accuracy per arm, and of each arm's paired difference to ``straight`` (same seed).
+val and test accuracy per arm, and of each arm's paired difference to ``straight`` (same seed). Each seed's
+finished arms are kept in ``{seed}/rows.json``: a rerun with more --allocations or --inits runs only the new arms.
 
     python -m benchmarks.bench_matched --seeds 1 2 3                   # synthetic, CPU (~35 min a seed)
     # seeds in parallel processes, then one call that gathers their finished rows:
@@ -50,7 +53,7 @@ from utils.scores import saliency_scores, ssim_scores
 from utils.stage import prepare_dense_sparse
 from utils.train import evaluate
 
-ALLOCATIONS = ("rl", "random_search", "greedy")
+ALLOCATIONS = ("rl", "random_search", "greedy", "none")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -82,20 +85,34 @@ def searched_allocation(args, seed: int, root: Path, dense: Path, start: Path, k
 
 
 def one_seed(args: argparse.Namespace, seed: int) -> list[dict]:
-    """Every arm's row for ``seed``; kept in ``{seed root}/rows.json`` once finished (so seeds can run in
-    separate processes and a last call only gathers them)."""
+    """The rows of the asked arms for ``seed``. Finished arms are kept in ``{seed root}/rows.json`` and never run
+    again, so seeds can run in separate processes, a last call only gathers them, and a call asking for more
+    arms runs only those."""
     root = Path(args.save_dir) / f"matched_{args.dataset}_{args.m_name}" / f"seed{seed}"
-    check_settings(root.parent, {k: v for k, v in vars(args).items() if k not in ("seeds", "device", "save_dir")})
-    done = root / "rows.json"
-    if done.is_file():
-        return json.loads(done.read_text())
-    rows = arms(args, seed, root)
-    write_json(done, rows)
-    return rows
+    # which arms to run does not change how any arm is made: the arm lists are not settings
+    check_settings(root.parent, {k: v for k, v in vars(args).items()
+                                 if k not in ("seeds", "device", "save_dir", "allocations", "inits")})
+    path = root / "rows.json"
+    done = {row["arm"]: row for row in json.loads(path.read_text())} if path.is_file() else {}
+    wanted = ["straight"] + [arm_name(kind, init) for kind, init in planned(args)]
+    if any(arm not in done for arm in wanted):
+        done.update((row["arm"], row) for row in arms(args, seed, root, set(done)))
+        write_json(path, list(done.values()))
+    return [done[arm] for arm in wanted]
 
 
-def arms(args: argparse.Namespace, seed: int, root: Path) -> list[dict]:
-    """Every arm's row for ``seed`` in ``root`` (see the module docstring)."""
+def planned(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """(allocation, init) of every regrowth arm, in the order asked; ``none`` regrows nothing, so it has one arm
+    and no init (``-``)."""
+    return [(kind, init) for kind in args.allocations for init in (["-"] if kind == "none" else args.inits)]
+
+
+def arm_name(kind: str, init: str) -> str:
+    return kind if init == "-" else f"{kind}/{init}"
+
+
+def arms(args: argparse.Namespace, seed: int, root: Path, done: set[str]) -> list[dict]:
+    """The rows of the arms of ``seed`` not in ``done``, in ``root`` (see the module docstring)."""
     dense = dense_model(args, seed, root)
     straight = pruned_model(args, seed, root, dense, args.final_sparsity, args.prune_epochs + args.regrow_epochs,
                             "straight")
@@ -110,19 +127,23 @@ def arms(args: argparse.Namespace, seed: int, root: Path) -> list[dict]:
              "test_acc": evaluate(model, stage.data.test, amp=stage.amp)[1]}]
     caps = {n: c for n, c in gran.capacity(pair.sparse).items() if c > 0}
     budget = regrowth_budget(gran.total(pair.sparse), args.start_sparsity - args.final_sparsity, sum(caps.values()))
-    allocations = {}
-    for kind in args.allocations:
+    todo = [(kind, init) for kind, init in planned(args) if arm_name(kind, init) not in done]
+
+    def allocation(kind: str) -> dict[str, int]:
+        if kind == "none":
+            return {}
         if kind == "greedy":
-            allocations[kind] = allocate_proportional(ssim_scores(stage, pair.dense, pair.sparse), caps, budget)
-        else:
-            allocations[kind] = searched_allocation(args, seed, root, dense, start, kind)
+            return allocate_proportional(ssim_scores(stage, pair.dense, pair.sparse), caps, budget)
+        return searched_allocation(args, seed, root, dense, start, kind)
+
+    allocations = {kind: allocation(kind) for kind in dict.fromkeys(kind for kind, _ in todo)}
     scores = saliency_scores(stage, pair)
-    for kind, allocation in allocations.items():
-        for init in args.inits:
-            result = regrow_and_finetune(stage, pair, allocation, scores, init, args.regrow_epochs)
-            rows.append({"seed": seed, "arm": f"{kind}/{init}", "allocation": kind, "init": init, **result})
-            print(f"seed {seed} {kind:<14} {init:<10} regrew {result['regrown']:>6}  val {result['val_acc']:.2f}%  "
-                  f"test {result['test_acc']:.2f}%", flush=True)
+    for kind, init in todo:
+        result = regrow_and_finetune(stage, pair, allocations[kind], scores, "zero" if init == "-" else init,
+                                     args.regrow_epochs)
+        rows.append({"seed": seed, "arm": arm_name(kind, init), "allocation": kind, "init": init, **result})
+        print(f"seed {seed} {kind:<14} {init:<10} regrew {result['regrown']:>6}  val {result['val_acc']:.2f}%  "
+              f"test {result['test_acc']:.2f}%", flush=True)
     return rows
 
 

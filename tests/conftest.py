@@ -1,6 +1,7 @@
 """Shared fixtures: small CIFAR-style files written by the tests, and helpers to run stage scripts."""
 from __future__ import annotations
 
+import os
 import pickle
 from pathlib import Path
 
@@ -8,6 +9,31 @@ import numpy as np
 import pytest
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (``-n N``) share the cores among the N workers: each worker, and every process it
+    starts, gets ``cores // N`` threads (at least 1). Two PyTorch processes that each spin a pool over all
+    cores run several times slower than one (OpenMP's idle threads spin), not twice."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers < 1:
+        return
+    import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = max(1, cores // workers)
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Files with more ``slow`` tests first (otherwise in collection order): with ``--dist loadfile`` each file
+    runs on one worker, and the long ones must not be left for the end while the other workers idle."""
+    slow: dict[Path, int] = {}
+    for item in items:
+        slow[item.path] = slow.get(item.path, 0) + (item.get_closest_marker("slow") is not None)
+    order = {path: i for i, path in enumerate(slow)}
+    items.sort(key=lambda item: (-slow[item.path], order[item.path]))
 
 
 def write_cifar(root: Path, per_batch: int = 20, bytes_keys: bool = False, seed: int = 0) -> Path:

@@ -1,4 +1,5 @@
-"""report.py: tables over seeds from run folders with known numbers, a real 2-seed pipeline run, bad input."""
+"""report.py: tables over seeds from run folders with known numbers, and bad input (a real 2-seed pipeline run
+and its report are tested in test_pipeline.py)."""
 from __future__ import annotations
 
 import json
@@ -6,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-import pipeline
 import report
 from tests.conftest import run_main, tree
 from utils.report import collect, expand_roots
@@ -86,14 +86,3 @@ def test_bad_roots(tmp_path, capsys):
     code, _, err = run_main(report.main, [str(tmp_path / "a"), str(tmp_path / "b")], capsys)
     assert code == 2 and err.count("error:") == 1 and "different models" in err and "Traceback" not in err
     assert tree(tmp_path) == before
-
-
-@pytest.mark.slow
-def test_two_seed_pipeline_reports_both_seeds(tmp_path, capsys):
-    args = ["--preset", "smoke", "--seeds", "1", "2", "--save_dir", str(tmp_path), "--device", "cpu", "--no_progress"]
-    assert pipeline.main(args) == 0
-    out = capsys.readouterr().out
-    assert "2 run root(s)" in out and (tmp_path / "report.png").is_file()
-    pipe = [line for line in out.splitlines() if line.startswith("| resnet20 | synthetic | weight | pruned |")]
-    assert len(pipe) == 1 and "| 2 |" in pipe[0] and " ± " in pipe[0]
-    assert {"seed1", "seed2"} <= {p.name for p in tmp_path.iterdir()}

@@ -184,6 +184,7 @@ def test_random_search_draws_from_the_action_space_and_never_learns(start):
 
 # ---- torchrun: episode-parallel search and data-parallel training ------------------------------------------
 
+@pytest.mark.slow
 def test_two_process_search_equals_one_process(start):
     args = ["regrowth_oneshot.py", *SEARCH, "--save_dir", str(start[0]), "--initial_ckpt", str(start[1]),
             "--num_epochs", "4", "--episodes_per_update", "2"]
@@ -202,6 +203,7 @@ def test_two_process_search_equals_one_process(start):
     assert all(torch.equal(ma[k], mb[k]) for k in ma)
 
 
+@pytest.mark.slow
 def test_two_process_pretrain_is_data_parallel(tmp_path, capsys):
     args = ["pretrain.py", *DATA, "--m_name", "resnet20", "--epochs", "2", "--save_dir", str(tmp_path)]
     done = _subprocess(args, procs=2)
@@ -232,6 +234,7 @@ def _baseline_folder(start, folder: Path) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_two_process_iterative_search_equals_one_process(start, tmp_path):
     save, sparse = start
     baseline = _baseline_folder(start, tmp_path / "baseline")
@@ -254,6 +257,7 @@ def test_two_process_iterative_search_equals_one_process(start, tmp_path):
     assert final[0]["final_val_acc"] == final[1]["final_val_acc"]
 
 
+@pytest.mark.slow
 def test_two_process_finetune_is_data_parallel_and_keeps_the_masks(start, tmp_path, capsys):
     _, sparse = start
     out = tmp_path / "tuned.pth"
@@ -349,6 +353,7 @@ def test_reward_noise_benchmark_reports_paired_and_unpaired_noise(tmp_path, monk
     assert result["within_allocation_std"] >= 0 and result["comparison_std_unpaired"] >= 0
 
 
+@pytest.mark.slow
 def test_matched_benchmark_compares_every_arm_with_straight_pruning(tmp_path, monkeypatch):
     from benchmarks import bench_matched, common
 
@@ -360,6 +365,15 @@ def test_matched_benchmark_compares_every_arm_with_straight_pruning(tmp_path, mo
     rows = read_csv(tmp_path / "benchmarks" / "results" / "matched_synthetic.csv")
     assert [r["arm"] for r in rows] == ["straight", "rl/zero", "rl/dense", "greedy/zero", "greedy/dense"]
     assert all(float(r["sparsity"]) == pytest.approx(0.95, abs=1e-3) for r in rows if r["allocation"] == "greedy")
+    # asking for one more arm runs only that one: the no-regrowth control, the start finetuned as long
+    kept = {r["arm"]: r for r in rows}
+    assert bench_matched.main(TINY + ["--save_dir", str(tmp_path), "--seeds", "1", "--start_sparsity", "0.96",
+                                      "--final_sparsity", "0.95", "--regrow_epochs", "1", "--episodes", "2",
+                                      "--inits", "zero", "--allocations", "greedy", "none"]) == 0
+    again = read_csv(tmp_path / "benchmarks" / "results" / "matched_synthetic.csv")
+    assert [r["arm"] for r in again] == ["straight", "greedy/zero", "none"]
+    assert again[:2] == [kept["straight"], kept["greedy/zero"]]
+    assert int(again[2]["regrown"]) == 0 and float(again[2]["sparsity"]) == pytest.approx(0.96, abs=1e-3)
 
 
 def test_reference_values_are_the_references_effective_weights(start, tmp_path):

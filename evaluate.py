@@ -12,7 +12,8 @@ number, ``params_nonzero`` the kept ones (mask == 1, or nonzero where a layer ha
 ``sparsity = 1 - params_nonzero / params_total``. A channel-pruned checkpoint also reports its channel
 sparsity (masked channels / groupable channels) and the params and MACs (per image) of its physical
 export next to the dense model's; an exported checkpoint reports its own params and MACs. Val accuracy
-uses the checkpoint's own seed and val split unless --seed / --val_split are given. With --json, stdout is
+uses the checkpoint's own seed, val split and --eval_subset unless --seed / --val_split / --eval_subset are
+given (``--eval_subset all``: every val and test image, whatever the checkpoint used). With --json, stdout is
 exactly one JSON object. --device_profile (or --max_bytes / --max_macs / --max_latency_ms / --storage) says
 whether the model fits a device, with the margin of each limit (see utils/device.py). Writes nothing.
 
@@ -25,7 +26,7 @@ import json
 from collections.abc import Sequence
 
 from utils.checkpoint import Checkpoint, read_checkpoint
-from utils.cli import add_common_args, cli_main, new_parser
+from utils.cli import add_common_args, cli_main, new_parser, positive_int
 from utils.device import add_device_args, fit, model_costs, profile_from_args
 from utils.export import params_and_macs
 from utils.masks import LayerCount, layer_counts
@@ -36,10 +37,13 @@ from utils.train import evaluate
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = new_parser(__doc__)
     add_common_args(parser, m_name_default=None, training=False)
-    parser.set_defaults(seed=None, val_split=None)
+    parser.set_defaults(seed=None, val_split=None, eval_subset=None)
     for action in parser._actions:  # noqa: SLF001  (argparse keeps no public list)
         if action.dest in ("seed", "val_split"):
             action.help += " (default: the checkpoint's own)"
+        if action.dest == "eval_subset":
+            action.type = _subset_or_all
+            action.help = "evaluate on only the first N val and N test images, or 'all' (default: the checkpoint's own)"
     parser.add_argument("--ckpt", required=True, help="checkpoint to evaluate")
     parser.add_argument("--per_layer", action="store_true", help="also report sparsity per prunable layer")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
@@ -49,12 +53,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _subset_or_all(text: str) -> int | str:
+    """argparse type of evaluate's --eval_subset: an integer >= 1, or 'all'."""
+    return "all" if text == "all" else positive_int(text)
+
+
 def _fill_from_checkpoint(args: argparse.Namespace, saved: dict) -> None:
-    """Use the seed / val split the checkpoint was trained with unless given on the command line."""
+    """Use the seed / val split / eval subset the checkpoint was trained with unless given on the command line
+    (so val and test accuracy are measured on the images its training measured them on)."""
     if args.seed is None:
         args.seed = int(saved.get("seed", 42))
     if args.val_split is None:
         args.val_split = float(saved.get("val_split", 0.1))
+    if args.eval_subset is None:
+        args.eval_subset = saved.get("eval_subset")
+    elif args.eval_subset == "all":
+        args.eval_subset = None
 
 
 def _layer_rows(counts: list[LayerCount]) -> list[dict]:

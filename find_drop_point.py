@@ -84,8 +84,7 @@ def _fingerprint(path: Path) -> list[float]:
 
 def evaluate_all(stage, paths: list[Path], dense: Path) -> tuple[list[float], torch.Tensor, torch.Tensor]:
     """(sparsities, per-image correctness [points, N], dense correctness [N]) on val; cached."""
-    settings = {"dataset": stage.dataset, "seed": stage.args.seed, "val_split": stage.args.val_split,
-                "granularity": stage.granularity.name}
+    settings = {**stage.val_settings, "granularity": stage.granularity.name}
     cache_path = folder_cache(stage.args.save_dir, stage.model_name, paths[0].parent, "val_correct", ".pt")
     cache = torch.load(cache_path, weights_only=True) if cache_path.is_file() else {}
     entries = cache.get("entries", {}) if cache.get("settings") == settings else {}

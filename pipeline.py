@@ -71,16 +71,19 @@ from utils.run import LOG, inner_stage, log_outputs, resolve_device, setup_loggi
 # per granularity: the pruning target and the regrowth budget (fractions of N_tot: weights or channels)
 TARGETS = {"weight": {"sparsity": 0.99, "regrow_step": 0.01}, "channel": {"sparsity": 0.9, "regrow_step": 0.05}}
 PRESETS: dict[str, dict] = {
-    "demo": {"m_name": "resnet20", "dataset": "synthetic", "train_subset": 4500, "pretrain_epochs": 8,
-             "prune_epochs": 4, "episodes": 5, "mini_epochs": 1, "final_epochs": 4, "ssim_num_batches": 2},
-    "smoke": {"m_name": "resnet20", "dataset": "synthetic", "train_subset": 512, "pretrain_epochs": 1,
-              "prune_epochs": 1, "episodes": 2, "mini_epochs": 1, "final_epochs": 1, "ssim_num_batches": 1},
-    "cifar10_resnet20": {"m_name": "resnet20", "dataset": "cifar10", "train_subset": None, "pretrain_epochs": 200,
-                         "prune_epochs": 400, "episodes": 400, "mini_epochs": 50, "final_epochs": 400,
-                         "ssim_num_batches": 64},
-    "cifar10_vgg16": {"m_name": "vgg16", "dataset": "cifar10", "train_subset": None, "pretrain_epochs": 200,
-                      "prune_epochs": 400, "episodes": 400, "mini_epochs": 50, "final_epochs": 400,
-                      "ssim_num_batches": 64},
+    "demo": {"m_name": "resnet20", "dataset": "synthetic", "train_subset": 4500, "eval_subset": None,
+             "pretrain_epochs": 8, "prune_epochs": 4, "episodes": 5, "mini_epochs": 1, "final_epochs": 4,
+             "ssim_num_batches": 2},
+    # a check of the install, not a result: 512 training images, and 500 val and 500 test images per evaluation
+    "smoke": {"m_name": "resnet20", "dataset": "synthetic", "train_subset": 512, "eval_subset": 500,
+              "pretrain_epochs": 1, "prune_epochs": 1, "episodes": 2, "mini_epochs": 1, "final_epochs": 1,
+              "ssim_num_batches": 1},
+    "cifar10_resnet20": {"m_name": "resnet20", "dataset": "cifar10", "train_subset": None, "eval_subset": None,
+                         "pretrain_epochs": 200, "prune_epochs": 400, "episodes": 400, "mini_epochs": 50,
+                         "final_epochs": 400, "ssim_num_batches": 64},
+    "cifar10_vgg16": {"m_name": "vgg16", "dataset": "cifar10", "train_subset": None, "eval_subset": None,
+                      "pretrain_epochs": 200, "prune_epochs": 400, "episodes": 400, "mini_epochs": 50,
+                      "final_epochs": 400, "ssim_num_batches": 64},
 }
 # per granularity: (prune script, RL search script, extra greedy flags, summary file stem, export final models)
 SCRIPTS = {"weight": (prune_unstructure.main, regrowth_oneshot.main, [], "pipeline_summary", False),
@@ -260,7 +263,8 @@ def _flags(args: argparse.Namespace, p: dict, seed: int, save_dir: Path) -> tupl
     """(flags every stage takes, the same plus the training-only ones)."""
     common = ["--m_name", p["m_name"], "--dataset", p["dataset"], "--data_dir", args.data_dir, "--save_dir",
               str(save_dir), "--seed", str(seed), "--device", args.device] + (
-        ["--no_progress"] if args.no_progress else [])
+        ["--no_progress"] if args.no_progress else []) + (
+        ["--eval_subset", str(p["eval_subset"])] if p["eval_subset"] else [])
     train = common + (["--train_subset", str(p["train_subset"])] if p["train_subset"] else []) + (
         ["--compile"] if args.compile else [])
     return common, train

@@ -90,8 +90,7 @@ def one_seed(args: argparse.Namespace, seed: int) -> list[dict]:
     arms runs only those."""
     root = Path(args.save_dir) / f"matched_{args.dataset}_{args.m_name}" / f"seed{seed}"
     # which arms to run does not change how any arm is made: the arm lists are not settings
-    check_settings(root.parent, {k: v for k, v in vars(args).items()
-                                 if k not in ("seeds", "device", "save_dir", "allocations", "inits")})
+    check_settings(root.parent, vars(args), ignore=("seeds", "device", "save_dir", "allocations", "inits"))
     path = root / "rows.json"
     done = {row["arm"]: row for row in json.loads(path.read_text())} if path.is_file() else {}
     wanted = ["straight"] + [arm_name(kind, init) for kind, init in planned(args)]
@@ -104,7 +103,8 @@ def one_seed(args: argparse.Namespace, seed: int) -> list[dict]:
 def planned(args: argparse.Namespace) -> list[tuple[str, str]]:
     """(allocation, init) of every regrowth arm, in the order asked; ``none`` regrows nothing, so it has one arm
     and no init (``-``)."""
-    return [(kind, init) for kind in args.allocations for init in (["-"] if kind == "none" else args.inits)]
+    wanted = [(kind, init) for kind in args.allocations for init in (["-"] if kind == "none" else args.inits)]
+    return list(dict.fromkeys(wanted))  # an arm asked twice runs once
 
 
 def arm_name(kind: str, init: str) -> str:
@@ -121,10 +121,7 @@ def arms(args: argparse.Namespace, seed: int, root: Path, done: set[str]) -> lis
         "--save_dir", str(root / "search"), "--pretrained", str(dense), "--initial_ckpt", str(start)])
     stage, pair = prepare_dense_sparse(stage_args, start, reparam=True)
     gran = stage.granularity
-    model = stage.load_model(straight, sparse=True)
-    rows = [{"seed": seed, "arm": "straight", "allocation": "-", "init": "-", "sparsity": gran.sparsity(model),
-             "regrown": 0, "val_acc": evaluate(model, stage.data.val, amp=stage.amp)[1],
-             "test_acc": evaluate(model, stage.data.test, amp=stage.amp)[1]}]
+    rows = [] if "straight" in done else [straight_row(stage, seed, straight)]
     caps = {n: c for n, c in gran.capacity(pair.sparse).items() if c > 0}
     budget = regrowth_budget(gran.total(pair.sparse), args.start_sparsity - args.final_sparsity, sum(caps.values()))
     todo = [(kind, init) for kind, init in planned(args) if arm_name(kind, init) not in done]
@@ -139,12 +136,21 @@ def arms(args: argparse.Namespace, seed: int, root: Path, done: set[str]) -> lis
     allocations = {kind: allocation(kind) for kind in dict.fromkeys(kind for kind, _ in todo)}
     scores = saliency_scores(stage, pair)
     for kind, init in todo:
-        result = regrow_and_finetune(stage, pair, allocations[kind], scores, "zero" if init == "-" else init,
+        result = regrow_and_finetune(stage, pair, allocations[kind], scores, None if init == "-" else init,
                                      args.regrow_epochs)
         rows.append({"seed": seed, "arm": arm_name(kind, init), "allocation": kind, "init": init, **result})
         print(f"seed {seed} {kind:<14} {init:<10} regrew {result['regrown']:>6}  val {result['val_acc']:.2f}%  "
               f"test {result['test_acc']:.2f}%", flush=True)
     return rows
+
+
+def straight_row(stage, seed: int, path: Path) -> dict:
+    """The row of the model pruned straight to the final sparsity (``path``): its val and test accuracy (%)."""
+    model = stage.load_model(path, sparse=True)
+    return {"seed": seed, "arm": "straight", "allocation": "-", "init": "-",
+            "sparsity": stage.granularity.sparsity(model), "regrown": 0,
+            "val_acc": evaluate(model, stage.data.val, amp=stage.amp)[1],
+            "test_acc": evaluate(model, stage.data.test, amp=stage.amp)[1]}
 
 
 def mean_std(values: list[float]) -> str:

@@ -86,7 +86,7 @@ def noise_figures(table: list[list[float]]) -> dict[str, float]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     args.save_dir_path = Path(args.save_dir) / f"reward_noise_{args.dataset}_{args.m_name}"
-    check_settings(args.save_dir_path, {k: v for k, v in vars(args).items() if k not in ("device", "save_dir_path")})
+    check_settings(args.save_dir_path, vars(args), ignore=("device", "save_dir_path"))
     allocations, table = reward_table(args)
     figures = noise_figures(table)
     print(f"rewards (rows: {len(table)} allocations, columns: {len(table[0])} streams), reward = gain/100 + bonus:")

@@ -19,7 +19,8 @@ from utils.paths import pretrained_path, prune_checkpoint, prune_dir
 from utils.run import make_generator, write_json
 from utils.train import evaluate, finetune
 
-DATA_FLAGS = ("m_name", "dataset", "data_dir", "batch_size", "eval_batch_size", "train_subset", "device")
+DATA_FLAGS = ("m_name", "dataset", "data_dir", "batch_size", "eval_batch_size", "train_subset", "eval_subset",
+              "device")
 
 
 def add_experiment_args(parser: argparse.ArgumentParser) -> None:
@@ -32,18 +33,25 @@ def add_experiment_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch_size", type=int, default=128)
     parser.add_argument("--eval_batch_size", type=int, default=500)
     parser.add_argument("--train_subset", type=int, default=None, help="use only N training images")
+    parser.add_argument("--eval_subset", type=int, default=None, help="evaluate on only N val and N test images")
     parser.add_argument("--pretrain_epochs", type=int, default=15, help="dense pretraining epochs")
     parser.add_argument("--prune_epochs", type=int, default=4, help="finetune epochs after the one-shot prune")
 
 
-def check_settings(root: Path, settings: dict) -> None:
+def check_settings(root: Path, settings: dict, ignore: tuple[str, ...] = ()) -> None:
     """Reuse ``root``'s finished stages only for the settings they were made with: ``settings.json`` is
-    written on first use and compared after (a mismatch is a usage error: pick another --save_dir)."""
+    written on first use and compared after (a mismatch is a usage error: pick another --save_dir). Keys in
+    ``ignore`` are not compared, nor is a flag the stored file predates while it keeps its default (None)."""
     path = root / "settings.json"
-    settings = {k: str(v) for k, v in settings.items()}
-    if path.is_file() and json.loads(path.read_text()) != settings:
-        raise UsageError(f"{root} was made with other settings ({path}); use another --save_dir to rerun with these")
-    write_json(path, settings)
+    current = {k: str(v) for k, v in settings.items() if k not in ignore}
+    if path.is_file():
+        stored = {k: v for k, v in json.loads(path.read_text()).items() if k not in ignore}
+        stored.update({k: "None" for k, v in current.items() if k not in stored and v == "None"})
+        if stored != current:
+            differ = sorted(k for k in stored.keys() | current.keys() if stored.get(k) != current.get(k))
+            raise UsageError(f"{root} was made with other settings ({path}: {', '.join(differ)} differ); use "
+                             f"another --save_dir to rerun with these")
+    write_json(path, current)
 
 
 def stage_flags(args: argparse.Namespace, seed: int) -> list[str]:
@@ -86,16 +94,19 @@ def pruned_model(args: argparse.Namespace, seed: int, root: Path, dense: Path, s
     return path
 
 
-def regrow_and_finetune(stage, pair, allocation: dict[str, int], scores: dict[str, torch.Tensor], init: str,
+def regrow_and_finetune(stage, pair, allocation: dict[str, int], scores: dict[str, torch.Tensor], init: str | None,
                         epochs: int) -> dict[str, float]:
-    """Regrow ``allocation`` into a copy of the sparse model (``init`` values, ``scores`` pick positions),
-    finetune ``epochs`` (AdamW, best epoch on val) and report val/test accuracy (%), sparsity and count."""
+    """Regrow ``allocation`` into a copy of the sparse model (``init`` values, ``scores`` pick positions; an
+    empty allocation regrows nothing and needs no init), finetune ``epochs`` (AdamW, best epoch on val) and
+    report val/test accuracy (%), sparsity and count."""
     from utils.masks import clone_model
 
     gran, seed = stage.granularity, stage.args.seed
     model = clone_model(pair.sparse)
-    regrown = sum(gran.regrow(model, allocation, scores, init, pair.dense,
-                              generator=make_generator(seed, "regrowth_init", stage.device)).values())
+    regrown = 0
+    if allocation:
+        regrown = sum(gran.regrow(model, allocation, scores, init, pair.dense,
+                                  generator=make_generator(seed, "regrowth_init", stage.device)).values())
     train = stage.data.train.with_generator(make_generator(seed, "matched_finetune", stage.device))
     fit = finetune(model, train, stage.data.val, epochs=epochs, progress=False, verbose=False, amp=stage.amp)
     return {"val_acc": fit.best_val_acc, "test_acc": evaluate(model, stage.data.test, amp=stage.amp)[1],

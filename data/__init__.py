@@ -103,19 +103,29 @@ def split_train_val(train: ImageSet, val_split: float, seed: int) -> tuple[Image
     return train.subset(order[n_val:]), train.subset(order[:n_val])
 
 
+def _first(split: ImageSet, n: int) -> ImageSet:
+    """The first ``n`` images of ``split`` (all of them when it has fewer)."""
+    return split.subset(torch.arange(min(n, len(split.labels))))
+
+
 def get_data(name: str, data_dir: str | Path, *, device: torch.device, seed: int = 42, val_split: float = 0.1,
              batch_size: int = 128, eval_batch_size: int = 500, train_subset: int | None = None,
-             download: bool = True, channels_last: bool = True, augment: bool = True) -> DataBundle:
+             eval_subset: int | None = None, download: bool = True, channels_last: bool = True,
+             augment: bool = True) -> DataBundle:
     """Load ``name`` and wrap its splits in device-resident loaders.
 
     ``train_subset`` keeps only the first N images of the training split (after the val split is carved,
-    so val stays the same). Shuffling and augmentation (off with ``augment=False``) draw from the
-    'data_order' stream of ``seed``.
+    so val stays the same); ``eval_subset`` keeps only the first N images of val and of test (quick runs:
+    every evaluation costs less, and its accuracy is measured on fewer images). Shuffling and augmentation
+    (off with ``augment=False``) draw from the 'data_order' stream of ``seed``.
     """
     raw = load_raw(name, data_dir, download)
     train, val = split_train_val(raw.train, val_split, seed)
     if train_subset is not None:
-        train = train.subset(torch.arange(min(train_subset, len(train.labels))))
+        train = _first(train, train_subset)
+    test = raw.test
+    if eval_subset is not None:
+        val, test = _first(val, eval_subset), _first(test, eval_subset)
     info = raw.info
     common = dict(mean=info.mean, std=info.std, device=device, channels_last=channels_last)
     return DataBundle(
@@ -124,7 +134,7 @@ def get_data(name: str, data_dir: str | Path, *, device: torch.device, seed: int
                            augment=info.augment if augment else None,
                            generator=make_generator(seed, "data_order", device), **common),
         val=DeviceLoader(val.images, val.labels, batch_size=eval_batch_size, **common),
-        test=DeviceLoader(raw.test.images, raw.test.labels, batch_size=eval_batch_size, **common),
+        test=DeviceLoader(test.images, test.labels, batch_size=eval_batch_size, **common),
     )
 
 

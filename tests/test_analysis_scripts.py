@@ -15,8 +15,9 @@ from tests.conftest import run_main, save_dense_and_sparse, tree
 from utils.checkpoint import save_checkpoint
 from utils.plots import read_csv
 
-FAST = ["--dataset", "synthetic", "--train_subset", "128", "--batch_size", "64", "--eval_batch_size", "250",
-        "--ssim_num_batches", "1", "--saliency_batches", "2", "--device", "cpu", "--no_progress"]
+FAST = ["--dataset", "synthetic", "--train_subset", "128", "--eval_subset", "250", "--batch_size", "64",
+        "--eval_batch_size", "250", "--ssim_num_batches", "1", "--saliency_batches", "2", "--device", "cpu",
+        "--no_progress"]
 
 
 @pytest.fixture(scope="module")

@@ -118,7 +118,8 @@ def pruned(tmp_path_factory):
     return (save, *save_dense_and_sparse(save, 0.95))
 
 
-DATA = ["--dataset", "synthetic", "--train_subset", "128", "--eval_batch_size", "500", "--device", "cpu"]
+DATA = ["--dataset", "synthetic", "--train_subset", "128", "--eval_subset", "250", "--eval_batch_size", "500",
+        "--device", "cpu"]
 
 
 def test_evaluate_says_whether_a_checkpoint_fits(pruned, tmp_path, capsys):

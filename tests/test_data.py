@@ -80,6 +80,16 @@ def test_val_uses_test_pipeline_and_subset_keeps_val(cifar_dir):
     assert torch.equal(full.val.labels, small.val.labels)
 
 
+def test_eval_subset_keeps_the_first_val_and_test_images_and_all_training_images(cifar_dir):
+    full = get_data("cifar10", cifar_dir, device=CPU, seed=1, val_split=0.2, batch_size=8)
+    quick = get_data("cifar10", cifar_dir, device=CPU, seed=1, val_split=0.2, batch_size=8, eval_subset=7)
+    assert quick.val.num_samples == quick.test.num_samples == 7 and quick.train.num_samples == 80
+    assert torch.equal(quick.val.labels, full.val.labels[:7]) and torch.equal(quick.test.labels, full.test.labels[:7])
+    assert torch.equal(quick.train.labels, full.train.labels)
+    wide = get_data("cifar10", cifar_dir, device=CPU, seed=1, val_split=0.2, batch_size=8, eval_subset=10_000)
+    assert wide.val.num_samples == full.val.num_samples and wide.test.num_samples == full.test.num_samples
+
+
 def _batches(loader: DeviceLoader) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(x.clone(), y.clone()) for x, y in loader]
 

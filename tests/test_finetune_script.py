@@ -12,8 +12,8 @@ from utils.masks import add_reparam, get_masks
 from utils.pruners import get_pruner
 from utils.train import warmup_cosine
 
-QUICK = ["--dataset", "synthetic", "--train_subset", "128", "--batch_size", "64", "--device", "cpu",
-         "--no_progress"]
+QUICK = ["--dataset", "synthetic", "--train_subset", "128", "--eval_subset", "250", "--batch_size", "64", "--device",
+         "cpu", "--no_progress"]
 
 
 def test_finetune_keeps_masks_and_zeros(tmp_path):

@@ -23,7 +23,8 @@ SCRIPTS = ["analyze_layers", "benchmark_regrowth", "evaluate", "export", "find_d
            "pretrain", "prune_structure", "prune_unstructure", "regrowth_greedy", "regrowth_iterative",
            "regrowth_oneshot", "regrowth_structure_iterative", "regrowth_structure_oneshot", "report",
            "single_layer_regrowth_analysis"]
-QUICK = ["--dataset", "synthetic", "--train_subset", "128", "--batch_size", "64", "--device", "cpu", "--no_progress"]
+QUICK = ["--dataset", "synthetic", "--train_subset", "128", "--eval_subset", "250", "--batch_size", "64", "--device",
+         "cpu", "--no_progress"]
 
 
 class _Captured(Exception):

@@ -16,8 +16,8 @@ from utils.checkpoint import load_weights, read_checkpoint, save_checkpoint
 from utils.masks import add_reparam, get_masks, layer_counts, sparsity
 from utils.plots import read_csv
 
-QUICK = ["--dataset", "synthetic", "--train_subset", "128", "--batch_size", "64", "--finetune_epochs", "1",
-         "--device", "cpu", "--no_progress"]
+QUICK = ["--dataset", "synthetic", "--train_subset", "128", "--eval_subset", "250", "--batch_size", "64",
+         "--finetune_epochs", "1", "--device", "cpu", "--no_progress"]
 
 
 def _save_dense(save_dir: Path, model_name: str = "resnet20") -> Path:

@@ -18,9 +18,9 @@ from utils.plots import read_csv
 from utils.pruners import get_pruner
 from utils.search import Search
 
-FAST = ["--dataset", "synthetic", "--train_subset", "128", "--batch_size", "64", "--eval_batch_size", "250",
-        "--ssim_num_batches", "1", "--saliency_batches", "2", "--finetune_epochs", "1", "--device", "cpu",
-        "--no_progress", "--ssim_threshold", "0.9"]
+FAST = ["--dataset", "synthetic", "--train_subset", "128", "--eval_subset", "250", "--batch_size", "64",
+        "--eval_batch_size", "250", "--ssim_num_batches", "1", "--saliency_batches", "2", "--finetune_epochs", "1",
+        "--device", "cpu", "--no_progress", "--ssim_threshold", "0.9"]
 
 
 @pytest.fixture(scope="module")

@@ -30,8 +30,8 @@ from utils.errors import UsageError
 from utils.masks import merged_state
 from utils.plots import read_csv
 
-DATA = ["--dataset", "synthetic", "--train_subset", "128", "--batch_size", "64", "--eval_batch_size", "250",
-        "--device", "cpu", "--no_progress"]
+DATA = ["--dataset", "synthetic", "--train_subset", "128", "--eval_subset", "250", "--batch_size", "64",
+        "--eval_batch_size", "250", "--device", "cpu", "--no_progress"]
 SCORES = ["--ssim_num_batches", "1", "--saliency_batches", "1", "--ssim_threshold", "0.9"]
 
 

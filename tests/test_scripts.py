@@ -17,8 +17,8 @@ from tests.conftest import run_main, tree, write_cifar
 from utils.checkpoint import read_checkpoint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-QUICK = ["--dataset", "synthetic", "--train_subset", "256", "--batch_size", "64", "--device", "cpu",
-         "--no_progress"]
+QUICK = ["--dataset", "synthetic", "--train_subset", "256", "--eval_subset", "250", "--batch_size", "64", "--device",
+         "cpu", "--no_progress"]
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +49,11 @@ def test_evaluate_json_matches_training(pretrained, capsys):
     assert report["sparsity"] == 0.0 and report["params_total"] == report["params_nonzero"] == 270_896
     assert report["val_acc"] == pytest.approx(meta["val_acc"]) and report["test_acc"] == pytest.approx(meta["test_acc"])
     assert len(report["layers"]) == 22
+    # on the images training measured (its --eval_subset 250) unless asked for all of them
+    assert report["val_images"] == report["test_images"] == 250
+    code, out, _ = run_main(evaluate.main, ["--ckpt", str(ckpt), "--json", "--device", "cpu", "--eval_subset", "all"],
+                            capsys)
+    assert code == 0 and (json.loads(out)["val_images"], json.loads(out)["test_images"]) == (1000, 2000)
 
 
 def test_evaluate_text_on_original_format(tmp_path, capsys):

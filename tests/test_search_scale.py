@@ -26,8 +26,8 @@ from utils.search import Search
 from utils.stage import Stage
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ["--dataset", "synthetic", "--train_subset", "256", "--batch_size", "64", "--eval_batch_size", "500",
-        "--device", "cpu", "--no_progress"]
+DATA = ["--dataset", "synthetic", "--train_subset", "256", "--eval_subset", "500", "--batch_size", "64",
+        "--eval_batch_size", "500", "--device", "cpu", "--no_progress"]
 SEARCH = DATA + ["--ssim_num_batches", "1", "--saliency_batches", "2", "--finetune_epochs", "1",
                  "--ssim_threshold", "0.99"]
 
@@ -338,8 +338,8 @@ def test_bad_selection_inputs(start, capsys, extra, message):
 
 # ---- the accuracy experiments run end to end (tiny settings; the figures come from real runs) --------------
 
-TINY = ["--dataset", "synthetic", "--train_subset", "256", "--batch_size", "64", "--device", "cpu",
-        "--pretrain_epochs", "1", "--prune_epochs", "1"]
+TINY = ["--dataset", "synthetic", "--train_subset", "256", "--eval_subset", "250", "--batch_size", "64", "--device",
+        "cpu", "--pretrain_epochs", "1", "--prune_epochs", "1"]
 
 
 def test_reward_noise_benchmark_reports_paired_and_unpaired_noise(tmp_path, monkeypatch):
@@ -351,6 +351,14 @@ def test_reward_noise_benchmark_reports_paired_and_unpaired_noise(tmp_path, monk
     result = json.loads((tmp_path / "benchmarks" / "results" / "reward_noise_synthetic.json").read_text())
     assert len(result["rewards"]) == 2 and all(len(row) == 2 for row in result["rewards"])
     assert result["within_allocation_std"] >= 0 and result["comparison_std_unpaired"] >= 0
+
+
+def _counted(function, calls: list[str]):
+    """``function``, appending its name to ``calls`` on every call."""
+    def wrapper(*args, **kwargs):
+        calls.append(function.__name__)
+        return function(*args, **kwargs)
+    return wrapper
 
 
 @pytest.mark.slow
@@ -366,14 +374,21 @@ def test_matched_benchmark_compares_every_arm_with_straight_pruning(tmp_path, mo
     assert [r["arm"] for r in rows] == ["straight", "rl/zero", "rl/dense", "greedy/zero", "greedy/dense"]
     assert all(float(r["sparsity"]) == pytest.approx(0.95, abs=1e-3) for r in rows if r["allocation"] == "greedy")
     # asking for one more arm runs only that one: the no-regrowth control, the start finetuned as long
+    # (an arm asked twice runs once); the finished arms and the straight row are read, not made again
     kept = {r["arm"]: r for r in rows}
+    made: list[str] = []
+    for name in ("regrow_and_finetune", "straight_row"):
+        monkeypatch.setattr(bench_matched, name, _counted(getattr(bench_matched, name), made))
     assert bench_matched.main(TINY + ["--save_dir", str(tmp_path), "--seeds", "1", "--start_sparsity", "0.96",
                                       "--final_sparsity", "0.95", "--regrow_epochs", "1", "--episodes", "2",
-                                      "--inits", "zero", "--allocations", "greedy", "none"]) == 0
+                                      "--inits", "zero", "--allocations", "greedy", "none", "greedy"]) == 0
     again = read_csv(tmp_path / "benchmarks" / "results" / "matched_synthetic.csv")
     assert [r["arm"] for r in again] == ["straight", "greedy/zero", "none"]
     assert again[:2] == [kept["straight"], kept["greedy/zero"]]
     assert int(again[2]["regrown"]) == 0 and float(again[2]["sparsity"]) == pytest.approx(0.96, abs=1e-3)
+    assert made == ["regrow_and_finetune"]
+    stored = json.loads((tmp_path / "matched_synthetic_resnet20/seed1/rows.json").read_text())
+    assert sorted(r["arm"] for r in stored) == sorted([*kept, "none"])
 
 
 def test_reference_values_are_the_references_effective_weights(start, tmp_path):

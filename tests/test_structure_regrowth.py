@@ -26,9 +26,9 @@ from utils.pruners import get_pruner
 from utils.search import Search
 from utils.stage import prepare_model_only
 
-FAST = ["--dataset", "synthetic", "--train_subset", "128", "--batch_size", "64", "--eval_batch_size", "250",
-        "--ssim_num_batches", "1", "--taylor_batches", "1", "--finetune_epochs", "1", "--device", "cpu",
-        "--no_progress", "--ssim_threshold", "0.9"]
+FAST = ["--dataset", "synthetic", "--train_subset", "128", "--eval_subset", "250", "--batch_size", "64",
+        "--eval_batch_size", "250", "--ssim_num_batches", "1", "--taylor_batches", "1", "--finetune_epochs", "1",
+        "--device", "cpu", "--no_progress", "--ssim_threshold", "0.9"]
 CHANNELS = 448  # resnet20's groupable channels
 
 

@@ -23,8 +23,8 @@ from utils.checkpoint import read_checkpoint, save_checkpoint
 from utils.granularity import get_granularity
 from utils.plots import read_csv
 
-DATA = ["--dataset", "synthetic", "--train_subset", "128", "--batch_size", "64", "--eval_batch_size", "250",
-        "--device", "cpu", "--no_progress"]
+DATA = ["--dataset", "synthetic", "--train_subset", "128", "--eval_subset", "250", "--batch_size", "64",
+        "--eval_batch_size", "250", "--device", "cpu", "--no_progress"]
 QUICK = DATA + ["--finetune_epochs", "1"]
 
 

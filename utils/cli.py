@@ -182,6 +182,8 @@ def add_common_args(parser: argparse.ArgumentParser, *, m_name_default: str | No
                        help="fraction of the training set held out for validation")
     group.add_argument("--train_subset", type=positive_int, default=None,
                        **({"help": "use only the first N training images (quick runs)"} | unlisted))
+    group.add_argument("--eval_subset", type=positive_int, default=None,
+                       help="evaluate on only the first N val and N test images (quick runs; default: all)")
     group.add_argument("--no_download", action="store_true", help="never try to download a missing data set")
     group.add_argument("--no_augment", action="store_true",
                        **({"help": "train without crop/flip/jitter augmentation"} | unlisted))

@@ -117,8 +117,7 @@ def pruning_baseline(stage: Stage, folder: Path) -> dict[float, float]:
         check_parent(stage, path)  # a baseline pruned from another dense model is no zero point for this one
         return stage.granularity.sparsity(model), evaluate(model, stage.data.val, amp=stage.amp)[1]
 
-    settings = {"model": stage.model_name, "dataset": stage.dataset, "seed": stage.args.seed,
-                "val_split": stage.args.val_split, "granularity": stage.granularity.name}
+    settings = {"model": stage.model_name, **stage.val_settings, "granularity": stage.granularity.name}
     return baseline_table(folder, measure, settings, baseline_cache(stage.args.save_dir, stage.model_name, folder))
 
 

@@ -9,15 +9,18 @@ Per seed (--seeds), with the stage scripts (run folders under --save_dir, reused
 * allocations of K = (start - final) · N_tot weights over the start's layers: ``rl`` (regrowth_oneshot.py,
   --episodes episodes of --search_epochs), ``random_search`` (the same with --random_search, equal episodes)
   and ``greedy`` (SSIM-proportional, regrowth_greedy.py's ``prop`` rule);
-* every allocation x every --inits strategy: regrow into the start (saliency picks the positions), finetune
-  --regrow_epochs (AdamW, best epoch on val), test accuracy reported;
+* every allocation x every --inits strategy x every --selections selector: regrow into the start (the selector
+  picks the positions inside each layer: ``saliency`` by default; ``reference`` takes those the straight model
+  keeps, and with ``dense`` init copies its values), finetune --regrow_epochs (AdamW, best epoch on val), test
+  accuracy reported;
 * ``none``: the start finetuned --regrow_epochs more without regrowing anything (the same finetune stream), which
   tells how much of an arm's gain over the start is the regrown weights and how much the extra epochs.
 
 So every final model has had --prune_epochs + --regrow_epochs finetune epochs after pruning (the searches'
 mini-finetunes only choose the allocation; their models are not used). Printed: mean ± std over seeds of
 val and test accuracy per arm, and of each arm's paired difference to ``straight`` (same seed). Each seed's
-finished arms are kept in ``{seed}/rows.json``: a rerun with more --allocations or --inits runs only the new arms.
+finished arms are kept in ``{seed}/rows.json``: a rerun with more --allocations, --inits or --selections runs only
+the new arms. Arms are named ``allocation/init``, with ``/selection`` added for selectors other than saliency.
 
     python -m benchmarks.bench_matched --seeds 1 2 3                   # synthetic, CPU (~35 min a seed)
     # seeds in parallel processes, then one call that gathers their finished rows:
@@ -49,7 +52,8 @@ from benchmarks.experiment import (
 from utils.budget import regrowth_budget
 from utils.regrowth import allocate_proportional
 from utils.run import write_csv, write_json
-from utils.scores import saliency_scores, ssim_scores
+from utils.scores import ssim_scores
+from utils.selection import SELECTORS
 from utils.stage import prepare_dense_sparse
 from utils.train import evaluate
 
@@ -67,6 +71,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--search_epochs", type=int, default=1, help="mini-finetune epochs per episode")
     parser.add_argument("--inits", nargs="+", default=["zero", "dense", "magnitude", "kaiming"])
     parser.add_argument("--allocations", nargs="+", default=list(ALLOCATIONS), choices=ALLOCATIONS)
+    parser.add_argument("--selections", nargs="+", default=["saliency"], choices=list(SELECTORS),
+                        help="within-layer selectors (reference: the straight model is the reference)")
     return parser.parse_args(argv)
 
 
@@ -90,25 +96,32 @@ def one_seed(args: argparse.Namespace, seed: int) -> list[dict]:
     arms runs only those."""
     root = Path(args.save_dir) / f"matched_{args.dataset}_{args.m_name}" / f"seed{seed}"
     # which arms to run does not change how any arm is made: the arm lists are not settings
-    check_settings(root.parent, vars(args), ignore=("seeds", "device", "save_dir", "allocations", "inits"))
+    check_settings(root.parent, vars(args), ignore=("seeds", "device", "save_dir", "allocations", "inits",
+                                                    "selections"))
     path = root / "rows.json"
     done = {row["arm"]: row for row in json.loads(path.read_text())} if path.is_file() else {}
-    wanted = ["straight"] + [arm_name(kind, init) for kind, init in planned(args)]
+    for row in done.values():  # rows written before --selections existed were all saliency
+        row.setdefault("selection", "-" if row["init"] == "-" else "saliency")
+    wanted = ["straight"] + [arm_name(*arm) for arm in planned(args)]
     if any(arm not in done for arm in wanted):
         done.update((row["arm"], row) for row in arms(args, seed, root, set(done)))
         write_json(path, list(done.values()))
     return [done[arm] for arm in wanted]
 
 
-def planned(args: argparse.Namespace) -> list[tuple[str, str]]:
-    """(allocation, init) of every regrowth arm, in the order asked; ``none`` regrows nothing, so it has one arm
-    and no init (``-``)."""
-    wanted = [(kind, init) for kind in args.allocations for init in (["-"] if kind == "none" else args.inits)]
+def planned(args: argparse.Namespace) -> list[tuple[str, str, str]]:
+    """(allocation, init, selection) of every regrowth arm, in the order asked; ``none`` regrows nothing, so it
+    has one arm, with no init and no selection (``-``)."""
+    wanted = [(kind, init, selection) if kind != "none" else ("none", "-", "-")
+              for kind in args.allocations for init in args.inits for selection in args.selections]
     return list(dict.fromkeys(wanted))  # an arm asked twice runs once
 
 
-def arm_name(kind: str, init: str) -> str:
-    return kind if init == "-" else f"{kind}/{init}"
+def arm_name(kind: str, init: str, selection: str) -> str:
+    """``allocation/init``, plus ``/selection`` for a selector other than saliency; ``none`` alone."""
+    if kind == "none":
+        return kind
+    return f"{kind}/{init}" + ("" if selection == "saliency" else f"/{selection}")
 
 
 def arms(args: argparse.Namespace, seed: int, root: Path, done: set[str]) -> list[dict]:
@@ -124,7 +137,7 @@ def arms(args: argparse.Namespace, seed: int, root: Path, done: set[str]) -> lis
     rows = [] if "straight" in done else [straight_row(stage, seed, straight)]
     caps = {n: c for n, c in gran.capacity(pair.sparse).items() if c > 0}
     budget = regrowth_budget(gran.total(pair.sparse), args.start_sparsity - args.final_sparsity, sum(caps.values()))
-    todo = [(kind, init) for kind, init in planned(args) if arm_name(kind, init) not in done]
+    todo = [arm for arm in planned(args) if arm_name(*arm) not in done]
 
     def allocation(kind: str) -> dict[str, int]:
         if kind == "none":
@@ -133,21 +146,25 @@ def arms(args: argparse.Namespace, seed: int, root: Path, done: set[str]) -> lis
             return allocate_proportional(ssim_scores(stage, pair.dense, pair.sparse), caps, budget)
         return searched_allocation(args, seed, root, dense, start, kind)
 
-    allocations = {kind: allocation(kind) for kind in dict.fromkeys(kind for kind, _ in todo)}
-    scores = saliency_scores(stage, pair)
-    for kind, init in todo:
-        result = regrow_and_finetune(stage, pair, allocations[kind], scores, None if init == "-" else init,
-                                     args.regrow_epochs)
-        rows.append({"seed": seed, "arm": arm_name(kind, init), "allocation": kind, "init": init, **result})
-        print(f"seed {seed} {kind:<14} {init:<10} regrew {result['regrown']:>6}  val {result['val_acc']:.2f}%  "
-              f"test {result['test_acc']:.2f}%", flush=True)
+    allocations = {kind: allocation(kind) for kind in dict.fromkeys(kind for kind, _, _ in todo)}
+    reference = stage.load_model(straight, reparam=True) if any(arm[2] == "reference" for arm in todo) else None
+    scores = {name: SELECTORS[name](stage, pair, reference) for name in dict.fromkeys(arm[2] for arm in todo)
+              if name != "-"}
+    for kind, init, selection in todo:
+        source = reference if selection == "reference" else pair.dense  # where dense init copies from
+        result = regrow_and_finetune(stage, pair, allocations[kind], scores.get(selection),
+                                     None if init == "-" else init, args.regrow_epochs, source=source)
+        rows.append({"seed": seed, "arm": arm_name(kind, init, selection), "allocation": kind, "init": init,
+                     "selection": selection, **result})
+        print(f"seed {seed} {kind:<14} {init:<10} {selection:<10} regrew {result['regrown']:>6}  "
+              f"val {result['val_acc']:.2f}%  test {result['test_acc']:.2f}%", flush=True)
     return rows
 
 
 def straight_row(stage, seed: int, path: Path) -> dict:
     """The row of the model pruned straight to the final sparsity (``path``): its val and test accuracy (%)."""
     model = stage.load_model(path, sparse=True)
-    return {"seed": seed, "arm": "straight", "allocation": "-", "init": "-",
+    return {"seed": seed, "arm": "straight", "allocation": "-", "init": "-", "selection": "-",
             "sparsity": stage.granularity.sparsity(model), "regrown": 0,
             "val_acc": evaluate(model, stage.data.val, amp=stage.amp)[1],
             "test_acc": evaluate(model, stage.data.test, amp=stage.amp)[1]}

@@ -94,18 +94,19 @@ def pruned_model(args: argparse.Namespace, seed: int, root: Path, dense: Path, s
     return path
 
 
-def regrow_and_finetune(stage, pair, allocation: dict[str, int], scores: dict[str, torch.Tensor], init: str | None,
-                        epochs: int) -> dict[str, float]:
-    """Regrow ``allocation`` into a copy of the sparse model (``init`` values, ``scores`` pick positions; an
-    empty allocation regrows nothing and needs no init), finetune ``epochs`` (AdamW, best epoch on val) and
-    report val/test accuracy (%), sparsity and count."""
+def regrow_and_finetune(stage, pair, allocation: dict[str, int], scores: dict[str, torch.Tensor] | None,
+                        init: str | None, epochs: int, source=None) -> dict[str, float]:
+    """Regrow ``allocation`` into a copy of the sparse model (``init`` values, copied from ``source`` (default:
+    the dense model) for ``dense``; ``scores`` pick positions; an empty allocation regrows nothing and needs
+    neither), finetune ``epochs`` (AdamW, best epoch on val) and report val/test accuracy (%), sparsity and
+    count."""
     from utils.masks import clone_model
 
     gran, seed = stage.granularity, stage.args.seed
     model = clone_model(pair.sparse)
     regrown = 0
     if allocation:
-        regrown = sum(gran.regrow(model, allocation, scores, init, pair.dense,
+        regrown = sum(gran.regrow(model, allocation, scores, init, pair.dense if source is None else source,
                                   generator=make_generator(seed, "regrowth_init", stage.device)).values())
     train = stage.data.train.with_generator(make_generator(seed, "matched_finetune", stage.device))
     fit = finetune(model, train, stage.data.val, epochs=epochs, progress=False, verbose=False, amp=stage.amp)

@@ -373,22 +373,25 @@ def test_matched_benchmark_compares_every_arm_with_straight_pruning(tmp_path, mo
     rows = read_csv(tmp_path / "benchmarks" / "results" / "matched_synthetic.csv")
     assert [r["arm"] for r in rows] == ["straight", "rl/zero", "rl/dense", "greedy/zero", "greedy/dense"]
     assert all(float(r["sparsity"]) == pytest.approx(0.95, abs=1e-3) for r in rows if r["allocation"] == "greedy")
-    # asking for one more arm runs only that one: the no-regrowth control, the start finetuned as long
-    # (an arm asked twice runs once); the finished arms and the straight row are read, not made again
+    # asking for more arms runs only those: the no-regrowth control (the start finetuned as long) and the
+    # positions the straight model keeps (an arm asked twice runs once); the finished arms and the straight row
+    # are read, not made again
     kept = {r["arm"]: r for r in rows}
     made: list[str] = []
     for name in ("regrow_and_finetune", "straight_row"):
         monkeypatch.setattr(bench_matched, name, _counted(getattr(bench_matched, name), made))
     assert bench_matched.main(TINY + ["--save_dir", str(tmp_path), "--seeds", "1", "--start_sparsity", "0.96",
                                       "--final_sparsity", "0.95", "--regrow_epochs", "1", "--episodes", "2",
-                                      "--inits", "zero", "--allocations", "greedy", "none", "greedy"]) == 0
-    again = read_csv(tmp_path / "benchmarks" / "results" / "matched_synthetic.csv")
-    assert [r["arm"] for r in again] == ["straight", "greedy/zero", "none"]
-    assert again[:2] == [kept["straight"], kept["greedy/zero"]]
-    assert int(again[2]["regrown"]) == 0 and float(again[2]["sparsity"]) == pytest.approx(0.96, abs=1e-3)
-    assert made == ["regrow_and_finetune"]
+                                      "--inits", "zero", "--allocations", "greedy", "none", "greedy",
+                                      "--selections", "saliency", "reference"]) == 0
+    again = {r["arm"]: r for r in read_csv(tmp_path / "benchmarks" / "results" / "matched_synthetic.csv")}
+    assert list(again) == ["straight", "greedy/zero", "greedy/zero/reference", "none"]
+    assert [again["straight"], again["greedy/zero"]] == [kept["straight"], kept["greedy/zero"]]
+    assert int(again["none"]["regrown"]) == 0 and float(again["none"]["sparsity"]) == pytest.approx(0.96, abs=1e-3)
+    assert again["greedy/zero/reference"]["regrown"] == again["greedy/zero"]["regrown"]  # other positions, as many
+    assert made == ["regrow_and_finetune"] * 2
     stored = json.loads((tmp_path / "matched_synthetic_resnet20/seed1/rows.json").read_text())
-    assert sorted(r["arm"] for r in stored) == sorted([*kept, "none"])
+    assert sorted(r["arm"] for r in stored) == sorted([*kept, "none", "greedy/zero/reference"])
 
 
 def test_reference_values_are_the_references_effective_weights(start, tmp_path):

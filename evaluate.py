@@ -60,7 +60,8 @@ def _subset_or_all(text: str) -> int | str:
 
 def _fill_from_checkpoint(args: argparse.Namespace, saved: dict) -> None:
     """Use the seed / val split / eval subset the checkpoint was trained with unless given on the command line
-    (so val and test accuracy are measured on the images its training measured them on)."""
+    (so val and test accuracy are measured on the images its training measured them on; ``saved``: its
+    recorded args, and for an export the ``eval_args`` it took from its parent)."""
     if args.seed is None:
         args.seed = int(saved.get("seed", 42))
     if args.val_split is None:
@@ -129,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     profile = profile_from_args(args)  # a bad profile fails before anything loads
     ckpt = read_checkpoint(args.ckpt, trust_pickle=args.trust_pickle)
     model_name, dataset = resolve_names(args.m_name or ckpt.model, args.dataset or ckpt.dataset)
-    _fill_from_checkpoint(args, ckpt.meta.get("args") or {})
+    _fill_from_checkpoint(args, {**(ckpt.meta.get("args") or {}), **(ckpt.meta.get("eval_args") or {})})
     stage = prepare(args, model_name, dataset, ckpt.granularity or "weight")
     model = stage.load_model(args.ckpt, exported=True)
     counts = layer_counts(model)
@@ -140,7 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               "sparsity": 1 - kept / total, "params_total": total, "params_nonzero": kept,
               "model_params": sum(p.numel() for p in model.parameters()), "val_acc": val_acc, "test_acc": test_acc,
               "val_images": stage.data.val.num_samples, "test_images": stage.data.test.num_samples,
-              "seed": args.seed, "val_split": args.val_split, **structure(stage, model, ckpt)}
+              "seed": args.seed, "val_split": args.val_split,
+              "eval_subset": args.eval_subset, **structure(stage, model, ckpt)}
     if args.per_layer:
         report["layers"] = _layer_rows(counts)
     if profile is not None:

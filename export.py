@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import torch
 
-from utils.checkpoint import read_checkpoint
+from utils.checkpoint import Checkpoint, read_checkpoint
 from utils.cli import cli_main, new_parser, positive_int
 from utils.cost import latencies_ms
 from utils.errors import UsageError
@@ -32,6 +32,7 @@ from utils.run import log_outputs
 from utils.stage import Stage, prepare_model_only
 from utils.train import use_channels_last
 
+EVAL_ARGS = ("seed", "val_split", "eval_subset")  # the flags that pick the val and test images
 NOT_CHANNEL = {None: "has no masks (a dense model, or already exported): export takes the channel-pruned checkpoint "
                      "that prune_structure.py writes",
                "weight": "holds unstructured weight masks, which export cannot shrink: export takes channel-pruned "
@@ -77,6 +78,13 @@ def print_table(rows: dict[str, dict], report: dict) -> None:
     print(f"wrote {report['out']}")
 
 
+def eval_args(ckpt: Checkpoint) -> dict:
+    """The settings the parent's val and test accuracy were measured with (seed, val split, eval subset), so
+    that ``evaluate.py`` on the export measures the same images."""
+    parent = {**(ckpt.meta.get("args") or {}), **(ckpt.meta.get("eval_args") or {})}
+    return {key: parent[key] for key in EVAL_ARGS if key in parent}
+
+
 @cli_main
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
@@ -96,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stage.save(out, exported, {"stage": "export", "parent": str(args.ckpt), **{k: report[k] for k in (
         "channel_sparsity", "max_abs_diff")}, "params": report["models"]["exported"]["params"],
         "macs": report["models"]["exported"]["macs"], "val_acc": ckpt.meta.get("val_acc"),
-        "test_acc": ckpt.meta.get("test_acc")}, export_history=history)
+        "test_acc": ckpt.meta.get("test_acc"), "eval_args": eval_args(ckpt)}, export_history=history)
     if args.json:
         print(json.dumps(report))
     else:

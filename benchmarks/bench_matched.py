@@ -10,9 +10,10 @@ Per seed (--seeds), with the stage scripts (run folders under --save_dir, reused
   --episodes episodes of --search_epochs), ``random_search`` (the same with --random_search, equal episodes)
   and ``greedy`` (SSIM-proportional, regrowth_greedy.py's ``prop`` rule);
 * every allocation x every --inits strategy x every --selections selector: regrow into the start (the selector
-  picks the positions inside each layer: ``saliency`` by default; ``reference`` takes those the straight model
-  keeps, and with ``dense`` init copies its values), finetune --regrow_epochs (AdamW, best epoch on val), test
-  accuracy reported;
+  picks the positions inside each layer: ``saliency`` by default; ``reference`` takes those that a model
+  pruned from dense to --final_sparsity with --prune_epochs (as many as the start had) keeps, and with
+  ``dense`` init copies its values), finetune --regrow_epochs (AdamW, best epoch on val), test accuracy
+  reported;
 * ``none``: the start finetuned --regrow_epochs more without regrowing anything (the same finetune stream), which
   tells how much of an arm's gain over the start is the regrown weights and how much the extra epochs.
 
@@ -53,8 +54,8 @@ from utils.budget import regrowth_budget
 from utils.regrowth import allocate_proportional
 from utils.run import write_csv, write_json
 from utils.scores import ssim_scores
-from utils.selection import SELECTORS
-from utils.stage import prepare_dense_sparse
+from utils.selection import SELECTORS, init_source, load_reference
+from utils.stage import DenseSparse, Stage, prepare_dense_sparse
 from utils.train import evaluate
 
 ALLOCATIONS = ("rl", "random_search", "greedy", "none")
@@ -72,7 +73,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--inits", nargs="+", default=["zero", "dense", "magnitude", "kaiming"])
     parser.add_argument("--allocations", nargs="+", default=list(ALLOCATIONS), choices=ALLOCATIONS)
     parser.add_argument("--selections", nargs="+", default=["saliency"], choices=list(SELECTORS),
-                        help="within-layer selectors (reference: the straight model is the reference)")
+                        help="within-layer selectors (reference: a model pruned to --final_sparsity with "
+                             "--prune_epochs is the reference)")
     return parser.parse_args(argv)
 
 
@@ -130,28 +132,22 @@ def arms(args: argparse.Namespace, seed: int, root: Path, done: set[str]) -> lis
     straight = pruned_model(args, seed, root, dense, args.final_sparsity, args.prune_epochs + args.regrow_epochs,
                             "straight")
     start = pruned_model(args, seed, root, dense, args.start_sparsity, args.prune_epochs, "start")
-    stage_args = regrowth_oneshot.parse_args(stage_flags(args, seed) + [
-        "--save_dir", str(root / "search"), "--pretrained", str(dense), "--initial_ckpt", str(start)])
-    stage, pair = prepare_dense_sparse(stage_args, start, reparam=True)
-    gran = stage.granularity
-    rows = [] if "straight" in done else [straight_row(stage, seed, straight)]
-    caps = {n: c for n, c in gran.capacity(pair.sparse).items() if c > 0}
-    budget = regrowth_budget(gran.total(pair.sparse), args.start_sparsity - args.final_sparsity, sum(caps.values()))
     todo = [arm for arm in planned(args) if arm_name(*arm) not in done]
-
-    def allocation(kind: str) -> dict[str, int]:
-        if kind == "none":
-            return {}
-        if kind == "greedy":
-            return allocate_proportional(ssim_scores(stage, pair.dense, pair.sparse), caps, budget)
-        return searched_allocation(args, seed, root, dense, start, kind)
-
-    allocations = {kind: allocation(kind) for kind in dict.fromkeys(kind for kind, _, _ in todo)}
-    reference = stage.load_model(straight, reparam=True) if any(arm[2] == "reference" for arm in todo) else None
-    scores = {name: SELECTORS[name](stage, pair, reference) for name in dict.fromkeys(arm[2] for arm in todo)
-              if name != "-"}
+    reference = None
+    if any(selection == "reference" for _, _, selection in todo):
+        reference = pruned_model(args, seed, root, dense, args.final_sparsity, args.prune_epochs, "reference")
+    stage_args = regrowth_oneshot.parse_args(stage_flags(args, seed) + [
+        "--save_dir", str(root / "search"), "--pretrained", str(dense), "--initial_ckpt", str(start),
+        *(["--selection", "reference", "--reference_ckpt", str(reference)] if reference else [])])
+    stage, pair = prepare_dense_sparse(stage_args, start, reparam=True)
+    rows = [] if "straight" in done else [straight_row(stage, seed, straight)]
+    allocations = {kind: allocation(args, seed, root, stage, pair, kind)
+                   for kind in dict.fromkeys(kind for kind, _, _ in todo)}
+    reference_model = load_reference(stage, pair)  # checks it is less sparse and from the same dense model
+    scores = {name: SELECTORS[name](stage, pair, reference_model)
+              for name in dict.fromkeys(selection for _, _, selection in todo) if name != "-"}
     for kind, init, selection in todo:
-        source = reference if selection == "reference" else pair.dense  # where dense init copies from
+        source = init_source(pair, reference_model if selection == "reference" else None)
         result = regrow_and_finetune(stage, pair, allocations[kind], scores.get(selection),
                                      None if init == "-" else init, args.regrow_epochs, source=source)
         rows.append({"seed": seed, "arm": arm_name(kind, init, selection), "allocation": kind, "init": init,
@@ -159,6 +155,22 @@ def arms(args: argparse.Namespace, seed: int, root: Path, done: set[str]) -> lis
         print(f"seed {seed} {kind:<14} {init:<10} {selection:<10} regrew {result['regrown']:>6}  "
               f"val {result['val_acc']:.2f}%  test {result['test_acc']:.2f}%", flush=True)
     return rows
+
+
+def allocation(args: argparse.Namespace, seed: int, root: Path, stage: Stage, pair: DenseSparse,
+               kind: str) -> dict[str, int]:
+    """{layer: weights to regrow} of allocation ``kind`` for the start model ``pair.sparse``: K weights by the
+    greedy SSIM-proportional rule or the best of a search, nothing for ``none``."""
+    if kind == "none":
+        return {}
+    gran = stage.granularity
+    caps = {n: c for n, c in gran.capacity(pair.sparse).items() if c > 0}
+    if kind == "greedy":
+        budget = regrowth_budget(gran.total(pair.sparse), args.start_sparsity - args.final_sparsity,
+                                 sum(caps.values()))
+        return allocate_proportional(ssim_scores(stage, pair.dense, pair.sparse), caps, budget)
+    dense, start = Path(stage.args.pretrained), Path(stage.args.initial_ckpt)  # what the stage was prepared from
+    return searched_allocation(args, seed, root, dense, start, kind)
 
 
 def straight_row(stage, seed: int, path: Path) -> dict:

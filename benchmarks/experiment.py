@@ -14,6 +14,7 @@ import torch
 
 import pretrain
 import prune_unstructure
+from utils.cli import positive_int
 from utils.errors import UsageError
 from utils.paths import pretrained_path, prune_checkpoint, prune_dir
 from utils.run import make_generator, write_json
@@ -30,10 +31,11 @@ def add_experiment_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data_dir", default="./data")
     parser.add_argument("--save_dir", default="./runs/experiments", help="root of the experiment's run folders")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--batch_size", type=int, default=128)
-    parser.add_argument("--eval_batch_size", type=int, default=500)
-    parser.add_argument("--train_subset", type=int, default=None, help="use only N training images")
-    parser.add_argument("--eval_subset", type=int, default=None, help="evaluate on only N val and N test images")
+    parser.add_argument("--batch_size", type=positive_int, default=128)
+    parser.add_argument("--eval_batch_size", type=positive_int, default=500)
+    parser.add_argument("--train_subset", type=positive_int, default=None, help="use only N training images")
+    parser.add_argument("--eval_subset", type=positive_int, default=None,
+                        help="evaluate on only N val and N test images")
     parser.add_argument("--pretrain_epochs", type=int, default=15, help="dense pretraining epochs")
     parser.add_argument("--prune_epochs", type=int, default=4, help="finetune epochs after the one-shot prune")
 

@@ -2,6 +2,7 @@
 plus a table of bad inputs over the scripts (exit 2, one error line, no traceback, files untouched)."""
 from __future__ import annotations
 
+import argparse
 import hashlib
 import math
 import os
@@ -29,6 +30,7 @@ from utils.checkpoint import load_weights, read_checkpoint, save_checkpoint
 from utils.errors import UsageError
 from utils.masks import merged_state
 from utils.plots import read_csv
+from utils.run import check_same_run
 
 DATA = ["--dataset", "synthetic", "--train_subset", "128", "--eval_subset", "250", "--batch_size", "64",
         "--eval_batch_size", "250", "--device", "cpu", "--no_progress"]
@@ -172,6 +174,13 @@ def test_resume_with_other_defining_flags_is_refused(start, tmp_path, capsys):
     assert _digest(out) == before
     assert regrowth_oneshot.main(search + ["--num_epochs", "2", "--resume"]) == 0  # more episodes: allowed
     assert len(read_csv(out / "episodes.csv")) == 2
+
+
+def test_a_run_recorded_before_eval_subset_resumes_only_on_every_image():
+    saved = {"seed": 1, "train_subset": 128}  # an older run's args: no --eval_subset yet
+    check_same_run(saved, argparse.Namespace(seed=1, train_subset=128, eval_subset=None), set())
+    with pytest.raises(UsageError, match="--eval_subset is 500 but the run being resumed used None"):
+        check_same_run(saved, argparse.Namespace(seed=1, train_subset=128, eval_subset=500), set())
 
 
 # ---- 5-7: pretrain resume, longer resume, stale temp files -------------------------------------------------

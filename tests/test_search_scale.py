@@ -19,6 +19,7 @@ import regrowth_oneshot
 from tests.conftest import run_main, tree
 from utils.checkpoint import read_checkpoint, save_checkpoint
 from utils.controller import AllocationPolicy, Reinforce, ReinforceConfig
+from utils.errors import UsageError
 from utils.masks import add_reparam, get_masks
 from utils.plots import read_csv
 from utils.pruners import get_pruner
@@ -353,6 +354,17 @@ def test_reward_noise_benchmark_reports_paired_and_unpaired_noise(tmp_path, monk
     assert result["within_allocation_std"] >= 0 and result["comparison_std_unpaired"] >= 0
 
 
+def test_experiment_settings_accept_older_folders_and_name_what_differs(tmp_path):
+    from benchmarks.experiment import check_settings
+
+    # written before --eval_subset existed, when the arm lists were still stored
+    (tmp_path / "settings.json").write_text(json.dumps({"episodes": "8", "inits": "['zero']"}))
+    check_settings(tmp_path, {"episodes": 8, "eval_subset": None, "inits": ["dense"]}, ignore=("inits",))
+    assert json.loads((tmp_path / "settings.json").read_text()) == {"episodes": "8", "eval_subset": "None"}
+    with pytest.raises(UsageError, match=r"episodes, eval_subset differ"):
+        check_settings(tmp_path, {"episodes": 12, "eval_subset": 500})
+
+
 def _counted(function, calls: list[str]):
     """``function``, appending its name to ``calls`` on every call."""
     def wrapper(*args, **kwargs):
@@ -388,7 +400,9 @@ def test_matched_benchmark_compares_every_arm_with_straight_pruning(tmp_path, mo
     assert list(again) == ["straight", "greedy/zero", "greedy/zero/reference", "none"]
     assert [again["straight"], again["greedy/zero"]] == [kept["straight"], kept["greedy/zero"]]
     assert int(again["none"]["regrown"]) == 0 and float(again["none"]["sparsity"]) == pytest.approx(0.96, abs=1e-3)
-    assert again["greedy/zero/reference"]["regrown"] == again["greedy/zero"]["regrown"]  # other positions, as many
+    assert again["greedy/zero/reference"]["regrown"] == again["greedy/zero"]["regrown"]  # the same allocation
+    reference = tmp_path / "matched_synthetic_resnet20/seed1/reference"  # pruned to 95% with --prune_epochs
+    assert read_csv(next(reference.rglob("finetune_*.csv")))[-1]["epoch"] == "1"
     assert made == ["regrow_and_finetune"] * 2
     stored = json.loads((tmp_path / "matched_synthetic_resnet20/seed1/rows.json").read_text())
     assert sorted(r["arm"] for r in stored) == sorted([*kept, "none", "greedy/zero/reference"])

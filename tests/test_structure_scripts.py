@@ -136,6 +136,9 @@ def test_export_reloads_and_matches_the_masked_model(runs, capsys):
     masked_report = json.loads(out)
     assert exported_report["exported"] and exported_report["params"] == models["exported"]["params"]
     assert exported_report["test_acc"] == masked_report["test_acc"]  # the same model, physically smaller
+    # on the images the pruning run measured (its seed, val split and --eval_subset, which the export carries)
+    assert exported_report["val_images"] == masked_report["val_images"] == 250
+    assert exported_report["val_acc"] == masked_report["val_acc"] and exported_report["seed"] == masked_report["seed"]
     assert masked_report["granularity"] == "channel"
     assert masked_report["unit_sparsity"] == pytest.approx(0.7, abs=1e-3)
     assert masked_report["params"] == models["exported"]["params"] and masked_report["macs_dense"] == 41_214_602

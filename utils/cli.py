@@ -202,7 +202,7 @@ def add_scoring_args(parser: argparse.ArgumentParser) -> None:
     """Flags of the layer scores: SSIM on val images, saliency on train batches."""
     group = parser.add_argument_group("layer scores")
     group.add_argument("--ssim_num_batches", type=positive_int, default=64,
-                       help="val batches (of --eval_batch_size) used for SSIM attention maps")
+                       help="val batches (of --eval_batch_size) used for SSIM attention maps (at most all of val)")
     group.add_argument("--ssim_threshold", type=finite_float, default=0.3,
                        help="layers with SSIM <= this are searched (lowest first); none -> the lowest one")
     group.add_argument("--saliency_batches", "--taylor_batches", dest="saliency_batches", type=positive_int,

@@ -138,10 +138,15 @@ def trim_csv(path: Path, keep: Callable[[dict[str, str]], bool]) -> None:
         write_csv(path, [row for row in read_csv(path) if keep(row)], list(fields))
 
 
+# flags added after runs had been recorded without them, with the value those runs had in effect
+NEWER_FLAGS = {"eval_subset": None}
+
+
 def check_same_run(saved: dict, args: argparse.Namespace, may_change: set[str]) -> None:
     """On --resume: a ``UsageError`` naming the first flag whose value differs from the one the run was
-    started with (``saved``: its recorded args), except the flags in ``may_change``."""
-    current = vars(args)
+    started with (``saved``: its recorded args; a ``NEWER_FLAGS`` flag it lacks had its old value), except the
+    flags in ``may_change``."""
+    current, saved = vars(args), {**NEWER_FLAGS, **saved}
     for key, old in saved.items():
         if key in may_change or key not in current:
             continue

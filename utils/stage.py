@@ -76,10 +76,11 @@ class Stage:
 
     @property
     def val_settings(self) -> dict:
-        """What decides which val images this stage scores (data set, seed, val split, eval subset): the key of
-        the caches that hold val results."""
-        return {"dataset": self.dataset, "seed": self.args.seed, "val_split": self.args.val_split,
-                "eval_subset": self.args.eval_subset}
+        """What decides which val images this stage scores (data set, seed, val split, and the eval subset when
+        one is set, so that caches written before the flag existed stay valid): the key of the caches that hold
+        val results."""
+        subset = {} if self.args.eval_subset is None else {"eval_subset": self.args.eval_subset}
+        return {"dataset": self.dataset, "seed": self.args.seed, "val_split": self.args.val_split, **subset}
 
     def shard_training_data(self) -> None:
         """Data-parallel training (under ``torchrun``): keep only this process's shard of the training split
@@ -174,8 +175,7 @@ def prepare(args: argparse.Namespace, model_name: str | None = None, dataset: st
     seed_everything(args.seed)
     data = get_data(dataset, args.data_dir, device=device, seed=args.seed, val_split=args.val_split,
                     batch_size=args.batch_size, eval_batch_size=args.eval_batch_size,
-                    train_subset=args.train_subset,
-                    eval_subset=args.eval_subset, download=not args.no_download,
+                    train_subset=args.train_subset, eval_subset=args.eval_subset, download=not args.no_download,
                     augment=not getattr(args, "no_augment", False),
                     channels_last=not getattr(args, "no_channels_last", False))
     expected = model_spec(name).input_size

@@ -30,7 +30,7 @@ from utils.cli import add_common_args, cli_main, new_parser, positive_int
 from utils.device import add_device_args, fit, model_costs, profile_from_args
 from utils.export import params_and_macs
 from utils.masks import LayerCount, layer_counts
-from utils.stage import Stage, prepare, resolve_names
+from utils.stage import Stage, prepare, recorded_eval_flags, resolve_names
 from utils.train import evaluate
 
 
@@ -61,7 +61,7 @@ def _subset_or_all(text: str) -> int | str:
 def _fill_from_checkpoint(args: argparse.Namespace, saved: dict) -> None:
     """Use the seed / val split / eval subset the checkpoint was trained with unless given on the command line
     (so val and test accuracy are measured on the images its training measured them on; ``saved``: its
-    recorded args, and for an export the ``eval_args`` it took from its parent)."""
+    ``recorded_eval_flags``)."""
     if args.seed is None:
         args.seed = int(saved.get("seed", 42))
     if args.val_split is None:
@@ -130,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     profile = profile_from_args(args)  # a bad profile fails before anything loads
     ckpt = read_checkpoint(args.ckpt, trust_pickle=args.trust_pickle)
     model_name, dataset = resolve_names(args.m_name or ckpt.model, args.dataset or ckpt.dataset)
-    _fill_from_checkpoint(args, {**(ckpt.meta.get("args") or {}), **(ckpt.meta.get("eval_args") or {})})
+    _fill_from_checkpoint(args, recorded_eval_flags(ckpt))
     stage = prepare(args, model_name, dataset, ckpt.granularity or "weight")
     model = stage.load_model(args.ckpt, exported=True)
     counts = layer_counts(model)

@@ -22,17 +22,16 @@ from collections.abc import Sequence
 
 import torch
 
-from utils.checkpoint import Checkpoint, read_checkpoint
+from utils.checkpoint import read_checkpoint
 from utils.cli import cli_main, new_parser, positive_int
 from utils.cost import latencies_ms
 from utils.errors import UsageError
 from utils.export import export_model, params_and_macs, verify_export
 from utils.paths import check_output_file, exported_path
 from utils.run import log_outputs
-from utils.stage import Stage, prepare_model_only
+from utils.stage import Stage, prepare_model_only, recorded_eval_flags
 from utils.train import use_channels_last
 
-EVAL_ARGS = ("seed", "val_split", "eval_subset")  # the flags that pick the val and test images
 NOT_CHANNEL = {None: "has no masks (a dense model, or already exported): export takes the channel-pruned checkpoint "
                      "that prune_structure.py writes",
                "weight": "holds unstructured weight masks, which export cannot shrink: export takes channel-pruned "
@@ -78,13 +77,6 @@ def print_table(rows: dict[str, dict], report: dict) -> None:
     print(f"wrote {report['out']}")
 
 
-def eval_args(ckpt: Checkpoint) -> dict:
-    """The settings the parent's val and test accuracy were measured with (seed, val split, eval subset), so
-    that ``evaluate.py`` on the export measures the same images."""
-    parent = {**(ckpt.meta.get("args") or {}), **(ckpt.meta.get("eval_args") or {})}
-    return {key: parent[key] for key in EVAL_ARGS if key in parent}
-
-
 @cli_main
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
@@ -104,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stage.save(out, exported, {"stage": "export", "parent": str(args.ckpt), **{k: report[k] for k in (
         "channel_sparsity", "max_abs_diff")}, "params": report["models"]["exported"]["params"],
         "macs": report["models"]["exported"]["macs"], "val_acc": ckpt.meta.get("val_acc"),
-        "test_acc": ckpt.meta.get("test_acc"), "eval_args": eval_args(ckpt)}, export_history=history)
+        "test_acc": ckpt.meta.get("test_acc"), "eval_args": recorded_eval_flags(ckpt)}, export_history=history)
     if args.json:
         print(json.dumps(report))
     else:

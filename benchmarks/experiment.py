@@ -17,7 +17,7 @@ import prune_unstructure
 from utils.cli import positive_int
 from utils.errors import UsageError
 from utils.paths import pretrained_path, prune_checkpoint, prune_dir
-from utils.run import make_generator, write_json
+from utils.run import NEWER_FLAGS, make_generator, write_json
 from utils.train import evaluate, finetune
 
 DATA_FLAGS = ("m_name", "dataset", "data_dir", "batch_size", "eval_batch_size", "train_subset", "eval_subset",
@@ -43,12 +43,12 @@ def add_experiment_args(parser: argparse.ArgumentParser) -> None:
 def check_settings(root: Path, settings: dict, ignore: tuple[str, ...] = ()) -> None:
     """Reuse ``root``'s finished stages only for the settings they were made with: ``settings.json`` is
     written on first use and compared after (a mismatch is a usage error: pick another --save_dir). Keys in
-    ``ignore`` are not compared, nor is a flag the stored file predates while it keeps its default (None)."""
+    ``ignore`` are not compared; a ``NEWER_FLAGS`` flag the stored file predates had its old value."""
     path = root / "settings.json"
     current = {k: str(v) for k, v in settings.items() if k not in ignore}
     if path.is_file():
         stored = {k: v for k, v in json.loads(path.read_text()).items() if k not in ignore}
-        stored.update({k: "None" for k, v in current.items() if k not in stored and v == "None"})
+        stored.update({k: str(v) for k, v in NEWER_FLAGS.items() if k not in stored and k not in ignore})
         if stored != current:
             differ = sorted(k for k in stored.keys() | current.keys() if stored.get(k) != current.get(k))
             raise UsageError(f"{root} was made with other settings ({path}: {', '.join(differ)} differ); use "
@@ -97,7 +97,7 @@ def pruned_model(args: argparse.Namespace, seed: int, root: Path, dense: Path, s
 
 
 def regrow_and_finetune(stage, pair, allocation: dict[str, int], scores: dict[str, torch.Tensor] | None,
-                        init: str | None, epochs: int, source=None) -> dict[str, float]:
+                        init: str | None, epochs: int, source: torch.nn.Module | None = None) -> dict[str, float]:
     """Regrow ``allocation`` into a copy of the sparse model (``init`` values, copied from ``source`` (default:
     the dense model) for ``dense``; ``scores`` pick positions; an empty allocation regrows nothing and needs
     neither), finetune ``epochs`` (AdamW, best epoch on val) and report val/test accuracy (%), sparsity and

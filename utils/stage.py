@@ -159,6 +159,16 @@ class Stage:
                         channel_masks=masks, extra=extra or None)
 
 
+EVAL_FLAGS = ("seed", "val_split", "eval_subset")  # the flags that pick a run's val and test images
+
+
+def recorded_eval_flags(ckpt: Checkpoint) -> dict:
+    """The ``EVAL_FLAGS`` a checkpoint's val and test accuracy were measured with: its own recorded args, or
+    for an export the ``eval_args`` it took from its parent (those it lacks are absent)."""
+    saved = {**(ckpt.meta.get("args") or {}), **(ckpt.meta.get("eval_args") or {})}
+    return {key: saved[key] for key in EVAL_FLAGS if key in saved}
+
+
 def resolve_names(model_name: str | None, dataset: str | None) -> tuple[str, str]:
     """Canonical (model, data set) names; the data set defaults to the one the model was built for."""
     if not model_name:

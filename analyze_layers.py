@@ -25,23 +25,27 @@ from pathlib import Path
 
 import torch
 
-from utils.cli import (
+from utils.cli.flags import (
     add_checkpoint_args,
     add_common_args,
     add_scoring_args,
     cli_main,
     new_parser,
+    scoring_settings,
 )
-from utils.errors import UsageError
-from utils.granularity import Granularity
-from utils.masks import keep_mask, prunable_modules
-from utils.paths import analysis_dir, check_output_dir
-from utils.plots import plot_distributions, plot_heatmap, plot_layer_bars
-from utils.run import LOG, log_outputs, make_generator, write_csv
-from utils.saliency import per_class_saliency
-from utils.scores import saliency_scores, ssim_scores
-from utils.ssim import select_layers
-from utils.stage import Stage, prepare_dense_sparse
+from utils.cli.prepare import prepare_dense_sparse
+from utils.core.errors import UsageError
+from utils.core.files import write_csv
+from utils.core.log import LOG, log_outputs
+from utils.core.paths import analysis_dir, check_output_dir
+from utils.core.seeds import make_generator
+from utils.results.plots import plot_distributions, plot_heatmap, plot_layer_bars
+from utils.runtime.stage import Stage
+from utils.scoring.layer_scores import saliency_scores, ssim_scores
+from utils.scoring.saliency import per_class_saliency
+from utils.scoring.ssim import select_layers
+from utils.sparsity.granularity import Granularity
+from utils.sparsity.masks import keep_mask, prunable_modules
 
 FILES = ["layers.csv", "ssim.png", "density.png", "saliency.png"]  # what a finished analysis wrote
 FIELDS = ["layer", "shape", "density", "capacity", "ssim", "saliency_mean", "saliency_max", "selected"]
@@ -96,16 +100,17 @@ def saliency_samples(gran: Granularity, sparse: torch.nn.Module, saliency: dict[
     return samples
 
 
-def plot_per_class(stage: Stage, model: torch.nn.Module, sparse: torch.nn.Module, path: Path) -> None:
-    """Mean per-class saliency over each layer's pruned positions, as a layer x class heatmap."""
-    per_class = per_class_saliency(model, stage.data.train, stage.data.info.num_classes,
-                                   num_batches=stage.args.saliency_batches)
+def plot_per_class(stage: Stage, model: torch.nn.Module, sparse: torch.nn.Module, path: Path,
+                   num_batches: int | None, title: str) -> None:
+    """Mean per-class saliency over each layer's pruned positions (on ``num_batches`` train batches; None: all),
+    as a layer x class heatmap titled ``title: ...``."""
+    per_class = per_class_saliency(model, stage.data.train, stage.data.info.num_classes, num_batches=num_batches)
     masks = {n: keep_mask(m) for n, m in prunable_modules(sparse).items()}
     matrix = [per_class[n][:, ~masks[n]].mean(1).tolist() if (~masks[n]).any() else [0.0] * len(per_class[n])
               for n in masks]
     plot_heatmap(matrix, list(masks), [str(c) for c in range(stage.data.info.num_classes)],
                  "mean saliency (pruned positions)", path,
-                 f"{Path(stage.args.ckpt).name}: saliency per layer and class ({stage.dataset})",
+                 f"{title}: saliency per layer and class ({stage.dataset})",
                  xlabel="class index")
 
 
@@ -114,12 +119,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     stage, pair = prepare_dense_sparse(args, args.ckpt, granularity=None)
     dense, sparse, gran = pair.dense, pair.sparse, stage.granularity
-    if args.per_class and gran.name != "weight":
+    if args.per_class and not gran.per_class_scores:
         raise UsageError("--per_class is for weight-pruned checkpoints (per-class saliency per weight)")
     out = check_output_dir(args.out or analysis_dir(args.save_dir, stage.model_name, args.ckpt),
                            products=FILES, overwrite=args.overwrite, what="--out")
-    ssim = ssim_scores(stage, dense, sparse)
-    saliency = saliency_scores(stage, pair)
+    scoring = scoring_settings(args)
+    ssim = ssim_scores(stage, scoring, dense, sparse)
+    saliency = saliency_scores(stage, scoring, pair)
     rows = layer_rows(gran, sparse, ssim, saliency, select_layers(ssim, args.ssim_threshold))
     print_table(rows)
     print(f"(sel *: searched by regrowth, SSIM <= --ssim_threshold {args.ssim_threshold:g}, or the lowest one; "
@@ -137,11 +143,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.per_class:
         reference = dense if args.saliency_model == "dense" else sparse
         LOG.info("per-class saliency: one pass per class over the train batches ...")
-        plot_per_class(stage, reference, sparse, out / "saliency_per_class.png")
+        plot_per_class(stage, reference, sparse, out / "saliency_per_class.png", args.saliency_batches,
+                       Path(args.ckpt).name)
         written.append(out / "saliency_per_class.png")
-    search = "regrowth_oneshot.py" if gran.name == "weight" else "regrowth_structure_oneshot.py"
     dense = f" --pretrained {args.pretrained}" if args.pretrained else ""
-    log_outputs(written, f"python {search} --m_name {stage.model_name} --save_dir {args.save_dir}{dense} "
+    log_outputs(written, f"python {gran.search_script} --m_name {stage.model_name} --save_dir {args.save_dir}{dense} "
                          f"--initial_ckpt {args.ckpt}")
     return 0
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -27,32 +28,45 @@ import torch.nn as nn
 
 from benchmarks.common import timed
 from models import create_model
-from utils.budget import regrowth_budget
-from utils.cli import add_common_args, add_scoring_args, cli_main, fraction, new_parser, positive_int
-from utils.controller import AllocationPolicy
-from utils.granularity import get_granularity
-from utils.masks import add_reparam, capacity, clone_model, num_prunable, prunable_modules
-from utils.paths import benchmark_dir, check_output_dir
-from utils.plots import plot_layer_bars
-from utils.pruners import get_pruner
-from utils.regrowth import allocate_uniform, apply_regrowth, top_pruned
-from utils.run import make_generator, write_json
-from utils.saliency import param_saliency
-from utils.scores import SCORE_ORDER, ssim_scores
-from utils.selection import reference_scores
-from utils.ssim import select_layers
-from utils.stage import Stage, prepare
-from utils.train import evaluate, finetune
-
-PRUNER = {"weight": "lamp", "channel": "l1"}  # how the sparse start is made without --initial_ckpt
-SPARSITY = {"weight": 0.99, "channel": 0.9}
+from utils.cli.flags import (
+    add_common_args,
+    add_scoring_args,
+    cli_main,
+    fraction,
+    new_parser,
+    positive_int,
+    scoring_settings,
+)
+from utils.cli.prepare import prepare
+from utils.core.errors import UsageError
+from utils.core.files import write_json
+from utils.core.paths import benchmark_dir, check_output_dir
+from utils.core.seeds import make_generator
+from utils.prune.pruners import get_pruner
+from utils.regrow.allocation import allocate_uniform
+from utils.results.plots import plot_layer_bars
+from utils.runtime.settings import FinetuneSettings, LoopSettings
+from utils.runtime.stage import Stage
+from utils.runtime.train import evaluate_model, finetune_model
+from utils.scoring.layer_scores import SCORE_ORDER, ssim_scores
+from utils.scoring.saliency import param_saliency
+from utils.scoring.selection import reference_scores
+from utils.scoring.ssim import select_layers
+from utils.search.controller import AllocationPolicy
+from utils.sparsity.budget import regrowth_budget
+from utils.sparsity.channels import ChannelGranularity
+from utils.sparsity.granularity import Granularity, default_granularity, get_granularity, list_granularities
+from utils.sparsity.grow import apply_regrowth, top_pruned
+from utils.sparsity.masks import add_reparam, capacity, clone_model, num_prunable, prunable_modules
+from utils.sparsity.weights import WeightGranularity
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = new_parser(__doc__)
     add_common_args(parser)
     add_scoring_args(parser)
-    parser.add_argument("--granularity", choices=list(PRUNER), default="weight", help="time weight or channel regrowth")
+    parser.add_argument("--granularity", choices=list_granularities(), default=default_granularity(),
+                        help="time weight or channel regrowth")
     parser.add_argument("--pretrained", default=None, help="dense checkpoint (default: freshly initialised)")
     parser.add_argument("--initial_ckpt", default=None, help="sparse checkpoint (default: the pruned dense model)")
     parser.add_argument("--sparsity", type=fraction, default=None,
@@ -73,7 +87,7 @@ def models(stage: Stage, args: argparse.Namespace) -> tuple[nn.Module, nn.Module
         return dense, stage.load_model(args.initial_ckpt, sparse=True, reparam=True)
     sparse = clone_model(dense)
     gran = stage.granularity
-    get_pruner(PRUNER[gran.name], gran).prune(sparse, args.sparsity or SPARSITY[gran.name])
+    get_pruner(gran.demo_pruner, gran).prune(sparse, args.sparsity or gran.demo_sparsity)  # the pipeline's start
     return dense, sparse
 
 
@@ -93,8 +107,9 @@ def episode_breakdown(stage: Stage, args: argparse.Namespace) -> dict[str, float
     """Seconds per stage of one episode at the stage's granularity (see module docstring)."""
     device, repeats, gran = stage.device, args.repeats, stage.granularity
     dense, sparse = models(stage, args)
-    times = {"ssim_preprocessing": timed(lambda: ssim_scores(stage, dense, sparse), device, repeats)}
-    ssim = ssim_scores(stage, dense, sparse)
+    scoring = scoring_settings(args)
+    times = {"ssim_preprocessing": timed(lambda: ssim_scores(stage, scoring, dense, sparse), device, repeats)}
+    ssim = ssim_scores(stage, scoring, dense, sparse)
     score = lambda: gran.unit_scores(param_saliency(dense, stage.data.train, gran.scored_params(),  # noqa: E731
                                                     args.saliency_batches, SCORE_ORDER[args.regrowth_score]))
     times["saliency_preprocessing"] = timed(score, device, 1)
@@ -113,13 +128,21 @@ def episode_breakdown(stage: Stage, args: argparse.Namespace) -> dict[str, float
     times["mask_update_and_init"] = max(0.0, timed(regrow, device, repeats) - copy_time - times["selection"])
     model = clone_model(sparse)
     gran.regrow(model, allocation, scores, gran.default_init, dense)
-    times["finetune_epoch"] = timed(lambda: finetune(model, stage.data.train, stage.data.val, epochs=1,
-                                                     progress=False, verbose=False), device, 1)
-    times["evaluation"] = timed(lambda: evaluate(model, stage.data.val), device, repeats)
+    times["finetune_epoch"] = timed(lambda: finetune_model(model, stage.data.train, stage.data.val,
+                                                     FinetuneSettings(epochs=1, patience=0),
+                                                     LoopSettings(progress=False, verbose=False)), device, 1)
+    times["evaluation"] = timed(lambda: evaluate_model(model, stage.data.val), device, repeats)
     return times
 
 
-def vgg_regrowth(device: torch.device, repeats: int) -> dict[str, float]:
+@functools.singledispatch
+def vgg_regrowth(gran: Granularity, device: torch.device, repeats: int) -> dict[str, float]:
+    """Part 2, the regrowth kernel of ``gran`` timed on vgg16 (one implementation per granularity class)."""
+    raise UsageError(f"benchmark_regrowth.py has no vgg16 timing for {gran.name} regrowth; use --skip_vgg")
+
+
+@vgg_regrowth.register
+def vgg_weight_regrowth(gran: WeightGranularity, device: torch.device, repeats: int) -> dict[str, float]:
     """Weights: apply_regrowth vs the per-element loop on vgg16 at 99% sparsity, K = 1% of N_tot."""
     torch.manual_seed(0)
     model = create_model("vgg16").to(device)
@@ -138,15 +161,14 @@ def vgg_regrowth(device: torch.device, repeats: int) -> dict[str, float]:
     loop = run(per_element_regrowth)
     model.load_state_dict(state)
     return {"K": budget, "apply_regrowth_s": vectorised, "per_element_loop_s": loop, "speedup": loop / vectorised,
-            **selection_times(model, scores, allocation, device, repeats)}
+            **selection_times(gran, model, scores, allocation, device, repeats)}
 
 
-def selection_times(model: nn.Module, saliency: dict[str, torch.Tensor], allocation: dict[str, int],
-                    device: torch.device, repeats: int) -> dict[str, float]:
+def selection_times(gran: WeightGranularity, model: nn.Module, saliency: dict[str, torch.Tensor],
+                    allocation: dict[str, int], device: torch.device, repeats: int) -> dict[str, float]:
     """Seconds to pick the positions of ``allocation`` in vgg16 at 99%: by precomputed saliency (top-k of the
     pruned positions; the saliency itself is computed once per search) and by a 98%-sparse reference (the
     older repository's way: candidates from the reference's masks and magnitudes, then top-k), side by side."""
-    gran = get_granularity("weight", "vgg16")
     reference = create_model("vgg16").to(device)
     reference.load_state_dict({k.replace("_orig", ""): v for k, v in model.state_dict().items()
                                if not k.endswith("_mask")})
@@ -161,10 +183,10 @@ def selection_times(model: nn.Module, saliency: dict[str, torch.Tensor], allocat
             "reference_selection_s": timed(lambda: pick(reference_scores(gran, model, reference)), device, repeats)}
 
 
-def vgg_channel_regrowth(device: torch.device, repeats: int) -> dict[str, float]:
+@vgg_regrowth.register
+def vgg_channel_regrowth(gran: ChannelGranularity, device: torch.device, repeats: int) -> dict[str, float]:
     """Channels: scoring (fisher on 4 batches), selection and apply (dense init, every slice of the group) of
     K = 5% of vgg16's 4,224 channels at 90% channel sparsity; goal: apply under 50 ms on the CPU."""
-    gran = get_granularity("channel", "vgg16")
     torch.manual_seed(0)
     dense = create_model("vgg16").to(device).eval()
     model = clone_model(dense)
@@ -191,14 +213,12 @@ def vgg_channel_regrowth(device: torch.device, repeats: int) -> dict[str, float]
             "apply_s": max(0.0, timed(apply, device, repeats) - reset)}
 
 
-PART2 = {"weight": vgg_regrowth, "channel": vgg_channel_regrowth}
-
-
 @cli_main
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     stage = prepare(args, granularity=args.granularity)
-    stem = f"benchmark_{stage.model_name}" + ("" if args.granularity == "weight" else f"_{args.granularity}")
+    gran = stage.granularity
+    stem = f"benchmark_{stage.model_name}" + ("" if gran.is_default else f"_{gran.name}")
     out = check_output_dir(args.out or benchmark_dir(args.save_dir, stage.model_name), what="--out",
                            products=[f"{stem}.json"], overwrite=args.overwrite)
     times = episode_breakdown(stage, args)
@@ -207,8 +227,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, seconds in times.items():
         print(f"  {name:<24} {seconds:9.4f}")
     if not args.skip_vgg:
-        result["vgg16_regrowth"] = vgg = PART2[args.granularity](stage.device, args.repeats)
-        print(f"vgg16 {args.granularity} regrowth, K = {vgg['K']:,}: " +
+        result["vgg16_regrowth"] = vgg = vgg_regrowth(get_granularity(gran.name, "vgg16"), stage.device, args.repeats)
+        print(f"vgg16 {gran.name} regrowth, K = {vgg['K']:,}: " +
               ", ".join(f"{k[:-2]} {v:.4f} s" if k.endswith("_s") else f"{k} {v:.0f}x" for k, v in vgg.items()
                         if k != "K"))
     write_json(out / f"{stem}.json", result)

@@ -25,13 +25,15 @@ import argparse
 import json
 from collections.abc import Sequence
 
-from utils.checkpoint import Checkpoint, read_checkpoint
-from utils.cli import add_common_args, cli_main, new_parser, positive_int
-from utils.device import add_device_args, fit, model_costs, profile_from_args
-from utils.export import params_and_macs
-from utils.masks import LayerCount, layer_counts
-from utils.stage import Stage, prepare, recorded_eval_flags, resolve_names
-from utils.train import evaluate
+from utils.cli.flags import add_common_args, add_device_args, cli_main, new_parser, positive_int, profile_from_args
+from utils.cli.prepare import prepare
+from utils.device.profiles import check_fit, model_costs
+from utils.runtime.checkpoint import Checkpoint, read_checkpoint
+from utils.runtime.stage import Stage, recorded_eval_flags, resolve_names
+from utils.runtime.train import evaluate_model
+from utils.sparsity.granularity import granularity_class
+from utils.sparsity.macs import params_and_macs
+from utils.sparsity.masks import LayerCount, layer_counts
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -82,7 +84,7 @@ def _print_text(report: dict, per_layer: bool) -> None:
     print(f"model       {report['model']} on {report['dataset']}")
     print(f"sparsity    {report['sparsity']:.4f}  ({report['params_nonzero']:,} of {report['params_total']:,} "
           f"prunable weights kept)")
-    if report["granularity"] != "weight":
+    if not granularity_class(report["granularity"]).counts_weights:
         print(f"{report['granularity'] + 's':<12}{report['unit_sparsity']:.4f} {report['granularity']} sparsity")
     if "macs" in report:
         dense = (f" (dense {report['params_dense']:,} params, {report['macs_dense'] / 1e6:.2f}M MACs)"
@@ -131,12 +133,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ckpt = read_checkpoint(args.ckpt, trust_pickle=args.trust_pickle)
     model_name, dataset = resolve_names(args.m_name or ckpt.model, args.dataset or ckpt.dataset)
     _fill_from_checkpoint(args, recorded_eval_flags(ckpt))
-    stage = prepare(args, model_name, dataset, ckpt.granularity or "weight")
+    stage = prepare(args, model_name, dataset, ckpt.granularity)
     model = stage.load_model(args.ckpt, exported=True)
     counts = layer_counts(model)
     total, kept = sum(c.total for c in counts), sum(c.kept for c in counts)
-    _, val_acc = evaluate(model, stage.data.val)
-    _, test_acc = evaluate(model, stage.data.test)
+    _, val_acc = evaluate_model(model, stage.data.val)
+    _, test_acc = evaluate_model(model, stage.data.test)
     report = {"checkpoint": args.ckpt, "format": ckpt.source, "model": stage.model_name, "dataset": stage.dataset,
               "sparsity": 1 - kept / total, "params_total": total, "params_nonzero": kept,
               "model_params": sum(p.numel() for p in model.parameters()), "val_acc": val_acc, "test_acc": test_acc,
@@ -146,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.per_layer:
         report["layers"] = _layer_rows(counts)
     if profile is not None:
-        report["device"] = fit(profile, model_costs(profile, stage.granularity, model, stage.device,
+        report["device"] = check_fit(profile, model_costs(profile, stage.granularity, model, stage.device,
                                                     is_export=ckpt.export_history is not None))
     if args.json:
         print(json.dumps(report))

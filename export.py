@@ -22,20 +22,21 @@ from collections.abc import Sequence
 
 import torch
 
-from utils.checkpoint import read_checkpoint
-from utils.cli import cli_main, new_parser, positive_int
-from utils.cost import latencies_ms
-from utils.errors import UsageError
-from utils.export import export_model, params_and_macs, verify_export
-from utils.paths import check_output_file, exported_path
-from utils.run import log_outputs
-from utils.stage import Stage, prepare_model_only, recorded_eval_flags
-from utils.train import use_channels_last
+from utils.cli.flags import cli_main, new_parser, positive_int
+from utils.cli.prepare import prepare_model_only
+from utils.core.errors import UsageError
+from utils.core.log import log_outputs
+from utils.core.paths import check_output_file, exported_path
+from utils.device.latency import latencies_ms
+from utils.runtime.checkpoint import read_checkpoint
+from utils.runtime.stage import Stage, recorded_eval_flags
+from utils.runtime.train import use_channels_last
+from utils.sparsity.granularity import granularity_class
+from utils.sparsity.macs import params_and_macs
+from utils.sparsity.physical import export_model, verify_export
 
-NOT_CHANNEL = {None: "has no masks (a dense model, or already exported): export takes the channel-pruned checkpoint "
-                     "that prune_structure.py writes",
-               "weight": "holds unstructured weight masks, which export cannot shrink: export takes channel-pruned "
-                         "checkpoints (prune_structure.py)"}
+NO_MASKS = ("has no masks (a dense model, or already exported): export takes the channel-pruned checkpoint that "
+            "prune_structure.py writes")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -81,11 +82,13 @@ def print_table(rows: dict[str, dict], report: dict) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     ckpt = read_checkpoint(args.ckpt, trust_pickle=args.trust_pickle)
-    if ckpt.granularity != "channel":
-        raise UsageError(f"{args.ckpt} {NOT_CHANNEL[ckpt.granularity]}")
+    if ckpt.granularity is None:
+        raise UsageError(f"{args.ckpt} {NO_MASKS}")
+    if not granularity_class(ckpt.granularity).exportable:
+        raise UsageError(f"{args.ckpt} {granularity_class(ckpt.granularity).export_refusal}")
     out = check_output_file(args.out or exported_path(args.ckpt), inputs=[args.ckpt], overwrite=args.overwrite,
                             what="--out")
-    stage = prepare_model_only(args, ckpt, "channel")
+    stage = prepare_model_only(args, ckpt, ckpt.granularity)
     masked = stage.load_model(args.ckpt).eval()
     exported, history = export_model(stage.granularity, masked)
     exported = use_channels_last(exported.to(stage.device), stage.channels_last).eval()

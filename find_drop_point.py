@@ -30,15 +30,24 @@ from pathlib import Path
 
 import torch
 
-from utils.boundary import ESTIMATORS, check_curve, tolerance_boundary
-from utils.checkpoint import atomic_save, read_checkpoint
-from utils.cli import add_checkpoint_args, add_common_args, cli_main, new_parser, non_negative_float, non_negative_int
-from utils.errors import UsageError
-from utils.paths import PRUNE_LOG, boundary_dir, check_output_dir, folder_cache
-from utils.plots import plot_boundary
-from utils.run import LOG, log_outputs, read_csv, setup_logging, write_json
-from utils.stage import check_lineage, dense_checkpoint, prepare
-from utils.train import correct_per_image
+from utils.cli.flags import (
+    add_checkpoint_args,
+    add_common_args,
+    cli_main,
+    new_parser,
+    non_negative_float,
+    non_negative_int,
+)
+from utils.cli.prepare import prepare
+from utils.core.errors import UsageError
+from utils.core.files import atomic_save, read_csv, write_json
+from utils.core.log import LOG, log_outputs, setup_logging
+from utils.core.paths import PRUNE_LOG, boundary_dir, check_output_dir, folder_cache
+from utils.results.boundary import ESTIMATORS, check_curve, tolerance_boundary
+from utils.results.plots import plot_boundary
+from utils.runtime.checkpoint import read_checkpoint
+from utils.runtime.stage import check_lineage, dense_checkpoint
+from utils.runtime.train import correct_per_image
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -85,7 +94,7 @@ def _fingerprint(path: Path) -> list[float]:
 def evaluate_all(stage, paths: list[Path], dense: Path) -> tuple[list[float], torch.Tensor, torch.Tensor]:
     """(sparsities, per-image correctness [points, N], dense correctness [N]) on val; cached."""
     settings = {**stage.val_settings, "granularity": stage.granularity.name}
-    cache_path = folder_cache(stage.args.save_dir, stage.model_name, paths[0].parent, "val_correct", ".pt")
+    cache_path = folder_cache(stage.run.save_dir, stage.model_name, paths[0].parent, "val_correct", ".pt")
     cache = torch.load(cache_path, weights_only=True) if cache_path.is_file() else {}
     entries = cache.get("entries", {}) if cache.get("settings") == settings else {}
     fresh = {}
@@ -100,8 +109,8 @@ def evaluate_all(stage, paths: list[Path], dense: Path) -> tuple[list[float], to
                      "lineage": stage.lineages[str(path)]}
         fresh[key] = entry
     for path in paths:  # every point must be pruned from this dense model (or --allow_other_dense)
-        check_lineage(stage.args, dense, fresh[str(dense.resolve())].get("lineage"), path,
-                      fresh[str(path.resolve())].get("lineage"))
+        recorded = fresh[str(path.resolve())].get("lineage")
+        check_lineage(dense, fresh[str(dense.resolve())].get("lineage"), path, recorded, stage.run.allow_other_dense)
     atomic_save({"settings": settings, "entries": fresh}, cache_path)
     rows = [fresh[str(p.resolve())] for p in paths]
     return ([r["sparsity"] for r in rows], torch.stack([r["correct"] for r in rows]),
@@ -114,10 +123,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     folder = Path(args.model_dir)
     paths, in_step_order = checkpoints(folder)
     first = read_checkpoint(paths[0], trust_pickle=args.trust_pickle)
-    stage = prepare(args, args.m_name or first.model, args.dataset or first.dataset, first.granularity or "weight")
+    stage = prepare(args, args.m_name or first.model, args.dataset or first.dataset, first.granularity)
     out = check_output_dir(args.out or boundary_dir(args.save_dir, stage.model_name, folder), what="--out",
                            products=["boundary.json"], overwrite=args.overwrite)
-    dense = dense_checkpoint(args, stage.model_name)
+    dense = dense_checkpoint(stage.run, stage.model_name)
     sparsity, correct, dense_correct = evaluate_all(stage, paths, dense)
     if not in_step_order:  # a plain folder of checkpoints: by measured sparsity
         order = sorted(range(len(paths)), key=sparsity.__getitem__)

@@ -19,8 +19,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from utils.checkpoint import read_checkpoint
-from utils.cli import (
+from utils.cli.flags import (
     add_common_args,
     add_speed_args,
     cli_main,
@@ -31,11 +30,13 @@ from utils.cli import (
     positive_float,
     positive_int,
 )
-from utils.distributed import current_world
-from utils.paths import check_output_file, clean_stale_temps, finetuned_path
-from utils.run import LOG, log_outputs, setup_logging
-from utils.stage import prepare
-from utils.train import evaluate, finetune
+from utils.cli.prepare import prepare
+from utils.core.distributed import current_world
+from utils.core.log import LOG, log_outputs, setup_logging
+from utils.core.paths import check_output_file, clean_stale_temps, finetuned_path
+from utils.runtime.checkpoint import read_checkpoint
+from utils.runtime.settings import FinetuneSettings, LoopSettings
+from utils.runtime.train import evaluate_model, finetune_model
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -61,22 +62,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     ckpt = read_checkpoint(args.ckpt, trust_pickle=args.trust_pickle)
     save_path = check_output_file(args.save_path or finetuned_path(args.ckpt), inputs=[args.ckpt],
                                   overwrite=args.overwrite, what="--save_path")
-    stage = prepare(args, args.m_name or ckpt.model, args.dataset or ckpt.dataset, ckpt.granularity or "weight")
+    stage = prepare(args, args.m_name or ckpt.model, args.dataset or ckpt.dataset, ckpt.granularity)
     model = stage.load_model(args.ckpt, exported=True)
     stage.shard_training_data()  # under torchrun: data-parallel, each process on its shard
     sparsity, kind = stage.granularity.sparsity, stage.granularity.name
     clean_stale_temps(save_path.parent, recursive=False)  # a file's folder, not a run tree
     setup_logging(save_path.parent, f"{save_path.stem}_log.txt")
-    _, val_before = evaluate(model, stage.data.val, amp=stage.amp)
-    _, test_before = evaluate(model, stage.data.test, amp=stage.amp)
+    _, val_before = evaluate_model(model, stage.data.val, amp=stage.amp)
+    _, test_before = evaluate_model(model, stage.data.test, amp=stage.amp)
     world = current_world()
     LOG.info("before: %s sparsity %.4f  val %.2f%%  test %.2f%%%s", kind, sparsity(model), val_before, test_before,
              f"  ({world.size} processes, data-parallel)" if world.distributed else "")
-    state = finetune(model, stage.data.train, stage.data.val, epochs=args.epochs, lr=args.lr,
-                     weight_decay=args.weight_decay, patience=args.patience, progress=not args.no_progress,
-                     csv_path=save_path.with_name(f"{save_path.stem}_log.csv"), warmup_frac=args.warmup_frac,
-                     data_parallel_device=stage.device, **stage.speed)
-    _, test_after = evaluate(model, stage.data.test, amp=stage.amp)
+    settings = FinetuneSettings(epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
+                                patience=args.patience, warmup_frac=args.warmup_frac)
+    loop = LoopSettings(progress=not args.no_progress, csv_path=save_path.with_name(f"{save_path.stem}_log.csv"),
+                        data_parallel_device=stage.device, **stage.speed)
+    state = finetune_model(model, stage.data.train, stage.data.val, settings, loop)
+    _, test_after = evaluate_model(model, stage.data.test, amp=stage.amp)
     meta = {"stage": "finetune", "parent": str(args.ckpt), "sparsity": sparsity(model), "epoch": state.best_epoch,
             "val_acc": state.best_val_acc, "test_acc": test_after, "val_acc_before": val_before,
             "test_acc_before": test_before}

@@ -45,13 +45,11 @@ import regrowth_oneshot
 import regrowth_structure_oneshot
 import report
 from models import create_model
-from utils.cli import cli_main, new_parser, positive_float, seed_int
-from utils.device import UNIT_NAMES, DeviceProfile, profile_from_args
-from utils.device_budget import DeviceTargets, device_targets
-from utils.errors import ReportedError, UsageError
-from utils.granularity import get_granularity
-from utils.masks import add_reparam
-from utils.paths import (
+from utils.cli.flags import cli_main, new_parser, positive_float, profile_from_args, seed_int
+from utils.core.errors import ReportedError, UsageError
+from utils.core.files import write_csv, write_json
+from utils.core.log import LOG, inner_stage, log_outputs, setup_logging
+from utils.core.paths import (
     BEST_MODEL,
     SUMMARY,
     boundary_dir,
@@ -65,11 +63,13 @@ from utils.paths import (
     prune_dir,
     regrowth_dir,
 )
-from utils.plots import plot_results
-from utils.run import LOG, inner_stage, log_outputs, resolve_device, setup_logging, write_csv, write_json
+from utils.core.seeds import resolve_device
+from utils.device.fill import DeviceTargets, device_targets
+from utils.device.profiles import UNIT_NAMES, DeviceProfile
+from utils.results.plots import plot_results
+from utils.sparsity.granularity import get_granularity, granularity_class, list_granularities
+from utils.sparsity.masks import add_reparam
 
-# per granularity: the pruning target and the regrowth budget (fractions of N_tot: weights or channels)
-TARGETS = {"weight": {"sparsity": 0.99, "regrow_step": 0.01}, "channel": {"sparsity": 0.9, "regrow_step": 0.05}}
 PRESETS: dict[str, dict] = {
     "demo": {"m_name": "resnet20", "dataset": "synthetic", "train_subset": 4500, "eval_subset": None,
              "pretrain_epochs": 8, "prune_epochs": 4, "episodes": 5, "mini_epochs": 1, "final_epochs": 4,
@@ -85,10 +85,10 @@ PRESETS: dict[str, dict] = {
                       "pretrain_epochs": 200, "prune_epochs": 400, "episodes": 400, "mini_epochs": 50,
                       "final_epochs": 400, "ssim_num_batches": 64},
 }
-# per granularity: (prune script, RL search script, extra greedy flags, summary file stem, export final models)
-SCRIPTS = {"weight": (prune_unstructure.main, regrowth_oneshot.main, [], "pipeline_summary", False),
-           "channel": (prune_structure.main, regrowth_structure_oneshot.main, ["--granularity", "channel"],
-                       "pipeline_structure_summary", True)}
+# the stage scripts a granularity names (its prune_script and search_script), by file name
+STAGE_MAINS: dict[str, Callable[[Sequence[str] | None], int]] = {
+    "prune_unstructure.py": prune_unstructure.main, "prune_structure.py": prune_structure.main,
+    "regrowth_oneshot.py": regrowth_oneshot.main, "regrowth_structure_oneshot.py": regrowth_structure_oneshot.main}
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -97,8 +97,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="schedules and model: demo (synthetic data, 9 min on 2 CPU cores), smoke (checks an "
                              "install; about 1 min on 2 CPU cores), cifar10_resnet20 / cifar10_vgg16 (the "
                              "original settings, GPU days)")
-    parser.add_argument("--granularity", default="weight", choices=list(SCRIPTS), help="prune and regrow weights "
-                        "or whole channels")
+    parser.add_argument("--granularity", default=list_granularities()[0], choices=list_granularities(),
+                        help="prune and regrow weights or whole channels")
     parser.add_argument("--data_dir", default="./data", help="folder holding the data sets (not used by synthetic)")
     parser.add_argument("--save_dir", default=None,
                         help="root of the run folders (default: runs/{preset}, with --device_profile "
@@ -200,9 +200,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run_chain(args: argparse.Namespace, seed: int, save_dir: Path) -> int:
     """The whole chain for one seed into ``save_dir`` (finished stages reused unless --overwrite)."""
-    g = args.granularity
-    p = {**PRESETS[args.preset], **TARGETS[g]}
-    prune_main, search_main, greedy_flags, summary_stem, exports = SCRIPTS[g]
+    g = granularity_class(args.granularity)
+    p = {**PRESETS[args.preset], "sparsity": g.demo_sparsity, "regrow_step": g.demo_regrow_step}
+    prune_main, search_main = STAGE_MAINS[g.prune_script], STAGE_MAINS[g.search_script]
+    exports = g.exportable
     root = model_root(save_dir, p["m_name"])
     common, train = _flags(args, p, seed, save_dir)
     check_output_dir(root, what="--save_dir")
@@ -212,7 +213,7 @@ def run_chain(args: argparse.Namespace, seed: int, save_dir: Path) -> int:
     once = ledger.once
     once("pretrain", pretrain.main, train + ["--epochs", str(p["pretrain_epochs"])], dense.with_name(SUMMARY))
     pruned = prune_checkpoint(prune_dir(save_dir, p["m_name"], g, "oneshot"), p["m_name"], g,
-                              exact_sparsity(g, p["m_name"], p["sparsity"]))
+                              exact_sparsity(g.name, p["m_name"], p["sparsity"]))
     once("prune", prune_main, train + ["--mode", "oneshot", "--target_sparsity", str(p["sparsity"]),
                                        "--finetune_epochs", str(p["prune_epochs"])], pruned)
     search = ["--initial_ckpt", str(pruned), "--regrow_step", str(p["regrow_step"]), "--finetune_epochs",
@@ -221,7 +222,7 @@ def run_chain(args: argparse.Namespace, seed: int, save_dir: Path) -> int:
     once("regrowth", search_main, train + search + ["--num_epochs", str(p["episodes"]), "--label", "pipeline"],
          rl_dir / SUMMARY)
     greedy_root = greedy_dir(save_dir, p["m_name"], g, "prop")
-    once("greedy", regrowth_greedy.main, train + search + ["--greedy_mode", "prop"] + greedy_flags,
+    once("greedy", regrowth_greedy.main, train + search + ["--greedy_mode", "prop"] + g.cli_flags(),
          greedy_root / SUMMARY)
     greedy = iteration_dir(greedy_root, 0)
     candidates = {"pruned": pruned, "regrown (RL)": rl_dir / BEST_MODEL, "regrown (greedy prop)": greedy / BEST_MODEL}
@@ -235,14 +236,14 @@ def run_chain(args: argparse.Namespace, seed: int, save_dir: Path) -> int:
             once(f"export {label}", export.main, ["--ckpt", str(tuned), "--device", args.device],
                  tuned.with_name(f"{tuned.stem}_exported.pth"))
         rows.append({"model": label, **_row(report, exports)})
-    table = root / f"{summary_stem}.csv"
+    table = root / f"{g.summary_stem}.csv"
     write_csv(table, rows)
-    write_json(table.with_suffix(".json"), {"preset": args.preset, "granularity": g, **p, "rows": rows})
+    write_json(table.with_suffix(".json"), {"preset": args.preset, "granularity": g.name, **p, "rows": rows})
     figure = table.with_suffix(".png")
-    plot_results(rows, g, f"{p['m_name']} on {p['dataset']}, preset {args.preset}, seed {seed}: final models after "
-                 f"the same finetune", figure)
+    plot_results(rows, g.name, f"{p['m_name']} on {p['dataset']}, preset {args.preset}, seed {seed}: final models "
+                 f"after the same finetune", figure)
     ledger.log()
-    print(f"\n{'model':<24} {g + ' sparsity':>16} {'params':>10} {'val acc':>8} {'test acc':>9}")
+    print(f"\n{'model':<24} {g.name + ' sparsity':>16} {'params':>10} {'val acc':>8} {'test acc':>9}")
     for row in rows:
         print(f"{row['model']:<24} {row['sparsity']:>16.4f} {row['params']:>10,} {row['val_acc']:>7.2f}% "
               f"{row['test_acc']:>8.2f}%")
@@ -256,7 +257,7 @@ def run_chain(args: argparse.Namespace, seed: int, save_dir: Path) -> int:
 def _same_job(args: argparse.Namespace) -> str:
     """The flags that name this job's preset and granularity when they are not the defaults."""
     return ((f" --preset {args.preset}" if args.preset != "demo" else "")
-            + (f" --granularity {args.granularity}" if args.granularity != "weight" else ""))
+            + "".join(f" {flag}" for flag in granularity_class(args.granularity).cli_flags()))
 
 
 def _flags(args: argparse.Namespace, p: dict, seed: int, save_dir: Path) -> tuple[list[str], list[str]]:
@@ -275,26 +276,22 @@ def device_profile(args: argparse.Namespace) -> DeviceProfile:
     return profile_from_args(argparse.Namespace(device_profile=args.device_profile))
 
 
-# one-shot targets of the boundary curve, per granularity (the limit and the start are added)
-DEVICE_GRID = {"weight": (0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995), "channel": (0.2, 0.4, 0.6, 0.7, 0.8, 0.9)}
-
-
 def run_device_chain(args: argparse.Namespace, seed: int, save_dir: Path) -> int:
     """Regrowth up to a device's limit, for one seed: the one-shot pruning curve and its boundary
     (find_drop_point.py), the densest model that fits (pruned straight to the limit), a start pruned
     --past_limit times past it, an RL search that regrows up to the limit (weights: exactly to the storage
     limit in bytes; channels: within the MAC limit of the export), and the same total finetune for both; prints the
     limit, the boundary estimates, both accuracies and the margins."""
-    g = args.granularity
     p, profile, began = PRESETS[args.preset], device_profile(args), time.perf_counter()
-    prune_main, search_main = SCRIPTS[g][:2]
-    m, gran = p["m_name"], get_granularity(g, p["m_name"])
+    m, gran = p["m_name"], get_granularity(args.granularity, p["m_name"])
+    g = gran.name
+    prune_main, search_main = STAGE_MAINS[gran.prune_script], STAGE_MAINS[gran.search_script]
     reference = create_model(m)
     add_reparam(reference)
     total = gran.total(reference)
     bound = device_targets(profile, gran, reference, args.past_limit)
     at_limit, past = bound.at_limit, bound.start
-    grid = [t for t in DEVICE_GRID[g] if min(abs(t - at_limit), abs(t - past)) > 1e-3 and t < 1 - 1 / total]
+    grid = [t for t in gran.boundary_grid if min(abs(t - at_limit), abs(t - past)) > 1e-3 and t < 1 - 1 / total]
     targets = sorted({*grid, at_limit, past})
     root = model_root(save_dir, m)
     common, train = _flags(args, p, seed, save_dir)
@@ -306,8 +303,8 @@ def run_device_chain(args: argparse.Namespace, seed: int, save_dir: Path) -> int
     once = ledger.once
     dense = pretrained_path(save_dir, m)
     once("pretrain", pretrain.main, train + ["--epochs", str(p["pretrain_epochs"])], dense.with_name(SUMMARY))
-    folder = prune_dir(save_dir, m, g, "oneshot")
-    files = {t: prune_checkpoint(folder, m, g, round(t * total) / total) for t in targets}
+    folder = prune_dir(save_dir, m, gran, "oneshot")
+    files = {t: prune_checkpoint(folder, m, gran, round(t * total) / total) for t in targets}
     once("prune (curve)", prune_main, train + ["--mode", "oneshot", "--target_sparsity",
                                                *[f"{t:.10f}" for t in targets], "--finetune_epochs",
                                                str(p["prune_epochs"])], [files[t] for t in targets])
@@ -315,7 +312,7 @@ def run_device_chain(args: argparse.Namespace, seed: int, save_dir: Path) -> int
     once("boundary", find_drop_point.main, common + ["--model_dir", str(folder), "--out", str(boundary)],
          boundary / "boundary.json")
     label = f"device_{profile.name}"
-    search_dir = regrowth_dir(save_dir, m, g, "oneshot") / label
+    search_dir = regrowth_dir(save_dir, m, gran, "oneshot") / label
     once("regrowth to the limit", search_main, train + [
         "--initial_ckpt", str(files[past]), "--device_profile", args.device_profile, "--label", label,
         "--num_epochs", str(p["episodes"]), "--finetune_epochs", str(p["mini_epochs"]),

@@ -30,8 +30,7 @@ from pathlib import Path
 
 import torch
 
-from utils.checkpoint import load_weights, read_checkpoint
-from utils.cli import (
+from utils.cli.flags import (
     add_common_args,
     add_speed_args,
     cli_main,
@@ -41,12 +40,16 @@ from utils.cli import (
     positive_float,
     positive_int,
 )
-from utils.distributed import all_gather, current_world
-from utils.errors import UsageError
-from utils.paths import check_output_dir, clean_stale_temps, pretrained_path
-from utils.run import LOG, check_same_run, log_outputs, setup_logging, trim_csv, write_json
-from utils.stage import Stage, prepare
-from utils.train import EpochStats, FitState, data_parallel, evaluate, fit
+from utils.cli.prepare import prepare
+from utils.core.distributed import all_gather, current_world
+from utils.core.errors import UsageError
+from utils.core.files import check_same_run, trim_csv, write_json
+from utils.core.log import LOG, log_outputs, setup_logging
+from utils.core.paths import check_output_dir, clean_stale_temps, pretrained_path
+from utils.runtime.checkpoint import load_weights, read_checkpoint
+from utils.runtime.settings import LoopSettings
+from utils.runtime.stage import Stage
+from utils.runtime.train import EpochStats, FitSchedule, FitState, evaluate_model, fit
 
 # flags a resumed run may change; every other flag must equal the one the run started with
 MAY_CHANGE_ON_RESUME = {"epochs", "patience", "resume", "overwrite", "device", "no_progress", "compile", "no_amp",
@@ -83,7 +86,7 @@ def cosine(epochs: int):
     return lambda e: 0.5 * (1 + math.cos(math.pi * min(e, epochs) / epochs))
 
 
-def _restore(path: Path, model, optimizer, scheduler, stage: Stage) -> FitState:
+def _restore(path: Path, model, optimizer, scheduler, stage: Stage, patience: int) -> FitState:
     """Load last.pth into the model, optimizer, scheduler and data RNG; return the fit progress.
 
     The run must have the same defining flags (``check_same_run``); --epochs and --patience may change:
@@ -93,7 +96,7 @@ def _restore(path: Path, model, optimizer, scheduler, stage: Stage) -> FitState:
     ckpt = read_checkpoint(path)
     if "train_state" not in ckpt.extra:
         raise UsageError(f"{path} has no training state to resume from")
-    check_same_run(ckpt.meta.get("args") or {}, stage.args, MAY_CHANGE_ON_RESUME)
+    check_same_run(ckpt.meta.get("args") or {}, stage.flags, MAY_CHANGE_ON_RESUME)
     load_weights(model, ckpt, stage.model_name, path)
     saved = ckpt.extra["train_state"]
     optimizer.load_state_dict(saved["optimizer"])
@@ -109,7 +112,7 @@ def _restore(path: Path, model, optimizer, scheduler, stage: Stage) -> FitState:
     torch.set_rng_state(rngs[world.rank][1])
     best = {k: v.to(stage.device) for k, v in saved["best_state"].items()}
     state = FitState(**saved["fit"], best_state=best)
-    state.stopped_early = 0 < stage.args.patience <= state.epochs_since_best
+    state.stopped_early = 0 < patience <= state.epochs_since_best
     return state
 
 
@@ -132,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine(args.epochs))
-    state = _restore(last_path, model, optimizer, scheduler, stage) if args.resume else FitState()
+    state = _restore(last_path, model, optimizer, scheduler, stage, args.patience) if args.resume else FitState()
     if args.resume:  # rows a killed run logged after its last checkpoint would come twice
         trim_csv(out / "pretrain_log.csv", lambda row: int(row["epoch"]) <= state.epoch)
     elif current_world().is_main:
@@ -149,16 +152,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             stage.save(best_path, model, meta)
         stage.save(last_path, model, meta, extra={"train_state": _train_state(optimizer, scheduler, fit_state, stage)})
 
-    wrapped = data_parallel(model, stage.device)
-    forward = torch.compile(wrapped) if args.compile else wrapped
-    evaluator = forward if wrapped is model else (torch.compile(model) if args.compile else model)
-    state = fit(model, stage.data.train, stage.data.val, optimizer, epochs=args.epochs, scheduler=scheduler,
-                patience=args.patience, amp=stage.amp, progress=not args.no_progress,
-                csv_path=out / "pretrain_log.csv", state=state, forward_model=forward, eval_model=evaluator,
+    loop = LoopSettings(amp=stage.amp, compile=args.compile, progress=not args.no_progress,
+                        csv_path=out / "pretrain_log.csv", data_parallel_device=stage.device)  # DDP under torchrun
+    state = fit(model, stage.data.train, stage.data.val, optimizer,
+                FitSchedule(args.epochs, patience=args.patience, scheduler=scheduler), loop=loop, state=state,
                 on_epoch_end=checkpoint)
 
     model.load_state_dict(state.best_state)
-    _, test_acc = evaluate(model, stage.data.test, amp=stage.amp)
+    _, test_acc = evaluate_model(model, stage.data.test, amp=stage.amp)
     stage.save(best_path, model, {"stage": "pretrain", "sparsity": 0.0, "epoch": state.best_epoch,
                                   "val_acc": state.best_val_acc, "test_acc": test_acc})
     write_json(out / "summary.json", {"model": stage.model_name, "dataset": stage.dataset, **state.summary(),

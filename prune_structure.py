@@ -27,21 +27,27 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from utils.cli import (
+from utils.cli.flags import (
     add_checkpoint_args,
     add_common_args,
     add_finetune_args,
     add_prune_finetune_args,
+    add_schedule_args,
     add_speed_args,
     cli_main,
+    finetune_settings,
+    finish_schedule_args,
     new_parser,
     positive_int,
+    schedule_settings,
 )
-from utils.paths import prune_dir
-from utils.pruners import PruneContext, get_pruner, list_pruners
-from utils.pruning import PruneRun, add_schedule_args, finish_schedule_args
-from utils.run import make_generator
-from utils.stage import dense_checkpoint, prepare
+from utils.cli.prepare import prepare
+from utils.core.paths import prune_dir
+from utils.core.seeds import make_generator
+from utils.prune.loop import PruneRun
+from utils.prune.pruners import get_pruner, list_pruners
+from utils.prune.weight_pruners import PruneContext
+from utils.runtime.stage import dense_checkpoint
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -68,12 +74,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     stage = prepare(args, granularity="channel")
     pruner = get_pruner(args.pruner, stage.granularity, args.scope)
-    pretrained = dense_checkpoint(args, stage.model_name)
+    pretrained = dense_checkpoint(stage.run, stage.model_name)
     # gradient scores get their own data order: pruning must not shift the finetunes' batches
     context = PruneContext(make_generator(args.seed, "pruner"),
                            stage.data.train.with_generator(make_generator(args.seed, "prune_scores", stage.device)),
                            args.taylor_batches)
-    PruneRun(stage, pruner, context, prune_dir(args.save_dir, stage.model_name, "channel", args.mode)).run(pretrained)
+    out = prune_dir(args.save_dir, stage.model_name, stage.granularity, args.mode)
+    PruneRun(stage, pruner, context, out, schedule_settings(args), finetune_settings(args)).run(pretrained)
     return 0
 
 

@@ -22,20 +22,26 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from utils.cli import (
+from utils.cli.flags import (
     add_checkpoint_args,
     add_common_args,
     add_finetune_args,
     add_prune_finetune_args,
+    add_schedule_args,
     add_speed_args,
     cli_main,
+    finetune_settings,
+    finish_schedule_args,
     new_parser,
+    schedule_settings,
 )
-from utils.paths import prune_dir
-from utils.pruners import PruneContext, get_pruner, list_pruners
-from utils.pruning import PruneRun, add_schedule_args, finish_schedule_args
-from utils.run import make_generator
-from utils.stage import dense_checkpoint, prepare
+from utils.cli.prepare import prepare
+from utils.core.paths import prune_dir
+from utils.core.seeds import make_generator
+from utils.prune.loop import PruneRun
+from utils.prune.pruners import get_pruner, list_pruners
+from utils.prune.weight_pruners import PruneContext
+from utils.runtime.stage import dense_checkpoint
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -56,9 +62,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     pruner = get_pruner(args.pruner)
     stage = prepare(args)
-    pretrained = dense_checkpoint(args, stage.model_name)
-    PruneRun(stage, pruner, PruneContext(make_generator(args.seed, "pruner")),
-             prune_dir(args.save_dir, stage.model_name, "weight", args.mode)).run(pretrained)
+    pretrained = dense_checkpoint(stage.run, stage.model_name)
+    out = prune_dir(args.save_dir, stage.model_name, stage.granularity, args.mode)
+    PruneRun(stage, pruner, PruneContext(make_generator(args.seed, "pruner")), out, schedule_settings(args),
+             finetune_settings(args)).run(pretrained)
     return 0
 
 

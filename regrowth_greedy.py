@@ -23,31 +23,43 @@ greedy_log.csv, summary.json.
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
-from utils.budget import regrowth_budget
-from utils.cli import (
+from utils.cli.flags import (
     INIT_HELP,
     add_checkpoint_args,
     add_common_args,
     add_finetune_args,
     add_scoring_args,
+    add_selection_args,
     add_speed_args,
     cli_main,
+    finetune_settings,
     new_parser,
     non_negative_int,
     open_fraction,
     positive_int,
+    scoring_settings,
+    selection_settings,
 )
-from utils.paths import BEST_MODEL, SUMMARY, check_output_dir, clean_stale_temps, greedy_dir, iteration_dir
-from utils.regrowth import GREEDY_ALLOCATIONS, allocation_lines, random_scores_like
-from utils.run import LOG, log_outputs, make_generator, setup_logging, write_csv, write_json
-from utils.scores import ssim_scores
-from utils.selection import add_selection_args, default_init, init_source, load_reference, selection_scores
-from utils.stage import prepare_dense_sparse
-from utils.train import evaluate, finetune
+from utils.cli.prepare import prepare_dense_sparse
+from utils.core.files import write_csv, write_json
+from utils.core.log import LOG, log_outputs, setup_logging
+from utils.core.paths import BEST_MODEL, SUMMARY, check_output_dir, clean_stale_temps, greedy_dir, iteration_dir
+from utils.core.seeds import make_generator
+from utils.core.timer import Timer
+from utils.regrow.allocation import GREEDY_ALLOCATIONS, allocation_lines
+from utils.regrow.apply import Finetuning, Regrowth, apply_allocation
+from utils.results.records import RegrowthOutcome
+from utils.runtime.settings import LoopSettings
+from utils.runtime.train import evaluate_model
+from utils.scoring.layer_scores import ssim_scores
+from utils.scoring.selection import init_source, load_reference, selection_scores
+from utils.sparsity.budget import regrowth_budget
+from utils.sparsity.granularity import list_granularities
+from utils.sparsity.grow import random_scores_like
 
 SSIM_MODES = ("fill", "prop")  # the others ignore SSIM
 
@@ -61,7 +73,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add_finetune_args(parser, 50, "finetune epochs after each regrowth (best epoch on val)")
     parser.add_argument("--initial_ckpt", "--pruned_ckpt", dest="initial_ckpt", required=True,
                         help="sparse starting checkpoint (with masks)")
-    parser.add_argument("--granularity", choices=["weight", "channel"], default=None,
+    parser.add_argument("--granularity", choices=list_granularities(), default=None,
                         help="regrow weights (layers are units) or channels (coupled channel groups are units); "
                              "default: the checkpoint's own")
     parser.add_argument("--greedy_mode", default="prop", choices=list(GREEDY_ALLOCATIONS),
@@ -84,36 +96,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     stage, pair = prepare_dense_sparse(args, args.initial_ckpt, reparam=True, granularity=args.granularity)
     gran = stage.granularity
-    args.init_strategy = default_init(args, gran.default_init)
-    args.saliency_batches = args.saliency_batches or gran.score_batches
-    gran.check_init(args.init_strategy)
-    out = check_output_dir(greedy_dir(args.save_dir, stage.model_name, gran.name, args.greedy_mode),
+    selection = selection_settings(args, gran.default_init)
+    scoring = replace(scoring_settings(args), saliency_batches=args.saliency_batches or gran.score_batches)
+    gran.check_init(selection.init_strategy)
+    args.init_strategy, args.saliency_batches = selection.init_strategy, scoring.saliency_batches  # as recorded
+    out = check_output_dir(greedy_dir(args.save_dir, stage.model_name, gran, args.greedy_mode),
                            products=["greedy_log.csv", SUMMARY, str(iteration_dir(Path(), 0) / BEST_MODEL)],
                            overwrite=args.overwrite)
     regrowth_budget(gran.total(pair.sparse), args.regrow_step, sum(gran.capacity(pair.sparse).values()))  # not 0
-    reference = load_reference(stage, pair)
+    reference = load_reference(stage, pair, selection)
     clean_stale_temps(out)
     setup_logging(out)
-    selected = None if args.greedy_mode == "random" else selection_scores(stage, pair, reference)
+    selected = None if args.greedy_mode == "random" else selection_scores(stage, pair, reference, selection, scoring)
     source = init_source(pair, reference)
     init_rng = make_generator(args.seed, "regrowth_init", stage.device)
     layer_rng = make_generator(args.seed, "greedy")  # CPU: random layers / positions
     model, parent, rows = pair.sparse, pair.sparse_path, []
-    start = {"start_sparsity": gran.sparsity(model), "start_val_acc": evaluate(model, stage.data.val, amp=stage.amp)[1],
-             "start_test_acc": evaluate(model, stage.data.test, amp=stage.amp)[1]}
-    began = time.perf_counter()
+    start = {"start_sparsity": gran.sparsity(model),
+             "start_val_acc": evaluate_model(model, stage.data.val, amp=stage.amp)[1],
+             "start_test_acc": evaluate_model(model, stage.data.test, amp=stage.amp)[1]}
+    timer = Timer()
     for it in range(args.num_iters):
         caps = {n: c for n, c in gran.capacity(model).items() if c > 0}
         budget = regrowth_budget(gran.total(model), args.regrow_step, sum(caps.values()))
-        ssim = ssim_scores(stage, pair.dense, model) if args.greedy_mode in SSIM_MODES else {}
-        allocation = GREEDY_ALLOCATIONS[args.greedy_mode](ssim, caps, budget, layer_rng)
+        ssim = ssim_scores(stage, scoring, pair.dense, model) if args.greedy_mode in SSIM_MODES else {}
+        allocation = GREEDY_ALLOCATIONS.get(args.greedy_mode)(ssim, caps, budget, layer_rng)
         scores = random_scores_like(gran.masks(model), layer_rng) if selected is None else selected
-        regrown = sum(gran.regrow(model, allocation, scores, args.init_strategy, source,
-                                  generator=init_rng).values())
-        state = finetune(model, stage.data.train, stage.data.val, epochs=args.finetune_epochs, lr=args.lr,
-                         weight_decay=args.weight_decay, patience=args.patience, progress=not args.no_progress,
-                         csv_path=iteration_dir(out, it) / "finetune_log.csv", **stage.speed)
-        _, test_acc = evaluate(model, stage.data.test, amp=stage.amp)
+        loop = LoopSettings(progress=not args.no_progress, csv_path=iteration_dir(out, it) / "finetune_log.csv",
+                            **stage.speed)
+        applied = apply_allocation(gran, model, Regrowth(allocation, scores, selection.init_strategy, source, init_rng),
+                                   Finetuning(finetune_settings(args), stage.data.train, stage.data.val, loop),
+                                   copy=False, test=stage.data.test)  # in place: the model carries forward
+        regrown, state, test_acc = applied.regrown, applied.fit, applied.test_acc
         row = {"iteration": it, "mode": args.greedy_mode, "budget": budget, "regrown": regrown,
                "sparsity": gran.sparsity(model), "val_acc": state.best_val_acc, "test_acc": test_acc}
         rows.append(row)
@@ -127,9 +141,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         LOG.info("iteration %d: %s regrew %d -> sparsity %.4f  val %.2f%%  test %.2f%%", it, args.greedy_mode,
                  regrown, row["sparsity"], row["val_acc"], test_acc)
     write_csv(out / "greedy_log.csv", rows)
+    seconds, last_row = timer.seconds, rows[-1]
+    outcome = RegrowthOutcome(f"greedy {args.greedy_mode}", "oneshot" if len(rows) == 1 else "iterative", gran.name,
+                              start["start_sparsity"], start["start_test_acc"], last_row["sparsity"],
+                              last_row["val_acc"], last_row["test_acc"], None, args.finetune_epochs, seconds)
     write_json(out / SUMMARY, {"model": stage.model_name, "dataset": stage.dataset, "granularity": gran.name,
                                "mode": args.greedy_mode, **start, "final_epochs": args.finetune_epochs,
-                               "seconds": time.perf_counter() - began, "iterations": rows})
+                               "seconds": seconds, "iterations": rows, **outcome.fields()})
     last = iteration_dir(out, len(rows) - 1) / BEST_MODEL
     log_outputs([out / "greedy_log.csv", out / SUMMARY, f"iter_*/{BEST_MODEL} in {out}/ (one per iteration)"],
                 f"python finetune.py --ckpt {last} --epochs 400   (the final finetune)")

@@ -6,7 +6,7 @@ Every iteration recomputes SSIM and capacities on the current model, trains a fr
 an episode by its val-accuracy gain over the **pruning baseline** interpolated at its new sparsity (the
 checkpoints in --baseline_dir, evaluated once on val and cached), and carries the best post-finetune
 model forward. Saliency is computed once on the dense model (or the starting sparse one). The channel
-version is regrowth_structure_iterative.py; both run utils/regrowth_runs.py.
+version is regrowth_structure_iterative.py; both run utils/search/drivers.py.
 
 Example:
     python regrowth_iterative.py --m_name resnet20 --initial_ckpt runs/resnet20/iterative/resnet20_0.9953.pth \\
@@ -24,8 +24,9 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from utils.cli import cli_main, new_parser
-from utils.regrowth_runs import add_search_args, run_iterative
+from utils.cli.flags import add_search_args, cli_main, new_parser
+from utils.cli.jobs import regrowth_job
+from utils.search.drivers import run_iterative
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -36,7 +37,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 @cli_main
 def main(argv: Sequence[str] | None = None) -> int:
-    run_iterative(parse_args(argv), "weight")
+    run_iterative(regrowth_job(parse_args(argv), "weight", "iterative"))
     return 0
 
 

@@ -6,7 +6,7 @@ SSIM (dense vs sparse, val images) picks the searched layers; saliency (dL/dθ)^
 inside each; every episode regrows a copy of the sparse model, mini-finetunes it (best epoch on val) and
 is rewarded by its val-accuracy gain over the starting sparse model (or over the pruning baseline of
 --baseline_dir at the new sparsity) + --budget_bonus · budget used. The channel version is
-regrowth_structure_oneshot.py; both run utils/regrowth_runs.py.
+regrowth_structure_oneshot.py; both run utils/search/drivers.py.
 
 Example:
     python regrowth_oneshot.py --m_name resnet20 --initial_ckpt runs/resnet20/oneshot/resnet20_0.9900.pth \\
@@ -28,8 +28,9 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from utils.cli import cli_main, new_parser
-from utils.regrowth_runs import add_search_args, run_oneshot
+from utils.cli.flags import add_search_args, cli_main, new_parser
+from utils.cli.jobs import regrowth_job
+from utils.search.drivers import run_oneshot
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -40,7 +41,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 @cli_main
 def main(argv: Sequence[str] | None = None) -> int:
-    run_oneshot(parse_args(argv), "weight")
+    run_oneshot(regrowth_job(parse_args(argv), "weight", "oneshot"))
     return 0
 
 

@@ -23,8 +23,9 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from utils.cli import cli_main, new_parser
-from utils.regrowth_runs import add_search_args, run_iterative
+from utils.cli.flags import add_search_args, cli_main, new_parser
+from utils.cli.jobs import regrowth_job
+from utils.search.drivers import run_iterative
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -35,7 +36,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 @cli_main
 def main(argv: Sequence[str] | None = None) -> int:
-    run_iterative(parse_args(argv), "channel")
+    run_iterative(regrowth_job(parse_args(argv), "channel", "iterative"))
     return 0
 
 

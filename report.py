@@ -22,12 +22,12 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from utils.cli import cli_main, new_parser
-from utils.paths import check_output_file
-from utils.plots import plot_report
-from utils.report import collect, expand_roots
-from utils.report_tables import flat, markdown, pruning_table, regrowth_table, tables
-from utils.run import write_csv, write_json
+from utils.cli.flags import cli_main, new_parser
+from utils.core.files import write_csv, write_json
+from utils.core.paths import check_output_file
+from utils.results.plots import plot_report
+from utils.results.records import collect, expand_roots
+from utils.results.tables import flat, markdown, pruning_table, regrowth_table, tables
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

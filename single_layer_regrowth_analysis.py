@@ -21,32 +21,41 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from scipy import stats
 
-from utils.budget import regrowth_budget
-from utils.cli import (
+from utils.cli.flags import (
     add_checkpoint_args,
     add_common_args,
     add_finetune_args,
     add_scoring_args,
+    add_selection_args,
     add_speed_args,
     cli_main,
+    default_init,
+    finetune_settings,
     fraction,
     new_parser,
+    scoring_settings,
+    selection_settings,
 )
-from utils.errors import UsageError
-from utils.granularity import Granularity
-from utils.masks import clone_model
-from utils.paths import check_output_dir, single_layer_dir
-from utils.plots import plot_scatter
-from utils.regrowth import INIT_STRATEGIES
-from utils.run import LOG, log_outputs, make_generator, setup_logging, write_csv, write_json
-from utils.scores import ssim_scores
-from utils.selection import add_selection_args, default_init, init_source, load_reference, selection_scores
-from utils.stage import Stage, prepare_dense_sparse
-from utils.train import evaluate, finetune
+from utils.cli.prepare import prepare_dense_sparse
+from utils.core.errors import UsageError
+from utils.core.files import write_csv, write_json
+from utils.core.log import LOG, log_outputs, setup_logging
+from utils.core.paths import check_output_dir, single_layer_dir
+from utils.core.seeds import make_generator
+from utils.regrow.apply import Finetuning, Regrowth, apply_allocation
+from utils.results.plots import plot_scatter
+from utils.runtime.settings import FinetuneSettings, LoopSettings
+from utils.runtime.stage import Stage
+from utils.scoring.layer_scores import ssim_scores
+from utils.scoring.selection import init_source, load_reference, selection_scores
+from utils.sparsity.budget import regrowth_budget
+from utils.sparsity.granularity import Granularity
+from utils.sparsity.grow import INIT_STRATEGIES
 
 FIELDS = ["layer", "ssim", "capacity", "regrown", "val_immediate", "val_after", "gain"]
 
@@ -80,12 +89,11 @@ def budget(gran: Granularity, model, target: float | None) -> int:
     return regrowth_budget(gran.total(model), start - max(target, 0.0), sum(gran.capacity(model).values()))
 
 
-def finetuned_val(stage: Stage, model) -> float:
-    """Val accuracy (%) after the analysis finetune (best epoch on val)."""
-    args = stage.args
-    state = finetune(model, stage.data.train, stage.data.val, epochs=args.finetune_epochs, lr=args.lr,
-                     weight_decay=args.weight_decay, progress=not args.no_progress, **stage.speed)
-    return state.best_val_acc
+def analysis_finetune(stage: Stage, settings: FinetuneSettings) -> Finetuning:
+    """The finetune after each single-layer regrowth and of the control run: ``settings`` without early stop
+    (patience 0), best epoch on val, data in the stage's training order."""
+    return Finetuning(replace(settings, patience=0), stage.data.train, stage.data.val,
+                      LoopSettings(progress=stage.run.progress, **stage.speed))
 
 
 def correlation(ssim: list[float], gain: list[float]) -> dict:
@@ -103,7 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.init_strategy = default_init(args, "zero")
     stage, pair = prepare_dense_sparse(args, args.ckpt, reparam=True)
     dense, sparse, gran = pair.dense, pair.sparse, stage.granularity
-    reference = load_reference(stage, pair)
+    selection = selection_settings(args, "zero")
+    reference = load_reference(stage, pair, selection)
     k = budget(gran, sparse, args.target_sparsity)
     unknown = sorted(set(args.layers or []) - set(gran.units()))
     if unknown:
@@ -111,19 +120,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = check_output_dir(args.out or single_layer_dir(args.save_dir, stage.model_name, args.ckpt),
                            products=["single_layer.csv", "correlation.json"], overwrite=args.overwrite, what="--out")
     setup_logging(out)
-    ssim = ssim_scores(stage, dense, sparse)
-    selected = selection_scores(stage, pair, reference)
+    scoring = scoring_settings(args)
+    ssim = ssim_scores(stage, scoring, dense, sparse)
+    selected = selection_scores(stage, pair, reference, selection, scoring)
     source = init_source(pair, reference)
     caps = gran.capacity(sparse)
     layers = [n for n in (args.layers or caps) if caps[n] > 0 and not math.isnan(ssim[n])]
-    control = finetuned_val(stage, clone_model(sparse))
+    tuning = analysis_finetune(stage, finetune_settings(args))
+    control = apply_allocation(gran, sparse, None, tuning).fit.best_val_acc  # a copy, finetuned, nothing regrown
     LOG.info("K = %d units; control (no regrowth) val %.2f%%; %d layers", k, control, len(layers))
     rows, generator = [], make_generator(args.seed, "regrowth_init", stage.device)
     for name in layers:
-        model = clone_model(sparse)
-        regrown = gran.regrow(model, {name: k}, selected, args.init_strategy, source, generator=generator)[name]
-        _, immediate = evaluate(model, stage.data.val, amp=stage.amp)
-        after = finetuned_val(stage, model)
+        applied = apply_allocation(gran, sparse, Regrowth({name: k}, selected, args.init_strategy, source, generator),
+                                   tuning, immediate=stage.data.val)
+        regrown, immediate, after = applied.regrown, applied.immediate_acc, applied.fit.best_val_acc
         rows.append({"layer": name, "ssim": ssim[name], "capacity": caps[name], "regrown": regrown,
                      "val_immediate": immediate, "val_after": after, "gain": after - control})
         LOG.info("%-24s ssim %7.4f  regrew %6d  val %.2f%% -> %.2f%%  gain %+.2f", name, ssim[name], regrown,

@@ -18,11 +18,11 @@ from benchmarks.common import cifar_like, machine, save_results, timed
 from data.cifar10 import INFO
 from data.loader import DeviceLoader
 from models import create_model
-from utils.masks import add_reparam, prunable_modules
-from utils.pruners import get_pruner
-from utils.saliency import saliency
-from utils.ssim import layer_similarity, recording
-from utils.train import use_channels_last
+from utils.prune.pruners import get_pruner
+from utils.runtime.train import use_channels_last
+from utils.scoring.saliency import saliency
+from utils.scoring.ssim import layer_similarity, recording
+from utils.sparsity.masks import add_reparam, prunable_modules
 
 
 def _loader(n: int, batch: int, device: torch.device, train: bool) -> DeviceLoader:

@@ -50,13 +50,17 @@ from benchmarks.experiment import (
     run,
     stage_flags,
 )
-from utils.budget import regrowth_budget
-from utils.regrowth import allocate_proportional
-from utils.run import write_csv, write_json
-from utils.scores import ssim_scores
-from utils.selection import SELECTORS, init_source, load_reference
-from utils.stage import DenseSparse, Stage, prepare_dense_sparse
-from utils.train import evaluate
+from utils.cli.jobs import regrowth_settings
+from utils.cli.prepare import prepare_dense_sparse
+from utils.core.files import write_csv, write_json
+from utils.regrow.allocation import allocate_proportional
+from utils.runtime.settings import ScoringSettings
+from utils.runtime.stage import DenseSparse, Stage
+from utils.runtime.train import evaluate_model
+from utils.scoring.layer_scores import ssim_scores
+from utils.scoring.selection import SELECTORS, init_source, load_reference
+from utils.sparsity.budget import regrowth_budget
+from utils.sparsity.granularity import default_granularity
 
 ALLOCATIONS = ("rl", "random_search", "greedy", "none")
 
@@ -139,12 +143,14 @@ def arms(args: argparse.Namespace, seed: int, root: Path, done: set[str]) -> lis
     stage_args = regrowth_oneshot.parse_args(stage_flags(args, seed) + [
         "--save_dir", str(root / "search"), "--pretrained", str(dense), "--initial_ckpt", str(start),
         *(["--selection", "reference", "--reference_ckpt", str(reference)] if reference else [])])
+    settings = regrowth_settings(stage_args, default_granularity(), "oneshot")
     stage, pair = prepare_dense_sparse(stage_args, start, reparam=True)
     rows = [] if "straight" in done else [straight_row(stage, seed, straight)]
-    allocations = {kind: allocation(args, seed, root, stage, pair, kind)
+    allocations = {kind: allocation(args, seed, root, (stage, pair), kind, settings.scoring)
                    for kind in dict.fromkeys(kind for kind, _, _ in todo)}
-    reference_model = load_reference(stage, pair)  # checks it is less sparse and from the same dense model
-    scores = {name: SELECTORS[name](stage, pair, reference_model)
+    # checks that it is less sparse and from the same dense model
+    reference_model = load_reference(stage, pair, settings.selection)
+    scores = {name: SELECTORS.get(name)(stage, pair, reference_model, settings.scoring)
               for name in dict.fromkeys(selection for _, _, selection in todo) if name != "-"}
     for kind, init, selection in todo:
         source = init_source(pair, reference_model if selection == "reference" else None)
@@ -157,10 +163,12 @@ def arms(args: argparse.Namespace, seed: int, root: Path, done: set[str]) -> lis
     return rows
 
 
-def allocation(args: argparse.Namespace, seed: int, root: Path, stage: Stage, pair: DenseSparse,
-               kind: str) -> dict[str, int]:
-    """{layer: weights to regrow} of allocation ``kind`` for the start model ``pair.sparse``: K weights by the
-    greedy SSIM-proportional rule or the best of a search, nothing for ``none``."""
+def allocation(args: argparse.Namespace, seed: int, root: Path, prepared: tuple[Stage, DenseSparse], kind: str,
+               scoring: ScoringSettings) -> dict[str, int]:
+    """{layer: weights to regrow} of allocation ``kind`` for the start model ``pair.sparse`` of ``prepared``
+    (stage, pair): K weights by the greedy SSIM-proportional rule (SSIM by ``scoring``) or the best of a search,
+    nothing for ``none``."""
+    stage, pair = prepared
     if kind == "none":
         return {}
     gran = stage.granularity
@@ -168,8 +176,8 @@ def allocation(args: argparse.Namespace, seed: int, root: Path, stage: Stage, pa
     if kind == "greedy":
         budget = regrowth_budget(gran.total(pair.sparse), args.start_sparsity - args.final_sparsity,
                                  sum(caps.values()))
-        return allocate_proportional(ssim_scores(stage, pair.dense, pair.sparse), caps, budget)
-    dense, start = Path(stage.args.pretrained), Path(stage.args.initial_ckpt)  # what the stage was prepared from
+        return allocate_proportional(ssim_scores(stage, scoring, pair.dense, pair.sparse), caps, budget)
+    dense, start = pair.dense_path, pair.sparse_path  # what the stage was prepared from
     return searched_allocation(args, seed, root, dense, start, kind)
 
 
@@ -178,8 +186,8 @@ def straight_row(stage, seed: int, path: Path) -> dict:
     model = stage.load_model(path, sparse=True)
     return {"seed": seed, "arm": "straight", "allocation": "-", "init": "-", "selection": "-",
             "sparsity": stage.granularity.sparsity(model), "regrown": 0,
-            "val_acc": evaluate(model, stage.data.val, amp=stage.amp)[1],
-            "test_acc": evaluate(model, stage.data.test, amp=stage.amp)[1]}
+            "val_acc": evaluate_model(model, stage.data.val, amp=stage.amp)[1],
+            "test_acc": evaluate_model(model, stage.data.test, amp=stage.amp)[1]}
 
 
 def mean_std(values: list[float]) -> str:

@@ -14,8 +14,8 @@ import torch
 
 from benchmarks.common import machine, save_results, sync
 from models import create_model
-from utils.masks import add_reparam, get_masks, num_prunable, set_masks, sparsity
-from utils.pruners import get_pruner, list_pruners
+from utils.prune.pruners import get_pruner, list_pruners
+from utils.sparsity.masks import add_reparam, get_masks, num_prunable, set_masks, sparsity
 
 
 def main() -> None:

@@ -31,7 +31,8 @@ from pathlib import Path
 import regrowth_oneshot
 from benchmarks.common import machine, save_results
 from benchmarks.experiment import add_experiment_args, check_settings, dense_model, pruned_model, stage_flags
-from utils.regrowth_runs import prepare_oneshot
+from utils.cli.jobs import regrowth_job
+from utils.search.drivers import prepare_oneshot
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -58,7 +59,7 @@ def reward_table(args: argparse.Namespace) -> tuple[list[str], list[list[float]]
         "--save_dir", str(root / "search"), "--pretrained", str(dense), "--initial_ckpt", str(start),
         "--regrow_step", str(args.regrow_step), "--finetune_epochs", str(args.finetune_epochs),
         "--num_epochs", str(args.allocations * args.streams), "--unpaired_episodes", "--overwrite"])
-    search = prepare_oneshot(search_args, "weight").search
+    search = prepare_oneshot(regrowth_job(search_args, "weight", "oneshot")).search
     episodes = [search.sample() for _ in range(args.allocations)]
     table = [[search.evaluate(stream, ep).row["reward"] for stream in range(args.streams)] for ep in episodes]
     allocations = [json.dumps({n: c for n, c in zip(search.space.layers, ep.counts, strict=True) if c})

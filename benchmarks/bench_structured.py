@@ -22,12 +22,13 @@ import torch
 
 from benchmarks.common import machine, save_results, sync
 from models import create_model, model_spec
-from utils.channels import ChannelGranularity
-from utils.cost import latencies_ms
-from utils.export import export_model, params_and_macs
-from utils.granularity import get_granularity
-from utils.pruners import get_pruner
-from utils.train import use_channels_last
+from utils.device.latency import latencies_ms
+from utils.prune.pruners import get_pruner
+from utils.runtime.train import use_channels_last
+from utils.sparsity.channels import ChannelGranularity
+from utils.sparsity.granularity import get_granularity
+from utils.sparsity.macs import params_and_macs
+from utils.sparsity.physical import export_model
 
 MASK_PRUNERS = ["l1", "l2", "lamp", "bn_scale", "random"]
 

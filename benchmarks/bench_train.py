@@ -22,7 +22,7 @@ from benchmarks.common import cifar_like, machine, save_results, sync, timed
 from data.cifar10 import INFO
 from data.loader import DeviceLoader
 from models import create_model
-from utils.train import train_epoch, use_channels_last
+from utils.runtime.train import train_epoch, use_channels_last
 
 
 def _loader(n: int, batch_size: int, device: torch.device, channels_last: bool) -> DeviceLoader:

@@ -14,11 +14,14 @@ import torch
 
 import pretrain
 import prune_unstructure
-from utils.cli import positive_int
-from utils.errors import UsageError
-from utils.paths import pretrained_path, prune_checkpoint, prune_dir
-from utils.run import NEWER_FLAGS, make_generator, write_json
-from utils.train import evaluate, finetune
+from utils.cli.flags import positive_int
+from utils.core.errors import UsageError
+from utils.core.files import NEWER_FLAGS, write_json
+from utils.core.paths import pretrained_path, prune_checkpoint, prune_dir
+from utils.core.seeds import make_generator
+from utils.regrow.apply import Finetuning, Regrowth, apply_allocation
+from utils.runtime.settings import FinetuneSettings, LoopSettings
+from utils.sparsity.granularity import granularity_class
 
 DATA_FLAGS = ("m_name", "dataset", "data_dir", "batch_size", "eval_batch_size", "train_subset", "eval_subset",
               "device")
@@ -88,7 +91,8 @@ def pruned_model(args: argparse.Namespace, seed: int, root: Path, dense: Path, s
                  label: str) -> Path:
     """One-shot LAMP pruning of ``dense`` to ``sparsity`` with an ``epochs`` finetune, in ``root/label``."""
     save = root / label
-    path = prune_checkpoint(prune_dir(save, args.m_name, "weight", "oneshot"), args.m_name, "weight", sparsity)
+    weights = granularity_class("weight")
+    path = prune_checkpoint(prune_dir(save, args.m_name, weights, "oneshot"), args.m_name, weights, sparsity)
     if not path.is_file():  # written once its finetune finished
         run(prune_unstructure.main, stage_flags(args, seed) + [
             "--save_dir", str(save), "--pretrained", str(dense), "--mode", "oneshot", "--target_sparsity",
@@ -102,15 +106,14 @@ def regrow_and_finetune(stage, pair, allocation: dict[str, int], scores: dict[st
     the dense model) for ``dense``; ``scores`` pick positions; an empty allocation regrows nothing and needs
     neither), finetune ``epochs`` (AdamW, best epoch on val) and report val/test accuracy (%), sparsity and
     count."""
-    from utils.masks import clone_model
-
-    gran, seed = stage.granularity, stage.args.seed
-    model = clone_model(pair.sparse)
-    regrown = 0
+    gran, seed = stage.granularity, stage.run.seed
+    regrowth = None  # an empty allocation: no kernel call, no init generator
     if allocation:
-        regrown = sum(gran.regrow(model, allocation, scores, init, pair.dense if source is None else source,
-                                  generator=make_generator(seed, "regrowth_init", stage.device)).values())
+        regrowth = Regrowth(allocation, scores, init, pair.dense if source is None else source,
+                            make_generator(seed, "regrowth_init", stage.device))
     train = stage.data.train.with_generator(make_generator(seed, "matched_finetune", stage.device))
-    fit = finetune(model, train, stage.data.val, epochs=epochs, progress=False, verbose=False, amp=stage.amp)
-    return {"val_acc": fit.best_val_acc, "test_acc": evaluate(model, stage.data.test, amp=stage.amp)[1],
-            "sparsity": gran.sparsity(model), "regrown": regrown}
+    tuning = Finetuning(FinetuneSettings(epochs=epochs, patience=0), train, stage.data.val,
+                        LoopSettings(amp=stage.amp, progress=False, verbose=False))
+    applied = apply_allocation(gran, pair.sparse, regrowth, tuning, test=stage.data.test)
+    return {"val_acc": applied.fit.best_val_acc, "test_acc": applied.test_acc,
+            "sparsity": gran.sparsity(applied.model), "regrown": applied.regrown}

@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 
 from data.loader import Augment, DeviceLoader
-from utils.errors import UsageError
-from utils.run import make_generator
+from utils.core.errors import UsageError
+from utils.core.seeds import make_generator
 
 
 @dataclass
@@ -108,33 +108,46 @@ def _first(split: ImageSet, n: int) -> ImageSet:
     return split.subset(torch.arange(min(n, len(split.labels))))
 
 
-def get_data(name: str, data_dir: str | Path, *, device: torch.device, seed: int = 42, val_split: float = 0.1,
-             batch_size: int = 128, eval_batch_size: int = 500, train_subset: int | None = None,
-             eval_subset: int | None = None, download: bool = True, channels_last: bool = True,
-             augment: bool = True) -> DataBundle:
-    """Load ``name`` and wrap its splits in device-resident loaders.
+@dataclass(frozen=True)
+class DataSettings:
+    """Where a data set lives and how its splits are cut and batched (the flags ``--data_dir`` ... ``--no_augment``).
 
-    ``train_subset`` keeps only the first N images of the training split (after the val split is carved,
-    so val stays the same); ``eval_subset`` keeps only the first N images of val and of test (quick runs:
-    every evaluation costs less, and its accuracy is measured on fewer images). Shuffling and augmentation
-    (off with ``augment=False``) draw from the 'data_order' stream of ``seed``.
-    """
-    raw = load_raw(name, data_dir, download)
-    train, val = split_train_val(raw.train, val_split, seed)
-    if train_subset is not None:
-        train = _first(train, train_subset)
+    ``train_subset`` keeps only the first N images of the training split (after the val split is carved, so val
+    stays the same); ``eval_subset`` keeps only the first N images of val and of test (quick runs: every
+    evaluation costs less, and its accuracy is measured on fewer images)."""
+
+    data_dir: str | Path = "./data"  # folder holding the data sets (not read by synthetic)
+    seed: int = 42  # run seed: the val split and the 'data_order' stream (shuffling, augmentation)
+    val_split: float = 0.1  # fraction of the training split held out as val, in (0, 1)
+    batch_size: int = 128  # training batch
+    eval_batch_size: int = 500  # val / test batch
+    train_subset: int | None = None  # first N training images (None: all)
+    eval_subset: int | None = None  # first N val and N test images (None: all)
+    download: bool = True  # fetch a missing data set where its reader can
+    channels_last: bool = True  # batches in channels_last memory layout
+    augment: bool = True  # the data set's training augmentation (crop, flip, ...)
+
+
+def get_data(name: str, settings: DataSettings = DataSettings(), *, device: torch.device) -> DataBundle:
+    """Load ``name`` and wrap its splits in device-resident loaders on ``device``. Shuffling and augmentation
+    draw from the 'data_order' stream of ``settings.seed``."""
+    s = settings
+    raw = load_raw(name, s.data_dir, s.download)
+    train, val = split_train_val(raw.train, s.val_split, s.seed)
+    if s.train_subset is not None:
+        train = _first(train, s.train_subset)
     test = raw.test
-    if eval_subset is not None:
-        val, test = _first(val, eval_subset), _first(test, eval_subset)
+    if s.eval_subset is not None:
+        val, test = _first(val, s.eval_subset), _first(test, s.eval_subset)
     info = raw.info
-    common = dict(mean=info.mean, std=info.std, device=device, channels_last=channels_last)
+    common = dict(mean=info.mean, std=info.std, device=device, channels_last=s.channels_last)
     return DataBundle(
         info=info,
-        train=DeviceLoader(train.images, train.labels, batch_size=batch_size, shuffle=True,
-                           augment=info.augment if augment else None,
-                           generator=make_generator(seed, "data_order", device), **common),
-        val=DeviceLoader(val.images, val.labels, batch_size=eval_batch_size, **common),
-        test=DeviceLoader(test.images, test.labels, batch_size=eval_batch_size, **common),
+        train=DeviceLoader(train.images, train.labels, batch_size=s.batch_size, shuffle=True,
+                           augment=info.augment if s.augment else None,
+                           generator=make_generator(s.seed, "data_order", device), **common),
+        val=DeviceLoader(val.images, val.labels, batch_size=s.eval_batch_size, **common),
+        test=DeviceLoader(test.images, test.labels, batch_size=s.eval_batch_size, **common),
     )
 
 

@@ -17,7 +17,7 @@ import torch
 
 from data import DatasetInfo, ImageSet, RawDataset, register_dataset
 from data.loader import Augment
-from utils.errors import UsageError
+from utils.core.errors import UsageError
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 ARCHIVE_MD5 = "c58f30108f718f92721af3b95e74349a"

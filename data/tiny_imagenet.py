@@ -15,8 +15,8 @@ from PIL import Image
 
 from data import DatasetInfo, ImageSet, RawDataset, register_dataset
 from data.loader import Augment
-from utils.checkpoint import atomic_save
-from utils.errors import UsageError
+from utils.core.errors import UsageError
+from utils.core.files import atomic_save
 
 FOLDER = "tiny-imagenet-200"
 INFO = DatasetInfo("tiny_imagenet", 200, 64, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),

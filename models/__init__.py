@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
-from utils.errors import UsageError
+from utils.core.errors import UsageError
 
 
 @dataclass(frozen=True)

@@ -90,9 +90,9 @@ def save_dense_and_sparse(save: Path, amount: float, pruner: str = "lamp", seed:
     import torch
 
     from models import create_model
-    from utils.checkpoint import save_checkpoint
-    from utils.masks import add_reparam
-    from utils.pruners import get_pruner
+    from utils.prune.pruners import get_pruner
+    from utils.runtime.checkpoint import save_checkpoint
+    from utils.sparsity.masks import add_reparam
 
     torch.manual_seed(seed)
     model = create_model("resnet20")

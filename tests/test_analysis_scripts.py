@@ -12,8 +12,8 @@ import analyze_layers
 import single_layer_regrowth_analysis as single
 from models import create_model
 from tests.conftest import run_main, save_dense_and_sparse, tree
-from utils.checkpoint import save_checkpoint
-from utils.plots import read_csv
+from utils.core.files import read_csv
+from utils.runtime.checkpoint import save_checkpoint
 
 FAST = ["--dataset", "synthetic", "--train_subset", "128", "--eval_subset", "250", "--batch_size", "64",
         "--eval_batch_size", "250", "--ssim_num_batches", "1", "--saliency_batches", "2", "--device", "cpu",

@@ -5,8 +5,8 @@ import os
 
 import pytest
 
-from utils.baseline import baseline_table, interpolate
-from utils.errors import UsageError
+from utils.core.errors import UsageError
+from utils.search.baseline import baseline_table, interpolate
 
 
 def test_interpolation():

@@ -13,10 +13,10 @@ import torch.nn as nn
 import evaluate as evaluate_script
 import find_drop_point
 from tests.conftest import run_main, save_dense_and_sparse, tree
-from utils.boundary import ESTIMATORS, check_curve, tolerance_boundary
-from utils.errors import UsageError
-from utils.masks import add_reparam, prunable_modules
-from utils.storage import FORMATS, Format, model_bytes, pack_model, weight_bytes
+from utils.core.errors import UsageError
+from utils.device.storage import FORMATS, Format, model_bytes, pack_model, weight_bytes
+from utils.results.boundary import ESTIMATORS, check_curve, tolerance_boundary
+from utils.sparsity.masks import add_reparam, prunable_modules
 
 
 def _broken_curve(break_at: int, n: int = 16, seed: int = 0) -> tuple[list[float], list[float]]:
@@ -155,8 +155,8 @@ def test_bad_profiles(pruned, tmp_path, capsys, profile, message):
 def test_find_drop_point_writes_estimates(pruned, tmp_path, capsys):
     save, dense, _ = pruned
     from models import create_model
-    from utils.checkpoint import read_checkpoint, save_checkpoint
-    from utils.pruners import get_pruner
+    from utils.prune.pruners import get_pruner
+    from utils.runtime.checkpoint import read_checkpoint, save_checkpoint
 
     folder = tmp_path / "run"
     for amount in (0.5, 0.8, 0.9, 0.95, 0.99):

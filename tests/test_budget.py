@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from utils.budget import capped_largest_remainder, largest_remainder, regrowth_budget
-from utils.errors import UsageError
-from utils.run import atomic_write, write_json
+from utils.core.errors import UsageError
+from utils.core.files import atomic_write, write_json
+from utils.sparsity.budget import capped_largest_remainder, largest_remainder, regrowth_budget
 
 
 def test_capped_shares_add_up_exactly_and_respect_caps():

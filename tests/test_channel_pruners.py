@@ -6,10 +6,11 @@ import torch
 
 from data.loader import DeviceLoader
 from models import create_model
-from utils.channel_pruners import l1_importance
-from utils.errors import UsageError
-from utils.granularity import get_granularity
-from utils.pruners import PruneContext, get_pruner, list_pruners
+from utils.core.errors import UsageError
+from utils.prune.channel_pruners import l1_importance
+from utils.prune.pruners import get_pruner, list_pruners
+from utils.prune.weight_pruners import PruneContext
+from utils.sparsity.granularity import get_granularity
 
 CPU = torch.device("cpu")
 ALL = ["l1", "l2", "lamp", "bn_scale", "taylor", "hessian", "random"]
@@ -100,7 +101,7 @@ def test_gradient_pruners_need_training_batches():
 def test_bn_scale_falls_back_to_l1_for_groups_without_batchnorm():
     gran = get_granularity("channel", "effnet")
     model = create_model("effnet")
-    from utils.channel_pruners import bn_scale_importance
+    from utils.prune.channel_pruners import bn_scale_importance
 
     scores = bn_scale_importance(gran, model, gran.masks(model), PruneContext())
     l1 = l1_importance(gran, model, gran.masks(model), PruneContext())

@@ -7,11 +7,11 @@ import torch
 import torch.nn as nn
 
 from tests.test_channels import _close, _randomised
-from utils.errors import UsageError
-from utils.export import export_model
-from utils.granularity import get_granularity
-from utils.masks import clone_model, stored_param
-from utils.pruners import get_pruner
+from utils.core.errors import UsageError
+from utils.prune.pruners import get_pruner
+from utils.sparsity.granularity import get_granularity
+from utils.sparsity.masks import clone_model, stored_param
+from utils.sparsity.physical import export_model
 
 
 def _pruned(name: str = "resnet20", amount: float = 0.6):

@@ -7,11 +7,12 @@ import torch
 import torch.nn as nn
 
 from models import create_model, list_models, model_spec
-from utils.channels import trace_groups
-from utils.errors import UsageError
-from utils.export import export_model, params_and_macs, rebuild_exported
-from utils.granularity import get_granularity
-from utils.masks import effective_param, has_param_mask
+from utils.core.errors import UsageError
+from utils.sparsity.channels import trace_groups
+from utils.sparsity.granularity import get_granularity
+from utils.sparsity.macs import params_and_macs
+from utils.sparsity.masks import effective_param, has_param_mask
+from utils.sparsity.physical import export_model, rebuild_exported
 
 MODELS = ["resnet20", "vgg16", "effnet", "alexnet"]
 # groups per model and their channel totals (structured_notes.md lists the groups)

@@ -6,9 +6,9 @@ import torch
 import torch.nn.utils.prune as prune
 
 from models import create_model
-from utils.checkpoint import load_weights, read_checkpoint, save_checkpoint
-from utils.errors import UsageError
-from utils.masks import add_reparam, get_masks, sparsity
+from utils.core.errors import UsageError
+from utils.runtime.checkpoint import load_weights, read_checkpoint, save_checkpoint
+from utils.sparsity.masks import add_reparam, get_masks, sparsity
 
 X = torch.randn(4, 3, 32, 32)
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from utils.controller import AllocationPolicy, Reinforce, ReinforceConfig
+from utils.runtime.settings import SearchSettings
+from utils.search.controller import AllocationPolicy, Reinforce
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -71,7 +72,7 @@ def test_rewarded_action_becomes_more_likely():
     """Toy problem: the reward is the share of the budget given to the first layer."""
     torch.manual_seed(0)
     policy = AllocationPolicy(action_space_size=4)
-    trainer = Reinforce(policy, ReinforceConfig(episodes=60, learning_rate=0.02, temperature=0.1, clip=10,
+    trainer = Reinforce(policy, SearchSettings(episodes=60, learning_rate=0.02, temperature=0.1, clip=10,
                                                 start_beta=0.01, end_beta=0.0))
     before = _probability_of_full_first_layer(policy)
     gen = _gen(3)
@@ -85,7 +86,7 @@ def test_rewarded_action_becomes_more_likely():
 
 def test_baseline_advantage_and_entropy_schedule():
     policy = AllocationPolicy()
-    trainer = Reinforce(policy, ReinforceConfig(episodes=100, temperature=0.005, clip=100))
+    trainer = Reinforce(policy, SearchSettings(episodes=100, temperature=0.005, clip=100))
     ep = policy.sample([10], [0.0], _gen(), budget=10)
     first = trainer.update(ep, 0.2, 0)
     assert first["advantage"] == 0.0 and trainer.baseline == pytest.approx(0.2)  # b starts at the first reward
@@ -99,11 +100,11 @@ def test_baseline_advantage_and_entropy_schedule():
 
 def test_rolling_std_temperature_and_state_round_trip():
     policy = AllocationPolicy()
-    trainer = Reinforce(policy, ReinforceConfig(temperature=None, clip=10))
+    trainer = Reinforce(policy, SearchSettings(temperature=None, clip=10))
     for i, r in enumerate([0.1, 0.3, 0.2]):
         trainer.update(policy.sample([5], [0.0], _gen(i), budget=5), r, i)
     state = trainer.state_dict()
-    clone = Reinforce(AllocationPolicy(), ReinforceConfig(temperature=None, clip=10))
+    clone = Reinforce(AllocationPolicy(), SearchSettings(temperature=None, clip=10))
     clone.load_state_dict(state)
     assert clone.baseline == trainer.baseline and clone.rewards == trainer.rewards
     ep_a = trainer.policy.sample([5, 5], [0.0, 0.1], _gen(9), budget=7)

@@ -10,11 +10,11 @@ import torch
 from PIL import Image
 
 import data.cifar10 as cifar10
-from data import ImageSet, get_data, load_raw, split_train_val
+from data import DataSettings, ImageSet, get_data, load_raw, split_train_val
 from data.loader import Augment, DeviceLoader, color_jitter
 from data.synthetic import make_images
 from tests.conftest import tree, write_cifar
-from utils.errors import UsageError
+from utils.core.errors import UsageError
 
 CPU = torch.device("cpu")
 
@@ -72,8 +72,9 @@ def test_val_split_disjoint_and_seeded():
 
 
 def test_val_uses_test_pipeline_and_subset_keeps_val(cifar_dir):
-    full = get_data("cifar10", cifar_dir, device=CPU, seed=1, val_split=0.2, batch_size=8)
-    small = get_data("cifar10", cifar_dir, device=CPU, seed=1, val_split=0.2, batch_size=8, train_subset=10)
+    full = get_data("cifar10", DataSettings(cifar_dir, seed=1, val_split=0.2, batch_size=8), device=CPU)
+    small = get_data("cifar10", DataSettings(cifar_dir, seed=1, val_split=0.2, batch_size=8, train_subset=10),
+                     device=CPU)
     assert full.val.augment is None and full.test.augment is None and full.train.augment is not None
     assert full.train.shuffle and not full.val.shuffle and not full.test.shuffle
     assert small.train.num_samples == 10 and full.train.num_samples == 80
@@ -81,12 +82,14 @@ def test_val_uses_test_pipeline_and_subset_keeps_val(cifar_dir):
 
 
 def test_eval_subset_keeps_the_first_val_and_test_images_and_all_training_images(cifar_dir):
-    full = get_data("cifar10", cifar_dir, device=CPU, seed=1, val_split=0.2, batch_size=8)
-    quick = get_data("cifar10", cifar_dir, device=CPU, seed=1, val_split=0.2, batch_size=8, eval_subset=7)
+    full = get_data("cifar10", DataSettings(cifar_dir, seed=1, val_split=0.2, batch_size=8), device=CPU)
+    quick = get_data("cifar10", DataSettings(cifar_dir, seed=1, val_split=0.2, batch_size=8, eval_subset=7),
+                     device=CPU)
     assert quick.val.num_samples == quick.test.num_samples == 7 and quick.train.num_samples == 80
     assert torch.equal(quick.val.labels, full.val.labels[:7]) and torch.equal(quick.test.labels, full.test.labels[:7])
     assert torch.equal(quick.train.labels, full.train.labels)
-    wide = get_data("cifar10", cifar_dir, device=CPU, seed=1, val_split=0.2, batch_size=8, eval_subset=10_000)
+    wide = get_data("cifar10", DataSettings(cifar_dir, seed=1, val_split=0.2, batch_size=8, eval_subset=10_000),
+                    device=CPU)
     assert wide.val.num_samples == full.val.num_samples and wide.test.num_samples == full.test.num_samples
 
 
@@ -95,9 +98,9 @@ def _batches(loader: DeviceLoader) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 
 def test_augmentation_seeded_shapes_dtypes(cifar_dir):
-    a = get_data("cifar10", cifar_dir, device=CPU, seed=5, batch_size=16)
-    b = get_data("cifar10", cifar_dir, device=CPU, seed=5, batch_size=16)
-    c = get_data("cifar10", cifar_dir, device=CPU, seed=6, batch_size=16)
+    a = get_data("cifar10", DataSettings(cifar_dir, seed=5, batch_size=16), device=CPU)
+    b = get_data("cifar10", DataSettings(cifar_dir, seed=5, batch_size=16), device=CPU)
+    c = get_data("cifar10", DataSettings(cifar_dir, seed=6, batch_size=16), device=CPU)
     batches_a, batches_b, batches_c = _batches(a.train), _batches(b.train), _batches(c.train)
     assert len(batches_a) == len(a.train) == 6  # 90 images, batch 16
     for (xa, ya), (xb, yb) in zip(batches_a, batches_b, strict=True):
@@ -198,7 +201,7 @@ def test_tiny_imagenet_read_in_place_and_cached(tmp_path, monkeypatch):
     monkeypatch.setattr(tiny, "_decode", lambda *a: pytest.fail("cache not used"))
     again = load_raw("tiny_imagenet", root)
     assert torch.equal(again.train.images, raw.train.images)
-    data = get_data("tiny_imagenet", root, device=CPU, val_split=0.34, batch_size=4)
+    data = get_data("tiny_imagenet", DataSettings(root, val_split=0.34, batch_size=4), device=CPU)
     x, _ = next(iter(data.train))
     assert x.shape == (4, 3, 64, 64)
 

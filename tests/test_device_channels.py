@@ -14,17 +14,17 @@ from models import create_model
 from tests.conftest import run_main, tree
 from tests.test_channels import MODELS, _half_masked
 from tests.test_structure_regrowth import FAST, _channel_pruned
-from utils.channel_cost import ChannelMacs, live_counts
-from utils.checkpoint import read_checkpoint, save_checkpoint
-from utils.controller import AllocationPolicy
-from utils.device import DeviceProfile
-from utils.device_budget import MacBudget, device_targets, local_counts
-from utils.errors import UsageError
-from utils.export import export_model, params_and_macs
-from utils.granularity import get_granularity
-from utils.masks import add_reparam
-from utils.plots import read_csv
-from utils.pruners import get_pruner
+from utils.core.errors import UsageError
+from utils.core.files import read_csv
+from utils.device.fill import MacBudget, device_targets, local_counts
+from utils.device.profiles import DeviceProfile
+from utils.prune.pruners import get_pruner
+from utils.runtime.checkpoint import read_checkpoint, save_checkpoint
+from utils.search.controller import AllocationPolicy
+from utils.sparsity.granularity import get_granularity
+from utils.sparsity.macs import ChannelMacs, live_counts, params_and_macs
+from utils.sparsity.masks import add_reparam
+from utils.sparsity.physical import export_model
 
 
 @pytest.mark.parametrize("name", MODELS)

@@ -7,10 +7,10 @@ import torch
 import finetune
 from models import create_model
 from tests.conftest import run_main, tree
-from utils.checkpoint import read_checkpoint, save_checkpoint
-from utils.masks import add_reparam, get_masks
-from utils.pruners import get_pruner
-from utils.train import warmup_cosine
+from utils.prune.pruners import get_pruner
+from utils.runtime.checkpoint import read_checkpoint, save_checkpoint
+from utils.runtime.train import warmup_cosine
+from utils.sparsity.masks import add_reparam, get_masks
 
 QUICK = ["--dataset", "synthetic", "--train_subset", "128", "--eval_subset", "250", "--batch_size", "64", "--device",
          "cpu", "--no_progress"]

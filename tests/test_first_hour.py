@@ -13,11 +13,11 @@ import torch
 import analyze_layers
 import finetune
 import prune_unstructure
-import utils.plots as plots
+import utils.results.plots as plots
 from models import create_model
 from tests.conftest import run_main, tree
-from utils.checkpoint import LINEAGE_KEY, read_checkpoint, save_checkpoint
-from utils.cli import ArgumentParser
+from utils.cli.flags import ArgumentParser
+from utils.runtime.checkpoint import LINEAGE_KEY, read_checkpoint, save_checkpoint
 
 SCRIPTS = ["analyze_layers", "benchmark_regrowth", "evaluate", "export", "find_drop_point", "finetune", "pipeline",
            "pretrain", "prune_structure", "prune_unstructure", "regrowth_greedy", "regrowth_iterative",

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from models import create_model, list_models, model_spec
-from utils.errors import UsageError
-from utils.masks import prunable_modules
+from utils.core.errors import UsageError
+from utils.sparsity.masks import prunable_modules
 
 EXPECTED_PARAMS = {
     "resnet20": 272_474, "resnet32": 466_906, "resnet44": 661_338, "resnet56": 855_770,

@@ -9,7 +9,7 @@ import json
 import pytest
 
 import pipeline
-from utils.plots import read_csv
+from utils.core.files import read_csv
 
 
 @pytest.mark.slow

@@ -7,10 +7,10 @@ import json
 import pytest
 
 import pipeline
-from utils.channel_cost import channel_macs
-from utils.device_budget import local_counts
-from utils.granularity import get_granularity
-from utils.plots import read_csv
+from utils.core.files import read_csv
+from utils.device.fill import local_counts
+from utils.sparsity.granularity import get_granularity
+from utils.sparsity.macs import channel_macs
 
 
 @pytest.mark.slow

@@ -12,9 +12,9 @@ import evaluate
 import prune_unstructure
 from models import create_model
 from tests.conftest import run_main, tree
-from utils.checkpoint import load_weights, read_checkpoint, save_checkpoint
-from utils.masks import add_reparam, get_masks, layer_counts, sparsity
-from utils.plots import read_csv
+from utils.core.files import read_csv
+from utils.runtime.checkpoint import load_weights, read_checkpoint, save_checkpoint
+from utils.sparsity.masks import add_reparam, get_masks, layer_counts, sparsity
 
 QUICK = ["--dataset", "synthetic", "--train_subset", "128", "--eval_subset", "250", "--batch_size", "64",
          "--finetune_epochs", "1", "--device", "cpu", "--no_progress"]

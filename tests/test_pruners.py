@@ -6,9 +6,11 @@ import torch
 import torch.nn as nn
 
 from models import create_model
-from utils.errors import UsageError
-from utils.masks import add_reparam, get_masks, layer_counts, num_prunable, prunable_modules, sparsity
-from utils.pruners import get_pruner, lamp_scores, largest_remainder, list_pruners, magnitude_scores, random_scores
+from utils.core.errors import UsageError
+from utils.prune.pruners import get_pruner, list_pruners
+from utils.prune.weight_pruners import lamp_scores, magnitude_scores, random_scores
+from utils.sparsity.budget import largest_remainder
+from utils.sparsity.masks import add_reparam, get_masks, layer_counts, num_prunable, prunable_modules, sparsity
 
 ALL = ["glob", "unif", "unifplus", "lamp", "erk", "random"]
 

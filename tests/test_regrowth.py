@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from models import create_model
-from utils.errors import UsageError
-from utils.masks import add_reparam, capacity, get_masks, num_prunable, sparsity
-from utils.pruners import get_pruner
-from utils.regrowth import INIT_STRATEGIES, apply_regrowth, top_pruned
+from utils.core.errors import UsageError
+from utils.prune.pruners import get_pruner
+from utils.sparsity.grow import INIT_STRATEGIES, apply_regrowth, top_pruned
+from utils.sparsity.masks import add_reparam, capacity, get_masks, num_prunable, sparsity
 
 LAYERS = {"layer1.0.conv1": 300, "layer3.2.conv2": 5000, "linear": 10_000}
 
@@ -120,7 +120,7 @@ def test_top_pruned_and_errors():
 @pytest.mark.parametrize("mode", ["fill", "prop", "uniform", "random"])
 @pytest.mark.parametrize("budget", [1, 37, 500, 1234])
 def test_greedy_allocations_spend_exactly_the_budget(mode, budget):
-    from utils.regrowth import GREEDY_ALLOCATIONS
+    from utils.regrow.allocation import GREEDY_ALLOCATIONS
 
     capacities = {"a": 10, "b": 300, "c": 7, "d": 1000}
     ssim = {"a": -0.4, "b": 0.2, "c": 0.9, "d": 0.5}  # negative SSIM must not break prop
@@ -130,7 +130,7 @@ def test_greedy_allocations_spend_exactly_the_budget(mode, budget):
 
 
 def test_fill_and_prop_follow_ssim():
-    from utils.regrowth import allocate_fill, allocate_proportional
+    from utils.regrow.allocation import allocate_fill, allocate_proportional
 
     capacities = {"a": 10, "b": 300, "c": 7}
     ssim = {"a": 0.5, "b": 0.9, "c": 0.1}

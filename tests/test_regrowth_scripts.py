@@ -11,12 +11,12 @@ import torch
 import regrowth_oneshot
 from models import create_model
 from tests.conftest import run_main, save_dense_and_sparse, tree
-from utils.checkpoint import read_checkpoint, save_checkpoint
-from utils.masks import add_reparam, num_prunable
-from utils.paths import baseline_cache
-from utils.plots import read_csv
-from utils.pruners import get_pruner
-from utils.search import Search
+from utils.core.files import read_csv
+from utils.core.paths import baseline_cache
+from utils.prune.pruners import get_pruner
+from utils.runtime.checkpoint import read_checkpoint, save_checkpoint
+from utils.search.episodes import Search
+from utils.sparsity.masks import add_reparam, num_prunable
 
 FAST = ["--dataset", "synthetic", "--train_subset", "128", "--eval_subset", "250", "--batch_size", "64",
         "--eval_batch_size", "250", "--ssim_num_batches", "1", "--saliency_batches", "2", "--finetune_epochs", "1",
@@ -194,7 +194,7 @@ def test_benchmark_regrowth_writes_breakdown(tmp_path):
 
 def test_per_element_reference_matches_apply_regrowth():
     from benchmark_regrowth import per_element_regrowth
-    from utils.regrowth import apply_regrowth
+    from utils.sparsity.grow import apply_regrowth
 
     torch.manual_seed(0)
     a = create_model("resnet20")
@@ -248,7 +248,7 @@ def test_iterative_resume_equals_uninterrupted(start, tmp_path, monkeypatch):
 
 def read_weights_model(path: Path):
     """The model stored at ``path`` (resnet20 with masks)."""
-    from utils.checkpoint import load_weights
+    from utils.runtime.checkpoint import load_weights
 
     model = create_model("resnet20")
     load_weights(model, read_checkpoint(path), "resnet20", path)

@@ -2,7 +2,6 @@
 plus a table of bad inputs over the scripts (exit 2, one error line, no traceback, files untouched)."""
 from __future__ import annotations
 
-import argparse
 import hashlib
 import math
 import os
@@ -23,14 +22,13 @@ import regrowth_greedy
 import regrowth_iterative
 import regrowth_oneshot
 import single_layer_regrowth_analysis as single
-import utils.stage as stage_module
+import utils.runtime.stage as stage_module
 from models import create_model
 from tests.conftest import run_main, save_dense_and_sparse, tree
-from utils.checkpoint import load_weights, read_checkpoint, save_checkpoint
-from utils.errors import UsageError
-from utils.masks import merged_state
-from utils.plots import read_csv
-from utils.run import check_same_run
+from utils.core.errors import UsageError
+from utils.core.files import check_same_run, read_csv
+from utils.runtime.checkpoint import load_weights, read_checkpoint, save_checkpoint
+from utils.sparsity.masks import merged_state
 
 DATA = ["--dataset", "synthetic", "--train_subset", "128", "--eval_subset", "250", "--batch_size", "64",
         "--eval_batch_size", "250", "--device", "cpu", "--no_progress"]
@@ -178,9 +176,9 @@ def test_resume_with_other_defining_flags_is_refused(start, tmp_path, capsys):
 
 def test_a_run_recorded_before_eval_subset_resumes_only_on_every_image():
     saved = {"seed": 1, "train_subset": 128}  # an older run's args: no --eval_subset yet
-    check_same_run(saved, argparse.Namespace(seed=1, train_subset=128, eval_subset=None), set())
+    check_same_run(saved, {"seed": 1, "train_subset": 128, "eval_subset": None}, set())
     with pytest.raises(UsageError, match="--eval_subset is 500 but the run being resumed used None"):
-        check_same_run(saved, argparse.Namespace(seed=1, train_subset=128, eval_subset=500), set())
+        check_same_run(saved, {"seed": 1, "train_subset": 128, "eval_subset": 500}, set())
 
 
 # ---- 5-7: pretrain resume, longer resume, stale temp files -------------------------------------------------
@@ -226,7 +224,7 @@ def test_stale_temp_files_of_a_killed_save_are_removed(tmp_path):
 
 
 def test_stale_temp_files_are_found_in_sub_folders(tmp_path):
-    from utils.paths import clean_stale_temps
+    from utils.core.paths import clean_stale_temps
 
     deep = tmp_path / "iter_3"
     deep.mkdir()
@@ -238,7 +236,7 @@ def test_stale_temp_files_are_found_in_sub_folders(tmp_path):
 
 
 def test_a_gpu_number_beyond_the_machine_is_a_usage_error(monkeypatch):
-    from utils.run import resolve_device
+    from utils.core.seeds import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
@@ -324,8 +322,8 @@ def test_bad_inputs_table(start, tmp_path, capsys):
 
 
 def test_export_never_replaces_without_overwrite(start, tmp_path, capsys):
-    from utils.granularity import get_granularity
-    from utils.pruners import get_pruner
+    from utils.prune.pruners import get_pruner
+    from utils.sparsity.granularity import get_granularity
 
     model = create_model("resnet20")
     gran = get_granularity("channel", "resnet20")

@@ -9,9 +9,9 @@ import pytest
 
 import report
 from tests.conftest import run_main, tree
-from utils.report import collect, expand_roots
-from utils.report_tables import regrowth_table, tables
-from utils.run import write_csv
+from utils.core.files import write_csv
+from utils.results.records import collect, expand_roots
+from utils.results.tables import regrowth_table, tables
 
 
 def _write_seed(root: Path, test_accs: dict[float, float], rl: dict, model: str = "resnet20",

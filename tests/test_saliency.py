@@ -5,11 +5,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import utils.saliency as sal
+import utils.scoring.saliency as sal
 from data.loader import DeviceLoader
 from models import create_model
-from utils.checkpoint import save_checkpoint
-from utils.masks import add_reparam, set_masks
+from utils.runtime.checkpoint import save_checkpoint
+from utils.sparsity.masks import add_reparam, set_masks
 
 CPU = torch.device("cpu")
 

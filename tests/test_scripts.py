@@ -11,10 +11,10 @@ import torch
 
 import evaluate
 import pretrain
-import utils.stage as stage_module
+import utils.runtime.stage as stage_module
 from models import create_model
 from tests.conftest import run_main, tree, write_cifar
-from utils.checkpoint import read_checkpoint, save_checkpoint
+from utils.runtime.checkpoint import read_checkpoint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ["--dataset", "synthetic", "--train_subset", "256", "--eval_subset", "250", "--batch_size", "64", "--device",

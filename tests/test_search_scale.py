@@ -17,14 +17,15 @@ import pretrain
 import regrowth_greedy
 import regrowth_oneshot
 from tests.conftest import run_main, tree
-from utils.checkpoint import read_checkpoint, save_checkpoint
-from utils.controller import AllocationPolicy, Reinforce, ReinforceConfig
-from utils.errors import UsageError
-from utils.masks import add_reparam, get_masks
-from utils.plots import read_csv
-from utils.pruners import get_pruner
-from utils.search import Search
-from utils.stage import Stage
+from utils.core.errors import UsageError
+from utils.core.files import read_csv
+from utils.prune.pruners import get_pruner
+from utils.runtime.checkpoint import read_checkpoint, save_checkpoint
+from utils.runtime.settings import SearchSettings
+from utils.runtime.stage import Stage
+from utils.search.controller import AllocationPolicy, Reinforce
+from utils.search.episodes import Search
+from utils.sparsity.masks import add_reparam, get_masks
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ["--dataset", "synthetic", "--train_subset", "256", "--eval_subset", "500", "--batch_size", "64",
@@ -88,7 +89,7 @@ def test_paired_episodes_give_one_allocation_one_reward(start):
 
 def _trainer(seed: int = 0, **config) -> Reinforce:
     torch.manual_seed(seed)
-    return Reinforce(AllocationPolicy(4, 16), ReinforceConfig(episodes=10, temperature=0.01, **config))
+    return Reinforce(AllocationPolicy(4, 16), SearchSettings(episodes=10, temperature=0.01, **config))
 
 
 def test_batch_of_one_is_the_single_episode_update():
@@ -278,14 +279,15 @@ def test_two_process_finetune_is_data_parallel_and_keeps_the_masks(start, tmp_pa
 # ---- within-unit selection ----------------------------------------------------------------------------
 
 def _stage_for(start) -> tuple[Stage, object]:
-    from utils.stage import prepare_dense_sparse
+    from utils.cli.prepare import prepare_dense_sparse
 
     args = regrowth_oneshot.parse_args(_search_args(start, "sel"))
     return prepare_dense_sparse(args, args.initial_ckpt, reparam=True)
 
 
 def test_reference_selection_prefers_what_the_reference_keeps(start, tmp_path):
-    from utils.selection import SELECTORS
+    from utils.runtime.settings import ScoringSettings
+    from utils.scoring.selection import SELECTORS
 
     stage, pair = _stage_for(start)
     model = stage.build_model()
@@ -293,15 +295,15 @@ def test_reference_selection_prefers_what_the_reference_keeps(start, tmp_path):
     model.load_state_dict(dense.state_dict)
     add_reparam(model)
     get_pruner("lamp").prune(model, 0.7)
-    scores = SELECTORS["reference"](stage, pair, model)
+    scores = SELECTORS.get("reference")(stage, pair, model, ScoringSettings())
     ref_keep, own = get_masks(model), get_masks(pair.sparse)
     for layer, score in scores.items():
         candidates = ~own[layer]
         if (candidates & ref_keep[layer]).any() and (candidates & ~ref_keep[layer]).any():
             assert score[candidates & ref_keep[layer]].min() > score[candidates & ~ref_keep[layer]].max()
-    magnitude = SELECTORS["magnitude"](stage, pair, None)
+    magnitude = SELECTORS.get("magnitude")(stage, pair, None, ScoringSettings())
     assert torch.equal(magnitude["layer1.0.conv1"], pair.sparse.layer1[0].conv1.weight_orig.detach().abs())
-    r1, r2 = (SELECTORS["random"](stage, pair, None) for _ in range(2))
+    r1, r2 = (SELECTORS.get("random")(stage, pair, None, ScoringSettings()) for _ in range(2))
     assert all(torch.equal(r1[k], r2[k]) for k in r1)  # seeded by the run seed
 
 
@@ -412,7 +414,7 @@ def test_matched_benchmark_compares_every_arm_with_straight_pruning(tmp_path, mo
 def test_reference_values_are_the_references_effective_weights(start, tmp_path):
     """A checkpoint loaded with masks keeps a stale ``weight`` attribute until its first forward pass: the
     values copied from a reference must be ``weight_orig * weight_mask``."""
-    from utils.selection import reference_scores
+    from utils.scoring.selection import reference_scores
 
     stage, pair = _stage_for(start)
     model = stage.build_model()

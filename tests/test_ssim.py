@@ -8,17 +8,17 @@ import pytest
 import torch
 from skimage.metrics import structural_similarity
 
-from data import get_data
+from data import DataSettings, get_data
 from models import create_model
-from utils.masks import prunable_modules
-from utils.ssim import attention_maps, cosine, layer_similarity, map_similarity, recording, select_layers
+from utils.scoring.ssim import attention_maps, cosine, layer_similarity, map_similarity, recording, select_layers
+from utils.sparsity.masks import prunable_modules
 
 CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
 def val_loader():
-    return get_data("synthetic", ".", device=CPU, eval_batch_size=50).val
+    return get_data("synthetic", DataSettings(".", eval_batch_size=50), device=CPU).val
 
 
 @pytest.mark.parametrize("size", [(3, 3), (4, 4), (5, 9), (8, 8), (16, 16), (32, 32)])

@@ -15,16 +15,16 @@ import regrowth_structure_iterative
 import regrowth_structure_oneshot
 from models import create_model
 from tests.conftest import run_main, tree
-from utils.checkpoint import Checkpoint, read_checkpoint, save_checkpoint
-from utils.errors import UsageError
-from utils.export import export_model
-from utils.granularity import get_granularity
-from utils.masks import add_reparam
-from utils.paths import baseline_cache
-from utils.plots import read_csv
-from utils.pruners import get_pruner
-from utils.search import Search
-from utils.stage import prepare_model_only
+from utils.cli.prepare import prepare_model_only
+from utils.core.errors import UsageError
+from utils.core.files import read_csv
+from utils.core.paths import baseline_cache
+from utils.prune.pruners import get_pruner
+from utils.runtime.checkpoint import Checkpoint, read_checkpoint, save_checkpoint
+from utils.search.episodes import Search
+from utils.sparsity.granularity import get_granularity
+from utils.sparsity.masks import add_reparam
+from utils.sparsity.physical import export_model
 
 FAST = ["--dataset", "synthetic", "--train_subset", "128", "--eval_subset", "250", "--batch_size", "64",
         "--eval_batch_size", "250", "--ssim_num_batches", "1", "--taylor_batches", "1", "--finetune_epochs", "1",
@@ -261,7 +261,7 @@ def test_benchmark_regrowth_channel_breakdown(tmp_path):
 
 
 def test_oneshot_with_a_baseline_dir_rewards_against_the_interpolated_baseline(start, tmp_path):
-    from utils.baseline import interpolate
+    from utils.search.baseline import interpolate
 
     save, _, sparse = start
     baseline = tmp_path / "structured_oneshot"

@@ -19,9 +19,9 @@ import prune_unstructure
 import regrowth_oneshot
 from models import create_model
 from tests.conftest import run_main, save_dense_and_sparse, tree
-from utils.checkpoint import read_checkpoint, save_checkpoint
-from utils.granularity import get_granularity
-from utils.plots import read_csv
+from utils.core.files import read_csv
+from utils.runtime.checkpoint import read_checkpoint, save_checkpoint
+from utils.sparsity.granularity import get_granularity
 
 DATA = ["--dataset", "synthetic", "--train_subset", "128", "--eval_subset", "250", "--batch_size", "64",
         "--eval_batch_size", "250", "--device", "cpu", "--no_progress"]
@@ -58,7 +58,7 @@ def _load(path: Path) -> torch.nn.Module:
     ckpt = read_checkpoint(path)
     gran = get_granularity("channel", "resnet20")
     model = create_model("resnet20")
-    from utils.checkpoint import load_weights
+    from utils.runtime.checkpoint import load_weights
 
     load_weights(model, ckpt, "resnet20", path)
     gran.set_masks(model, ckpt.channel_masks)

@@ -7,10 +7,12 @@ import torch.nn as nn
 import torch.nn.utils.prune as prune
 
 from data.loader import DeviceLoader
-from utils.masks import add_reparam, effective_weight, prunable_modules
-from utils.train import FitState, evaluate, fit
+from utils.runtime.settings import LoopSettings
+from utils.runtime.train import FitSchedule, FitState, evaluate_model, fit
+from utils.sparsity.masks import add_reparam, effective_weight, prunable_modules
 
 CPU = torch.device("cpu")
+QUIET = LoopSettings(progress=False)
 
 
 def _tiny_net() -> nn.Module:
@@ -31,7 +33,8 @@ def test_fit_keeps_best_val_state_and_logs(tmp_path):
     model = _tiny_net()
     seen = []
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    state = fit(model, _loader(), _loader(seed=1), opt, epochs=4, progress=False, csv_path=tmp_path / "log.csv",
+    state = fit(model, _loader(), _loader(seed=1), opt, FitSchedule(4),
+                loop=LoopSettings(progress=False, csv_path=tmp_path / "log.csv"),
                 on_epoch_end=lambda s, stats, improved: seen.append((stats.val_acc, improved)))
     assert state.epoch == 4 and len(seen) == 4
     assert state.best_val_acc == max(acc for acc, _ in seen)
@@ -39,20 +42,20 @@ def test_fit_keeps_best_val_state_and_logs(tmp_path):
     rows = (tmp_path / "log.csv").read_text().splitlines()
     assert rows[0].startswith("epoch,lr,train_loss") and len(rows) == 5
     model.load_state_dict(state.best_state)
-    assert evaluate(model, _loader(seed=1))[1] == pytest.approx(state.best_val_acc)
+    assert evaluate_model(model, _loader(seed=1))[1] == pytest.approx(state.best_val_acc)
 
 
 def test_patience_stops_early():
     model = _tiny_net()
     opt = torch.optim.SGD(model.parameters(), lr=0.0)  # never improves after epoch 1
-    state = fit(model, _loader(), _loader(seed=1), opt, epochs=10, patience=2, progress=False)
+    state = fit(model, _loader(), _loader(seed=1), opt, FitSchedule(10, patience=2), loop=QUIET)
     assert state.stopped_early and state.epoch == 3 and state.best_epoch == 1
 
 
 def test_resume_from_state_runs_remaining_epochs():
     model = _tiny_net()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    state = fit(model, _loader(), _loader(seed=1), opt, epochs=3, progress=False,
+    state = fit(model, _loader(), _loader(seed=1), opt, FitSchedule(3), loop=QUIET,
                 state=FitState(epoch=2, best_val_acc=100.0, best_epoch=2))
     assert state.epoch == 3 and state.best_epoch == 2  # one more epoch, 100% not beaten
 
@@ -68,7 +71,7 @@ def test_pruned_weights_stay_exactly_zero(make_opt):
     for module in prunable_modules(model).values():
         prune.random_unstructured(module, "weight", 0.6)
     masks = {n: m.weight_mask.clone() for n, m in prunable_modules(model).items()}
-    fit(model, _loader(), _loader(seed=1), make_opt(model.parameters()), epochs=5, progress=False)
+    fit(model, _loader(), _loader(seed=1), make_opt(model.parameters()), FitSchedule(5), loop=QUIET)
     for name, module in prunable_modules(model).items():
         weight = effective_weight(module)
         assert torch.equal(module.weight_mask, masks[name])
@@ -78,5 +81,5 @@ def test_pruned_weights_stay_exactly_zero(make_opt):
 
 def test_evaluate_restores_mode():
     model = _tiny_net().train()
-    evaluate(model, _loader())
+    evaluate_model(model, _loader())
     assert model.training

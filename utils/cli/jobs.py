@@ -1,0 +1,37 @@
+"""Flags into jobs: the regrowth search scripts' command line turned into a ``RegrowthJob`` (its ``Stage``, the
+dense and sparse models, the ``--selection reference`` model and the typed ``RegrowthSettings``), checked before
+anything loads where it can be."""
+from __future__ import annotations
+
+import argparse
+
+from utils.cli.flags import profile_from_args, scoring_settings, search_settings, selection_settings
+from utils.cli.prepare import prepare_dense_sparse
+from utils.scoring.selection import load_reference
+from utils.search.drivers import RegrowthJob, RegrowthSettings
+from utils.sparsity.granularity import granularity_class
+
+
+def regrowth_settings(args: argparse.Namespace, granularity: str, schedule: str) -> RegrowthSettings:
+    """The settings of a regrowth search script at ``granularity`` and ``schedule`` (oneshot | iterative), from
+    the flags of ``add_search_args``; the init strategy is resolved and checked, a device profile read."""
+    kind = granularity_class(granularity)
+    profile = profile_from_args(args) if schedule == "oneshot" else None
+    selection = selection_settings(args, kind.default_init)
+    kind.check_init(selection.init_strategy)
+    common = dict(search=search_settings(args, schedule, selection.init_strategy), scoring=scoring_settings(args),
+                  selection=selection, random_search=args.random_search, baseline_dir=args.baseline_dir)
+    if schedule == "oneshot":
+        return RegrowthSettings(**common, regrow_step=args.regrow_step, label=args.label, profile=profile)
+    return RegrowthSettings(**common, target_sparsity=args.target_sparsity, num_iters=args.num_iters,
+                            budget_space_size=args.budget_space_size, min_budget_frac=args.min_budget_frac,
+                            max_budget_frac=args.max_budget_frac)
+
+
+def regrowth_job(args: argparse.Namespace, granularity: str, schedule: str) -> RegrowthJob:
+    """The prepared job of a regrowth search script: settings first (bad flags fail before any load), then the
+    stage, the dense and sparse models of --initial_ckpt and the --selection reference."""
+    settings = regrowth_settings(args, granularity, schedule)
+    args.init_strategy = settings.selection.init_strategy  # recorded as resolved, as the search state compares it
+    stage, pair = prepare_dense_sparse(args, args.initial_ckpt, reparam=True, granularity=granularity)
+    return RegrowthJob(stage, pair, load_reference(stage, pair, settings.selection), settings)

@@ -1,0 +1,68 @@
+"""What every stage script does first: its flags resolved into a ``Stage`` (device, model, data set and
+granularity, seed, the data loaded, the shared settings). Loading and saving models is ``Stage``'s own
+(``utils.runtime.stage``).
+
+Everything that can fail on user input (unknown names, missing data, a model that cannot take the data
+set's images, no CUDA, a checkpoint of the wrong granularity) fails here, before any file is written.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from data import get_data
+from models import model_spec
+from utils.cli.flags import data_settings, run_settings
+from utils.core.distributed import init_world
+from utils.core.errors import UsageError
+from utils.core.seeds import resolve_device, seed_everything
+from utils.runtime.checkpoint import (
+    LINEAGE_KEY,
+    Checkpoint,
+    read_checkpoint,
+)
+from utils.runtime.stage import DenseSparse, Stage, check_lineage, dense_checkpoint, resolve_names
+from utils.sparsity.granularity import default_granularity
+
+
+def prepare(args: argparse.Namespace, model_name: str | None = None, dataset: str | None = None,
+            granularity: str | None = None) -> Stage:
+    """Resolve ``args`` (or the given names) into a ``Stage`` with data loaded on the device, at
+    ``granularity`` (None: the default one, weights)."""
+    _, device = init_world(resolve_device(args.device))
+    name, dataset = resolve_names(model_name or args.m_name, dataset or args.dataset)
+    seed_everything(args.seed)
+    data = get_data(dataset, data_settings(args), device=device)
+    expected = model_spec(name).input_size
+    if data.info.image_size != expected:
+        raise UsageError(f"model '{name}' takes {expected}x{expected} images but '{dataset}' has "
+                         f"{data.info.image_size}x{data.info.image_size}; pick a model built for this data set")
+    return Stage(run_settings(args), vars(args), device, name, dataset, data, data.info.num_classes,
+                 granularity or default_granularity())
+
+
+def prepare_model_only(args: argparse.Namespace, ckpt: Checkpoint, granularity: str) -> Stage:
+    """A ``Stage`` without data for a checkpoint that records its model, data set and class count (ours do):
+    enough to load, save and export models."""
+    if not (ckpt.model and ckpt.num_classes):
+        raise UsageError("the checkpoint does not record its model and class count (not a bridge-ckpt): "
+                         "pass a checkpoint written by this toolkit")
+    name, dataset = resolve_names(ckpt.model, ckpt.dataset)
+    return Stage(run_settings(args), vars(args), init_world(resolve_device(args.device))[1], name, dataset, None,
+                 ckpt.num_classes, granularity)
+
+
+def prepare_dense_sparse(args: argparse.Namespace, sparse_path: str | Path, reparam: bool = False,
+                         granularity: str | None = "weight") -> tuple[Stage, DenseSparse]:
+    """Stage for the sparse checkpoint ``sparse_path`` (model and data set default to the ones it records)
+    and both models: the dense one from ``--pretrained`` (default ``pretrained_path``) and the sparse one,
+    which must carry masks. ``granularity=None`` works at the checkpoint's own granularity."""
+    sparse_ckpt = read_checkpoint(sparse_path, trust_pickle=getattr(args, "trust_pickle", False))
+    stage = prepare(args, args.m_name or sparse_ckpt.model, args.dataset or sparse_ckpt.dataset,
+                    granularity or sparse_ckpt.granularity)
+    dense_path = dense_checkpoint(stage.run, stage.model_name)
+    dense = stage.load_model(dense_path)
+    sparse = stage.load_model(sparse_path, sparse=True, reparam=reparam)
+    check_lineage(dense_path, stage.lineages[str(dense_path)], Path(sparse_path), sparse_ckpt.meta.get(LINEAGE_KEY),
+                  stage.run.allow_other_dense)
+    return stage, DenseSparse(dense, dense_path, sparse, Path(sparse_path))

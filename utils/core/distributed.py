@@ -1,0 +1,129 @@
+"""Several processes through PyTorch's own distributed runtime (``torchrun``), and nothing home-made.
+
+A script started by ``torchrun --nproc_per_node N`` finds ``WORLD_SIZE``/``RANK``/``LOCAL_RANK`` in its
+environment; ``init_world`` then joins the process group (NCCL when the processes train on GPUs, gloo on
+CPUs) and gives each process its device (``cuda:LOCAL_RANK``). Two kinds of work use it:
+
+* episode-parallel RL searches: every process runs the same policy and samples the same allocations; the
+  episodes of one policy batch are dealt round-robin to the processes, their rewards gathered
+  (``all_gather_object``) and the same policy step taken everywhere;
+* data-parallel training (DistributedDataParallel): each process holds its shard of the device-resident
+  training split.
+
+Only rank 0 writes files: the one atomic writer, CSV appends and the log file check ``is_main_process``.
+A single process without ``torchrun`` is world size 1 and behaves exactly as before.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from utils.core.errors import UsageError
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among ``size`` processes (``rank`` 0 is the one that writes files)."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+
+def launched_world() -> World:
+    """The world ``torchrun`` describes in the environment (world size 1 without it)."""
+    env = os.environ
+    return World(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
+
+
+def is_main_process() -> bool:
+    """True unless this is a non-zero rank of a ``torchrun`` launch (read from the environment, so it holds
+    before the process group exists, e.g. for argument errors)."""
+    return launched_world().is_main
+
+
+def current_world() -> World:
+    """The joined world (world size 1 when no process group was started)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return World()
+    return World(dist.get_rank(), dist.get_world_size(), launched_world().local_rank)
+
+
+def init_world(device: torch.device) -> tuple[World, torch.device]:
+    """Join the process group of a ``torchrun`` launch (once) and return (world, this process's device).
+
+    ``device``: the resolved ``--device``; a CUDA device (any ``cuda:N``) becomes ``cuda:LOCAL_RANK`` (NCCL),
+    a CPU stays the CPU (gloo). More processes per node than GPUs is a usage error.
+    """
+    world = launched_world()
+    if not world.distributed:
+        return world, device
+    if device.type == "cuda":
+        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world.local_rank + 1))
+        if per_node > torch.cuda.device_count():  # every process of the node sees the same numbers
+            raise UsageError(f"torchrun started {per_node} processes per node but this node has "
+                             f"{torch.cuda.device_count()} GPU(s): use --nproc_per_node <= the GPU count")
+        device = torch.device("cuda", world.local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=dt.timedelta(minutes=60))
+    return current_world(), device
+
+
+def close_world() -> None:
+    """Leave the process group (end of a script); a no-op in a single process."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_gather(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` (picklable), in rank order; ``[obj]`` in a single process."""
+    world = current_world()
+    if not world.distributed:
+        return [obj]
+    gathered: list[Any] = [None] * world.size
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def broadcast(obj: Any, src: int) -> Any:
+    """Rank ``src``'s ``obj`` on every rank (the others pass anything, e.g. None)."""
+    if not current_world().distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def barrier() -> None:
+    """Wait for every rank (e.g. until rank 0 has written a file the others read next)."""
+    if current_world().distributed:
+        dist.barrier()
+
+
+def sync_buffers(model: torch.nn.Module) -> None:
+    """Copy rank 0's buffers (BN running statistics, masks) to every rank, so that evaluations, and the
+    decisions made on them (best epoch, early stop), agree everywhere."""
+    if current_world().distributed:
+        for buffer in model.buffers():
+            dist.broadcast(buffer.data, src=0)
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum of ``tensor`` over the ranks, in place (unchanged in a single process)."""
+    if current_world().distributed:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor

@@ -1,0 +1,212 @@
+"""Every run-folder path, in one place (open_lth's ``paths.py``).
+
+Layout under ``{save_dir}/{model}/``; a granularity gives its folder tags (``FolderTags``; weight keeps the
+original repository's names):
+
+| what | weight | channel |
+| --- | --- | --- |
+| dense model | ``checkpoint/ckpt.pth`` | (the same) |
+| pruning run | ``{mode}/{m}_{s:.4f}.pth`` | ``structured_{mode}/{m}_ch{s:.4f}.pth`` |
+| one-shot regrowth search | ``regrowth_oneshot/{label}/`` | ``regrowth_structure_oneshot/{label}/`` |
+| iterative regrowth | ``regrowth_iterative/iter_{i}/`` | ``regrowth_structure_iterative/iter_{i}/`` |
+| random-search regrowth | ``random_regrowth_{schedule}/...`` | ``random_regrowth_structure_{schedule}/...`` |
+| greedy regrowth | ``greedy_{mode}/iter_{i}/`` | ``greedy_channel_{mode}/iter_{i}/`` |
+| layer analysis | ``analysis/{ckpt stem}/`` | (the same) |
+| single-layer analysis | ``single_layer/{ckpt stem}/`` | (the same) |
+| boundary estimates | ``boundary/{pruning folder name}/`` | (the same) |
+| score caches | ``cache/`` | (the same) |
+
+``mode`` is ``oneshot`` or ``iterative``. File names that several modules share are constants here too, and
+so are the checks every stage runs on its outputs before it trains (``check_output_file``,
+``check_output_dir``: right kind, writable, never an input, never replacing a result without --overwrite).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+from utils.core.errors import UsageError
+
+PRUNE_LOG = "prune_log.csv"
+SEARCH_STATE = "search_state.pt"
+BEST_MODEL = "best_grown_model.pth"
+BEST_PRE_FINETUNE = "best_pre_finetune.pth"
+SUMMARY = "summary.json"
+
+
+
+class FolderTags(Protocol):
+    """What a granularity (class or instance, ``utils.sparsity.granularity``) names its folders and files by."""
+
+    prune_prefix: str
+    file_tag: str
+    regrowth_stem: str
+    greedy_stem: str
+
+
+def model_root(save_dir: str | Path, model_name: str) -> Path:
+    """``{save_dir}/{model_name}``: everything one model's runs write."""
+    return Path(save_dir) / model_name
+
+
+def pretrained_path(save_dir: str | Path, model_name: str) -> Path:
+    """Where pretrain.py keeps the best dense model: ``{save_dir}/{model_name}/checkpoint/ckpt.pth``."""
+    return model_root(save_dir, model_name) / "checkpoint" / "ckpt.pth"
+
+
+def prune_dir(save_dir: str | Path, model_name: str, granularity: FolderTags, mode: str) -> Path:
+    """Folder of a pruning run: ``{mode}`` (weights) or ``structured_{mode}`` (channels)."""
+    return model_root(save_dir, model_name) / f"{granularity.prune_prefix}{mode}"
+
+
+def prune_checkpoint(folder: Path, model_name: str, granularity: FolderTags, sparsity: float) -> Path:
+    """``{m}_{sparsity:.4f}.pth`` (weights) or ``{m}_ch{sparsity:.4f}.pth`` (channels) in ``folder``."""
+    return folder / f"{model_name}_{granularity.file_tag}{sparsity:.4f}.pth"
+
+
+def regrowth_dir(save_dir: str | Path, model_name: str, granularity: FolderTags, schedule: str,
+                 random_search: bool = False) -> Path:
+    """Root of a regrowth search: ``regrowth[_structure]_{oneshot|iterative}`` (RL), or the same with a
+    ``random_`` prefix for a random search."""
+    prefix = "random_" if random_search else ""
+    return model_root(save_dir, model_name) / f"{prefix}{granularity.regrowth_stem}_{schedule}"
+
+
+def iteration_dir(root: Path, iteration: int) -> Path:
+    """``{root}/iter_{iteration}``: one iteration of an iterative regrowth or greedy run."""
+    return root / f"iter_{iteration}"
+
+
+def greedy_dir(save_dir: str | Path, model_name: str, granularity: FolderTags, mode: str) -> Path:
+    """Folder of a greedy regrowth run: ``greedy_{mode}`` (weights) or ``greedy_channel_{mode}`` (channels)."""
+    return model_root(save_dir, model_name) / f"{granularity.greedy_stem}_{mode}"
+
+
+def analysis_dir(save_dir: str | Path, model_name: str, ckpt: str | Path) -> Path:
+    """Default output of analyze_layers.py for ``ckpt``."""
+    return model_root(save_dir, model_name) / "analysis" / Path(ckpt).stem
+
+
+def single_layer_dir(save_dir: str | Path, model_name: str, ckpt: str | Path) -> Path:
+    """Default output of single_layer_regrowth_analysis.py for ``ckpt``."""
+    return model_root(save_dir, model_name) / "single_layer" / Path(ckpt).stem
+
+
+def boundary_dir(save_dir: str | Path, model_name: str, folder: str | Path) -> Path:
+    """Default output of find_drop_point.py for the pruning run in ``folder``."""
+    return model_root(save_dir, model_name) / "boundary" / Path(folder).name
+
+
+def cache_dir(save_dir: str | Path, model_name: str) -> Path:
+    """Content-keyed caches (saliency and channel scores)."""
+    return model_root(save_dir, model_name) / "cache"
+
+
+def folder_cache(save_dir: str | Path, model_name: str, folder: str | Path, kind: str, suffix: str) -> Path:
+    """Cache of what a stage measured on the checkpoints in an input ``folder`` (``kind``: e.g. the
+    pruning baseline), in the cache folder and named after the folder's absolute path: the input folder
+    itself is never written."""
+    key = zlib.crc32(str(Path(folder).resolve()).encode())
+    return cache_dir(save_dir, model_name) / f"{kind}_{Path(folder).name}_{key:08x}{suffix}"
+
+
+def baseline_cache(save_dir: str | Path, model_name: str, folder: str | Path) -> Path:
+    """Cache of the pruning baseline read from ``folder`` (``--baseline_dir``)."""
+    return folder_cache(save_dir, model_name, folder, "baseline", ".json")
+
+
+def benchmark_dir(save_dir: str | Path, model_name: str) -> Path:
+    """Default output of benchmark_regrowth.py."""
+    return model_root(save_dir, model_name) / "benchmark"
+
+
+def exported_path(ckpt: str | Path) -> Path:
+    """Default physical export of ``ckpt``: ``{stem}_exported.pth`` beside it."""
+    ckpt = Path(ckpt)
+    return ckpt.with_name(f"{ckpt.stem}_exported.pth")
+
+
+def finetuned_path(ckpt: str | Path) -> Path:
+    """Default output of finetune.py for ``ckpt``: ``{stem}_finetuned.pth`` beside it."""
+    ckpt = Path(ckpt)
+    return ckpt.with_name(f"{ckpt.stem}_finetuned.pth")
+
+
+def _existing_ancestor(path: Path) -> Path:
+    """The nearest part of ``path`` (itself included) that exists."""
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate
+    return Path.cwd()
+
+
+def check_writable(folder: Path, what: str) -> None:
+    """A ``UsageError`` unless ``folder`` could be created and written: its nearest existing part must be a
+    folder in which a file can really be made (probed, then removed; nothing else is created)."""
+    base = _existing_ancestor(folder)
+    if not base.is_dir():
+        raise UsageError(f"{what} {folder} cannot be created: {base} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(dir=base, prefix=".bridge-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UsageError(f"{what} {folder} is not writable ({exc.strerror or type(exc).__name__} in {base}); "
+                         "pick another --save_dir / output path") from exc
+
+
+def check_output_file(path: str | Path, *, inputs: Sequence[str | Path] = (), overwrite: bool = False,
+                      what: str = "output") -> Path:
+    """``path`` as a file a stage may write: not one of its ``inputs``, not a folder, not an existing file
+    unless ``overwrite``, in a writable place. Returns it as a ``Path``."""
+    path = Path(path)
+    if any(path.resolve() == Path(source).resolve() for source in inputs):
+        raise UsageError(f"{what} {path} is also an input of this stage; pick another path")
+    if path.is_dir():
+        raise UsageError(f"{what} {path} is a folder; give a file path")
+    if path.exists() and not overwrite:
+        raise UsageError(f"{what} {path} exists; pass --overwrite to replace it")
+    check_writable(path.parent, what)
+    return path
+
+
+def check_output_dir(folder: str | Path, *, products: Sequence[str] = (), overwrite: bool = False,
+                     what: str = "output folder") -> Path:
+    """``folder`` as a place a stage may write ``products`` (file names inside it): not a file, writable, and
+    holding none of them already unless ``overwrite``. Returns it as a ``Path``."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{what} {folder} is a file, not a folder")
+    existing = [name for name in products if (folder / name).exists()]
+    if existing and not overwrite:
+        raise UsageError(f"{folder / existing[0]} exists (a finished earlier run); pass --overwrite to replace it")
+    check_writable(folder, what)
+    return folder
+
+
+def clean_stale_temps(folder: Path, recursive: bool = True) -> list[Path]:
+    """Remove the temp files (``.{name}.{pid}.tmp``) that a killed atomic write left in ``folder`` (and, when
+    ``recursive``, any folder below it: a run folder's ``iter_*``) when their process is gone; returns what
+    was removed."""
+    removed = []
+    found = (folder.rglob if recursive else folder.glob)(".*.tmp") if folder.is_dir() else []
+    for tmp in found:
+        pid = tmp.name.rsplit(".", 2)[-2]
+        if pid.isdigit() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

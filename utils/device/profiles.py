@@ -1,0 +1,99 @@
+"""Device budgets: what a target device holds (bytes, MACs, milliseconds), what a model costs there, and
+whether it fits, with the margin of each limit.
+
+A profile is a small JSON file (``--device_profile``, examples in ``profiles/``) or flags, the flags
+winning over the file::
+
+    {"name": "mcu-256k", "max_bytes": 262144, "storage": "bitmap_int8"}
+
+``max_bytes``: model storage in the profile's ``storage`` format (``utils.device.storage``); ``max_macs``:
+multiply-accumulates per image; ``max_latency_ms``: one forward pass of ``latency_batch`` images measured on
+the machine the command runs on. Costs of a model: bytes of its stored form; MACs of its kept weights
+(weight-pruned: sum over layers of kept weights x output positions) or of its physical export (channel-
+pruned); latency of the model as it runs (channel-pruned: its export; masked weights run at dense speed).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from utils.core.errors import UsageError
+from utils.device.latency import latencies_ms
+from utils.device.storage import Format, model_bytes
+from utils.sparsity.granularity import Granularity
+from utils.sparsity.macs import params_and_macs
+
+LIMITS = {"max_bytes": "bytes", "max_macs": "macs", "max_latency_ms": "latency_ms"}
+UNIT_NAMES = {"bytes": "bytes", "macs": "MACs", "latency_ms": "ms"}  # cost keys as printed
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    """Limits of one device (None: no limit of that kind) and how it stores sparse weights."""
+
+    name: str = "device"
+    max_bytes: float | None = None
+    max_macs: float | None = None
+    max_latency_ms: float | None = None
+    storage: str = "bitmap_fp32"
+    latency_batch: int = 1
+
+    def __post_init__(self) -> None:
+        Format.parse(self.storage)
+        for key in LIMITS:
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0):
+                raise UsageError(f"device profile {self.name}: {key} must be a positive number, not {value!r}")
+        if all(getattr(self, key) is None for key in LIMITS):
+            raise UsageError(f"device profile {self.name} sets no limit: give max_bytes, max_macs or max_latency_ms")
+        if not isinstance(self.latency_batch, int) or self.latency_batch < 1:
+            raise UsageError(f"device profile {self.name}: latency_batch must be a positive integer")
+
+
+def load_profile(path: str | Path) -> dict:
+    """The entries of a profile file (a usage error when it is missing, not JSON or has unknown keys)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"--device_profile {path} does not exist")
+    try:
+        entries = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--device_profile {path} is not JSON ({exc})") from exc
+    if not isinstance(entries, dict):
+        raise UsageError(f"--device_profile {path} must hold one JSON object")
+    unknown = set(entries) - set(DeviceProfile.__dataclass_fields__)
+    if unknown:
+        raise UsageError(f"--device_profile {path}: unknown entries {', '.join(sorted(unknown))}; known: "
+                         f"{', '.join(DeviceProfile.__dataclass_fields__)}")
+    return entries
+
+
+def model_costs(profile: DeviceProfile, gran: Granularity, model: nn.Module, device: torch.device,
+                is_export: bool = False) -> dict:
+    """What ``model`` costs on the profile's device: bytes, MACs and (when the profile limits it) latency.
+    ``is_export``: ``model`` is already a physical export (smaller shapes, no masks)."""
+    exported = (model, []) if is_export else gran.export(model)
+    runs = exported[0] if exported is not None else model  # what the device would run and store
+    macs = params_and_macs(runs, gran.input_size)[1] if exported is not None else gran.masked_macs(model)
+    costs = {"bytes": model_bytes(runs, profile.storage), "macs": macs}
+    if profile.max_latency_ms is not None:
+        costs["latency_ms"] = latencies_ms({"model": runs.to(device)}, profile.latency_batch, gran.input_size,
+                                           device)["model"]
+    return costs
+
+
+def check_fit(profile: DeviceProfile, costs: dict) -> dict:
+    """Per limit: the cost, the limit, the margin (limit - cost, and as % of the limit) and whether it fits;
+    ``fits``: every limit holds."""
+    limits = {}
+    for key, cost_key in LIMITS.items():
+        limit = getattr(profile, key)
+        if limit is not None:
+            value = costs[cost_key]
+            limits[cost_key] = {"cost": value, "limit": limit, "margin": limit - value,
+                                "margin_pct": 100 * (limit - value) / limit, "fits": value <= limit}
+    return {"profile": asdict(profile), "limits": limits, "fits": all(v["fits"] for v in limits.values())}

@@ -1,0 +1,199 @@
+"""A pruning run at any granularity: prune -> finetune -> save -> log -> plot, iterative or one-shot.
+
+Used by ``prune_unstructure.py`` (weights) and ``prune_structure.py`` (channels); the granularity and the
+pruner are the only difference. Each step writes ``{m}_{tag}{sparsity:.4f}.pth``, a row of
+``prune_log.csv`` (``step, amount, sparsity``, the granularity's own columns, ``val_acc, test_acc,
+checkpoint``) and the sparsity-vs-accuracy plot. Every target is checked before any training starts: a
+step that would remove nothing, or empty a channel group, is a ``UsageError``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch.nn as nn
+
+from utils.core.errors import UsageError
+from utils.core.files import read_csv, write_csv
+from utils.core.log import LOG, log_outputs, setup_logging
+from utils.core.paths import PRUNE_LOG, check_output_dir, clean_stale_temps, prune_checkpoint
+from utils.prune.weight_pruners import PruneContext, Pruner
+from utils.results.plots import plot_sparsity_accuracy
+from utils.runtime.settings import FinetuneSettings, LoopSettings, ScheduleSettings
+from utils.runtime.stage import Stage
+from utils.runtime.train import evaluate_model, finetune_model
+
+
+@dataclass
+class PruneRun:
+    """One pruning run: where it writes, with which pruner, its schedule and the finetune after each step."""
+
+    stage: Stage
+    pruner: Pruner
+    context: PruneContext
+    out: Path
+    schedule: ScheduleSettings
+    finetuning: FinetuneSettings  # the finetune after each step
+
+    @property
+    def iterative(self) -> bool:
+        return self.schedule.iterative
+
+    def finetune_and_score(self, model: nn.Module, csv_path: Path) -> tuple[float, float]:
+        """AdamW finetune, best epoch chosen on --select_on; returns (val acc, test acc) of that state."""
+        ft, data = self.finetuning, self.stage.data
+        select = data.test if ft.select_on == "test" else data.val
+        finetune_model(model, data.train, select, ft,
+                       LoopSettings(progress=self.stage.run.progress, csv_path=csv_path, **self.stage.speed))
+        amp = self.stage.amp
+        return evaluate_model(model, data.val, amp=amp)[1], evaluate_model(model, data.test, amp=amp)[1]
+
+    def write_log_row(self, row: dict) -> None:
+        """Add ``row`` to prune_log.csv, atomically. Iterative: rows of this step and later (an older run
+        being redone) are dropped first; one-shot: a row for the same checkpoint is replaced."""
+        path = self.out / PRUNE_LOG
+        if self.iterative:
+            rows = [r for r in read_csv(path) if int(r["step"]) < int(row["step"])]
+        else:
+            rows = [r for r in read_csv(path) if r["checkpoint"] != row["checkpoint"]]
+        rows.append({k: str(v) for k, v in row.items()})
+        rows.sort(key=lambda r: (int(r["step"]), float(r["sparsity"])))
+        write_csv(path, rows, list(row))
+
+    def step(self, model: nn.Module, amount: float, step: int, parent: Path) -> Path:
+        """Prune ``amount`` of the survivors, finetune, save the checkpoint and log row; returns the checkpoint."""
+        stage, gran = self.stage, self.stage.granularity
+        removed = self.pruner.prune(model, amount, context=self.context)
+        achieved = gran.sparsity(model)
+        path = prune_checkpoint(self.out, stage.model_name, gran, achieved)
+        if path.resolve() == Path(parent).resolve():
+            raise UsageError(f"step {step} would write over its own input {parent}; nothing was pruned")
+        LOG.info("step %d: %s removed %d %ss -> sparsity %.4f", step, self.pruner.name, removed, gran.name, achieved)
+        log = f"finetune_step{step}.csv" if self.iterative else f"finetune_{path.stem}.csv"  # one per target
+        val_acc, test_acc = self.finetune_and_score(model, self.out / log)
+        stage.save(path, model, {"stage": f"prune_{self.schedule.mode}", "granularity": gran.name, "step": step,
+                                 "amount": amount, "pruner": self.pruner.name, "sparsity": achieved,
+                                 "val_acc": val_acc, "test_acc": test_acc, "parent": str(parent)})
+        self.write_log_row({"step": step, "amount": amount, "sparsity": achieved, **gran.describe(model),
+                            "val_acc": val_acc, "test_acc": test_acc, "checkpoint": path.name})
+        plot_sparsity_accuracy(self.out / PRUNE_LOG, self.out / "sparsity_vs_accuracy.png",
+                               f"{stage.model_name} {self.schedule.mode} {gran.name} pruning ({self.pruner.name})")
+        LOG.info("step %d: sparsity %.4f  val %.2f%%  test %.2f%%  -> %s", step, achieved, val_acc, test_acc, path)
+        return path
+
+    # ---- schedules -----------------------------------------------------------------------------------
+    def run_iterative(self, parent: Path, amount: float, first: int, last: int) -> None:
+        """Steps ``first..last``, each removing ``amount`` of the survivors, from checkpoint ``parent``. A step
+        capped by what may go (every unit keeps ``keep_per_unit`` entries) says so; the run stops early when
+        a step would remove nothing (at that floor, or when ``amount`` of the survivors rounds to 0)."""
+        gran = self.stage.granularity
+        model = self.stage.load_model(parent, reparam=True)
+        self.check_outputs(self.planned_iterative(model, amount, first, last), first)
+        setup_logging(self.out)
+        for step in range(first, last + 1):
+            alive, room = sum(int(m.sum()) for m in gran.masks(model).values()), gran.removable(model)
+            if min(round(amount * alive), room) == 0:
+                LOG.info("step %d would remove no %s (%d live, %d may go); stopping at sparsity %.4f", step,
+                         gran.name, alive, room, gran.sparsity(model))
+                return
+            if round(amount * alive) > room:
+                LOG.warning("step %d: only %d of the %d %ss asked can go (every %s keeps %d)", step, room,
+                            round(amount * alive), gran.name, gran.unit_noun, gran.keep_per_unit)
+            parent = self.step(model, min(amount, room / alive), step, parent)
+
+    def planned_iterative(self, model: nn.Module, amount: float, first: int, last: int) -> list[float]:
+        """The sparsity each step ``first..last`` will reach (counts only: the schedule is deterministic); a
+        first step that would remove nothing is a ``UsageError``."""
+        gran = self.stage.granularity
+        masks = gran.masks(model)
+        total, alive = gran.total(model), sum(int(m.sum()) for m in masks.values())
+        floor, planned = alive - gran.removable(model), []
+        for _ in range(first, last + 1):
+            remove = min(round(amount * alive), alive - floor)
+            if remove == 0:
+                break
+            alive -= remove
+            planned.append((total - alive) / total)
+        if not planned:
+            raise UsageError(f"step {first} would remove no {gran.name}: {amount:g} of {alive:,} live {gran.name}s "
+                             f"rounds to 0 or every {gran.unit_noun} is at its floor; raise the per-step fraction")
+        return planned
+
+    def check_outputs(self, sparsities: list[float], first_step: int | None) -> None:
+        """Before any work: the run folder is writable, no planned checkpoint replaces an existing file, and
+        (iterative) no step from ``first_step`` on is already logged, unless --overwrite. Also removes the
+        temp files of a killed earlier run."""
+        overwrite = self.stage.run.overwrite
+        check_output_dir(self.out, overwrite=overwrite, what="pruning folder")
+        clean_stale_temps(self.out)
+        gran, name = self.stage.granularity, self.stage.model_name
+        if first_step is not None and not overwrite:
+            done = [r["step"] for r in read_csv(self.out / PRUNE_LOG) if int(r["step"]) >= first_step]
+            if done:
+                raise UsageError(f"step {done[0]} already ran in {self.out} (see {PRUNE_LOG}); pass --overwrite to "
+                                 f"redo the steps from {first_step}, or continue with --iter_start {int(done[-1]) + 1}")
+        for sparsity in sparsities:
+            path = prune_checkpoint(self.out, name, gran, sparsity)
+            if path.exists() and not overwrite:
+                raise UsageError(f"{path} exists (an earlier run); pass --overwrite to replace it")
+
+    def run(self, pretrained: Path) -> None:
+        """The schedule: iterative from ``iter_start`` (the pretrained model, or the checkpoint of the step
+        before, from prune_log.csv), or one-shot to each target sparsity."""
+        plan, run = self.schedule, self.stage.run
+        if self.iterative:
+            parent = pretrained if plan.iter_start == 1 else previous_checkpoint(self.out, plan.iter_start - 1)
+            self.run_iterative(parent, plan.amount, plan.iter_start, plan.iter_end)
+        else:
+            self.run_oneshot(pretrained, list(plan.target_sparsity))
+        rows = read_csv(self.out / PRUNE_LOG)
+        last = self.out / max(rows, key=lambda r: float(r["sparsity"]))["checkpoint"]
+        search = self.stage.granularity.search_script
+        log_outputs([self.out / PRUNE_LOG, self.out / "sparsity_vs_accuracy.png",
+                     f"{len(rows)} checkpoint(s) in {self.out}/, the sparsest {last.name}"],
+                    f"python {search} --m_name {self.stage.model_name} --dataset {self.stage.dataset} --save_dir "
+                    f"{run.save_dir}{f' --pretrained {run.pretrained}' if run.pretrained else ''} "
+                    f"--initial_ckpt {last}")
+
+    def run_oneshot(self, dense_path: Path, targets: list[float]) -> None:
+        """One step from the dense model ``dense_path`` to each target sparsity (all checked first)."""
+        gran = self.stage.granularity
+        dense = self.stage.load_model(dense_path, reparam=True)
+        amounts = [oneshot_amount(gran.sparsity(dense), t, dense_path) for t in targets]
+        alive = sum(int(m.sum()) for m in gran.masks(dense).values())
+        for target, amount in zip(targets, amounts, strict=True):
+            check_amount(amount, alive, gran.removable(dense), target)
+        total = gran.total(dense)
+        self.check_outputs([(total - alive + round(a * alive)) / total for a in amounts], None)
+        setup_logging(self.out)
+        for amount in amounts:
+            self.step(self.stage.load_model(dense_path, reparam=True), amount, 1, dense_path)
+
+
+def check_amount(amount: float, alive: int, room: int, target: float) -> None:
+    """A ``UsageError`` when ``amount`` of ``alive`` removes nothing or more than ``room``."""
+    remove = round(amount * alive)
+    if remove == 0:
+        raise UsageError(f"--target_sparsity {target} is already reached (within one unit): nothing would be pruned")
+    if remove > room:
+        raise UsageError(f"--target_sparsity {target} is past the floor (every unit keeps one): at most {room} of "
+                         f"{alive} can go, max sparsity {(1 - (alive - room) / alive):.4f} from this model; "
+                         "this would empty a channel group")
+
+
+def previous_checkpoint(out: Path, step: int) -> Path:
+    """The checkpoint iteration ``step`` wrote, from prune_log.csv."""
+    for row in read_csv(out / PRUNE_LOG):
+        if int(row["step"]) == step and (out / row["checkpoint"]).is_file():
+            return out / row["checkpoint"]
+    raise UsageError(f"no checkpoint of iteration {step} in {out}: run iterations up to {step} first "
+                     f"(or start with --iter_start 1)")
+
+
+def oneshot_amount(current: float, target: float, path: Path) -> float:
+    """Fraction of the survivors to remove to go from sparsity ``current`` to ``target``."""
+    if target >= 1.0:
+        raise UsageError("--target_sparsity must be below 1 (something has to survive)")
+    if target <= current:
+        raise UsageError(f"--target_sparsity {target} is not above the sparsity of {path} ({current:.4f})")
+    return (target - current) / (1.0 - current)

@@ -1,0 +1,245 @@
+"""One checkpoint writer and one reader for every stage.
+
+Written format (``format: bridge-ckpt``, version 1)::
+
+    {"format", "version", "model", "dataset", "num_classes",
+     "state_dict",      # plain keys, or X.weight_orig + X.weight_mask with bool masks
+     "channel_masks",   # None, or {conv name: bool [C_out]} for structured runs
+     "meta",            # stage, sparsity, val_acc, test_acc, parent, dense_fingerprint, args, created, git,
+                        # torch, ...
+     ...}               # optional extra entries, e.g. "train_state" for resumable runs
+
+The reader also takes the original repository's formats: ``{'net', 'acc', 'epoch'}``,
+``{'model_state_dict', ...}``, a raw state dict (plain or reparam with float masks) and, only with
+``trust_pickle=True``, a pickled ``nn.Module`` (unpickling runs code from the file) or a structured
+checkpoint ``{'model': <slimmed module>, 'out_index_map' | 'index_map': ...}`` (source ``original-structured``,
+brought to full shape with channel masks by ``utils.runtime.upstream.inflate`` when a stage loads it).
+Writes are atomic: a temp file in the same folder, then ``os.replace``.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.utils.prune as prune
+
+from utils.core.errors import UsageError
+from utils.core.files import atomic_save, git_revision, plain
+from utils.sparsity.masks import has_param_mask, prunable_modules
+
+FORMAT = "bridge-ckpt"
+VERSION = 1
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel, torch.compile
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint read from disk, whatever format it was written in."""
+
+    state_dict: dict[str, torch.Tensor]
+    source: str  # bridge-ckpt | original-pretrain | original-model-state-dict | raw-state-dict | pickled-module
+    model: str | None = None
+    dataset: str | None = None
+    num_classes: int | None = None
+    channel_masks: dict[str, torch.Tensor] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def has_masks(self) -> bool:
+        """True when the state dict carries masks (weight or channel)."""
+        return any(key.endswith("weight_mask") for key in self.state_dict)
+
+    @property
+    def granularity(self) -> str | None:
+        """``channel`` (channel masks), ``weight`` (weight masks only) or None (no masks: dense)."""
+        if self.channel_masks is not None or self.source == "original-structured":
+            return "channel"
+        return "weight" if self.has_masks else None
+
+    @property
+    def lineage(self) -> str | None:
+        """Fingerprint of the dense model this checkpoint descends from: the one its meta records, else (a
+        dense checkpoint) its own content; None when unknown (a sparse file from another tool or version)."""
+        recorded = self.meta.get(LINEAGE_KEY)
+        dense = self.granularity is None and self.export_history is None and self.source in DENSE_SOURCES
+        return recorded or (content_fingerprint(self.state_dict) if dense else None)
+
+    @property
+    def export_history(self) -> list | None:
+        """The Torch-Pruning history of a physically exported model (None for full-shape models)."""
+        return (self.extra.get("export") or {}).get("history")
+
+
+LINEAGE_KEY = "dense_fingerprint"  # meta entry: content_fingerprint of the dense model a checkpoint came from
+# formats whose mask-free files are dense models (a raw state dict may be a sparse one with merged masks)
+DENSE_SOURCES = (FORMAT, "original-pretrain")
+
+
+def content_fingerprint(state: dict[str, torch.Tensor]) -> str:
+    """The first 16 hex digits of a sha256 over a state dict's keys and raw tensor bytes (keys sorted): two
+    files hold the same weights exactly when their fingerprints agree (~0.1 s for VGG-16's 15M values)."""
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        tensor = state[key].detach().cpu().contiguous().reshape(-1)
+        digest.update(key.encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state dict on the CPU, with masks stored as bool."""
+    return {k: (v.detach().bool() if k.endswith("_mask") else v.detach()).cpu() for k, v in model.state_dict().items()}
+
+
+def save_checkpoint(path: Path, model: nn.Module, *, model_name: str, dataset: str, num_classes: int,
+                    meta: dict[str, Any], channel_masks: dict[str, torch.Tensor] | None = None,
+                    extra: dict[str, Any] | None = None) -> None:
+    """Write ``model`` in the bridge-ckpt format; ``meta`` gets creation time, git commit and torch version."""
+    meta = {**meta, "created": dt.datetime.now().isoformat(timespec="seconds"), "git": git_revision(),
+            "torch": torch.__version__}
+    obj = {"format": FORMAT, "version": VERSION, "model": model_name, "dataset": dataset,
+           "num_classes": num_classes, "state_dict": model_state(model),
+           "channel_masks": None if channel_masks is None else {k: v.bool().cpu() for k, v in channel_masks.items()},
+           "meta": plain(meta)}
+    atomic_save({**obj, **(extra or {})}, path)
+
+
+def _torch_load(path: Path, trust_pickle: bool) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "Unsupported global" not in str(exc):
+            raise _damaged(path, exc) from exc
+        if not trust_pickle:
+            raise UsageError(f"{path} holds pickled Python objects (e.g. a whole nn.Module); loading it runs code "
+                             "from the file: pass --trust_pickle if you trust it") from exc
+    except Exception as exc:  # truncated zip, not a torch file, ...
+        raise _damaged(path, exc) from exc
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise _damaged(path, exc) from exc
+
+
+def _damaged(path: Path, exc: Exception) -> UsageError:
+    lines = [line for line in str(exc).splitlines() if line.strip() and not line.startswith("Check the doc")]
+    reason = lines[-1].strip() if lines else type(exc).__name__
+    return UsageError(f"cannot read checkpoint {path}: damaged or not a torch checkpoint ({reason[:120]})")
+
+
+def _index_map(value: Any, path: Path) -> dict[str, list[int]]:
+    """The original's ``{conv name: [dense channel index, ...]}``; anything else is a ``UsageError``."""
+    try:
+        return {str(k): [int(i) for i in v] for k, v in value.items()}
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise UsageError(f"{path}: its index map is not {{layer: [channel indices]}}") from exc
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def _state_of(value: Any, path: Path, what: str) -> dict[str, torch.Tensor]:
+    if isinstance(value, nn.Module):
+        return value.state_dict()
+    if _is_state_dict(value):
+        return value
+    raise UsageError(f"{path}: '{what}' is neither a state dict nor a model")
+
+
+def read_checkpoint(path: str | Path, *, trust_pickle: bool = False) -> Checkpoint:
+    """Read any supported checkpoint format; an unknown layout is a ``UsageError`` naming what was found."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"checkpoint {path} is a folder; pass the .pth file inside it")
+    if not path.is_file():
+        raise UsageError(f"checkpoint {path} does not exist")
+    obj = _torch_load(path, trust_pickle)
+    if isinstance(obj, nn.Module):
+        return Checkpoint(obj.state_dict(), "pickled-module")
+    if not isinstance(obj, dict):
+        raise UsageError(f"{path}: unrecognised checkpoint of type {type(obj).__name__}")
+    if obj.get("format") == FORMAT:
+        if obj.get("version") != VERSION:
+            raise UsageError(f"{path}: bridge-ckpt version {obj.get('version')} is not supported (expected {VERSION})")
+        known = {"format", "version", "model", "dataset", "num_classes", "state_dict", "channel_masks", "meta"}
+        return Checkpoint(obj["state_dict"], FORMAT, obj.get("model"), obj.get("dataset"), obj.get("num_classes"),
+                          obj.get("channel_masks"), obj.get("meta") or {},
+                          {k: v for k, v in obj.items() if k not in known})
+    if "net" in obj:
+        meta = {"val_acc": obj.get("acc"), "epoch": obj.get("epoch")}
+        return Checkpoint(_state_of(obj["net"], path, "net"), "original-pretrain", meta=plain(meta))
+    if "model_state_dict" in obj:
+        meta = {k: obj[k] for k in ("epoch", "reward", "accuracy", "allocation") if k in obj}
+        return Checkpoint(_state_of(obj["model_state_dict"], path, "model_state_dict"),
+                          "original-model-state-dict", meta=plain(meta))
+    if "index_map" in obj or "out_index_map" in obj:  # the original's structured format
+        kind = "out_index_map" if "out_index_map" in obj else "index_map"
+        return Checkpoint(_state_of(obj.get("model"), path, "model"), "original-structured",
+                          extra={"index_map": _index_map(obj[kind], path), "map_kind": kind})
+    if _is_state_dict(obj):
+        return Checkpoint(obj, "raw-state-dict")
+    keys = ", ".join(sorted(map(str, obj))[:8])
+    raise UsageError(f"{path}: unrecognised checkpoint layout (top-level keys: {keys})")
+
+
+def _strip_wrappers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, value in state.items():
+        for prefix in _WRAPPER_PREFIXES:
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+        out[key] = value
+    return out
+
+
+def _match_reparam(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Align mask bookkeeping: every ``X.{param}_mask`` in the state (conv/Linear weights and biases, BN
+    gamma/beta) gets its reparametrisation in the model; dense weights fill masked prunable modules."""
+    modules = dict(model.named_modules())
+    for key in state:
+        if key.endswith("_mask") and key[: -len("_mask")] + "_orig" in state:
+            name, param = key[: -len("_mask")].rsplit(".", 1)
+            module = modules.get(name)
+            if module is not None and hasattr(module, param) and not has_param_mask(module, param):
+                prune.identity(module, param)
+    state = dict(state)
+    for name, module in prunable_modules(model).items():
+        if hasattr(module, "weight_orig") and f"{name}.weight" in state and f"{name}.weight_orig" not in state:
+            weight = state.pop(f"{name}.weight")
+            state[f"{name}.weight_orig"] = weight
+            state[f"{name}.weight_mask"] = weight != 0  # merged masks come back; dense stays all ones
+    return state
+
+
+def check_model(ckpt: Checkpoint, model_name: str, path: str | Path = "checkpoint") -> None:
+    """A ``UsageError`` when ``ckpt`` records a model other than ``model_name``."""
+    if ckpt.model is not None and ckpt.model != model_name:
+        raise UsageError(f"{path} holds a '{ckpt.model}' model, not '{model_name}': pass --m_name {ckpt.model}")
+
+
+def load_weights(model: nn.Module, ckpt: Checkpoint, model_name: str, path: str | Path = "checkpoint") -> None:
+    """Load ``ckpt`` into ``model`` (built as ``model_name``), adding mask reparametrisation when needed.
+
+    A checkpoint that names another model, or whose keys/shapes do not fit, is a ``UsageError``.
+    """
+    check_model(ckpt, model_name, path)
+    state = _match_reparam(model, _strip_wrappers(ckpt.state_dict))
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or wrong:
+        details = "; ".join(f"{len(keys)} {what} (e.g. {keys[0]})" for what, keys in
+                            (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", wrong))
+                            if keys)
+        raise UsageError(f"{path} does not fit model '{model_name}': {details}; is it from another model or data set?")
+    model.load_state_dict(state)

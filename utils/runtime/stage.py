@@ -1,0 +1,221 @@
+"""What every stage script does first (resolve device, model, data set and granularity, seed, load the
+data) and how every stage loads and saves models.
+
+Everything that can fail on user input (unknown names, missing data, a model that cannot take the data
+set's images, no CUDA, a checkpoint of the wrong granularity) fails here, before any file is written.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from data import DataBundle, canonical_dataset
+from models import create_model, model_spec
+from utils.core.distributed import current_world
+from utils.core.errors import UsageError
+from utils.core.paths import pretrained_path
+from utils.core.seeds import make_generator
+from utils.runtime.checkpoint import (
+    LINEAGE_KEY,
+    Checkpoint,
+    check_model,
+    load_weights,
+    read_checkpoint,
+    save_checkpoint,
+)
+from utils.runtime.settings import RunSettings
+from utils.runtime.train import use_channels_last
+from utils.runtime.upstream import inflate
+from utils.sparsity.granularity import Granularity, get_granularity, granularity_class
+from utils.sparsity.physical import rebuild_exported
+
+DEFAULT_DATASET = {32: "cifar10", 64: "tiny_imagenet"}  # by the model's input resolution
+
+
+@dataclass
+class Stage:
+    """The resolved set-up of one stage run, working at one granularity (``weight`` or ``channel``).
+
+    ``run``: the settings every stage shares; ``flags``: the command line as given (a plain dict), recorded in
+    what the stage writes (checkpoint meta ``args``, a search's resume settings) and never read for a decision."""
+
+    run: RunSettings
+    flags: dict
+    device: torch.device
+    model_name: str  # canonical registry name
+    dataset: str  # canonical data set name
+    data: DataBundle | None  # None for stages that need no images (export)
+    num_classes: int
+    granularity_name: str = "weight"
+    lineages: dict[str, str | None] = field(default_factory=dict)  # loaded file -> its dense model's fingerprint
+
+    @property
+    def lineage(self) -> str | None:
+        """Fingerprint of the dense model the first loaded checkpoint descends from (recorded in what this stage
+        saves, so every sparse file knows its dense parent); None before a load or when unknown."""
+        return next((value for value in self.lineages.values() if value), None)
+
+    @functools.cached_property
+    def granularity(self) -> Granularity:
+        """Units, masks, scores and regrowth at this stage's granularity (built once per architecture)."""
+        return get_granularity(self.granularity_name, self.model_name, self.num_classes)
+
+    @property
+    def amp(self) -> bool:
+        """Whether to use bf16 autocast (CUDA only)."""
+        return self.run.amp
+
+    @property
+    def channels_last(self) -> bool:
+        """Whether to use the channels_last memory layout."""
+        return self.run.channels_last
+
+    @property
+    def speed(self) -> dict[str, bool]:
+        """``amp`` and ``compile`` keyword arguments of ``LoopSettings``."""
+        return self.run.speed
+
+    @property
+    def val_settings(self) -> dict:
+        """What decides which val images this stage scores (data set, seed, val split, and the eval subset when
+        one is set, so that caches written before the flag existed stay valid): the key of the caches that hold
+        val results."""
+        return {"dataset": self.dataset, **self.run.val_settings}
+
+    def shard_training_data(self) -> None:
+        """Data-parallel training (under ``torchrun``): keep only this process's shard of the training split
+        (``DeviceLoader.shard``; rank 0 keeps its data-order generator, so one process is unchanged)."""
+        world = current_world()
+        if not world.distributed:
+            return
+        if self.run.batch_size % world.size:
+            raise UsageError(f"--batch_size {self.run.batch_size} is the global batch and must divide by the "
+                             f"{world.size} processes")
+        train = self.data.train
+        generator = (train.generator if world.is_main
+                     else make_generator(self.run.seed, f"data_order/rank{world.rank}", self.device))
+        self.data.train = train.shard(world.rank, world.size, generator)
+
+    def build_model(self) -> nn.Module:
+        """A freshly initialised model for this data set, on the device, in the chosen memory layout."""
+        model = create_model(self.model_name, self.num_classes).to(self.device)
+        return use_channels_last(model, self.channels_last)
+
+    def load_model(self, path: str | Path, *, sparse: bool = False, reparam: bool = False,
+                   exported: bool = False) -> nn.Module:
+        """The model stored at ``path`` (any supported format) on the device.
+
+        ``sparse``: a checkpoint without masks is a usage error (a pruned model was expected). A checkpoint
+        of the other granularity always is. ``reparam``: give the model masks of this stage's granularity
+        where it has none (pruning and regrowth need them). ``exported``: accept a physical export (only
+        stages that just evaluate or finetune a model can use its smaller shapes).
+        """
+        ckpt = read_checkpoint(path, trust_pickle=self.run.trust_pickle)
+        self.lineages[str(path)] = ckpt.lineage
+        if ckpt.granularity not in (None, self.granularity_name):  # masks of another granularity
+            raise UsageError(f"{path} {granularity_class(self.granularity_name).foreign_masks}")
+        if ckpt.export_history is not None and not exported:
+            raise UsageError(f"{path} is a physical export (smaller shapes, no masks): this stage needs the full-shape "
+                             f"checkpoint it was exported from ({ckpt.meta.get('parent', 'see its meta parent')})")
+        check_model(ckpt, self.model_name, path)  # before the exported shapes are rebuilt
+        if ckpt.source == "original-structured":  # a slimmed module with index maps: full shape + channel masks
+            ckpt = inflate(self.granularity, create_model(self.model_name, self.num_classes), ckpt)
+        model = self._model_for(ckpt)
+        load_weights(model, ckpt, self.model_name, path)
+        if sparse and ckpt.granularity is None and self.granularity.sparsity(model) == 0:
+            # a plain state dict whose masks were merged into its weights still counts: its zeros are the masks
+            raise UsageError(f"{path} has no masks and no pruned {self.granularity.name}s: pass a pruned checkpoint")
+        if ckpt.channel_masks is not None:
+            self.granularity.set_masks(model, ckpt.channel_masks)
+        if reparam:
+            self.granularity.ensure_masks(model)
+        return model
+
+    def _model_for(self, ckpt: Checkpoint) -> nn.Module:
+        """A model shaped for ``ckpt``: the registry's, or the exported shapes its pruning history gives."""
+        if ckpt.export_history is None:
+            return self.build_model()
+        try:
+            model = rebuild_exported(self.model_name, self.num_classes, model_spec(self.model_name).input_size,
+                                     ckpt.export_history)
+        except Exception as exc:  # Torch-Pruning raises many types on a history that does not fit the model
+            raise UsageError(f"the export history does not fit model '{self.model_name}' ({type(exc).__name__}); "
+                             "is the checkpoint from another model or class count?") from exc
+        return use_channels_last(model.to(self.device), self.channels_last)
+
+    def save(self, path: Path, model: nn.Module, meta: dict, extra: dict | None = None,
+             export_history: list | None = None) -> None:
+        """Write ``model`` as a bridge-ckpt with this run's names and args and, at the channel granularity,
+        its channel masks; ``meta`` adds the stage's own entries. ``export_history``: ``model`` is a physical
+        export (no masks left) with that Torch-Pruning history."""
+        masks = self.granularity.checkpoint_masks(model) if export_history is None else None
+        extra = {**(extra or {}), **({"export": {"history": export_history}} if export_history is not None else {})}
+        sparse = export_history is not None or masks is not None or any(
+            name.endswith("weight_mask") for name, _ in model.named_buffers())  # a dense output is its own parent
+        lineage = {LINEAGE_KEY: self.lineage} if self.lineage and sparse else {}
+        save_checkpoint(path, model, model_name=self.model_name, dataset=self.dataset,
+                        num_classes=self.num_classes, meta={"args": dict(self.flags), **lineage, **meta},
+                        channel_masks=masks, extra=extra or None)
+
+
+EVAL_FLAGS = ("seed", "val_split", "eval_subset")  # the flags that pick a run's val and test images
+
+
+def recorded_eval_flags(ckpt: Checkpoint) -> dict:
+    """The ``EVAL_FLAGS`` a checkpoint's val and test accuracy were measured with: its own recorded args, or
+    for an export the ``eval_args`` it took from its parent (those it lacks are absent)."""
+    saved = {**(ckpt.meta.get("args") or {}), **(ckpt.meta.get("eval_args") or {})}
+    return {key: saved[key] for key in EVAL_FLAGS if key in saved}
+
+
+def resolve_names(model_name: str | None, dataset: str | None) -> tuple[str, str]:
+    """Canonical (model, data set) names; the data set defaults to the one the model was built for."""
+    if not model_name:
+        raise UsageError("no model given: pass --m_name")
+    spec = model_spec(model_name)
+    return spec.name, canonical_dataset(dataset or DEFAULT_DATASET[spec.input_size])
+
+
+@dataclass
+class DenseSparse:
+    """A dense model and a sparse (masked) model of the same architecture, with their files."""
+
+    dense: nn.Module
+    dense_path: Path
+    sparse: nn.Module
+    sparse_path: Path
+
+
+def check_parent(stage: Stage, path: str | Path) -> None:
+    """The checkpoint ``stage`` loaded from ``path`` must descend from the dense model it loaded first (see
+    ``check_lineage``)."""
+    dense_path, dense = next(iter(stage.lineages.items()), ("the dense model", None))
+    check_lineage(Path(dense_path), dense, Path(path), stage.lineages.get(str(path)), stage.run.allow_other_dense)
+
+
+def check_lineage(dense_path: Path, dense: str | None, sparse_path: Path, recorded: str | None,
+                  allow_other_dense: bool = False) -> None:
+    """Refuse to pair a sparse checkpoint with a dense model it was not pruned from (e.g. the dense one was
+    retrained with --overwrite since): SSIM, saliency and dense init would all compare unrelated models.
+    ``recorded``: the dense fingerprint the sparse file's meta records (None, e.g. files of the original
+    code, is not checked). ``allow_other_dense`` (--allow_other_dense) pairs them on purpose."""
+    if recorded is None or dense is None or recorded == dense or allow_other_dense:
+        return
+    raise UsageError(f"{sparse_path} was pruned from another dense model (fingerprint {recorded}) than {dense_path} "
+                     f"({dense}); was the dense model retrained since? Pass the dense checkpoint it came from as "
+                     "--pretrained, or --allow_other_dense to pair them anyway")
+
+
+def dense_checkpoint(run: RunSettings, model_name: str) -> Path:
+    """--pretrained, or pretrain.py's checkpoint for ``model_name``; a missing default says how to make it."""
+    if run.pretrained:
+        return Path(run.pretrained)
+    path = pretrained_path(run.save_dir, model_name)
+    if not path.is_file():
+        raise UsageError(f"no dense model at {path}: run pretrain.py --m_name {model_name} (same --save_dir) first, "
+                         "or pass --pretrained")
+    return path

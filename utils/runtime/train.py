@@ -1,0 +1,273 @@
+"""The one training loop and the one evaluation function every stage uses.
+
+channels_last on every device; bf16 autocast and cudnn.benchmark on CUDA. Losses and correct counts
+are summed as device tensors and read once per epoch (no per-batch host sync). The best state by
+validation accuracy is kept on the device; test accuracy is never looked at here.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import math
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from data.loader import DeviceLoader
+from utils.core.distributed import all_reduce_sum, broadcast, current_world, is_main_process, sync_buffers
+from utils.core.errors import UsageError
+from utils.core.log import LOG
+from utils.core.timer import Timer
+from utils.runtime.settings import FinetuneSettings, LoopSettings
+
+
+@dataclass
+class EpochStats:
+    """One row of a training log. Accuracies in percent [0, 100], losses are mean cross-entropy."""
+
+    epoch: int
+    lr: float
+    train_loss: float
+    train_acc: float
+    val_loss: float
+    val_acc: float
+    seconds: float
+
+
+@dataclass
+class FitState:
+    """Progress of a ``fit`` call; enough to resume it."""
+
+    epoch: int = 0  # epochs finished
+    best_val_acc: float = -1.0
+    best_epoch: int = 0
+    epochs_since_best: int = 0
+    stopped_early: bool = False
+    best_state: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    def summary(self) -> dict:
+        """The scalar fields (no tensors), for logs and checkpoints."""
+        return {k: v for k, v in asdict(self).items() if k != "best_state"}
+
+
+@dataclass
+class FitSchedule:
+    """How long ``fit`` trains and how its learning rate moves."""
+
+    epochs: int  # train until this many epochs are done (a resumed state counts its own), >= 0
+    patience: int = 0  # stop after N epochs without a strict val improvement (0: never)
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None  # steps once per epoch
+    batch_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None  # steps once per batch
+
+
+def use_channels_last(model: nn.Module, enabled: bool = True) -> nn.Module:
+    """Put conv weights in channels_last (NHWC) layout, which both CPU and GPU convolutions prefer."""
+    return model.to(memory_format=torch.channels_last) if enabled else model
+
+
+def autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA when ``amp``; a no-op elsewhere (bf16 on CPU is slower, not faster)."""
+    if amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _progress(items: Iterable, enabled: bool, desc: str) -> Iterable:
+    return tqdm(items, desc=desc, leave=False, disable=not (enabled and sys.stderr.isatty()))
+
+
+def train_epoch(model: nn.Module, loader: DeviceLoader, optimizer: torch.optim.Optimizer, *,
+                amp: bool = True, progress: bool = True, desc: str = "train",
+                batch_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> tuple[float, float]:
+    """One pass over ``loader`` with cross-entropy; returns (mean loss, accuracy %) on the augmented data.
+
+    ``batch_scheduler`` (if any) steps after every optimizer step. A data-parallel shard (``loader.shards``
+    > 1) reports the figures of all shards together.
+    """
+    model.train()
+    loss_sum = torch.zeros((), device=loader.device)
+    correct = torch.zeros((), device=loader.device, dtype=torch.long)
+    for images, labels in _progress(loader, progress, desc):
+        with autocast(loader.device, amp):
+            logits = model(images)
+            loss = F.cross_entropy(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if batch_scheduler is not None:
+            batch_scheduler.step()
+        loss_sum += loss.detach().float() * labels.numel()
+        correct += (logits.argmax(1) == labels).sum()
+    n = loader.num_samples * loader.shards
+    if loader.shards > 1:
+        all_reduce_sum(loss_sum)
+        all_reduce_sum(correct)
+    return loss_sum.item() / n, 100.0 * correct.item() / n
+
+
+def data_parallel(model: nn.Module, device: torch.device) -> nn.Module:
+    """``model`` wrapped in DistributedDataParallel under ``torchrun`` (gradients averaged over the
+    processes); the model itself in a single process."""
+    if not current_world().distributed:
+        return model
+    ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+@torch.no_grad()
+def evaluate_model(model: nn.Module, loader: DeviceLoader, *, amp: bool = True) -> tuple[float, float]:
+    """Mean cross-entropy and top-1 accuracy (%) of ``model`` in eval mode over all of ``loader``."""
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), device=loader.device)
+    correct = torch.zeros((), device=loader.device, dtype=torch.long)
+    for images, labels in loader:
+        with autocast(loader.device, amp):
+            logits = model(images)
+        loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum")
+        correct += (logits.argmax(1) == labels).sum()
+    model.train(was_training)
+    n = loader.num_samples
+    return loss_sum.item() / n, 100.0 * correct.item() / n
+
+
+@torch.no_grad()
+def correct_per_image(model: nn.Module, loader: DeviceLoader, *, amp: bool = True) -> torch.Tensor:
+    """Bool [N] on the CPU: whether ``model`` (eval mode) classifies each image of ``loader`` correctly, in the
+    loader's order (val and test loaders do not shuffle)."""
+    was_training = model.training
+    model.eval()
+    hits = []
+    for images, labels in loader:
+        with autocast(loader.device, amp):
+            hits.append(model(images).argmax(1) == labels)
+    model.train(was_training)
+    return torch.cat(hits).cpu()
+
+
+def append_csv(path: Path, row: dict) -> None:
+    """Append ``row`` to a CSV file, writing the header when the file is new (rank 0 only)."""
+    if not is_main_process():
+        return
+    new = not path.exists()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def passes(model: nn.Module, loop: LoopSettings) -> tuple[nn.Module, nn.Module]:
+    """The modules that run the (training, val) passes over ``model``'s parameters: its DistributedDataParallel
+    wrapper (``loop.data_parallel_device``) and ``torch.compile`` of it (``loop.compile``), or ``model`` itself."""
+    device = loop.data_parallel_device
+    wrapped = data_parallel(model, device) if device is not None else model
+    forward = torch.compile(wrapped) if loop.compile else wrapped
+    evaluator = forward if wrapped is model else (torch.compile(model) if loop.compile else model)
+    return forward, evaluator
+
+
+def fit(model: nn.Module, train: DeviceLoader, val: DeviceLoader, optimizer: torch.optim.Optimizer,
+        schedule: FitSchedule, *, loop: LoopSettings | None = None, state: FitState | None = None,
+        on_epoch_end: Callable[[FitState, EpochStats, bool], None] | None = None) -> FitState:
+    """Train for up to ``schedule.epochs`` epochs (continuing from ``state``), keeping the best state by val
+    accuracy.
+
+    ``schedule.patience`` > 0 stops after that many epochs without a strict val improvement;
+    ``schedule.scheduler`` steps once per epoch, ``schedule.batch_scheduler`` once per batch. ``loop`` (default:
+    ``LoopSettings()``) says how the passes run (``passes``: data-parallel and compiled wrappers of ``model``),
+    whether bars and the per-epoch log line show (``verbose=False``: mini-finetunes inside a search) and where
+    the per-epoch CSV rows go. ``on_epoch_end(state, stats, improved)`` runs after each epoch (checkpointing). A
+    non-finite training loss stops with a ``UsageError`` before that epoch is evaluated or saved. The best state
+    is left in ``state.best_state``; the model keeps the last epoch's weights.
+    """
+    loop = LoopSettings() if loop is None else loop
+    epochs, patience, scheduler = schedule.epochs, schedule.patience, schedule.scheduler
+    state = state or FitState()
+    net, eval_net = passes(model, loop)
+    if train.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    while state.epoch < epochs and not state.stopped_early:
+        timer = Timer()
+        lr = optimizer.param_groups[0]["lr"]
+        train_loss, train_acc = train_epoch(net, train, optimizer, amp=loop.amp, progress=loop.progress,
+                                            desc=f"epoch {state.epoch + 1}/{epochs}",
+                                            batch_scheduler=schedule.batch_scheduler)
+        if not math.isfinite(train_loss):
+            raise UsageError(f"training diverged in epoch {state.epoch + 1} (train loss {train_loss}): this epoch is "
+                             "not saved and earlier checkpoints are kept; lower --lr (or check the data)")
+        if scheduler is not None:
+            scheduler.step()
+        if train.shards > 1:  # data-parallel: the same model everywhere (rank 0's BN statistics) ...
+            sync_buffers(model)
+        val_loss, val_acc = evaluate_model(eval_net, val, amp=loop.amp)
+        if train.shards > 1:  # ... and rank 0's figures, so best-epoch and early-stop decisions agree
+            val_loss, val_acc = broadcast((val_loss, val_acc), 0)
+        state.epoch += 1
+        stats = EpochStats(state.epoch, lr, train_loss, train_acc, val_loss, val_acc, timer.seconds)
+        improved = val_acc > state.best_val_acc
+        if improved:
+            state.best_val_acc, state.best_epoch, state.epochs_since_best = val_acc, state.epoch, 0
+            state.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            state.epochs_since_best += 1
+        state.stopped_early = patience > 0 and state.epochs_since_best >= patience
+        if loop.verbose:
+            LOG.info("epoch %d/%d  lr %.4g  train loss %.4f acc %.2f%%  val loss %.4f acc %.2f%%%s  (%.1fs)",
+                     state.epoch, epochs, lr, train_loss, train_acc, val_loss, val_acc, "  *" if improved else "",
+                     stats.seconds)
+        if loop.csv_path is not None:
+            append_csv(loop.csv_path, asdict(stats))
+        if on_epoch_end is not None:
+            on_epoch_end(state, stats, improved)
+    if state.stopped_early:
+        LOG.info("early stop: no val improvement for %d epochs (best %.2f%% at epoch %d)",
+                 patience, state.best_val_acc, state.best_epoch)
+    return state
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int,
+                  warmup_frac: float) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step schedule: linear warm-up over ``warmup_frac`` of ``total_steps``, then cosine decay to 0."""
+    warmup = max(1, round(warmup_frac * total_steps)) if warmup_frac > 0 else 0
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def finetune_model(model: nn.Module, train: DeviceLoader, select: DeviceLoader, settings: FinetuneSettings,
+             loop: LoopSettings | None = None) -> FitState:
+    """Finetune with a fresh AdamW (``settings.lr``, ``settings.weight_decay``; the original's recipe is 3e-4 and
+    0.01) for up to ``settings.epochs`` epochs (``settings.patience``: early stop) and load the best state by
+    accuracy on ``select`` (the val split) into ``model``. ``settings.select_on`` is the caller's to read (it
+    picks ``select``).
+
+    ``settings.warmup_frac=None``: constant learning rate (prune and regrowth finetunes); a number: per-step
+    linear warm-up over that fraction of all steps, then cosine decay (the full finetune).
+    ``loop`` (default: ``LoopSettings()``): ``compile`` runs the passes through ``torch.compile(model)`` (same
+    parameters, so ``model`` is trained); ``data_parallel_device`` trains through DistributedDataParallel on
+    that device (``train`` is this process's shard; every process evaluates the whole val split); ``csv_path``
+    is replaced by this finetune's rows.
+    """
+    loop = LoopSettings() if loop is None else loop
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    per_batch = (None if settings.warmup_frac is None
+                 else warmup_cosine(optimizer, settings.epochs * len(train), settings.warmup_frac))
+    if loop.csv_path is not None and is_main_process():
+        loop.csv_path.unlink(missing_ok=True)
+    state = fit(model, train, select, optimizer,
+                FitSchedule(settings.epochs, patience=settings.patience, batch_scheduler=per_batch), loop=loop)
+    model.load_state_dict(state.best_state)
+    return state

@@ -15,7 +15,7 @@ export next to the dense model's; an exported checkpoint reports its own params 
 uses the checkpoint's own seed, val split and --eval_subset unless --seed / --val_split / --eval_subset are
 given (``--eval_subset all``: every val and test image, whatever the checkpoint used). With --json, stdout is
 exactly one JSON object. --device_profile (or --max_bytes / --max_macs / --max_latency_ms / --storage) says
-whether the model fits a device, with the margin of each limit (see utils/device.py). Writes nothing.
+whether the model fits a device, with the margin of each limit (see utils/device/profiles.py). Writes nothing.
 
     python evaluate.py --ckpt runs/resnet20/oneshot/resnet20_0.9900.pth --device_profile profiles/mcu_64kb.json
 """

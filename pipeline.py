@@ -28,7 +28,6 @@ import contextlib
 import io
 import json
 import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -64,6 +63,7 @@ from utils.core.paths import (
     regrowth_dir,
 )
 from utils.core.seeds import resolve_device
+from utils.core.timer import Timer
 from utils.device.fill import DeviceTargets, device_targets
 from utils.device.profiles import UNIT_NAMES, DeviceProfile
 from utils.results.plots import plot_results
@@ -282,7 +282,7 @@ def run_device_chain(args: argparse.Namespace, seed: int, save_dir: Path) -> int
     --past_limit times past it, an RL search that regrows up to the limit (weights: exactly to the storage
     limit in bytes; channels: within the MAC limit of the export), and the same total finetune for both; prints the
     limit, the boundary estimates, both accuracies and the margins."""
-    p, profile, began = PRESETS[args.preset], device_profile(args), time.perf_counter()
+    p, profile, timer = PRESETS[args.preset], device_profile(args), Timer()
     m, gran = p["m_name"], get_granularity(args.granularity, p["m_name"])
     g = gran.name
     prune_main, search_main = STAGE_MAINS[gran.prune_script], STAGE_MAINS[gran.search_script]
@@ -331,7 +331,7 @@ def run_device_chain(args: argparse.Namespace, seed: int, save_dir: Path) -> int
                      "val_acc": report_["val_acc"], "test_acc": report_["test_acc"], "checkpoint": str(tuned)})
     estimates = json.loads((boundary / "boundary.json").read_text())["estimates"]
     summary = {"profile": asdict(profile), "granularity": g, "limit": bound.limit, "limit_sparsity": at_limit,
-               "start_sparsity": past, "boundary": estimates, "rows": rows, "seconds": time.perf_counter() - began}
+               "start_sparsity": past, "boundary": estimates, "rows": rows, "seconds": timer.seconds}
     write_json(root / "device_summary.json", summary)
     write_csv(root / "device_summary.csv", rows)
     ledger.log()

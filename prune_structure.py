@@ -56,7 +56,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add_speed_args(parser)
     group = parser.add_argument_group("channel pruning")
     group.add_argument("--pruner", default="l1", choices=list_pruners("channel"),
-                       help="channel importance (see utils/channel_pruners.py)")
+                       help="channel importance (see utils/prune/channel_pruners.py)")
     group.add_argument("--scope", default="local", choices=["local", "global"],
                        help="local: the same fraction of every group; global: one threshold over normalised scores")
     add_schedule_args(group, amount_flags=("--ratio_per_step",), end_flags=("--iterative_steps", "--iter_end"),

@@ -2,7 +2,7 @@
 searches, each regrowing a budget the controller picks (--min_restore_frac .. --max_restore_frac of all
 groupable channels, --budget_space_size options) until --target_sparsity (channel sparsity).
 
-The search of regrowth_iterative.py with the channel granularity (utils/regrowth_runs.py): every iteration
+The search of regrowth_iterative.py with the channel granularity (utils/search/drivers.py): every iteration
 recomputes SSIM per group and capacities on the current model, trains a fresh controller, rewards an
 episode by its val gain over the structured pruning baseline (--baseline_dir, default the structured
 iterative prune folder) at its new channel sparsity, and carries the best post-finetune model forward.

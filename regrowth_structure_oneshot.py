@@ -2,7 +2,7 @@
 K = --regrow_step (alias --sparsity_delta) · all groupable channels across the coupled channel groups that
 pruning damaged most.
 
-The search of regrowth_oneshot.py with the channel granularity (utils/regrowth_runs.py): a unit is a
+The search of regrowth_oneshot.py with the channel granularity (utils/search/drivers.py): a unit is a
 coupled group (a residual stream is one group: no shortcut special case), its capacity its masked
 channels; SSIM compares the output of each group's root layer (dense vs masked, same shapes); channel
 scores are fisher (sum of g²θ² over every slice of the group, default) or taylor (sum of |g·θ|) on the

@@ -8,12 +8,12 @@ Each pruner runs once to warm up, then three times from the same dense masks; th
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
 from benchmarks.common import machine, save_results, sync
 from models import create_model
+from utils.core.timer import Timer
 from utils.prune.pruners import get_pruner, list_pruners
 from utils.sparsity.masks import add_reparam, get_masks, num_prunable, set_masks, sparsity
 
@@ -39,11 +39,11 @@ def main() -> None:
             set_masks(model, dense)
             generator = torch.Generator(device=device).manual_seed(0)
             sync(device)
-            start = time.perf_counter()
-            pruner.prune(model, args.amount, generator)
-            sync(device)
+            with Timer() as timer:
+                pruner.prune(model, args.amount, generator)
+                sync(device)
             if run:  # the first run warms up
-                times.append(time.perf_counter() - start)
+                times.append(timer.seconds)
         results[name] = {"seconds": min(times), "sparsity": sparsity(model)}
         print(f"  {name:<9} {min(times):6.3f} s   sparsity {sparsity(model):.6f}")
     print(f"results: {save_results('bench_prune', {'model': args.model, 'amount': args.amount, **results})}")

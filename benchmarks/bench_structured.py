@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 
-from benchmarks.common import machine, save_results, sync
+from benchmarks.common import machine, save_results, timed
 from models import create_model, model_spec
 from utils.device.latency import latencies_ms
 from utils.prune.pruners import get_pruner
@@ -36,14 +35,7 @@ MASK_PRUNERS = ["l1", "l2", "lamp", "bn_scale", "random"]
 def best_seconds(fn, device: torch.device, repeats: int) -> float:
     """Best wall time of ``repeats`` calls of ``fn`` after one warm-up call."""
     fn()
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return min(times)
+    return timed(fn, device, repeats)
 
 
 def mask_speed(name: str, device: torch.device, repeats: int) -> dict:

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import json
 import platform
-import time
 from pathlib import Path
 
 import torch
+
+from utils.core.timer import Timer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,10 +23,10 @@ def timed(fn, device: torch.device, repeats: int = 1) -> float:
     best = float("inf")
     for _ in range(repeats):
         sync(device)
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        best = min(best, time.perf_counter() - start)
+        with Timer() as timer:
+            fn()
+            sync(device)
+        best = min(best, timer.seconds)
     return best
 
 

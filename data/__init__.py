@@ -14,6 +14,7 @@ import torch
 
 from data.loader import Augment, DeviceLoader
 from utils.core.errors import UsageError
+from utils.core.registry import Registry
 from utils.core.seeds import make_generator
 
 
@@ -61,36 +62,32 @@ class DataBundle:
 
 
 Reader = Callable[[Path, bool], RawDataset]  # (data_dir, download allowed) -> data
-_READERS: dict[str, Reader] = {}
-_ALIASES = {"CIFAR10": "cifar10", "cifar-10": "cifar10", "tiny-imagenet": "tiny_imagenet"}
+_READERS: Registry[Reader] = Registry("dataset", aliases={"CIFAR10": "cifar10", "cifar-10": "cifar10",
+                                                          "tiny-imagenet": "tiny_imagenet"})
 
 
 def register_dataset(name: str) -> Callable[[Reader], Reader]:
     """Decorator registering ``reader(data_dir, download) -> RawDataset`` under ``name``."""
 
     def wrap(reader: Reader) -> Reader:
-        _READERS[name] = reader
-        return reader
+        return _READERS.add(name, reader)
 
     return wrap
 
 
 def list_datasets() -> list[str]:
     """Registered data set names."""
-    return list(_READERS)
+    return _READERS.names()
 
 
 def canonical_dataset(name: str) -> str:
     """The registry name for ``name`` (aliases such as 'CIFAR10' accepted); unknown names are usage errors."""
-    canonical = _ALIASES.get(name, name)
-    if canonical not in _READERS:
-        raise UsageError(f"unknown dataset '{name}'; choose one of: {', '.join(list_datasets())}")
-    return canonical
+    return _READERS.canonical(name)
 
 
 def load_raw(name: str, data_dir: str | Path, download: bool = True) -> RawDataset:
     """Read the full data set ``name`` from ``data_dir`` into CPU memory."""
-    return _READERS[canonical_dataset(name)](Path(data_dir), download)
+    return _READERS.get(name)(Path(data_dir), download)
 
 
 def split_train_val(train: ImageSet, val_split: float, seed: int) -> tuple[ImageSet, ImageSet]:

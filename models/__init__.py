@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
-from utils.core.errors import UsageError
+from utils.core.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -24,18 +24,17 @@ class ModelSpec:
     input_size: int  # square input resolution in pixels (32 CIFAR, 64 Tiny-ImageNet)
 
 
-_REGISTRY: dict[str, ModelSpec] = {}
-_ALIASES = {
+_REGISTRY: Registry[ModelSpec] = Registry("model", aliases={
     "VGGTinyImageNet": "vgg16TinyImageNet",
     "EfficientNetB0TinyImageNet": "effnetTinyImageNet",
-}
+})
 
 
 def register_model(name: str, *, num_classes: int, input_size: int):
     """Decorator adding ``builder(num_classes) -> nn.Module`` to the registry under ``name``."""
 
     def wrap(builder: Callable[[int], nn.Module]) -> Callable[[int], nn.Module]:
-        _REGISTRY[name] = ModelSpec(name, builder, num_classes, input_size)
+        _REGISTRY.add(name, ModelSpec(name, builder, num_classes, input_size))
         return builder
 
     return wrap
@@ -43,15 +42,12 @@ def register_model(name: str, *, num_classes: int, input_size: int):
 
 def list_models() -> list[str]:
     """Registered model names, in registration order."""
-    return list(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def model_spec(name: str) -> ModelSpec:
     """The spec for ``name`` (aliases accepted); unknown names raise ``UsageError`` listing the valid ones."""
-    canonical = _ALIASES.get(name, name)
-    if canonical not in _REGISTRY:
-        raise UsageError(f"unknown model '{name}'; choose one of: {', '.join(list_models())}")
-    return _REGISTRY[canonical]
+    return _REGISTRY.get(name)
 
 
 def create_model(name: str, num_classes: int | None = None) -> nn.Module:

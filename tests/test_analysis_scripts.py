@@ -52,7 +52,7 @@ def test_single_layer_analysis(pair):
     rows = read_csv(folder / "single_layer.csv")
     assert [r["layer"] for r in rows] == layers
     start = round(0.9 * 270_896) / 270_896  # the pruned start's exact sparsity
-    k = int((start - 0.89) * 270_896)  # regrowth budgets floor (utils/budget.py), as the original's int()
+    k = int((start - 0.89) * 270_896)  # regrowth budgets floor (utils/sparsity/budget.py), as the original's int()
     assert all(int(r["regrown"]) == min(k, int(r["capacity"])) for r in rows)
     corr = json.loads((folder / "correlation.json").read_text())
     assert corr["K"] == k and corr["layers"] == 4

@@ -10,7 +10,7 @@ import pytest
 import report
 from tests.conftest import run_main, tree
 from utils.core.files import write_csv
-from utils.results.records import collect, expand_roots
+from utils.results.records import RegrowthOutcome, collect, expand_roots
 from utils.results.tables import regrowth_table, tables
 
 
@@ -86,3 +86,25 @@ def test_bad_roots(tmp_path, capsys):
     code, _, err = run_main(report.main, [str(tmp_path / "a"), str(tmp_path / "b")], capsys)
     assert code == 2 and err.count("error:") == 1 and "different models" in err and "Traceback" not in err
     assert tree(tmp_path) == before
+
+
+def test_current_summaries_and_old_greedy_ones_without_a_granularity(tmp_path):
+    """Summaries in the shared schema are read by their own keys; a greedy summary from before it recorded its
+    granularity takes it from its folder (greedy_channel_* is channels, not weights)."""
+    _write_seed(tmp_path / "seed1", {0.98: 60.0, 0.99: 50.0}, {"sparsity": 0.98, "val": 63.0, "test": 62.0},
+                greedy=False)
+    folder = tmp_path / "seed1" / "resnet20"
+    outcome = RegrowthOutcome("random search", "iterative", "weight", 0.99, 50.0, 0.97, 64.0, 63.5, 12, 2, 9.0)
+    (folder / "random_regrowth_iterative").mkdir()
+    (folder / "random_regrowth_iterative" / "summary.json").write_text(json.dumps(
+        {"dataset": "synthetic", "iterations": [], **outcome.fields()}))
+    (folder / "greedy_channel_prop").mkdir()
+    (folder / "greedy_channel_prop" / "summary.json").write_text(json.dumps(
+        {"dataset": "synthetic", "mode": "prop", "start_sparsity": 0.9,
+         "iterations": [{"sparsity": 0.85, "val_acc": 55.0, "test_acc": 54.0}]}))
+    records = {r["method"]: r for r in collect([tmp_path / "seed1"]) if r["kind"] == "regrowth"}
+    assert records["random search"]["schedule"] == "iterative" and records["random search"]["test_acc"] == 63.5
+    assert records["random search"]["episodes"] == 12 and records["random search"]["seconds"] == 9.0
+    assert records["greedy prop"]["granularity"] == "channel" and records["greedy prop"]["test_acc"] == 54.0
+    assert records["RL"]["granularity"] == "weight"
+    assert {row["method"] for row in regrowth_table(list(records.values()))} == {"RL", "random search", "greedy prop"}

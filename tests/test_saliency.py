@@ -84,7 +84,7 @@ def test_per_class_saliency_shapes_and_consistency():
 
 
 def _cached(ckpt, model, loader, cache, settings, num_batches=None):
-    """Saliency through the content-keyed cache, as utils/scores.py calls it."""
+    """Saliency through the content-keyed cache, as utils/scoring/layer_scores.py calls it."""
     return sal.cached_scores(ckpt, lambda: sal.saliency(model, loader, num_batches), cache,
                              {"num_batches": num_batches, **settings}, CPU)
 

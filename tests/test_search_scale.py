@@ -177,7 +177,7 @@ def test_random_search_draws_from_the_action_space_and_never_learns(start):
     rows = read_csv(out / "episodes.csv")
     assert len(rows) == 3 and len({r["allocation"] for r in rows}) == 3
     policy = torch.load(out / "search_state.pt", weights_only=True)["trainer"]["policy"]
-    torch.manual_seed(42)  # the seed trainer_from_args gives the policy's initial weights
+    torch.manual_seed(42)  # the seed make_trainer gives the policy's initial weights
     fresh = AllocationPolicy(11, 64).state_dict()
     assert all(torch.equal(policy[k], fresh[k]) for k in fresh)
     summary = json.loads((out / "summary.json").read_text())

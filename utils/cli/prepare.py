@@ -53,7 +53,7 @@ def prepare_model_only(args: argparse.Namespace, ckpt: Checkpoint, granularity: 
 
 
 def prepare_dense_sparse(args: argparse.Namespace, sparse_path: str | Path, reparam: bool = False,
-                         granularity: str | None = "weight") -> tuple[Stage, DenseSparse]:
+                         granularity: str | None = default_granularity()) -> tuple[Stage, DenseSparse]:
     """Stage for the sparse checkpoint ``sparse_path`` (model and data set default to the ones it records)
     and both models: the dense one from ``--pretrained`` (default ``pretrained_path``) and the sparse one,
     which must carry masks. ``granularity=None`` works at the checkpoint's own granularity."""

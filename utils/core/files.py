@@ -1,4 +1,4 @@
-"""Run set-up: seeds, the device (resolved once), run folders and logging."""
+"""Files: atomic writes (temp file, fsync, rename), JSON and CSV, the git revision, and the --resume settings check."""
 from __future__ import annotations
 
 import csv

@@ -1,4 +1,4 @@
-"""Run set-up: seeds, the device (resolved once), run folders and logging."""
+"""Logging: one logger, the run folder's log file, and the closing "wrote ... / next:" lines of a stage."""
 from __future__ import annotations
 
 import contextlib

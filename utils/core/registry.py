@@ -12,11 +12,13 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    """An ordered ``name -> T`` table; ``kind`` names what it holds in messages (e.g. ``"pruner"``)."""
+    """An ordered ``name -> T`` table; ``kind`` names what it holds in messages (e.g. ``"pruner"``); ``aliases``
+    map other spellings to registered names (e.g. the original repository's model names)."""
 
-    def __init__(self, kind: str, entries: dict[str, T] | None = None) -> None:
+    def __init__(self, kind: str, entries: dict[str, T] | None = None, aliases: dict[str, str] | None = None) -> None:
         self.kind = kind
         self._entries: dict[str, T] = dict(entries or {})
+        self._aliases = dict(aliases or {})
 
     def add(self, name: str, value: T) -> T:
         """Register ``value`` under ``name`` (a second entry of one name is a programming error)."""
@@ -29,13 +31,18 @@ class Registry(Generic[T]):
         """Decorator form of ``add``."""
         return lambda value: self.add(name, value)
 
-    def get(self, name: str, flag: str | None = None) -> T:
-        """The entry called ``name``; an unknown name is a ``UsageError`` that lists the valid ones (``flag``: the
-        command-line flag that gave it, named in the message)."""
-        if name not in self._entries:
+    def canonical(self, name: str, flag: str | None = None) -> str:
+        """The registered name of ``name`` (an alias resolved); an unknown name is a ``UsageError`` that lists the
+        valid ones (``flag``: the command-line flag that gave it, named in the message)."""
+        canonical = self._aliases.get(name, name)
+        if canonical not in self._entries:
             given = f"{flag} {name}" if flag else f"'{name}'"
             raise UsageError(f"unknown {self.kind} {given}; choose one of: {', '.join(self._entries)}")
-        return self._entries[name]
+        return canonical
+
+    def get(self, name: str, flag: str | None = None) -> T:
+        """The entry called ``name`` (or an alias of it); an unknown name is a ``UsageError`` (see ``canonical``)."""
+        return self._entries[self.canonical(name, flag)]
 
     def __getitem__(self, name: str) -> T:
         """``registry[name]``: the same as ``get(name)``."""

@@ -1,4 +1,4 @@
-"""Run set-up: seeds, the device (resolved once), run folders and logging."""
+"""Seeds and devices: the run seed, role seeds and generators (e.g. the val split's), and --device resolved once."""
 from __future__ import annotations
 
 import random

@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from kneed import KneeLocator
 
 from utils.core.errors import UsageError
 from utils.core.registry import Registry
@@ -65,8 +66,6 @@ def two_segment(s: list[float], a: list[float]) -> float | None:
 def kneedle(s: list[float], a: list[float]) -> float | None:
     """The Kneedle knee of a concave decreasing curve (``kneed.KneeLocator``); None for a flat curve (it
     has no knee, and kneed would divide by zero normalising it)."""
-    from kneed import KneeLocator
-
     if max(a) == min(a):
         return None
     knee = KneeLocator(s, a, curve="concave", direction="decreasing").knee

@@ -4,13 +4,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+
+matplotlib.use("Agg")  # before pyplot: figures are files, never windows
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 from utils.core.files import atomic_write, read_csv  # noqa: E402,F401  (read_csv: plots read run CSVs)
-
-matplotlib.use("Agg")
 
 
 def sparsity_limits(xs: list[float]) -> tuple[float, float]:

@@ -152,7 +152,7 @@ def _legacy_outcome(s: dict, path: Path) -> dict | None:
         return None
     if "mode" in s and "iterations" in s:  # greedy
         last = (s.get("iterations") or [{}])[-1]
-        return {"method": f"greedy {s['mode']}", "granularity": s.get("granularity"),
+        return {"method": f"greedy {s['mode']}", "granularity": s.get("granularity") or _greedy_granularity(folder),
                 "schedule": "oneshot" if len(s["iterations"]) <= 1 else "iterative",
                 "start_sparsity": s.get("start_sparsity"), "start_test_acc": s.get("start_test_acc"),
                 "final_sparsity": last.get("sparsity"), "final_val_acc": last.get("val_acc"),
@@ -170,6 +170,13 @@ def _legacy_outcome(s: dict, path: Path) -> dict | None:
             "final_sparsity": final[0], "final_val_acc": final[1], "final_test_acc": final[2],
             "episodes": s.get("episodes"), "finetune_epochs": s.get("finetune_epochs"),
             "seconds": s.get("search_seconds")}
+
+
+def _greedy_granularity(folder: str) -> str | None:
+    """The granularity whose greedy folder stem starts ``folder`` (the longest stem first: ``greedy_channel_``
+    before ``greedy_``), for greedy summaries written before they recorded it."""
+    stems = sorted(((granularity_class(n).greedy_stem, n) for n in list_granularities()), key=lambda x: -len(x[0]))
+    return next((name for stem, name in stems if folder.startswith(f"{stem}_")), None)
 
 
 def collect(roots: list[Path]) -> list[dict]:

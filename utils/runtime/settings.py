@@ -2,7 +2,9 @@
 
 A stage script's flags become these dataclasses in one place per flag group (``utils.cli.flags``); everything
 below the scripts takes them. Each field says its unit and range; the defaults are the flags' defaults, so a
-settings object built by hand (tests, benchmarks, notebooks) behaves as the command line with no flags.
+settings object built by hand (tests, benchmarks, notebooks) behaves as the command line with no flags, except
+where scripts differ among themselves: ``FinetuneSettings`` defaults to no early stop and no warm-up (the
+scripts' ``--patience`` is 40 or 50, finetune.py warms up).
 """
 from __future__ import annotations
 
@@ -53,7 +55,7 @@ class FinetuneSettings:
     epochs: int  # finetune epochs, >= 1
     lr: float = 3e-4  # AdamW learning rate
     weight_decay: float = 0.01  # AdamW weight decay
-    patience: int = 50  # stop after N epochs without a val gain (0: never)
+    patience: int = 0  # stop after N epochs without a val gain (0: never; the scripts' flags default to 40-50)
     select_on: str = "val"  # split that picks the best epoch: val, or test (only to reproduce the original)
     warmup_frac: float | None = None  # None: constant lr; a fraction in [0, 1]: linear warm-up over that share of
     # all steps, then cosine decay to 0 (the full finetune of finetune.py)

@@ -1,8 +1,8 @@
-"""What every stage script does first (resolve device, model, data set and granularity, seed, load the
-data) and how every stage loads and saves models.
+"""``Stage``: the resolved set-up of one stage run (settings, device, model, data set, granularity), and how
+every stage loads and saves models through it (``utils/cli/prepare.py`` builds one from the flags).
 
-Everything that can fail on user input (unknown names, missing data, a model that cannot take the data
-set's images, no CUDA, a checkpoint of the wrong granularity) fails here, before any file is written.
+Everything that can fail on loading a checkpoint (another model, a checkpoint of another granularity, a
+physical export where the full shape is needed, another dense parent) fails here, before any file is written.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from utils.runtime.checkpoint import (
 from utils.runtime.settings import RunSettings
 from utils.runtime.train import use_channels_last
 from utils.runtime.upstream import inflate
-from utils.sparsity.granularity import Granularity, get_granularity, granularity_class
+from utils.sparsity.granularity import Granularity, default_granularity, get_granularity, granularity_class
 from utils.sparsity.physical import rebuild_exported
 
 DEFAULT_DATASET = {32: "cifar10", 64: "tiny_imagenet"}  # by the model's input resolution
@@ -50,7 +50,7 @@ class Stage:
     dataset: str  # canonical data set name
     data: DataBundle | None  # None for stages that need no images (export)
     num_classes: int
-    granularity_name: str = "weight"
+    granularity_name: str = field(default_factory=default_granularity)
     lineages: dict[str, str | None] = field(default_factory=dict)  # loaded file -> its dense model's fingerprint
 
     @property

@@ -31,7 +31,7 @@ from utils.sparsity.granularity import Granularity, Scores
 from utils.sparsity.grow import random_scores_like
 from utils.sparsity.masks import effective_param, stored_param
 
-# (stage, dense/sparse pair, reference model or None) -> per-entry unit scores
+# (stage, dense/sparse pair, reference model or None, saliency settings) -> per-entry unit scores
 Selector = Callable[[Stage, DenseSparse, "nn.Module | None", ScoringSettings], Scores]
 
 

@@ -96,13 +96,16 @@ def _write(tensor: torch.Tensor, idx: torch.Tensor, values: torch.Tensor | float
     tensor[torch.unravel_index(idx, tensor.shape)] = values
 
 
-def _reset_optimizer_state(optimizer: torch.optim.Optimizer | None, param: torch.Tensor, idx: torch.Tensor) -> None:
-    """Zero every per-weight state buffer (momentum, Adam moments) of ``param`` at ``idx``."""
+def reset_optimizer_state(optimizer: torch.optim.Optimizer | None, param: torch.Tensor,
+                          zero: Callable[[torch.Tensor], object]) -> None:
+    """Give regrown entries of ``param`` fresh optimizer state: ``zero`` (which zeroes those entries of a tensor
+    shaped like ``param``, in place) is applied to every per-entry buffer (momentum, Adam moments). The one
+    reset of both regrowth kernels (weights: flat positions; channels: slices along a dimension)."""
     if optimizer is None or param not in optimizer.state:
         return
     for value in optimizer.state[param].values():
         if isinstance(value, torch.Tensor) and value.shape == param.shape:
-            _write(value, idx, 0.0)
+            zero(value)
 
 
 @torch.no_grad()
@@ -128,7 +131,7 @@ def apply_regrowth(model: nn.Module, allocation: dict[str, int], scores: dict[st
         values = init(module, idx, None if dense is None else dense.get(name), draws)
         _write(module.weight_orig, idx, values)
         _write(module.weight_mask, idx, 1.0)
-        _reset_optimizer_state(optimizer, module.weight_orig, idx)
+        reset_optimizer_state(optimizer, module.weight_orig, lambda t, idx=idx: _write(t, idx, 0.0))
         regrown[name] = len(idx)
     return regrown
 

@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 
 from utils.core.errors import UsageError
-from utils.sparsity.grow import Draws, draw_base, keyed_uniform, top_pruned
+from utils.sparsity.grow import Draws, draw_base, keyed_uniform, reset_optimizer_state, top_pruned
 from utils.sparsity.masks import effective_param, stored_param
 
 # (slice kind, param) -> value rule per strategy; a rule maps (stored, dense, positions, dim, draws) -> values,
@@ -69,15 +69,6 @@ _RULES: dict[str, dict[tuple[str, str], Rule | None]] = {
 }
 
 
-def _reset_state(optimizer: torch.optim.Optimizer | None, param: torch.Tensor, pos: torch.Tensor, dim: int) -> None:
-    """Zero every per-entry optimizer buffer (momentum, Adam moments) of ``param`` at ``pos`` along ``dim``."""
-    if optimizer is None or param not in optimizer.state:
-        return
-    for value in optimizer.state[param].values():
-        if isinstance(value, torch.Tensor) and value.shape == param.shape:
-            value.index_fill_(dim, pos, 0.0)
-
-
 def _running_stats(module: nn.Module, dense_module: nn.Module | None, pos: torch.Tensor, strategy: str) -> None:
     """Copy (``dense``) or reset (mean 0, var 1) the running statistics of BN entries ``pos``."""
     if module.running_mean is None:
@@ -106,7 +97,7 @@ def initialise(group, modules: dict[str, nn.Module], channels: torch.Tensor, str
                          else None)  # effective: a masked source's ``weight`` attribute may be stale
             draws = functools.partial(keyed_uniform, base, f"{s.module}.{s.param}", stored.shape, stored.device)
             stored.data.index_copy_(s.dim, pos, rule(stored.detach(), reference, pos, s.dim, draws))
-        _reset_state(optimizer, stored, pos, s.dim)
+        reset_optimizer_state(optimizer, stored, lambda t, dim=s.dim, pos=pos: t.index_fill_(dim, pos, 0.0))
         if s.kind == "norm" and s.param == "weight":
             _running_stats(module, dense_modules.get(s.module), pos, strategy)
 

@@ -96,11 +96,13 @@ class DeviceLoader:
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.device = device
         self.shards = 1  # > 1: one rank's shard of a data-parallel split (see ``shard``)
+        self.max_batches: int | None = None  # batches per iteration (None: one pass over the split; see ``steps``)
         self._rows = torch.arange(self.height, device=device)
         self._cols = torch.arange(self.width, device=device)
 
     def __len__(self) -> int:
-        return math.ceil(len(self.labels) / self.batch_size)
+        """Batches one iteration yields: one pass over the split, or ``steps``' count."""
+        return self.max_batches if self.max_batches is not None else math.ceil(len(self.labels) / self.batch_size)
 
     def shard(self, rank: int, shards: int, generator: torch.Generator) -> DeviceLoader:
         """This rank's share for data-parallel training: images ``rank, rank + shards, ...`` (every shard
@@ -115,6 +117,21 @@ class DeviceLoader:
         view.shards = shards
         return view
 
+    def steps(self, batches: int) -> DeviceLoader:
+        """A view (same tensors, no copy) whose iteration yields exactly ``batches`` batches (>= 1): fewer than one
+        pass, or several passes, each reshuffled from the generator (a step-budgeted finetune: one "epoch" of it
+        is ``batches`` optimizer steps)."""
+        view = copy.copy(self)
+        view.max_batches = batches
+        return view
+
+    def first(self, n: int) -> DeviceLoader:
+        """A view of the first ``n`` images (all when the split has fewer), in the same order: the same images
+        whenever it is asked for (e.g. the val images a search's rewards are measured on)."""
+        view = copy.copy(self)
+        view.pixels, view.labels = self.pixels[:n], self.labels[:n]
+        return view
+
     def with_generator(self, generator: torch.Generator) -> DeviceLoader:
         """A view of this loader (same tensors, no copy) that draws order and augmentation from ``generator``."""
         view = copy.copy(self)
@@ -127,6 +144,16 @@ class DeviceLoader:
         return len(self.labels)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        left = len(self) if len(self.labels) else 0
+        while left > 0:  # one pass unless ``steps`` asked for another count
+            for batch in self._one_pass():
+                yield batch
+                left -= 1
+                if left == 0:
+                    return
+
+    def _one_pass(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Every image once: shuffled by the generator (training) or in order."""
         n = len(self.labels)
         order = (torch.randperm(n, generator=self.generator, device=self.device) if self.shuffle
                  else torch.arange(n, device=self.device))

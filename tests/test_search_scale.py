@@ -85,6 +85,68 @@ def test_paired_episodes_give_one_allocation_one_reward(start):
     assert len({r["val_acc"] for r in unpaired}) > 1  # its own data order and draws per episode
 
 
+# ---- cheap episodes: --episode_steps, --episode_val_subset -------------------------------------------------
+
+def test_step_budgeted_episodes_take_exactly_s_steps_and_stay_paired(start, monkeypatch):
+    steps = []
+    real_step = torch.optim.AdamW.step
+
+    def counted(self, *args, **kwargs):
+        steps.append(1)
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", counted)  # the mini-finetunes' optimizer (the policy's is Adam)
+    same = ["--num_epochs", "3", "--action_space_size", "1", "--no_skip", "--episode_steps", "3",
+            "--episode_val_subset", "60"]
+    assert regrowth_oneshot.main(_search_args(start, "steps", *same)) == 0
+    assert len(steps) == 3 * 3  # 3 episodes of exactly 3 optimizer steps (fewer than one pass over the data)
+    rows = read_csv(_out(start, "steps") / "episodes.csv")
+    assert len({r["allocation"] for r in rows}) == 1 and len({r["reward"] for r in rows}) == 1  # still paired
+    # the rewards are val accuracies on 60 images: multiples of 1/60, and the start is measured on the same ones
+    assert all(abs(float(r["val_acc"]) * 60 / 100 - round(float(r["val_acc"]) * 60 / 100)) < 1e-6 for r in rows)
+    summary = json.loads((_out(start, "steps") / "summary.json").read_text())
+    assert abs(summary["start_val_acc"] * 60 / 100 - round(summary["start_val_acc"] * 60 / 100)) < 1e-6
+
+
+def test_step_budgeted_search_resumes_exactly(start, monkeypatch, capsys):
+    cheap = ["--num_epochs", "3", "--episode_steps", "4", "--episode_val_subset", "100"]
+    assert regrowth_oneshot.main(_search_args(start, "cheap", *cheap)) == 0
+    rows = read_csv(_out(start, "cheap") / "episodes.csv")
+    real = Search.evaluate
+
+    def killed_in_episode_3(self, index, ep):
+        if index == 2:
+            raise KeyboardInterrupt
+        return real(self, index, ep)
+
+    monkeypatch.setattr(Search, "evaluate", killed_in_episode_3)
+    with pytest.raises(KeyboardInterrupt):
+        regrowth_oneshot.main(_search_args(start, "cheap_cut", *cheap))
+    monkeypatch.setattr(Search, "evaluate", real)
+    assert regrowth_oneshot.main(_search_args(start, "cheap_cut", *cheap, "--resume")) == 0
+    assert read_csv(_out(start, "cheap_cut") / "episodes.csv") == rows
+    # a changed fidelity is another search: resuming it is refused
+    code, _, err = run_main(regrowth_oneshot.main, _search_args(
+        start, "cheap_cut", "--num_epochs", "4", "--episode_steps", "5", "--episode_val_subset", "100", "--resume"),
+        capsys)
+    assert code == 2 and "--episode_steps is 5 but the run being resumed used 4" in err
+
+
+def test_loader_steps_and_first():
+    from data.loader import DeviceLoader
+    images, labels = torch.randint(0, 256, (10, 3, 4, 4), dtype=torch.uint8), torch.arange(10)
+    loader = DeviceLoader(images, labels, batch_size=4, shuffle=True, mean=(0.5,) * 3, std=(0.5,) * 3,
+                          device=torch.device("cpu"), generator=torch.Generator().manual_seed(0))
+    assert len(loader) == 3 and [len(y) for _, y in loader] == [4, 4, 2]  # one pass, unchanged
+    long = loader.steps(5)
+    seen = [y for _, y in long]
+    assert len(long) == 5 and len(seen) == 5  # past one pass: a second, reshuffled pass
+    assert sorted(torch.cat(seen[:3]).tolist()) == list(range(10))
+    assert [len(y) for _, y in loader.steps(2)] == [4, 4]  # fewer than one pass
+    first = loader.first(7)
+    assert first.num_samples == 7 and torch.equal(first.labels, labels[:7]) and loader.num_samples == 10
+
+
 # ---- batched REINFORCE --------------------------------------------------------------------------------
 
 def _trainer(seed: int = 0, **config) -> Reinforce:

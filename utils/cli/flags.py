@@ -332,6 +332,12 @@ def add_controller_args(parser: argparse.ArgumentParser, *, episodes: int, actio
     group.add_argument("--episodes_per_update", type=positive_int, default=1,
                        help="M: episodes sampled from one policy per REINFORCE step (batch-mean baseline; 1: "
                             "one step per episode with an EMA baseline); under torchrun they run in parallel")
+    group.add_argument("--episode_steps", type=positive_int, default=None, metavar="S",
+                       help="cheap episodes: a mini-finetune of exactly S optimizer steps (batches), its reward the "
+                            "val accuracy after them, instead of --finetune_epochs epochs (default: epochs)")
+    group.add_argument("--episode_val_subset", type=positive_int, default=None, metavar="N",
+                       help="measure rewards (and the start they are compared with) on the first N val images only, "
+                            "the same N in every episode, so paired rewards stay paired (default: all val images)")
     group.add_argument("--unpaired_episodes", action="store_true",
                        help="give every episode its own data order and init draws (default: the same for all, "
                             "so rewards differ by the allocation only)")
@@ -465,7 +471,8 @@ def search_settings(args: argparse.Namespace, schedule: str, init_strategy: str)
     """The search of ``add_controller_args`` (one-shot: the advantage divisor --reward_temperature and clip 100;
     iterative: the rolling reward std and clip 10, the original's)."""
     oneshot = schedule == "oneshot"
-    return SearchSettings(episodes=args.num_epochs, finetune_epochs=args.finetune_epochs, lr=args.lr,
+    return SearchSettings(episodes=args.num_epochs, finetune_epochs=args.finetune_epochs,
+                          episode_steps=args.episode_steps, episode_val_subset=args.episode_val_subset, lr=args.lr,
                           weight_decay=args.weight_decay, init_strategy=init_strategy, budget_bonus=args.budget_bonus,
                           early_stop_patience=args.early_stop_patience, min_epochs=args.min_epochs,
                           reward_std_threshold=args.reward_std_threshold, reward_window_size=args.reward_window_size,

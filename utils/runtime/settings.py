@@ -120,6 +120,8 @@ class SearchSettings:
 
     episodes: int = 400  # maximum episodes
     finetune_epochs: int = 50  # mini-finetune epochs per episode (best epoch on val)
+    episode_steps: int | None = None  # instead: a mini-finetune of exactly this many optimizer steps, >= 1
+    episode_val_subset: int | None = None  # rewards on the first N val images only, the same in every episode
     lr: float = 3e-4  # AdamW learning rate of the mini-finetune
     weight_decay: float = 0.01  # AdamW weight decay of the mini-finetune
     init_strategy: str = "zero"  # value of regrown entries

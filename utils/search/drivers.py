@@ -48,6 +48,7 @@ from utils.search.episodes import (
     SearchResult,
     SearchStart,
     check_search_dir,
+    episode_val,
     search_space,
     widen_space,
 )
@@ -97,15 +98,18 @@ def make_trainer(settings: SearchSettings, seed: int, budget_space_size: int = 0
     return Reinforce(policy, settings)
 
 
-def pruning_baseline(stage: Stage, folder: Path) -> dict[float, float]:
+def pruning_baseline(stage: Stage, folder: Path, search: SearchSettings) -> dict[float, float]:
     """{sparsity: val acc} of the plain-pruning checkpoints in ``folder`` (cached beside them), counted at the
-    stage's granularity."""
+    stage's granularity, on the val images the search's rewards use (``episode_val``)."""
+    val = episode_val(stage, search)
+
     def measure(path: Path) -> tuple[float, float]:
         model = stage.load_model(path, sparse=True)
         check_parent(stage, path)  # a baseline pruned from another dense model is no zero point for this one
-        return stage.granularity.sparsity(model), evaluate_model(model, stage.data.val, amp=stage.amp)[1]
+        return stage.granularity.sparsity(model), evaluate_model(model, val, amp=stage.amp)[1]
 
-    settings = {"model": stage.model_name, **stage.val_settings, "granularity": stage.granularity.name}
+    subset = {} if search.episode_val_subset is None else {"episode_val_subset": search.episode_val_subset}
+    settings = {"model": stage.model_name, **stage.val_settings, "granularity": stage.granularity.name, **subset}
     return baseline_table(folder, measure, settings, baseline_cache(stage.run.save_dir, stage.model_name, folder))
 
 
@@ -155,7 +159,7 @@ def prepare_oneshot(job: RegrowthJob) -> OneShot:
            / (cfg.label or f"{sparsity:.4f}"))
     check_search_dir(out, stage)
     regrowth_budget(gran.total(pair.sparse), cfg.regrow_step, sum(gran.capacity(pair.sparse).values()))  # not 0
-    table = pruning_baseline(stage, Path(cfg.baseline_dir)) if cfg.baseline_dir else None
+    table = pruning_baseline(stage, Path(cfg.baseline_dir), cfg.search) if cfg.baseline_dir else None
     setup_logging(out)
     ssim = ssim_scores(stage, cfg.scoring, pair.dense, pair.sparse)
     capacities = gran.capacity(pair.sparse)
@@ -169,7 +173,7 @@ def prepare_oneshot(job: RegrowthJob) -> OneShot:
     budget = (fills.budget(dict(zip(space.layers, space.capacities, strict=True))) if fills is not None
               else regrowth_budget(gran.total(pair.sparse), cfg.regrow_step, sum(space.capacities)))
     scores = selection_scores(stage, pair, reference, cfg.selection, cfg.scoring)
-    _, start_val = evaluate_model(pair.sparse, stage.data.val, amp=stage.amp)
+    _, start_val = evaluate_model(pair.sparse, episode_val(stage, cfg.search), amp=stage.amp)  # the rewards' images
     counted = Budget(total=budget, cost=fills.cost) if fills is not None else Budget(total=budget)
     unit = UNIT_NAMES.get(counted.cost.unit(f"{gran.name}s"), f"{gran.name}s")  # what K counts
     LOG.info("start: %s sparsity %.4f, val %.2f%%; K = %s %s; searching %s", gran.name, sparsity, start_val,
@@ -257,8 +261,8 @@ def run_iterative(job: RegrowthJob) -> dict:
         raise UsageError("--min_budget_frac is larger than --max_budget_frac")
     root = regrowth_dir(run.save_dir, stage.model_name, gran, "iterative", cfg.random_search)
     check_search_dir(iteration_dir(root, 0), stage)
-    table = pruning_baseline(stage, Path(cfg.baseline_dir or prune_dir(run.save_dir, stage.model_name, gran,
-                                                                        "iterative")))
+    baseline_dir = cfg.baseline_dir or prune_dir(run.save_dir, stage.model_name, gran, "iterative")
+    table = pruning_baseline(stage, Path(baseline_dir), cfg.search)
     budget_options(cfg, gran.total(pair.sparse), sum(gran.capacity(pair.sparse).values()))  # none of them 0
     setup_logging(root)
     scores = selection_scores(stage, pair, reference, cfg.selection, cfg.scoring)

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from data.loader import DeviceLoader
 from utils.core.distributed import all_gather, barrier, broadcast, current_world
 from utils.core.errors import UsageError
 from utils.core.files import atomic_save, check_same_run, plain, write_csv
@@ -121,6 +122,13 @@ def check_search_dir(out: Path, stage: Stage) -> None:
     clean_stale_temps(out)
 
 
+def episode_val(stage: Stage, settings: SearchSettings) -> DeviceLoader:
+    """The val images a search's rewards are measured on: all of them, or the first ``episode_val_subset``
+    (the same ones in every episode and for the start's accuracy the rewards are compared with)."""
+    val = stage.data.val
+    return val if settings.episode_val_subset is None else val.first(settings.episode_val_subset)
+
+
 def search_space(ssim: dict[str, float], capacities: dict[str, int], threshold: float) -> SearchSpace:
     """Layers with SSIM <= ``threshold`` and room to regrow, most damaged first (the lowest one if none)."""
     open_layers = {name: s for name, s in ssim.items() if capacities[name] > 0}
@@ -173,6 +181,7 @@ class Search:
         self.parent = start.path
         self.space, self.trainer, self.settings, self.zero_point, self.out = space, trainer, settings, zero_point, out
         self.budget = budget
+        self.val = episode_val(stage, settings)  # what every episode's reward is measured on
         self.unit_costs = budget.cost.unit_costs(space.layers)
         self.policy_rng = make_generator(stage.run.seed, "policy")
         self.world = current_world()
@@ -229,10 +238,12 @@ class Search:
         sampled = sum(allocation.values())
         allocation = self.budget.cost.fit(allocation)
         gran, cfg = self.stage.granularity, self.settings
-        mini = Finetuning(FinetuneSettings(epochs=cfg.finetune_epochs, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                           patience=0),
-                          self.stage.data.train.with_generator(data_rng), self.stage.data.val,
-                          LoopSettings(progress=False, verbose=False, **self.stage.speed))
+        train = self.stage.data.train.with_generator(data_rng)
+        epochs = cfg.finetune_epochs
+        if cfg.episode_steps is not None:  # one "epoch" of exactly episode_steps batches, then the val reward
+            train, epochs = train.steps(cfg.episode_steps), 1
+        mini = Finetuning(FinetuneSettings(epochs=epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, patience=0),
+                          train, self.val, LoopSettings(progress=False, verbose=False, **self.stage.speed))
         applied = apply_allocation(gran, self.sparse, Regrowth(allocation, self.scores, cfg.init_strategy, self.dense,
                                                                init_rng), mini, keep_before=True)
         model, regrown, fit = applied.model, applied.regrown, applied.fit

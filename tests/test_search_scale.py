@@ -419,6 +419,16 @@ def test_reward_noise_benchmark_reports_paired_and_unpaired_noise(tmp_path, monk
     assert result["within_allocation_std"] >= 0 and result["comparison_std_unpaired"] >= 0
 
 
+def test_episode_cost_benchmark_times_both_fidelities(tmp_path, monkeypatch):
+    from benchmarks import bench_episode_cost, common
+
+    monkeypatch.setattr(common, "ROOT", tmp_path)
+    result = bench_episode_cost.main(["--train_subset", "128", "--steps", "1", "--val_subset", "50", "--repeats", "1"])
+    assert result["epoch_steps"] == 1 and result["val_subset"] == 50 and result["train_images"] == 128
+    assert result["epoch_episode_s"] > 0 and result["cheap_episode_s"] > 0
+    assert json.loads((tmp_path / "benchmarks" / "results" / "bench_episode_cost.json").read_text())["steps"] == 1
+
+
 def test_experiment_settings_accept_older_folders_and_name_what_differs(tmp_path):
     from benchmarks.experiment import check_settings
 

@@ -35,6 +35,7 @@ from utils.cli.flags import (
     add_scoring_args,
     add_selection_args,
     add_speed_args,
+    add_units_arg,
     cli_main,
     finetune_settings,
     new_parser,
@@ -57,6 +58,7 @@ from utils.runtime.settings import LoopSettings
 from utils.runtime.train import evaluate_model
 from utils.scoring.layer_scores import ssim_scores
 from utils.scoring.selection import init_source, load_reference, selection_scores
+from utils.search.episodes import search_space
 from utils.sparsity.budget import regrowth_budget
 from utils.sparsity.granularity import list_granularities
 from utils.sparsity.grow import random_scores_like
@@ -77,7 +79,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="regrow weights (layers are units) or channels (coupled channel groups are units); "
                              "default: the checkpoint's own")
     parser.add_argument("--greedy_mode", default="prop", choices=list(GREEDY_ALLOCATIONS),
-                        help="split of the budget over the searched layers: prop (in proportion to 1 - SSIM), fill "
+                        help="split of the budget over the units of --units: prop (in proportion to 1 - SSIM), fill "
                              "(lowest SSIM first, each up to its capacity), uniform, random")
     parser.add_argument("--regrow_step", "--sparsity_delta", dest="regrow_step", type=open_fraction, default=0.01,
                         help="budget per iteration / N_tot (all weights, or all groupable channels)")
@@ -87,6 +89,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--init_strategy", default=None,
                         help=f"{INIT_HELP}; default: the granularity's, or dense with --selection reference")
     add_selection_args(parser)
+    add_units_arg(parser, "all")
     parser.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run")
     return parser.parse_args(argv)
 
@@ -118,8 +121,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     timer = Timer()
     for it in range(args.num_iters):
         caps = {n: c for n, c in gran.capacity(model).items() if c > 0}
+        needs_ssim = args.greedy_mode in SSIM_MODES or args.units == "ssim"
+        ssim = ssim_scores(stage, scoring, pair.dense, model) if needs_ssim else {}
+        if args.units == "ssim":  # the units an RL search of the same flags would search
+            caps = {n: caps[n] for n in search_space(ssim, caps, scoring.ssim_threshold, args.units).layers}
         budget = regrowth_budget(gran.total(model), args.regrow_step, sum(caps.values()))
-        ssim = ssim_scores(stage, scoring, pair.dense, model) if args.greedy_mode in SSIM_MODES else {}
         allocation = GREEDY_ALLOCATIONS.get(args.greedy_mode)(ssim, caps, budget, layer_rng)
         scores = random_scores_like(gran.masks(model), layer_rng) if selected is None else selected
         loop = LoopSettings(progress=not args.no_progress, csv_path=iteration_dir(out, it) / "finetune_log.csv",
@@ -144,7 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     seconds, last_row = timer.seconds, rows[-1]
     outcome = RegrowthOutcome(f"greedy {args.greedy_mode}", "oneshot" if len(rows) == 1 else "iterative", gran.name,
                               start["start_sparsity"], start["start_test_acc"], last_row["sparsity"],
-                              last_row["val_acc"], last_row["test_acc"], None, args.finetune_epochs, seconds)
+                              last_row["val_acc"], last_row["test_acc"], None, args.finetune_epochs, seconds,
+                              args.units)
     write_json(out / SUMMARY, {"model": stage.model_name, "dataset": stage.dataset, "granularity": gran.name,
                                "mode": args.greedy_mode, **start, "final_epochs": args.finetune_epochs,
                                "seconds": seconds, "iterations": rows, **outcome.fields()})

@@ -266,3 +266,24 @@ def test_greedy_iterations_chain_their_parents(start, tmp_path):
     first, second = (read_checkpoint(out / f"iter_{i}" / "best_grown_model.pth").meta for i in (0, 1))
     assert first["parent"] == str(sparse) and second["parent"] == str(out / "iter_0" / "best_grown_model.pth")
     assert second["sparsity"] < first["sparsity"] < 0.95
+
+
+def test_greedy_and_the_search_share_the_unit_set(start, tmp_path):
+    """--units is one choice for every allocator: greedy with ssim spends its budget on the units the RL search
+    searches (same SSIM rule and capacities), and the search with all searches every unit with room."""
+    import regrowth_greedy
+
+    save, dense, sparse = start
+    common = FAST + ["--save_dir", str(tmp_path), "--pretrained", str(dense), "--initial_ckpt", str(sparse)]
+    assert regrowth_oneshot.main(common + ["--num_epochs", "1", "--label", "ssim"]) == 0
+    searched = json.loads((tmp_path / "resnet20" / "regrowth_oneshot" / "ssim" / "summary.json").read_text())
+    assert searched["units"] == "ssim" and 0 < len(searched["searched_layers"]) < 22
+    assert regrowth_greedy.main(common + ["--greedy_mode", "uniform", "--units", "ssim"]) == 0
+    out = tmp_path / "resnet20" / "greedy_uniform"
+    allocation = read_checkpoint(out / "iter_0" / "best_grown_model.pth").meta["allocation"]
+    assert set(allocation) <= set(searched["searched_layers"])  # the same units, whatever the split rule
+    assert sum(allocation.values()) == searched["budget"]
+    assert json.loads((out / "summary.json").read_text())["units"] == "ssim"
+    assert regrowth_oneshot.main(common + ["--num_epochs", "1", "--label", "all", "--units", "all"]) == 0
+    every = json.loads((tmp_path / "resnet20" / "regrowth_oneshot" / "all" / "summary.json").read_text())
+    assert every["units"] == "all" and len(every["searched_layers"]) == 22  # every layer of resnet20 has room

@@ -33,6 +33,7 @@ from utils.runtime.settings import (
     SelectionSettings,
 )
 from utils.scoring.selection import SELECTORS
+from utils.search.episodes import UNIT_SETS
 from utils.sparsity.granularity import granularity_class
 
 INIT_HELP = ("value of regrown entries: weights zero (default) | kaiming | xavier | magnitude | dense; channels "
@@ -432,6 +433,14 @@ def schedule_settings(args: argparse.Namespace) -> ScheduleSettings:
                             target_sparsity=tuple(args.target_sparsity or ()))
 
 
+def add_units_arg(parser: argparse.ArgumentParser, default: str) -> None:
+    """--units, the one choice of which units any allocator (RL, random search, greedy) may regrow into."""
+    parser.add_argument("--units", choices=UNIT_SETS, default=default,
+                        help="units the budget may go to: ssim (those with SSIM <= --ssim_threshold, the lowest one "
+                             "if none; the search's default) or all (every unit with pruned entries; greedy's "
+                             "default). Give both allocators the same choice to compare allocators, not unit sets")
+
+
 def add_search_args(parser: argparse.ArgumentParser, granularity: str, schedule: str) -> None:
     """Every flag of a regrowth search script at ``granularity`` (weight|channel) and ``schedule``
     (oneshot|iterative), with the original scripts' names as aliases."""
@@ -443,6 +452,7 @@ def add_search_args(parser: argparse.ArgumentParser, granularity: str, schedule:
     add_controller_args(parser, episodes=episodes, action_space_size=actions, finetune_epochs=epochs,
                         patience=patience, default_init=kind.default_init)
     add_selection_args(parser)
+    add_units_arg(parser, "ssim")
     parser.set_defaults(saliency_batches=kind.score_batches)
     default_baseline = {"iterative": f"{{save_dir}}/{{m_name}}/{prune_dir('', '', kind, 'iterative').name}",
                         "oneshot": "none: the sparse start's own val accuracy"}[schedule]

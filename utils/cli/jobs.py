@@ -20,7 +20,8 @@ def regrowth_settings(args: argparse.Namespace, granularity: str, schedule: str)
     selection = selection_settings(args, kind.default_init)
     kind.check_init(selection.init_strategy)
     common = dict(search=search_settings(args, schedule, selection.init_strategy), scoring=scoring_settings(args),
-                  selection=selection, random_search=args.random_search, baseline_dir=args.baseline_dir)
+                  selection=selection, random_search=args.random_search, baseline_dir=args.baseline_dir,
+                  units=args.units)
     if schedule == "oneshot":
         return RegrowthSettings(**common, regrow_step=args.regrow_step, label=args.label, profile=profile)
     return RegrowthSettings(**common, target_sparsity=args.target_sparsity, num_iters=args.num_iters,

@@ -69,7 +69,7 @@ def trim_csv(path: Path, keep: Callable[[dict[str, str]], bool]) -> None:
 
 
 # flags added after runs had been recorded without them, with the value those runs had in effect
-NEWER_FLAGS = {"eval_subset": None, "episode_steps": None, "episode_val_subset": None}
+NEWER_FLAGS = {"eval_subset": None, "episode_steps": None, "episode_val_subset": None, "units": "ssim"}
 
 
 def check_same_run(saved: dict, current: Mapping[str, Any], may_change: set[str]) -> None:

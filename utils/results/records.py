@@ -61,6 +61,7 @@ class RegrowthOutcome:
     episodes: int | None  # search episodes in all (None: greedy)
     finetune_epochs: int  # per episode (search) or per iteration (greedy)
     seconds: float  # search or regrowth wall time, resumed segments summed
+    units: str | None = None  # the units the allocator could regrow into: ssim | all (None: not recorded)
 
     def fields(self) -> dict:
         """The keys as written into ``summary.json``."""

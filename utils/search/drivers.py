@@ -66,6 +66,7 @@ class RegrowthSettings:
     scoring: ScoringSettings
     selection: SelectionSettings
     random_search: bool = False  # allocations drawn uniformly, no policy step (random_regrowth_* folders)
+    units: str = "ssim"  # the units searched: ssim (SSIM <= threshold) | all (every unit with room)
     baseline_dir: str | None = None  # pruning checkpoints whose interpolated val accuracy is the zero point
     # one-shot
     regrow_step: float = 0.01  # K as a fraction of N_tot, in (0, 1)
@@ -163,7 +164,7 @@ def prepare_oneshot(job: RegrowthJob) -> OneShot:
     setup_logging(out)
     ssim = ssim_scores(stage, cfg.scoring, pair.dense, pair.sparse)
     capacities = gran.capacity(pair.sparse)
-    space = search_space(ssim, capacities, cfg.scoring.ssim_threshold)
+    space = search_space(ssim, capacities, cfg.scoring.ssim_threshold, cfg.units)
     if fills is not None:  # the searched units must be able to hold what fills the device
         selected, space = len(space.layers), widen_space(space, ssim, capacities,
                                                          lambda caps: fills.room(caps) >= fills.need)
@@ -206,7 +207,7 @@ def run_oneshot(regrowth: RegrowthJob) -> SearchResult:
     summary.update(RegrowthOutcome(
         SEARCH_METHODS[cfg.random_search], "oneshot", gran.name, job.start_sparsity, summary["start_test_acc"],
         best.sparsity, best.val_acc, summary["best_test_acc"], len(search.history), cfg.search.finetune_epochs,
-        search.seconds).fields())
+        search.seconds, cfg.units).fields())
     if job.profile is not None:
         best_model = stage.load_model(search.out / BEST_MODEL)
         summary["device"] = check_fit(job.profile, model_costs(job.profile, gran, best_model, stage.device))
@@ -231,7 +232,7 @@ def run_iteration(job: RegrowthJob, source: nn.Module, current: nn.Module, curre
     """One search from ``current``; writes ``out`` and returns the iteration's summary row."""
     stage, pair, cfg, gran = job.stage, job.pair, job.settings, job.stage.granularity
     space = search_space(ssim_scores(stage, cfg.scoring, pair.dense, current), gran.capacity(current),
-                         cfg.scoring.ssim_threshold)
+                         cfg.scoring.ssim_threshold, cfg.units)
     options = budget_options(cfg, gran.total(current), sum(space.capacities))
     LOG.info("iteration %d: sparsity %.4f; budgets %s; searching %s", it, gran.sparsity(current), options,
              space.layers)
@@ -289,7 +290,7 @@ def run_iterative(job: RegrowthJob) -> dict:
     summary.update(RegrowthOutcome(
         SEARCH_METHODS[cfg.random_search], "iterative", gran.name, first, summary["start_test_acc"],
         summary["final_sparsity"], summary["final_val_acc"], summary["final_test_acc"], summary["episodes"],
-        cfg.search.finetune_epochs, summary["search_seconds"]).fields())
+        cfg.search.finetune_epochs, summary["search_seconds"], cfg.units).fields())
     write_json(root / SUMMARY, summary)
     LOG.info("final: sparsity %.4f, test %.2f%% (%s)", summary["final_sparsity"], summary["final_test_acc"],
              current_path)

@@ -129,12 +129,18 @@ def episode_val(stage: Stage, settings: SearchSettings) -> DeviceLoader:
     return val if settings.episode_val_subset is None else val.first(settings.episode_val_subset)
 
 
-def search_space(ssim: dict[str, float], capacities: dict[str, int], threshold: float) -> SearchSpace:
-    """Layers with SSIM <= ``threshold`` and room to regrow, most damaged first (the lowest one if none)."""
+UNIT_SETS = ("ssim", "all")  # --units: the units an allocator may regrow into
+
+
+def search_space(ssim: dict[str, float], capacities: dict[str, int], threshold: float,
+                 units: str = "ssim") -> SearchSpace:
+    """The units an allocation may regrow into, most damaged first: ``units="ssim"``, those with SSIM <=
+    ``threshold`` and room to regrow (the lowest one if none); ``"all"``, every unit with room (and an SSIM
+    that is a number: the controller reads it)."""
     open_layers = {name: s for name, s in ssim.items() if capacities[name] > 0}
     if not open_layers:
         raise UsageError("no unit (layer or channel group) has pruned entries to regrow")
-    layers = select_layers(open_layers, threshold)
+    layers = select_layers(open_layers, threshold if units == "ssim" else math.inf)
     return SearchSpace(layers, [capacities[n] for n in layers], [ssim[n] for n in layers])
 
 

@@ -51,7 +51,8 @@ def check_settings(root: Path, settings: dict, ignore: tuple[str, ...] = ()) -> 
     current = {k: str(v) for k, v in settings.items() if k not in ignore}
     if path.is_file():
         stored = {k: v for k, v in json.loads(path.read_text()).items() if k not in ignore}
-        stored.update({k: str(v) for k, v in NEWER_FLAGS.items() if k not in stored and k not in ignore})
+        stored.update({k: str(v) for k, v in NEWER_FLAGS.items()
+                       if k not in stored and k in current and k not in ignore})
         if stored != current:
             differ = sorted(k for k in stored.keys() | current.keys() if stored.get(k) != current.get(k))
             raise UsageError(f"{root} was made with other settings ({path}: {', '.join(differ)} differ); use "

@@ -429,6 +429,28 @@ def test_episode_cost_benchmark_times_both_fidelities(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "benchmarks" / "results" / "bench_episode_cost.json").read_text())["steps"] == 1
 
 
+def test_reward_fidelity_benchmark_scores_every_reward_against_the_truth(tmp_path):
+    from benchmarks import bench_reward_fidelity
+
+    result = bench_reward_fidelity.main(TINY + ["--save_dir", str(tmp_path), "--sparsity", "0.95", "--allocations",
+                                                "5", "--steps", "0", "2", "--val_subset", "100", "--bn_batches", "2",
+                                                "--truth_epochs", "1", "--bootstrap", "20"])
+    rows, table = result["rows"], {r["reward"]: r for r in result["table"]}
+    assert [r["name"] for r in rows[:3]] == ["greedy prop", "greedy fill", "greedy uniform"] and len(rows) == 5
+    assert {"saliency", "bn_recal", "val@0", "val@2", "loss@2", "val@epoch"} <= set(table)
+    # greedy and random draws spend the budget K, the policy's at most K (its options are fractions of what is
+    # left, as in a search); val@0 (zero init, no step) is the start's accuracy for every one of them
+    spent = [sum(r["allocation"].values()) for r in rows]
+    assert spent[0] == spent[1] == spent[2] == spent[4] >= spent[3] and len({r["val@0"] for r in rows}) == 1
+    assert table["val@0"]["tau"] is None  # a constant reward ranks nothing, and says so
+    folder = tmp_path / "fidelity_synthetic_resnet20" / "seed1"
+    assert (folder / "fidelity.png").is_file() and (folder / "fidelity.csv").is_file()
+    again = bench_reward_fidelity.main(TINY + ["--save_dir", str(tmp_path), "--sparsity", "0.95", "--allocations",
+                                               "5", "--steps", "0", "2", "--val_subset", "100", "--bn_batches", "2",
+                                               "--truth_epochs", "1", "--bootstrap", "20"])
+    assert json.dumps(again["rows"], sort_keys=True) == json.dumps(rows, sort_keys=True)  # read back, not rerun
+
+
 def test_experiment_settings_accept_older_folders_and_name_what_differs(tmp_path):
     from benchmarks.experiment import check_settings
 

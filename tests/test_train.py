@@ -8,7 +8,7 @@ import torch.nn.utils.prune as prune
 
 from data.loader import DeviceLoader
 from utils.runtime.settings import LoopSettings
-from utils.runtime.train import FitSchedule, FitState, evaluate_model, fit
+from utils.runtime.train import FitSchedule, FitState, evaluate_model, fit, train_epoch
 from utils.sparsity.masks import add_reparam, effective_weight, prunable_modules
 
 CPU = torch.device("cpu")
@@ -83,3 +83,19 @@ def test_evaluate_restores_mode():
     model = _tiny_net().train()
     evaluate_model(model, _loader())
     assert model.training
+
+
+def test_train_epoch_averages_over_the_images_it_trained_on():
+    """A ``steps`` view may train on more or fewer images than the split holds: loss and accuracy are means over
+    those images (a model that always answers the right class scores exactly 100%, whatever the count)."""
+    loader = _loader(n=40)
+    loader.labels = torch.zeros_like(loader.labels)  # every image is class 0
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4))
+    with torch.no_grad():
+        model[1].weight.zero_()
+        model[1].bias.copy_(torch.tensor([10.0, 0.0, 0.0, 0.0]))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    expected = float(torch.log1p(3 * torch.exp(torch.tensor(-10.0))))  # cross-entropy of logits (10, 0, 0, 0)
+    for steps in (1, 3, 7):  # 16, 48 (past one pass of 40) and 112 images
+        loss, acc = train_epoch(model, loader.steps(steps), optimizer, progress=False)
+        assert acc == pytest.approx(100.0) and loss == pytest.approx(expected, rel=1e-2)

@@ -85,7 +85,8 @@ def _progress(items: Iterable, enabled: bool, desc: str) -> Iterable:
 def train_epoch(model: nn.Module, loader: DeviceLoader, optimizer: torch.optim.Optimizer, *,
                 amp: bool = True, progress: bool = True, desc: str = "train",
                 batch_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> tuple[float, float]:
-    """One pass over ``loader`` with cross-entropy; returns (mean loss, accuracy %) on the augmented data.
+    """One pass over ``loader`` (or its ``steps`` batches) with cross-entropy; returns (mean loss, accuracy %) on
+    the augmented images it trained on.
 
     ``batch_scheduler`` (if any) steps after every optimizer step. A data-parallel shard (``loader.shards``
     > 1) reports the figures of all shards together.
@@ -93,6 +94,7 @@ def train_epoch(model: nn.Module, loader: DeviceLoader, optimizer: torch.optim.O
     model.train()
     loss_sum = torch.zeros((), device=loader.device)
     correct = torch.zeros((), device=loader.device, dtype=torch.long)
+    seen = 0
     for images, labels in _progress(loader, progress, desc):
         with autocast(loader.device, amp):
             logits = model(images)
@@ -104,7 +106,8 @@ def train_epoch(model: nn.Module, loader: DeviceLoader, optimizer: torch.optim.O
             batch_scheduler.step()
         loss_sum += loss.detach().float() * labels.numel()
         correct += (logits.argmax(1) == labels).sum()
-    n = loader.num_samples * loader.shards
+        seen += labels.numel()
+    n = max(seen, 1) * loader.shards  # images this pass trained on (a ``steps`` view: not the split's size)
     if loader.shards > 1:
         all_reduce_sum(loss_sum)
         all_reduce_sum(correct)

@@ -17,8 +17,8 @@ Example:
     python regrowth_greedy.py --m_name resnet20 --initial_ckpt runs/resnet20/oneshot/resnet20_0.9900.pth \\
         --greedy_mode prop --regrow_step 0.01 --finetune_epochs 50
 
-Writes to {save_dir}/{m_name}/greedy_{mode}/ (channels: greedy_channel_{mode}/): iter_{i}/best_grown_model.pth,
-greedy_log.csv, summary.json.
+Writes to {save_dir}/{m_name}/greedy_{mode}/ (channels: greedy_channel_{mode}/; --units ssim adds _ssim):
+iter_{i}/best_grown_model.pth, greedy_log.csv, summary.json.
 """
 from __future__ import annotations
 
@@ -103,7 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     scoring = replace(scoring_settings(args), saliency_batches=args.saliency_batches or gran.score_batches)
     gran.check_init(selection.init_strategy)
     args.init_strategy, args.saliency_batches = selection.init_strategy, scoring.saliency_batches  # as recorded
-    out = check_output_dir(greedy_dir(args.save_dir, stage.model_name, gran, args.greedy_mode),
+    folder = args.greedy_mode + ("" if args.units == "all" else f"_{args.units}")  # the default keeps its name
+    out = check_output_dir(greedy_dir(args.save_dir, stage.model_name, gran, folder),
                            products=["greedy_log.csv", SUMMARY, str(iteration_dir(Path(), 0) / BEST_MODEL)],
                            overwrite=args.overwrite)
     regrowth_budget(gran.total(pair.sparse), args.regrow_step, sum(gran.capacity(pair.sparse).values()))  # not 0

@@ -121,6 +121,8 @@ class DeviceLoader:
         """A view (same tensors, no copy) whose iteration yields exactly ``batches`` batches (>= 1): fewer than one
         pass, or several passes, each reshuffled from the generator (a step-budgeted finetune: one "epoch" of it
         is ``batches`` optimizer steps)."""
+        if batches < 1:
+            raise ValueError(f"a steps view needs at least one batch, not {batches}")
         view = copy.copy(self)
         view.max_batches = batches
         return view

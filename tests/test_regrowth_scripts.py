@@ -279,7 +279,7 @@ def test_greedy_and_the_search_share_the_unit_set(start, tmp_path):
     searched = json.loads((tmp_path / "resnet20" / "regrowth_oneshot" / "ssim" / "summary.json").read_text())
     assert searched["units"] == "ssim" and 0 < len(searched["searched_layers"]) < 22
     assert regrowth_greedy.main(common + ["--greedy_mode", "uniform", "--units", "ssim"]) == 0
-    out = tmp_path / "resnet20" / "greedy_uniform"
+    out = tmp_path / "resnet20" / "greedy_uniform_ssim"  # beside a default (all units) run, never over it
     allocation = read_checkpoint(out / "iter_0" / "best_grown_model.pth").meta["allocation"]
     assert set(allocation) <= set(searched["searched_layers"])  # the same units, whatever the split rule
     assert sum(allocation.values()) == searched["budget"]

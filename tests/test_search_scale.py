@@ -132,6 +132,18 @@ def test_step_budgeted_search_resumes_exactly(start, monkeypatch, capsys):
     assert code == 2 and "--episode_steps is 5 but the run being resumed used 4" in err
 
 
+def test_search_space_of_each_unit_set():
+    from utils.search.episodes import search_space
+
+    ssim = {"a": 0.1, "b": 0.5, "c": 0.9, "d": float("nan")}
+    caps = {"a": 5, "b": 0, "c": 7, "d": 3}  # b has nothing pruned
+    assert search_space(ssim, caps, 0.6).layers == ["a"]
+    assert search_space(ssim, caps, 0.6, "all").layers == ["a", "c"]  # every open unit with a numeric SSIM
+    assert search_space(ssim, {"a": 5, "c": 7}, 0.6, "all").layers == ["a", "c"]  # a unit without capacity: none
+    with pytest.raises(UsageError, match="--units most"):
+        search_space(ssim, caps, 0.6, "most")
+
+
 def test_loader_steps_and_first():
     from data.loader import DeviceLoader
     images, labels = torch.randint(0, 256, (10, 3, 4, 4), dtype=torch.uint8), torch.arange(10)
@@ -438,11 +450,10 @@ def test_reward_fidelity_benchmark_scores_every_reward_against_the_truth(tmp_pat
     rows, table = result["rows"], {r["reward"]: r for r in result["table"]}
     assert [r["name"] for r in rows[:3]] == ["greedy prop", "greedy fill", "greedy uniform"] and len(rows) == 5
     assert {"saliency", "bn_recal", "val@0", "val@2", "loss@2", "val@epoch"} <= set(table)
-    # greedy and random draws spend the budget K, the policy's at most K (its options are fractions of what is
-    # left, as in a search); val@0 (zero init, no step) is the start's accuracy for every one of them
-    spent = [sum(r["allocation"].values()) for r in rows]
-    assert spent[0] == spent[1] == spent[2] == spent[4] >= spent[3] and len({r["val@0"] for r in rows}) == 1
-    assert table["val@0"]["tau"] is None  # a constant reward ranks nothing, and says so
+    # every allocation spends the budget K (a policy draw topped up to it); val@0 (zero init, no step) is the
+    # start's accuracy for every one of them
+    assert len({sum(r["allocation"].values()) for r in rows}) == 1 and len({r["val@0"] for r in rows}) == 1
+    assert table["val@0"]["tau"] is None and "loss@0" in result["dropped"]  # constant, NaN: said, not ranked
     folder = tmp_path / "fidelity_synthetic_resnet20" / "seed1"
     assert (folder / "fidelity.png").is_file() and (folder / "fidelity.csv").is_file()
     again = bench_reward_fidelity.main(TINY + ["--save_dir", str(tmp_path), "--sparsity", "0.95", "--allocations",

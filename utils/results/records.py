@@ -59,7 +59,7 @@ class RegrowthOutcome:
     final_val_acc: float  # what picked the result (val)
     final_test_acc: float
     episodes: int | None  # search episodes in all (None: greedy)
-    finetune_epochs: int  # per episode (search) or per iteration (greedy)
+    finetune_epochs: int | None  # per episode (search; None: episodes of --episode_steps steps) or iteration (greedy)
     seconds: float  # search or regrowth wall time, resumed segments summed
     units: str | None = None  # the units the allocator could regrow into: ssim | all (None: not recorded)
 

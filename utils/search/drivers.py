@@ -114,6 +114,17 @@ def pruning_baseline(stage: Stage, folder: Path, search: SearchSettings) -> dict
     return baseline_table(folder, measure, settings, baseline_cache(stage.run.save_dir, stage.model_name, folder))
 
 
+def episode_epochs(search: SearchSettings) -> int | None:
+    """Mini-finetune epochs per episode, for the summary (None: episodes of ``episode_steps`` steps)."""
+    return None if search.episode_steps is not None else search.finetune_epochs
+
+
+def fidelity(search: SearchSettings) -> dict:
+    """The cheap-episode settings of a search, for its summary (none when it used whole epochs on all val)."""
+    return {k: v for k, v in (("episode_steps", search.episode_steps),
+                              ("episode_val_subset", search.episode_val_subset)) if v is not None}
+
+
 def budget_options(settings: RegrowthSettings, n_tot: int, total_capacity: int) -> list[int]:
     """The B budgets the controller chooses from: linspace(min, max) fractions of N_tot, capped by capacity."""
     fracs = np.linspace(settings.min_budget_frac, settings.max_budget_frac, settings.budget_space_size)
@@ -177,7 +188,9 @@ def prepare_oneshot(job: RegrowthJob) -> OneShot:
     _, start_val = evaluate_model(pair.sparse, episode_val(stage, cfg.search), amp=stage.amp)  # the rewards' images
     counted = Budget(total=budget, cost=fills.cost) if fills is not None else Budget(total=budget)
     unit = UNIT_NAMES.get(counted.cost.unit(f"{gran.name}s"), f"{gran.name}s")  # what K counts
-    LOG.info("start: %s sparsity %.4f, val %.2f%%; K = %s %s; searching %s", gran.name, sparsity, start_val,
+    subset = cfg.search.episode_val_subset
+    LOG.info("start: %s sparsity %.4f, val %.2f%%%s; K = %s %s; searching %s", gran.name, sparsity, start_val,
+             f" (first {subset} val images, as every reward)" if subset else "",
              f"{budget:,}", unit, space.layers)
     zero_point = (lambda s: interpolate(table, s)) if table else (lambda s: start_val)
     search = Search(stage, SearchStart(pair.sparse, pair.sparse_path, scores, init_source(pair, reference)), space,
@@ -206,8 +219,8 @@ def run_oneshot(regrowth: RegrowthJob) -> SearchResult:
         "best": vars(best), **finish(stage, search.out / BEST_MODEL, "best_test_acc")}
     summary.update(RegrowthOutcome(
         SEARCH_METHODS[cfg.random_search], "oneshot", gran.name, job.start_sparsity, summary["start_test_acc"],
-        best.sparsity, best.val_acc, summary["best_test_acc"], len(search.history), cfg.search.finetune_epochs,
-        search.seconds, cfg.units).fields())
+        best.sparsity, best.val_acc, summary["best_test_acc"], len(search.history), episode_epochs(cfg.search),
+        search.seconds, cfg.units).fields(), **fidelity(cfg.search))
     if job.profile is not None:
         best_model = stage.load_model(search.out / BEST_MODEL)
         summary["device"] = check_fit(job.profile, model_costs(job.profile, gran, best_model, stage.device))
@@ -290,7 +303,7 @@ def run_iterative(job: RegrowthJob) -> dict:
     summary.update(RegrowthOutcome(
         SEARCH_METHODS[cfg.random_search], "iterative", gran.name, first, summary["start_test_acc"],
         summary["final_sparsity"], summary["final_val_acc"], summary["final_test_acc"], summary["episodes"],
-        cfg.search.finetune_epochs, summary["search_seconds"], cfg.units).fields())
+        episode_epochs(cfg.search), summary["search_seconds"], cfg.units).fields(), **fidelity(cfg.search))
     write_json(root / SUMMARY, summary)
     LOG.info("final: sparsity %.4f, test %.2f%% (%s)", summary["final_sparsity"], summary["final_test_acc"],
              current_path)

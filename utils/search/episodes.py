@@ -137,7 +137,9 @@ def search_space(ssim: dict[str, float], capacities: dict[str, int], threshold: 
     """The units an allocation may regrow into, most damaged first: ``units="ssim"``, those with SSIM <=
     ``threshold`` and room to regrow (the lowest one if none); ``"all"``, every unit with room (and an SSIM
     that is a number: the controller reads it)."""
-    open_layers = {name: s for name, s in ssim.items() if capacities[name] > 0}
+    if units not in UNIT_SETS:
+        raise UsageError(f"--units {units}: choose one of {', '.join(UNIT_SETS)}")
+    open_layers = {name: s for name, s in ssim.items() if capacities.get(name, 0) > 0}
     if not open_layers:
         raise UsageError("no unit (layer or channel group) has pruned entries to regrow")
     layers = select_layers(open_layers, threshold if units == "ssim" else math.inf)

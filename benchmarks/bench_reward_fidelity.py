@@ -57,18 +57,16 @@ from utils.core.seeds import make_generator  # noqa: E402
 from utils.core.timer import Timer  # noqa: E402
 from utils.regrow.allocation import GREEDY_ALLOCATIONS  # noqa: E402
 from utils.regrow.apply import Finetuning, Regrowth, apply_allocation  # noqa: E402
-from utils.runtime.settings import FinetuneSettings, LoopSettings  # noqa: E402
+from utils.runtime.settings import FinetuneSettings, LoopSettings, SearchSettings  # noqa: E402
 from utils.runtime.train import evaluate_model, train_epoch  # noqa: E402
 from utils.scoring.layer_scores import ssim_scores  # noqa: E402
 from utils.scoring.selection import selection_scores  # noqa: E402
-from utils.search.controller import AllocationPolicy  # noqa: E402
+from utils.search.drivers import make_trainer  # noqa: E402
 from utils.search.episodes import search_space  # noqa: E402
 from utils.sparsity.budget import regrowth_budget  # noqa: E402
 from utils.sparsity.granularity import default_granularity  # noqa: E402
 from utils.sparsity.grow import top_pruned  # noqa: E402
 from utils.sparsity.masks import clone_model  # noqa: E402
-
-LR, WEIGHT_DECAY = 3e-4, 0.01  # the search's mini-finetune (AdamW)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -86,7 +84,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def draw_allocations(args, stage, pair, ssim: dict[str, float], threshold: float) -> list[tuple[str, dict[str, int]]]:
+def draw_allocations(args, stage, pair, ssim: dict[str, float], search: SearchSettings,
+                     threshold: float) -> list[tuple[str, dict[str, int]]]:
     """(name, allocation) pairs: greedy prop / fill / uniform over the units with SSIM <= ``threshold`` (the
     search's), then untrained-policy draws over the same units and uniform random draws over every unit,
     alternating; greedy and random spend the budget K, a policy draw at most K (as an episode does)."""
@@ -97,8 +96,8 @@ def draw_allocations(args, stage, pair, ssim: dict[str, float], threshold: float
     budget = regrowth_budget(gran.total(pair.sparse), args.regrow_step, sum(space.capacities))
     drawn = [(f"greedy {rule}", GREEDY_ALLOCATIONS[rule](ssim, selected, budget)) for rule in ("prop", "fill",
                                                                                                 "uniform")]
-    torch.manual_seed(args.seed)  # the policy's initial weights, as a search of this seed starts with
-    policy, rng = AllocationPolicy(11, 64), make_generator(args.seed, "fidelity")
+    # the untrained policy a search of this seed starts with
+    policy, rng = make_trainer(search, args.seed).policy, make_generator(args.seed, "fidelity")
     while len(drawn) < args.allocations:
         if len(drawn) % 2:
             ep = policy.sample(space.capacities, space.ssim, rng, budget=budget)
@@ -139,8 +138,9 @@ def bn_recalibrated(model: nn.Module, train, batches: int) -> nn.Module:
     return model.eval()
 
 
-def score(args, stage, pair, scores, allocation: dict[str, int]) -> dict:
-    """Every reward of ``allocation`` and the truth, with the seconds each took."""
+def score(args, stage, pair, scores, allocation: dict[str, int], search: SearchSettings) -> dict:
+    """Every reward of ``allocation`` and the truth, with the seconds each took; the finetunes use the search's
+    AdamW settings (``search.lr``, ``search.weight_decay``)."""
     gran, data, seed, device = stage.granularity, stage.data, args.seed, stage.device
     val = data.val.first(args.val_subset)
     row: dict = {}
@@ -158,7 +158,7 @@ def score(args, stage, pair, scores, allocation: dict[str, int]) -> dict:
     # val@S: one zero-init mini-finetune on one data stream (the search's --episode_steps stream), evaluated at each S
     model = clone_model(pair.sparse)
     gran.regrow(model, allocation, scores, "zero", pair.dense, generator=make_generator(seed, "init", device))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=search.lr, weight_decay=search.weight_decay)
     checkpoints = sorted(set(args.steps) | {len(data.train)})
     stream = iter(data.train.with_generator(make_generator(seed, "episode/data", device)).steps(max(checkpoints)))
     done, trained = 0, 0.0  # steps taken, seconds spent training so far
@@ -172,7 +172,7 @@ def score(args, stage, pair, scores, allocation: dict[str, int]) -> dict:
         name = "epoch" if s == len(data.train) and s not in args.steps else str(s)
         row[f"val@{name}"], row[f"loss@{name}"] = acc, loss
         row[f"val@{name}_s"], row[f"loss@{name}_s"], done = trained + t.seconds, trained, s
-    truth = Finetuning(FinetuneSettings(epochs=args.truth_epochs, lr=LR, weight_decay=WEIGHT_DECAY),
+    truth = Finetuning(FinetuneSettings(epochs=args.truth_epochs, lr=search.lr, weight_decay=search.weight_decay),
                        data.train.with_generator(make_generator(seed, "final", device)), data.val,
                        LoopSettings(progress=False, verbose=False, amp=stage.amp))
     with Timer() as t:
@@ -261,10 +261,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     path, kept = root / "rows.json", {k: getattr(args, k) for k in scoring if k not in ("allocations", "bootstrap")}
     stored = json.loads(path.read_text()) if path.is_file() else {}
     rows = stored.get("rows", []) if stored.get("scoring") == kept else []  # the same draws, scored the same way
-    drawn = draw_allocations(args, stage, pair, ssim, settings.scoring.ssim_threshold)
+    drawn = draw_allocations(args, stage, pair, ssim, settings.search, settings.scoring.ssim_threshold)
     rows = rows[:len(drawn)]
     for name, allocation in drawn[len(rows):]:
-        rows.append({"name": name, "allocation": allocation, **score(args, stage, pair, scores, allocation)})
+        scored = score(args, stage, pair, scores, allocation, settings.search)
+        rows.append({"name": name, "allocation": allocation, **scored})
         write_json(path, {"scoring": kept, "rows": rows})
         print(f"{name:<12} truth val {rows[-1]['truth_val']:.2f}%  val@{max(args.steps)} "
               f"{rows[-1][f'val@{max(args.steps)}']:.2f}%", flush=True)

@@ -108,21 +108,26 @@ def test_step_budgeted_episodes_take_exactly_s_steps_and_stay_paired(start, monk
     assert abs(summary["start_val_acc"] * 60 / 100 - round(summary["start_val_acc"] * 60 / 100)) < 1e-6
 
 
+def _killed_at(start, monkeypatch, label: str, args: list[str], episode: int) -> None:
+    """Run the search ``label`` until it is interrupted (Ctrl-C) while evaluating ``episode`` (0-based)."""
+    real = Search.evaluate
+
+    def killed(self, index, ep):
+        if index == episode:
+            raise KeyboardInterrupt
+        return real(self, index, ep)
+
+    monkeypatch.setattr(Search, "evaluate", killed)
+    with pytest.raises(KeyboardInterrupt):
+        regrowth_oneshot.main(_search_args(start, label, *args))
+    monkeypatch.setattr(Search, "evaluate", real)
+
+
 def test_step_budgeted_search_resumes_exactly(start, monkeypatch, capsys):
     cheap = ["--num_epochs", "3", "--episode_steps", "4", "--episode_val_subset", "100"]
     assert regrowth_oneshot.main(_search_args(start, "cheap", *cheap)) == 0
     rows = read_csv(_out(start, "cheap") / "episodes.csv")
-    real = Search.evaluate
-
-    def killed_in_episode_3(self, index, ep):
-        if index == 2:
-            raise KeyboardInterrupt
-        return real(self, index, ep)
-
-    monkeypatch.setattr(Search, "evaluate", killed_in_episode_3)
-    with pytest.raises(KeyboardInterrupt):
-        regrowth_oneshot.main(_search_args(start, "cheap_cut", *cheap))
-    monkeypatch.setattr(Search, "evaluate", real)
+    _killed_at(start, monkeypatch, "cheap_cut", cheap, 2)
     assert regrowth_oneshot.main(_search_args(start, "cheap_cut", *cheap, "--resume")) == 0
     assert read_csv(_out(start, "cheap_cut") / "episodes.csv") == rows
     # a changed fidelity is another search: resuming it is refused
@@ -217,17 +222,7 @@ def test_batched_search_resume_equals_uninterrupted(start, monkeypatch):
     rows = read_csv(_out(start, "batched") / "episodes.csv")
     assert [r["update"] for r in rows] == ["1", "1", "2", "2"]
     assert len({r["beta"] for r in rows[:2]}) == 1
-    real = Search.evaluate
-
-    def killed_in_second_batch(self, index, ep):
-        if index == 3:
-            raise KeyboardInterrupt
-        return real(self, index, ep)
-
-    monkeypatch.setattr(Search, "evaluate", killed_in_second_batch)
-    with pytest.raises(KeyboardInterrupt):
-        regrowth_oneshot.main(_search_args(start, "batched_cut", *batched))
-    monkeypatch.setattr(Search, "evaluate", real)
+    _killed_at(start, monkeypatch, "batched_cut", batched, 3)  # in the second batch
     assert len(read_csv(_out(start, "batched_cut") / "episodes.csv")) == 2  # the finished batch only
     assert regrowth_oneshot.main(_search_args(start, "batched_cut", *batched, "--resume")) == 0
     assert read_csv(_out(start, "batched_cut") / "episodes.csv") == rows

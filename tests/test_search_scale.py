@@ -17,6 +17,7 @@ import pretrain
 import regrowth_greedy
 import regrowth_oneshot
 from tests.conftest import run_main, tree
+from utils.core.distributed import gpu_placement
 from utils.core.errors import UsageError
 from utils.core.files import read_csv
 from utils.prune.pruners import get_pruner
@@ -256,23 +257,43 @@ def test_random_search_draws_from_the_action_space_and_never_learns(start):
 # ---- torchrun: episode-parallel search and data-parallel training ------------------------------------------
 
 @pytest.mark.slow
-def test_two_process_search_equals_one_process(start):
-    # all 1,000 val images: on the first 500 the four mini-finetuned models can tie (the last flag wins)
+def test_two_and_four_process_searches_equal_one_process(start):
+    # all 1,000 val images: on the first 500 the four mini-finetuned models can tie (the last flag wins); four
+    # processes with --share_gpus: what several episode processes per GPU run (on a CPU, the same one device)
     args = ["regrowth_oneshot.py", *SEARCH, "--save_dir", str(start[0]), "--initial_ckpt", str(start[1]),
-            "--num_epochs", "4", "--episodes_per_update", "2", "--eval_subset", "1000"]
+            "--num_epochs", "4", "--episodes_per_update", "4", "--eval_subset", "1000"]
     one = _subprocess(args + ["--label", "procs1"])
     two = _subprocess(args + ["--label", "procs2"], procs=2)
-    assert one.returncode == 0, one.stderr[-2000:]
-    assert two.returncode == 0, two.stderr[-2000:]
-    a, b = _out(start, "procs1"), _out(start, "procs2")
-    assert read_csv(a / "episodes.csv") == read_csv(b / "episodes.csv")
+    four = _subprocess(args + ["--label", "procs4", "--share_gpus"], procs=4)
+    for done in (one, two, four):
+        assert done.returncode == 0, done.stderr[-2000:]
+    a = _out(start, "procs1")
     assert len({r["reward"] for r in read_csv(a / "episodes.csv")}) > 1  # the comparison means something
-    pa, pb = (torch.load(d / "search_state.pt", weights_only=True)["trainer"]["policy"] for d in (a, b))
-    assert all(torch.equal(pa[k], pb[k]) for k in pa)
-    assert tree(a) == tree(b)  # rank 1 wrote nothing of its own
-    assert len(re.findall(r"^\S+ episode 1: ", two.stderr, re.M)) == 1  # and logged nothing but warnings
-    ma, mb = (read_checkpoint(d / "best_grown_model.pth").state_dict for d in (a, b))
-    assert all(torch.equal(ma[k], mb[k]) for k in ma)
+    for b, log in ((_out(start, "procs2"), two.stderr), (_out(start, "procs4"), four.stderr)):
+        assert read_csv(a / "episodes.csv") == read_csv(b / "episodes.csv")
+        pa, pb = (torch.load(d / "search_state.pt", weights_only=True)["trainer"]["policy"] for d in (a, b))
+        assert all(torch.equal(pa[k], pb[k]) for k in pa)
+        assert tree(a) == tree(b)  # the other ranks wrote nothing of their own
+        assert len(re.findall(r"^\S+ episode 1: ", log, re.M)) == 1  # and logged nothing but warnings
+        ma, mb = (read_checkpoint(d / "best_grown_model.pth").state_dict for d in (a, b))
+        assert all(torch.equal(ma[k], mb[k]) for k in ma)
+
+
+@pytest.mark.parametrize("local_rank, per_node, gpus, share, placed", [
+    (1, 2, 2, False, (1, "nccl")),  # one process per GPU: NCCL
+    (1, 2, 2, True, (1, "nccl")),  # --share_gpus changes nothing when every process has its own GPU
+    (5, 8, 2, True, (1, "gloo")),  # 8 processes on 2 GPUs: rank r on GPU r mod 2, gloo
+    (2, 4, 1, True, (0, "gloo")),
+])
+def test_gpu_placement_shares_gpus_only_when_asked(local_rank, per_node, gpus, share, placed):
+    assert gpu_placement(local_rank, per_node, gpus, share) == placed
+
+
+def test_more_processes_than_gpus_needs_share_gpus():
+    with pytest.raises(UsageError, match="--share_gpus"):
+        gpu_placement(0, 4, 1, False)
+    with pytest.raises(UsageError, match="no GPU"):
+        gpu_placement(0, 2, 0, True)
 
 
 @pytest.mark.slow
@@ -533,3 +554,28 @@ def test_reference_values_are_the_references_effective_weights(start, tmp_path):
     assert int(new.sum()) == 500
     assert torch.equal(grown.layer3[0].conv1.weight_orig.detach()[new], want[new])
     assert (want[new] != 0).all()  # the reference keeps them: real trained values, not zeros
+
+
+def test_search_benchmark_runs_every_arm_and_keeps_the_finished_ones(tmp_path):
+    from benchmarks import bench_search
+
+    argv = TINY + ["--save_dir", str(tmp_path), "--sparsity", "0.95", "--arms", "rl", "random", "greedy_prop",
+                   "--episodes", "3", "--episode_steps", "1", "--episode_val_subset", "100", "--final_epochs", "1"]
+    found = bench_search.main(argv)["ssim"]
+    results = tmp_path / "search_results"
+    assert set(found) == {"rl", "random", "greedy_prop"}
+    for arm, episodes in (("rl", 3), ("random", 3), ("greedy_prop", 1)):
+        result = found[arm][1]
+        assert len(result["rewards"]) == len(result["val_accs"]) == episodes
+        assert sum(result["allocation"].values()) <= result["budget"] and 0 <= result["final"]["test_acc"] <= 100
+    assert sum(found["greedy_prop"][1]["allocation"].values()) == found["greedy_prop"][1]["budget"]  # K spent
+    assert (results / "search_synthetic_resnet20.png").is_file()
+    assert "| ssim | random | 1 | 3 |" in (results / "search_synthetic_resnet20.md").read_text()
+    stamp = {p.name: p.stat().st_mtime_ns for p in results.glob("*_seed1_*.json")}
+    again = bench_search.main(argv)["ssim"]  # finished arms are read back, not rerun
+    assert {p.name: p.stat().st_mtime_ns for p in results.glob("*_seed1_*.json")} == stamp
+    assert again["rl"][1]["final"] == found["rl"][1]["final"]
+    longer = list(argv)
+    longer[longer.index("--episodes") + 1] = "4"
+    with pytest.raises(UsageError, match="episodes differ"):  # 4 episodes where a 3-episode arm file lies
+        bench_search.main(longer)

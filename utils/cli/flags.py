@@ -339,6 +339,9 @@ def add_controller_args(parser: argparse.ArgumentParser, *, episodes: int, actio
     group.add_argument("--episode_val_subset", type=positive_int, default=None, metavar="N",
                        help="measure rewards (and the start they are compared with) on the first N val images only, "
                             "the same N in every episode, so paired rewards stay paired (default: all val images)")
+    group.add_argument("--share_gpus", action="store_true",
+                       help="under torchrun, allow more processes than GPUs: local rank r runs its episodes on GPU "
+                            "r mod G (collectives over gloo); one small model's episode leaves a GPU mostly idle")
     group.add_argument("--unpaired_episodes", action="store_true",
                        help="give every episode its own data order and init draws (default: the same for all, "
                             "so rewards differ by the allocation only)")

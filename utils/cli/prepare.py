@@ -29,7 +29,7 @@ def prepare(args: argparse.Namespace, model_name: str | None = None, dataset: st
             granularity: str | None = None) -> Stage:
     """Resolve ``args`` (or the given names) into a ``Stage`` with data loaded on the device, at
     ``granularity`` (None: the default one, weights)."""
-    _, device = init_world(resolve_device(args.device))
+    _, device = init_world(resolve_device(args.device), share_gpus=getattr(args, "share_gpus", False))
     name, dataset = resolve_names(model_name or args.m_name, dataset or args.dataset)
     seed_everything(args.seed)
     data = get_data(dataset, data_settings(args), device=device)

@@ -2,7 +2,8 @@
 
 A script started by ``torchrun --nproc_per_node N`` finds ``WORLD_SIZE``/``RANK``/``LOCAL_RANK`` in its
 environment; ``init_world`` then joins the process group (NCCL when the processes train on GPUs, gloo on
-CPUs) and gives each process its device (``cuda:LOCAL_RANK``). Two kinds of work use it:
+CPUs) and gives each process its device (``cuda:LOCAL_RANK``; with a search's ``--share_gpus``, P processes on
+G < P GPUs, local rank r on GPU r mod G, over gloo). Two kinds of work use it:
 
 * episode-parallel RL searches: every process runs the same policy and samples the same allocations; the
   episodes of one policy batch are dealt round-robin to the processes, their rewards gathered
@@ -62,24 +63,40 @@ def current_world() -> World:
     return World(dist.get_rank(), dist.get_world_size(), launched_world().local_rank)
 
 
-def init_world(device: torch.device) -> tuple[World, torch.device]:
+def gpu_placement(local_rank: int, per_node: int, gpus: int, share: bool) -> tuple[int, str]:
+    """(GPU index, process-group backend) of local rank ``local_rank`` of ``per_node`` processes on a node with
+    ``gpus`` GPUs: one process per GPU over NCCL; with ``share`` and more processes than GPUs, local rank r on
+    GPU r mod ``gpus`` over gloo (NCCL refuses two ranks on one GPU; the search's collectives move small
+    pickled objects, which gloo carries as well). More processes than GPUs without ``share`` is a usage error."""
+    if gpus < 1:
+        raise UsageError("--device cuda but no GPU is visible")
+    if per_node <= gpus:
+        return local_rank, "nccl"
+    if not share:
+        raise UsageError(f"torchrun started {per_node} processes per node but this node has {gpus} GPU(s): use "
+                         "--nproc_per_node <= the GPU count, or --share_gpus (search scripts) to place several "
+                         "episode processes on each GPU")
+    return local_rank % gpus, "gloo"
+
+
+def init_world(device: torch.device, share_gpus: bool = False) -> tuple[World, torch.device]:
     """Join the process group of a ``torchrun`` launch (once) and return (world, this process's device).
 
-    ``device``: the resolved ``--device``; a CUDA device (any ``cuda:N``) becomes ``cuda:LOCAL_RANK`` (NCCL),
-    a CPU stays the CPU (gloo). More processes per node than GPUs is a usage error.
+    ``device``: the resolved ``--device``; a CUDA device (any ``cuda:N``) becomes this process's GPU of
+    ``gpu_placement`` (``share_gpus``: several processes per GPU, the episode-parallel search's
+    ``--share_gpus``), a CPU stays the CPU (gloo).
     """
     world = launched_world()
     if not world.distributed:
         return world, device
+    backend = "gloo"
     if device.type == "cuda":
         per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world.local_rank + 1))
-        if per_node > torch.cuda.device_count():  # every process of the node sees the same numbers
-            raise UsageError(f"torchrun started {per_node} processes per node but this node has "
-                             f"{torch.cuda.device_count()} GPU(s): use --nproc_per_node <= the GPU count")
-        device = torch.device("cuda", world.local_rank)
+        index, backend = gpu_placement(world.local_rank, per_node, torch.cuda.device_count(), share_gpus)
+        device = torch.device("cuda", index)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=dt.timedelta(minutes=60))
+        dist.init_process_group(backend, timeout=dt.timedelta(minutes=60))
     return current_world(), device
 
 

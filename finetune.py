@@ -10,6 +10,9 @@ Example:
 
 Data-parallel under torchrun (--batch_size is the global batch):
     torchrun --nproc_per_node 4 finetune.py --ckpt ... --epochs 400
+Swap cycles at constant density (RigL: every 100 steps, 30% of each layer's kept weights at first, none in the
+last 25% of the steps; weight-pruned checkpoints):
+    python finetune.py --ckpt ... --epochs 400 --swap_every 100
 
 Writes --save_path (default: {ckpt stem}_finetuned.pth beside the checkpoint) and {save_path stem}_log.csv;
 prints sparsity and val/test accuracy before and after.
@@ -19,9 +22,12 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
+import torch
+
 from utils.cli.flags import (
     add_common_args,
     add_speed_args,
+    add_swap_args,
     cli_main,
     fraction,
     new_parser,
@@ -29,14 +35,19 @@ from utils.cli.flags import (
     non_negative_int,
     positive_float,
     positive_int,
+    swap_settings,
 )
 from utils.cli.prepare import prepare
 from utils.core.distributed import current_world
+from utils.core.errors import UsageError
 from utils.core.log import LOG, log_outputs, setup_logging
 from utils.core.paths import check_output_file, clean_stale_temps, finetuned_path
 from utils.runtime.checkpoint import read_checkpoint
 from utils.runtime.settings import FinetuneSettings, LoopSettings
+from utils.runtime.stage import Stage, dense_checkpoint
 from utils.runtime.train import evaluate_model, finetune_model
+from utils.sparsity.masks import prunable_modules
+from utils.sparsity.swap import NEEDS_DENSE
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -53,17 +64,31 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="early stop after N epochs without val gain")
     parser.add_argument("--trust_pickle", action="store_true", help="allow a pickled nn.Module checkpoint")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --save_path")
+    parser.add_argument("--pretrained", default=None,
+                        help="the dense model (only --grow_score saliency reads it; default "
+                             "{save_dir}/{m_name}/checkpoint/ckpt.pth)")
+    add_swap_args(parser)
     return parser.parse_args(argv)
+
+
+def dense_weights(stage: Stage) -> dict[str, torch.Tensor]:
+    """The dense model's weight of every prunable layer (what the ``saliency`` grow score multiplies)."""
+    model = stage.load_model(dense_checkpoint(stage.run, stage.model_name))
+    return {name: module.weight.detach() for name, module in prunable_modules(model).items()}
 
 
 @cli_main
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    swap = swap_settings(args)
     ckpt = read_checkpoint(args.ckpt, trust_pickle=args.trust_pickle)
     save_path = check_output_file(args.save_path or finetuned_path(args.ckpt), inputs=[args.ckpt],
                                   overwrite=args.overwrite, what="--save_path")
     stage = prepare(args, args.m_name or ckpt.model, args.dataset or ckpt.dataset, ckpt.granularity)
     model = stage.load_model(args.ckpt, exported=True)
+    if swap is not None and stage.granularity.swap_refusal:
+        raise UsageError(f"--swap_every: {args.ckpt} {stage.granularity.swap_refusal}")
+    dense = dense_weights(stage) if swap is not None and swap.grow_score in NEEDS_DENSE else None
     stage.shard_training_data()  # under torchrun: data-parallel, each process on its shard
     sparsity, kind = stage.granularity.sparsity, stage.granularity.name
     clean_stale_temps(save_path.parent, recursive=False)  # a file's folder, not a run tree
@@ -74,14 +99,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     LOG.info("before: %s sparsity %.4f  val %.2f%%  test %.2f%%%s", kind, sparsity(model), val_before, test_before,
              f"  ({world.size} processes, data-parallel)" if world.distributed else "")
     settings = FinetuneSettings(epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
-                                patience=args.patience, warmup_frac=args.warmup_frac)
+                                patience=args.patience, warmup_frac=args.warmup_frac, swap=swap)
     loop = LoopSettings(progress=not args.no_progress, csv_path=save_path.with_name(f"{save_path.stem}_log.csv"),
                         data_parallel_device=stage.device, **stage.speed)
-    state = finetune_model(model, stage.data.train, stage.data.val, settings, loop)
+    state = finetune_model(model, stage.data.train, stage.data.val, settings, loop, dense=dense)
+    if state.swaps:
+        LOG.info("swap cycles: %d swaps moved %s weights (each layer's kept count unchanged)", state.swaps["swaps"],
+                 f"{state.swaps['weights_moved']:,}")
     _, test_after = evaluate_model(model, stage.data.test, amp=stage.amp)
     meta = {"stage": "finetune", "parent": str(args.ckpt), "sparsity": sparsity(model), "epoch": state.best_epoch,
             "val_acc": state.best_val_acc, "test_acc": test_after, "val_acc_before": val_before,
-            "test_acc_before": test_before}
+            "test_acc_before": test_before, **({"swap": state.swaps} if state.swaps else {})}
     stage.save(save_path, model, meta, export_history=ckpt.export_history)
     LOG.info("after:  %s sparsity %.4f  val %.2f%% (epoch %d)  test %.2f%%  (test %+.2f pp); saved %s",
              kind, sparsity(model), state.best_val_acc, state.best_epoch, test_after, test_after - test_before,

@@ -35,6 +35,7 @@ from utils.runtime.settings import (
 from utils.scoring.selection import SELECTORS
 from utils.search.episodes import UNIT_SETS
 from utils.sparsity.granularity import granularity_class
+from utils.sparsity.swap import DROP_SCORES, GROW_SCORES, SwapSettings
 
 INIT_HELP = ("value of regrown entries: weights zero (default) | kaiming | xavier | magnitude | dense; channels "
              "dense (default) | preserve | kaiming | magnitude")
@@ -290,6 +291,35 @@ def finetune_settings(args: argparse.Namespace) -> FinetuneSettings:
     """The finetune of ``add_finetune_args`` (and ``add_prune_finetune_args``' patience and split)."""
     return FinetuneSettings(epochs=args.finetune_epochs, lr=args.lr, weight_decay=args.weight_decay,
                             patience=getattr(args, "patience", 50), select_on=getattr(args, "select_on", "val"))
+
+
+def add_swap_args(parser: argparse.ArgumentParser) -> None:
+    """Swap cycles at constant density during the finetune (RigL / GraNet style, ``utils.sparsity.swap``)."""
+    group = parser.add_argument_group("swap cycles (weights; off by default)")
+    group.add_argument("--swap_every", type=non_negative_int, default=0, metavar="N",
+                       help="every N optimizer steps, each layer drops its weakest kept weights and grows as many "
+                            "pruned ones back at zero (its kept count never changes); 0: no swaps")
+    group.add_argument("--swap_fraction", type=open_fraction, default=0.3,
+                       help="share of each layer's kept weights swapped at the first swap, decayed by a cosine")
+    group.add_argument("--swap_until", type=open_fraction, default=0.75,
+                       help="no swaps after this share of the finetune's steps (the cosine reaches 0 there)")
+    group.add_argument("--grow_score", choices=list(GROW_SCORES), default="gradient",
+                       help="gradient: |dL/dθ| on the step's batch (RigL); saliency: (dL/dθ)^2 θ_dense^2 (needs the "
+                            "dense model, --pretrained)")
+    group.add_argument("--drop_score", choices=list(DROP_SCORES), default="magnitude",
+                       help="magnitude: the smallest |θ| among kept weights are dropped")
+
+
+def swap_settings(args: argparse.Namespace) -> SwapSettings | None:
+    """The swap cycles of ``add_swap_args`` (None when --swap_every is 0); --compile is refused with them (the
+    dense gradient is kept by a hook that a compiled graph would not run)."""
+    if not args.swap_every:
+        return None
+    if getattr(args, "compile", False):
+        raise UsageError("--swap_every does not work with --compile (the swap reads each layer's dense gradient "
+                         "through a hook that a compiled graph skips); drop one of them")
+    return SwapSettings(every=args.swap_every, fraction=args.swap_fraction, until=args.swap_until,
+                        grow_score=args.grow_score, drop_score=args.drop_score)
 
 
 def add_prune_finetune_args(parser: argparse.ArgumentParser) -> None:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from utils.sparsity.swap import SwapSettings
+
 
 @dataclass(frozen=True)
 class RunSettings:
@@ -59,6 +61,7 @@ class FinetuneSettings:
     select_on: str = "val"  # split that picks the best epoch: val, or test (only to reproduce the original)
     warmup_frac: float | None = None  # None: constant lr; a fraction in [0, 1]: linear warm-up over that share of
     # all steps, then cosine decay to 0 (the full finetune of finetune.py)
+    swap: SwapSettings | None = None  # swap cycles at constant density during the finetune (None: none)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from utils.core.errors import UsageError
 from utils.core.log import LOG
 from utils.core.timer import Timer
 from utils.runtime.settings import FinetuneSettings, LoopSettings
+from utils.sparsity.swap import SwapCycles
 
 
 @dataclass
@@ -50,6 +51,7 @@ class FitState:
     epochs_since_best: int = 0
     stopped_early: bool = False
     best_state: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    swaps: dict = field(default_factory=dict)  # what swap cycles did (settings, swaps, weights moved); {} for none
 
     def summary(self) -> dict:
         """The scalar fields (no tensors), for logs and checkpoints."""
@@ -64,6 +66,7 @@ class FitSchedule:
     patience: int = 0  # stop after N epochs without a strict val improvement (0: never)
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None  # steps once per epoch
     batch_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None  # steps once per batch
+    after_step: Callable[[], None] | None = None  # runs after every optimizer step (swap cycles)
 
 
 def use_channels_last(model: nn.Module, enabled: bool = True) -> nn.Module:
@@ -84,12 +87,13 @@ def _progress(items: Iterable, enabled: bool, desc: str) -> Iterable:
 
 def train_epoch(model: nn.Module, loader: DeviceLoader, optimizer: torch.optim.Optimizer, *,
                 amp: bool = True, progress: bool = True, desc: str = "train",
-                batch_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> tuple[float, float]:
+                batch_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+                after_step: Callable[[], None] | None = None) -> tuple[float, float]:
     """One pass over ``loader`` (or its ``steps`` batches) with cross-entropy; returns (mean loss, accuracy %) on
     the augmented images it trained on.
 
-    ``batch_scheduler`` (if any) steps after every optimizer step. A data-parallel shard (``loader.shards``
-    > 1) reports the figures of all shards together.
+    ``batch_scheduler`` (if any) steps after every optimizer step, then ``after_step()`` (if any). A data-parallel
+    shard (``loader.shards`` > 1) reports the figures of all shards together.
     """
     model.train()
     loss_sum = torch.zeros((), device=loader.device)
@@ -104,6 +108,8 @@ def train_epoch(model: nn.Module, loader: DeviceLoader, optimizer: torch.optim.O
         optimizer.step()
         if batch_scheduler is not None:
             batch_scheduler.step()
+        if after_step is not None:
+            after_step()
         loss_sum += loss.detach().float() * labels.numel()
         correct += (logits.argmax(1) == labels).sum()
         seen += labels.numel()
@@ -202,7 +208,8 @@ def fit(model: nn.Module, train: DeviceLoader, val: DeviceLoader, optimizer: tor
         lr = optimizer.param_groups[0]["lr"]
         train_loss, train_acc = train_epoch(net, train, optimizer, amp=loop.amp, progress=loop.progress,
                                             desc=f"epoch {state.epoch + 1}/{epochs}",
-                                            batch_scheduler=schedule.batch_scheduler)
+                                            batch_scheduler=schedule.batch_scheduler,
+                                            after_step=schedule.after_step)
         if not math.isfinite(train_loss):
             raise UsageError(f"training diverged in epoch {state.epoch + 1} (train loss {train_loss}): this epoch is "
                              "not saved and earlier checkpoints are kept; lower --lr (or check the data)")
@@ -251,7 +258,7 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int,
 
 
 def finetune_model(model: nn.Module, train: DeviceLoader, select: DeviceLoader, settings: FinetuneSettings,
-             loop: LoopSettings | None = None) -> FitState:
+                   loop: LoopSettings | None = None, dense: dict[str, torch.Tensor] | None = None) -> FitState:
     """Finetune with a fresh AdamW (``settings.lr``, ``settings.weight_decay``; the original's recipe is 3e-4 and
     0.01) for up to ``settings.epochs`` epochs (``settings.patience``: early stop) and load the best state by
     accuracy on ``select`` (the val split) into ``model``. ``settings.select_on`` is the caller's to read (it
@@ -259,6 +266,8 @@ def finetune_model(model: nn.Module, train: DeviceLoader, select: DeviceLoader, 
 
     ``settings.warmup_frac=None``: constant learning rate (prune and regrowth finetunes); a number: per-step
     linear warm-up over that fraction of all steps, then cosine decay (the full finetune).
+    ``settings.swap`` (enabled): swap cycles at constant density during the finetune (``utils.sparsity.swap``;
+    ``dense``: the dense weights by layer, for the ``saliency`` grow score); what they did is ``state.swaps``.
     ``loop`` (default: ``LoopSettings()``): ``compile`` runs the passes through ``torch.compile(model)`` (same
     parameters, so ``model`` is trained); ``data_parallel_device`` trains through DistributedDataParallel on
     that device (``train`` is this process's shard; every process evaluates the whole val split); ``csv_path``
@@ -266,11 +275,19 @@ def finetune_model(model: nn.Module, train: DeviceLoader, select: DeviceLoader, 
     """
     loop = LoopSettings() if loop is None else loop
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    total_steps = settings.epochs * len(train)
     per_batch = (None if settings.warmup_frac is None
-                 else warmup_cosine(optimizer, settings.epochs * len(train), settings.warmup_frac))
+                 else warmup_cosine(optimizer, total_steps, settings.warmup_frac))
+    cycles = (SwapCycles(model, settings.swap, total_steps, optimizer, dense)
+              if settings.swap is not None and settings.swap.enabled else None)
     if loop.csv_path is not None and is_main_process():
         loop.csv_path.unlink(missing_ok=True)
-    state = fit(model, train, select, optimizer,
-                FitSchedule(settings.epochs, patience=settings.patience, batch_scheduler=per_batch), loop=loop)
+    try:
+        state = fit(model, train, select, optimizer,
+                    FitSchedule(settings.epochs, patience=settings.patience, batch_scheduler=per_batch,
+                                after_step=None if cycles is None else cycles.after_step), loop=loop)
+    finally:
+        swaps = {} if cycles is None else cycles.close()
+    state.swaps = swaps
     model.load_state_dict(state.best_state)
     return state

@@ -1,0 +1,173 @@
+"""Swap cycles at constant density (RigL / GraNet): exact counts, zeros, fresh state, the schedule, the CLI."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+import finetune
+from data.loader import DeviceLoader
+from models import create_model
+from tests.conftest import run_main, save_dense_and_sparse, tree
+from utils.core.errors import UsageError
+from utils.prune.pruners import get_pruner
+from utils.runtime.checkpoint import read_checkpoint
+from utils.runtime.settings import FinetuneSettings, LoopSettings
+from utils.runtime.train import finetune_model
+from utils.sparsity.masks import add_reparam, get_masks, prunable_modules
+from utils.sparsity.swap import SwapCycles, SwapSettings, swap_layer
+
+CPU = torch.device("cpu")
+QUIET = LoopSettings(progress=False, verbose=False)
+QUICK = ["--dataset", "synthetic", "--train_subset", "128", "--eval_subset", "250", "--batch_size", "64", "--device",
+         "cpu", "--no_progress"]
+
+
+def _sparse_net(amount: float = 0.8, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                          nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(16, 4))
+    add_reparam(model)
+    get_pruner("glob").prune(model, amount)
+    return model
+
+
+def _loader(n: int = 96, seed: int = 0) -> DeviceLoader:
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 4, (n,), generator=gen)
+    images = (labels.view(-1, 1, 1, 1) * 60 + torch.randint(0, 20, (n, 3, 8, 8), generator=gen)).to(torch.uint8)
+    return DeviceLoader(images, labels, batch_size=16, mean=(0.5,) * 3, std=(0.25,) * 3, device=CPU,
+                        generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_a_swap_moves_the_weakest_kept_to_the_strongest_pruned(channels_last):
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(8, 4, 3, 3, generator=gen)
+    mask = (torch.rand(8, 4, 3, 3, generator=gen) < 0.3).float()
+    if channels_last:
+        weight, mask = (t.to(memory_format=torch.channels_last) for t in (weight, mask))
+    grow = torch.rand(8, 4, 3, 3, generator=gen)
+    param = nn.Parameter(weight.clone())
+    optimizer = torch.optim.Adam([param])
+    param.grad = torch.ones_like(param)
+    optimizer.step()  # Adam moments are nonzero everywhere
+    before, kept = mask.clone(), mask.bool()
+    n = swap_layer(param, mask, grow, param.detach().abs(), 0.25, optimizer)
+    assert n == round(0.25 * int(kept.sum())) > 0
+    assert int(mask.sum()) == int(before.sum())  # the layer's kept count is exact
+    dropped, grown = kept & ~mask.bool(), ~kept & mask.bool()
+    assert int(dropped.sum()) == int(grown.sum()) == n
+    survivors = weight.abs()[kept & mask.bool()]
+    assert weight.abs()[dropped].max() <= survivors.min()  # the smallest |θ| among kept went
+    assert grow[grown].min() >= grow[~kept & ~mask.bool()].max()  # the largest scores among the pruned came
+    assert torch.all(param.data[grown] == 0) and torch.all(param.data[dropped] == 0)  # zero in, zero out
+    state = optimizer.state[param]
+    for moment in (state["exp_avg"], state["exp_avg_sq"]):
+        assert torch.all(moment[grown | dropped] == 0) and torch.all(moment[kept & mask.bool()] != 0)
+
+
+def test_a_dropped_weight_is_not_grown_back_in_the_same_swap():
+    weight = torch.tensor([[0.1, 5.0, 0.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0, 0.0]])
+    grow = torch.tensor([[100.0, 0.0, 2.0, 1.0]])  # the dropped weight has the largest grow score
+    assert swap_layer(weight, mask, grow, weight.abs(), 0.5, None) == 1
+    assert mask.tolist() == [[0.0, 1.0, 1.0, 0.0]]
+
+
+def test_the_fraction_follows_a_cosine_and_stops_at_until():
+    settings = SwapSettings(every=10, fraction=0.3, until=0.75)
+    assert settings.fraction_at(0, 400) == pytest.approx(0.3)
+    assert settings.fraction_at(150, 400) == pytest.approx(0.15)  # half way to step 300
+    assert settings.fraction_at(299, 400) > 0 and settings.fraction_at(300, 400) == 0
+    values = [settings.fraction_at(t, 400) for t in range(0, 300, 10)]
+    assert values == sorted(values, reverse=True)
+    assert settings.fraction_at(100, 400) == pytest.approx(0.15 * (1 + math.cos(math.pi / 3)))
+
+
+def test_a_finetune_with_swaps_keeps_every_layer_count_and_the_pruned_zeros():
+    model = _sparse_net()
+    counts = {n: int(m.sum()) for n, m in get_masks(model).items()}
+    start = {n: m.clone() for n, m in get_masks(model).items()}
+    train, val = _loader(), _loader(48, seed=1)  # 6 steps per epoch, 4 epochs: 24 steps, swaps until step 18
+    settings = FinetuneSettings(epochs=4, lr=0.01, swap=SwapSettings(every=4, fraction=0.3, until=0.75))
+    seen = []
+    original = SwapCycles.after_step
+
+    def check(self):  # between steps: pruned effective weights are exactly zero
+        original(self)
+        for module in self.layers.values():
+            seen.append(bool(torch.all((module.weight_orig * module.weight_mask)[module.weight_mask == 0] == 0)))
+
+    SwapCycles.after_step = check
+    try:
+        state = finetune_model(model, train, val, settings, QUIET)
+    finally:
+        SwapCycles.after_step = original
+    assert all(seen) and len(seen) == 24 * len(counts)
+    assert state.swaps["swaps"] == 4 and state.swaps["weights_moved"] > 0  # steps 4, 8, 12, 16 (< 18)
+    assert state.swaps["every"] == 4 and state.swaps["grow_score"] == "gradient"
+    masks = get_masks(model)  # the best epoch's masks, loaded back
+    assert {n: int(m.sum()) for n, m in masks.items()} == counts
+    assert any(not torch.equal(masks[n], start[n]) for n in masks)  # positions did move
+    for module in prunable_modules(model).values():
+        assert not module._forward_pre_hooks or len(module._forward_pre_hooks) == 1  # only the mask's hook is left
+
+
+def test_swap_every_zero_is_the_plain_finetune():
+    results = []
+    for swap in (None, SwapSettings(every=0)):
+        model = _sparse_net()
+        torch.manual_seed(0)
+        state = finetune_model(model, _loader(), _loader(48, seed=1), FinetuneSettings(epochs=2, lr=0.01, swap=swap),
+                               QUIET)
+        results.append((state.best_val_acc, model.state_dict(), state.swaps))
+    (acc_a, sd_a, swaps_a), (acc_b, sd_b, swaps_b) = results
+    assert acc_a == acc_b and swaps_a == swaps_b == {}
+    assert all(torch.equal(sd_a[k], sd_b[k]) for k in sd_a)
+
+
+def test_saliency_grow_score_needs_the_dense_weights():
+    model = _sparse_net()
+    optimizer = torch.optim.AdamW(model.parameters())
+    with pytest.raises(UsageError, match="--pretrained"):
+        SwapCycles(model, SwapSettings(every=1, grow_score="saliency"), 10, optimizer)
+
+
+def test_finetune_script_swaps_and_records_them(tmp_path):
+    _, sparse = save_dense_and_sparse(tmp_path, 0.9)
+    assert finetune.main(QUICK + ["--ckpt", str(sparse), "--epochs", "2", "--swap_every", "1", "--save_dir",
+                                  str(tmp_path), "--grow_score", "saliency"]) == 0
+    ckpt = read_checkpoint(sparse.with_name(f"{sparse.stem}_finetuned.pth"))
+    assert ckpt.meta["swap"]["swaps"] >= 1 and ckpt.meta["swap"]["weights_moved"] > 0
+    assert ckpt.meta["swap"]["grow_score"] == "saliency"
+    assert ckpt.meta["sparsity"] == pytest.approx(0.9, abs=1e-4)
+    model = create_model("resnet20")
+    add_reparam(model)
+    model.load_state_dict(ckpt.state_dict)
+    before = read_checkpoint(sparse).state_dict
+    for name, mask in get_masks(model).items():
+        assert int(mask.sum()) == int(before[f"{name}.weight_mask"].sum())
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--compile"], "--compile"),
+    (["--swap_fraction", "1.5"], "--swap_fraction"),
+])
+def test_finetune_script_refuses_bad_swap_flags(tmp_path, capsys, extra, message):
+    _, sparse = save_dense_and_sparse(tmp_path, 0.9)
+    files = tree(tmp_path)
+    code, _, err = run_main(finetune.main, QUICK + ["--ckpt", str(sparse), "--swap_every", "5", *extra], capsys)
+    assert code == 2 and err.startswith("error:") and message in err and tree(tmp_path) == files
+
+
+def test_swap_benchmark_times_a_step_with_and_without_a_swap(tmp_path, monkeypatch):
+    from benchmarks import bench_swap, common
+
+    monkeypatch.setattr(common, "ROOT", tmp_path)
+    result = bench_swap.main(["--model", "resnet20", "--batch_size", "8", "--repeats", "1", "--device", "cpu"])
+    assert result["step_ms"] > 0 and result["swap_step_ms"] > 0 and result["swap_ms"] >= 0
+    assert (tmp_path / "benchmarks" / "results" / "bench_swap_resnet20_cpu.json").is_file()

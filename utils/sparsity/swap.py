@@ -1,0 +1,148 @@
+"""Swap cycles at constant density (RigL, Evci et al. 2020; GraNet's "neuroregeneration", Liu et al. 2021).
+
+Every ``every`` optimizer steps of a finetune, each masked layer drops its ``n`` weakest kept weights and grows
+``n`` of its pruned positions back, so its count of kept weights never changes:
+
+* ``n = round(f_t · kept)``, capped by the layer's kept and pruned counts, with ``f_t`` the fraction at step t:
+  ``fraction · (1 + cos(π t / (until · T))) / 2`` for ``t < until · T`` (T: the finetune's optimizer steps),
+  then no more swaps;
+* drop (``drop_score``): the smallest ``|θ|`` among the kept weights;
+* grow (``grow_score``): among the positions pruned *before* the swap (a weight dropped now is not grown back in
+  the same swap), the largest ``|dL/dθ|`` of the dense gradient on the step's batch (``gradient``, RigL), or
+  ``(dL/dθ)^2 θ_dense^2`` (``saliency``, the toolkit's regrowth score; needs the dense weights);
+* grown weights start at zero with fresh optimizer state (Adam moments zeroed); dropped ones are zeroed too.
+
+The dense gradient comes from the training step itself: on a swap step, the effective weight ``weight_orig ·
+weight_mask`` of each layer keeps its gradient (``retain_grad`` in a forward pre-hook), which is zero nowhere
+by construction, unlike the gradient of ``weight_orig``; no extra forward or backward pass. Under
+DistributedDataParallel the gradients are summed over the processes first, so every process swaps the same
+positions. Each swap is a handful of tensor operations per layer (two ``topk`` and four indexed writes).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+
+from utils.core.distributed import all_reduce_sum
+from utils.core.errors import UsageError
+from utils.core.registry import Registry
+from utils.sparsity.grow import reset_optimizer_state
+from utils.sparsity.masks import has_reparam, prunable_modules
+
+GrowScore = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]  # (dense grad, dense θ or None) -> score
+
+GROW_SCORES: Registry[GrowScore] = Registry("grow score", {
+    "gradient": lambda grad, dense: grad.abs(),
+    "saliency": lambda grad, dense: (grad * dense) ** 2,
+})
+DROP_SCORES: Registry[Callable[[torch.Tensor], torch.Tensor]] = Registry("drop score", {
+    "magnitude": lambda weight: weight.abs(),
+})
+NEEDS_DENSE = ("saliency",)  # grow scores that read the dense model's weights
+
+
+@dataclass(frozen=True)
+class SwapSettings:
+    """Swap cycles of one finetune (``every`` 0: none, the finetune is the plain one)."""
+
+    every: int = 0  # optimizer steps between swaps, >= 0
+    fraction: float = 0.3  # share of each layer's kept weights swapped at the first swap, in (0, 1]
+    until: float = 0.75  # no swaps after this share of the finetune's steps, in (0, 1]
+    grow_score: str = "gradient"  # GROW_SCORES
+    drop_score: str = "magnitude"  # DROP_SCORES
+
+    @property
+    def enabled(self) -> bool:
+        return self.every > 0
+
+    def fraction_at(self, step: int, total_steps: int) -> float:
+        """Swap fraction at optimizer step ``step`` (1-based) of ``total_steps``: the cosine decay, 0 from
+        ``until · total_steps`` on."""
+        end = self.until * total_steps
+        return self.fraction * (1 + math.cos(math.pi * step / end)) / 2 if step < end else 0.0
+
+    def record(self) -> dict:
+        """The settings for a checkpoint's meta."""
+        return asdict(self)
+
+
+def _zero_at(tensor: torch.Tensor, flat: torch.Tensor) -> None:
+    tensor[torch.unravel_index(flat, tensor.shape)] = 0.0
+
+
+@torch.no_grad()
+def swap_layer(weight: torch.Tensor, mask: torch.Tensor, grow: torch.Tensor, drop: torch.Tensor, fraction: float,
+               optimizer: torch.optim.Optimizer | None) -> int:
+    """One swap of a layer: ``n = round(fraction · kept)`` (capped) of the kept entries with the smallest
+    ``drop`` score are masked and zeroed, and as many entries pruned before the swap with the largest ``grow``
+    score are unmasked at zero with fresh optimizer state. ``weight``: the stored parameter; ``mask``: its keep
+    mask (same shape); ``grow`` / ``drop``: scores of that shape. Returns n."""
+    kept = mask.reshape(-1).bool()
+    count = int(kept.sum())
+    n = min(round(fraction * count), count, kept.numel() - count)
+    if n <= 0:
+        return 0
+    dropped = drop.reshape(-1).float().masked_fill(~kept, math.inf).topk(n, largest=False).indices
+    grown = grow.reshape(-1).float().masked_fill(kept, -math.inf).topk(n).indices
+    for tensor, (off, on) in ((mask, (0.0, 1.0)), (weight, (0.0, 0.0))):  # index tuples: any memory layout
+        tensor[torch.unravel_index(dropped, tensor.shape)] = off
+        tensor[torch.unravel_index(grown, tensor.shape)] = on
+    moved = torch.cat([dropped, grown])
+    reset_optimizer_state(optimizer, weight, lambda t: _zero_at(t, moved))
+    return n
+
+
+class SwapCycles:
+    """The swap cycles of one finetune of ``model`` (a weight-masked model), driven by the training loop:
+    ``after_step()`` after every optimizer step. ``total_steps``: the finetune's optimizer steps; ``dense``:
+    the dense weights by layer (for ``saliency``)."""
+
+    def __init__(self, model: nn.Module, settings: SwapSettings, total_steps: int,
+                 optimizer: torch.optim.Optimizer, dense: dict[str, torch.Tensor] | None = None) -> None:
+        GROW_SCORES.canonical(settings.grow_score, "--grow_score")
+        DROP_SCORES.canonical(settings.drop_score, "--drop_score")
+        if settings.grow_score in NEEDS_DENSE and dense is None:
+            raise UsageError(f"--grow_score {settings.grow_score} needs the dense model's weights (--pretrained)")
+        self.layers = {n: m for n, m in prunable_modules(model).items() if has_reparam(m)}
+        if not self.layers:
+            raise UsageError("swap cycles need a model with weight masks (a pruned checkpoint)")
+        self.settings, self.total_steps, self.optimizer, self.dense = settings, total_steps, optimizer, dense
+        self.step, self.swaps, self.moved = 0, 0, 0
+        self.capturing = self._is_swap_step(1)
+        self._hooks = [m.register_forward_pre_hook(self._keep_grad) for m in self.layers.values()]
+
+    def _is_swap_step(self, step: int) -> bool:
+        every = self.settings.every
+        return step % every == 0 and self.settings.fraction_at(step, self.total_steps) > 0
+
+    def _keep_grad(self, module: nn.Module, _inputs) -> None:
+        """Forward pre-hook (after the mask's own): on a swap step, keep the effective weight's gradient."""
+        if self.capturing and module.weight.requires_grad:
+            module.weight.retain_grad()
+
+    def after_step(self) -> None:
+        """Count the optimizer step just taken; on a swap step, swap every layer from that step's gradients."""
+        self.step += 1
+        if self.capturing:
+            fraction = self.settings.fraction_at(self.step, self.total_steps)
+            grow_score, drop_score = GROW_SCORES[self.settings.grow_score], DROP_SCORES[self.settings.drop_score]
+            for name, module in self.layers.items():
+                grad = module.weight.grad
+                if grad is None:  # the layer took no part in this step's forward
+                    continue
+                grad = all_reduce_sum(grad.detach().clone())
+                dense = None if self.dense is None else self.dense[name]
+                self.moved += swap_layer(module.weight_orig, module.weight_mask, grow_score(grad, dense),
+                                         drop_score(module.weight_orig.detach()), fraction, self.optimizer)
+            self.swaps += 1
+        self.capturing = self._is_swap_step(self.step + 1)
+
+    def close(self) -> dict:
+        """Remove the hooks; what the cycles did, for the checkpoint's meta."""
+        for hook in self._hooks:
+            hook.remove()
+        return {**self.settings.record(), "swaps": self.swaps, "weights_moved": self.moved}

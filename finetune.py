@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-import torch
-
 from utils.cli.flags import (
     add_common_args,
     add_speed_args,
@@ -44,9 +42,8 @@ from utils.core.log import LOG, log_outputs, setup_logging
 from utils.core.paths import check_output_file, clean_stale_temps, finetuned_path
 from utils.runtime.checkpoint import read_checkpoint
 from utils.runtime.settings import FinetuneSettings, LoopSettings
-from utils.runtime.stage import Stage, dense_checkpoint
+from utils.runtime.stage import dense_checkpoint
 from utils.runtime.train import evaluate_model, finetune_model
-from utils.sparsity.masks import prunable_modules
 from utils.sparsity.swap import NEEDS_DENSE
 
 
@@ -71,11 +68,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def dense_weights(stage: Stage) -> dict[str, torch.Tensor]:
-    """The dense model's weight of every prunable layer (what the ``saliency`` grow score multiplies)."""
-    model = stage.load_model(dense_checkpoint(stage.run, stage.model_name))
-    return {name: module.weight.detach() for name, module in prunable_modules(model).items()}
-
 
 @cli_main
 def main(argv: Sequence[str] | None = None) -> int:
@@ -88,7 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     model = stage.load_model(args.ckpt, exported=True)
     if swap is not None and stage.granularity.swap_refusal:
         raise UsageError(f"--swap_every: {args.ckpt} {stage.granularity.swap_refusal}")
-    dense = dense_weights(stage) if swap is not None and swap.grow_score in NEEDS_DENSE else None
+    needs_dense = swap is not None and swap.grow_score in NEEDS_DENSE
+    dense = stage.layer_weights(dense_checkpoint(stage.run, stage.model_name)) if needs_dense else None
     stage.shard_training_data()  # under torchrun: data-parallel, each process on its shard
     sparsity, kind = stage.granularity.sparsity, stage.granularity.name
     clean_stale_temps(save_path.parent, recursive=False)  # a file's folder, not a run tree

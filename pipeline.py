@@ -4,7 +4,8 @@ with a greedy (SSIM-proportional) regrowth at the same budget as the baseline to
 regrowth, and a physical export of every final model).
 
 Every sparse model (pruned, RL-regrown, greedy-regrown) gets the same final finetune.py run before it
-is evaluated, so the table compares like with like. Stages run in-process through each script's main();
+is evaluated, so the table compares like with like (with --swap_every, with the same swap cycles at constant
+density; weights only). Stages run in-process through each script's main();
 a stage whose output exists is reused (the log says so) unless --overwrite.
 
     python pipeline.py                                  # --preset demo: synthetic data, 9 min on 2 CPU cores
@@ -44,7 +45,15 @@ import regrowth_oneshot
 import regrowth_structure_oneshot
 import report
 from models import create_model
-from utils.cli.flags import cli_main, new_parser, positive_float, profile_from_args, seed_int
+from utils.cli.flags import (
+    add_swap_args,
+    cli_main,
+    new_parser,
+    positive_float,
+    profile_from_args,
+    seed_int,
+    swap_settings,
+)
 from utils.core.errors import ReportedError, UsageError
 from utils.core.files import write_csv, write_json
 from utils.core.log import LOG, inner_stage, log_outputs, setup_logging
@@ -119,6 +128,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--past_limit", type=positive_float, default=1.5,
                         help="with --device_profile: prune to this many times fewer kept weights (channels: MACs) "
                              "than the device holds, then regrow up to the limit")
+    add_swap_args(parser)  # the final finetune of every sparse model (weights)
     args = parser.parse_args(argv)
     # a device run prunes along its own curve (--overwrite inside), so it never shares a folder with the demo
     device = f"-{Path(args.device_profile).stem}" if args.device_profile else ""
@@ -180,6 +190,9 @@ def scores(common: list[str], ckpt: Path) -> dict:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     resolve_device(args.device)  # a bad --device fails here, before anything is written
+    refusal = granularity_class(args.granularity).swap_refusal
+    if swap_settings(args) is not None and refusal:  # (and --compile with swaps fails inside swap_settings)
+        raise UsageError(f"--swap_every: the {args.granularity} pipeline's sparse models {refusal}")
     chain = run_device_chain if args.device_profile else run_chain
     if args.device_profile:
         device_profile(args)  # a bad profile fails here
@@ -228,9 +241,10 @@ def run_chain(args: argparse.Namespace, seed: int, save_dir: Path) -> int:
     candidates = {"pruned": pruned, "regrown (RL)": rl_dir / BEST_MODEL, "regrown (greedy prop)": greedy / BEST_MODEL}
     rows = [{"model": "dense", **_row(scores(common, dense), exports)}]
     for label, ckpt in candidates.items():
-        tuned = ckpt.with_name(f"{ckpt.stem}_final.pth")
+        tuned = ckpt.with_name(f"{ckpt.stem}_final{_swap_tag(args)}.pth")
         once(f"finetune {label}", finetune.main, train + ["--ckpt", str(ckpt), "--save_path", str(tuned),
-                                                          "--epochs", str(p["final_epochs"])], tuned)
+                                                          "--epochs", str(p["final_epochs"]), *_swap_flags(args)],
+             tuned)
         report = scores(common, tuned)
         if exports:  # the final models' physical export (and its timing)
             once(f"export {label}", export.main, ["--ckpt", str(tuned), "--device", args.device],
@@ -258,6 +272,22 @@ def _same_job(args: argparse.Namespace) -> str:
     """The flags that name this job's preset and granularity when they are not the defaults."""
     return ((f" --preset {args.preset}" if args.preset != "demo" else "")
             + "".join(f" {flag}" for flag in granularity_class(args.granularity).cli_flags()))
+
+
+def _swap_flags(args: argparse.Namespace) -> list[str]:
+    """The swap-cycle flags of the final finetunes (none without --swap_every)."""
+    if not args.swap_every:
+        return []
+    return ["--swap_every", str(args.swap_every), "--swap_fraction", str(args.swap_fraction), "--swap_until",
+            str(args.swap_until), "--grow_score", args.grow_score, "--drop_score", args.drop_score]
+
+
+def _swap_tag(args: argparse.Namespace) -> str:
+    """What a final model's file name adds for swap cycles (a plain final finetune is not reused for them)."""
+    if not args.swap_every:
+        return ""
+    return (f"_swap{args.swap_every}_{args.swap_fraction:g}_{args.swap_until:g}_{args.grow_score}"
+            f"_{args.drop_score}")
 
 
 def _flags(args: argparse.Namespace, p: dict, seed: int, save_dir: Path) -> tuple[list[str], list[str]]:
@@ -320,9 +350,9 @@ def run_device_chain(args: argparse.Namespace, seed: int, save_dir: Path) -> int
     rows = []
     for name, ckpt, epochs in (("pruned to the limit", files[at_limit], p["final_epochs"] + p["mini_epochs"]),
                                ("regrown to the limit (RL)", search_dir / BEST_MODEL, p["final_epochs"])):
-        tuned = ckpt.with_name(f"{ckpt.stem}_final.pth")
+        tuned = ckpt.with_name(f"{ckpt.stem}_final{_swap_tag(args)}.pth")
         once(f"finetune {name}", finetune.main, train + ["--ckpt", str(ckpt), "--save_path", str(tuned),
-                                                         "--epochs", str(epochs)], tuned)
+                                                         "--epochs", str(epochs), *_swap_flags(args)], tuned)
         report_ = json.loads(run_stage("evaluate", evaluate.main, common + [
             "--ckpt", str(tuned), "--json", "--device_profile", args.device_profile]))
         margin = report_["device"]["limits"][bound.limit]

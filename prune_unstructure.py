@@ -15,7 +15,8 @@ Writes to {save_dir}/{m_name}/{iterative|oneshot}/:
     sparsity_vs_accuracy.png      val/test accuracy against sparsity
     log.txt, finetune_step{k}.csv (iterative) or finetune_{checkpoint stem}.csv (one-shot)
 Finetuning after each prune: AdamW (lr 3e-4, weight decay 0.01), --finetune_epochs (40 iterative, 400
-one-shot, as in the original), best epoch chosen on the validation split.
+one-shot, as in the original), best epoch chosen on the validation split; --swap_every N adds swap cycles at
+constant density to each finetune (RigL style, see finetune.py).
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from utils.cli.flags import (
     add_prune_finetune_args,
     add_schedule_args,
     add_speed_args,
+    add_swap_args,
     cli_main,
     finetune_settings,
     finish_schedule_args,
@@ -42,6 +44,7 @@ from utils.prune.loop import PruneRun
 from utils.prune.pruners import get_pruner, list_pruners
 from utils.prune.weight_pruners import PruneContext
 from utils.runtime.stage import dense_checkpoint
+from utils.sparsity.swap import NEEDS_DENSE
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -54,6 +57,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add_checkpoint_args(parser, pairs=False)
     add_finetune_args(parser, None, "finetune epochs after each prune (default 40 iterative, 400 oneshot)")
     add_prune_finetune_args(parser)
+    add_swap_args(parser)
     return finish_schedule_args(parser, parser.parse_args(argv))
 
 
@@ -61,11 +65,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     pruner = get_pruner(args.pruner)
+    finetuning = finetune_settings(args)  # bad swap flags fail before any load
     stage = prepare(args)
     pretrained = dense_checkpoint(stage.run, stage.model_name)
     out = prune_dir(args.save_dir, stage.model_name, stage.granularity, args.mode)
+    swap = finetuning.swap
+    dense = stage.layer_weights(pretrained) if swap is not None and swap.grow_score in NEEDS_DENSE else None
     PruneRun(stage, pruner, PruneContext(make_generator(args.seed, "pruner")), out, schedule_settings(args),
-             finetune_settings(args)).run(pretrained)
+             finetuning, dense).run(pretrained)
     return 0
 
 

@@ -8,6 +8,8 @@ import torch
 import torch.nn as nn
 
 import finetune
+import pipeline
+import prune_unstructure
 from data.loader import DeviceLoader
 from models import create_model
 from tests.conftest import run_main, save_dense_and_sparse, tree
@@ -171,3 +173,17 @@ def test_swap_benchmark_times_a_step_with_and_without_a_swap(tmp_path, monkeypat
     result = bench_swap.main(["--model", "resnet20", "--batch_size", "8", "--repeats", "1", "--device", "cpu"])
     assert result["step_ms"] > 0 and result["swap_step_ms"] > 0 and result["swap_ms"] >= 0
     assert (tmp_path / "benchmarks" / "results" / "bench_swap_resnet20_cpu.json").is_file()
+
+
+def test_prune_unstructure_swaps_in_its_finetune_and_records_them(tmp_path):
+    save_dense_and_sparse(tmp_path, 0.9)
+    assert prune_unstructure.main(QUICK + ["--save_dir", str(tmp_path), "--mode", "oneshot", "--target_sparsity",
+                                           "0.95", "--finetune_epochs", "1", "--swap_every", "1"]) == 0
+    ckpt = read_checkpoint(tmp_path / "resnet20" / "oneshot" / "resnet20_0.9500.pth")
+    assert ckpt.meta["swap"]["swaps"] >= 1 and ckpt.meta["sparsity"] == pytest.approx(0.95, abs=1e-4)
+
+
+def test_pipeline_refuses_swaps_on_channels_before_any_work(tmp_path, capsys):
+    code, _, err = run_main(pipeline.main, ["--preset", "smoke", "--granularity", "channel", "--save_dir",
+                                            str(tmp_path / "run"), "--swap_every", "10"], capsys)
+    assert code == 2 and err.startswith("error: --swap_every") and not (tmp_path / "run").exists()

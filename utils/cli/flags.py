@@ -290,7 +290,8 @@ def add_finetune_args(parser: argparse.ArgumentParser, epochs: int | None, what:
 def finetune_settings(args: argparse.Namespace) -> FinetuneSettings:
     """The finetune of ``add_finetune_args`` (and ``add_prune_finetune_args``' patience and split)."""
     return FinetuneSettings(epochs=args.finetune_epochs, lr=args.lr, weight_decay=args.weight_decay,
-                            patience=getattr(args, "patience", 50), select_on=getattr(args, "select_on", "val"))
+                            patience=getattr(args, "patience", 50), select_on=getattr(args, "select_on", "val"),
+                            swap=swap_settings(args) if hasattr(args, "swap_every") else None)
 
 
 def add_swap_args(parser: argparse.ArgumentParser) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 import torch.nn as nn
 
 from utils.core.errors import UsageError
@@ -33,20 +34,22 @@ class PruneRun:
     context: PruneContext
     out: Path
     schedule: ScheduleSettings
-    finetuning: FinetuneSettings  # the finetune after each step
+    finetuning: FinetuneSettings  # the finetune after each step (with swap cycles when it has them)
+    dense: dict[str, torch.Tensor] | None = None  # the dense weights by layer (the ``saliency`` swap grow score)
 
     @property
     def iterative(self) -> bool:
         return self.schedule.iterative
 
-    def finetune_and_score(self, model: nn.Module, csv_path: Path) -> tuple[float, float]:
-        """AdamW finetune, best epoch chosen on --select_on; returns (val acc, test acc) of that state."""
+    def finetune_and_score(self, model: nn.Module, csv_path: Path) -> tuple[float, float, dict]:
+        """AdamW finetune, best epoch chosen on --select_on; returns (val acc, test acc) of that state and what
+        its swap cycles did ({} without)."""
         ft, data = self.finetuning, self.stage.data
         select = data.test if ft.select_on == "test" else data.val
-        finetune_model(model, data.train, select, ft,
-                       LoopSettings(progress=self.stage.run.progress, csv_path=csv_path, **self.stage.speed))
+        state = finetune_model(model, data.train, select, ft, LoopSettings(
+            progress=self.stage.run.progress, csv_path=csv_path, **self.stage.speed), dense=self.dense)
         amp = self.stage.amp
-        return evaluate_model(model, data.val, amp=amp)[1], evaluate_model(model, data.test, amp=amp)[1]
+        return evaluate_model(model, data.val, amp=amp)[1], evaluate_model(model, data.test, amp=amp)[1], state.swaps
 
     def write_log_row(self, row: dict) -> None:
         """Add ``row`` to prune_log.csv, atomically. Iterative: rows of this step and later (an older run
@@ -70,10 +73,11 @@ class PruneRun:
             raise UsageError(f"step {step} would write over its own input {parent}; nothing was pruned")
         LOG.info("step %d: %s removed %d %ss -> sparsity %.4f", step, self.pruner.name, removed, gran.name, achieved)
         log = f"finetune_step{step}.csv" if self.iterative else f"finetune_{path.stem}.csv"  # one per target
-        val_acc, test_acc = self.finetune_and_score(model, self.out / log)
+        val_acc, test_acc, swaps = self.finetune_and_score(model, self.out / log)
         stage.save(path, model, {"stage": f"prune_{self.schedule.mode}", "granularity": gran.name, "step": step,
                                  "amount": amount, "pruner": self.pruner.name, "sparsity": achieved,
-                                 "val_acc": val_acc, "test_acc": test_acc, "parent": str(parent)})
+                                 "val_acc": val_acc, "test_acc": test_acc, "parent": str(parent),
+                                 **({"swap": swaps} if swaps else {})})
         self.write_log_row({"step": step, "amount": amount, "sparsity": achieved, **gran.describe(model),
                             "val_acc": val_acc, "test_acc": test_acc, "checkpoint": path.name})
         plot_sparsity_accuracy(self.out / PRUNE_LOG, self.out / "sparsity_vs_accuracy.png",

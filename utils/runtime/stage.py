@@ -31,6 +31,7 @@ from utils.runtime.settings import RunSettings
 from utils.runtime.train import use_channels_last
 from utils.runtime.upstream import inflate
 from utils.sparsity.granularity import Granularity, default_granularity, get_granularity, granularity_class
+from utils.sparsity.masks import effective_weight, prunable_modules
 from utils.sparsity.physical import rebuild_exported
 
 DEFAULT_DATASET = {32: "cifar10", 64: "tiny_imagenet"}  # by the model's input resolution
@@ -134,6 +135,12 @@ class Stage:
         if reparam:
             self.granularity.ensure_masks(model)
         return model
+
+    def layer_weights(self, path: str | Path) -> dict[str, torch.Tensor]:
+        """The effective weight of every prunable layer of the model at ``path`` (e.g. the dense model's, which
+        the ``saliency`` swap grow score multiplies), on the device."""
+        return {name: effective_weight(module).detach()
+                for name, module in prunable_modules(self.load_model(path)).items()}
 
     def _model_for(self, ckpt: Checkpoint) -> nn.Module:
         """A model shaped for ``ckpt``: the registry's, or the exported shapes its pruning history gives."""

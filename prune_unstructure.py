@@ -8,8 +8,10 @@ Examples:
     python prune_unstructure.py --m_name vgg16 --mode iterative --iter_start 9
     # Setting B: one-shot to each target sparsity from the dense model
     python prune_unstructure.py --m_name vgg16 --mode oneshot --target_sparsity 0.94 0.95 0.96 0.97 0.98 0.99 0.995
+    # GraNet style: from dense to 98% along a cubic schedule during one finetune, with swap cycles
+    python prune_unstructure.py --m_name vgg16 --mode gradual --target_sparsity 0.98 --swap_every 100
 
-Writes to {save_dir}/{m_name}/{iterative|oneshot}/:
+Writes to {save_dir}/{m_name}/{iterative|oneshot|gradual}/:
     {m_name}_{sparsity:.4f}.pth   one checkpoint per step (best-val epoch of its finetune)
     prune_log.csv                 step, amount, sparsity, params_nonzero, val_acc, test_acc, checkpoint
     sparsity_vs_accuracy.png      val/test accuracy against sparsity
@@ -53,7 +55,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add_speed_args(parser)
     group = parser.add_argument_group("pruning")
     group.add_argument("--pruner", default="lamp", help=" | ".join(list_pruners("weight")))
-    add_schedule_args(group, amount_flags=("--sparsity",), end_flags=("--iter_end",), unit="weights")
+    add_schedule_args(group, amount_flags=("--sparsity",), end_flags=("--iter_end",), unit="weights", gradual=True)
     add_checkpoint_args(parser, pairs=False)
     add_finetune_args(parser, None, "finetune epochs after each prune (default 40 iterative, 400 oneshot)")
     add_prune_finetune_args(parser)

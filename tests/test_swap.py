@@ -9,11 +9,14 @@ import torch.nn as nn
 
 import finetune
 import pipeline
+import prune_structure
 import prune_unstructure
 from data.loader import DeviceLoader
 from models import create_model
 from tests.conftest import run_main, save_dense_and_sparse, tree
 from utils.core.errors import UsageError
+from utils.core.files import read_csv
+from utils.prune.gradual import cubic_plan
 from utils.prune.pruners import get_pruner
 from utils.runtime.checkpoint import read_checkpoint
 from utils.runtime.settings import FinetuneSettings, LoopSettings
@@ -187,3 +190,44 @@ def test_pipeline_refuses_swaps_on_channels_before_any_work(tmp_path, capsys):
     code, _, err = run_main(pipeline.main, ["--preset", "smoke", "--granularity", "channel", "--save_dir",
                                             str(tmp_path / "run"), "--swap_every", "10"], capsys)
     assert code == 2 and err.startswith("error: --swap_every") and not (tmp_path / "run").exists()
+
+
+# ---- gradual pruning (Zhu & Gupta's cubic schedule; GraNet with swaps) ---------------------------------------
+
+def test_the_cubic_plan_removes_most_early_and_ends_exactly_at_the_target():
+    plan = cubic_plan(alive=10_000, remove=9_000, steps=5, end_step=100)
+    assert [t for t, _ in plan] == [20, 40, 60, 80, 100]
+    kept = [k for _, k in plan]
+    assert kept[-1] == 1_000 and kept == sorted(kept, reverse=True)
+    removed = [10_000 - kept[0]] + [a - b for a, b in zip(kept, kept[1:], strict=False)]
+    assert removed == sorted(removed, reverse=True) and removed[0] == round(9_000 * (1 - 0.8 ** 3))
+    assert cubic_plan(100, 10, 4, 2)[-1] == (2, 90)  # more pruning steps than optimizer steps: several per step
+
+
+def test_gradual_pruning_reaches_the_exact_target_with_swaps_and_picks_a_final_epoch(tmp_path):
+    save_dense_and_sparse(tmp_path, 0.9)
+    common = QUICK + ["--save_dir", str(tmp_path), "--target_sparsity", "0.95", "--finetune_epochs", "3"]
+    assert prune_unstructure.main(common + ["--mode", "oneshot"]) == 0
+    assert prune_unstructure.main(common + ["--mode", "gradual", "--gradual_steps", "3", "--gradual_until", "0.6",
+                                            "--swap_every", "1"]) == 0
+    oneshot = read_checkpoint(tmp_path / "resnet20" / "oneshot" / "resnet20_0.9500.pth")
+    gradual = read_checkpoint(tmp_path / "resnet20" / "gradual" / "resnet20_0.9500.pth")
+    kept = [sum(int(v.sum()) for k, v in c.state_dict.items() if k.endswith("weight_mask")) for c in (oneshot, gradual)]
+    assert kept[0] == kept[1]  # the same exact count as the one-shot pruner's
+    record = gradual.meta["gradual"]
+    assert record["done"] == record["pruning_steps"] == 3 and record["plan"][-1][1] == kept[1]
+    steps_per_epoch = 2  # 128 training images, batch 64
+    assert record["last_step"] == round(0.6 * 3 * steps_per_epoch)  # step 4: the end of epoch 2
+    rows = read_csv(tmp_path / "resnet20" / "gradual" / "finetune_resnet20_0.9500.csv")
+    best = max(rows[1:], key=lambda r: float(r["val_acc"]))  # epoch 1 ends before the last pruning step
+    assert gradual.meta["val_acc"] == pytest.approx(float(best["val_acc"]), abs=1e-6)  # the best of epochs 2-3
+    assert gradual.meta["swap"]["swaps"] >= 1
+
+
+def test_gradual_mode_is_for_weights_and_one_target(tmp_path, capsys):
+    code, _, err = run_main(prune_structure.main, QUICK + ["--save_dir", str(tmp_path), "--mode", "gradual",
+                                                           "--target_sparsity", "0.5"], capsys)
+    assert code == 2 and "gradual" in err
+    code, _, err = run_main(prune_unstructure.main, QUICK + ["--save_dir", str(tmp_path), "--mode", "gradual",
+                                                             "--target_sparsity", "0.5", "0.6"], capsys)
+    assert code == 2 and "one --target_sparsity" in err and tree(tmp_path) == []

@@ -430,23 +430,35 @@ def selection_settings(args: argparse.Namespace, init_default: str) -> Selection
                              init_strategy=default_init(args, init_default))
 
 
-DEFAULT_FINETUNE_EPOCHS = {"iterative": 40, "oneshot": 400}  # the original's step budgets, in epochs
-MODE_ALIASES = {"iterate": "iterative", "iterative": "iterative", "oneshot": "oneshot"}
+DEFAULT_FINETUNE_EPOCHS = {"iterative": 40, "oneshot": 400, "gradual": 400}  # the original's budgets, in epochs
+MODE_ALIASES = {"iterate": "iterative", "iterative": "iterative", "oneshot": "oneshot", "gradual": "gradual"}
+GRADUAL = "gradual"  # the mode that prunes during its one finetune (weights only: prune_unstructure.py)
 
 
 def add_schedule_args(group: argparse._ArgumentGroup, *, amount_flags: tuple[str, ...], end_flags: tuple[str, ...],
-                      unit: str) -> None:
+                      unit: str, gradual: bool = False) -> None:
     """--mode, the per-step amount (``amount_flags``, dest ``amount``), --iter_start, the last step
-    (``end_flags``, dest ``iter_end``) and --target_sparsity: the schedule flags of both prune scripts."""
-    group.add_argument("--mode", "--m_prune", dest="mode", default="iterative", choices=sorted(MODE_ALIASES),
-                       help="iterative (alias iterate) or oneshot")
+    (``end_flags``, dest ``iter_end``) and --target_sparsity: the schedule flags of both prune scripts;
+    ``gradual``: also --mode gradual and its --gradual_steps / --gradual_until."""
+    modes = sorted(m for m in MODE_ALIASES if gradual or m != GRADUAL)
+    group.add_argument("--mode", "--m_prune", dest="mode", default="iterative", choices=modes,
+                       help="iterative (alias iterate), oneshot" + (", or gradual: from the dense model to "
+                                                                     "--target_sparsity during one finetune, along a "
+                                                                     "cubic schedule" if gradual else ""))
     group.add_argument(*amount_flags, dest="amount", type=open_fraction, default=0.3, metavar="FRACTION",
                        help=f"iterative: fraction of the surviving {unit} removed per step")
     group.add_argument("--iter_start", type=positive_int, default=1, help="first step (resume point)")
     group.add_argument(*end_flags, dest="iter_end", type=positive_int, default=15, metavar="STEP",
                        help="last step (inclusive)")
     group.add_argument("--target_sparsity", "--oneshot", dest="target_sparsity", type=fraction, nargs="+",
-                       default=None, help="oneshot: target sparsity (one or more, each from the pretrained model)")
+                       default=None, help="oneshot: target sparsity (one or more, each from the pretrained model); "
+                                          "gradual: the one target")
+    if gradual:
+        group.add_argument("--gradual_steps", type=positive_int, default=10,
+                           help="gradual: pruning steps of the cubic schedule (Zhu & Gupta)")
+        group.add_argument("--gradual_until", type=open_fraction, default=0.5,
+                           help="gradual: share of the finetune's steps by which the target is reached (the best "
+                                "epoch is chosen after it)")
 
 
 def finish_schedule_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
@@ -454,8 +466,10 @@ def finish_schedule_args(parser: argparse.ArgumentParser, args: argparse.Namespa
     args.mode = MODE_ALIASES[args.mode]
     if args.finetune_epochs is None:
         args.finetune_epochs = DEFAULT_FINETUNE_EPOCHS[args.mode]
-    if args.mode == "oneshot" and not args.target_sparsity:
-        parser.error("--mode oneshot needs --target_sparsity (e.g. 0.9)")
+    if args.mode in ("oneshot", GRADUAL) and not args.target_sparsity:
+        parser.error(f"--mode {args.mode} needs --target_sparsity (e.g. 0.9)")
+    if args.mode == GRADUAL and len(args.target_sparsity) > 1:
+        parser.error("--mode gradual takes one --target_sparsity (run it once per target)")
     if args.iter_start > args.iter_end:
         parser.error(f"--iter_start {args.iter_start} is after the last step {args.iter_end}")
     return args
@@ -464,7 +478,9 @@ def finish_schedule_args(parser: argparse.ArgumentParser, args: argparse.Namespa
 def schedule_settings(args: argparse.Namespace) -> ScheduleSettings:
     """The pruning schedule of ``add_schedule_args`` (after ``finish_schedule_args``)."""
     return ScheduleSettings(mode=args.mode, amount=args.amount, iter_start=args.iter_start, iter_end=args.iter_end,
-                            target_sparsity=tuple(args.target_sparsity or ()))
+                            target_sparsity=tuple(args.target_sparsity or ()),
+                            gradual_steps=getattr(args, "gradual_steps", 10),
+                            gradual_until=getattr(args, "gradual_until", 0.5))
 
 
 def add_units_arg(parser: argparse.ArgumentParser, default: str) -> None:

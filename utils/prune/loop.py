@@ -18,6 +18,7 @@ from utils.core.errors import UsageError
 from utils.core.files import read_csv, write_csv
 from utils.core.log import LOG, log_outputs, setup_logging
 from utils.core.paths import PRUNE_LOG, check_output_dir, clean_stale_temps, prune_checkpoint
+from utils.prune.gradual import GradualPruning
 from utils.prune.weight_pruners import PruneContext, Pruner
 from utils.results.plots import plot_sparsity_accuracy
 from utils.runtime.settings import FinetuneSettings, LoopSettings, ScheduleSettings
@@ -41,13 +42,15 @@ class PruneRun:
     def iterative(self) -> bool:
         return self.schedule.iterative
 
-    def finetune_and_score(self, model: nn.Module, csv_path: Path) -> tuple[float, float, dict]:
-        """AdamW finetune, best epoch chosen on --select_on; returns (val acc, test acc) of that state and what
-        its swap cycles did ({} without)."""
+    def finetune_and_score(self, model: nn.Module, csv_path: Path,
+                           gradual: GradualPruning | None = None) -> tuple[float, float, dict]:
+        """AdamW finetune (pruning along ``gradual`` while it trains), best epoch chosen on --select_on; returns
+        (val acc, test acc) of that state and what its swap cycles did ({} without)."""
         ft, data = self.finetuning, self.stage.data
         select = data.test if ft.select_on == "test" else data.val
         state = finetune_model(model, data.train, select, ft, LoopSettings(
-            progress=self.stage.run.progress, csv_path=csv_path, **self.stage.speed), dense=self.dense)
+            progress=self.stage.run.progress, csv_path=csv_path, **self.stage.speed), dense=self.dense,
+            during=gradual)
         amp = self.stage.amp
         return evaluate_model(model, data.val, amp=amp)[1], evaluate_model(model, data.test, amp=amp)[1], state.swaps
 
@@ -63,22 +66,33 @@ class PruneRun:
         rows.sort(key=lambda r: (int(r["step"]), float(r["sparsity"])))
         write_csv(path, rows, list(row))
 
-    def step(self, model: nn.Module, amount: float, step: int, parent: Path) -> Path:
-        """Prune ``amount`` of the survivors, finetune, save the checkpoint and log row; returns the checkpoint."""
+    def step(self, model: nn.Module, amount: float, step: int, parent: Path, gradual: int = 0) -> Path:
+        """Prune ``amount`` of the survivors, finetune, save the checkpoint and log row; returns the checkpoint.
+        ``gradual`` > 0: no prune first; the finetune prunes ``gradual`` weights along the cubic schedule."""
         stage, gran = self.stage, self.stage.granularity
-        removed = self.pruner.prune(model, amount, context=self.context)
-        achieved = gran.sparsity(model)
+        during = None
+        if gradual:
+            plan = self.schedule
+            during = GradualPruning(model, gran, self.pruner, self.context, gradual, plan.gradual_steps,
+                                    round(plan.gradual_until * self.finetuning.epochs * len(stage.data.train)))
+            removed = gradual
+            achieved = (gran.total(model) - during.plan[-1][1]) / gran.total(model)
+        else:
+            removed = self.pruner.prune(model, amount, context=self.context)
+            achieved = gran.sparsity(model)
         path = prune_checkpoint(self.out, stage.model_name, gran, achieved)
         if path.resolve() == Path(parent).resolve():
             raise UsageError(f"step {step} would write over its own input {parent}; nothing was pruned")
-        LOG.info("step %d: %s removed %d %ss -> sparsity %.4f", step, self.pruner.name, removed, gran.name, achieved)
+        LOG.info("step %d: %s %s %d %ss -> sparsity %.4f", step, self.pruner.name,
+                 f"removes, in {len(during.plan)} steps during the finetune," if during else "removed", removed,
+                 gran.name, achieved)
         log = f"finetune_step{step}.csv" if self.iterative else f"finetune_{path.stem}.csv"  # one per target
-        val_acc, test_acc, swaps = self.finetune_and_score(model, self.out / log)
+        val_acc, test_acc, swaps = self.finetune_and_score(model, self.out / log, during)
+        extra = {**({"swap": swaps} if swaps else {}), **({"gradual": during.record()} if during else {})}
         stage.save(path, model, {"stage": f"prune_{self.schedule.mode}", "granularity": gran.name, "step": step,
-                                 "amount": amount, "pruner": self.pruner.name, "sparsity": achieved,
-                                 "val_acc": val_acc, "test_acc": test_acc, "parent": str(parent),
-                                 **({"swap": swaps} if swaps else {})})
-        self.write_log_row({"step": step, "amount": amount, "sparsity": achieved, **gran.describe(model),
+                                 "amount": amount, "pruner": self.pruner.name, "sparsity": gran.sparsity(model),
+                                 "val_acc": val_acc, "test_acc": test_acc, "parent": str(parent), **extra})
+        self.write_log_row({"step": step, "amount": amount, "sparsity": gran.sparsity(model), **gran.describe(model),
                             "val_acc": val_acc, "test_acc": test_acc, "checkpoint": path.name})
         plot_sparsity_accuracy(self.out / PRUNE_LOG, self.out / "sparsity_vs_accuracy.png",
                                f"{stage.model_name} {self.schedule.mode} {gran.name} pruning ({self.pruner.name})")
@@ -149,7 +163,7 @@ class PruneRun:
             parent = pretrained if plan.iter_start == 1 else previous_checkpoint(self.out, plan.iter_start - 1)
             self.run_iterative(parent, plan.amount, plan.iter_start, plan.iter_end)
         else:
-            self.run_oneshot(pretrained, list(plan.target_sparsity))
+            self.run_oneshot(pretrained, list(plan.target_sparsity), gradual=plan.mode == "gradual")
         rows = read_csv(self.out / PRUNE_LOG)
         last = self.out / max(rows, key=lambda r: float(r["sparsity"]))["checkpoint"]
         search = self.stage.granularity.search_script
@@ -159,8 +173,9 @@ class PruneRun:
                     f"{run.save_dir}{f' --pretrained {run.pretrained}' if run.pretrained else ''} "
                     f"--initial_ckpt {last}")
 
-    def run_oneshot(self, dense_path: Path, targets: list[float]) -> None:
-        """One step from the dense model ``dense_path`` to each target sparsity (all checked first)."""
+    def run_oneshot(self, dense_path: Path, targets: list[float], gradual: bool = False) -> None:
+        """One step from the dense model ``dense_path`` to each target sparsity (all checked first); ``gradual``:
+        the step prunes during its finetune (``GradualPruning``) instead of before it."""
         gran = self.stage.granularity
         dense = self.stage.load_model(dense_path, reparam=True)
         amounts = [oneshot_amount(gran.sparsity(dense), t, dense_path) for t in targets]
@@ -171,7 +186,8 @@ class PruneRun:
         self.check_outputs([(total - alive + round(a * alive)) / total for a in amounts], None)
         setup_logging(self.out)
         for amount in amounts:
-            self.step(self.stage.load_model(dense_path, reparam=True), amount, 1, dense_path)
+            self.step(self.stage.load_model(dense_path, reparam=True), amount, 1, dense_path,
+                      gradual=round(amount * alive) if gradual else 0)
 
 
 def check_amount(amount: float, alive: int, room: int, target: float) -> None:

@@ -81,13 +81,16 @@ class LoopSettings:
 
 @dataclass(frozen=True)
 class ScheduleSettings:
-    """A pruning schedule: iterative steps from a start, or one-shot targets from the dense model."""
+    """A pruning schedule: iterative steps from a start, one-shot targets from the dense model, or gradual pruning
+    to one target during one finetune."""
 
-    mode: str = "iterative"  # iterative | oneshot
+    mode: str = "iterative"  # iterative | oneshot | gradual
     amount: float = 0.3  # iterative: fraction of the surviving entries removed per step, in (0, 1)
     iter_start: int = 1  # first step (1: from the dense model)
     iter_end: int = 15  # last step, inclusive
-    target_sparsity: tuple[float, ...] = ()  # oneshot: targets in [0, 1], each from the dense model
+    target_sparsity: tuple[float, ...] = ()  # oneshot: targets in [0, 1], each from the dense model; gradual: one
+    gradual_steps: int = 10  # gradual: pruning steps of the cubic schedule, >= 1
+    gradual_until: float = 0.5  # gradual: share of the finetune's optimizer steps by which the target is reached
 
     @property
     def iterative(self) -> bool:

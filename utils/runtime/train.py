@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import torch
 import torch.nn as nn
@@ -66,7 +67,18 @@ class FitSchedule:
     patience: int = 0  # stop after N epochs without a strict val improvement (0: never)
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None  # steps once per epoch
     batch_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None  # steps once per batch
-    after_step: Callable[[], None] | None = None  # runs after every optimizer step (swap cycles)
+    after_step: Callable[[], None] | None = None  # runs after every optimizer step (swap cycles, gradual pruning)
+    select_after: int = 0  # epochs up to this one train but are never the best nor count toward patience (the
+    # model is not final yet: gradual pruning has not reached its target)
+
+
+class StepHook(Protocol):
+    """Something that changes the model while it trains (``utils.prune.gradual.GradualPruning``): called after
+    every optimizer step; ``last_step`` is the optimizer step of its last change."""
+
+    last_step: int
+
+    def after_step(self) -> None: ...
 
 
 def use_channels_last(model: nn.Module, enabled: bool = True) -> nn.Module:
@@ -222,11 +234,11 @@ def fit(model: nn.Module, train: DeviceLoader, val: DeviceLoader, optimizer: tor
             val_loss, val_acc = broadcast((val_loss, val_acc), 0)
         state.epoch += 1
         stats = EpochStats(state.epoch, lr, train_loss, train_acc, val_loss, val_acc, timer.seconds)
-        improved = val_acc > state.best_val_acc
+        improved = val_acc > state.best_val_acc and state.epoch > schedule.select_after
         if improved:
             state.best_val_acc, state.best_epoch, state.epochs_since_best = val_acc, state.epoch, 0
             state.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        else:
+        elif state.epoch > schedule.select_after:
             state.epochs_since_best += 1
         state.stopped_early = patience > 0 and state.epochs_since_best >= patience
         if loop.verbose:
@@ -258,7 +270,8 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int,
 
 
 def finetune_model(model: nn.Module, train: DeviceLoader, select: DeviceLoader, settings: FinetuneSettings,
-                   loop: LoopSettings | None = None, dense: dict[str, torch.Tensor] | None = None) -> FitState:
+                   loop: LoopSettings | None = None, dense: dict[str, torch.Tensor] | None = None,
+                   during: StepHook | None = None) -> FitState:
     """Finetune with a fresh AdamW (``settings.lr``, ``settings.weight_decay``; the original's recipe is 3e-4 and
     0.01) for up to ``settings.epochs`` epochs (``settings.patience``: early stop) and load the best state by
     accuracy on ``select`` (the val split) into ``model``. ``settings.select_on`` is the caller's to read (it
@@ -268,6 +281,8 @@ def finetune_model(model: nn.Module, train: DeviceLoader, select: DeviceLoader, 
     linear warm-up over that fraction of all steps, then cosine decay (the full finetune).
     ``settings.swap`` (enabled): swap cycles at constant density during the finetune (``utils.sparsity.swap``;
     ``dense``: the dense weights by layer, for the ``saliency`` grow score); what they did is ``state.swaps``.
+    ``during`` (gradual pruning) changes the model after each optimizer step, before a swap; the best epoch is
+    chosen among those that end after its last change.
     ``loop`` (default: ``LoopSettings()``): ``compile`` runs the passes through ``torch.compile(model)`` (same
     parameters, so ``model`` is trained); ``data_parallel_device`` trains through DistributedDataParallel on
     that device (``train`` is this process's shard; every process evaluates the whole val split); ``csv_path``
@@ -282,10 +297,13 @@ def finetune_model(model: nn.Module, train: DeviceLoader, select: DeviceLoader, 
               if settings.swap is not None and settings.swap.enabled else None)
     if loop.csv_path is not None and is_main_process():
         loop.csv_path.unlink(missing_ok=True)
+    hooks = [h.after_step for h in (during, cycles) if h is not None]
+    select_after = 0 if during is None else math.ceil(during.last_step / len(train)) - 1
     try:
         state = fit(model, train, select, optimizer,
                     FitSchedule(settings.epochs, patience=settings.patience, batch_scheduler=per_batch,
-                                after_step=None if cycles is None else cycles.after_step), loop=loop)
+                                after_step=(lambda: [hook() for hook in hooks]) if hooks else None,
+                                select_after=select_after), loop=loop)
     finally:
         swaps = {} if cycles is None else cycles.close()
     state.swaps = swaps

@@ -39,6 +39,8 @@ import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
+
 import regrowth_oneshot
 from benchmarks.common import ROOT, machine, save_results
 from benchmarks.experiment import (
@@ -61,8 +63,10 @@ from utils.scoring.layer_scores import ssim_scores
 from utils.scoring.selection import SELECTORS, init_source, load_reference
 from utils.sparsity.budget import regrowth_budget
 from utils.sparsity.granularity import default_granularity
+from utils.sparsity.swap import SwapSettings
 
 ALLOCATIONS = ("rl", "random_search", "greedy", "none")
+SWAP_ARMS = ("straight", "regrown", "gradual")  # --swap_arms: the arms finetuned with swap cycles
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -79,6 +83,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--selections", nargs="+", default=["saliency"], choices=list(SELECTORS),
                         help="within-layer selectors (reference: a model pruned to --final_sparsity with "
                              "--prune_epochs is the reference)")
+    parser.add_argument("--swap_arms", nargs="+", default=[], choices=SWAP_ARMS,
+                        help="arms with swap cycles (RigL: 30%% of each layer's kept weights at first, cosine "
+                             "decay, none in the last 25%% of the steps) every --swap_every steps: straight "
+                             "(one-shot to --final_sparsity), regrown (greedy/zero regrown into the start, then "
+                             "finetuned) and gradual (dense to --final_sparsity during one finetune)")
+    parser.add_argument("--swap_every", type=int, default=20, help="optimizer steps between swaps")
     return parser.parse_args(argv)
 
 
@@ -103,12 +113,12 @@ def one_seed(args: argparse.Namespace, seed: int) -> list[dict]:
     root = Path(args.save_dir) / f"matched_{args.dataset}_{args.m_name}" / f"seed{seed}"
     # which arms to run does not change how any arm is made: the arm lists are not settings
     check_settings(root.parent, vars(args), ignore=("seeds", "device", "save_dir", "allocations", "inits",
-                                                    "selections"))
+                                                    "selections", "swap_arms", "swap_every"))  # swaps: in names
     path = root / "rows.json"
     done = {row["arm"]: row for row in json.loads(path.read_text())} if path.is_file() else {}
     for row in done.values():  # rows written before --selections existed were all saliency
         row.setdefault("selection", "-" if row["init"] == "-" else "saliency")
-    wanted = ["straight"] + [arm_name(*arm) for arm in planned(args)]
+    wanted = ["straight"] + [arm_name(*arm) for arm in planned(args)] + swap_names(args)
     if any(arm not in done for arm in wanted):
         done.update((row["arm"], row) for row in arms(args, seed, root, set(done)))
         write_json(path, list(done.values()))
@@ -121,6 +131,11 @@ def planned(args: argparse.Namespace) -> list[tuple[str, str, str]]:
     wanted = [(kind, init, selection) if kind != "none" else ("none", "-", "-")
               for kind in args.allocations for init in args.inits for selection in args.selections]
     return list(dict.fromkeys(wanted))  # an arm asked twice runs once
+
+
+def swap_names(args: argparse.Namespace) -> list[str]:
+    """The names of the --swap_arms arms (``straight+swap20``: with swaps every 20 steps)."""
+    return [f"{arm if arm != 'regrown' else 'greedy/zero'}+swap{args.swap_every}" for arm in args.swap_arms]
 
 
 def arm_name(kind: str, init: str, selection: str) -> str:
@@ -146,12 +161,15 @@ def arms(args: argparse.Namespace, seed: int, root: Path, done: set[str]) -> lis
     settings = regrowth_settings(stage_args, default_granularity(), "oneshot")
     stage, pair = prepare_dense_sparse(stage_args, start, reparam=True)
     rows = [] if "straight" in done else [straight_row(stage, seed, straight)]
+    swaps = [(arm, name) for arm, name in zip(args.swap_arms, swap_names(args), strict=True) if name not in done]
+    needs_greedy = any(arm == "regrown" for arm, _ in swaps)
     allocations = {kind: allocation(args, seed, root, (stage, pair), kind, settings.scoring)
-                   for kind in dict.fromkeys(kind for kind, _, _ in todo)}
+                   for kind in dict.fromkeys([kind for kind, _, _ in todo] + (["greedy"] if needs_greedy else []))}
     # checks that it is less sparse and from the same dense model
     reference_model = load_reference(stage, pair, settings.selection)
+    selections = [selection for _, _, selection in todo] + (["saliency"] if needs_greedy else [])
     scores = {name: SELECTORS.get(name)(stage, pair, reference_model, settings.scoring)
-              for name in dict.fromkeys(selection for _, _, selection in todo) if name != "-"}
+              for name in dict.fromkeys(selections) if name != "-"}
     for kind, init, selection in todo:
         source = init_source(pair, reference_model if selection == "reference" else None)
         result = regrow_and_finetune(stage, pair, allocations[kind], scores.get(selection),
@@ -160,7 +178,29 @@ def arms(args: argparse.Namespace, seed: int, root: Path, done: set[str]) -> lis
                      "selection": selection, **result})
         print(f"seed {seed} {kind:<14} {init:<10} {selection:<10} regrew {result['regrown']:>6}  "
               f"val {result['val_acc']:.2f}%  test {result['test_acc']:.2f}%", flush=True)
+    for arm, name in swaps:
+        rows.append(swap_row(args, seed, root, dense, (stage, pair), arm, name, allocations.get("greedy"),
+                             scores.get("saliency")))
+        print(f"seed {seed} {name:<36} val {rows[-1]['val_acc']:.2f}%  test {rows[-1]['test_acc']:.2f}%", flush=True)
     return rows
+
+
+def swap_row(args: argparse.Namespace, seed: int, root: Path, dense: Path, prepared: tuple[Stage, DenseSparse],
+             arm: str, name: str, greedy: dict[str, int] | None, saliency: dict[str, torch.Tensor] | None) -> dict:
+    """The row of swap arm ``arm`` (see --swap_arms): as many finetune epochs after pruning as every other arm
+    (--prune_epochs + --regrow_epochs), the same swap cycles; ``regrown`` regrows the ``greedy`` allocation at
+    the ``saliency`` positions."""
+    stage, pair = prepared
+    flags = ["--swap_every", str(args.swap_every)]
+    epochs = args.prune_epochs + args.regrow_epochs
+    if arm == "regrown":
+        result = regrow_and_finetune(stage, pair, greedy, saliency, "zero", args.regrow_epochs,
+                                     swap=SwapSettings(every=args.swap_every))
+        return {"seed": seed, "arm": name, "allocation": "greedy", "init": "zero", "selection": "saliency", **result}
+    mode = "oneshot" if arm == "straight" else "gradual"
+    path = pruned_model(args, seed, root, dense, args.final_sparsity, epochs, f"{arm}_swap{args.swap_every}", mode,
+                        flags)
+    return {**straight_row(stage, seed, path), "arm": name}
 
 
 def allocation(args: argparse.Namespace, seed: int, root: Path, prepared: tuple[Stage, DenseSparse], kind: str,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -22,6 +23,7 @@ from utils.core.seeds import make_generator
 from utils.regrow.apply import Finetuning, Regrowth, apply_allocation
 from utils.runtime.settings import FinetuneSettings, LoopSettings
 from utils.sparsity.granularity import granularity_class
+from utils.sparsity.swap import SwapSettings
 
 DATA_FLAGS = ("m_name", "dataset", "data_dir", "batch_size", "eval_batch_size", "train_subset", "eval_subset",
               "device")
@@ -89,31 +91,33 @@ def dense_model(args: argparse.Namespace, seed: int, root: Path) -> Path:
 
 
 def pruned_model(args: argparse.Namespace, seed: int, root: Path, dense: Path, sparsity: float, epochs: int,
-                 label: str) -> Path:
-    """One-shot LAMP pruning of ``dense`` to ``sparsity`` with an ``epochs`` finetune, in ``root/label``."""
+                 label: str, mode: str = "oneshot", extra: Sequence[str] = ()) -> Path:
+    """LAMP pruning of ``dense`` to ``sparsity`` with an ``epochs`` finetune, in ``root/label``: one-shot, or
+    ``mode="gradual"`` (during the finetune); ``extra``: more prune_unstructure.py flags (e.g. swap cycles)."""
     save = root / label
     weights = granularity_class("weight")
-    path = prune_checkpoint(prune_dir(save, args.m_name, weights, "oneshot"), args.m_name, weights, sparsity)
+    path = prune_checkpoint(prune_dir(save, args.m_name, weights, mode), args.m_name, weights, sparsity)
     if not path.is_file():  # written once its finetune finished
         run(prune_unstructure.main, stage_flags(args, seed) + [
-            "--save_dir", str(save), "--pretrained", str(dense), "--mode", "oneshot", "--target_sparsity",
-            str(sparsity), "--finetune_epochs", str(epochs), "--patience", "0"])
+            "--save_dir", str(save), "--pretrained", str(dense), "--mode", mode, "--target_sparsity",
+            str(sparsity), "--finetune_epochs", str(epochs), "--patience", "0", *extra])
     return path
 
 
 def regrow_and_finetune(stage, pair, allocation: dict[str, int], scores: dict[str, torch.Tensor] | None,
-                        init: str | None, epochs: int, source: torch.nn.Module | None = None) -> dict[str, float]:
+                        init: str | None, epochs: int, source: torch.nn.Module | None = None,
+                        swap: SwapSettings | None = None) -> dict[str, float]:
     """Regrow ``allocation`` into a copy of the sparse model (``init`` values, copied from ``source`` (default:
     the dense model) for ``dense``; ``scores`` pick positions; an empty allocation regrows nothing and needs
-    neither), finetune ``epochs`` (AdamW, best epoch on val) and report val/test accuracy (%), sparsity and
-    count."""
+    neither), finetune ``epochs`` (AdamW, best epoch on val; ``swap``: with swap cycles at constant density) and
+    report val/test accuracy (%), sparsity and count."""
     gran, seed = stage.granularity, stage.run.seed
     regrowth = None  # an empty allocation: no kernel call, no init generator
     if allocation:
         regrowth = Regrowth(allocation, scores, init, pair.dense if source is None else source,
                             make_generator(seed, "regrowth_init", stage.device))
     train = stage.data.train.with_generator(make_generator(seed, "matched_finetune", stage.device))
-    tuning = Finetuning(FinetuneSettings(epochs=epochs, patience=0), train, stage.data.val,
+    tuning = Finetuning(FinetuneSettings(epochs=epochs, patience=0, swap=swap), train, stage.data.val,
                         LoopSettings(amp=stage.amp, progress=False, verbose=False))
     applied = apply_allocation(gran, pair.sparse, regrowth, tuning, test=stage.data.test)
     return {"val_acc": applied.fit.best_val_acc, "test_acc": applied.test_acc,

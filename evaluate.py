@@ -15,7 +15,8 @@ export next to the dense model's; an exported checkpoint reports its own params 
 uses the checkpoint's own seed, val split and --eval_subset unless --seed / --val_split / --eval_subset are
 given (``--eval_subset all``: every val and test image, whatever the checkpoint used). With --json, stdout is
 exactly one JSON object. --device_profile (or --max_bytes / --max_macs / --max_latency_ms / --storage) says
-whether the model fits a device, with the margin of each limit (see utils/device/profiles.py). Writes nothing.
+whether the model fits a device, with the margin of each limit (see utils/device/profiles.py), and whether its
+ONNX file (what export.py --onnx writes) fits the byte limit beside the packed format. Writes nothing.
 
     python evaluate.py --ckpt runs/resnet20/oneshot/resnet20_0.9900.pth --device_profile profiles/mcu_64kb.json
 """
@@ -27,7 +28,7 @@ from collections.abc import Sequence
 
 from utils.cli.flags import add_common_args, add_device_args, cli_main, new_parser, positive_int, profile_from_args
 from utils.cli.prepare import prepare
-from utils.device.profiles import check_fit, model_costs
+from utils.device.profiles import check_fit, model_costs, onnx_fit
 from utils.runtime.checkpoint import Checkpoint, read_checkpoint
 from utils.runtime.stage import Stage, recorded_eval_flags, resolve_names
 from utils.runtime.train import evaluate_model
@@ -110,6 +111,11 @@ def _print_fit(device: dict) -> None:
     for key, row in device["limits"].items():
         print(f"  {key:<11} {row['cost']:>14,.1f} of {row['limit']:>14,.1f} {units[key]:<5}  margin "
               f"{row['margin']:>+14,.1f} ({row['margin_pct']:+.1f}%)  {'ok' if row['fits'] else 'over'}")
+    if "onnx" in device:
+        row = device["onnx"]
+        print(f"  {'onnx file':<11} {row['bytes']:>14,.1f} of {row['limit']:>14,.1f} {'bytes':<5}  margin "
+              f"{row['margin']:>+14,.1f} ({row['margin_pct']:+.1f}%)  {'ok' if row['fits'] else 'over'}  (pruned "
+              "weights stored as zeros; not part of FITS)")
 
 
 def structure(stage: Stage, model, ckpt: Checkpoint) -> dict:
@@ -148,8 +154,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.per_layer:
         report["layers"] = _layer_rows(counts)
     if profile is not None:
+        is_export = ckpt.export_history is not None
         report["device"] = check_fit(profile, model_costs(profile, stage.granularity, model, stage.device,
-                                                    is_export=ckpt.export_history is not None))
+                                                          is_export=is_export))
+        onnx = onnx_fit(profile, stage.granularity, model, is_export=is_export)
+        if onnx is not None:  # beside the packed format: the file an ONNX runtime would load
+            report["device"]["onnx"] = onnx
     if args.json:
         print(json.dumps(report))
     else:

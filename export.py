@@ -1,5 +1,7 @@
 """Physical export of a channel-pruned checkpoint: a smaller plain model (masked channels removed with
-Torch-Pruning) that gives the same outputs, with params, MACs and measured latency of all three models.
+Torch-Pruning) that gives the same outputs, with params, MACs and measured latency of all three models; and,
+with --onnx, an ONNX file of any checkpoint (dense, weight-pruned with the masks folded into the weights, or
+channel-pruned as its physical export) that ONNX Runtime has been checked to run with PyTorch's outputs.
 
 The export is a bridge-ckpt whose state dict has the smaller shapes and whose ``export.history`` (Torch-
 Pruning's pruning history: root layer, out-channel flag, channel indices) rebuilds them, so it loads
@@ -9,34 +11,44 @@ are compared on random images, latency is measured on random images.
 Examples:
     python export.py --ckpt runs/resnet20/structured_oneshot/resnet20_ch0.5000.pth
     python export.py --ckpt runs/vgg16/structured_iterative/vgg16_ch0.8824.pth --device cuda --batch_sizes 1 256
+    python export.py --ckpt runs/resnet20/structured_oneshot/resnet20_ch0.5000.pth --onnx   # + _exported.onnx
+    python export.py --ckpt runs/resnet20/oneshot/resnet20_0.9900.pth --onnx                # weights: .onnx only
 
-Writes --out (default {ckpt stem}_exported.pth beside the checkpoint) and prints, for the dense, the masked
-and the exported model: parameters, MACs per image, and latency (median of --repeats forward passes, in
-ms) at each --batch_sizes on --device; with --json, stdout is exactly one JSON object with the same figures.
+Writes --out (default {ckpt stem}_exported.pth beside the checkpoint; channel-pruned checkpoints only) and
+prints, for the dense, the masked and the exported model: parameters, MACs per image, and latency (median of
+--repeats forward passes, in ms) at each --batch_sizes on --device; with --json, stdout is exactly one JSON
+object with the same figures. --onnx also writes --onnx_out (default: the .pth output, or the checkpoint, with
+.onnx) once ONNX Runtime gives PyTorch's logits within 1e-4 on random images (else no file and an error), and
+adds its size beside the storage formats' bytes and its ONNX Runtime CPU latency to the table.
 """
 from __future__ import annotations
 
 import argparse
 import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
 from utils.cli.flags import cli_main, new_parser, positive_int
 from utils.cli.prepare import prepare_model_only
 from utils.core.errors import UsageError
+from utils.core.files import atomic_write
 from utils.core.log import log_outputs
 from utils.core.paths import check_output_file, exported_path
 from utils.device.latency import latencies_ms
+from utils.device.onnx import OPSET, checked_onnx, ort_latency_ms
+from utils.device.storage import FORMATS, model_bytes
 from utils.runtime.checkpoint import read_checkpoint
 from utils.runtime.stage import Stage, recorded_eval_flags
 from utils.runtime.train import use_channels_last
-from utils.sparsity.granularity import granularity_class
+from utils.sparsity.granularity import default_granularity, granularity_class
 from utils.sparsity.macs import params_and_macs
 from utils.sparsity.physical import export_model, verify_export
 
 NO_MASKS = ("has no masks (a dense model, or already exported): export takes the channel-pruned checkpoint that "
             "prune_structure.py writes")
+SHOWN_FORMATS = ("dense_fp32", "bitmap_fp16", "csr16_fp16", "bitmap_int8")  # in the text table (all in --json)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -50,6 +62,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     parser.add_argument("--trust_pickle", action="store_true", help="allow a pickled nn.Module checkpoint")
+    parser.add_argument("--onnx", action="store_true",
+                        help="also write an ONNX file checked by ONNX Runtime (any checkpoint: dense, weight- or "
+                             "channel-pruned, exported)")
+    parser.add_argument("--onnx_out", default=None, help="the ONNX file (default: --out or --ckpt with .onnx)")
     return parser.parse_args(argv)
 
 
@@ -69,42 +85,94 @@ def measure(stage: Stage, models: dict[str, torch.nn.Module], args: argparse.Nam
 
 def print_table(rows: dict[str, dict], report: dict) -> None:
     batches = list(next(iter(rows.values()))["latency_ms"])
-    print(f"{report['model']} at channel sparsity {report['channel_sparsity']:.4f} on {report['device']} "
-          f"(max |masked - exported| = {report['max_abs_diff']:.2e})")
+    detail = (f" (max |masked - exported| = {report['max_abs_diff']:.2e})" if "max_abs_diff" in report else "")
+    print(f"{report['model']} at {report['granularity']} sparsity {report['sparsity']:.4f} on {report['device']}"
+          f"{detail}")
     print(f"{'model':<10} {'params':>12} {'MACs':>12} " + " ".join(f"{'ms @ ' + b:>11}" for b in batches))
     for label, row in rows.items():
         print(f"{label:<10} {row['params']:>12,} {row['macs']:>12,} " +
               " ".join(f"{row['latency_ms'][b]:>11.2f}" for b in batches))
-    print(f"wrote {report['out']}")
+    if "onnx" in report:
+        onnx, storage = report["onnx"], report["storage_bytes"]
+        print(f"ONNX file {onnx['bytes']:,} bytes (max |ONNX Runtime - PyTorch| = {onnx['max_abs_diff']:.2e}); the "
+              "storage formats: " + ", ".join(f"{k} {v:,}" for k, v in storage.items() if k in SHOWN_FORMATS))
+    for path in report["written"]:
+        print(f"wrote {path}")
+
+
+def physical_export(stage: Stage, ckpt, masked: torch.nn.Module, out: Path, args: argparse.Namespace) -> tuple:
+    """The channel export of ``masked`` saved to ``out`` (checked to give its outputs): (exported model, report
+    fields)."""
+    exported, history = export_model(stage.granularity, masked)
+    exported = use_channels_last(exported.to(stage.device), stage.channels_last).eval()
+    diff = verify_export(masked, exported, stage.granularity.input_size)
+    params, macs = params_and_macs(exported, stage.granularity.input_size)
+    stage.save(out, exported, {"stage": "export", "parent": str(args.ckpt), "channel_sparsity":
+                               stage.granularity.sparsity(masked), "max_abs_diff": diff, "params": params,
+                               "macs": macs, "val_acc": ckpt.meta.get("val_acc"), "test_acc": ckpt.meta.get("test_acc"),
+                               "eval_args": recorded_eval_flags(ckpt)}, export_history=history)
+    return exported, {"max_abs_diff": diff, "channel_sparsity": stage.granularity.sparsity(masked)}
+
+
+def onnx_export(runs: torch.nn.Module, path: Path, stage: Stage, args: argparse.Namespace) -> dict:
+    """The checked ONNX file of ``runs`` written to ``path``: its size, max logit difference and ONNX Runtime
+    latency (ms, CPU) per --batch_sizes."""
+    size = stage.granularity.input_size
+    images = torch.randn(8, 3, size, size, generator=torch.Generator().manual_seed(0))
+    data, diff = checked_onnx(runs, size, images)
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
+    latency = {str(b): ort_latency_ms(data, b, size, args.repeats) for b in args.batch_sizes}
+    return {"path": str(path), "bytes": len(data), "max_abs_diff": diff, "opset": OPSET, "latency_ms": latency}
+
+
+def outputs(args: argparse.Namespace, ckpt) -> tuple[Path | None, Path | None]:
+    """(the .pth export, the ONNX file) this call writes, checked before any work; a checkpoint that has no
+    physical export needs --onnx."""
+    kind = granularity_class(ckpt.granularity) if ckpt.granularity is not None else None
+    physical = kind is not None and kind.exportable
+    if not physical and not args.onnx:
+        refusal = NO_MASKS if kind is None else kind.export_refusal
+        raise UsageError(f"{args.ckpt} {refusal}; --onnx writes an ONNX file of it")
+    out = (check_output_file(args.out or exported_path(args.ckpt), inputs=[args.ckpt], overwrite=args.overwrite,
+                             what="--out") if physical else None)
+    onnx = None
+    if args.onnx:
+        onnx = check_output_file(args.onnx_out or Path(out or args.ckpt).with_suffix(".onnx"), inputs=[args.ckpt],
+                                 overwrite=args.overwrite, what="--onnx_out")
+    return out, onnx
 
 
 @cli_main
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     ckpt = read_checkpoint(args.ckpt, trust_pickle=args.trust_pickle)
-    if ckpt.granularity is None:
-        raise UsageError(f"{args.ckpt} {NO_MASKS}")
-    if not granularity_class(ckpt.granularity).exportable:
-        raise UsageError(f"{args.ckpt} {granularity_class(ckpt.granularity).export_refusal}")
-    out = check_output_file(args.out or exported_path(args.ckpt), inputs=[args.ckpt], overwrite=args.overwrite,
-                            what="--out")
-    stage = prepare_model_only(args, ckpt, ckpt.granularity)
-    masked = stage.load_model(args.ckpt).eval()
-    exported, history = export_model(stage.granularity, masked)
-    exported = use_channels_last(exported.to(stage.device), stage.channels_last).eval()
-    diff = verify_export(masked, exported, stage.granularity.input_size)
-    report = {"checkpoint": str(args.ckpt), "out": str(out), "model": stage.model_name, "device": str(stage.device),
-              "channel_sparsity": stage.granularity.sparsity(masked), "max_abs_diff": diff}
-    report["models"] = measure(stage, {"dense": stage.build_model(), "masked": masked, "exported": exported}, args)
-    stage.save(out, exported, {"stage": "export", "parent": str(args.ckpt), **{k: report[k] for k in (
-        "channel_sparsity", "max_abs_diff")}, "params": report["models"]["exported"]["params"],
-        "macs": report["models"]["exported"]["macs"], "val_acc": ckpt.meta.get("val_acc"),
-        "test_acc": ckpt.meta.get("test_acc"), "eval_args": recorded_eval_flags(ckpt)}, export_history=history)
+    out, onnx_out = outputs(args, ckpt)
+    stage = prepare_model_only(args, ckpt, ckpt.granularity or default_granularity())
+    model = stage.load_model(args.ckpt, exported=True).eval()
+    gran = stage.granularity
+    report = {"checkpoint": str(args.ckpt), "model": stage.model_name, "device": str(stage.device),
+              "granularity": gran.name, "sparsity": gran.sparsity(model), "written": []}
+    if out is not None:  # channel-pruned: the physical export runs on the device
+        runs, fields = physical_export(stage, ckpt, model, out, args)
+        report.update(fields, out=str(out))
+        report["written"].append(str(out))
+        models = {"dense": stage.build_model(), "masked": model, "exported": runs}
+    else:
+        runs = model
+        label = "exported" if ckpt.export_history is not None else "masked" if ckpt.granularity else "dense"
+        models = {"dense": stage.build_model(), label: model} if label == "masked" else {label: model}
+    report["models"] = measure(stage, models, args)
+    if onnx_out is not None:
+        report["onnx"] = onnx_export(runs, onnx_out, stage, args)
+        report["storage_bytes"] = {fmt: model_bytes(model if out is None else runs, fmt) for fmt in FORMATS}
+        report["written"].append(str(onnx_out))
+        params, macs = params_and_macs(runs, gran.input_size)
+        report["models"]["onnx (ORT)"] = {"params": params, "macs": macs, "latency_ms": report["onnx"]["latency_ms"]}
     if args.json:
         print(json.dumps(report))
     else:
         print_table(report["models"], report)
-    log_outputs([out], f"python evaluate.py --ckpt {out}")
+    log_outputs(report["written"], f"python evaluate.py --ckpt {out or args.ckpt}")
     return 0
 
 

@@ -23,6 +23,7 @@ import torch.nn as nn
 
 from utils.core.errors import UsageError
 from utils.device.latency import latencies_ms
+from utils.device.onnx import onnx_bytes
 from utils.device.storage import Format, model_bytes
 from utils.sparsity.granularity import Granularity
 from utils.sparsity.macs import params_and_macs
@@ -84,6 +85,20 @@ def model_costs(profile: DeviceProfile, gran: Granularity, model: nn.Module, dev
         costs["latency_ms"] = latencies_ms({"model": runs.to(device)}, profile.latency_batch, gran.input_size,
                                            device)["model"]
     return costs
+
+
+def onnx_fit(profile: DeviceProfile, gran: Granularity, model: nn.Module, is_export: bool = False) -> dict | None:
+    """Whether the ONNX file of what the device runs (``model``'s physical export for channels, ``model`` with its
+    masks folded for weights; made in memory, ``utils.device.onnx``) fits the profile's byte limit: its bytes,
+    the limit, the margin and ``fits``. None when the profile limits no bytes. ONNX stores pruned weights as
+    zeros, so a weight-pruned model's file is about its dense size: the packed formats are what a sparse-aware
+    runtime would load."""
+    if profile.max_bytes is None:
+        return None
+    exported = (model, []) if is_export else gran.export(model)
+    size = len(onnx_bytes(exported[0] if exported is not None else model, gran.input_size))
+    return {"bytes": size, "limit": profile.max_bytes, "margin": profile.max_bytes - size,
+            "margin_pct": 100 * (profile.max_bytes - size) / profile.max_bytes, "fits": size <= profile.max_bytes}
 
 
 def check_fit(profile: DeviceProfile, costs: dict) -> dict:

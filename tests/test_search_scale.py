@@ -565,28 +565,3 @@ def test_reference_values_are_the_references_effective_weights(start, tmp_path):
     assert int(new.sum()) == 500
     assert torch.equal(grown.layer3[0].conv1.weight_orig.detach()[new], want[new])
     assert (want[new] != 0).all()  # the reference keeps them: real trained values, not zeros
-
-
-def test_search_benchmark_runs_every_arm_and_keeps_the_finished_ones(tmp_path):
-    from benchmarks import bench_search
-
-    argv = TINY + ["--save_dir", str(tmp_path), "--sparsity", "0.95", "--arms", "rl", "random", "greedy_prop",
-                   "--episodes", "3", "--episode_steps", "1", "--episode_val_subset", "100", "--final_epochs", "1"]
-    found = bench_search.main(argv)["ssim"]
-    results = tmp_path / "search_results"
-    assert set(found) == {"rl", "random", "greedy_prop"}
-    for arm, episodes in (("rl", 3), ("random", 3), ("greedy_prop", 1)):
-        result = found[arm][1]
-        assert len(result["rewards"]) == len(result["val_accs"]) == episodes
-        assert sum(result["allocation"].values()) <= result["budget"] and 0 <= result["final"]["test_acc"] <= 100
-    assert sum(found["greedy_prop"][1]["allocation"].values()) == found["greedy_prop"][1]["budget"]  # K spent
-    assert (results / "search_synthetic_resnet20.png").is_file()
-    assert "| ssim | random | 1 | 3 |" in (results / "search_synthetic_resnet20.md").read_text()
-    stamp = {p.name: p.stat().st_mtime_ns for p in results.glob("*_seed1_*.json")}
-    again = bench_search.main(argv)["ssim"]  # finished arms are read back, not rerun
-    assert {p.name: p.stat().st_mtime_ns for p in results.glob("*_seed1_*.json")} == stamp
-    assert again["rl"][1]["final"] == found["rl"][1]["final"]
-    longer = list(argv)
-    longer[longer.index("--episodes") + 1] = "4"
-    with pytest.raises(UsageError, match="episodes differ"):  # 4 episodes where a 3-episode arm file lies
-        bench_search.main(longer)

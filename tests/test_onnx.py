@@ -110,3 +110,14 @@ def test_evaluate_says_whether_the_onnx_file_fits_the_byte_limit(tmp_path, capsy
     code, out, _ = run_main(evaluate.main, flags, capsys)
     assert code == 0 and "onnx file" in out and "over" in out
     assert tree(tmp_path) == ["sparse.pth"]  # evaluate writes nothing
+
+
+def test_onnx_benchmark_compares_runtimes_and_sizes(tmp_path, monkeypatch):
+    from benchmarks import bench_onnx, common
+
+    monkeypatch.setattr(common, "ROOT", tmp_path)
+    result = bench_onnx.main(["--models", "resnet20", "--sparsities", "0.5", "--batch_sizes", "1", "--repeats", "1"])
+    row = result["rows"][0]
+    assert set(row["latency_ms"]["1"]) == {"masked", "exported", "onnxruntime"}
+    assert row["max_abs_diff"] <= TOLERANCE and row["bitmap_fp16_bytes"] < row["dense_fp32_bytes"]
+    assert (tmp_path / "benchmarks" / "results" / "bench_onnx.json").is_file()

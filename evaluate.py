@@ -83,9 +83,16 @@ def _layer_rows(counts: list[LayerCount]) -> list[dict]:
 def _print_text(report: dict, per_layer: bool) -> None:
     print(f"checkpoint  {report['checkpoint']} ({report['format']})")
     print(f"model       {report['model']} on {report['dataset']}")
-    print(f"sparsity    {report['sparsity']:.4f}  ({report['params_nonzero']:,} of {report['params_total']:,} "
-          f"prunable weights kept)")
-    if not granularity_class(report["granularity"]).counts_weights:
+    if report["exported"]:  # a physical export: no masks, its pruned channels are gone
+        source = report["exported_from"]
+        at = (f" at channel sparsity {source['channel_sparsity']:.4f}" if source["channel_sparsity"] is not None
+              else "")
+        print(f"export      of {source['checkpoint'] or 'a channel-pruned checkpoint'}{at}: every remaining weight "
+              "kept (no masks)")
+    else:
+        print(f"sparsity    {report['sparsity']:.4f}  ({report['params_nonzero']:,} of {report['params_total']:,} "
+              f"prunable weights kept)")
+    if not granularity_class(report["granularity"]).counts_weights and not report["exported"]:
         print(f"{report['granularity'] + 's':<12}{report['unit_sparsity']:.4f} {report['granularity']} sparsity")
     if "macs" in report:
         dense = (f" (dense {report['params_dense']:,} params, {report['macs_dense'] / 1e6:.2f}M MACs)"
@@ -123,8 +130,11 @@ def structure(stage: Stage, model, ckpt: Checkpoint) -> dict:
     dense model's); for an exported checkpoint its own params and MACs."""
     gran, size = stage.granularity, stage.data.info.image_size
     out = {"granularity": gran.name, "unit_sparsity": gran.sparsity(model), "exported": ckpt.export_history is not None}
-    if out["exported"]:
+    if out["exported"]:  # what it was exported from, from the export's meta (its own masks are gone)
         out["params"], out["macs"] = params_and_macs(model, size)
+        out["params_dense"], out["macs_dense"] = params_and_macs(stage.build_model().cpu(), size)
+        out["exported_from"] = {"checkpoint": ckpt.meta.get("parent"),
+                                "channel_sparsity": ckpt.meta.get("channel_sparsity")}
         return out
     out.update(gran.describe(model))
     if "macs" in out:

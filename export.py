@@ -96,8 +96,6 @@ def print_table(rows: dict[str, dict], report: dict) -> None:
         onnx, storage = report["onnx"], report["storage_bytes"]
         print(f"ONNX file {onnx['bytes']:,} bytes (max |ONNX Runtime - PyTorch| = {onnx['max_abs_diff']:.2e}); the "
               "storage formats: " + ", ".join(f"{k} {v:,}" for k, v in storage.items() if k in SHOWN_FORMATS))
-    for path in report["written"]:
-        print(f"wrote {path}")
 
 
 def physical_export(stage: Stage, ckpt, masked: torch.nn.Module, out: Path, args: argparse.Namespace) -> tuple:

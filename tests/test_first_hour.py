@@ -13,9 +13,10 @@ import torch
 import analyze_layers
 import finetune
 import prune_unstructure
+import regrowth_oneshot
 import utils.results.plots as plots
 from models import create_model
-from tests.conftest import run_main, tree
+from tests.conftest import run_main, save_dense_and_sparse, tree
 from utils.cli.flags import ArgumentParser
 from utils.runtime.checkpoint import LINEAGE_KEY, read_checkpoint, save_checkpoint
 
@@ -168,3 +169,13 @@ def test_results_figure_runs_from_dense_to_sparsest(tmp_path, captured_axes):
     left, right = ax.get_xlim()
     assert ax.get_xscale() == "log" and left > 100 and 0 < right < 1  # kept %: dense left, sparsest right
     assert math.isclose(left, 150) and "kept weights" in ax.get_xlabel()
+
+
+def test_a_search_from_a_model_at_chance_says_so(tmp_path):
+    _, sparse = save_dense_and_sparse(tmp_path, 0.99)  # untrained: at chance
+    assert regrowth_oneshot.main(QUICK + ["--save_dir", str(tmp_path), "--initial_ckpt", str(sparse), "--num_epochs",
+                                          "2", "--episode_steps", "1", "--ssim_num_batches", "1",
+                                          "--saliency_batches", "1", "--label", "chance"]) == 0
+    log = (tmp_path / "resnet20" / "regrowth_oneshot" / "chance" / "log.txt").read_text()
+    assert "within 5 points of chance" in log
+    assert "on 1 val batch ..." in log  # not "1 val batches"

@@ -142,6 +142,13 @@ def test_export_reloads_and_matches_the_masked_model(runs, capsys):
     assert masked_report["granularity"] == "channel"
     assert masked_report["unit_sparsity"] == pytest.approx(0.7, abs=1e-3)
     assert masked_report["params"] == models["exported"]["params"] and masked_report["macs_dense"] == 41_214_602
+    # an export says what it was exported from, not "0.0000 sparsity, every weight kept"
+    source = exported_report["exported_from"]
+    assert source["checkpoint"] == str(path) and source["channel_sparsity"] == pytest.approx(0.7, abs=1e-3)
+    assert exported_report["macs_dense"] == 41_214_602
+    code, out, _ = run_main(evaluate.main, ["--ckpt", str(exported_path), "--dataset", "synthetic", "--train_subset",
+                                            "128"], capsys)
+    assert code == 0 and f"export      of {path} at channel sparsity 0.7" in out and "sparsity    0.0000" not in out
 
 
 def test_finetune_and_analyze_take_structured_checkpoints(runs, tmp_path, capsys):

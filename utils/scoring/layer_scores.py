@@ -30,7 +30,8 @@ def ssim_scores(stage: Stage, scoring: ScoringSettings, dense: nn.Module, sparse
     gran, timer = stage.granularity, Timer()
     probes = {unit: gran.probe_layer(unit) for unit in gran.units()}
     batches = min(scoring.ssim_num_batches, len(stage.data.val))
-    LOG.info("SSIM: dense vs sparse feature maps of %d units on %d val batches ...", len(probes), batches)
+    LOG.info("SSIM: dense vs sparse feature maps of %d units on %d val batch%s ...", len(probes), batches,
+             "" if batches == 1 else "es")
     by_layer = layer_similarity(dense, sparse, stage.data.val, scoring.ssim_num_batches, stage.amp,
                                 layers=list(dict.fromkeys(probes.values())))
     LOG.info("SSIM: done in %.1f s", timer.seconds)

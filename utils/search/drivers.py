@@ -125,6 +125,18 @@ def fidelity(search: SearchSettings) -> dict:
                               ("episode_val_subset", search.episode_val_subset)) if v is not None}
 
 
+CHANCE_MARGIN = 5.0  # a start within this many points of chance gives rewards that measure mostly noise
+
+
+def warn_if_at_chance(val_acc: float, num_classes: int) -> None:
+    """A warning when the start's val accuracy (%) is within ``CHANCE_MARGIN`` points of chance."""
+    chance = 100.0 / num_classes
+    if val_acc < chance + CHANCE_MARGIN:
+        LOG.warning("the start model's val accuracy %.2f%% is within %.0f points of chance (%.1f%% for %d classes): "
+                    "episodes will differ by their budget bonus and noise; prune less or finetune the start longer",
+                    val_acc, CHANCE_MARGIN, chance, num_classes)
+
+
 def budget_options(settings: RegrowthSettings, n_tot: int, total_capacity: int) -> list[int]:
     """The B budgets the controller chooses from: linspace(min, max) fractions of N_tot, capped by capacity."""
     fracs = np.linspace(settings.min_budget_frac, settings.max_budget_frac, settings.budget_space_size)
@@ -192,6 +204,7 @@ def prepare_oneshot(job: RegrowthJob) -> OneShot:
     LOG.info("start: %s sparsity %.4f, val %.2f%%%s; K = %s %s; searching %s", gran.name, sparsity, start_val,
              f" (first {subset} val images, as every reward)" if subset else "",
              f"{budget:,}", unit, space.layers)
+    warn_if_at_chance(start_val, stage.num_classes)
     zero_point = (lambda s: interpolate(table, s)) if table else (lambda s: start_val)
     search = Search(stage, SearchStart(pair.sparse, pair.sparse_path, scores, init_source(pair, reference)), space,
                     make_trainer(cfg.search, stage.run.seed), cfg.search, zero_point=zero_point, out=out,

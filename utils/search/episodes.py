@@ -354,6 +354,10 @@ class Search:
                          "sparsity %.4f  %s%s", row["episode"], 100 * row["reward"], row["acc_gain"],
                          100 * row["bonus"], row["val_acc"], row["sparsity"], spent,
                          "  * new best" if self.best.episode == row["episode"] else "")
+        if self.history and all(row["acc_gain"] == 0 for row in self.history):
+            LOG.warning("every episode's accuracy gain was 0 pp: the rewards were the budget bonus alone, so the "
+                        "allocation was chosen by nothing but budget use (a start at chance, or too short a "
+                        "mini-finetune to move the val accuracy)")
         self.log_best()
         kind = "RL search" if self.settings.learn else "random search"
         plot_reward_curve(self.history, self.out / "reward_curve.png",

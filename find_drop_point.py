@@ -43,7 +43,7 @@ from utils.core.errors import UsageError
 from utils.core.files import atomic_save, read_csv, write_json
 from utils.core.log import LOG, log_outputs, setup_logging
 from utils.core.paths import PRUNE_LOG, boundary_dir, check_output_dir, folder_cache
-from utils.results.boundary import ESTIMATORS, check_curve, tolerance_boundary
+from utils.results.boundary import CHANCE_MARGIN, ESTIMATORS, check_curve, tolerance_boundary
 from utils.results.plots import plot_boundary
 from utils.runtime.checkpoint import read_checkpoint
 from utils.runtime.stage import check_lineage, dense_checkpoint
@@ -117,6 +117,30 @@ def evaluate_all(stage, paths: list[Path], dense: Path) -> tuple[list[float], to
             fresh[str(dense.resolve())]["correct"])
 
 
+def print_estimates(estimates: dict[str, float | None], tolerance: dict, sparsity: list[float],
+                    accuracy: list[float], args: argparse.Namespace, chance: float) -> None:
+    """Each estimate with the val accuracy at it (or why there is none), the tolerance interval where a boundary
+    exists, and where the curve reaches chance (``chance``: accuracy %, 100 / classes)."""
+    print(f"{'estimate':<12} {'sparsity':>9} {'val acc':>8}   (each: the last sparsity before the break)")
+    for name, value in estimates.items():
+        if value is None:
+            why = (f"the first point is already more than {args.tolerance:g} pp below the dense model"
+                   if name == "tolerance" else "no break found")
+            print(f"{name:<12} {'none':>9} {'':>8}   {why}")
+            continue
+        nearest = min(range(len(sparsity)), key=lambda i: abs(sparsity[i] - value))
+        extra = ""
+        if name == "tolerance" and "interval" in tolerance:
+            lo, hi = tolerance["interval"]
+            extra = f"   {100 * tolerance['level']:.0f}% interval [{lo:.4f}, {hi:.4f}] ({args.bootstrap} resamples)"
+        print(f"{name:<12} {value:>9.4f} {accuracy[nearest]:>7.2f}%{extra}")
+    print(f"dense val {tolerance['dense_accuracy']:.2f}%, tolerance {args.tolerance} pp")
+    dead = [i for i in range(len(accuracy)) if all(a < chance + CHANCE_MARGIN for a in accuracy[i:])]
+    if dead:
+        print(f"the curve is at chance (within {CHANCE_MARGIN:g} points of {chance:.1f}%) from sparsity "
+              f"{sparsity[dead[0]]:.4f} on: an estimate there marks no usable model")
+
+
 @cli_main
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
@@ -144,16 +168,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_json(out / "boundary.json", result)
     plot_boundary(sparsity, accuracy, estimates, tolerance, f"{stage.model_name} {folder.name}: val accuracy",
                   out / "boundary.png")
-    print(f"{'estimate':<12} {'sparsity':>9}   (last sparsity before the break; val accuracy)")
-    for name, value in estimates.items():
-        extra = ""
-        if name == "tolerance" and "interval" in tolerance:
-            lo, hi = tolerance["interval"]
-            extra = f"   {100 * tolerance['level']:.0f}% interval [{lo:.4f}, {hi:.4f}] ({args.bootstrap} resamples)"
-        print(f"{name:<12} {'none' if value is None else f'{value:.4f}':>9}{extra}")
-    print(f"dense val {tolerance['dense_accuracy']:.2f}%, tolerance {args.tolerance} pp")
+    print_estimates(estimates, tolerance, sparsity, accuracy, args, 100.0 / stage.num_classes)
+    usable = [p for p, e in zip(paths, sparsity, strict=True) if tolerance["boundary"] is not None
+              and e <= tolerance["boundary"]]
+    pick = usable[-1] if usable else paths[0]  # the sparsest checkpoint within the tolerance, or the first
     log_outputs([out / "boundary.json", out / "boundary.png"],
-                f"python evaluate.py --ckpt <a checkpoint of {folder}> --device_profile profiles/mcu_64kb.json")
+                f"python evaluate.py --ckpt {pick} --device_profile profiles/mcu_64kb.json")
     return 0
 
 

@@ -175,6 +175,12 @@ def test_find_drop_point_writes_estimates(pruned, tmp_path, capsys):
     assert [round(p["sparsity"], 2) for p in result["curve"]] == [0.5, 0.8, 0.9, 0.95, 0.99]
     assert (save / "resnet20" / "boundary" / "run" / "boundary.png").is_file() and tree(folder) == before
     assert "tolerance" in out
+    lines = {line.split()[0]: line for line in out.splitlines() if line.split()}
+    for name, value in result["estimates"].items():  # each estimate with its val accuracy, or why there is none
+        assert (f"{value:.4f}" in lines[name] and "%" in lines[name]) if value is not None else (
+            "none" in lines[name] and ("below the dense" in lines[name] or "no break" in lines[name])
+            and "interval" not in lines[name])
+    assert f"next: python evaluate.py --ckpt {folder}/resnet20_" in err  # a real file, not a placeholder
     code, _, err = run_main(find_drop_point.main, args, capsys)
     assert code == 2 and "--overwrite" in err
     for bad in (["--model_dir", str(tmp_path / "nothing")], ["--model_dir", str(tmp_path)]):

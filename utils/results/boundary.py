@@ -26,6 +26,8 @@ from kneed import KneeLocator
 from utils.core.errors import UsageError
 from utils.core.registry import Registry
 
+CHANCE_MARGIN = 5.0  # accuracy points above chance (100 / classes) below which a model is "at chance"
+
 
 def check_curve(s: list[float], a: list[float]) -> None:
     """A usage error unless there are at least 4 points with strictly increasing sparsity."""

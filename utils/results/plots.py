@@ -199,8 +199,8 @@ def plot_boundary(sparsity: list[float], accuracy: list[float], estimates: dict[
     fig, ax = plt.subplots(figsize=(7, 4.5))
     x = [100 * s for s in sparsity]
     ax.plot(x, accuracy, "o-", ms=4, color="black", label="val accuracy")
-    if "interval" in tolerance:
-        lo, hi = tolerance["interval"]
+    lo, hi = tolerance.get("interval", (0.0, 0.0))
+    if tolerance["boundary"] is not None and hi > lo:  # no band for a boundary that does not exist
         ax.axvspan(100 * lo, 100 * hi, color="tab:green", alpha=0.15,
                    label=f"tolerance boundary, {100 * tolerance['level']:.0f}% interval")
     level = tolerance["dense_accuracy"] - tolerance["tolerance_pp"]

@@ -34,6 +34,7 @@ from utils.core.paths import (
 )
 from utils.device.fill import device_budget
 from utils.device.profiles import UNIT_NAMES, DeviceProfile, check_fit, model_costs
+from utils.results.boundary import CHANCE_MARGIN
 from utils.results.records import SEARCHES, RegrowthOutcome
 from utils.runtime.settings import ScoringSettings, SearchSettings, SelectionSettings
 from utils.runtime.stage import DenseSparse, Stage, check_parent
@@ -123,9 +124,6 @@ def fidelity(search: SearchSettings) -> dict:
     """The cheap-episode settings of a search, for its summary (none when it used whole epochs on all val)."""
     return {k: v for k, v in (("episode_steps", search.episode_steps),
                               ("episode_val_subset", search.episode_val_subset)) if v is not None}
-
-
-CHANCE_MARGIN = 5.0  # a start within this many points of chance gives rewards that measure mostly noise
 
 
 def warn_if_at_chance(val_acc: float, num_classes: int) -> None:

@@ -201,6 +201,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "past the device limit, then regrown up to it")
     if not args.seeds:
         return chain(args, args.seed, Path(args.save_dir))
+    if len(set(args.seeds)) < len(args.seeds):
+        raise UsageError(f"--seeds {' '.join(map(str, args.seeds))}: give each seed once")
     for seed in args.seeds:
         check_output_dir(Path(args.save_dir) / f"seed{seed}", what="--save_dir")
     plot = check_output_file(Path(args.save_dir) / "report.png", overwrite=args.overwrite, what="the report figure")

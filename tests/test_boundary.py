@@ -138,7 +138,10 @@ def test_evaluate_says_whether_a_checkpoint_fits(pruned, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("profile,message", [
-    ('{"max_bytes": -5}', "positive number"),
+    ('{"max_bytes": -5}', "positive finite number"),
+    ('{"max_bytes": NaN}', "positive finite number"),  # Python's JSON reader takes NaN and Infinity
+    ('{"max_macs": Infinity}', "positive finite number"),
+    ("{}", "sets no limit"),
     ('{"max_bytes": 1000, "storage": "zip_fp8"}', "unknown storage format"),
     ("not json", "is not JSON"),
     ('{"name": "x"}', "sets no limit"),

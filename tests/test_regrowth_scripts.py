@@ -73,8 +73,7 @@ def test_resume_equals_uninterrupted(start, monkeypatch):
         return real_episode(self, index, ep)
 
     monkeypatch.setattr(Search, "evaluate", killed_at_third)
-    with pytest.raises(KeyboardInterrupt):
-        regrowth_oneshot.main(_oneshot_args(save, sparse, "cut", episodes=4))
+    assert regrowth_oneshot.main(_oneshot_args(save, sparse, "cut", episodes=4)) == 130  # Ctrl-C: one line, exit 130
     monkeypatch.setattr(Search, "evaluate", real_episode)
     cut = save / "resnet20" / "regrowth_oneshot" / "cut"
     assert len(read_csv(cut / "episodes.csv")) == 2
@@ -233,8 +232,7 @@ def test_iterative_resume_equals_uninterrupted(start, tmp_path, monkeypatch):
         return real_episode(self, index, ep)
 
     monkeypatch.setattr(Search, "evaluate", killed)
-    with pytest.raises(KeyboardInterrupt):
-        regrowth_iterative.main(args(tmp_path / "b"))
+    assert regrowth_iterative.main(args(tmp_path / "b")) == 130  # Ctrl-C: one line, exit 130
     monkeypatch.setattr(Search, "evaluate", real_episode)
     assert regrowth_iterative.main(args(tmp_path / "b") + ["--resume"]) == 0
     runs = [tmp_path / d / "resnet20" / "regrowth_iterative" for d in "ab"]

@@ -194,8 +194,7 @@ def test_kill_between_log_row_and_checkpoint_leaves_no_duplicate_rows(tmp_path, 
         real_save(path, model, **kw)
 
     monkeypatch.setattr(stage_module, "save_checkpoint", killed_before_saving_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
-        pretrain.main(args + ["--save_dir", str(tmp_path / "b")])
+    assert pretrain.main(args + ["--save_dir", str(tmp_path / "b")]) == 130  # Ctrl-C: one line, exit 130
     monkeypatch.setattr(stage_module, "save_checkpoint", real_save)
     assert len(read_csv(tmp_path / "b/resnet20/checkpoint/pretrain_log.csv")) == 2
     assert pretrain.main(args + ["--save_dir", str(tmp_path / "b"), "--resume"]) == 0
@@ -298,6 +297,10 @@ def _bad_inputs(save: Path, dense: Path, sparse: Path, tmp: Path) -> list[tuple]
         (evaluate.main, DATA + ["--ckpt", str(tmp)], "is a folder"),
         (regrowth_oneshot.main, search + ["--ssim_threshold", "nan"], "not a finite number"),
         (regrowth_oneshot.main, search + ["--resume"], "no search_state.pt"),
+        (regrowth_oneshot.main, search + ["--resume", "--overwrite"], "pass one of them"),
+        (regrowth_oneshot.main, search + ["--label", "../../escape"], "plain folder name"),
+        (pretrain.main, DATA + run + ["--resume", "--overwrite"], "pass one of them"),
+        (pipeline.main, ["--save_dir", str(save / "p"), "--seeds", "1", "1"], "each seed once"),
         (regrowth_oneshot.main, search + ["--initial_ckpt", str(dense)], "has no masks"),
         (regrowth_iterative.main, search + ["--target_sparsity", "0.99"], "not below the start"),
         (regrowth_greedy.main, search + ["--regrow_step", "1e-9"], "budget is 0"),
@@ -337,3 +340,14 @@ def test_export_never_replaces_without_overwrite(start, tmp_path, capsys):
     code, _, err = run_main(export.main, argv, capsys)
     _one_error(code, err, "--overwrite")
     assert _digest(tmp_path) == before
+
+
+def test_ctrl_c_is_one_line_and_exit_130(start, monkeypatch, capsys):
+    _, _, sparse = start
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluate, "evaluate_model", interrupted)
+    code, _, err = run_main(evaluate.main, DATA + ["--ckpt", str(sparse)], capsys)
+    assert code == 130 and "interrupted (Ctrl-C)" in err and "--resume" in err and "Traceback" not in err

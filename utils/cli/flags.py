@@ -91,6 +91,11 @@ def cli_main(func: Callable[[Sequence[str] | None], int | None]) -> Callable[[Se
             return 2
         except SystemExit as exc:  # argparse: --help exits 0, bad flags exit 2
             return int(exc.code or 0)
+        except KeyboardInterrupt:
+            sys.stderr.write("\ninterrupted (Ctrl-C): the files written so far are kept (checkpoints and logs are "
+                             "written whole or not at all); rerun the same command with --resume where the stage "
+                             "has it (pretrain, the searches), or with --overwrite to start over\n")
+            return 130
         finally:
             close_world()
 
@@ -216,6 +221,8 @@ def run_settings(args: argparse.Namespace) -> RunSettings:
     """The shared settings of a stage from its flags (``add_common_args``, ``add_speed_args``,
     ``add_checkpoint_args``, --overwrite / --resume); a flag the script does not define keeps its default."""
     given = lambda name, default=None: getattr(args, name, default)  # noqa: E731
+    if given("resume", False) and given("overwrite", False):
+        raise UsageError("--resume continues an earlier run and --overwrite starts it over: pass one of them")
     return RunSettings(save_dir=given("save_dir", "./runs"), seed=given("seed", 42), val_split=given("val_split", 0.1),
                        batch_size=given("batch_size", 128), train_subset=given("train_subset"),
                        eval_subset=given("eval_subset"), augment=not given("no_augment", False),
@@ -402,8 +409,8 @@ def profile_from_args(args: argparse.Namespace) -> DeviceProfile | None:
     for key in (*LIMITS, "storage", "latency_batch"):
         if getattr(args, key, None) is not None:
             entries[key] = getattr(args, key)
-    if not entries:
-        return None
+    if not entries and not args.device_profile:
+        return None  # (an empty profile file is refused below: it sets no limit)
     entries.setdefault("name", Path(args.device_profile).stem if args.device_profile else "given by flags")
     return DeviceProfile(**entries)
 

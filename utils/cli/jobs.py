@@ -4,9 +4,11 @@ anything loads where it can be."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from utils.cli.flags import profile_from_args, scoring_settings, search_settings, selection_settings
 from utils.cli.prepare import prepare_dense_sparse
+from utils.core.errors import UsageError
 from utils.scoring.selection import load_reference
 from utils.search.drivers import RegrowthJob, RegrowthSettings
 from utils.sparsity.granularity import granularity_class
@@ -23,6 +25,9 @@ def regrowth_settings(args: argparse.Namespace, granularity: str, schedule: str)
                   selection=selection, random_search=args.random_search, baseline_dir=args.baseline_dir,
                   units=args.units)
     if schedule == "oneshot":
+        if args.label is not None and (Path(args.label).name != args.label or args.label in (".", "..")):
+            raise UsageError(f"--label {args.label!r} must be a plain folder name (no '/' or '..'): the search "
+                             "writes to {save_dir}/{m}/regrowth_oneshot/{label}/")
         return RegrowthSettings(**common, regrow_step=args.regrow_step, label=args.label, profile=profile)
     return RegrowthSettings(**common, target_sparsity=args.target_sparsity, num_iters=args.num_iters,
                             budget_space_size=args.budget_space_size, min_budget_frac=args.min_budget_frac,

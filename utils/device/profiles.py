@@ -15,6 +15,7 @@ pruned); latency of the model as it runs (channel-pruned: its export; masked wei
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -47,8 +48,9 @@ class DeviceProfile:
         Format.parse(self.storage)
         for key in LIMITS:
             value = getattr(self, key)
-            if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0):
-                raise UsageError(f"device profile {self.name}: {key} must be a positive number, not {value!r}")
+            if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)
+                                      or not math.isfinite(value) or value <= 0):
+                raise UsageError(f"device profile {self.name}: {key} must be a positive finite number, not {value!r}")
         if all(getattr(self, key) is None for key in LIMITS):
             raise UsageError(f"device profile {self.name} sets no limit: give max_bytes, max_macs or max_latency_ms")
         if not isinstance(self.latency_batch, int) or self.latency_batch < 1:

@@ -53,7 +53,7 @@ from utils.search.episodes import (
     search_space,
     widen_space,
 )
-from utils.sparsity.budget import regrowth_budget
+from utils.sparsity.budget import asked_budget, regrowth_budget
 from utils.sparsity.physical import verify_export
 
 SEARCH_METHODS = {False: SEARCHES[""], True: SEARCHES["random_"]}  # --random_search -> the method's name
@@ -194,6 +194,10 @@ def prepare_oneshot(job: RegrowthJob) -> OneShot:
                      "%d most damaged as well", selected, len(space.layers) - selected)
     budget = (fills.budget(dict(zip(space.layers, space.capacities, strict=True))) if fills is not None
               else regrowth_budget(gran.total(pair.sparse), cfg.regrow_step, sum(space.capacities)))
+    asked = asked_budget(gran.total(pair.sparse), cfg.regrow_step)
+    if fills is None and budget < asked:
+        LOG.warning("--regrow_step %g asks for %s %ss but the searched units hold only %s pruned ones: K is cut to "
+                    "%s", cfg.regrow_step, f"{asked:,}", gran.name, f"{budget:,}", f"{budget:,}")
     scores = selection_scores(stage, pair, reference, cfg.selection, cfg.scoring)
     _, start_val = evaluate_model(pair.sparse, episode_val(stage, cfg.search), amp=stage.amp)  # the rewards' images
     counted = Budget(total=budget, cost=fills.cost) if fills is not None else Budget(total=budget)

@@ -43,6 +43,12 @@ def capped_largest_remainder(shares: dict[str, float], caps: dict[str, int], tot
         fixed.update({k: caps[k] for k in over})
 
 
+def asked_budget(total: int, fraction: float) -> int:
+    """floor(total · fraction): what a budget fraction asks for before any capacity caps it (1e-9 absorbs float
+    error, 2708.9999999 -> 2709)."""
+    return math.floor(total * fraction + 1e-9)
+
+
 def regrowth_budget(total: int, fraction: float, capacity: int) -> int:
     """K = min(floor(total · fraction), capacity): the number of units (weights or channels) one regrowth
     step brings back, where ``total`` is N_tot of the granularity and ``capacity`` what the allocation may
@@ -51,7 +57,7 @@ def regrowth_budget(total: int, fraction: float, capacity: int) -> int:
     The floor is the original's ``int()``; 1e-9 absorbs float error (2708.9999999 -> 2709).
     A budget of 0 is a ``UsageError``: the step would change nothing.
     """
-    budget = min(math.floor(total * fraction + 1e-9), capacity)
+    budget = min(asked_budget(total, fraction), capacity)
     if budget <= 0:
         raise UsageError(f"regrowth budget is 0 ({fraction:g} of {total:,} units, capacity {capacity:,}): "
                          "raise the budget fraction or start from a sparser model")

@@ -171,11 +171,13 @@ def test_results_figure_runs_from_dense_to_sparsest(tmp_path, captured_axes):
     assert math.isclose(left, 150) and "kept weights" in ax.get_xlabel()
 
 
-def test_a_search_from_a_model_at_chance_says_so(tmp_path):
+def test_a_search_from_a_model_at_chance_or_past_its_capacity_says_so(tmp_path):
     _, sparse = save_dense_and_sparse(tmp_path, 0.99)  # untrained: at chance
     assert regrowth_oneshot.main(QUICK + ["--save_dir", str(tmp_path), "--initial_ckpt", str(sparse), "--num_epochs",
                                           "2", "--episode_steps", "1", "--ssim_num_batches", "1",
-                                          "--saliency_batches", "1", "--label", "chance"]) == 0
+                                          "--saliency_batches", "1", "--label", "chance", "--regrow_step",
+                                          "0.995"]) == 0
     log = (tmp_path / "resnet20" / "regrowth_oneshot" / "chance" / "log.txt").read_text()
     assert "within 5 points of chance" in log
+    assert "--regrow_step 0.995 asks for" in log and "K is cut to" in log  # more than the 99% model's pruned
     assert "on 1 val batch ..." in log  # not "1 val batches"

@@ -259,9 +259,10 @@ def run_chain(args: argparse.Namespace, seed: int, save_dir: Path) -> int:
     plot_results(rows, g.name, f"{p['m_name']} on {p['dataset']}, preset {args.preset}, seed {seed}: final models "
                  f"after the same finetune", figure)
     ledger.log()
-    print(f"\n{'model':<24} {g.name + ' sparsity':>16} {'params':>10} {'val acc':>8} {'test acc':>9}")
+    counted = "all params" if exports else "weights kept"  # what the params column counts (see _row)
+    print(f"\n{'model':<24} {g.name + ' sparsity':>16} {counted:>12} {'val acc':>8} {'test acc':>9}")
     for row in rows:
-        print(f"{row['model']:<24} {row['sparsity']:>16.4f} {row['params']:>10,} {row['val_acc']:>7.2f}% "
+        print(f"{row['model']:<24} {row['sparsity']:>16.4f} {row['params']:>12,} {row['val_acc']:>7.2f}% "
               f"{row['test_acc']:>8.2f}%")
     print()
     log_outputs([table, table.with_suffix(".json"), figure, f"every stage's files under {root}/"],

@@ -120,7 +120,7 @@ def _print_fit(device: dict) -> None:
               f"{row['margin']:>+14,.1f} ({row['margin_pct']:+.1f}%)  {'ok' if row['fits'] else 'over'}")
     if "onnx" in device:
         row = device["onnx"]
-        print(f"  {'onnx file':<11} {row['bytes']:>14,.1f} of {row['limit']:>14,.1f} {'bytes':<5}  margin "
+        print(f"  {'onnx file':<11} {row['cost']:>14,.1f} of {row['limit']:>14,.1f} {'bytes':<5}  margin "
               f"{row['margin']:>+14,.1f} ({row['margin_pct']:+.1f}%)  {'ok' if row['fits'] else 'over'}  (pruned "
               "weights stored as zeros; not part of FITS)")
 

@@ -98,29 +98,29 @@ def print_table(rows: dict[str, dict], report: dict) -> None:
               "storage formats: " + ", ".join(f"{k} {v:,}" for k, v in storage.items() if k in SHOWN_FORMATS))
 
 
-def physical_export(stage: Stage, ckpt, masked: torch.nn.Module, out: Path, args: argparse.Namespace) -> tuple:
-    """The channel export of ``masked`` saved to ``out`` (checked to give its outputs): (exported model, report
-    fields)."""
+def physical_export(stage: Stage, masked: torch.nn.Module) -> tuple[torch.nn.Module, list, dict]:
+    """The channel export of ``masked`` (checked to give its outputs; not saved yet): (exported model, its
+    pruning history, report fields)."""
     exported, history = export_model(stage.granularity, masked)
     exported = use_channels_last(exported.to(stage.device), stage.channels_last).eval()
     diff = verify_export(masked, exported, stage.granularity.input_size)
+    return exported, history, {"max_abs_diff": diff, "channel_sparsity": stage.granularity.sparsity(masked)}
+
+
+def save_export(stage: Stage, ckpt, exported: torch.nn.Module, history: list, fields: dict, out: Path,
+                args: argparse.Namespace) -> None:
+    """Write the export to ``out`` with its figures and the checkpoint's recorded accuracies in the meta."""
     params, macs = params_and_macs(exported, stage.granularity.input_size)
-    stage.save(out, exported, {"stage": "export", "parent": str(args.ckpt), "channel_sparsity":
-                               stage.granularity.sparsity(masked), "max_abs_diff": diff, "params": params,
+    stage.save(out, exported, {"stage": "export", "parent": str(args.ckpt), **fields, "params": params,
                                "macs": macs, "val_acc": ckpt.meta.get("val_acc"), "test_acc": ckpt.meta.get("test_acc"),
                                "eval_args": recorded_eval_flags(ckpt)}, export_history=history)
-    return exported, {"max_abs_diff": diff, "channel_sparsity": stage.granularity.sparsity(masked)}
 
 
-def onnx_export(runs: torch.nn.Module, path: Path, stage: Stage, args: argparse.Namespace) -> dict:
-    """The checked ONNX file of ``runs`` written to ``path``: its size, max logit difference and ONNX Runtime
-    latency (ms, CPU) per --batch_sizes."""
+def onnx_file(runs: torch.nn.Module, stage: Stage) -> tuple[bytes, float]:
+    """The ONNX file of ``runs`` and its max logit difference, checked by ONNX Runtime (a ``UsageError``, nothing
+    written, when it differs)."""
     size = stage.granularity.input_size
-    images = torch.randn(8, 3, size, size, generator=torch.Generator().manual_seed(0))
-    data, diff = checked_onnx(runs, size, images)
-    atomic_write(path, lambda tmp: tmp.write_bytes(data))
-    latency = {str(b): ort_latency_ms(data, b, size, args.repeats) for b in args.batch_sizes}
-    return {"path": str(path), "bytes": len(data), "max_abs_diff": diff, "opset": OPSET, "latency_ms": latency}
+    return checked_onnx(runs, size, torch.randn(8, 3, size, size, generator=torch.Generator().manual_seed(0)))
 
 
 def outputs(args: argparse.Namespace, ckpt) -> tuple[Path | None, Path | None]:
@@ -137,6 +137,8 @@ def outputs(args: argparse.Namespace, ckpt) -> tuple[Path | None, Path | None]:
     if args.onnx:
         onnx = check_output_file(args.onnx_out or Path(out or args.ckpt).with_suffix(".onnx"), inputs=[args.ckpt],
                                  overwrite=args.overwrite, what="--onnx_out")
+        if out is not None and onnx.resolve() == out.resolve():
+            raise UsageError(f"--onnx_out {onnx} is the --out checkpoint: give the ONNX file its own name")
     return out, onnx
 
 
@@ -150,22 +152,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     gran = stage.granularity
     report = {"checkpoint": str(args.ckpt), "model": stage.model_name, "device": str(stage.device),
               "granularity": gran.name, "sparsity": gran.sparsity(model), "written": []}
+    runs = model
     if out is not None:  # channel-pruned: the physical export runs on the device
-        runs, fields = physical_export(stage, ckpt, model, out, args)
+        runs, history, fields = physical_export(stage, model)
         report.update(fields, out=str(out))
+    onnx = onnx_file(runs, stage) if onnx_out is not None else None  # every check before the first write
+    if out is not None:
+        save_export(stage, ckpt, runs, history, fields, out, args)
         report["written"].append(str(out))
         models = {"dense": stage.build_model(), "masked": model, "exported": runs}
     else:
-        runs = model
         label = "exported" if ckpt.export_history is not None else "masked" if ckpt.granularity else "dense"
         models = {"dense": stage.build_model(), label: model} if label == "masked" else {label: model}
     report["models"] = measure(stage, models, args)
-    if onnx_out is not None:
-        report["onnx"] = onnx_export(runs, onnx_out, stage, args)
-        report["storage_bytes"] = {fmt: model_bytes(model if out is None else runs, fmt) for fmt in FORMATS}
+    if onnx is not None:
+        data, diff = onnx
+        atomic_write(onnx_out, lambda tmp: tmp.write_bytes(data))
         report["written"].append(str(onnx_out))
+        latency = {str(b): ort_latency_ms(data, b, gran.input_size, args.repeats) for b in args.batch_sizes}
+        report["onnx"] = {"path": str(onnx_out), "bytes": len(data), "max_abs_diff": diff, "opset": OPSET,
+                          "latency_ms": latency}
+        report["storage_bytes"] = {fmt: model_bytes(model if out is None else runs, fmt) for fmt in FORMATS}
         params, macs = params_and_macs(runs, gran.input_size)
-        report["models"]["onnx (ORT)"] = {"params": params, "macs": macs, "latency_ms": report["onnx"]["latency_ms"]}
+        report["models"]["onnx (ORT)"] = {"params": params, "macs": macs, "latency_ms": latency}
     if args.json:
         print(json.dumps(report))
     else:

@@ -77,7 +77,8 @@ def checkpoints(folder: Path) -> tuple[list[Path], bool]:
         if missing:
             raise UsageError(f"{folder / PRUNE_LOG} lists checkpoints that are not there: {', '.join(missing)}")
     else:
-        paths = sorted(p for p in folder.glob("*.pth") if not p.stem.endswith(("_exported", "_final", "_finetuned")))
+        derived = ("_exported", "_final", "_finetuned")  # finetuned or exported copies (also _final_swap...)
+        paths = sorted(p for p in folder.glob("*.pth") if not any(tag in p.stem for tag in derived))
     if not paths:
         raise UsageError(f"--model_dir {folder} holds no checkpoints (*.pth, or those prune_log.csv lists)")
     if len(paths) < 4:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from pathlib import Path
 
 from utils.cli.flags import (
     add_common_args,
@@ -42,7 +43,7 @@ from utils.core.log import LOG, log_outputs, setup_logging
 from utils.core.paths import check_output_file, clean_stale_temps, finetuned_path
 from utils.runtime.checkpoint import read_checkpoint
 from utils.runtime.settings import FinetuneSettings, LoopSettings
-from utils.runtime.stage import dense_checkpoint
+from utils.runtime.stage import check_lineage, dense_checkpoint
 from utils.runtime.train import evaluate_model, finetune_model
 from utils.sparsity.swap import NEEDS_DENSE
 
@@ -68,7 +69,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-
 @cli_main
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
@@ -80,8 +80,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     model = stage.load_model(args.ckpt, exported=True)
     if swap is not None and stage.granularity.swap_refusal:
         raise UsageError(f"--swap_every: {args.ckpt} {stage.granularity.swap_refusal}")
-    needs_dense = swap is not None and swap.grow_score in NEEDS_DENSE
-    dense = stage.layer_weights(dense_checkpoint(stage.run, stage.model_name)) if needs_dense else None
+    dense = None
+    if swap is not None and swap.grow_score in NEEDS_DENSE:  # the dense model this checkpoint was pruned from
+        dense_path = dense_checkpoint(stage.run, stage.model_name)
+        dense = stage.layer_weights(dense_path)
+        check_lineage(dense_path, stage.lineages.get(str(dense_path)), Path(args.ckpt),
+                      stage.lineages.get(str(args.ckpt)), stage.run.allow_other_dense)
     stage.shard_training_data()  # under torchrun: data-parallel, each process on its shard
     sparsity, kind = stage.granularity.sparsity, stage.granularity.name
     clean_stale_temps(save_path.parent, recursive=False)  # a file's folder, not a run tree

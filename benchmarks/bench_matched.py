@@ -52,6 +52,7 @@ from benchmarks.experiment import (
     run,
     stage_flags,
 )
+from utils.cli.flags import positive_int
 from utils.cli.jobs import regrowth_settings
 from utils.cli.prepare import prepare_dense_sparse
 from utils.core.files import write_csv, write_json
@@ -88,7 +89,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              "decay, none in the last 25%% of the steps) every --swap_every steps: straight "
                              "(one-shot to --final_sparsity), regrown (greedy/zero regrown into the start, then "
                              "finetuned) and gradual (dense to --final_sparsity during one finetune)")
-    parser.add_argument("--swap_every", type=int, default=20, help="optimizer steps between swaps")
+    parser.add_argument("--swap_every", type=positive_int, default=20, help="optimizer steps between swaps")
     return parser.parse_args(argv)
 
 

@@ -23,7 +23,7 @@ Each finished arm is one small JSON file in --results (the settings it was run w
 the chosen allocation, the final val/test accuracy and the seconds), so separate processes can run seeds or
 arms in parallel and a later run adds seeds without rerunning the finished ones. Every call ends by gathering
 all the arm files of these settings in --results into ``search_{dataset}_{model}.md`` (the table: final val
-and test mean ± std over seeds, and the paired RL - random and RL - greedy differences) and
+and test mean ± std over seeds, and the paired differences to RL) and
 ``search_{dataset}_{model}.png`` (the best-so-far curves: the chosen allocation's val reward against episodes
 and against seconds, mean and min-max band over seeds).
 
@@ -60,7 +60,7 @@ from benchmarks.experiment import (  # noqa: E402
     run,
     stage_flags,
 )
-from utils.cli.flags import positive_int  # noqa: E402
+from utils.cli.flags import open_fraction, positive_int  # noqa: E402
 from utils.cli.jobs import regrowth_job  # noqa: E402
 from utils.core.errors import UsageError  # noqa: E402
 from utils.core.files import write_json  # noqa: E402
@@ -106,8 +106,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_experiment_args(parser)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1])
-    parser.add_argument("--sparsity", type=float, default=0.99, help="one-shot LAMP sparsity of the start")
-    parser.add_argument("--regrow_step", type=float, default=0.01, help="K / N_tot")
+    parser.add_argument("--sparsity", type=open_fraction, default=0.99, help="one-shot LAMP sparsity of the start")
+    parser.add_argument("--regrow_step", type=open_fraction, default=0.01, help="K / N_tot")
     parser.add_argument("--units", nargs="+", choices=UNIT_SETS, default=["ssim"], help="searched unit sets")
     parser.add_argument("--arms", nargs="+", default=["rl", "random", "greedy_prop", "greedy_uniform"],
                         help=f"arms to run, of: {', '.join(ARMS)}")
@@ -213,6 +213,8 @@ def run_seed(args, seed: int, results: Path) -> None:
         return
     root = Path(args.save_dir) / f"search_{args.dataset}_{args.m_name}" / f"seed{seed}"
     check_settings(root, {k: getattr(args, k) for k in DEFINING[:7] + ("sparsity",)} | {"seed": seed})
+    # the searches' folders are reused (a finished one read back, a killed one resumed): only for these settings
+    check_settings(root / "search", {k: getattr(args, k) for k in DEFINING if k != "final_epochs"} | {"seed": seed})
     dense = dense_model(args, seed, root)
     start = pruned_model(args, seed, root, dense, args.sparsity, args.prune_epochs, "start")
     for units in dict.fromkeys(u for u, _ in todo):

@@ -13,8 +13,10 @@ Sections (each timed; one that fails records its error and the others still run)
 * ``search``: a 20-episode cheap search (regrowth_oneshot.py, synthetic data) in 1 process and in 4 processes on
   the one GPU (``--share_gpus``): episodes per minute;
 * ``latency``: masked vs exported (50% and 90% channel-pruned resnet20 and vgg16) at batch 1 / 128 / 1024;
-* ``correctness``: pruned effective weights exactly zero after a bf16 finetune; a resumed search against an
-  uninterrupted one (the largest reward difference).
+* ``swap``: what one swap cycle adds to a training step (VGG-16 at 99%, ``bench_swap``);
+* ``correctness``: a bf16 finetune leaves the masks as they were, swap cycles keep every layer's kept count on
+  the device, a resumed search against an uninterrupted one (the largest reward difference); and (``search``)
+  whether 1 and 4 processes ran the same episodes.
 
     python -m benchmarks.gpu_check                     # on the GPU machine: gpu_check.json and gpu_check.md
     python -m benchmarks.gpu_check --toy --out /tmp/g  # CPU, seconds
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import traceback
@@ -36,6 +39,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks import bench_swap
 from benchmarks.bench_train import epoch_seconds, images_per_second
 from benchmarks.common import ROOT, cifar_like, machine, sync, timed
 from data.cifar10 import INFO
@@ -53,8 +57,9 @@ from utils.runtime.train import finetune_model, use_channels_last
 from utils.sparsity.budget import regrowth_budget
 from utils.sparsity.granularity import get_granularity
 from utils.sparsity.grow import random_scores_like
-from utils.sparsity.masks import add_reparam, effective_weight, keep_mask, prunable_modules
+from utils.sparsity.masks import add_reparam, keep_mask, prunable_modules
 from utils.sparsity.physical import export_model
+from utils.sparsity.swap import SwapSettings
 
 
 @dataclass(frozen=True)
@@ -88,7 +93,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--toy", action="store_true", help="tiny sizes on the CPU (the test suite's run)")
     parser.add_argument("--device", default=None, help="default: cuda (cpu with --toy)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="folder of the two result files")
-    parser.add_argument("--sections", nargs="+", default=None, help="run only these sections")
+    parser.add_argument("--sections", nargs="+", default=None, choices=list(SECTIONS), help="run only these sections")
     return parser.parse_args(argv)
 
 
@@ -186,13 +191,15 @@ def _search(work: Path, device: torch.device, sizes: Sizes, label: str, procs: i
 
 def search(device: torch.device, sizes: Sizes, work: Path) -> dict:
     """A cheap search of ``search_episodes`` episodes in 1 and in N processes on the one device."""
-    rows = []
+    rows, episodes = [], []
     for procs in sizes.search_processes:
         out, wall = _search(work, device, sizes, f"procs{procs}", procs, ["--num_epochs", str(sizes.search_episodes)])
         seconds = json.loads((out / "summary.json").read_text())["search_seconds"]
+        episodes.append([(r["allocation"], r["reward"]) for r in read_csv(out / "episodes.csv")])
         rows.append({"processes": procs, "episodes": sizes.search_episodes, "search_seconds": seconds,
                      "wall_seconds": wall, "episodes_per_min": 60 * sizes.search_episodes / seconds})
-    return {"rows": rows}
+    # several processes on one device must run the same episodes as one (--share_gpus over gloo)
+    return {"rows": rows, "same_episodes": all(e == episodes[0] for e in episodes)}
 
 
 def latency(device: torch.device, sizes: Sizes, work: Path) -> dict:
@@ -216,18 +223,23 @@ def latency(device: torch.device, sizes: Sizes, work: Path) -> dict:
 
 
 def correctness(device: torch.device, sizes: Sizes, work: Path) -> dict:
-    """CUDA-only paths: a bf16 finetune keeps pruned effective weights exactly zero; a resumed search against an
-    uninterrupted one."""
+    """CUDA-only paths: a bf16 finetune leaves the masks as they were, and one with swap cycles keeps every
+    layer's kept count (``topk`` and the kept gradient under autocast, on the device); a resumed search against
+    an uninterrupted one."""
     torch.manual_seed(0)
     model = create_model("resnet20").to(device)
     add_reparam(model)
     get_pruner("lamp").prune(model, 0.9)
+    masks = {n: keep_mask(m).clone() for n, m in prunable_modules(model).items()}
     images, labels = cifar_like(4 * sizes.batch_size)
     train = DeviceLoader(images, labels, batch_size=sizes.batch_size, mean=INFO.mean, std=INFO.std, device=device,
                          shuffle=True, generator=torch.Generator(device=device).manual_seed(0))
-    finetune_model(model, train, train, FinetuneSettings(epochs=1, lr=1e-2), LoopSettings(amp=True, progress=False,
-                                                                                           verbose=False))
-    nonzero = sum(int((effective_weight(m)[keep_mask(m) == 0] != 0).sum()) for m in prunable_modules(model).values())
+    quiet = LoopSettings(amp=True, progress=False, verbose=False)
+    finetune_model(model, train, train, FinetuneSettings(epochs=1, lr=1e-2), quiet)
+    masks_kept = all(torch.equal(keep_mask(m), masks[n]) for n, m in prunable_modules(model).items())
+    swaps = finetune_model(model, train, train, FinetuneSettings(epochs=2, lr=1e-2, swap=SwapSettings(every=1)),
+                           quiet).swaps
+    counts_kept = all(int(keep_mask(m).sum()) == int(masks[n].sum()) for n, m in prunable_modules(model).items())
     half = max(1, sizes.search_episodes // 4)  # one policy step per episode: the cut falls between two steps
     each = ["--episodes_per_update", "1"]
     whole, _ = _search(work, device, sizes, "whole", 1, each + ["--num_epochs", str(2 * half)])
@@ -235,13 +247,21 @@ def correctness(device: torch.device, sizes: Sizes, work: Path) -> dict:
     resumed, _ = _search(work, device, sizes, "resumed", 1, each + ["--num_epochs", str(2 * half), "--resume"])
     rewards = [[float(r["reward"]) for r in read_csv(d / "episodes.csv")] for d in (whole, resumed)]
     diff = max((abs(a - b) for a, b in zip(*rewards, strict=True)), default=0.0)
-    return {"bf16_pruned_nonzero": nonzero, "bf16_pruned_exactly_zero": nonzero == 0,
-            "resume_episodes": len(rewards[0]), "resume_max_reward_diff": diff, "resume_equal": diff == 0.0}
+    return {"bf16_masks_unchanged": masks_kept, "swap_counts_exact": counts_kept,
+            "swap_weights_moved": swaps["weights_moved"], "resume_episodes": len(rewards[0]),
+            "resume_max_reward_diff": diff, "resume_equal": diff == 0.0}
+
+
+def swap(device: torch.device, sizes: Sizes, work: Path) -> dict:
+    """What one swap cycle adds to a training step (``benchmarks/bench_swap.py``: VGG-16 at 99%)."""
+    model = "vgg16" if "vgg16" in sizes.models else sizes.models[0]
+    return bench_swap.main(["--model", model, "--batch_size", str(sizes.batch_size), "--device", device.type,
+                            "--repeats", str(min(sizes.repeats, 5))])
 
 
 SECTIONS: dict[str, Callable[[torch.device, Sizes, Path], dict]] = {
     "throughput": throughput, "epoch": epoch, "episode": episode, "search": search, "latency": latency,
-    "correctness": correctness}
+    "swap": swap, "correctness": correctness}
 
 
 # ---- report ------------------------------------------------------------------------------------------------
@@ -268,19 +288,23 @@ def markdown(results: dict) -> str:
         out += ["| processes on the device | episodes | seconds | episodes/min |", "|---:|---:|---:|---:|"]
         out += [f"| {r['processes']} | {r['episodes']} | {r['search_seconds']:.1f} | {r['episodes_per_min']:.1f} |"
                 for r in get("search")["rows"]]
-        out.append("")
+        out += ["", f"The same episodes in every process count: {get('search')['same_episodes']}", ""]
     if "rows" in get("latency", {}):
         out += ["| model | channel sparsity | batch | masked ms | exported ms | speed-up |",
                 "|---|---:|---:|---:|---:|---:|"]
         out += [f"| {r['model']} | {r['channel_sparsity']:.0%} | {r['batch']} | {r['masked_ms']:.2f} | "
                 f"{r['exported_ms']:.2f} | {r['speedup']:.2f}x |" for r in get("latency")["rows"]]
         out.append("")
+    if "swap_ms" in get("swap", {}):
+        w = get("swap")
+        out += [f"Swap cycle ({w['model']}, {w['sparsity']:.0%}, batch {w['batch_size']}): {w['swap_ms']:.1f} ms on a "
+                f"{w['step_ms']:.1f} ms step ({w['swap_per_step']:.2f} of a step)", ""]
     if "resume_equal" in get("correctness", {}):
         c = get("correctness")
-        out += [f"bf16 finetune: pruned effective weights exactly zero: {c['bf16_pruned_exactly_zero']} "
-                f"({c['bf16_pruned_nonzero']} nonzero); resumed search equals uninterrupted: {c['resume_equal']} "
-                f"(largest reward difference {c['resume_max_reward_diff']:.2e} over {c['resume_episodes']} episodes)",
-                ""]
+        out += [f"bf16 finetune leaves the masks unchanged: {c['bf16_masks_unchanged']}; swap cycles keep every "
+                f"layer's count: {c['swap_counts_exact']} ({c['swap_weights_moved']:,} weights moved); resumed search "
+                f"equals uninterrupted: {c['resume_equal']} (largest reward difference "
+                f"{c['resume_max_reward_diff']:.2e} over {c['resume_episodes']} episodes)", ""]
     failed = {k: v["error"] for k, v in results["sections"].items() if "error" in v}
     out += [f"Failed: {k}: {v.splitlines()[-1]}" for k, v in failed.items()]
     return "\n".join(out) + "\n"
@@ -290,12 +314,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
     device = torch.device(args.device or ("cpu" if args.toy else "cuda"))
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: no CUDA device here; run with --toy for the CPU check")
+        sys.stderr.write("error: no CUDA device here; run with --toy for the CPU check\n")
+        raise SystemExit(2)
     sizes = TOY if args.toy else Sizes()
     out = Path(args.out)
     work = out / "gpu_check_work"
     results = {"machine": machine(), "device": str(device), "toy": args.toy, "sections": {}}
+    out.mkdir(parents=True, exist_ok=True)
     for name in args.sections or SECTIONS:
+        shutil.rmtree(work / name, ignore_errors=True)  # a rerun on a warm machine starts the section afresh
         with Timer() as timer:
             try:
                 results["sections"][name] = SECTIONS[name](device, sizes, work / name)
@@ -305,9 +332,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         sync(device)
         print(f"{name}: {timer.seconds:.1f} s{' (FAILED)' if 'error' in results['sections'][name] else ''}",
               flush=True)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu_check.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / "gpu_check.md").write_text(markdown(results))
+        (out / "gpu_check.json").write_text(json.dumps(results, indent=2) + "\n")  # after each section: a run cut
+        (out / "gpu_check.md").write_text(markdown(results))  # short by its time limit keeps what it measured
     print(markdown(results))
     return results
 

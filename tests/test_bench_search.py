@@ -30,3 +30,5 @@ def test_search_benchmark_runs_every_arm_and_keeps_the_finished_ones(tmp_path):
     longer[longer.index("--episodes") + 1] = "4"
     with pytest.raises(UsageError, match="episodes differ"):  # 4 episodes where a 3-episode arm file lies
         bench_search.main(longer)
+    with pytest.raises(UsageError, match="episodes differ"):  # elsewhere too: the 3-episode searches are not reused
+        bench_search.main(longer + ["--results", str(tmp_path / "other")])

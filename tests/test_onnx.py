@@ -83,12 +83,14 @@ def test_export_onnx_of_a_channel_pruned_checkpoint_has_the_exported_shapes(tmp_
     assert report["models"]["onnx (ORT)"]["params"] == report["models"]["exported"]["params"]
 
 
-def test_an_onnx_file_that_does_not_match_is_not_written(tmp_path, capsys, monkeypatch):
-    ckpt = _weight_pruned(tmp_path / "sparse.pth")
+@pytest.mark.parametrize("kind", ["weight", "channel"])
+def test_an_onnx_file_that_does_not_match_is_not_written(tmp_path, capsys, monkeypatch, kind):
+    path = tmp_path / "sparse.pth"
+    ckpt = _weight_pruned(path) if kind == "weight" else _channel_pruned(path, 0.5)
     monkeypatch.setattr(onnx_export, "max_abs_diff", lambda *args: 3e-3)
     code, _, err = run_main(export.main, ["--ckpt", str(ckpt), "--onnx", "--device", "cpu"], capsys)
     assert code == 2 and "error:" in err and "3.00e-03" in err and "not written" in err
-    assert tree(tmp_path) == ["sparse.pth"]
+    assert tree(tmp_path) == ["sparse.pth"]  # neither the ONNX file nor (channels) the .pth export
 
 
 def test_a_dense_or_weight_checkpoint_without_onnx_says_what_to_do(tmp_path, capsys):
@@ -106,7 +108,7 @@ def test_evaluate_says_whether_the_onnx_file_fits_the_byte_limit(tmp_path, capsy
     device = json.loads(out)["device"]
     assert device["limits"]["bytes"]["fits"]  # the packed 99% model fits 64 kB ...
     onnx_fit = device["onnx"]
-    assert not onnx_fit["fits"] and onnx_fit["bytes"] > 10 * onnx_fit["limit"]  # ... its ONNX file (zeros stored) not
+    assert not onnx_fit["fits"] and onnx_fit["cost"] > 10 * onnx_fit["limit"]  # ... its ONNX file (zeros stored) not
     code, out, _ = run_main(evaluate.main, flags, capsys)
     assert code == 0 and "onnx file" in out and "over" in out
     assert tree(tmp_path) == ["sparse.pth"]  # evaluate writes nothing

@@ -102,17 +102,21 @@ def test_a_finetune_with_swaps_keeps_every_layer_count_and_the_pruned_zeros():
     seen = []
     original = SwapCycles.after_step
 
-    def check(self):  # between steps: pruned effective weights are exactly zero
+    def check(self):  # every step: counts unchanged; on a swap step the grown weights start at exactly zero
+        before = {n: m.weight_mask.clone() for n, m in self.layers.items()}
         original(self)
-        for module in self.layers.values():
-            seen.append(bool(torch.all((module.weight_orig * module.weight_mask)[module.weight_mask == 0] == 0)))
+        for name, module in self.layers.items():
+            grown = module.weight_mask.bool() & ~before[name].bool()
+            seen.append((int(module.weight_mask.sum()) == int(before[name].sum()),
+                         bool(torch.all(module.weight_orig[grown] == 0)), int(grown.sum())))
 
     SwapCycles.after_step = check
     try:
         state = finetune_model(model, train, val, settings, QUIET)
     finally:
         SwapCycles.after_step = original
-    assert all(seen) and len(seen) == 24 * len(counts)
+    assert len(seen) == 24 * len(counts) and all(same and zero for same, zero, _ in seen)
+    assert sum(n for _, _, n in seen) == state.swaps["weights_moved"] > 0  # what moved is what the meta says
     assert state.swaps["swaps"] == 4 and state.swaps["weights_moved"] > 0  # steps 4, 8, 12, 16 (< 18)
     assert state.swaps["every"] == 4 and state.swaps["grow_score"] == "gradient"
     masks = get_masks(model)  # the best epoch's masks, loaded back
@@ -231,3 +235,23 @@ def test_gradual_mode_is_for_weights_and_one_target(tmp_path, capsys):
     code, _, err = run_main(prune_unstructure.main, QUICK + ["--save_dir", str(tmp_path), "--mode", "gradual",
                                                              "--target_sparsity", "0.5", "0.6"], capsys)
     assert code == 2 and "one --target_sparsity" in err and tree(tmp_path) == []
+    save_dense_and_sparse(tmp_path, 0.9)
+    before = tree(tmp_path)
+    code, _, err = run_main(prune_unstructure.main, QUICK + ["--save_dir", str(tmp_path), "--mode", "gradual",
+                                                             "--pruner", "unifplus", "--target_sparsity", "0.999"],
+                            capsys)  # infeasible for unifplus: said before the finetune, not at its last step
+    assert code == 2 and "--target_sparsity 0.999" in err and tree(tmp_path) == before
+
+
+def test_saliency_swaps_refuse_a_dense_model_the_checkpoint_was_not_pruned_from(tmp_path, capsys):
+    save_dense_and_sparse(tmp_path, 0.9)
+    assert prune_unstructure.main(QUICK + ["--save_dir", str(tmp_path), "--mode", "oneshot", "--target_sparsity",
+                                           "0.95", "--finetune_epochs", "1"]) == 0
+    other = tmp_path / "other.pth"
+    save_dense_and_sparse(tmp_path / "other_run", 0.9, seed=1)  # another dense model
+    (tmp_path / "other_run" / "resnet20" / "checkpoint" / "ckpt.pth").rename(other)
+    ckpt = tmp_path / "resnet20" / "oneshot" / "resnet20_0.9500.pth"
+    code, _, err = run_main(finetune.main, QUICK + ["--ckpt", str(ckpt), "--swap_every", "1", "--grow_score",
+                                                    "saliency", "--pretrained", str(other)], capsys)
+    assert code == 2 and "pruned from another dense model" in err
+    assert not ckpt.with_name("resnet20_0.9500_finetuned.pth").exists()

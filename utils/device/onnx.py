@@ -18,7 +18,6 @@ import statistics
 import warnings
 
 import numpy as np
-import onnxruntime as ort
 import torch
 import torch.nn as nn
 import torch.nn.utils.prune as prune
@@ -56,9 +55,11 @@ def onnx_bytes(model: nn.Module, input_size: int) -> bytes:
     return buffer.getvalue()
 
 
-def session(data: bytes) -> ort.InferenceSession:
-    """An ONNX Runtime CPU session of the file ``data``."""
-    return ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+def session(data: bytes):
+    """An ONNX Runtime CPU session (``onnxruntime.InferenceSession``) of the file ``data``."""
+    import onnxruntime  # here, not at the top: every search and evaluation imports this module, few run ONNX
+
+    return onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
 
 
 @torch.no_grad()

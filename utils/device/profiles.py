@@ -75,13 +75,21 @@ def load_profile(path: str | Path) -> dict:
     return entries
 
 
+def device_model(gran: Granularity, model: nn.Module, is_export: bool = False) -> tuple[nn.Module, bool]:
+    """(what the device runs and stores, whether that is a physical export): the export of a channel model,
+    ``model`` itself otherwise (``is_export``: it already is one)."""
+    if is_export:
+        return model, True
+    exported = gran.export(model)
+    return (exported[0], True) if exported is not None else (model, False)
+
+
 def model_costs(profile: DeviceProfile, gran: Granularity, model: nn.Module, device: torch.device,
                 is_export: bool = False) -> dict:
     """What ``model`` costs on the profile's device: bytes, MACs and (when the profile limits it) latency.
     ``is_export``: ``model`` is already a physical export (smaller shapes, no masks)."""
-    exported = (model, []) if is_export else gran.export(model)
-    runs = exported[0] if exported is not None else model  # what the device would run and store
-    macs = params_and_macs(runs, gran.input_size)[1] if exported is not None else gran.masked_macs(model)
+    runs, physical = device_model(gran, model, is_export)
+    macs = params_and_macs(runs, gran.input_size)[1] if physical else gran.masked_macs(model)
     costs = {"bytes": model_bytes(runs, profile.storage), "macs": macs}
     if profile.max_latency_ms is not None:
         costs["latency_ms"] = latencies_ms({"model": runs.to(device)}, profile.latency_batch, gran.input_size,
@@ -90,17 +98,20 @@ def model_costs(profile: DeviceProfile, gran: Granularity, model: nn.Module, dev
 
 
 def onnx_fit(profile: DeviceProfile, gran: Granularity, model: nn.Module, is_export: bool = False) -> dict | None:
-    """Whether the ONNX file of what the device runs (``model``'s physical export for channels, ``model`` with its
-    masks folded for weights; made in memory, ``utils.device.onnx``) fits the profile's byte limit: its bytes,
-    the limit, the margin and ``fits``. None when the profile limits no bytes. ONNX stores pruned weights as
-    zeros, so a weight-pruned model's file is about its dense size: the packed formats are what a sparse-aware
-    runtime would load."""
+    """Whether the ONNX file of what the device runs (``device_model``; made in memory, ``utils.device.onnx``) fits
+    the profile's byte limit: a ``check_fit`` row of its bytes. None when the profile limits no bytes. ONNX stores
+    pruned weights as zeros, so a weight-pruned model's file is about its dense size: the packed formats are what a
+    sparse-aware runtime would load."""
     if profile.max_bytes is None:
         return None
-    exported = (model, []) if is_export else gran.export(model)
-    size = len(onnx_bytes(exported[0] if exported is not None else model, gran.input_size))
-    return {"bytes": size, "limit": profile.max_bytes, "margin": profile.max_bytes - size,
-            "margin_pct": 100 * (profile.max_bytes - size) / profile.max_bytes, "fits": size <= profile.max_bytes}
+    size = len(onnx_bytes(device_model(gran, model, is_export)[0], gran.input_size))
+    return limit_row(size, profile.max_bytes)
+
+
+def limit_row(cost: float, limit: float) -> dict:
+    """One limit's cost, limit, margin (limit - cost, and as % of the limit) and whether it fits."""
+    return {"cost": cost, "limit": limit, "margin": limit - cost, "margin_pct": 100 * (limit - cost) / limit,
+            "fits": cost <= limit}
 
 
 def check_fit(profile: DeviceProfile, costs: dict) -> dict:
@@ -110,7 +121,5 @@ def check_fit(profile: DeviceProfile, costs: dict) -> dict:
     for key, cost_key in LIMITS.items():
         limit = getattr(profile, key)
         if limit is not None:
-            value = costs[cost_key]
-            limits[cost_key] = {"cost": value, "limit": limit, "margin": limit - value,
-                                "margin_pct": 100 * (limit - value) / limit, "fits": value <= limit}
+            limits[cost_key] = limit_row(costs[cost_key], limit)
     return {"profile": asdict(profile), "limits": limits, "fits": all(v["fits"] for v in limits.values())}

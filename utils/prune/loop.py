@@ -24,6 +24,7 @@ from utils.results.plots import plot_sparsity_accuracy
 from utils.runtime.settings import FinetuneSettings, LoopSettings, ScheduleSettings
 from utils.runtime.stage import Stage
 from utils.runtime.train import evaluate_model, finetune_model
+from utils.sparsity.masks import clone_model
 
 
 @dataclass
@@ -183,6 +184,14 @@ class PruneRun:
         for target, amount in zip(targets, amounts, strict=True):
             check_amount(amount, alive, gran.removable(dense), target)
         total = gran.total(dense)
+        if gradual:  # the pruner meets the target only at the end of the finetune: try it on a copy first
+            for target, amount in zip(targets, amounts, strict=True):
+                trial = PruneContext(torch.Generator(device=self.stage.device).manual_seed(0), self.context.loader,
+                                     self.context.num_batches)
+                try:
+                    self.pruner.prune(clone_model(dense), amount, context=trial)
+                except UsageError as exc:
+                    raise UsageError(f"--target_sparsity {target}: {exc}") from exc
         self.check_outputs([(total - alive + round(a * alive)) / total for a in amounts], None)
         setup_logging(self.out)
         for amount in amounts:

@@ -293,7 +293,7 @@ def finetune_model(model: nn.Module, train: DeviceLoader, select: DeviceLoader, 
     total_steps = settings.epochs * len(train)
     per_batch = (None if settings.warmup_frac is None
                  else warmup_cosine(optimizer, total_steps, settings.warmup_frac))
-    cycles = (SwapCycles(model, settings.swap, total_steps, optimizer, dense)
+    cycles = (SwapCycles(model, settings.swap, total_steps, optimizer, dense, data_parallel=train.shards > 1)
               if settings.swap is not None and settings.swap.enabled else None)
     if loop.csv_path is not None and is_main_process():
         loop.csv_path.unlink(missing_ok=True)

@@ -91,7 +91,7 @@ def top_pruned(scores: torch.Tensor, mask: torch.Tensor, n: int) -> torch.Tensor
     return flat.topk(k).indices if k > 0 else torch.empty(0, dtype=torch.long, device=mask.device)
 
 
-def _write(tensor: torch.Tensor, idx: torch.Tensor, values: torch.Tensor | float) -> None:
+def write_at(tensor: torch.Tensor, idx: torch.Tensor, values: torch.Tensor | float) -> None:
     """tensor[flat idx] = values, whatever the tensor's memory layout."""
     tensor[torch.unravel_index(idx, tensor.shape)] = values
 
@@ -129,9 +129,9 @@ def apply_regrowth(model: nn.Module, allocation: dict[str, int], scores: dict[st
         idx = top_pruned(scores[name], module.weight_mask, n)
         draws = functools.partial(keyed_uniform, base, name, module.weight_orig.shape, module.weight_orig.device)
         values = init(module, idx, None if dense is None else dense.get(name), draws)
-        _write(module.weight_orig, idx, values)
-        _write(module.weight_mask, idx, 1.0)
-        reset_optimizer_state(optimizer, module.weight_orig, lambda t, idx=idx: _write(t, idx, 0.0))
+        write_at(module.weight_orig, idx, values)
+        write_at(module.weight_mask, idx, 1.0)
+        reset_optimizer_state(optimizer, module.weight_orig, lambda t, idx=idx: write_at(t, idx, 0.0))
         regrown[name] = len(idx)
     return regrown
 

@@ -30,7 +30,7 @@ import torch.nn as nn
 from utils.core.distributed import all_reduce_sum
 from utils.core.errors import UsageError
 from utils.core.registry import Registry
-from utils.sparsity.grow import reset_optimizer_state
+from utils.sparsity.grow import reset_optimizer_state, write_at
 from utils.sparsity.masks import has_reparam, prunable_modules
 
 GrowScore = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]  # (dense grad, dense θ or None) -> score
@@ -50,8 +50,8 @@ class SwapSettings:
     """Swap cycles of one finetune (``every`` 0: none, the finetune is the plain one)."""
 
     every: int = 0  # optimizer steps between swaps, >= 0
-    fraction: float = 0.3  # share of each layer's kept weights swapped at the first swap, in (0, 1]
-    until: float = 0.75  # no swaps after this share of the finetune's steps, in (0, 1]
+    fraction: float = 0.3  # share of each layer's kept weights swapped at the first swap, in (0, 1)
+    until: float = 0.75  # no swaps after this share of the finetune's steps, in (0, 1)
     grow_score: str = "gradient"  # GROW_SCORES
     drop_score: str = "magnitude"  # DROP_SCORES
 
@@ -70,10 +70,6 @@ class SwapSettings:
         return asdict(self)
 
 
-def _zero_at(tensor: torch.Tensor, flat: torch.Tensor) -> None:
-    tensor[torch.unravel_index(flat, tensor.shape)] = 0.0
-
-
 @torch.no_grad()
 def swap_layer(weight: torch.Tensor, mask: torch.Tensor, grow: torch.Tensor, drop: torch.Tensor, fraction: float,
                optimizer: torch.optim.Optimizer | None) -> int:
@@ -89,20 +85,23 @@ def swap_layer(weight: torch.Tensor, mask: torch.Tensor, grow: torch.Tensor, dro
     dropped = drop.reshape(-1).float().masked_fill(~kept, math.inf).topk(n, largest=False).indices
     grown = grow.reshape(-1).float().masked_fill(kept, -math.inf).topk(n).indices
     for tensor, (off, on) in ((mask, (0.0, 1.0)), (weight, (0.0, 0.0))):  # index tuples: any memory layout
-        tensor[torch.unravel_index(dropped, tensor.shape)] = off
-        tensor[torch.unravel_index(grown, tensor.shape)] = on
+        write_at(tensor, dropped, off)
+        write_at(tensor, grown, on)
     moved = torch.cat([dropped, grown])
-    reset_optimizer_state(optimizer, weight, lambda t: _zero_at(t, moved))
+    reset_optimizer_state(optimizer, weight, lambda t: write_at(t, moved, 0.0))
     return n
 
 
 class SwapCycles:
     """The swap cycles of one finetune of ``model`` (a weight-masked model), driven by the training loop:
     ``after_step()`` after every optimizer step. ``total_steps``: the finetune's optimizer steps; ``dense``:
-    the dense weights by layer (for ``saliency``)."""
+    the dense weights by layer (for ``saliency``); ``data_parallel``: the finetune trains one model over the
+    processes (DistributedDataParallel), whose gradients are summed before each swap so every process swaps the
+    same positions (an episode-parallel search's finetunes are independent: no reduction)."""
 
     def __init__(self, model: nn.Module, settings: SwapSettings, total_steps: int,
-                 optimizer: torch.optim.Optimizer, dense: dict[str, torch.Tensor] | None = None) -> None:
+                 optimizer: torch.optim.Optimizer, dense: dict[str, torch.Tensor] | None = None,
+                 data_parallel: bool = False) -> None:
         GROW_SCORES.canonical(settings.grow_score, "--grow_score")
         DROP_SCORES.canonical(settings.drop_score, "--drop_score")
         if settings.grow_score in NEEDS_DENSE and dense is None:
@@ -111,6 +110,7 @@ class SwapCycles:
         if not self.layers:
             raise UsageError("swap cycles need a model with weight masks (a pruned checkpoint)")
         self.settings, self.total_steps, self.optimizer, self.dense = settings, total_steps, optimizer, dense
+        self.data_parallel = data_parallel
         self.step, self.swaps, self.moved = 0, 0, 0
         self.capturing = self._is_swap_step(1)
         self._hooks = [m.register_forward_pre_hook(self._keep_grad) for m in self.layers.values()]
@@ -134,7 +134,7 @@ class SwapCycles:
                 grad = module.weight.grad
                 if grad is None:  # the layer took no part in this step's forward
                     continue
-                grad = all_reduce_sum(grad.detach().clone())
+                grad = all_reduce_sum(grad.detach().clone()) if self.data_parallel else grad.detach()
                 dense = None if self.dense is None else self.dense[name]
                 self.moved += swap_layer(module.weight_orig, module.weight_mask, grow_score(grad, dense),
                                          drop_score(module.weight_orig.detach()), fraction, self.optimizer)

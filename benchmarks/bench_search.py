@@ -11,6 +11,7 @@ is its own set of arms). Arms (--arms):
 | ``rl`` | regrowth_oneshot.py, --episodes episodes (no early stop), the default controller |
 | ``random`` | the same with --random_search: uniform draws from the same action space, equal episodes |
 | ``rl_batch`` | the controller with a batch-mean baseline (M = 8 episodes per update) and a 10x learning rate |
+| ``rl_tuned`` | one update per episode at a 10x learning rate with a 40x smaller entropy bonus (0.01 -> 0.001) |
 | ``greedy_prop`` / ``greedy_uniform`` / ``greedy_fill`` | the rule of regrowth_greedy.py, one allocation |
 
 Every episode is a cheap one (--episode_steps S optimizer steps, reward on the first --episode_val_subset val
@@ -93,6 +94,7 @@ ARMS: Registry[SearchArm | GreedyArm] = Registry("arm", {
     "rl": SearchArm(),
     "random": SearchArm(("--random_search",), random=True),
     "rl_batch": SearchArm(("--episodes_per_update", "8", "--learning_rate", "3e-3")),
+    "rl_tuned": SearchArm(("--learning_rate", "3e-3", "--start_beta", "0.01", "--end_beta", "0.001")),
     "greedy_prop": GreedyArm("prop"),
     "greedy_uniform": GreedyArm("uniform"),
     "greedy_fill": GreedyArm("fill"),

@@ -145,3 +145,47 @@ def test_truncated_and_unknown_layout(tmp_path):
     torch.save({"weights": [1, 2, 3]}, tmp_path / "odd.pth")
     with pytest.raises(UsageError, match="unrecognised checkpoint layout.*weights"):
         read_checkpoint(tmp_path / "odd.pth")
+
+
+def _saved(tmp_path):
+    path = tmp_path / "m.pth"
+    save_checkpoint(path, _pruned_resnet20(0.9), model_name="resnet20", dataset="synthetic", num_classes=10, meta={})
+    return path
+
+
+def test_a_damaged_checkpoint_of_the_right_size_is_refused(tmp_path):
+    path = _saved(tmp_path)
+    ckpt = read_checkpoint(path)  # intact: read, and it records its checksum
+    assert ckpt.meta["checksum"]
+    # flip the bytes of one tensor's storage in the file (the zip holds each tensor as a stored record)
+    data = bytearray(path.read_bytes())
+    weight = ckpt.state_dict["linear.weight_orig"].numpy().tobytes()
+    at = data.find(weight[:64])
+    assert at > 0
+    data[at:at + 256] = bytes(b ^ 0xFF for b in data[at:at + 256])
+    path.write_bytes(bytes(data))
+    with pytest.raises(UsageError, match="damaged: its tensors do not match the checksum"):
+        read_checkpoint(path)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda obj: obj["state_dict"].__setitem__("linear.bias", torch.full((10,), float("nan"))), "NaN or infinite"),
+    (lambda obj: obj.__setitem__("state_dict", list(obj["state_dict"].values())), "'state_dict' is not a"),
+    (lambda obj: obj.__setitem__("meta", "oops"), "'meta' is a str"),
+    (lambda obj: obj.__setitem__("channel_masks", "oops"), "'channel_masks' is not a"),
+])
+def test_malformed_checkpoints_are_refused_with_the_reason(tmp_path, edit, message):
+    path = _saved(tmp_path)
+    obj = torch.load(path, weights_only=True)
+    obj["meta"].pop("checksum")  # a hand-edited file with no checksum: the other checks still hold
+    edit(obj)
+    torch.save(obj, path)
+    with pytest.raises(UsageError, match=message):
+        read_checkpoint(path)
+
+
+def test_a_float_mask_that_is_not_binary_is_refused(tmp_path):
+    state = {k: (v.float() * 0.5 if k.endswith("_mask") else v) for k, v in _pruned_resnet20(0.5).state_dict().items()}
+    torch.save(state, tmp_path / "raw.pth")  # the original's raw layout, float masks of 0.5
+    with pytest.raises(UsageError, match="values other than 0 and 1"):
+        read_checkpoint(tmp_path / "raw.pth")

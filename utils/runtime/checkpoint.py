@@ -78,6 +78,7 @@ class Checkpoint:
 
 
 LINEAGE_KEY = "dense_fingerprint"  # meta entry: content_fingerprint of the dense model a checkpoint came from
+CHECKSUM_KEY = "checksum"  # meta entry: content_fingerprint of the file's own state dict, written with it
 # formats whose mask-free files are dense models (a raw state dict may be a sparse one with merged masks)
 DENSE_SOURCES = (FORMAT, "original-pretrain")
 
@@ -102,11 +103,13 @@ def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
 def save_checkpoint(path: Path, model: nn.Module, *, model_name: str, dataset: str, num_classes: int,
                     meta: dict[str, Any], channel_masks: dict[str, torch.Tensor] | None = None,
                     extra: dict[str, Any] | None = None) -> None:
-    """Write ``model`` in the bridge-ckpt format; ``meta`` gets creation time, git commit and torch version."""
+    """Write ``model`` in the bridge-ckpt format; ``meta`` gets creation time, git commit, torch version and the
+    checksum of the state dict (``CHECKSUM_KEY``: ``content_fingerprint``, verified by ``read_checkpoint``)."""
+    state = model_state(model)
     meta = {**meta, "created": dt.datetime.now().isoformat(timespec="seconds"), "git": git_revision(),
-            "torch": torch.__version__}
+            "torch": torch.__version__, CHECKSUM_KEY: content_fingerprint(state)}
     obj = {"format": FORMAT, "version": VERSION, "model": model_name, "dataset": dataset,
-           "num_classes": num_classes, "state_dict": model_state(model),
+           "num_classes": num_classes, "state_dict": state,
            "channel_masks": None if channel_masks is None else {k: v.bool().cpu() for k, v in channel_masks.items()},
            "meta": plain(meta)}
     atomic_save({**obj, **(extra or {})}, path)
@@ -143,6 +146,38 @@ def _index_map(value: Any, path: Path) -> dict[str, list[int]]:
         raise UsageError(f"{path}: its index map is not {{layer: [channel indices]}}") from exc
 
 
+def _tensors(value: Any, path: Path, what: str) -> dict[str, torch.Tensor]:
+    """``value`` when it is a ``{name: tensor}`` dict; anything else is a damaged file (a ``UsageError``)."""
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in value.items()):
+        raise UsageError(f"{path}: its '{what}' is not a {{name: tensor}} dict (a damaged or hand-edited checkpoint)")
+    return value
+
+
+def _meta(value: Any, path: Path) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise UsageError(f"{path}: its 'meta' is a {type(value).__name__}, not a dict (a damaged or hand-edited "
+                         "checkpoint)")
+    return value
+
+
+def _verify(ckpt: Checkpoint, path: Path) -> None:
+    """The file's tensors are the ones written (its checksum, when it records one), every value is finite and
+    every mask holds only 0 and 1; a ``UsageError`` naming what is wrong otherwise."""
+    recorded = ckpt.meta.get(CHECKSUM_KEY)
+    if recorded is not None and content_fingerprint(ckpt.state_dict) != recorded:
+        raise UsageError(f"{path} is damaged: its tensors do not match the checksum written with them ({recorded}); "
+                         "use an intact copy or rerun the stage that wrote it")
+    for key, tensor in ckpt.state_dict.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise UsageError(f"{path}: {key} holds NaN or infinite values (a diverged run or a damaged file)")
+        if key.endswith("_mask") and tensor.dtype != torch.bool and bool(((tensor != 0) & (tensor != 1)).any()):
+            raise UsageError(f"{path}: mask {key} holds values other than 0 and 1; a mask keeps or prunes, so "
+                             "binarise it first (e.g. mask != 0)")
+
+
 def _is_state_dict(obj: Any) -> bool:
     return isinstance(obj, dict) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
 
@@ -156,13 +191,20 @@ def _state_of(value: Any, path: Path, what: str) -> dict[str, torch.Tensor]:
 
 
 def read_checkpoint(path: str | Path, *, trust_pickle: bool = False) -> Checkpoint:
-    """Read any supported checkpoint format; an unknown layout is a ``UsageError`` naming what was found."""
+    """Read any supported checkpoint format and verify it (``_verify``: checksum, finite values, binary masks); an
+    unknown layout or a damaged file is a ``UsageError`` naming what was found."""
     path = Path(path)
     if path.is_dir():
         raise UsageError(f"checkpoint {path} is a folder; pass the .pth file inside it")
     if not path.is_file():
         raise UsageError(f"checkpoint {path} does not exist")
-    obj = _torch_load(path, trust_pickle)
+    ckpt = _parse(_torch_load(path, trust_pickle), path)
+    _verify(ckpt, path)
+    return ckpt
+
+
+def _parse(obj: Any, path: Path) -> Checkpoint:
+    """The ``Checkpoint`` of a loaded file's object (every supported layout)."""
     if isinstance(obj, nn.Module):
         return Checkpoint(obj.state_dict(), "pickled-module")
     if not isinstance(obj, dict):
@@ -171,9 +213,11 @@ def read_checkpoint(path: str | Path, *, trust_pickle: bool = False) -> Checkpoi
         if obj.get("version") != VERSION:
             raise UsageError(f"{path}: bridge-ckpt version {obj.get('version')} is not supported (expected {VERSION})")
         known = {"format", "version", "model", "dataset", "num_classes", "state_dict", "channel_masks", "meta"}
-        return Checkpoint(obj["state_dict"], FORMAT, obj.get("model"), obj.get("dataset"), obj.get("num_classes"),
-                          obj.get("channel_masks"), obj.get("meta") or {},
-                          {k: v for k, v in obj.items() if k not in known})
+        return Checkpoint(_tensors(obj.get("state_dict"), path, "state_dict"), FORMAT, obj.get("model"),
+                          obj.get("dataset"), obj.get("num_classes"),
+                          None if obj.get("channel_masks") is None else _tensors(obj["channel_masks"], path,
+                                                                                 "channel_masks"),
+                          _meta(obj.get("meta"), path), {k: v for k, v in obj.items() if k not in known})
     if "net" in obj:
         meta = {"val_acc": obj.get("acc"), "epoch": obj.get("epoch")}
         return Checkpoint(_state_of(obj["net"], path, "net"), "original-pretrain", meta=plain(meta))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -27,6 +29,7 @@ from models import create_model
 from tests.conftest import run_main, save_dense_and_sparse, tree
 from utils.core.errors import UsageError
 from utils.core.files import check_same_run, read_csv
+from utils.core.paths import check_output_dir
 from utils.runtime.checkpoint import load_weights, read_checkpoint, save_checkpoint
 from utils.sparsity.masks import merged_state
 
@@ -351,3 +354,21 @@ def test_ctrl_c_is_one_line_and_exit_130(start, monkeypatch, capsys):
     monkeypatch.setattr(evaluate, "evaluate_model", interrupted)
     code, _, err = run_main(evaluate.main, DATA + ["--ckpt", str(sparse)], capsys)
     assert code == 130 and "interrupted (Ctrl-C)" in err and "--resume" in err and "Traceback" not in err
+
+
+def test_a_second_run_into_a_folder_being_written_is_refused(tmp_path, capsys):
+    folder = tmp_path / "busy"
+    busy = folder / "resnet20" / "checkpoint"  # what pretrain.py writes into
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import time; from pathlib import Path; from utils.core.paths import check_output_dir; "
+        f"check_output_dir(Path({str(busy)!r})); print('held', flush=True); time.sleep(60)")],
+        cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        code, _, err = run_main(pretrain.main, DATA + ["--save_dir", str(folder), "--epochs", "1"], capsys)
+        assert code == 2 and f"being written by another run (pid {holder.pid})" in err
+        assert tree(folder) == []  # nothing touched
+    finally:
+        holder.kill()
+        holder.wait()
+    assert check_output_dir(busy) == busy  # the lock went with its process: no stale lock

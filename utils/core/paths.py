@@ -22,6 +22,7 @@ so are the checks every stage runs on its outputs before it trains (``check_outp
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import tempfile
 import zlib
@@ -29,6 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
+from utils.core.distributed import is_main_process
 from utils.core.errors import UsageError
 
 PRUNE_LOG = "prune_log.csv"
@@ -159,15 +161,47 @@ def check_writable(folder: Path, what: str) -> None:
                          "pick another --save_dir / output path") from exc
 
 
+LOCKS = Path(tempfile.gettempdir()) / "bridge-locks"  # one lock file per output path (never inside a run folder)
+_HELD: dict[str, int] = {}  # path -> file descriptor of the locks this process holds (until it ends)
+
+
+def claim(target: Path, what: str) -> None:
+    """Make this process the one writer of ``target`` (a run folder or an output file): an exclusive OS lock
+    (``flock``) on a lock file named after its absolute path, held until the process ends, so a killed run
+    leaves no stale lock. A second process claiming the same target gets a ``UsageError`` naming the holder's
+    pid; this process may claim a target again (stages run in-process, one after the other). Only rank 0 of a
+    ``torchrun`` launch writes, so only it claims. Local file systems only (flock over NFS is not reliable)."""
+    if not is_main_process():
+        return
+    key = str(target.resolve())
+    if key in _HELD:
+        return
+    LOCKS.mkdir(parents=True, exist_ok=True)
+    path = LOCKS / f"{zlib.crc32(key.encode()):08x}-{target.name[:40] or 'root'}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise UsageError(f"{what} {target} is being written by another run (pid {holder}); wait for it to end, or "
+                         "give this run another folder") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    _HELD[key] = fd
+
+
 def check_output_file(path: str | Path, *, inputs: Sequence[str | Path] = (), overwrite: bool = False,
                       what: str = "output") -> Path:
-    """``path`` as a file a stage may write: not one of its ``inputs``, not a folder, not an existing file
-    unless ``overwrite``, in a writable place. Returns it as a ``Path``."""
+    """``path`` as a file a stage may write: not one of its ``inputs``, not a folder, not being written by
+    another run (``claim``), not an existing file unless ``overwrite``, in a writable place. Returns it as a
+    ``Path``."""
     path = Path(path)
     if any(path.resolve() == Path(source).resolve() for source in inputs):
         raise UsageError(f"{what} {path} is also an input of this stage; pick another path")
     if path.is_dir():
         raise UsageError(f"{what} {path} is a folder; give a file path")
+    claim(path, what)
     if path.exists() and not overwrite:
         raise UsageError(f"{what} {path} exists; pass --overwrite to replace it")
     check_writable(path.parent, what)
@@ -176,11 +210,13 @@ def check_output_file(path: str | Path, *, inputs: Sequence[str | Path] = (), ov
 
 def check_output_dir(folder: str | Path, *, products: Sequence[str] = (), overwrite: bool = False,
                      what: str = "output folder") -> Path:
-    """``folder`` as a place a stage may write ``products`` (file names inside it): not a file, writable, and
-    holding none of them already unless ``overwrite``. Returns it as a ``Path``."""
+    """``folder`` as a place a stage may write ``products`` (file names inside it): not a file, not being written
+    by another run (``claim``, before anything is compared), writable, and holding none of them already unless
+    ``overwrite``. Returns it as a ``Path``."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"{what} {folder} is a file, not a folder")
+    claim(folder, what)
     existing = [name for name in products if (folder / name).exists()]
     if existing and not overwrite:
         raise UsageError(f"{folder / existing[0]} exists (a finished earlier run); pass --overwrite to replace it")

@@ -148,9 +148,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def checkpoint(fit_state: FitState, stats: EpochStats, improved: bool) -> None:
         meta = {"stage": "pretrain", "sparsity": 0.0, "epoch": stats.epoch, "val_acc": stats.val_acc}
+        # the resume point first: a failure writing the best model (a full disk) still leaves a run --resume continues
+        stage.save(last_path, model, meta, extra={"train_state": _train_state(optimizer, scheduler, fit_state, stage)})
         if improved:
             stage.save(best_path, model, meta)
-        stage.save(last_path, model, meta, extra={"train_state": _train_state(optimizer, scheduler, fit_state, stage)})
 
     loop = LoopSettings(amp=stage.amp, compile=args.compile, progress=not args.no_progress,
                         csv_path=out / "pretrain_log.csv", data_parallel_device=stage.device)  # DDP under torchrun

@@ -2,6 +2,7 @@
 plus a table of bad inputs over the scripts (exit 2, one error line, no traceback, files untouched)."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import math
 import os
@@ -28,7 +29,7 @@ import utils.runtime.stage as stage_module
 from models import create_model
 from tests.conftest import run_main, save_dense_and_sparse, tree
 from utils.core.errors import UsageError
-from utils.core.files import check_same_run, read_csv
+from utils.core.files import atomic_write, check_same_run, read_csv
 from utils.core.paths import check_output_dir
 from utils.runtime.checkpoint import load_weights, read_checkpoint, save_checkpoint
 from utils.sparsity.masks import merged_state
@@ -372,3 +373,16 @@ def test_a_second_run_into_a_folder_being_written_is_refused(tmp_path, capsys):
         holder.kill()
         holder.wait()
     assert check_output_dir(busy) == busy  # the lock went with its process: no stale lock
+
+
+def test_a_full_disk_is_one_error_line_and_no_damaged_file(tmp_path):
+    target = tmp_path / "out.json"
+    target.write_text("the earlier result")
+
+    def full(tmp):
+        tmp.write_text("half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(UsageError, match="the disk is full"):
+        atomic_write(target, full)
+    assert target.read_text() == "the earlier result" and tree(tmp_path) == ["out.json"]  # old file kept, no temp

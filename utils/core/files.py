@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import os
+import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,13 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as a RuntimeError
+        full = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        free = shutil.disk_usage(path.parent).free
+        if not (full or (tmp.exists() and free < max(2 * tmp.stat().st_size, 1 << 20))):
+            raise
+        raise UsageError(f"cannot write {path}: the disk is full ({free:,} bytes free); the files written before "
+                         "are kept: free some space and rerun (with --resume where the stage has it)") from None
     finally:
         tmp.unlink(missing_ok=True)
 

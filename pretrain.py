@@ -168,8 +168,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     LOG.info("best val %.2f%% at epoch %d; test %.2f%%; saved %s", state.best_val_acc, state.best_epoch,
              test_acc, best_path)
     log_outputs([best_path, last_path, out / "pretrain_log.csv", out / "summary.json", out / "log.txt"],
-                f"python prune_unstructure.py --m_name {stage.model_name} --dataset {stage.dataset} --save_dir "
-                f"{args.save_dir} --mode oneshot --target_sparsity 0.99")
+                f"python prune_unstructure.py {stage.repeat_flags()} --mode oneshot --target_sparsity 0.99 "
+                f"--finetune_epochs {min(400, args.epochs)}")
     return 0
 
 

@@ -158,7 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                "seconds": seconds, "iterations": rows, **outcome.fields()})
     last = iteration_dir(out, len(rows) - 1) / BEST_MODEL
     log_outputs([out / "greedy_log.csv", out / SUMMARY, f"iter_*/{BEST_MODEL} in {out}/ (one per iteration)"],
-                f"python finetune.py --ckpt {last} --epochs 400   (the final finetune)")
+                f"python finetune.py --ckpt {last} {stage.repeat_flags()} --epochs 400   (the final finetune; fewer "
+                "epochs for a quick run)")
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import math
+import shlex
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import torch
 
 import analyze_layers
 import finetune
+import pretrain
 import prune_unstructure
 import regrowth_oneshot
 import utils.results.plots as plots
@@ -181,3 +183,24 @@ def test_a_search_from_a_model_at_chance_or_past_its_capacity_says_so(tmp_path):
     assert "within 5 points of chance" in log
     assert "--regrow_step 0.995 asks for" in log and "K is cut to" in log  # more than the 99% model's pruned
     assert "on 1 val batch ..." in log  # not "1 val batches"
+
+
+def _next_command(err: str) -> list[str]:
+    """The ``next:`` suggestion a stage logged, as argv (its trailing comment dropped)."""
+    line = next(line for line in err.splitlines() if " next: python " in line)
+    return shlex.split(line.split(" next: python ", 1)[1].split("   (")[0])
+
+
+def test_next_commands_carry_the_runs_flags_and_run(tmp_path, capsys):
+    flags = QUICK + ["--save_dir", str(tmp_path)]
+    code, _, err = run_main(pretrain.main, flags + ["--m_name", "resnet20", "--epochs", "1"], capsys)
+    assert code == 0
+    argv = _next_command(err)
+    assert argv[0] == "prune_unstructure.py" and "--train_subset" in argv and "--finetune_epochs" in argv
+    assert argv[argv.index("--save_dir") + 1] == str(tmp_path)
+    code, _, err = run_main(prune_unstructure.main, argv[1:] + ["--no_progress"], capsys)  # pasted as printed
+    assert code == 0, err
+    argv = _next_command(err)
+    assert argv[0] == "regrowth_oneshot.py" and Path(argv[argv.index("--initial_ckpt") + 1]).is_file()
+    args = regrowth_oneshot.parse_args(argv[1:])  # the search's flags as printed parse
+    assert args.episode_steps == 30 and args.train_subset == 128 and args.dataset == "synthetic"

@@ -170,9 +170,9 @@ class PruneRun:
         search = self.stage.granularity.search_script
         log_outputs([self.out / PRUNE_LOG, self.out / "sparsity_vs_accuracy.png",
                      f"{len(rows)} checkpoint(s) in {self.out}/, the sparsest {last.name}"],
-                    f"python {search} --m_name {self.stage.model_name} --dataset {self.stage.dataset} --save_dir "
-                    f"{run.save_dir}{f' --pretrained {run.pretrained}' if run.pretrained else ''} "
-                    f"--initial_ckpt {last}")
+                    f"python {search} {self.stage.repeat_flags()}"
+                    f"{f' --pretrained {run.pretrained}' if run.pretrained else ''} --initial_ckpt {last} "
+                    "--num_epochs 200 --episode_steps 30 --episode_val_subset 1000   (cheap episodes)")
 
     def run_oneshot(self, dense_path: Path, targets: list[float], gradual: bool = False) -> None:
         """One step from the dense model ``dense_path`` to each target sparsity (all checked first); ``gradual``:

@@ -87,6 +87,19 @@ class Stage:
         val results."""
         return {"dataset": self.dataset, **self.run.val_settings}
 
+    def repeat_flags(self) -> str:
+        """The flags that point a next stage at this run's model, data and folders (model, data set, data folder,
+        subsets, save folder, device; defaults left out): what the ``next:`` suggestions start with."""
+        parts = [f"--m_name {self.model_name}", f"--dataset {self.dataset}"]
+        for flag, value, default in (("--data_dir", self.flags.get("data_dir"), "./data"),
+                                     ("--train_subset", self.run.train_subset, None),
+                                     ("--eval_subset", self.run.eval_subset, None),
+                                     ("--save_dir", self.run.save_dir, "./runs"),
+                                     ("--device", self.flags.get("device"), "auto")):
+            if value is not None and str(value) != str(default):
+                parts.append(f"{flag} {value}")
+        return " ".join(parts)
+
     def shard_training_data(self) -> None:
         """Data-parallel training (under ``torchrun``): keep only this process's shard of the training split
         (``DeviceLoader.shard``; rank 0 keeps its data-order generator, so one process is unchanged)."""

@@ -251,7 +251,8 @@ def run_oneshot(regrowth: RegrowthJob) -> SearchResult:
     log_outputs([out / BEST_MODEL, out / BEST_PRE_FINETUNE, out / "episodes.csv", out / SUMMARY,
                  out / "reward_curve.png", out / SEARCH_STATE, out / "log.txt"]
                 + ([summary["exported_checkpoint"]] if "exported_checkpoint" in summary else []),
-                f"python finetune.py --ckpt {out / BEST_MODEL} --epochs 400   (the final finetune)")
+                f"python finetune.py --ckpt {out / BEST_MODEL} {stage.repeat_flags()} --epochs 400   (the final "
+                "finetune; fewer epochs for a quick run)")
     return best
 
 
@@ -324,5 +325,6 @@ def run_iterative(job: RegrowthJob) -> dict:
              current_path)
     log_outputs([root / SUMMARY, f"{len(rows)} iteration folder(s) iter_*/ in {root}/ (best model, episodes.csv, "
                                  "reward_curve.png each)"],
-                f"python finetune.py --ckpt {current_path} --epochs 400   (the final finetune)")
+                f"python finetune.py --ckpt {current_path} {stage.repeat_flags()} --epochs 400   (the final "
+                "finetune; fewer epochs for a quick run)")
     return summary

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -77,7 +78,14 @@ def measure(stage: Stage, models: dict[str, torch.nn.Module], args: argparse.Nam
                                                                  size), strict=True), latency_ms={})
             for label in models}
     for batch in args.batch_sizes:
-        timed = latencies_ms(models, batch, size, stage.device, args.repeats, channels_last=stage.channels_last)
+        try:
+            timed = latencies_ms(models, batch, size, stage.device, args.repeats, channels_last=stage.channels_last)
+        except (torch.OutOfMemoryError, RuntimeError) as exc:  # e.g. "DefaultCPUAllocator: can't allocate memory"
+            if not isinstance(exc, torch.OutOfMemoryError) and "alloc" not in str(exc):
+                raise
+            raise UsageError(f"--batch_sizes {batch}: not enough memory on {stage.device} for a batch that size "
+                             f"({batch * 3 * size * size * 4 / 2**30:.1f} GiB of input images alone); use smaller "
+                             "batch sizes") from None
         for label, ms in timed.items():
             rows[label]["latency_ms"][str(batch)] = ms
     return rows
@@ -123,6 +131,17 @@ def onnx_file(runs: torch.nn.Module, stage: Stage) -> tuple[bytes, float]:
     return checked_onnx(runs, size, torch.randn(8, 3, size, size, generator=torch.Generator().manual_seed(0)))
 
 
+def check_batches(batch_sizes: list[int], size: int, device: torch.device) -> None:
+    """Refuse, before any work, a latency batch whose input images alone do not fit the device's free memory."""
+    free = (torch.cuda.mem_get_info(device)[0] if device.type == "cuda"
+            else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+    for batch in batch_sizes:
+        need = batch * 3 * size * size * 4
+        if need > free:
+            raise UsageError(f"--batch_sizes {batch}: its input images alone need {need / 2**30:.1f} GiB, more than "
+                             f"the {free / 2**30:.1f} GiB free on {device}; use smaller batch sizes")
+
+
 def outputs(args: argparse.Namespace, ckpt) -> tuple[Path | None, Path | None]:
     """(the .pth export, the ONNX file) this call writes, checked before any work; a checkpoint that has no
     physical export needs --onnx."""
@@ -150,6 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stage = prepare_model_only(args, ckpt, ckpt.granularity or default_granularity())
     model = stage.load_model(args.ckpt, exported=True).eval()
     gran = stage.granularity
+    check_batches(args.batch_sizes, gran.input_size, stage.device)
     report = {"checkpoint": str(args.ckpt), "model": stage.model_name, "device": str(stage.device),
               "granularity": gran.name, "sparsity": gran.sparsity(model), "written": []}
     runs = model

@@ -344,6 +344,10 @@ def test_export_never_replaces_without_overwrite(start, tmp_path, capsys):
     code, _, err = run_main(export.main, argv, capsys)
     _one_error(code, err, "--overwrite")
     assert _digest(tmp_path) == before
+    code, _, err = run_main(export.main, argv + ["--batch_sizes", "100000000", "--out", str(tmp_path / "x.pth")],
+                            capsys)  # 1.1 TiB of images: refused before any work
+    _one_error(code, err, "--batch_sizes 100000000")
+    assert _digest(tmp_path) == before
 
 
 def test_ctrl_c_is_one_line_and_exit_130(start, monkeypatch, capsys):

@@ -108,3 +108,13 @@ def test_current_summaries_and_old_greedy_ones_without_a_granularity(tmp_path):
     assert records["greedy prop"]["granularity"] == "channel" and records["greedy prop"]["test_acc"] == 54.0
     assert records["RL"]["granularity"] == "weight"
     assert {row["method"] for row in regrowth_table(list(records.values()))} == {"RL", "random search", "greedy prop"}
+
+
+def test_a_damaged_prune_log_is_one_error_line(tmp_path, capsys):
+    root = tmp_path / "seed1"
+    write_csv(root / "resnet20" / "oneshot" / "prune_log.csv",
+              [{"step": "foo", "amount": "0.9", "sparsity": "0.9", "val_acc": "50", "test_acc": "50",
+                "checkpoint": "resnet20_0.9000.pth"}])
+    code, _, err = run_main(report.main, [str(root)], capsys)
+    assert code == 2 and err.count("error:") == 1 and "step 'foo' is not a whole number" in err
+    assert "Traceback" not in err

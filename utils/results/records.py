@@ -24,7 +24,7 @@ from utils.core.files import read_csv
 from utils.sparsity.granularity import granularity_class, list_granularities
 
 TOLERANCE = 1e-4  # sparsities this close are "the same sparsity"
-SETTINGS = {"iterative": "A", "oneshot": "B"}  # pruning mode -> the README's setting letter
+SETTINGS = {"iterative": "A", "oneshot": "B", "gradual": "gradual"}  # pruning mode -> the README's setting letter
 SEARCHES = {"": "RL", "random_": "random search"}  # search folder prefix -> method
 
 
@@ -120,9 +120,13 @@ def _model_records(root: Path, folder: Path) -> list[dict]:
     base = {"root": str(root), "model": model, "dataset": dataset}
     records = []
     for name, (granularity, setting) in PRUNE_FOLDERS.items():
-        for row in read_csv(folder / name / "prune_log.csv"):
+        log = folder / name / "prune_log.csv"
+        for row in read_csv(log):
+            step = str(row.get("step", ""))
+            if not step.isdigit():
+                raise UsageError(f"{log}: step {step!r} is not a whole number (a damaged or hand-edited log)")
             records.append({**base, "kind": "prune", "granularity": granularity, "setting": setting, "mode": name,
-                            "step": int(row["step"]), "sparsity": _float(row["sparsity"]),
+                            "step": int(step), "sparsity": _float(row["sparsity"]),
                             "val_acc": _float(row.get("val_acc")), "test_acc": _float(row.get("test_acc"))})
     for summary_path in sorted([*folder.glob("*/summary.json"), *folder.glob("*/*/summary.json")]):
         s = _json(summary_path) or {}

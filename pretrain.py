@@ -124,11 +124,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     best_path = pretrained_path(args.save_dir, stage.model_name)
     out = best_path.parent
     last_path = out / "last.pth"
+    check_output_dir(out, what="--save_dir")  # claims the folder before anything in it is compared
     if args.resume and not last_path.is_file():
         raise UsageError(f"--resume: {last_path} does not exist; run without --resume to start")
     if not args.resume and not args.overwrite and best_path.exists():
         raise UsageError(f"{best_path} exists; pass --resume to continue or --overwrite to start over")
-    check_output_dir(out, what="--save_dir")
     clean_stale_temps(out)
 
     model = stage.build_model()
@@ -136,6 +136,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine(args.epochs))
     state = _restore(last_path, model, optimizer, scheduler, stage, args.patience) if args.resume else FitState()
+    if args.resume and (state.epoch >= args.epochs or state.stopped_early) and (out / "summary.json").is_file():
+        raise UsageError(f"--resume: the run in {out} finished (epoch {state.epoch}"
+                         f"{', stopped early' if state.stopped_early else ''}); nothing to continue: pass a larger "
+                         "--epochs (or --patience) to train on")
     if args.resume:  # rows a killed run logged after its last checkpoint would come twice
         trim_csv(out / "pretrain_log.csv", lambda row: int(row["epoch"]) <= state.epoch)
     elif current_world().is_main:

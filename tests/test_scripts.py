@@ -146,3 +146,14 @@ def test_device_cuda_without_cuda_is_one_error_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and proc.stderr.startswith("error:")
     assert "CUDA is not available" in proc.stderr and tree(tmp_path / "runs") == []
+
+
+def test_resuming_a_finished_pretrain_says_so_and_writes_nothing(tmp_path, capsys):
+    args = ["--dataset", "synthetic", "--train_subset", "128", "--eval_subset", "100", "--batch_size", "64",
+            "--device", "cpu", "--no_progress", "--epochs", "1", "--save_dir", str(tmp_path)]
+    assert pretrain.main(args) == 0
+    out = tmp_path / "resnet20" / "checkpoint"
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    code, _, err = run_main(pretrain.main, args + ["--resume"], capsys)
+    assert code == 2 and "finished (epoch 1)" in err and "larger --epochs" in err
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamps

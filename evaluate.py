@@ -28,6 +28,7 @@ from collections.abc import Sequence
 
 from utils.cli.flags import add_common_args, add_device_args, cli_main, new_parser, positive_int, profile_from_args
 from utils.cli.prepare import prepare
+from utils.core.log import LOG
 from utils.device.profiles import check_fit, model_costs, onnx_fit
 from utils.runtime.checkpoint import Checkpoint, read_checkpoint
 from utils.runtime.stage import Stage, recorded_eval_flags, resolve_names
@@ -67,8 +68,15 @@ def _fill_from_checkpoint(args: argparse.Namespace, saved: dict) -> None:
     ``recorded_eval_flags``)."""
     if args.seed is None:
         args.seed = int(saved.get("seed", 42))
+    elif "seed" in saved and int(saved["seed"]) != args.seed:
+        LOG.warning("--seed %d carves another val split than the checkpoint's training used (seed %s): its val "
+                    "images may include images it trained on, so val accuracy reads high; leave --seed out",
+                    args.seed, saved["seed"])
     if args.val_split is None:
         args.val_split = float(saved.get("val_split", 0.1))
+    elif "val_split" in saved and float(saved["val_split"]) != args.val_split:
+        LOG.warning("--val_split %g differs from the checkpoint's training (%s): the val images may include "
+                    "training images", args.val_split, saved["val_split"])
     if args.eval_subset is None:
         args.eval_subset = saved.get("eval_subset")
     elif args.eval_subset == "all":

@@ -157,3 +157,14 @@ def test_resuming_a_finished_pretrain_says_so_and_writes_nothing(tmp_path, capsy
     code, _, err = run_main(pretrain.main, args + ["--resume"], capsys)
     assert code == 2 and "finished (epoch 1)" in err and "larger --epochs" in err
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamps
+
+
+def test_evaluate_warns_when_its_seed_carves_another_val_split(tmp_path, capsys):
+    args = ["--dataset", "synthetic", "--train_subset", "128", "--eval_subset", "100", "--batch_size", "64",
+            "--device", "cpu", "--no_progress", "--epochs", "1", "--save_dir", str(tmp_path)]
+    assert pretrain.main(args) == 0
+    ckpt = str(tmp_path / "resnet20" / "checkpoint" / "ckpt.pth")
+    code, _, err = run_main(evaluate.main, ["--ckpt", ckpt, "--device", "cpu"], capsys)
+    assert code == 0 and "another val split" not in err
+    code, _, err = run_main(evaluate.main, ["--ckpt", ckpt, "--device", "cpu", "--seed", "3"], capsys)
+    assert code == 0 and "--seed 3 carves another val split" in err

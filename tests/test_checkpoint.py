@@ -1,6 +1,8 @@
 """Checkpoint round trips and every original-repo format the reader accepts."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 import torch.nn.utils.prune as prune
@@ -189,3 +191,17 @@ def test_a_float_mask_that_is_not_binary_is_refused(tmp_path):
     torch.save(state, tmp_path / "raw.pth")  # the original's raw layout, float masks of 0.5
     with pytest.raises(UsageError, match="values other than 0 and 1"):
         read_checkpoint(tmp_path / "raw.pth")
+
+
+class _Pwned:
+    def __reduce__(self):
+        return (os.system, ("echo this-must-never-run",))
+
+
+@pytest.mark.parametrize("trust", [False, True])
+def test_a_pickled_call_is_refused_as_code_even_with_trust_pickle(tmp_path, capfd, trust):
+    path = tmp_path / "evil.pth"
+    torch.save({"net": _Pwned()}, path)
+    with pytest.raises(UsageError, match="pickled call to posix.system: loading it would run that code"):
+        read_checkpoint(path, trust_pickle=trust)
+    assert "this-must-never-run" not in capfd.readouterr().out

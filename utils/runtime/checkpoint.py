@@ -21,6 +21,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import pickle
+import re
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,6 +121,10 @@ def _torch_load(path: Path, trust_pickle: bool) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        called = re.search(r"GLOBAL ([\w.]+) whose module [\w.]+ is blocked", str(exc))
+        if called:  # os.system, subprocess, eval, ...: never loaded, --trust_pickle or not
+            raise UsageError(f"{path} holds a pickled call to {called.group(1)}: loading it would run that code, so "
+                             "it is refused (--trust_pickle loads pickled models, never such calls)") from None
         if "Unsupported global" not in str(exc):
             raise _damaged(path, exc) from exc
         if not trust_pickle:
@@ -134,8 +140,8 @@ def _torch_load(path: Path, trust_pickle: bool) -> Any:
 
 def _damaged(path: Path, exc: Exception) -> UsageError:
     lines = [line for line in str(exc).splitlines() if line.strip() and not line.startswith("Check the doc")]
-    reason = lines[-1].strip() if lines else type(exc).__name__
-    return UsageError(f"cannot read checkpoint {path}: damaged or not a torch checkpoint ({reason[:120]})")
+    reason = textwrap.shorten(lines[-1].strip(), 120, placeholder=" ...") if lines else type(exc).__name__
+    return UsageError(f"cannot read checkpoint {path}: damaged or not a torch checkpoint ({reason})")
 
 
 def _index_map(value: Any, path: Path) -> dict[str, list[int]]:

@@ -103,7 +103,11 @@ def evaluate_all(stage, paths: list[Path], dense: Path) -> tuple[list[float], to
         key = str(path.resolve())
         entry = entries.get(key)
         if entry is None or entry["fingerprint"] != _fingerprint(path) or "lineage" not in entry:
-            model = stage.load_model(path, sparse=path != dense)
+            try:
+                model = stage.load_model(path, sparse=path != dense)
+            except UsageError as exc:  # name the file among the folder's many
+                message = str(exc)
+                raise UsageError(message if str(path) in message else f"{path}: {message}") from None
             LOG.info("val: %s", path.name)
             entry = {"fingerprint": _fingerprint(path), "sparsity": stage.granularity.sparsity(model),
                      "correct": correct_per_image(model, stage.data.val, amp=stage.amp),

@@ -175,6 +175,7 @@ def test_a_damaged_checkpoint_of_the_right_size_is_refused(tmp_path):
     (lambda obj: obj.__setitem__("state_dict", list(obj["state_dict"].values())), "'state_dict' is not a"),
     (lambda obj: obj.__setitem__("meta", "oops"), "'meta' is a str"),
     (lambda obj: obj.__setitem__("channel_masks", "oops"), "'channel_masks' is not a"),
+    (lambda obj: obj.__setitem__("num_classes", 100), "records 100 classes but its classifier has 10"),
 ])
 def test_malformed_checkpoints_are_refused_with_the_reason(tmp_path, edit, message):
     path = _saved(tmp_path)

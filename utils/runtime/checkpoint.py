@@ -170,12 +170,17 @@ def _meta(value: Any, path: Path) -> dict[str, Any]:
 
 
 def _verify(ckpt: Checkpoint, path: Path) -> None:
-    """The file's tensors are the ones written (its checksum, when it records one), every value is finite and
-    every mask holds only 0 and 1; a ``UsageError`` naming what is wrong otherwise."""
+    """The file's tensors are the ones written (its checksum, when it records one), its class count is its
+    classifier's (the last 2-D weight), every value is finite and every mask holds only 0 and 1; a ``UsageError``
+    naming what is wrong otherwise."""
     recorded = ckpt.meta.get(CHECKSUM_KEY)
     if recorded is not None and content_fingerprint(ckpt.state_dict) != recorded:
         raise UsageError(f"{path} is damaged: its tensors do not match the checksum written with them ({recorded}); "
                          "use an intact copy or rerun the stage that wrote it")
+    classifiers = [v for k, v in ckpt.state_dict.items() if k.endswith(("weight", "weight_orig")) and v.dim() == 2]
+    if ckpt.num_classes is not None and classifiers and classifiers[-1].shape[0] != ckpt.num_classes:
+        raise UsageError(f"{path} records {ckpt.num_classes} classes but its classifier has "
+                         f"{classifiers[-1].shape[0]} outputs (a damaged or hand-edited checkpoint)")
     for key, tensor in ckpt.state_dict.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise UsageError(f"{path}: {key} holds NaN or infinite values (a diverged run or a damaged file)")

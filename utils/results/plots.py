@@ -137,19 +137,27 @@ def plot_reward_curve(history: list[dict], path: Path, title: str) -> None:
 
 def plot_results(rows: list[dict], unit: str, title: str, path: Path) -> None:
     """The pipeline's final models: val and test accuracy (%) against the kept fraction of ``unit``s (weights
-    or channels), on a log axis that runs from dense (left) to sparsest (right). ``rows``: dicts with
-    ``model``, ``sparsity`` in [0, 1), ``val_acc`` and ``test_acc`` in %."""
+    or channels), on a log axis that runs from dense (left) to sparsest (right), each model's own kept fraction
+    labelled on the axis and models at the same x spread apart a little. ``rows``: dicts with ``model``,
+    ``sparsity`` in [0, 1), ``val_acc`` and ``test_acc`` in %. The y axis spans the models' accuracies (it does
+    not start at 0; the label says so)."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     kept = [100 * (1 - r["sparsity"]) for r in rows]
+    seen: dict[str, int] = {}
     for r, x, color in zip(rows, kept, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False):
-        ax.plot([x], [r["val_acc"]], "o", color=color, label=f"{r['model']} (val)")
-        ax.plot([x], [r["test_acc"]], "s", color=color, mfc="none", label=f"{r['model']} (test)")
+        nth = seen.get(f"{x:.3g}", 0)  # the n-th model at this kept fraction: nudged right by 4% per model
+        seen[f"{x:.3g}"] = nth + 1
+        at = x * 0.96 ** nth
+        ax.plot([at], [r["val_acc"]], "o", color=color, label=f"{r['model']} (val)")
+        ax.plot([at], [r["test_acc"]], "s", color=color, mfc="none", label=f"{r['model']} (test)")
     ax.set_xscale("log")
     ax.set_xlim(max(kept) * 1.5, min(kept) / 1.5)  # inverted: sparser to the right
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}%"))
+    ax.set_xticks(sorted(set(kept)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}%"))
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
     ax.set_xlabel(f"kept {unit}s (% of all, log scale; sparsity = 100% - kept)")
-    ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title(title, fontsize=9)
+    ax.set_ylabel("top-1 accuracy (%; axis not from 0)")
+    ax.set_title(f"{title}\n({unit} pruning)", fontsize=9)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
     _save(fig, path)

@@ -246,10 +246,11 @@ def mean_std(values: list[float]) -> str:
 
 
 def best_so_far(result: dict) -> np.ndarray:
-    """The val reward (%) of the allocation a search would choose after each episode (its best reward so far)."""
+    """The val gain (pp over the start's val accuracy, on the reward's images) of the allocation a search would
+    choose after each episode (its best reward so far): comparable across seeds whose starts differ."""
     rewards, vals = np.array(result["rewards"]), np.array(result["val_accs"])
     best = np.maximum.accumulate(rewards)
-    return vals[[int(np.flatnonzero(rewards == b)[0]) for b in best]]
+    return vals[[int(np.flatnonzero(rewards == b)[0]) for b in best]] - result["start_val_acc"]
 
 
 def table(found: dict) -> list[str]:
@@ -273,8 +274,8 @@ def table(found: dict) -> list[str]:
 
 
 def plot(found: dict, title: str, path: Path) -> None:
-    """Best-so-far val reward against episodes and against seconds, one row per unit set; searches as a mean
-    line with a min-max band over seeds, greedy rules as a level line (their one evaluation)."""
+    """Best-so-far val gain against episodes and against seconds, one row per unit set; searches as a mean
+    line with a min-max band over seeds, greedy rules as a level line (their one evaluation, mean over seeds)."""
     fig, axes = plt.subplots(len(found), 2, figsize=(11, 3.6 * len(found)), squeeze=False)
     for row, (units, arms) in zip(axes, found.items(), strict=True):
         for arm, seeds in arms.items():
@@ -296,7 +297,7 @@ def plot(found: dict, title: str, path: Path) -> None:
         row[0].set_xlabel("episodes")
         row[1].set_xlabel("search seconds (mean seconds per episode x episodes)")
         for ax in row:
-            ax.set_ylabel("chosen allocation's val reward (%)")
+            ax.set_ylabel("chosen allocation's val gain (pp)")
             ax.set_title(f"units: {units}", fontsize=9)
             ax.grid(alpha=0.3)
         row[0].legend(fontsize=7)
@@ -315,8 +316,9 @@ def report(args, results: Path) -> dict:
     lines = table(found)
     settings = ", ".join(f"{k} {v}" for k, v in defining(args).items())
     (results / f"{name}.md").write_text(f"Settings: {settings}\n\n" + "\n".join(lines) + "\n")
-    plot(found, f"{args.m_name} on {args.dataset}: best-so-far val reward ({args.episodes} episodes of "
-                f"{args.episode_steps} steps)", results / f"{name}.png")
+    plot(found, f"{args.m_name} on {args.dataset}: the chosen allocation's val gain over the start, best so far "
+                f"({args.episodes} episodes of {args.episode_steps} steps; mean, min-max over seeds)",
+         results / f"{name}.png")
     print("\n".join(lines))
     print(f"(wrote {results / name}.md and .png)")
     return found

@@ -55,6 +55,7 @@ from utils.regrow.allocation import GREEDY_ALLOCATIONS, allocation_lines
 from utils.regrow.apply import Finetuning, Regrowth, apply_allocation
 from utils.results.records import RegrowthOutcome
 from utils.runtime.settings import LoopSettings
+from utils.runtime.stage import finetune_suggestion
 from utils.runtime.train import evaluate_model
 from utils.scoring.layer_scores import ssim_scores
 from utils.scoring.selection import init_source, load_reference, selection_scores
@@ -158,8 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                "seconds": seconds, "iterations": rows, **outcome.fields()})
     last = iteration_dir(out, len(rows) - 1) / BEST_MODEL
     log_outputs([out / "greedy_log.csv", out / SUMMARY, f"iter_*/{BEST_MODEL} in {out}/ (one per iteration)"],
-                f"python finetune.py --ckpt {last} {stage.repeat_flags()} --epochs 400   (the final finetune; fewer "
-                "epochs for a quick run)")
+                finetune_suggestion(stage, last, pair.sparse_meta))
     return 0
 
 

@@ -65,4 +65,4 @@ def prepare_dense_sparse(args: argparse.Namespace, sparse_path: str | Path, repa
     sparse = stage.load_model(sparse_path, sparse=True, reparam=reparam)
     check_lineage(dense_path, stage.lineages[str(dense_path)], Path(sparse_path), sparse_ckpt.meta.get(LINEAGE_KEY),
                   stage.run.allow_other_dense)
-    return stage, DenseSparse(dense, dense_path, sparse, Path(sparse_path))
+    return stage, DenseSparse(dense, dense_path, sparse, Path(sparse_path), sparse_ckpt.meta)

@@ -37,7 +37,7 @@ from utils.device.profiles import UNIT_NAMES, DeviceProfile, check_fit, model_co
 from utils.results.boundary import CHANCE_MARGIN
 from utils.results.records import SEARCHES, RegrowthOutcome
 from utils.runtime.settings import ScoringSettings, SearchSettings, SelectionSettings
-from utils.runtime.stage import DenseSparse, Stage, check_parent
+from utils.runtime.stage import DenseSparse, Stage, check_parent, finetune_suggestion
 from utils.runtime.train import evaluate_model
 from utils.scoring.layer_scores import ssim_scores
 from utils.scoring.selection import init_source, selection_scores
@@ -251,8 +251,7 @@ def run_oneshot(regrowth: RegrowthJob) -> SearchResult:
     log_outputs([out / BEST_MODEL, out / BEST_PRE_FINETUNE, out / "episodes.csv", out / SUMMARY,
                  out / "reward_curve.png", out / SEARCH_STATE, out / "log.txt"]
                 + ([summary["exported_checkpoint"]] if "exported_checkpoint" in summary else []),
-                f"python finetune.py --ckpt {out / BEST_MODEL} {stage.repeat_flags()} --epochs 400   (the final "
-                "finetune; fewer epochs for a quick run)")
+                finetune_suggestion(stage, out / BEST_MODEL, job.pair.sparse_meta))
     return best
 
 
@@ -325,6 +324,5 @@ def run_iterative(job: RegrowthJob) -> dict:
              current_path)
     log_outputs([root / SUMMARY, f"{len(rows)} iteration folder(s) iter_*/ in {root}/ (best model, episodes.csv, "
                                  "reward_curve.png each)"],
-                f"python finetune.py --ckpt {current_path} {stage.repeat_flags()} --epochs 400   (the final "
-                "finetune; fewer epochs for a quick run)")
+                finetune_suggestion(stage, current_path, pair.sparse_meta))
     return summary

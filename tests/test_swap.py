@@ -127,7 +127,7 @@ def test_a_finetune_with_swaps_keeps_every_layer_count_and_the_pruned_zeros():
 
 
 def test_swap_every_zero_is_the_plain_finetune():
-    results = []
+    results, start = [], {k: v.clone() for k, v in _sparse_net().state_dict().items()}
     for swap in (None, SwapSettings(every=0)):
         model = _sparse_net()
         torch.manual_seed(0)
@@ -137,6 +137,7 @@ def test_swap_every_zero_is_the_plain_finetune():
     (acc_a, sd_a, swaps_a), (acc_b, sd_b, swaps_b) = results
     assert acc_a == acc_b and swaps_a == swaps_b == {}
     assert all(torch.equal(sd_a[k], sd_b[k]) for k in sd_a)
+    assert not all(torch.equal(sd_a[k], start[k]) for k in start)  # both trained (equal, not untouched)
 
 
 def test_saliency_grow_score_needs_the_dense_weights():

@@ -23,7 +23,7 @@ from utils.prune.weight_pruners import PruneContext, Pruner
 from utils.results.plots import plot_sparsity_accuracy
 from utils.runtime.settings import FinetuneSettings, LoopSettings, ScheduleSettings
 from utils.runtime.stage import Stage
-from utils.runtime.train import evaluate_model, finetune_model
+from utils.runtime.train import evaluate_model, finetune_model, finetune_steps
 from utils.sparsity.masks import clone_model
 
 
@@ -75,7 +75,7 @@ class PruneRun:
         if gradual:
             plan = self.schedule
             during = GradualPruning(model, gran, self.pruner, self.context, gradual, plan.gradual_steps,
-                                    round(plan.gradual_until * self.finetuning.epochs * len(stage.data.train)))
+                                    round(plan.gradual_until * finetune_steps(self.finetuning, stage.data.train)))
             removed = gradual
             achieved = (gran.total(model) - during.plan[-1][1]) / gran.total(model)
         else:

@@ -269,6 +269,12 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int,
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def finetune_steps(settings: FinetuneSettings, train: DeviceLoader) -> int:
+    """Optimizer steps of a finetune with ``settings`` on ``train``: epochs x batches per epoch (this process's
+    shard under data parallelism). The learning-rate schedule, swap cycles and gradual pruning count in these."""
+    return settings.epochs * len(train)
+
+
 def finetune_model(model: nn.Module, train: DeviceLoader, select: DeviceLoader, settings: FinetuneSettings,
                    loop: LoopSettings | None = None, dense: dict[str, torch.Tensor] | None = None,
                    during: StepHook | None = None) -> FitState:
@@ -290,7 +296,7 @@ def finetune_model(model: nn.Module, train: DeviceLoader, select: DeviceLoader, 
     """
     loop = LoopSettings() if loop is None else loop
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    total_steps = settings.epochs * len(train)
+    total_steps = finetune_steps(settings, train)
     per_batch = (None if settings.warmup_frac is None
                  else warmup_cosine(optimizer, total_steps, settings.warmup_frac))
     cycles = (SwapCycles(model, settings.swap, total_steps, optimizer, dense, data_parallel=train.shards > 1)

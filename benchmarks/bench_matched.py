@@ -20,20 +20,25 @@ Per seed (--seeds), with the stage scripts (run folders under --save_dir, reused
 So every final model has had --prune_epochs + --regrow_epochs finetune epochs after pruning (the searches'
 mini-finetunes only choose the allocation; their models are not used). Printed: mean ± std over seeds of
 val and test accuracy per arm, and of each arm's paired difference to ``straight`` (same seed). Each seed's
-finished arms are kept in ``{seed}/rows.json``: a rerun with more --allocations, --inits or --selections runs only
-the new arms. Arms are named ``allocation/init``, with ``/selection`` added for selectors other than saliency.
+finished arms are kept in ``{seed}/rows.json`` (and with --results, in one small JSON per seed there): a rerun
+with more --allocations, --inits or --selections runs only the new arms. Arms are named ``allocation/init``,
+with ``/selection`` added for selectors other than saliency.
 
     python -m benchmarks.bench_matched --seeds 1 2 3                   # synthetic, CPU (~35 min a seed)
     # seeds in parallel processes, then one call that gathers their finished rows:
     python -m benchmarks.bench_matched --seeds 2 & python -m benchmarks.bench_matched --seeds 3; wait
     python -m benchmarks.bench_matched --seeds 1 2 3
     python -m benchmarks.bench_matched --seeds 1 2 3 --dataset cifar10 --data_dir /tmp/cifar --train_subset 5000
+    # the swap arms (docs/results/matched_experiment.md), each seed's rows kept in the repository:
+    python -m benchmarks.bench_matched --train_subset 3000 --allocations greedy none --inits zero \
+        --swap_arms straight regrown gradual --results docs/results/data/matched
 
-Results: benchmarks/results/matched_{dataset}.json and .csv.
+Results: benchmarks/results/matched_{dataset}.json and .csv (and the --results files).
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import statistics
 from collections.abc import Sequence
@@ -90,7 +95,27 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              "(one-shot to --final_sparsity), regrown (greedy/zero regrown into the start, then "
                              "finetuned) and gradual (dense to --final_sparsity during one finetune)")
     parser.add_argument("--swap_every", type=positive_int, default=20, help="optimizer steps between swaps")
+    parser.add_argument("--results", default=None,
+                        help="also keep each seed's finished rows here (one small JSON per seed and settings, e.g. "
+                             "docs/results/data/matched) and read them back, so a later run adds seeds or arms "
+                             "without the run folders")
     return parser.parse_args(argv)
+
+
+# which arms to run does not change how any arm is made: the arm lists are not settings (swaps: in the arm names)
+NOT_SETTINGS = ("seeds", "device", "save_dir", "allocations", "inits", "selections", "swap_arms", "swap_every",
+                "results")
+
+
+def kept_rows(args: argparse.Namespace, seed: int) -> tuple[Path | None, dict]:
+    """(the --results file of ``seed`` under these settings, its settings); the file name carries a digest of
+    the settings (the data folder left out), so runs of other settings keep their own files."""
+    settings = {k: str(v) for k, v in sorted(vars(args).items()) if k not in NOT_SETTINGS + ("data_dir",)}
+    if args.results is None:
+        return None, settings
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+    name = f"{args.dataset}_{args.m_name}_regrow{args.regrow_epochs}_{digest}_seed{seed}.json"
+    return Path(args.results) / name, settings
 
 
 def searched_allocation(args, seed: int, root: Path, dense: Path, start: Path, kind: str) -> dict[str, int]:
@@ -112,17 +137,18 @@ def one_seed(args: argparse.Namespace, seed: int) -> list[dict]:
     again, so seeds can run in separate processes, a last call only gathers them, and a call asking for more
     arms runs only those."""
     root = Path(args.save_dir) / f"matched_{args.dataset}_{args.m_name}" / f"seed{seed}"
-    # which arms to run does not change how any arm is made: the arm lists are not settings
-    check_settings(root.parent, vars(args), ignore=("seeds", "device", "save_dir", "allocations", "inits",
-                                                    "selections", "swap_arms", "swap_every"))  # swaps: in names
-    path = root / "rows.json"
-    done = {row["arm"]: row for row in json.loads(path.read_text())} if path.is_file() else {}
+    check_settings(root.parent, vars(args), ignore=NOT_SETTINGS)
+    path, (kept, settings) = root / "rows.json", kept_rows(args, seed)
+    done = {row["arm"]: row for row in json.loads(kept.read_text())["rows"]} if kept and kept.is_file() else {}
+    done.update({row["arm"]: row for row in json.loads(path.read_text())} if path.is_file() else {})
     for row in done.values():  # rows written before --selections existed were all saliency
         row.setdefault("selection", "-" if row["init"] == "-" else "saliency")
     wanted = ["straight"] + [arm_name(*arm) for arm in planned(args)] + swap_names(args)
     if any(arm not in done for arm in wanted):
         done.update((row["arm"], row) for row in arms(args, seed, root, set(done)))
         write_json(path, list(done.values()))
+    if kept is not None:
+        write_json(kept, {"settings": settings, "rows": list(done.values())})
     return [done[arm] for arm in wanted]
 
 
@@ -149,8 +175,6 @@ def arm_name(kind: str, init: str, selection: str) -> str:
 def arms(args: argparse.Namespace, seed: int, root: Path, done: set[str]) -> list[dict]:
     """The rows of the arms of ``seed`` not in ``done``, in ``root`` (see the module docstring)."""
     dense = dense_model(args, seed, root)
-    straight = pruned_model(args, seed, root, dense, args.final_sparsity, args.prune_epochs + args.regrow_epochs,
-                            "straight")
     start = pruned_model(args, seed, root, dense, args.start_sparsity, args.prune_epochs, "start")
     todo = [arm for arm in planned(args) if arm_name(*arm) not in done]
     reference = None
@@ -161,7 +185,8 @@ def arms(args: argparse.Namespace, seed: int, root: Path, done: set[str]) -> lis
         *(["--selection", "reference", "--reference_ckpt", str(reference)] if reference else [])])
     settings = regrowth_settings(stage_args, default_granularity(), "oneshot")
     stage, pair = prepare_dense_sparse(stage_args, start, reparam=True)
-    rows = [] if "straight" in done else [straight_row(stage, seed, straight)]
+    rows = [] if "straight" in done else [straight_row(stage, seed, pruned_model(
+        args, seed, root, dense, args.final_sparsity, args.prune_epochs + args.regrow_epochs, "straight"))]
     swaps = [(arm, name) for arm, name in zip(args.swap_arms, swap_names(args), strict=True) if name not in done]
     needs_greedy = any(arm == "regrown" for arm, _ in swaps)
     allocations = {kind: allocation(args, seed, root, (stage, pair), kind, settings.scoring)

@@ -21,6 +21,7 @@ from models import create_model
 from tests.conftest import run_main, save_dense_and_sparse, tree
 from utils.cli.flags import ArgumentParser
 from utils.runtime.checkpoint import LINEAGE_KEY, read_checkpoint, save_checkpoint
+from utils.runtime.stage import finetune_suggestion
 
 SCRIPTS = ["analyze_layers", "benchmark_regrowth", "evaluate", "export", "find_drop_point", "finetune", "pipeline",
            "pretrain", "prune_structure", "prune_unstructure", "regrowth_greedy", "regrowth_iterative",
@@ -213,3 +214,21 @@ def test_next_commands_carry_the_runs_flags_and_run(tmp_path, capsys):
     argv = _next_command(err)  # the final finetune, as long as the start's pruning finetune (not the method's 400)
     assert argv[0] == "finetune.py" and Path(argv[argv.index("--ckpt") + 1]).is_file()
     assert argv[argv.index("--epochs") + 1] == str(prune_epochs) and "--train_subset" in argv
+
+
+@pytest.mark.parametrize("meta, epochs", [
+    ({"stage": "prune_oneshot", "args": {"finetune_epochs": 4}}, "4"),
+    ({"stage": "prune_gradual", "args": {"finetune_epochs": 1}}, "1"),
+    ({"stage": "prune_iterative", "args": {"finetune_epochs": 40}}, "400"),  # per step, not the whole finetune
+    ({"stage": "regrowth", "args": {"finetune_epochs": 1}}, "400"),  # an episode's mini-finetune
+    ({"stage": "greedy_prop", "args": {"finetune_epochs": 1}}, "400"),
+    ({}, "400"),  # the original repository's files have no meta
+])
+def test_the_final_finetune_suggestion_is_as_long_as_a_one_step_pruning_finetune(meta, epochs):
+    class FakeStage:
+        def repeat_flags(self) -> str:
+            return "--m_name resnet20 --dataset synthetic"
+
+    argv = shlex.split(finetune_suggestion(FakeStage(), Path("best.pth"), meta).split("   (")[0])
+    assert argv[:4] == ["python", "finetune.py", "--ckpt", "best.pth"] and argv[argv.index("--epochs") + 1] == epochs
+    assert "1 epochs" not in finetune_suggestion(FakeStage(), Path("b.pth"), meta)

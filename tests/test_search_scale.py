@@ -530,16 +530,23 @@ def test_matched_benchmark_compares_every_arm_with_straight_pruning(tmp_path, mo
     stored = json.loads((tmp_path / "matched_synthetic_resnet20/seed1/rows.json").read_text())
     assert sorted(r["arm"] for r in stored) == sorted([*kept, "none", "greedy/zero/reference"])
     # the swap arms: straight, regrown and gradual pruning with swap cycles, at the final sparsity
-    assert bench_matched.main(TINY + ["--save_dir", str(tmp_path), "--seeds", "1", "--start_sparsity", "0.96",
-                                      "--final_sparsity", "0.95", "--regrow_epochs", "1", "--episodes", "2",
-                                      "--inits", "zero", "--allocations", "greedy", "--swap_every", "1",
-                                      "--swap_arms", *bench_matched.SWAP_ARMS]) == 0
+    swap_argv = ["--seeds", "1", "--start_sparsity", "0.96", "--final_sparsity", "0.95", "--regrow_epochs", "1",
+                 "--episodes", "2", "--inits", "zero", "--allocations", "greedy", "--swap_every", "1",
+                 "--swap_arms", *bench_matched.SWAP_ARMS, "--results", str(tmp_path / "kept")]
+    assert bench_matched.main(TINY + ["--save_dir", str(tmp_path)] + swap_argv) == 0
     swapped = {r["arm"]: r for r in read_csv(tmp_path / "benchmarks" / "results" / "matched_synthetic.csv")}
     assert list(swapped) == ["straight", "greedy/zero", "straight+swap1", "greedy/zero+swap1", "gradual+swap1"]
     assert swapped["greedy/zero"] == kept["greedy/zero"]
     assert all(float(swapped[a]["sparsity"]) == pytest.approx(0.95, abs=1e-3) for a in list(swapped)[2:])
     gradual = read_checkpoint(next((tmp_path / "matched_synthetic_resnet20/seed1/gradual_swap1").rglob("*.pth")))
     assert gradual.meta["swap"]["swaps"] >= 1 and gradual.meta["gradual"]["done"] == 10
+    # --results keeps the rows of each seed: without the run folders they give the same table, nothing trained
+    made.clear()
+    fresh = tmp_path / "fresh"
+    assert bench_matched.main(TINY + ["--save_dir", str(fresh)] + swap_argv) == 0
+    assert {r["arm"]: r for r in read_csv(tmp_path / "benchmarks" / "results" / "matched_synthetic.csv")} == swapped
+    assert made == [] and not (fresh / "matched_synthetic_resnet20" / "seed1" / "resnet20").exists()
+    assert len(list((tmp_path / "kept").glob("synthetic_resnet20_regrow1_*_seed1.json"))) == 1
 
 
 def test_reference_values_are_the_references_effective_weights(start, tmp_path):

@@ -211,13 +211,18 @@ class DenseSparse:
     sparse_meta: dict = field(default_factory=dict)  # the sparse checkpoint's meta (the stage that wrote it, args)
 
 
+ONE_FINETUNE_STAGES = ("prune_oneshot", "prune_gradual")  # a start pruned in one step, with one whole finetune
+
+
 def finetune_suggestion(stage: Stage, ckpt: Path, start_meta: dict) -> str:
     """The ``next:`` command after a regrowth stage: ``finetune.py`` on ``ckpt`` with this run's flags, for as
-    many epochs as the search's start had in its pruning finetune (``start_meta``: that checkpoint's meta; the
-    method gives both finetunes the same length), or the original schedule's 400 when the start does not say."""
+    many epochs as the search's start had in its pruning finetune when it was pruned in one step
+    (``start_meta``: that checkpoint's meta; the method gives both finetunes the same length), or the original
+    schedule's 400 when the start does not say (an iterative start's epochs are per step, a regrown start's
+    per episode)."""
     epochs = (start_meta.get("args") or {}).get("finetune_epochs")
-    if str(start_meta.get("stage", "")).startswith("prune_") and isinstance(epochs, int) and epochs > 0:
-        why = f"as long as the start's pruning finetune, {epochs} epochs"
+    if start_meta.get("stage") in ONE_FINETUNE_STAGES and isinstance(epochs, int) and epochs > 0:
+        why = f"as long as the start's pruning finetune, {epochs} epoch{'s' if epochs != 1 else ''}"
     else:
         epochs, why = 400, "the original schedule; fewer epochs for a quick run"
     return f"python finetune.py --ckpt {ckpt} {stage.repeat_flags()} --epochs {epochs}   (the final finetune: {why})"

@@ -20,7 +20,7 @@ a stage whose output exists is reused (the log says so) unless --overwrite.
 Writes everything under {save_dir}/{m_name}/ (--save_dir defaults to runs/{preset}) as the stage scripts do,
 plus pipeline_summary.json / .csv with the final table (sparsity, params, val and test accuracy of each
 model; for channels the params of the exported model) and pipeline_summary.png, the results figure
-(channels: pipeline_structure_summary.*). The smoke preset takes about 1 min on 2 CPU cores.
+(channels: pipeline_structure_summary.*). The smoke preset takes about a minute on one CPU thread.
 """
 from __future__ import annotations
 
@@ -106,7 +106,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = new_parser(__doc__)
     parser.add_argument("--preset", default="demo", choices=list(PRESETS),
                         help="schedules and model: demo (synthetic data, 9 min on 2 CPU cores), smoke (checks an "
-                             "install; about 1 min on 2 CPU cores), cifar10_resnet20 / cifar10_vgg16 (the "
+                             "install; about a minute on one CPU thread), cifar10_resnet20 / cifar10_vgg16 (the "
                              "original settings, GPU days)")
     parser.add_argument("--granularity", default=list_granularities()[0], choices=list_granularities(),
                         help="prune and regrow weights or whole channels")

@@ -107,15 +107,18 @@ NOT_SETTINGS = ("seeds", "device", "save_dir", "allocations", "inits", "selectio
                 "results")
 
 
-def kept_rows(args: argparse.Namespace, seed: int) -> tuple[Path | None, dict]:
-    """(the --results file of ``seed`` under these settings, its settings); the file name carries a digest of
-    the settings (the data folder left out), so runs of other settings keep their own files."""
-    settings = {k: str(v) for k, v in sorted(vars(args).items()) if k not in NOT_SETTINGS + ("data_dir",)}
+def run_settings(args: argparse.Namespace) -> dict[str, str]:
+    """The flags that define how the arms are made (not which arms, not where the data folder is)."""
+    return {k: str(v) for k, v in sorted(vars(args).items()) if k not in NOT_SETTINGS + ("data_dir",)}
+
+
+def kept_path(args: argparse.Namespace, seed: int) -> Path | None:
+    """The --results file of ``seed`` (None without --results); its name carries a digest of ``run_settings``,
+    so runs of other settings keep their own files."""
     if args.results is None:
-        return None, settings
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
-    name = f"{args.dataset}_{args.m_name}_regrow{args.regrow_epochs}_{digest}_seed{seed}.json"
-    return Path(args.results) / name, settings
+        return None
+    digest = hashlib.sha256(json.dumps(run_settings(args)).encode()).hexdigest()[:8]
+    return Path(args.results) / f"{args.dataset}_{args.m_name}_regrow{args.regrow_epochs}_{digest}_seed{seed}.json"
 
 
 def searched_allocation(args, seed: int, root: Path, dense: Path, start: Path, kind: str) -> dict[str, int]:
@@ -138,7 +141,7 @@ def one_seed(args: argparse.Namespace, seed: int) -> list[dict]:
     arms runs only those."""
     root = Path(args.save_dir) / f"matched_{args.dataset}_{args.m_name}" / f"seed{seed}"
     check_settings(root.parent, vars(args), ignore=NOT_SETTINGS)
-    path, (kept, settings) = root / "rows.json", kept_rows(args, seed)
+    path, kept = root / "rows.json", kept_path(args, seed)
     done = {row["arm"]: row for row in json.loads(kept.read_text())["rows"]} if kept and kept.is_file() else {}
     done.update({row["arm"]: row for row in json.loads(path.read_text())} if path.is_file() else {})
     for row in done.values():  # rows written before --selections existed were all saliency
@@ -148,7 +151,7 @@ def one_seed(args: argparse.Namespace, seed: int) -> list[dict]:
         done.update((row["arm"], row) for row in arms(args, seed, root, set(done)))
         write_json(path, list(done.values()))
     if kept is not None:
-        write_json(kept, {"settings": settings, "rows": list(done.values())})
+        write_json(kept, {"settings": run_settings(args), "rows": list(done.values())})
     return [done[arm] for arm in wanted]
 
 

@@ -199,14 +199,13 @@ def test_next_commands_carry_the_runs_flags_and_run(tmp_path, capsys):
     argv = _next_command(err)
     assert argv[0] == "prune_unstructure.py" and "--train_subset" in argv and "--finetune_epochs" in argv
     assert argv[argv.index("--save_dir") + 1] == str(tmp_path)
-    argv_prune = argv
+    prune_epochs = int(argv[argv.index("--finetune_epochs") + 1])
     code, _, err = run_main(prune_unstructure.main, argv[1:] + ["--no_progress"], capsys)  # pasted as printed
     assert code == 0, err
     argv = _next_command(err)
     assert argv[0] == "regrowth_oneshot.py" and Path(argv[argv.index("--initial_ckpt") + 1]).is_file()
     args = regrowth_oneshot.parse_args(argv[1:])  # the search's flags as printed parse
     assert args.episode_steps == 30 and args.train_subset == 128 and args.dataset == "synthetic"
-    prune_epochs = int(argv_prune[argv_prune.index("--finetune_epochs") + 1])
     code, _, err = run_main(regrowth_oneshot.main, argv[1:] + ["--num_epochs", "1", "--episode_steps", "1",
                                                                "--ssim_num_batches", "1", "--saliency_batches", "1",
                                                                "--no_progress"], capsys)  # a short search

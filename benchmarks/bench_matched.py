@@ -32,6 +32,9 @@ with ``/selection`` added for selectors other than saliency.
     # the swap arms (docs/results/matched_experiment.md), each seed's rows kept in the repository:
     python -m benchmarks.bench_matched --train_subset 3000 --allocations greedy none --inits zero \
         --swap_arms straight regrown gradual --results docs/results/data/matched
+    # gradual pruning without swaps (the arm that separates the schedule from the swaps):
+    python -m benchmarks.bench_matched --train_subset 3000 --allocations greedy none --inits zero \
+        --swap_arms gradual --swap_every 0 --results docs/results/data/matched
 
 Results: benchmarks/results/matched_{dataset}.json and .csv (and the --results files).
 """
@@ -57,7 +60,7 @@ from benchmarks.experiment import (
     run,
     stage_flags,
 )
-from utils.cli.flags import positive_int
+from utils.cli.flags import non_negative_int
 from utils.cli.jobs import regrowth_settings
 from utils.cli.prepare import prepare_dense_sparse
 from utils.core.files import write_csv, write_json
@@ -94,7 +97,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              "decay, none in the last 25%% of the steps) every --swap_every steps: straight "
                              "(one-shot to --final_sparsity), regrown (greedy/zero regrown into the start, then "
                              "finetuned) and gradual (dense to --final_sparsity during one finetune)")
-    parser.add_argument("--swap_every", type=positive_int, default=20, help="optimizer steps between swaps")
+    parser.add_argument("--swap_every", type=non_negative_int, default=20,
+                        help="optimizer steps between swaps; 0: the --swap_arms without swaps (named like their "
+                             "plain arms, e.g. gradual; straight and greedy/zero are then the plain arms themselves)")
     parser.add_argument("--results", default=None,
                         help="also keep each seed's finished rows here (one small JSON per seed and settings, e.g. "
                              "docs/results/data/matched) and read them back, so a later run adds seeds or arms "
@@ -146,7 +151,7 @@ def one_seed(args: argparse.Namespace, seed: int) -> list[dict]:
     done.update({row["arm"]: row for row in json.loads(path.read_text())} if path.is_file() else {})
     for row in done.values():  # rows written before --selections existed were all saliency
         row.setdefault("selection", "-" if row["init"] == "-" else "saliency")
-    wanted = ["straight"] + [arm_name(*arm) for arm in planned(args)] + swap_names(args)
+    wanted = list(dict.fromkeys(["straight"] + [arm_name(*arm) for arm in planned(args)] + swap_names(args)))
     if any(arm not in done for arm in wanted):
         done.update((row["arm"], row) for row in arms(args, seed, root, set(done)))
         write_json(path, list(done.values()))
@@ -164,8 +169,10 @@ def planned(args: argparse.Namespace) -> list[tuple[str, str, str]]:
 
 
 def swap_names(args: argparse.Namespace) -> list[str]:
-    """The names of the --swap_arms arms (``straight+swap20``: with swaps every 20 steps)."""
-    return [f"{arm if arm != 'regrown' else 'greedy/zero'}+swap{args.swap_every}" for arm in args.swap_arms]
+    """The names of the --swap_arms arms (``straight+swap20``: with swaps every 20 steps; with --swap_every 0
+    the plain names: ``straight``, ``greedy/zero``, ``gradual``)."""
+    suffix = f"+swap{args.swap_every}" if args.swap_every else ""
+    return [f"{arm if arm != 'regrown' else 'greedy/zero'}{suffix}" for arm in args.swap_arms]
 
 
 def arm_name(kind: str, init: str, selection: str) -> str:
@@ -190,7 +197,9 @@ def arms(args: argparse.Namespace, seed: int, root: Path, done: set[str]) -> lis
     stage, pair = prepare_dense_sparse(stage_args, start, reparam=True)
     rows = [] if "straight" in done else [straight_row(stage, seed, pruned_model(
         args, seed, root, dense, args.final_sparsity, args.prune_epochs + args.regrow_epochs, "straight"))]
-    swaps = [(arm, name) for arm, name in zip(args.swap_arms, swap_names(args), strict=True) if name not in done]
+    plain = {"straight", *(arm_name(*arm) for arm in planned(args))}  # made above (--swap_every 0 names them)
+    swaps = [(arm, name) for arm, name in zip(args.swap_arms, swap_names(args), strict=True)
+             if name not in done | plain]
     needs_greedy = any(arm == "regrown" for arm, _ in swaps)
     allocations = {kind: allocation(args, seed, root, (stage, pair), kind, settings.scoring)
                    for kind in dict.fromkeys([kind for kind, _, _ in todo] + (["greedy"] if needs_greedy else []))}
@@ -217,18 +226,18 @@ def arms(args: argparse.Namespace, seed: int, root: Path, done: set[str]) -> lis
 def swap_row(args: argparse.Namespace, seed: int, root: Path, dense: Path, prepared: tuple[Stage, DenseSparse],
              arm: str, name: str, greedy: dict[str, int] | None, saliency: dict[str, torch.Tensor] | None) -> dict:
     """The row of swap arm ``arm`` (see --swap_arms): as many finetune epochs after pruning as every other arm
-    (--prune_epochs + --regrow_epochs), the same swap cycles; ``regrown`` regrows the ``greedy`` allocation at
-    the ``saliency`` positions."""
+    (--prune_epochs + --regrow_epochs), the same swap cycles (none with --swap_every 0); ``regrown`` regrows the
+    ``greedy`` allocation at the ``saliency`` positions."""
     stage, pair = prepared
-    flags = ["--swap_every", str(args.swap_every)]
+    flags = ["--swap_every", str(args.swap_every)] if args.swap_every else []
     epochs = args.prune_epochs + args.regrow_epochs
     if arm == "regrown":
         result = regrow_and_finetune(stage, pair, greedy, saliency, "zero", args.regrow_epochs,
                                      swap=SwapSettings(every=args.swap_every))
         return {"seed": seed, "arm": name, "allocation": "greedy", "init": "zero", "selection": "saliency", **result}
     mode = "oneshot" if arm == "straight" else "gradual"
-    path = pruned_model(args, seed, root, dense, args.final_sparsity, epochs, f"{arm}_swap{args.swap_every}", mode,
-                        flags)
+    label = f"{arm}_swap{args.swap_every}" if args.swap_every else arm
+    path = pruned_model(args, seed, root, dense, args.final_sparsity, epochs, label, mode, flags)
     return {**straight_row(stage, seed, path), "arm": name}
 
 

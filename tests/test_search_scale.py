@@ -547,6 +547,19 @@ def test_matched_benchmark_compares_every_arm_with_straight_pruning(tmp_path, mo
     assert {r["arm"]: r for r in read_csv(tmp_path / "benchmarks" / "results" / "matched_synthetic.csv")} == swapped
     assert made == [] and not (fresh / "matched_synthetic_resnet20" / "seed1" / "resnet20").exists()
     assert len(list((tmp_path / "kept").glob("synthetic_resnet20_regrow1_*_seed1.json"))) == 1
+    # --swap_every 0: the swap arms without swaps; straight and greedy/zero are the plain arms (kept, not made
+    # again), gradual is the one new arm: gradual pruning with no swap
+    no_swaps = swap_argv[:swap_argv.index("--swap_every")] + ["--swap_every", "0"] + swap_argv[
+        swap_argv.index("--swap_every") + 2:]
+    assert bench_matched.main(TINY + ["--save_dir", str(tmp_path)] + no_swaps) == 0
+    plain = {r["arm"]: r for r in read_csv(tmp_path / "benchmarks" / "results" / "matched_synthetic.csv")}
+    assert list(plain) == ["straight", "greedy/zero", "gradual"]
+    assert [plain["straight"], plain["greedy/zero"]] == [swapped["straight"], swapped["greedy/zero"]]
+    assert made == ["straight_row"] and float(plain["gradual"]["sparsity"]) == pytest.approx(0.95, abs=1e-3)
+    gradual = read_checkpoint(next((tmp_path / "matched_synthetic_resnet20/seed1/gradual").rglob("*.pth")))
+    assert gradual.meta["gradual"]["done"] == 10 and not gradual.meta.get("swap")
+    kept_rows = json.loads(next((tmp_path / "kept").glob("synthetic_resnet20_regrow1_*_seed1.json")).read_text())
+    assert {*swapped, "gradual"} <= {r["arm"] for r in kept_rows["rows"]}
 
 
 def test_reference_values_are_the_references_effective_weights(start, tmp_path):

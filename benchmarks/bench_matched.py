@@ -60,7 +60,7 @@ from benchmarks.experiment import (
     run,
     stage_flags,
 )
-from utils.cli.flags import non_negative_int
+from utils.cli.flags import cli_main, non_negative_int
 from utils.cli.jobs import regrowth_settings
 from utils.cli.prepare import prepare_dense_sparse
 from utils.core.files import write_csv, write_json
@@ -299,4 +299,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cli_main(main)())

@@ -21,10 +21,12 @@ search's best episode by val reward) then gets the same final finetune (--final_
 val, the same data stream for every arm) and its **test** accuracy is reported; nothing is selected on test.
 
 Each finished arm is one small JSON file in --results (the settings it was run with, the per-episode rewards,
-the chosen allocation, the final val/test accuracy and the seconds), so separate processes can run seeds or
-arms in parallel and a later run adds seeds without rerunning the finished ones. Every call ends by gathering
-all the arm files of these settings in --results into ``search_{dataset}_{model}.md`` (the table: final val
-and test mean ± std over seeds, and the paired differences to RL) and
+the chosen allocation, the final val/test accuracy and the seconds), so separate processes can run seeds in
+parallel, or arms of one seed once its dense and start models exist (a second process would find them being
+written and stop with an ``error:`` line), and a later run adds seeds without rerunning the finished ones.
+Every call ends by gathering all the arm files of these settings in --results into
+``search_{dataset}_{model}.md`` (the table: final val and test mean ± std over seeds, and the paired
+differences to RL) and
 ``search_{dataset}_{model}.png`` (the best-so-far curves: the chosen allocation's val reward against episodes
 and against seconds, mean and min-max band over seeds).
 
@@ -61,7 +63,7 @@ from benchmarks.experiment import (  # noqa: E402
     run,
     stage_flags,
 )
-from utils.cli.flags import open_fraction, positive_int  # noqa: E402
+from utils.cli.flags import cli_main, open_fraction, positive_int  # noqa: E402
 from utils.cli.jobs import regrowth_job  # noqa: E402
 from utils.core.errors import UsageError  # noqa: E402
 from utils.core.files import write_json  # noqa: E402
@@ -173,10 +175,16 @@ def run_search(args, seed: int, root: Path, dense: Path, start: Path, units: str
             "search_seconds": summary["search_seconds"]}
 
 
-def probe(args, seed: int, root: Path, dense: Path, start: Path, units: str) -> OneShot:
+def probe_label(units: str, arms: Sequence[str]) -> str:
+    """The probe's folder name, after this call's arms: a process running other arms of the same seed (which
+    holds its own probe folder until it ends) never claims the same folder."""
+    return f"{units}_probe_{'-'.join(arms)}"
+
+
+def probe(args, seed: int, root: Path, dense: Path, start: Path, units: str, arms: Sequence[str]) -> OneShot:
     """The prepared search of ``units`` (scores, searched units, K, the episode reward) without its episodes:
     what greedy allocations are drawn from and scored with, and what every arm's final finetune regrows into."""
-    flags = search_flags(args, seed, root, dense, start, units, f"{units}_probe") + ["--overwrite"]
+    flags = search_flags(args, seed, root, dense, start, units, probe_label(units, arms)) + ["--overwrite"]
     return prepare_oneshot(regrowth_job(regrowth_oneshot.parse_args(flags), default_granularity(), "oneshot"))
 
 
@@ -220,8 +228,9 @@ def run_seed(args, seed: int, results: Path) -> None:
     dense = dense_model(args, seed, root)
     start = pruned_model(args, seed, root, dense, args.sparsity, args.prune_epochs, "start")
     for units in dict.fromkeys(u for u, _ in todo):
-        job = probe(args, seed, root, dense, start, units)
-        for arm in (a for u, a in todo if u == units):
+        arms = [a for u, a in todo if u == units]
+        job = probe(args, seed, root, dense, start, units, arms)
+        for arm in arms:
             result = run_arm(args, seed, root, dense, start, units, arm, job)
             write_json(arm_path(results, args, seed, units, arm), result)
             print(f"seed {seed} {units} {arm}: final val {result['final']['val_acc']:.2f}% test "
@@ -334,5 +343,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     return report(args, results)
 
 
+def cli(argv: Sequence[str] | None = None) -> int:
+    """The command line: a settings mismatch or a folder held by another run is one ``error:`` line, exit 2."""
+    main(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    raise SystemExit(cli_main(cli)())

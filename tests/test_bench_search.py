@@ -1,10 +1,15 @@
 """benchmarks/bench_search.py at toy sizes: every arm runs, its file is kept and read back, settings guarded."""
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from benchmarks import bench_search
 from tests.test_search_scale import TINY
+from utils.core import paths
 from utils.core.errors import UsageError
 
 
@@ -26,6 +31,15 @@ def test_search_benchmark_runs_every_arm_and_keeps_the_finished_ones(tmp_path):
     again = bench_search.main(argv)["ssim"]  # finished arms are read back, not rerun
     assert {p.name: p.stat().st_mtime_ns for p in results.glob("*_seed1_*.json")} == stamp
     assert again["rl"][1]["final"] == found["rl"][1]["final"]
+    # a second process runs another arm of the same seed while this one, which ran the first call's arms, still
+    # holds their probe folder (a run folder's claim lasts until its process ends)
+    assert str((tmp_path / "search_synthetic_resnet20" / "seed1" / "search" / "resnet20" / "regrowth_oneshot" /
+                bench_search.probe_label("ssim", ["rl", "random", "greedy_prop"])).resolve()) in paths._HELD
+    uniform = argv[:argv.index("--arms")] + ["--arms", "greedy_uniform"] + argv[argv.index("--episodes"):]
+    other = subprocess.run([sys.executable, "-m", "benchmarks.bench_search", *uniform], capture_output=True,
+                           text=True, cwd=Path(bench_search.__file__).parents[1], timeout=600)
+    assert other.returncode == 0, other.stderr
+    assert (results / "synthetic_resnet20_seed1_ssim_greedy_uniform.json").is_file()
     longer = list(argv)
     longer[longer.index("--episodes") + 1] = "4"
     with pytest.raises(UsageError, match="episodes differ"):  # 4 episodes where a 3-episode arm file lies

@@ -20,7 +20,8 @@ Per seed (--seeds), with the stage scripts (run folders under --save_dir, reused
 So every final model has had --prune_epochs + --regrow_epochs finetune epochs after pruning (the searches'
 mini-finetunes only choose the allocation; their models are not used). Printed: mean ± std over seeds of
 val and test accuracy per arm, and of each arm's paired difference to ``straight`` (same seed). Each seed's
-finished arms are kept in ``{seed}/rows.json`` (and with --results, in one small JSON per seed there): a rerun
+finished arms are kept in ``{seed}/rows.json`` (and with --results, in one small JSON per seed there, with the
+fingerprint of the dense model's weights, so rows of another dense model are never paired with them): a rerun
 with more --allocations, --inits or --selections runs only the new arms. Arms are named ``allocation/init``,
 with ``/selection`` added for selectors other than saliency.
 
@@ -31,10 +32,11 @@ with ``/selection`` added for selectors other than saliency.
     python -m benchmarks.bench_matched --seeds 1 2 3 --dataset cifar10 --data_dir /tmp/cifar --train_subset 5000
     # the swap arms (docs/results/matched_experiment.md), each seed's rows kept in the repository:
     python -m benchmarks.bench_matched --train_subset 3000 --allocations greedy none --inits zero \
-        --swap_arms straight regrown gradual --results docs/results/data/matched
-    # gradual pruning without swaps (the arm that separates the schedule from the swaps):
+        --swap_arms straight regrown gradual --save_dir runs/matched4 --results docs/results/data/matched
+    # gradual pruning without swaps (the arm that separates the schedule from the swaps), in the same run
+    # folders, so the new rows pair with the kept ones by the same dense models:
     python -m benchmarks.bench_matched --train_subset 3000 --allocations greedy none --inits zero \
-        --swap_arms gradual --swap_every 0 --results docs/results/data/matched
+        --swap_arms gradual --swap_every 0 --save_dir runs/matched4 --results docs/results/data/matched
 
 Results: benchmarks/results/matched_{dataset}.json and .csv (and the --results files).
 """
@@ -63,8 +65,11 @@ from benchmarks.experiment import (
 from utils.cli.flags import cli_main, non_negative_int
 from utils.cli.jobs import regrowth_settings
 from utils.cli.prepare import prepare_dense_sparse
+from utils.core.errors import UsageError
 from utils.core.files import write_csv, write_json
+from utils.core.paths import pretrained_path
 from utils.regrow.allocation import allocate_proportional
+from utils.runtime.checkpoint import CHECKSUM_KEY, content_fingerprint, read_checkpoint
 from utils.runtime.settings import ScoringSettings
 from utils.runtime.stage import DenseSparse, Stage
 from utils.runtime.train import evaluate_model
@@ -147,17 +152,35 @@ def one_seed(args: argparse.Namespace, seed: int) -> list[dict]:
     root = Path(args.save_dir) / f"matched_{args.dataset}_{args.m_name}" / f"seed{seed}"
     check_settings(root.parent, vars(args), ignore=NOT_SETTINGS)
     path, kept = root / "rows.json", kept_path(args, seed)
-    done = {row["arm"]: row for row in json.loads(kept.read_text())["rows"]} if kept and kept.is_file() else {}
+    stored = json.loads(kept.read_text()) if kept and kept.is_file() else {"rows": []}
+    done = {row["arm"]: row for row in stored["rows"]}
     done.update({row["arm"]: row for row in json.loads(path.read_text())} if path.is_file() else {})
     for row in done.values():  # rows written before --selections existed were all saliency
         row.setdefault("selection", "-" if row["init"] == "-" else "saliency")
     wanted = list(dict.fromkeys(["straight"] + [arm_name(*arm) for arm in planned(args)] + swap_names(args)))
+    dense = stored.get("dense")
     if any(arm not in done for arm in wanted):
+        dense = same_dense(dense_model(args, seed, root), dense, kept)
         done.update((row["arm"], row) for row in arms(args, seed, root, set(done)))
         write_json(path, list(done.values()))
+    elif pretrained_path(root, args.m_name).with_name("summary.json").is_file():
+        dense = same_dense(pretrained_path(root, args.m_name), dense, kept)
     if kept is not None:
-        write_json(kept, {"settings": run_settings(args), "rows": list(done.values())})
+        write_json(kept, {"settings": run_settings(args), **({"dense": dense} if dense else {}),
+                          "rows": list(done.values())})
     return [done[arm] for arm in wanted]
+
+
+def same_dense(path: Path, kept: str | None, where: Path | None) -> str:
+    """The weights' fingerprint of the dense model at ``path``; a ``UsageError`` when the kept rows (file
+    ``where``) were made from a dense model with other weights (``kept``), so new arms never pair with them."""
+    ckpt = read_checkpoint(path)
+    fingerprint = ckpt.meta.get(CHECKSUM_KEY) or content_fingerprint(ckpt.state_dict)
+    if kept is not None and kept != fingerprint:
+        raise UsageError(f"the rows kept in {where} come from another dense model than {path} (weights "
+                         f"{kept} vs {fingerprint}); run in the --save_dir they were made in, or give another "
+                         "--results")
+    return fingerprint
 
 
 def planned(args: argparse.Namespace) -> list[tuple[str, str, str]]:

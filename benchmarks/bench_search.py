@@ -176,9 +176,10 @@ def run_search(args, seed: int, root: Path, dense: Path, start: Path, units: str
 
 
 def probe_label(units: str, arms: Sequence[str]) -> str:
-    """The probe's folder name, after this call's arms: a process running other arms of the same seed (which
-    holds its own probe folder until it ends) never claims the same folder."""
-    return f"{units}_probe_{'-'.join(arms)}"
+    """The probe's folder name, after the set of arms this call runs (sorted): a process running another set of
+    arms of the same seed (each holds its probe folder until it ends) claims another folder, and two processes
+    running the same set stop at the probe, before any training."""
+    return f"{units}_probe_{'-'.join(sorted(set(arms)))}"
 
 
 def probe(args, seed: int, root: Path, dense: Path, start: Path, units: str, arms: Sequence[str]) -> OneShot:

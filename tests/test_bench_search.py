@@ -34,7 +34,7 @@ def test_search_benchmark_runs_every_arm_and_keeps_the_finished_ones(tmp_path):
     # a second process runs another arm of the same seed while this one, which ran the first call's arms, still
     # holds their probe folder (a run folder's claim lasts until its process ends)
     assert str((tmp_path / "search_synthetic_resnet20" / "seed1" / "search" / "resnet20" / "regrowth_oneshot" /
-                bench_search.probe_label("ssim", ["rl", "random", "greedy_prop"])).resolve()) in paths._HELD
+                bench_search.probe_label("ssim", ["greedy_prop", "random", "rl"])).resolve()) in paths._HELD
     uniform = argv[:argv.index("--arms")] + ["--arms", "greedy_uniform"] + argv[argv.index("--episodes"):]
     other = subprocess.run([sys.executable, "-m", "benchmarks.bench_search", *uniform], capture_output=True,
                            text=True, cwd=Path(bench_search.__file__).parents[1], timeout=600)
@@ -42,6 +42,10 @@ def test_search_benchmark_runs_every_arm_and_keeps_the_finished_ones(tmp_path):
     assert (results / "synthetic_resnet20_seed1_ssim_greedy_uniform.json").is_file()
     longer = list(argv)
     longer[longer.index("--episodes") + 1] = "4"
+    command = subprocess.run([sys.executable, "-m", "benchmarks.bench_search", *longer], capture_output=True,
+                             text=True, cwd=Path(bench_search.__file__).parents[1], timeout=600)
+    assert command.returncode == 2 and command.stderr.startswith("error: ") and "episodes differ" in command.stderr
+    assert "Traceback" not in command.stderr
     with pytest.raises(UsageError, match="episodes differ"):  # 4 episodes where a 3-episode arm file lies
         bench_search.main(longer)
     with pytest.raises(UsageError, match="episodes differ"):  # elsewhere too: the 3-episode searches are not reused

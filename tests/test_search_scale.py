@@ -20,8 +20,9 @@ from tests.conftest import run_main, tree
 from utils.core.distributed import gpu_placement
 from utils.core.errors import UsageError
 from utils.core.files import read_csv
+from utils.core.paths import pretrained_path
 from utils.prune.pruners import get_pruner
-from utils.runtime.checkpoint import read_checkpoint, save_checkpoint
+from utils.runtime.checkpoint import content_fingerprint, read_checkpoint, save_checkpoint
 from utils.runtime.settings import SearchSettings
 from utils.runtime.stage import Stage
 from utils.search.controller import AllocationPolicy, Reinforce
@@ -558,8 +559,16 @@ def test_matched_benchmark_compares_every_arm_with_straight_pruning(tmp_path, mo
     assert made == ["straight_row"] and float(plain["gradual"]["sparsity"]) == pytest.approx(0.95, abs=1e-3)
     gradual = read_checkpoint(next((tmp_path / "matched_synthetic_resnet20/seed1/gradual").rglob("*.pth")))
     assert gradual.meta["gradual"]["done"] == 10 and not gradual.meta.get("swap")
+    assert len(list((tmp_path / "kept").glob("synthetic_resnet20_regrow1_*_seed1.json"))) == 1  # one digest
     kept_rows = json.loads(next((tmp_path / "kept").glob("synthetic_resnet20_regrow1_*_seed1.json")).read_text())
     assert {*swapped, "gradual"} <= {r["arm"] for r in kept_rows["rows"]}
+    # the kept rows name their dense model's weights: rows of another dense model are never paired with them
+    dense = read_checkpoint(pretrained_path(tmp_path / "matched_synthetic_resnet20" / "seed1", "resnet20"))
+    assert kept_rows["dense"] == content_fingerprint(dense.state_dict)
+    kept_file = next((tmp_path / "kept").glob("synthetic_resnet20_regrow1_*_seed1.json"))
+    kept_file.write_text(json.dumps({**kept_rows, "dense": "0" * 16}))
+    with pytest.raises(UsageError, match="another dense model"):
+        bench_matched.main(TINY + ["--save_dir", str(tmp_path)] + no_swaps)
 
 
 def test_reference_values_are_the_references_effective_weights(start, tmp_path):

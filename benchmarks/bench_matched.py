@@ -69,7 +69,7 @@ from utils.core.errors import UsageError
 from utils.core.files import write_csv, write_json
 from utils.core.paths import pretrained_path
 from utils.regrow.allocation import allocate_proportional
-from utils.runtime.checkpoint import CHECKSUM_KEY, content_fingerprint, read_checkpoint
+from utils.runtime.checkpoint import read_checkpoint
 from utils.runtime.settings import ScoringSettings
 from utils.runtime.stage import DenseSparse, Stage
 from utils.runtime.train import evaluate_model
@@ -158,13 +158,14 @@ def one_seed(args: argparse.Namespace, seed: int) -> list[dict]:
     for row in done.values():  # rows written before --selections existed were all saliency
         row.setdefault("selection", "-" if row["init"] == "-" else "saliency")
     wanted = list(dict.fromkeys(["straight"] + [arm_name(*arm) for arm in planned(args)] + swap_names(args)))
+    missing = any(arm not in done for arm in wanted)
+    trained = dense_model(args, seed, root) if missing else pretrained_path(root, args.m_name)
     dense = stored.get("dense")
-    if any(arm not in done for arm in wanted):
-        dense = same_dense(dense_model(args, seed, root), dense, kept)
+    if trained.with_name("summary.json").is_file():  # this folder's rows must come from the kept rows' dense model
+        dense = same_dense(trained, dense, kept)
+    if missing:
         done.update((row["arm"], row) for row in arms(args, seed, root, set(done)))
         write_json(path, list(done.values()))
-    elif pretrained_path(root, args.m_name).with_name("summary.json").is_file():
-        dense = same_dense(pretrained_path(root, args.m_name), dense, kept)
     if kept is not None:
         write_json(kept, {"settings": run_settings(args), **({"dense": dense} if dense else {}),
                           "rows": list(done.values())})
@@ -172,10 +173,10 @@ def one_seed(args: argparse.Namespace, seed: int) -> list[dict]:
 
 
 def same_dense(path: Path, kept: str | None, where: Path | None) -> str:
-    """The weights' fingerprint of the dense model at ``path``; a ``UsageError`` when the kept rows (file
-    ``where``) were made from a dense model with other weights (``kept``), so new arms never pair with them."""
-    ckpt = read_checkpoint(path)
-    fingerprint = ckpt.meta.get(CHECKSUM_KEY) or content_fingerprint(ckpt.state_dict)
+    """The weights' fingerprint of the dense model at ``path`` (its lineage); a ``UsageError`` when the kept rows
+    (file ``where``) were made from a dense model with other weights (``kept``), so new arms never pair with
+    them."""
+    fingerprint = read_checkpoint(path).lineage
     if kept is not None and kept != fingerprint:
         raise UsageError(f"the rows kept in {where} come from another dense model than {path} (weights "
                          f"{kept} vs {fingerprint}); run in the --save_dir they were made in, or give another "

@@ -26,7 +26,7 @@ parallel, or arms of one seed once its dense and start models exist (a second pr
 written and stop with an ``error:`` line), and a later run adds seeds without rerunning the finished ones.
 Every call ends by gathering all the arm files of these settings in --results into
 ``search_{dataset}_{model}.md`` (the table: final val and test mean ± std over seeds, and the paired
-differences to RL) and
+differences to RL; for arms run with both ``--units``, the paired difference all - ssim) and
 ``search_{dataset}_{model}.png`` (the best-so-far curves: the chosen allocation's val reward against episodes
 and against seconds, mean and min-max band over seeds).
 
@@ -283,6 +283,26 @@ def table(found: dict) -> list[str]:
     return lines
 
 
+def unit_effect(found: dict) -> list[str]:
+    """Markdown lines: per arm run with both unit sets, the final test accuracy over the seeds that have both
+    (mean ± std) and the paired difference ``all`` - ``ssim`` per seed (pp): what the SSIM filter does to that
+    allocator. Empty when no arm has both."""
+    ssim, every = found.get("ssim", {}), found.get("all", {})
+    lines = []
+    for arm in (a for a in ssim if a in every):
+        seeds = sorted(set(ssim[arm]) & set(every[arm]))
+        if not seeds:
+            continue
+        tests = {units: [found[units][arm][s]["final"]["test_acc"] for s in seeds] for units in ("ssim", "all")}
+        paired = [a - b for a, b in zip(tests["all"], tests["ssim"], strict=True)]
+        lines.append(f"| {arm} | {len(seeds)} | {mean_std(tests['ssim'])} | {mean_std(tests['all'])} | "
+                     f"{mean_std(paired)} | {', '.join(f'{d:+.2f}' for d in paired)} |")
+    if not lines:
+        return []
+    return ["| arm | seeds with both | final test, ssim (%) | final test, all (%) | all - ssim, paired (pp) | "
+            "per seed |", "|---|---:|---:|---:|---:|---|", *lines]
+
+
 def plot(found: dict, title: str, path: Path) -> None:
     """Best-so-far val gain against episodes and against seconds, one row per unit set; searches as a mean
     line with a min-max band over seeds, greedy rules as a level line (their one evaluation, mean over seeds)."""
@@ -324,6 +344,9 @@ def report(args, results: Path) -> dict:
         raise UsageError(f"no finished arm of these settings in {results}")
     name = f"search_{args.dataset}_{args.m_name}"
     lines = table(found)
+    effect = unit_effect(found)
+    if effect:
+        lines += ["", "The unit set, paired by seed (the same start, allocator and final finetune):", "", *effect]
     settings = ", ".join(f"{k} {v}" for k, v in defining(args).items())
     (results / f"{name}.md").write_text(f"Settings: {settings}\n\n" + "\n".join(lines) + "\n")
     plot(found, f"{args.m_name} on {args.dataset}: the chosen allocation's val gain over the start, best so far "

@@ -50,3 +50,15 @@ def test_search_benchmark_runs_every_arm_and_keeps_the_finished_ones(tmp_path):
         bench_search.main(longer)
     with pytest.raises(UsageError, match="episodes differ"):  # elsewhere too: the 3-episode searches are not reused
         bench_search.main(longer + ["--results", str(tmp_path / "other")])
+
+
+def test_unit_effect_pairs_each_arm_by_seed_across_unit_sets():
+    def arm(test_acc: float) -> dict:
+        return {"final": {"test_acc": test_acc}}
+
+    found = {"ssim": {"rl": {1: arm(70.0), 2: arm(72.0), 3: arm(71.0)}, "greedy_prop": {1: arm(60.0)}},
+             "all": {"rl": {1: arm(71.0), 2: arm(71.5)}, "random": {1: arm(65.0)}}}
+    lines = bench_search.unit_effect(found)
+    assert len(lines) == 3  # header, rule, rl: greedy_prop and random ran with one unit set only
+    assert lines[2] == "| rl | 2 | 71.00 ± 1.41 | 71.25 ± 0.35 | 0.25 ± 1.06 | +1.00, -0.50 |"  # seed 3 unpaired
+    assert bench_search.unit_effect({"ssim": found["ssim"]}) == []

@@ -248,11 +248,13 @@ def gather(args, results: Path) -> dict[str, dict[str, dict[int, dict]]]:
     return found
 
 
-def mean_std(values: list[float]) -> str:
+def mean_std(values: list[float], signed: bool = False) -> str:
+    """``mean ± std`` (sample std; 0 for one value) to 2 decimals, the mean with its sign when ``signed`` (for
+    differences); ``-`` for no values."""
     if not values:
         return "-"
     spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.2f} ± {spread:.2f}"
+    return f"{statistics.fmean(values):{'+' if signed else ''}.2f} ± {spread:.2f}"
 
 
 def best_so_far(result: dict) -> np.ndarray:
@@ -278,15 +280,15 @@ def table(found: dict) -> list[str]:
                 f"{mean_std([r['val_accs'][r['best_episode'] - 1] for r in rs])} | "
                 f"{mean_std([r['final']['val_acc'] for r in rs])} | "
                 f"{mean_std([r['final']['test_acc'] for r in rs])} | "
-                f"{mean_std(paired) if arm != 'rl' else ''} | "
+                f"{mean_std(paired, signed=True) if arm != 'rl' else ''} | "
                 f"{statistics.fmean(r['search_seconds'] for r in rs):.0f} |")
     return lines
 
 
 def unit_effect(found: dict) -> list[str]:
     """Markdown lines: per arm run with both unit sets, the final test accuracy over the seeds that have both
-    (mean ± std) and the paired difference ``all`` - ``ssim`` per seed (pp): what the SSIM filter does to that
-    allocator. Empty when no arm has both."""
+    (mean ± std) and the paired difference ``all`` - ``ssim`` (pp, mean ± std and per seed, e.g. ``s1 +0.20``):
+    what the SSIM filter does to that allocator. Empty when no arm has both."""
     ssim, every = found.get("ssim", {}), found.get("all", {})
     lines = []
     for arm in (a for a in ssim if a in every):
@@ -295,8 +297,9 @@ def unit_effect(found: dict) -> list[str]:
             continue
         tests = {units: [found[units][arm][s]["final"]["test_acc"] for s in seeds] for units in ("ssim", "all")}
         paired = [a - b for a, b in zip(tests["all"], tests["ssim"], strict=True)]
+        per_seed = ", ".join(f"s{s} {d:+.2f}" for s, d in zip(seeds, paired, strict=True))
         lines.append(f"| {arm} | {len(seeds)} | {mean_std(tests['ssim'])} | {mean_std(tests['all'])} | "
-                     f"{mean_std(paired)} | {', '.join(f'{d:+.2f}' for d in paired)} |")
+                     f"{mean_std(paired, signed=True)} | {per_seed} |")
     if not lines:
         return []
     return ["| arm | seeds with both | final test, ssim (%) | final test, all (%) | all - ssim, paired (pp) | "

@@ -60,5 +60,5 @@ def test_unit_effect_pairs_each_arm_by_seed_across_unit_sets():
              "all": {"rl": {1: arm(71.0), 2: arm(71.5)}, "random": {1: arm(65.0)}}}
     lines = bench_search.unit_effect(found)
     assert len(lines) == 3  # header, rule, rl: greedy_prop and random ran with one unit set only
-    assert lines[2] == "| rl | 2 | 71.00 ± 1.41 | 71.25 ± 0.35 | 0.25 ± 1.06 | +1.00, -0.50 |"  # seed 3 unpaired
+    assert lines[2] == "| rl | 2 | 71.00 ± 1.41 | 71.25 ± 0.35 | +0.25 ± 1.06 | s1 +1.00, s2 -0.50 |"  # seed 3 unpaired
     assert bench_search.unit_effect({"ssim": found["ssim"]}) == []

@@ -12,7 +12,7 @@ is its own set of arms). Arms (--arms):
 | ``random`` | the same with --random_search: uniform draws from the same action space, equal episodes |
 | ``rl_batch`` | the controller with a batch-mean baseline (M = 8 episodes per update) and a 10x learning rate |
 | ``rl_tuned`` | one update per episode at a 10x learning rate with a 40x smaller entropy bonus (0.01 -> 0.001) |
-| ``greedy_prop`` / ``greedy_uniform`` / ``greedy_fill`` | the rule of regrowth_greedy.py, one allocation |
+| ``greedy_{prop,uniform,fill,topk}`` | the rule of regrowth_greedy.py (its --greedy_mode), one allocation |
 
 Every episode is a cheap one (--episode_steps S optimizer steps, reward on the first --episode_val_subset val
 images, paired: every episode sees the same data); the greedy allocations are scored by the same reward once,
@@ -70,7 +70,7 @@ from utils.core.files import write_json  # noqa: E402
 from utils.core.paths import SEARCH_STATE, SUMMARY, regrowth_dir  # noqa: E402
 from utils.core.registry import Registry  # noqa: E402
 from utils.core.timer import Timer  # noqa: E402
-from utils.regrow.allocation import GREEDY_ALLOCATIONS  # noqa: E402
+from utils.regrow.allocation import GREEDY_ALLOCATIONS, pruned_scores  # noqa: E402
 from utils.search.controller import Episode  # noqa: E402
 from utils.search.drivers import OneShot, prepare_oneshot  # noqa: E402
 from utils.search.episodes import UNIT_SETS  # noqa: E402
@@ -100,6 +100,7 @@ ARMS: Registry[SearchArm | GreedyArm] = Registry("arm", {
     "greedy_prop": GreedyArm("prop"),
     "greedy_uniform": GreedyArm("uniform"),
     "greedy_fill": GreedyArm("fill"),
+    "greedy_topk": GreedyArm("topk"),
 })
 # what defines a result (an arm file made with other values is another experiment)
 DEFINING = ("m_name", "dataset", "train_subset", "eval_subset", "batch_size", "pretrain_epochs", "prune_epochs",
@@ -194,7 +195,8 @@ def greedy(job: OneShot, rule: str) -> dict:
     search = job.search
     ssim, capacities = dict(zip(search.space.layers, search.space.ssim, strict=True)), dict(
         zip(search.space.layers, search.space.capacities, strict=True))
-    allocation = GREEDY_ALLOCATIONS[rule](ssim, capacities, search.budget.total)
+    ranked = pruned_scores(search.scores, job.stage.granularity.masks(job.pair.sparse), capacities)  # for topk
+    allocation = GREEDY_ALLOCATIONS[rule](ssim, capacities, search.budget.total, None, ranked)
     counts = [allocation.get(n, 0) for n in search.space.layers]
     with Timer() as timer:
         row = search.evaluate(0, Episode(counts, search.budget.total, [], torch.zeros(()), torch.zeros(()))).row

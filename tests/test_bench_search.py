@@ -1,6 +1,7 @@
 """benchmarks/bench_search.py at toy sizes: every arm runs, its file is kept and read back, settings guarded."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -35,11 +36,15 @@ def test_search_benchmark_runs_every_arm_and_keeps_the_finished_ones(tmp_path):
     # holds their probe folder (a run folder's claim lasts until its process ends)
     assert str((tmp_path / "search_synthetic_resnet20" / "seed1" / "search" / "resnet20" / "regrowth_oneshot" /
                 bench_search.probe_label("ssim", ["greedy_prop", "random", "rl"])).resolve()) in paths._HELD
-    uniform = argv[:argv.index("--arms")] + ["--arms", "greedy_uniform"] + argv[argv.index("--episodes"):]
+    uniform = (argv[:argv.index("--arms")] + ["--arms", "greedy_uniform", "greedy_topk"]
+               + argv[argv.index("--episodes"):])
     other = subprocess.run([sys.executable, "-m", "benchmarks.bench_search", *uniform], capture_output=True,
                            text=True, cwd=Path(bench_search.__file__).parents[1], timeout=600)
     assert other.returncode == 0, other.stderr
     assert (results / "synthetic_resnet20_seed1_ssim_greedy_uniform.json").is_file()
+    topk = json.loads((results / "synthetic_resnet20_seed1_ssim_greedy_topk.json").read_text())
+    assert sum(topk["allocation"].values()) == topk["budget"] and set(topk["allocation"]) <= set(
+        topk["searched_units"])
     longer = list(argv)
     longer[longer.index("--episodes") + 1] = "4"
     command = subprocess.run([sys.executable, "-m", "benchmarks.bench_search", *longer], capture_output=True,

@@ -117,16 +117,39 @@ def test_top_pruned_and_errors():
     assert set(INIT_STRATEGIES) == {"zero", "kaiming", "xavier", "magnitude", "dense"}
 
 
-@pytest.mark.parametrize("mode", ["fill", "prop", "uniform", "random"])
+@pytest.mark.parametrize("mode", ["fill", "prop", "uniform", "random", "topk"])
 @pytest.mark.parametrize("budget", [1, 37, 500, 1234])
 def test_greedy_allocations_spend_exactly_the_budget(mode, budget):
     from utils.regrow.allocation import GREEDY_ALLOCATIONS
 
     capacities = {"a": 10, "b": 300, "c": 7, "d": 1000}
     ssim = {"a": -0.4, "b": 0.2, "c": 0.9, "d": 0.5}  # negative SSIM must not break prop
-    allocation = GREEDY_ALLOCATIONS[mode](ssim, capacities, budget, torch.Generator().manual_seed(0))
+    scores = {n: torch.rand(c, generator=torch.Generator().manual_seed(i))
+              for i, (n, c) in enumerate(capacities.items())}
+    allocation = GREEDY_ALLOCATIONS[mode](ssim, capacities, budget, torch.Generator().manual_seed(0), scores)
     assert sum(allocation.values()) == min(budget, sum(capacities.values()))
     assert all(0 < n <= capacities[name] for name, n in allocation.items())
+
+
+def test_topk_takes_the_global_top_scores_and_regrows_exactly_them():
+    from utils.regrow.allocation import allocate_top_scores, pruned_scores
+
+    model, scores, _ = _sparse()
+    g = torch.Generator().manual_seed(3)  # _sparse's scores repeat across layers of one shape: no ties here
+    scores = {n: torch.rand(t.shape, generator=g) for n, t in scores.items()}
+    masks, budget = get_masks(model), 25
+    units = capacity(model)
+    ranked = pruned_scores(scores, masks, units)
+    assert all(ranked[n].numel() == units[n] for n in units)
+    threshold = torch.cat(list(ranked.values())).topk(budget).values[-1]  # the K-th best pruned score anywhere
+    allocation = allocate_top_scores({}, units, budget, None, ranked)
+    assert allocation == {n: int((r >= threshold).sum()) for n, r in ranked.items() if (r >= threshold).any()}
+    assert sum(allocation.values()) == budget
+    apply_regrowth(model, allocation, scores, "zero")  # the kernel's within-unit pick by the same scores
+    back = torch.cat([scores[n][get_masks(model)[n] & ~masks[n]] for n in units])
+    assert back.numel() == budget and bool((back >= threshold).all())  # exactly the global top-K entries
+    with pytest.raises(UsageError, match="needs the pruned entries' scores"):
+        allocate_top_scores({}, units, budget)
 
 
 def test_fill_and_prop_follow_ssim():

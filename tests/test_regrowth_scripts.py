@@ -159,7 +159,7 @@ def test_iterative_bad_inputs(start, tmp_path, capsys, case):
     assert tree(out) == []
 
 
-@pytest.mark.parametrize("mode", ["prop", "random"])
+@pytest.mark.parametrize("mode", ["prop", "random", "topk"])
 def test_greedy_spends_the_budget(start, mode):
     import regrowth_greedy
 

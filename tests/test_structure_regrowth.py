@@ -122,7 +122,7 @@ def test_iterative_rewards_against_the_structured_baseline(start, tmp_path):
     assert sorted(round(e["sparsity"], 3) for e in cache["entries"].values()) == [0.6, 0.85]
 
 
-@pytest.mark.parametrize("mode", ["fill", "prop", "uniform", "random"])
+@pytest.mark.parametrize("mode", ["fill", "prop", "uniform", "random", "topk"])
 def test_greedy_channel_modes_spend_exactly_the_budget(start, mode):
     save, _, sparse = start
     args = FAST + ["--save_dir", str(save), "--initial_ckpt", str(sparse), "--granularity", "channel",

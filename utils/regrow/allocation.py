@@ -1,15 +1,18 @@
 """Greedy allocation rules: how a regrowth budget is split over units (layers, or channel groups), without a search.
 
 Each rule (``GREEDY_ALLOCATIONS``, the ``--greedy_mode`` of ``regrowth_greedy.py``) takes ``(ssim, capacities,
-budget, generator)`` and returns ``{unit: entries to regrow}``, units with 0 left out. With a budget no larger than
-the total capacity (as ``utils.sparsity.budget.regrowth_budget`` gives) every rule spends exactly the budget and
-gives no unit more than its capacity (its pruned entries):
+budget, generator, scores)`` and returns ``{unit: entries to regrow}``, units with 0 left out; ``scores`` are the
+within-unit selection scores of each unit's pruned entries (``pruned_scores``; 1-D, ``capacities[unit]`` long), used
+by ``topk`` only. With a budget no larger than the total capacity (as ``utils.sparsity.budget.regrowth_budget``
+gives) every rule spends exactly the budget and gives no unit more than its capacity (its pruned entries):
 
     fill     most damaged unit first (ascending SSIM), each filled to capacity until the budget is spent
     prop     shares proportional to ``max(1 - SSIM, 1e-6)`` (largest remainder), capped by capacity; what the caps
              leave over is filled in ascending-SSIM order
     uniform  shares proportional to capacity (every pruned entry equally likely to come back); SSIM unused
     random   ``budget`` pruned entries drawn uniformly from the whole model with ``generator``; SSIM unused
+    topk     the ``budget`` pruned entries with the highest ``scores`` over all units (a global top-K: the
+             allocation with the largest summed score, e.g. saliency); SSIM unused
 
 ``allocation_lines`` renders an allocation as a per-unit table for the log (SSIM, capacity, regrown). Which entries
 inside a unit regrow, and their initial values, is the regrowth kernels' business (``utils.sparsity.grow``,
@@ -21,8 +24,10 @@ from collections.abc import Callable
 
 import torch
 
+from utils.core.errors import UsageError
 from utils.core.registry import Registry
 from utils.sparsity.budget import largest_remainder
+from utils.sparsity.granularity import Masks, Scores
 
 
 def _fill(order: list[str], capacities: dict[str, int], budget: int, start: dict[str, int]) -> dict[str, int]:
@@ -36,13 +41,13 @@ def _fill(order: list[str], capacities: dict[str, int], budget: int, start: dict
 
 
 def allocate_fill(ssim: dict[str, float], capacities: dict[str, int], budget: int,
-                  generator: torch.Generator | None = None) -> dict[str, int]:
+                  generator: torch.Generator | None = None, scores: Scores | None = None) -> dict[str, int]:
     """Most damaged layer first (ascending SSIM), each filled to capacity until the budget is spent."""
     return _fill(sorted(capacities, key=ssim.__getitem__), capacities, budget, {})
 
 
 def allocate_proportional(ssim: dict[str, float], capacities: dict[str, int], budget: int,
-                          generator: torch.Generator | None = None) -> dict[str, int]:
+                          generator: torch.Generator | None = None, scores: Scores | None = None) -> dict[str, int]:
     """Shares proportional to ``max(1 - SSIM, 1e-6)``, capped by capacity (largest-remainder rounding); what
     the caps leave over is filled in ascending-SSIM order, so the total is exactly the budget."""
     shares = largest_remainder({n: max(1.0 - ssim[n], 1e-6) for n in capacities}, budget)
@@ -51,14 +56,14 @@ def allocate_proportional(ssim: dict[str, float], capacities: dict[str, int], bu
 
 
 def allocate_uniform(ssim: dict[str, float], capacities: dict[str, int], budget: int,
-                     generator: torch.Generator | None = None) -> dict[str, int]:
+                     generator: torch.Generator | None = None, scores: Scores | None = None) -> dict[str, int]:
     """Shares proportional to capacity (every pruned weight equally likely to come back)."""
     shares = largest_remainder({n: float(c) for n, c in capacities.items()}, budget)
     return {n: v for n, v in shares.items() if v > 0}
 
 
 def allocate_random(ssim: dict[str, float], capacities: dict[str, int], budget: int,
-                    generator: torch.Generator | None = None) -> dict[str, int]:
+                    generator: torch.Generator | None = None, scores: Scores | None = None) -> dict[str, int]:
     """``budget`` pruned positions drawn uniformly from the whole model: counts per layer."""
     names = list(capacities)
     bounds = torch.tensor([capacities[n] for n in names]).cumsum(0)
@@ -67,9 +72,29 @@ def allocate_random(ssim: dict[str, float], capacities: dict[str, int], budget: 
     return {n: int(c) for n, c in zip(names, counts, strict=True) if c > 0}
 
 
+def allocate_top_scores(ssim: dict[str, float], capacities: dict[str, int], budget: int,
+                        generator: torch.Generator | None = None, scores: Scores | None = None) -> dict[str, int]:
+    """The ``budget`` pruned entries with the highest ``scores`` over all units in ``capacities`` (each unit's
+    scores 1-D, one per pruned entry): counts per unit. Regrowing it with the same scores inside each unit
+    brings back exactly the global top-K entries (ties aside)."""
+    if scores is None:
+        raise UsageError("the topk allocation needs the pruned entries' scores")
+    names = list(capacities)
+    flat = torch.cat([scores[n].detach().flatten().float().cpu() for n in names])
+    bounds = torch.tensor([scores[n].numel() for n in names]).cumsum(0)
+    picks = torch.topk(flat, min(budget, flat.numel())).indices
+    counts = torch.bincount(torch.bucketize(picks, bounds, right=True), minlength=len(names))
+    return {n: int(c) for n, c in zip(names, counts, strict=True) if c > 0}
+
+
+def pruned_scores(scores: Scores, masks: Masks, units: list[str] | dict[str, int]) -> Scores:
+    """Each unit's scores at its pruned entries (``~mask``; scores and mask shaped alike), 1-D, for ``topk``."""
+    return {n: scores[n][~masks[n].to(scores[n].device)] for n in units}
+
+
 GREEDY_ALLOCATIONS: Registry[Callable[..., dict[str, int]]] = Registry(
     "greedy allocation", {"fill": allocate_fill, "prop": allocate_proportional, "uniform": allocate_uniform,
-                          "random": allocate_random})
+                          "random": allocate_random, "topk": allocate_top_scores})
 
 
 def allocation_lines(allocation: dict[str, int], capacities: dict[str, int], ssim: dict[str, float],

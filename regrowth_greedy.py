@@ -6,8 +6,8 @@ baselines, fixed).
     prop     shares proportional to max(1 - SSIM, 1e-6), capped by capacity, leftovers filled by SSIM order
     uniform  shares proportional to capacity
     random   random pruned positions anywhere in the model (random layers and random positions)
-    topk     the K pruned positions with the highest --selection scores over all units (a global top-K;
-             saliency by default: the allocation with the largest summed saliency)
+    topk     the K pruned positions with the highest --selection scores over the units of --units (a global
+             top-K; saliency by default: the allocation with the largest summed saliency)
     (random search over the RL controller's action space: the search scripts' --random_search)
 --granularity channel does the same with channels of coupled groups (scores: fisher over each group's
 slices on --taylor_batches (10) batches; init default dense). Every mode spends exactly the budget
@@ -53,7 +53,7 @@ from utils.core.log import LOG, log_outputs, setup_logging
 from utils.core.paths import BEST_MODEL, SUMMARY, check_output_dir, clean_stale_temps, greedy_dir, iteration_dir
 from utils.core.seeds import make_generator
 from utils.core.timer import Timer
-from utils.regrow.allocation import GREEDY_ALLOCATIONS, allocation_lines, pruned_scores
+from utils.regrow.allocation import GREEDY_ALLOCATIONS, SCORE_RULES, allocation_lines, pruned_scores
 from utils.regrow.apply import Finetuning, Regrowth, apply_allocation
 from utils.results.records import RegrowthOutcome
 from utils.runtime.settings import LoopSettings
@@ -84,7 +84,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--greedy_mode", default="prop", choices=list(GREEDY_ALLOCATIONS),
                         help="split of the budget over the units of --units: prop (in proportion to 1 - SSIM), fill "
                              "(lowest SSIM first, each up to its capacity), uniform (in proportion to capacity), "
-                             "random, topk (the budget's highest --selection scores over all units)")
+                             "random, topk (the budget's highest --selection scores over those units)")
     parser.add_argument("--regrow_step", "--sparsity_delta", dest="regrow_step", type=open_fraction, default=0.01,
                         help="budget per iteration / N_tot (all weights, or all groupable channels)")
     parser.add_argument("--num_iters", type=positive_int, default=1, help="regrowth rounds of --regrow_step each")
@@ -131,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.units == "ssim":  # the units an RL search of the same flags would search
             caps = {n: caps[n] for n in search_space(ssim, caps, scoring.ssim_threshold, args.units).layers}
         budget = regrowth_budget(gran.total(model), args.regrow_step, sum(caps.values()))
-        ranked = None if selected is None else pruned_scores(selected, gran.masks(model), caps)  # topk's input
+        ranked = pruned_scores(selected, gran.masks(model), caps) if args.greedy_mode in SCORE_RULES else None
         allocation = GREEDY_ALLOCATIONS.get(args.greedy_mode)(ssim, caps, budget, layer_rng, ranked)
         scores = random_scores_like(gran.masks(model), layer_rng) if selected is None else selected
         loop = LoopSettings(progress=not args.no_progress, csv_path=iteration_dir(out, it) / "finetune_log.csv",

@@ -150,6 +150,11 @@ def test_topk_takes_the_global_top_scores_and_regrows_exactly_them():
     assert back.numel() == budget and bool((back >= threshold).all())  # exactly the global top-K entries
     with pytest.raises(UsageError, match="needs the pruned entries' scores"):
         allocate_top_scores({}, units, budget)
+    with pytest.raises(UsageError, match="one score per pruned entry"):
+        allocate_top_scores({}, units, budget, None, scores)  # whole-layer scores, not the pruned entries'
+    ranked["linear"][0] = float("nan")
+    with pytest.raises(UsageError, match="not finite"):
+        allocate_top_scores({}, units, budget, None, ranked)
 
 
 def test_fill_and_prop_follow_ssim():

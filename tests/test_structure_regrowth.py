@@ -122,6 +122,23 @@ def test_iterative_rewards_against_the_structured_baseline(start, tmp_path):
     assert sorted(round(e["sparsity"], 3) for e in cache["entries"].values()) == [0.6, 0.85]
 
 
+def test_topk_regrows_exactly_the_global_top_channels():
+    from utils.regrow.allocation import allocate_top_scores, pruned_scores
+
+    torch.manual_seed(0)
+    model, gran = create_model("resnet20"), get_granularity("channel", "resnet20")
+    get_pruner("l1", gran, "global").prune(model, 0.5)
+    masks, g = gran.masks(model), torch.Generator().manual_seed(1)
+    scores = {unit: torch.rand(mask.shape, generator=g) for unit, mask in masks.items()}  # one per channel
+    units = gran.capacity(model)
+    ranked = pruned_scores(scores, masks, units)
+    threshold = torch.cat(list(ranked.values())).topk(20).values[-1]
+    allocation = allocate_top_scores({}, units, 20, None, ranked)
+    assert sum(gran.regrow(model, allocation, scores, "preserve").values()) == 20
+    back = torch.cat([scores[u][gran.masks(model)[u] & ~masks[u]] for u in units])
+    assert back.numel() == 20 and bool((back >= threshold).all())  # the 20 best pruned channels anywhere
+
+
 @pytest.mark.parametrize("mode", ["fill", "prop", "uniform", "random", "topk"])
 def test_greedy_channel_modes_spend_exactly_the_budget(start, mode):
     save, _, sparse = start

@@ -11,8 +11,9 @@ gives) every rule spends exactly the budget and gives no unit more than its capa
              leave over is filled in ascending-SSIM order
     uniform  shares proportional to capacity (every pruned entry equally likely to come back); SSIM unused
     random   ``budget`` pruned entries drawn uniformly from the whole model with ``generator``; SSIM unused
-    topk     the ``budget`` pruned entries with the highest ``scores`` over all units (a global top-K: the
-             allocation with the largest summed score, e.g. saliency); SSIM unused
+    topk     the ``budget`` pruned entries with the highest ``scores`` over the given units (a global top-K:
+             the allocation with the largest summed score, e.g. saliency); SSIM unused. Scores that are
+             normalised per unit (``--selection reference``) make it compare ranks within units, not values
 
 ``allocation_lines`` renders an allocation as a per-unit table for the log (SSIM, capacity, regrown). Which entries
 inside a unit regrow, and their initial values, is the regrowth kernels' business (``utils.sparsity.grow``,
@@ -80,8 +81,12 @@ def allocate_top_scores(ssim: dict[str, float], capacities: dict[str, int], budg
     if scores is None:
         raise UsageError("the topk allocation needs the pruned entries' scores")
     names = list(capacities)
+    if any(scores[n].numel() != capacities[n] for n in names):
+        raise UsageError("topk needs one score per pruned entry of each unit (see pruned_scores)")
     flat = torch.cat([scores[n].detach().flatten().float().cpu() for n in names])
     bounds = torch.tensor([scores[n].numel() for n in names]).cumsum(0)
+    if not bool(torch.isfinite(flat).all()):
+        raise UsageError("topk: the selection scores of some pruned entries are not finite numbers")
     picks = torch.topk(flat, min(budget, flat.numel())).indices
     counts = torch.bincount(torch.bucketize(picks, bounds, right=True), minlength=len(names))
     return {n: int(c) for n, c in zip(names, counts, strict=True) if c > 0}
@@ -91,6 +96,8 @@ def pruned_scores(scores: Scores, masks: Masks, units: list[str] | dict[str, int
     """Each unit's scores at its pruned entries (``~mask``; scores and mask shaped alike), 1-D, for ``topk``."""
     return {n: scores[n][~masks[n].to(scores[n].device)] for n in units}
 
+
+SCORE_RULES = ("topk",)  # the rules that read the pruned entries' scores (the others take None)
 
 GREEDY_ALLOCATIONS: Registry[Callable[..., dict[str, int]]] = Registry(
     "greedy allocation", {"fill": allocate_fill, "prop": allocate_proportional, "uniform": allocate_uniform,

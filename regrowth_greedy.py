@@ -53,7 +53,7 @@ from utils.core.log import LOG, log_outputs, setup_logging
 from utils.core.paths import BEST_MODEL, SUMMARY, check_output_dir, clean_stale_temps, greedy_dir, iteration_dir
 from utils.core.seeds import make_generator
 from utils.core.timer import Timer
-from utils.regrow.allocation import GREEDY_ALLOCATIONS, SCORE_RULES, allocation_lines, pruned_scores
+from utils.regrow.allocation import GREEDY_ALLOCATIONS, allocation_lines, greedy_allocation
 from utils.regrow.apply import Finetuning, Regrowth, apply_allocation
 from utils.results.records import RegrowthOutcome
 from utils.runtime.settings import LoopSettings
@@ -131,8 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.units == "ssim":  # the units an RL search of the same flags would search
             caps = {n: caps[n] for n in search_space(ssim, caps, scoring.ssim_threshold, args.units).layers}
         budget = regrowth_budget(gran.total(model), args.regrow_step, sum(caps.values()))
-        ranked = pruned_scores(selected, gran.masks(model), caps) if args.greedy_mode in SCORE_RULES else None
-        allocation = GREEDY_ALLOCATIONS.get(args.greedy_mode)(ssim, caps, budget, layer_rng, ranked)
+        allocation = greedy_allocation(args.greedy_mode, ssim, caps, budget, layer_rng, selected, gran.masks(model))
         scores = random_scores_like(gran.masks(model), layer_rng) if selected is None else selected
         loop = LoopSettings(progress=not args.no_progress, csv_path=iteration_dir(out, it) / "finetune_log.csv",
                             **stage.speed)

@@ -70,7 +70,7 @@ from utils.core.files import write_json  # noqa: E402
 from utils.core.paths import SEARCH_STATE, SUMMARY, regrowth_dir  # noqa: E402
 from utils.core.registry import Registry  # noqa: E402
 from utils.core.timer import Timer  # noqa: E402
-from utils.regrow.allocation import GREEDY_ALLOCATIONS, SCORE_RULES, pruned_scores  # noqa: E402
+from utils.regrow.allocation import greedy_allocation  # noqa: E402
 from utils.search.controller import Episode  # noqa: E402
 from utils.search.drivers import OneShot, prepare_oneshot  # noqa: E402
 from utils.search.episodes import UNIT_SETS  # noqa: E402
@@ -195,9 +195,8 @@ def greedy(job: OneShot, rule: str) -> dict:
     search = job.search
     ssim, capacities = dict(zip(search.space.layers, search.space.ssim, strict=True)), dict(
         zip(search.space.layers, search.space.capacities, strict=True))
-    ranked = (pruned_scores(search.scores, job.stage.granularity.masks(job.pair.sparse), capacities)
-              if rule in SCORE_RULES else None)
-    allocation = GREEDY_ALLOCATIONS[rule](ssim, capacities, search.budget.total, None, ranked)
+    allocation = greedy_allocation(rule, ssim, capacities, search.budget.total, None, search.scores,
+                                   job.stage.granularity.masks(job.pair.sparse))
     counts = [allocation.get(n, 0) for n in search.space.layers]
     with Timer() as timer:
         row = search.evaluate(0, Episode(counts, search.budget.total, [], torch.zeros(()), torch.zeros(()))).row

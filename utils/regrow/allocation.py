@@ -15,9 +15,11 @@ gives) every rule spends exactly the budget and gives no unit more than its capa
              the allocation with the largest summed score, e.g. saliency); SSIM unused. Scores that are
              normalised per unit (``--selection reference``) make it compare ranks within units, not values
 
-``allocation_lines`` renders an allocation as a per-unit table for the log (SSIM, capacity, regrown). Which entries
-inside a unit regrow, and their initial values, is the regrowth kernels' business (``utils.sparsity.grow``,
-``utils.sparsity.grow_channels``); regrowing an allocation and finetuning it is ``utils.regrow.apply``.
+``greedy_allocation`` runs a rule by name (what the scripts call): it reduces the selection scores to the pruned
+entries for the rules that read them. ``allocation_lines`` renders an allocation as a per-unit table for the log
+(SSIM, capacity, regrown). Which entries inside a unit regrow, and their initial values, is the regrowth kernels'
+business (``utils.sparsity.grow``, ``utils.sparsity.grow_channels``); regrowing an allocation and finetuning it is
+``utils.regrow.apply``.
 """
 from __future__ import annotations
 
@@ -63,14 +65,20 @@ def allocate_uniform(ssim: dict[str, float], capacities: dict[str, int], budget:
     return {n: v for n, v in shares.items() if v > 0}
 
 
+def _counts_per_unit(picks: torch.Tensor, capacities: dict[str, int]) -> dict[str, int]:
+    """Picked positions of the units' pruned entries laid end to end (``capacities`` order; int64 [k], each in
+    [0, total capacity)) -> how many fall in each unit, units with 0 left out."""
+    names = list(capacities)
+    bounds = torch.tensor([capacities[n] for n in names]).cumsum(0)
+    counts = torch.bincount(torch.bucketize(picks, bounds, right=True), minlength=len(names))
+    return {n: int(c) for n, c in zip(names, counts, strict=True) if c > 0}
+
+
 def allocate_random(ssim: dict[str, float], capacities: dict[str, int], budget: int,
                     generator: torch.Generator | None = None, scores: Scores | None = None) -> dict[str, int]:
     """``budget`` pruned positions drawn uniformly from the whole model: counts per layer."""
-    names = list(capacities)
-    bounds = torch.tensor([capacities[n] for n in names]).cumsum(0)
-    picks = torch.randperm(int(bounds[-1]), generator=generator)[:budget]
-    counts = torch.bincount(torch.bucketize(picks, bounds, right=True), minlength=len(names))
-    return {n: int(c) for n, c in zip(names, counts, strict=True) if c > 0}
+    picks = torch.randperm(sum(capacities.values()), generator=generator)[:budget]
+    return _counts_per_unit(picks, capacities)
 
 
 def allocate_top_scores(ssim: dict[str, float], capacities: dict[str, int], budget: int,
@@ -84,12 +92,9 @@ def allocate_top_scores(ssim: dict[str, float], capacities: dict[str, int], budg
     if any(scores[n].numel() != capacities[n] for n in names):
         raise UsageError("topk needs one score per pruned entry of each unit (see pruned_scores)")
     flat = torch.cat([scores[n].detach().flatten().float().cpu() for n in names])
-    bounds = torch.tensor([scores[n].numel() for n in names]).cumsum(0)
     if not bool(torch.isfinite(flat).all()):
         raise UsageError("topk: the selection scores of some pruned entries are not finite numbers")
-    picks = torch.topk(flat, min(budget, flat.numel())).indices
-    counts = torch.bincount(torch.bucketize(picks, bounds, right=True), minlength=len(names))
-    return {n: int(c) for n, c in zip(names, counts, strict=True) if c > 0}
+    return _counts_per_unit(flat.topk(min(budget, flat.numel())).indices, capacities)
 
 
 def pruned_scores(scores: Scores, masks: Masks, units: list[str] | dict[str, int]) -> Scores:
@@ -102,6 +107,16 @@ SCORE_RULES = ("topk",)  # the rules that read the pruned entries' scores (the o
 GREEDY_ALLOCATIONS: Registry[Callable[..., dict[str, int]]] = Registry(
     "greedy allocation", {"fill": allocate_fill, "prop": allocate_proportional, "uniform": allocate_uniform,
                           "random": allocate_random, "topk": allocate_top_scores})
+
+
+def greedy_allocation(rule: str, ssim: dict[str, float], capacities: dict[str, int], budget: int,
+                      generator: torch.Generator | None = None, unit_scores: Scores | None = None,
+                      masks: Masks | None = None) -> dict[str, int]:
+    """The ``rule``'s split of ``budget`` over ``capacities``' units. ``unit_scores`` (the within-unit selection
+    scores, shaped like each unit's keep-mask in ``masks``) are read only by ``SCORE_RULES``, at the pruned
+    entries."""
+    ranked = pruned_scores(unit_scores, masks, capacities) if rule in SCORE_RULES else None
+    return GREEDY_ALLOCATIONS.get(rule, "--greedy_mode")(ssim, capacities, budget, generator, ranked)
 
 
 def allocation_lines(allocation: dict[str, int], capacities: dict[str, int], ssim: dict[str, float],

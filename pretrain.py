@@ -1,15 +1,19 @@
-"""Dense pretraining with SGD and a cosine schedule, best epoch chosen on the validation split.
+"""Dense pretraining with SGD, best epoch chosen on the validation split.
 
 Example:
     python pretrain.py --m_name resnet20 --dataset cifar10 --epochs 200
+    # the short recipe (one-cycle, Nesterov, label smoothing; see docs/results/dense_recipe.md):
+    python pretrain.py --m_name resnet20 --dataset cifar10 --epochs 40 --lr_schedule onecycle --lr 0.2 \
+        --warmup_epochs 2 --nesterov --label_smoothing 0.1
     # killed? continue exactly where the last finished epoch left off (same flags):
     python pretrain.py --m_name resnet20 --dataset cifar10 --epochs 200 --resume
 
-The learning rate after e of E = --epochs epochs is lr·½(1 + cos(π·e/E)), reaching 0 at the end and never
-restarting. --resume checks that the defining flags are unchanged; --epochs and --patience may change: a
-longer --epochs recomputes the cosine for the new length from the epoch reached (so a finished run resumed
-with more epochs continues at lr·½(1 + cos(π·e/E_new)) and decays to 0 again), and a larger --patience lets a
-run that stopped early continue.
+The default --lr_schedule cosine (the original's) sets the learning rate after e of E = --epochs epochs to
+lr·½(1 + cos(π·e/E)), reaching 0 at the end and never restarting; onecycle and warmup_cosine move it after every
+optimizer step (utils/runtime/schedules.py). --resume checks that the defining flags are unchanged; --epochs and
+--patience may change: a longer --epochs recomputes the curve for the new length from the point reached (so a
+finished run resumed with more epochs continues at lr·½(1 + cos(π·e/E_new)) and decays to 0 again), and a larger
+--patience lets a run that stopped early continue.
 
 Data-parallel on several GPUs (or CPU processes) with PyTorch's launcher; --batch_size stays the global batch:
     torchrun --nproc_per_node 4 pretrain.py --m_name resnet20 --dataset cifar10 --epochs 200
@@ -24,7 +28,6 @@ Writes to {save_dir}/{m_name}/checkpoint/:
 from __future__ import annotations
 
 import argparse
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -34,6 +37,7 @@ from utils.cli.flags import (
     add_common_args,
     add_speed_args,
     cli_main,
+    fraction_below_one,
     new_parser,
     non_negative_float,
     non_negative_int,
@@ -47,9 +51,10 @@ from utils.core.files import check_same_run, trim_csv, write_json
 from utils.core.log import LOG, log_outputs, setup_logging
 from utils.core.paths import check_output_dir, clean_stale_temps, pretrained_path
 from utils.runtime.checkpoint import load_weights, read_checkpoint
+from utils.runtime.schedules import LR_SCHEDULES, lr_lambda
 from utils.runtime.settings import LoopSettings
 from utils.runtime.stage import Stage
-from utils.runtime.train import EpochStats, FitSchedule, FitState, evaluate_model, fit
+from utils.runtime.train import EpochStats, FitSchedule, FitState, evaluate_model, fit, precision_name
 
 # flags a resumed run may change; every other flag must equal the one the run started with
 MAY_CHANGE_ON_RESUME = {"epochs", "patience", "resume", "overwrite", "device", "no_progress", "compile", "no_amp",
@@ -61,9 +66,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add_common_args(parser)
     add_speed_args(parser)
     group = parser.add_argument_group("pretraining")
-    group.add_argument("--epochs", type=positive_int, default=200, help="epochs; cosine schedule spans them")
+    group.add_argument("--epochs", type=positive_int, default=200, help="epochs; the learning-rate curve spans them")
     group.add_argument("--lr", type=positive_float, default=0.1, help="SGD learning rate")
     group.add_argument("--momentum", type=non_negative_float, default=0.9, help="SGD momentum")
+    group.add_argument("--nesterov", action="store_true", help="Nesterov momentum (the original: plain)")
+    group.add_argument("--lr_schedule", choices=sorted(LR_SCHEDULES), default="cosine",
+                       help="learning-rate curve: " + "; ".join(f"{k}: {v.help}" for k, v in LR_SCHEDULES.items()))
+    group.add_argument("--warmup_epochs", type=non_negative_float, default=0.0,
+                       help="per-step schedules: linear warm-up over this many epochs (a fraction allowed)")
+    group.add_argument("--label_smoothing", type=fraction_below_one, default=0.0,
+                       help="label smoothing of the training loss, in [0, 1) (the original: 0)")
     group.add_argument("--weight_decay", type=non_negative_float, default=5e-4, help="SGD weight decay")
     group.add_argument("--patience", type=non_negative_int, default=30,
                        help="early stop after N epochs without val gain (0: off)")
@@ -78,12 +90,6 @@ def _train_state(optimizer, scheduler, state: FitState, stage: Stage) -> dict:
     return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "fit": state.summary(),
             "best_state": {k: v.cpu() for k, v in state.best_state.items()},
             "data_rng": rngs[0][0], "torch_rng": rngs[0][1], "rng_per_process": rngs}
-
-
-def cosine(epochs: int):
-    """The learning-rate factor after ``e`` finished epochs of an ``epochs``-long run: ½(1 + cos(π·e/epochs)),
-    in closed form, held at 0 past the end (never restarting)."""
-    return lambda e: 0.5 * (1 + math.cos(math.pi * min(e, epochs) / epochs))
 
 
 def _restore(path: Path, model, optimizer, scheduler, stage: Stage, patience: int) -> FitState:
@@ -132,9 +138,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     clean_stale_temps(out)
 
     model = stage.build_model()
+    if args.nesterov and args.momentum == 0:
+        raise UsageError("--nesterov needs a --momentum above 0")
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
-                                weight_decay=args.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine(args.epochs))
+                                weight_decay=args.weight_decay, nesterov=args.nesterov)
+    per_step = LR_SCHEDULES[args.lr_schedule].per_step
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(args.lr_schedule, args.epochs,
+                                                                       len(stage.data.train), args.warmup_epochs))
     state = _restore(last_path, model, optimizer, scheduler, stage, args.patience) if args.resume else FitState()
     if args.resume and (state.epoch >= args.epochs or state.stopped_early) and (out / "summary.json").is_file():
         raise UsageError(f"--resume: the run in {out} finished (epoch {state.epoch}"
@@ -146,8 +156,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         (out / "pretrain_log.csv").unlink(missing_ok=True)
     setup_logging(out)
     world = current_world()
-    LOG.info("pretrain %s on %s (%d train / %d val images) on %s%s, from epoch %d", stage.model_name, stage.dataset,
-             stage.data.train.num_samples * world.size, stage.data.val.num_samples, stage.device,
+    LOG.info("pretrain %s on %s (%d train / %d val images) on %s (%s)%s, from epoch %d", stage.model_name,
+             stage.dataset, stage.data.train.num_samples * world.size, stage.data.val.num_samples, stage.device,
+             precision_name(stage.device, stage.amp),
              f" x {world.size} processes (data-parallel)" if world.distributed else "", state.epoch + 1)
 
     def checkpoint(fit_state: FitState, stats: EpochStats, improved: bool) -> None:
@@ -160,14 +171,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     loop = LoopSettings(amp=stage.amp, compile=args.compile, progress=not args.no_progress,
                         csv_path=out / "pretrain_log.csv", data_parallel_device=stage.device)  # DDP under torchrun
     state = fit(model, stage.data.train, stage.data.val, optimizer,
-                FitSchedule(args.epochs, patience=args.patience, scheduler=scheduler), loop=loop, state=state,
+                FitSchedule(args.epochs, patience=args.patience, scheduler=None if per_step else scheduler,
+                            batch_scheduler=scheduler if per_step else None,
+                            label_smoothing=args.label_smoothing), loop=loop, state=state,
                 on_epoch_end=checkpoint)
 
     model.load_state_dict(state.best_state)
     _, test_acc = evaluate_model(model, stage.data.test, amp=stage.amp)
     stage.save(best_path, model, {"stage": "pretrain", "sparsity": 0.0, "epoch": state.best_epoch,
                                   "val_acc": state.best_val_acc, "test_acc": test_acc})
-    write_json(out / "summary.json", {"model": stage.model_name, "dataset": stage.dataset, **state.summary(),
+    write_json(out / "summary.json", {"model": stage.model_name, "dataset": stage.dataset,
+                                      "precision": precision_name(stage.device, stage.amp),
+                                      "threads": torch.get_num_threads(), **state.summary(),
                                       "test_acc": test_acc, "checkpoint": str(best_path)})
     LOG.info("best val %.2f%% at epoch %d; test %.2f%%; saved %s", state.best_val_acc, state.best_epoch,
              test_acc, best_path)

@@ -55,7 +55,7 @@ def images_per_second(name: str, device: torch.device, channels_last: bool, bf16
 
 
 def epoch_seconds(name: str, device: torch.device, images: int, batch_size: int, compile_model: bool) -> float:
-    """Wall-clock seconds of one ``train_epoch`` with the toolkit defaults (channels_last, bf16 on CUDA)."""
+    """Wall-clock seconds of one ``train_epoch`` with the toolkit defaults (channels_last, bf16 where native)."""
     model = use_channels_last(create_model(name).to(device))
     forward = torch.compile(model) if compile_model else model
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)

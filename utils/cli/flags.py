@@ -118,6 +118,14 @@ def open_fraction(text: str) -> float:
     return value
 
 
+def fraction_below_one(text: str) -> float:
+    """argparse type: a float in [0, 1) (label smoothing: 1 would leave no target)."""
+    value = _float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"{text} must lie in [0, 1)")
+    return value
+
+
 def _int(text: str) -> int:
     try:
         return int(text)
@@ -247,7 +255,8 @@ def add_speed_args(parser: argparse.ArgumentParser) -> None:
     """Flags that trade speed for nothing but memory layout and precision."""
     group = parser.add_argument_group("speed")
     group.add_argument("--no_channels_last", action="store_true", help="keep NCHW memory layout")
-    group.add_argument("--no_amp", action="store_true", help="no bf16 autocast on CUDA")
+    group.add_argument("--no_amp", action="store_true",
+                       help="fp32 everywhere: no bf16 autocast (the default on CUDA and on AMX or AVX512-BF16 CPUs)")
     group.add_argument("--compile", action="store_true", help="torch.compile the model")
 
 

@@ -28,7 +28,7 @@ class RunSettings:
     eval_subset: int | None = None  # first N val and N test images only (None: all)
     augment: bool = True  # crop / flip / jitter while training
     progress: bool = True  # progress bars
-    amp: bool = True  # bf16 autocast (CUDA only)
+    amp: bool = True  # bf16 autocast where the device has native bf16 (CUDA; AMX / AVX512-BF16 CPUs), else fp32
     channels_last: bool = True  # channels_last memory layout
     compile: bool = False  # torch.compile the model
     overwrite: bool = False  # replace what an earlier run wrote
@@ -67,10 +67,10 @@ class FinetuneSettings:
 @dataclass(frozen=True)
 class LoopSettings:
     """How a training loop runs (``utils.runtime.train.fit`` and ``finetune_model``): precision, compilation, what it
-    shows and writes, and data-parallel training. Defaults: bf16 on CUDA, no compile, bars and a log line per
+    shows and writes, and data-parallel training. Defaults: bf16 where native, no compile, bars and a log line per
     epoch, no CSV, one process."""
 
-    amp: bool = True  # bf16 autocast (CUDA only)
+    amp: bool = True  # bf16 autocast where the device has native bf16 (CUDA; AMX / AVX512-BF16 CPUs), else fp32
     compile: bool = False  # run the passes through torch.compile (same parameters, so the model itself learns)
     progress: bool = True  # progress bars (only on a terminal)
     verbose: bool = True  # one log line per epoch (False: the mini-finetunes of a search)

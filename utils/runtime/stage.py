@@ -67,7 +67,7 @@ class Stage:
 
     @property
     def amp(self) -> bool:
-        """Whether to use bf16 autocast (CUDA only)."""
+        """Whether to use bf16 autocast (where the device has native bf16: CUDA, AMX / AVX512-BF16 CPUs)."""
         return self.run.amp
 
     @property

@@ -1,6 +1,7 @@
 """The one training loop and the one evaluation function every stage uses.
 
-channels_last on every device; bf16 autocast and cudnn.benchmark on CUDA. Losses and correct counts
+channels_last on every device; bf16 autocast where the hardware multiplies bf16 natively (CUDA; CPUs with AMX or
+AVX512-BF16), fp32 elsewhere; cudnn.benchmark on CUDA. Losses and correct counts
 are summed as device tensors and read once per epoch (no per-batch host sync). The best state by
 validation accuracy is kept on the device; test accuracy is never looked at here.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import math
 import sys
 from collections.abc import Callable, Iterable
@@ -25,6 +27,7 @@ from utils.core.distributed import all_reduce_sum, broadcast, current_world, is_
 from utils.core.errors import UsageError
 from utils.core.log import LOG
 from utils.core.timer import Timer
+from utils.runtime import schedules
 from utils.runtime.settings import FinetuneSettings, LoopSettings
 from utils.sparsity.swap import SwapCycles
 
@@ -70,6 +73,7 @@ class FitSchedule:
     after_step: Callable[[], None] | None = None  # runs after every optimizer step (swap cycles, gradual pruning)
     select_after: int = 0  # epochs up to this one train but are never the best nor count toward patience (the
     # model is not final yet: gradual pruning has not reached its target)
+    label_smoothing: float = 0.0  # of the training loss, in [0, 1) (validation losses are plain cross-entropy)
 
 
 class StepHook(Protocol):
@@ -86,11 +90,45 @@ def use_channels_last(model: nn.Module, enabled: bool = True) -> nn.Module:
     return model.to(memory_format=torch.channels_last) if enabled else model
 
 
+# CPU flags (Linux /proc/cpuinfo) of units that multiply bf16 in hardware; without them oneDNN emulates bf16 and
+# autocast is slower than fp32
+NATIVE_BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AMX or AVX512-BF16, read from ``/proc/cpuinfo``); False where
+    that file does not exist (not Linux) or names neither."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.partition(":")[2].split())
+            break
+    return any(flag in flags for flag in NATIVE_BF16_CPU_FLAGS)
+
+
+def autocast_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
+    """The autocast precision on ``device``: bf16 when ``amp`` and the device multiplies bf16 natively (CUDA, or a
+    CPU with ``cpu_has_native_bf16``), else None (fp32)."""
+    if not amp:
+        return None
+    native = device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
+    return torch.bfloat16 if native else None
+
+
+def precision_name(device: torch.device, amp: bool) -> str:
+    """``"bf16"`` (autocast) or ``"fp32"``: what ``autocast(device, amp)`` trains and evaluates in."""
+    return "bf16" if autocast_dtype(device, amp) is not None else "fp32"
+
+
 def autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA when ``amp``; a no-op elsewhere (bf16 on CPU is slower, not faster)."""
-    if amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    """bf16 autocast where ``autocast_dtype`` says so (``amp`` and native bf16 on the device); a no-op elsewhere."""
+    dtype = autocast_dtype(device, amp)
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
 def _progress(items: Iterable, enabled: bool, desc: str) -> Iterable:
@@ -100,9 +138,11 @@ def _progress(items: Iterable, enabled: bool, desc: str) -> Iterable:
 def train_epoch(model: nn.Module, loader: DeviceLoader, optimizer: torch.optim.Optimizer, *,
                 amp: bool = True, progress: bool = True, desc: str = "train",
                 batch_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-                after_step: Callable[[], None] | None = None) -> tuple[float, float]:
-    """One pass over ``loader`` (or its ``steps`` batches) with cross-entropy; returns (mean loss, accuracy %) on
-    the augmented images it trained on.
+                after_step: Callable[[], None] | None = None,
+                label_smoothing: float = 0.0) -> tuple[float, float]:
+    """One pass over ``loader`` (or its ``steps`` batches) with cross-entropy (``label_smoothing`` in [0, 1): the
+    share of each target spread evenly over the classes); returns (mean loss, accuracy %) on the augmented images
+    it trained on.
 
     ``batch_scheduler`` (if any) steps after every optimizer step, then ``after_step()`` (if any). A data-parallel
     shard (``loader.shards`` > 1) reports the figures of all shards together.
@@ -114,7 +154,7 @@ def train_epoch(model: nn.Module, loader: DeviceLoader, optimizer: torch.optim.O
     for images, labels in _progress(loader, progress, desc):
         with autocast(loader.device, amp):
             logits = model(images)
-            loss = F.cross_entropy(logits, labels)
+            loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -221,7 +261,8 @@ def fit(model: nn.Module, train: DeviceLoader, val: DeviceLoader, optimizer: tor
         train_loss, train_acc = train_epoch(net, train, optimizer, amp=loop.amp, progress=loop.progress,
                                             desc=f"epoch {state.epoch + 1}/{epochs}",
                                             batch_scheduler=schedule.batch_scheduler,
-                                            after_step=schedule.after_step)
+                                            after_step=schedule.after_step,
+                                            label_smoothing=schedule.label_smoothing)
         if not math.isfinite(train_loss):
             raise UsageError(f"training diverged in epoch {state.epoch + 1} (train loss {train_loss}): this epoch is "
                              "not saved and earlier checkpoints are kept; lower --lr (or check the data)")
@@ -259,14 +300,7 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int,
                   warmup_frac: float) -> torch.optim.lr_scheduler.LambdaLR:
     """Per-step schedule: linear warm-up over ``warmup_frac`` of ``total_steps``, then cosine decay to 0."""
     warmup = max(1, round(warmup_frac * total_steps)) if warmup_frac > 0 else 0
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total_steps - warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedules.warmup_cosine(total_steps, warmup))
 
 
 def finetune_steps(settings: FinetuneSettings, train: DeviceLoader) -> int:

@@ -281,17 +281,20 @@ def _same_job(args: argparse.Namespace) -> str:
 
 def _swap_flags(args: argparse.Namespace) -> list[str]:
     """The swap-cycle flags of the final finetunes (none without --swap_every)."""
-    if not args.swap_every:
+    if swap_settings(args) is None:
         return []
-    return ["--swap_every", str(args.swap_every), "--swap_fraction", str(args.swap_fraction), "--swap_until",
+    interval = (["--swap_every_epochs", str(args.swap_every_epochs)] if args.swap_every_epochs
+                else ["--swap_every", str(args.swap_every)])
+    return [*interval, "--swap_fraction", str(args.swap_fraction), "--swap_until",
             str(args.swap_until), "--grow_score", args.grow_score, "--drop_score", args.drop_score]
 
 
 def _swap_tag(args: argparse.Namespace) -> str:
     """What a final model's file name adds for swap cycles (a plain final finetune is not reused for them)."""
-    if not args.swap_every:
+    if swap_settings(args) is None:
         return ""
-    return (f"_swap{args.swap_every}_{args.swap_fraction:g}_{args.swap_until:g}_{args.grow_score}"
+    every = f"{args.swap_every_epochs:g}ep" if args.swap_every_epochs else str(args.swap_every)
+    return (f"_swap{every}_{args.swap_fraction:g}_{args.swap_until:g}_{args.grow_score}"
             f"_{args.drop_score}")
 
 

@@ -12,6 +12,7 @@ import torch
 import evaluate
 import pretrain
 import utils.runtime.stage as stage_module
+import utils.runtime.train as train_module
 from models import create_model
 from tests.conftest import run_main, tree, write_cifar
 from utils.runtime.checkpoint import read_checkpoint, save_checkpoint
@@ -64,8 +65,10 @@ def test_evaluate_text_on_original_format(tmp_path, capsys):
     assert code == 0 and "original-pretrain" in out and "test acc" in out
 
 
-def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
-    args = QUICK + ["--epochs", "3", "--lr", "0.05"]
+@pytest.mark.parametrize("recipe", [[], ["--lr_schedule", "onecycle", "--warmup_epochs", "0.5", "--nesterov",
+                                         "--label_smoothing", "0.1"]], ids=["cosine", "short-recipe"])
+def test_resume_equals_uninterrupted(tmp_path, monkeypatch, recipe):
+    args = QUICK + ["--epochs", "3", "--lr", "0.05", *recipe]
     assert pretrain.main(args + ["--save_dir", str(tmp_path / "a")]) == 0
 
     real_save = stage_module.save_checkpoint  # every stage saves through Stage.save
@@ -85,6 +88,20 @@ def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
     assert strip[0] == strip[1]
     a, b = (read_checkpoint(tmp_path / d / "resnet20/checkpoint/last.pth").state_dict for d in "ab")
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
+
+
+def test_short_recipe_moves_the_learning_rate_every_step_and_records_the_precision(tmp_path):
+    args = QUICK + ["--epochs", "2", "--lr", "0.2", "--lr_schedule", "onecycle", "--warmup_epochs", "1",
+                    "--save_dir", str(tmp_path)]
+    assert pretrain.main(args) == 0
+    out = tmp_path / "resnet20" / "checkpoint"
+    rows = (out / "pretrain_log.csv").read_text().splitlines()[1:]
+    # 4 steps an epoch (256 / 64): the first epoch starts 1/4 into the warm-up, the second at the peak
+    assert [float(r.split(",")[1]) for r in rows] == pytest.approx([0.05, 0.2])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["precision"] == train_module.precision_name(torch.device("cpu"), True)
+    assert pretrain.main(args + ["--no_amp", "--overwrite"]) == 0
+    assert json.loads((out / "summary.json").read_text())["precision"] == "fp32"
 
 
 def test_existing_checkpoint_is_not_overwritten(pretrained, capsys):

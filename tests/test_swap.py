@@ -256,3 +256,30 @@ def test_saliency_swaps_refuse_a_dense_model_the_checkpoint_was_not_pruned_from(
                                                     "saliency", "--pretrained", str(other)], capsys)
     assert code == 2 and "pruned from another dense model" in err
     assert not ckpt.with_name("resnet20_0.9500_finetuned.pth").exists()
+
+
+def test_a_swap_interval_in_epochs_becomes_steps_of_the_run_and_swaps_as_often():
+    assert SwapSettings(every_epochs=0.5).in_steps(6).every == 3
+    assert SwapSettings(every_epochs=0.01).in_steps(6).every == 1  # at least every step
+    assert SwapSettings(every=7).in_steps(6).every == 7  # an interval in steps stays as it is
+    model = _sparse_net()
+    counts = {n: int(m.sum()) for n, m in get_masks(model).items()}
+    train, val = _loader(), _loader(48, seed=1)  # 6 steps per epoch, 4 epochs: 24 steps, swaps until step 18
+    settings = FinetuneSettings(epochs=4, lr=0.01, swap=SwapSettings(every_epochs=0.5, fraction=0.3, until=0.75))
+    state = finetune_model(model, train, val, settings, QUIET)
+    assert state.swaps["every"] == 3 and state.swaps["every_epochs"] == 0.5  # both recorded
+    assert state.swaps["swaps"] == 5  # steps 3, 6, 9, 12, 15 (< 18)
+    assert {n: int(m.sum()) for n, m in get_masks(model).items()} == counts
+
+
+def test_finetune_script_takes_the_swap_interval_in_epochs(tmp_path, capsys):
+    _, sparse = save_dense_and_sparse(tmp_path, 0.9)
+    out = tmp_path / "tuned.pth"
+    code, _, err = run_main(finetune.main, QUICK + ["--ckpt", str(sparse), "--save_path", str(out), "--epochs", "2",
+                                                    "--swap_every_epochs", "0.5", "--swap_every", "2"], capsys)
+    assert code == 2 and "pass one" in err and not out.exists()
+    assert finetune.main(QUICK + ["--ckpt", str(sparse), "--save_path", str(out), "--epochs", "2",
+                                  "--swap_every_epochs", "1"]) == 0
+    swap = read_checkpoint(out).meta["swap"]
+    # 2 steps an epoch (128 images, batch 64), 4 in all: one swap at step 2 (swaps end at 0.75 · 4 = 3)
+    assert swap["every_epochs"] == 1 and swap["every"] == 2 and swap["swaps"] == 1

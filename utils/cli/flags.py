@@ -315,7 +315,12 @@ def add_swap_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("swap cycles (weights; off by default)")
     group.add_argument("--swap_every", type=non_negative_int, default=0, metavar="N",
                        help="every N optimizer steps, each layer drops its weakest kept weights and grows as many "
-                            "pruned ones back at zero (its kept count never changes); 0: no swaps")
+                            "pruned ones back at zero (its kept count never changes); 0: no swaps. Steps depend on "
+                            "the data set's size: --swap_every_epochs gives the interval in epochs")
+    group.add_argument("--swap_every_epochs", type=positive_float, default=None, metavar="E",
+                       help="instead of --swap_every: a swap every E epochs (a fraction allowed: 0.25 is four an "
+                            "epoch), turned into optimizer steps on the run's data, so it means the same on any "
+                            "data set size")
     group.add_argument("--swap_fraction", type=open_fraction, default=0.3,
                        help="share of each layer's kept weights swapped at the first swap, decayed by a cosine")
     group.add_argument("--swap_until", type=open_fraction, default=0.75,
@@ -330,13 +335,16 @@ def add_swap_args(parser: argparse.ArgumentParser) -> None:
 def swap_settings(args: argparse.Namespace) -> SwapSettings | None:
     """The swap cycles of ``add_swap_args`` (None when --swap_every is 0); --compile is refused with them (the
     dense gradient is kept by a hook that a compiled graph would not run)."""
-    if not args.swap_every:
+    every_epochs = getattr(args, "swap_every_epochs", None)
+    if args.swap_every and every_epochs:
+        raise UsageError("--swap_every (steps) and --swap_every_epochs (epochs) give the same interval; pass one")
+    if not args.swap_every and not every_epochs:
         return None
     if getattr(args, "compile", False):
         raise UsageError("--swap_every does not work with --compile (the swap reads each layer's dense gradient "
                          "through a hook that a compiled graph skips); drop one of them")
-    return SwapSettings(every=args.swap_every, fraction=args.swap_fraction, until=args.swap_until,
-                        grow_score=args.grow_score, drop_score=args.drop_score)
+    return SwapSettings(every=args.swap_every, every_epochs=every_epochs, fraction=args.swap_fraction,
+                        until=args.swap_until, grow_score=args.grow_score, drop_score=args.drop_score)
 
 
 def add_prune_finetune_args(parser: argparse.ArgumentParser) -> None:

@@ -95,20 +95,22 @@ def use_channels_last(model: nn.Module, enabled: bool = True) -> nn.Module:
 NATIVE_BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
+def native_bf16_in(cpuinfo: str) -> bool:
+    """Whether the first ``flags`` line of a ``/proc/cpuinfo`` text names one of ``NATIVE_BF16_CPU_FLAGS``."""
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            return any(flag in line.partition(":")[2].split() for flag in NATIVE_BF16_CPU_FLAGS)
+    return False
+
+
 @functools.cache
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU multiplies bf16 natively (AMX or AVX512-BF16, read from ``/proc/cpuinfo``); False where
     that file does not exist (not Linux) or names neither."""
     try:
-        text = Path("/proc/cpuinfo").read_text()
+        return native_bf16_in(Path("/proc/cpuinfo").read_text())
     except OSError:
         return False
-    flags = set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags.update(line.partition(":")[2].split())
-            break
-    return any(flag in flags for flag in NATIVE_BF16_CPU_FLAGS)
 
 
 def autocast_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
@@ -333,7 +335,8 @@ def finetune_model(model: nn.Module, train: DeviceLoader, select: DeviceLoader, 
     total_steps = finetune_steps(settings, train)
     per_batch = (None if settings.warmup_frac is None
                  else warmup_cosine(optimizer, total_steps, settings.warmup_frac))
-    cycles = (SwapCycles(model, settings.swap, total_steps, optimizer, dense, data_parallel=train.shards > 1)
+    cycles = (SwapCycles(model, settings.swap.in_steps(len(train)), total_steps, optimizer, dense,
+                         data_parallel=train.shards > 1)
               if settings.swap is not None and settings.swap.enabled else None)
     if loop.csv_path is not None and is_main_process():
         loop.csv_path.unlink(missing_ok=True)

@@ -1,7 +1,8 @@
 """Swap cycles at constant density (RigL, Evci et al. 2020; GraNet's "neuroregeneration", Liu et al. 2021).
 
-Every ``every`` optimizer steps of a finetune, each masked layer drops its ``n`` weakest kept weights and grows
-``n`` of its pruned positions back, so its count of kept weights never changes:
+Every ``every`` optimizer steps of a finetune (or every ``every_epochs`` epochs, turned into steps on the run's
+data, so that the interval means the same on any data set size), each masked layer drops its ``n`` weakest kept
+weights and grows ``n`` of its pruned positions back, so its count of kept weights never changes:
 
 * ``n = round(f_t · kept)``, capped by the layer's kept and pruned counts, with ``f_t`` the fraction at step t:
   ``fraction · (1 + cos(π t / (until · T))) / 2`` for ``t < until · T`` (T: the finetune's optimizer steps),
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn as nn
@@ -50,6 +51,8 @@ class SwapSettings:
     """Swap cycles of one finetune (``every`` 0: none, the finetune is the plain one)."""
 
     every: int = 0  # optimizer steps between swaps, >= 0
+    every_epochs: float | None = None  # instead: epochs between swaps, > 0 (0.25: four an epoch); ``in_steps``
+    # turns it into optimizer steps for a run's data
     fraction: float = 0.3  # share of each layer's kept weights swapped at the first swap, in (0, 1)
     until: float = 0.75  # no swaps after this share of the finetune's steps, in (0, 1)
     grow_score: str = "gradient"  # GROW_SCORES
@@ -57,7 +60,14 @@ class SwapSettings:
 
     @property
     def enabled(self) -> bool:
-        return self.every > 0
+        return self.every > 0 or bool(self.every_epochs)
+
+    def in_steps(self, steps_per_epoch: int) -> SwapSettings:
+        """These settings with ``every`` in optimizer steps for epochs of ``steps_per_epoch`` steps: ``every_epochs
+        · steps_per_epoch`` rounded (at least 1) when the interval is given in epochs, else unchanged."""
+        if not self.every_epochs:
+            return self
+        return replace(self, every=max(1, round(self.every_epochs * steps_per_epoch)))
 
     def fraction_at(self, step: int, total_steps: int) -> float:
         """Swap fraction at optimizer step ``step`` (1-based) of ``total_steps``: the cosine decay, 0 from
@@ -106,6 +116,8 @@ class SwapCycles:
         DROP_SCORES.canonical(settings.drop_score, "--drop_score")
         if settings.grow_score in NEEDS_DENSE and dense is None:
             raise UsageError(f"--grow_score {settings.grow_score} needs the dense model's weights (--pretrained)")
+        if settings.every < 1:
+            raise ValueError("SwapCycles needs the interval in optimizer steps (SwapSettings.in_steps)")
         self.layers = {n: m for n, m in prunable_modules(model).items() if has_reparam(m)}
         if not self.layers:
             raise UsageError("swap cycles need a model with weight masks (a pruned checkpoint)")

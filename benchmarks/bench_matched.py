@@ -3,12 +3,15 @@ pruning straight to the final sparsity?
 
 Per seed (--seeds), with the stage scripts (run folders under --save_dir, reused on a rerun):
 
-* dense: pretrain.py, --pretrain_epochs;
+* dense: pretrain.py, --pretrain_epochs (or the --dense file of the seed: the reference dense models);
 * straight: one-shot LAMP from dense to --final_sparsity, finetuned --prune_epochs + --regrow_epochs;
 * start: one-shot LAMP from dense to --start_sparsity, finetuned --prune_epochs;
 * allocations of K = (start - final) · N_tot weights over the start's layers: ``rl`` (regrowth_oneshot.py,
   --episodes episodes of --search_epochs), ``random_search`` (the same with --random_search, equal episodes)
-  and ``greedy`` (SSIM-proportional, regrowth_greedy.py's ``prop`` rule);
+  ``greedy`` (SSIM-proportional, regrowth_greedy.py's ``prop`` rule) and ``greedy_uniform`` (shares
+  proportional to each layer's pruned count, its ``uniform`` rule); the searches regrow into --units (the greedy
+  rules into every unit with room; --units all: the same units for all) and take cheap episodes with
+  --episode_steps / --episode_val_subset;
 * every allocation x every --inits strategy x every --selections selector: regrow into the start (the selector
   picks the positions inside each layer: ``saliency`` by default; ``reference`` takes those that a model
   pruned from dense to --final_sparsity with --prune_epochs (as many as the start had) keeps, and with
@@ -38,6 +41,13 @@ with ``/selection`` added for selectors other than saliency.
     python -m benchmarks.bench_matched --train_subset 3000 --allocations greedy none --inits zero \
         --swap_arms gradual --swap_every 0 --save_dir runs/matched4 --results docs/results/data/matched
 
+    # the paper regime (docs/results/matched_paper.md): the reference dense models, 20 epochs after pruning
+    python -m benchmarks.bench_matched --seeds 1 --dataset cifar10 --data_dir DATA \
+        --dense docs/results/data/dense/resnet20_cifar10_seed{seed}.pth --start_sparsity 0.99 --final_sparsity 0.98 \
+        --prune_epochs 10 --regrow_epochs 10 --allocations greedy_uniform random_search rl none --inits zero \
+        --units all --episodes 200 --episode_steps 10 --episode_val_subset 1000 --swap_arms straight gradual \
+        --swap_every_epochs 0.25 --save_dir runs/matched_paper --results docs/results/data/matched_paper
+
 Results: benchmarks/results/matched_{dataset}.json and .csv (and the --results files).
 """
 from __future__ import annotations
@@ -62,24 +72,26 @@ from benchmarks.experiment import (
     run,
     stage_flags,
 )
-from utils.cli.flags import cli_main, non_negative_int
+from utils.cli.flags import cli_main, non_negative_int, positive_float, positive_int
 from utils.cli.jobs import regrowth_settings
 from utils.cli.prepare import prepare_dense_sparse
 from utils.core.errors import UsageError
 from utils.core.files import write_csv, write_json
 from utils.core.paths import pretrained_path
-from utils.regrow.allocation import allocate_proportional
+from utils.regrow.allocation import greedy_allocation
 from utils.runtime.checkpoint import read_checkpoint
 from utils.runtime.settings import ScoringSettings
 from utils.runtime.stage import DenseSparse, Stage
 from utils.runtime.train import evaluate_model
 from utils.scoring.layer_scores import ssim_scores
 from utils.scoring.selection import SELECTORS, init_source, load_reference
+from utils.search.episodes import UNIT_SETS
 from utils.sparsity.budget import regrowth_budget
 from utils.sparsity.granularity import default_granularity
 from utils.sparsity.swap import SwapSettings
 
-ALLOCATIONS = ("rl", "random_search", "greedy", "none")
+ALLOCATIONS = ("rl", "random_search", "greedy", "greedy_uniform", "none")
+GREEDY_RULES = {"greedy": "prop", "greedy_uniform": "uniform"}  # allocation -> regrowth_greedy.py's --greedy_mode
 SWAP_ARMS = ("straight", "regrown", "gradual")  # --swap_arms: the arms finetuned with swap cycles
 
 
@@ -92,6 +104,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--regrow_epochs", type=int, default=4, help="finetune epochs after regrowth")
     parser.add_argument("--episodes", type=int, default=12, help="episodes of the RL and random searches")
     parser.add_argument("--search_epochs", type=int, default=1, help="mini-finetune epochs per episode")
+    parser.add_argument("--episode_steps", type=positive_int, default=None,
+                        help="cheap episodes: a mini-finetune of this many optimizer steps instead of --search_epochs")
+    parser.add_argument("--episode_val_subset", type=positive_int, default=None,
+                        help="cheap episodes: rewards on the first N val images")
+    parser.add_argument("--units", choices=UNIT_SETS, default="ssim",
+                        help="units the searches may regrow into (the greedy rules split over every unit with room; "
+                             "all: the same units for every allocator)")
     parser.add_argument("--inits", nargs="+", default=["zero", "dense", "magnitude", "kaiming"])
     parser.add_argument("--allocations", nargs="+", default=list(ALLOCATIONS), choices=ALLOCATIONS)
     parser.add_argument("--selections", nargs="+", default=["saliency"], choices=list(SELECTORS),
@@ -105,6 +124,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--swap_every", type=non_negative_int, default=20,
                         help="optimizer steps between swaps; 0: the --swap_arms without swaps (named like their "
                              "plain arms, e.g. gradual; straight and greedy/zero are then the plain arms themselves)")
+    parser.add_argument("--swap_every_epochs", type=positive_float, default=None,
+                        help="instead of --swap_every: epochs between swaps (0.25: four an epoch), the same "
+                             "interval on any data size; arms named +swap{E}ep")
     parser.add_argument("--results", default=None,
                         help="also keep each seed's finished rows here (one small JSON per seed and settings, e.g. "
                              "docs/results/data/matched) and read them back, so a later run adds seeds or arms "
@@ -114,7 +136,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 # which arms to run does not change how any arm is made: the arm lists are not settings (swaps: in the arm names)
 NOT_SETTINGS = ("seeds", "device", "save_dir", "allocations", "inits", "selections", "swap_arms", "swap_every",
-                "results")
+                "swap_every_epochs", "results")
 
 
 def run_settings(args: argparse.Namespace) -> dict[str, str]:
@@ -140,7 +162,9 @@ def searched_allocation(args, seed: int, root: Path, dense: Path, start: Path, k
         run(regrowth_oneshot.main, stage_flags(args, seed) + [
             "--save_dir", str(root / "search"), "--pretrained", str(dense), "--initial_ckpt", str(start),
             "--regrow_step", f"{args.start_sparsity - args.final_sparsity:.6f}", "--num_epochs", str(args.episodes),
-            "--finetune_epochs", str(args.search_epochs), "--label", label, "--overwrite",
+            "--finetune_epochs", str(args.search_epochs), "--label", label, "--overwrite", "--units", args.units,
+            *(["--episode_steps", str(args.episode_steps)] if args.episode_steps else []),
+            *(["--episode_val_subset", str(args.episode_val_subset)] if args.episode_val_subset else []),
             *(["--random_search"] if kind == "random_search" else [])])
     return json.loads(summary.read_text())["best"]["allocation"]
 
@@ -159,9 +183,10 @@ def one_seed(args: argparse.Namespace, seed: int) -> list[dict]:
         row.setdefault("selection", "-" if row["init"] == "-" else "saliency")
     wanted = list(dict.fromkeys(["straight"] + [arm_name(*arm) for arm in planned(args)] + swap_names(args)))
     missing = any(arm not in done for arm in wanted)
-    trained = dense_model(args, seed, root) if missing else pretrained_path(root, args.m_name)
+    given = bool(args.dense)  # --dense: a dense checkpoint from elsewhere (the reference models)
+    trained = dense_model(args, seed, root) if missing or given else pretrained_path(root, args.m_name)
     dense = stored.get("dense")
-    if trained.with_name("summary.json").is_file():  # this folder's rows must come from the kept rows' dense model
+    if given or trained.with_name("summary.json").is_file():  # the rows must come from the kept rows' dense model
         dense = same_dense(trained, dense, kept)
     if missing:
         done.update((row["arm"], row) for row in arms(args, seed, root, set(done)))
@@ -195,7 +220,8 @@ def planned(args: argparse.Namespace) -> list[tuple[str, str, str]]:
 def swap_names(args: argparse.Namespace) -> list[str]:
     """The names of the --swap_arms arms (``straight+swap20``: with swaps every 20 steps; with --swap_every 0
     the plain names: ``straight``, ``greedy/zero``, ``gradual``)."""
-    suffix = f"+swap{args.swap_every}" if args.swap_every else ""
+    suffix = (f"+swap{args.swap_every_epochs:g}ep" if args.swap_every_epochs
+              else f"+swap{args.swap_every}" if args.swap_every else "")
     return [f"{arm if arm != 'regrown' else 'greedy/zero'}{suffix}" for arm in args.swap_arms]
 
 
@@ -253,14 +279,16 @@ def swap_row(args: argparse.Namespace, seed: int, root: Path, dense: Path, prepa
     (--prune_epochs + --regrow_epochs), the same swap cycles (none with --swap_every 0); ``regrown`` regrows the
     ``greedy`` allocation at the ``saliency`` positions."""
     stage, pair = prepared
-    flags = ["--swap_every", str(args.swap_every)] if args.swap_every else []
+    flags = (["--swap_every_epochs", str(args.swap_every_epochs)] if args.swap_every_epochs
+             else ["--swap_every", str(args.swap_every)] if args.swap_every else [])
     epochs = args.prune_epochs + args.regrow_epochs
     if arm == "regrown":
         result = regrow_and_finetune(stage, pair, greedy, saliency, "zero", args.regrow_epochs,
-                                     swap=SwapSettings(every=args.swap_every))
+                                     swap=SwapSettings(every=args.swap_every, every_epochs=args.swap_every_epochs))
         return {"seed": seed, "arm": name, "allocation": "greedy", "init": "zero", "selection": "saliency", **result}
     mode = "oneshot" if arm == "straight" else "gradual"
-    label = f"{arm}_swap{args.swap_every}" if args.swap_every else arm
+    every = f"{args.swap_every_epochs:g}ep" if args.swap_every_epochs else args.swap_every
+    label = f"{arm}_swap{every}" if every else arm
     path = pruned_model(args, seed, root, dense, args.final_sparsity, epochs, label, mode, flags)
     return {**straight_row(stage, seed, path), "arm": name}
 
@@ -275,10 +303,11 @@ def allocation(args: argparse.Namespace, seed: int, root: Path, prepared: tuple[
         return {}
     gran = stage.granularity
     caps = {n: c for n, c in gran.capacity(pair.sparse).items() if c > 0}
-    if kind == "greedy":
+    if kind in GREEDY_RULES:
         budget = regrowth_budget(gran.total(pair.sparse), args.start_sparsity - args.final_sparsity,
                                  sum(caps.values()))
-        return allocate_proportional(ssim_scores(stage, scoring, pair.dense, pair.sparse), caps, budget)
+        ssim = ssim_scores(stage, scoring, pair.dense, pair.sparse) if GREEDY_RULES[kind] == "prop" else {}
+        return greedy_allocation(GREEDY_RULES[kind], ssim, caps, budget)
     dense, start = pair.dense_path, pair.sparse_path  # what the stage was prepared from
     return searched_allocation(args, seed, root, dense, start, kind)
 

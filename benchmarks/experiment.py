@@ -42,6 +42,10 @@ def add_experiment_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval_subset", type=positive_int, default=None,
                         help="evaluate on only N val and N test images")
     parser.add_argument("--pretrain_epochs", type=int, default=15, help="dense pretraining epochs")
+    parser.add_argument("--dense", default=None, metavar="PATH",
+                        help="start every seed from this dense checkpoint instead of pretraining one; '{seed}' in it "
+                             "is replaced by the seed (e.g. docs/results/data/dense/resnet20_cifar10_seed{seed}.pth, "
+                             "the reference models)")
     parser.add_argument("--prune_epochs", type=int, default=4, help="finetune epochs after the one-shot prune")
 
 
@@ -80,8 +84,13 @@ def run(main, argv: list[str]) -> None:
 
 
 def dense_model(args: argparse.Namespace, seed: int, root: Path) -> Path:
-    """``pretrain.py`` for ``seed`` under ``root``: kept when it finished (its summary.json exists), resumed
-    when it was interrupted."""
+    """The dense model of ``seed``: the ``--dense`` file for it when given, else ``pretrain.py`` under ``root``
+    (kept when it finished (its summary.json exists), resumed when it was interrupted)."""
+    if getattr(args, "dense", None):
+        given = Path(args.dense.replace("{seed}", str(seed)))
+        if not given.is_file():
+            raise UsageError(f"--dense: {given} (seed {seed}) does not exist")
+        return given
     path = pretrained_path(root, args.m_name)
     if not path.with_name("summary.json").is_file():
         resume = ["--resume"] if path.with_name("last.pth").is_file() else []

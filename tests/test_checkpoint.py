@@ -206,3 +206,18 @@ def test_a_pickled_call_is_refused_as_code_even_with_trust_pickle(tmp_path, capf
     with pytest.raises(UsageError, match="pickled call to posix.system: loading it would run that code"):
         read_checkpoint(path, trust_pickle=trust)
     assert "this-must-never-run" not in capfd.readouterr().out
+
+
+def test_a_checkpoint_records_the_commit_it_was_made_with(tmp_path):
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("premise: the code runs from a git checkout with git installed")
+    head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+    save_checkpoint(tmp_path / "m.pth", create_model("resnet20"), model_name="resnet20", dataset="synthetic",
+                    num_classes=10, meta={})
+    recorded = read_checkpoint(tmp_path / "m.pth").meta["git"]
+    assert recorded.split("+")[0] == head.strip()[:12]  # "+dirty" when tracked files differ from the commit

@@ -635,3 +635,41 @@ def test_reference_values_are_the_references_effective_weights(start, tmp_path):
     assert int(new.sum()) == 500
     assert torch.equal(grown.layer3[0].conv1.weight_orig.detach()[new], want[new])
     assert (want[new] != 0).all()  # the reference keeps them: real trained values, not zeros
+
+
+def test_matched_benchmark_from_given_dense_models_with_the_paper_regime_arms(start, tmp_path, monkeypatch):
+    """--dense (a file per seed) instead of pretraining; greedy uniform; searches with cheap episodes over every
+    unit; a swap interval in epochs names its arms."""
+    from benchmarks import bench_matched, common
+
+    monkeypatch.setattr(common, "ROOT", tmp_path)
+    monkeypatch.setattr(bench_matched, "ROOT", tmp_path)
+    dense = tmp_path / "dense" / "resnet20_seed7.pth"
+    dense.parent.mkdir()
+    dense.write_bytes((start[0] / "resnet20" / "checkpoint" / "ckpt.pth").read_bytes())
+    searched = []
+    real = bench_matched.run
+
+    def spy(main, argv):
+        searched.append(argv)
+        return real(main, argv)
+
+    monkeypatch.setattr(bench_matched, "run", spy)
+    argv = TINY + ["--save_dir", str(tmp_path / "runs"), "--seeds", "7", "--dense", str(tmp_path / "dense" /
+                   "resnet20_seed{seed}.pth"), "--start_sparsity", "0.96", "--final_sparsity", "0.95",
+                   "--regrow_epochs", "1", "--episodes", "2", "--episode_steps", "1", "--episode_val_subset", "50",
+                   "--units", "all", "--inits", "zero", "--allocations", "greedy_uniform", "rl", "--swap_arms",
+                   "straight", "--swap_every_epochs", "1", "--results", str(tmp_path / "kept")]
+    assert bench_matched.main(argv) == 0
+    rows = {r["arm"]: r for r in read_csv(tmp_path / "benchmarks" / "results" / "matched_synthetic.csv")}
+    assert list(rows) == ["straight", "greedy_uniform/zero", "rl/zero", "straight+swap1ep"]
+    assert not (tmp_path / "runs" / "matched_synthetic_resnet20" / "seed7" / "resnet20").exists()  # no pretrain
+    search = next(a for a in searched if "--label" in a)
+    assert search[search.index("--units") + 1] == "all" and search[search.index("--episode_steps") + 1] == "1"
+    kept = json.loads(next((tmp_path / "kept").glob("*_seed7.json")).read_text())
+    assert kept["dense"] == read_checkpoint(dense).lineage  # the rows name the given dense model
+    # greedy uniform: shares proportional to each layer's pruned count
+    assert int(rows["greedy_uniform/zero"]["regrown"]) > 0
+    swapped = read_checkpoint(next((tmp_path / "runs" / "matched_synthetic_resnet20" / "seed7" /
+                                    "straight_swap1ep").rglob("*.pth")))
+    assert swapped.meta["swap"]["every_epochs"] == 1 and swapped.meta["swap"]["swaps"] >= 1

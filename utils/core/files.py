@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import csv
 import errno
+import functools
 import json
 import os
 import shutil
+import subprocess
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -104,16 +106,22 @@ def _comparable(value: Any) -> Any:
     return value
 
 
+@functools.cache
 def git_revision() -> str | None:
-    """The short git commit of the code, or None outside a checkout (read from .git, no subprocess)."""
-    head = Path(__file__).resolve().parents[2] / ".git" / "HEAD"
+    """The code's git commit (12 hex digits), with ``+dirty`` when tracked files differ from it; None outside a
+    checkout or without git. Read once per process (through ``git``, so worktrees and packed refs work)."""
+    root = Path(__file__).resolve().parents[2]
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10,
+                              check=True).stdout.strip()
+
     try:
-        ref = head.read_text().strip()
-        if ref.startswith("ref: "):
-            ref = (head.parent / ref[5:]).read_text().strip()
-        return ref[:12]
-    except OSError:
+        commit = git("rev-parse", "HEAD")[:12]
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
         return None
+    return commit + ("+dirty" if dirty else "") if commit else None
 
 
 def atomic_save(obj: Any, path: Path) -> None:

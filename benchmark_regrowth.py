@@ -131,7 +131,7 @@ def episode_breakdown(stage: Stage, args: argparse.Namespace) -> dict[str, float
     times["finetune_epoch"] = timed(lambda: finetune_model(model, stage.data.train, stage.data.val,
                                                      FinetuneSettings(epochs=1, patience=0),
                                                      LoopSettings(progress=False, verbose=False)), device, 1)
-    times["evaluation"] = timed(lambda: evaluate_model(model, stage.data.val), device, repeats)
+    times["evaluation"] = timed(lambda: evaluate_model(model, stage.data.val, amp=stage.amp), device, repeats)
     return times
 
 

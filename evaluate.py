@@ -161,8 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     model = stage.load_model(args.ckpt, exported=True)
     counts = layer_counts(model)
     total, kept = sum(c.total for c in counts), sum(c.kept for c in counts)
-    _, val_acc = evaluate_model(model, stage.data.val)
-    _, test_acc = evaluate_model(model, stage.data.test)
+    _, val_acc = evaluate_model(model, stage.data.val, amp=stage.amp)
+    _, test_acc = evaluate_model(model, stage.data.test, amp=stage.amp)
     report = {"checkpoint": args.ckpt, "format": ckpt.source, "model": stage.model_name, "dataset": stage.dataset,
               "sparsity": 1 - kept / total, "params_total": total, "params_nonzero": kept,
               "model_params": sum(p.numel() for p in model.parameters()), "val_acc": val_acc, "test_acc": test_acc,

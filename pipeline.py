@@ -122,6 +122,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--no_progress", action="store_true", help="no progress bars")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model in every training stage")
+    parser.add_argument("--no_amp", action="store_true",
+                        help="fp32 in every stage: no bf16 autocast (the default on CUDA and AMX / AVX512-BF16 CPUs)")
     parser.add_argument("--overwrite", action="store_true", help="redo stages whose outputs already exist")
     parser.add_argument("--device_profile", default=None,
                         help="regrow up to a device's limit instead (a JSON profile, see profiles/; weights fill "
@@ -302,7 +304,7 @@ def _flags(args: argparse.Namespace, p: dict, seed: int, save_dir: Path) -> tupl
     """(flags every stage takes, the same plus the training-only ones)."""
     common = ["--m_name", p["m_name"], "--dataset", p["dataset"], "--data_dir", args.data_dir, "--save_dir",
               str(save_dir), "--seed", str(seed), "--device", args.device] + (
-        ["--no_progress"] if args.no_progress else []) + (
+        ["--no_progress"] if args.no_progress else []) + (["--no_amp"] if args.no_amp else []) + (
         ["--eval_subset", str(p["eval_subset"])] if p["eval_subset"] else [])
     train = common + ["--batch_size", str(p["batch_size"])] + (
         ["--train_subset", str(p["train_subset"])] if p["train_subset"] else []) + (

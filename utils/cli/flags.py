@@ -223,6 +223,9 @@ def add_common_args(parser: argparse.ArgumentParser, *, m_name_default: str | No
     group.add_argument("--no_augment", action="store_true",
                        **({"help": "train without crop/flip/jitter augmentation"} | unlisted))
     group.add_argument("--no_progress", action="store_true", help="no progress bars")
+    group.add_argument("--no_amp", action="store_true",
+                       help="fp32 everywhere, evaluation included: no bf16 autocast (the default on CUDA and on CPUs "
+                            "with AMX or AVX512-BF16)")
 
 
 def run_settings(args: argparse.Namespace) -> RunSettings:
@@ -255,8 +258,6 @@ def add_speed_args(parser: argparse.ArgumentParser) -> None:
     """Flags that trade speed for nothing but memory layout and precision."""
     group = parser.add_argument_group("speed")
     group.add_argument("--no_channels_last", action="store_true", help="keep NCHW memory layout")
-    group.add_argument("--no_amp", action="store_true",
-                       help="fp32 everywhere: no bf16 autocast (the default on CUDA and on AMX or AVX512-BF16 CPUs)")
     group.add_argument("--compile", action="store_true", help="torch.compile the model")
 
 

@@ -92,6 +92,12 @@ PRESETS: dict[str, dict] = {
     "cifar10_resnet20": {"m_name": "resnet20", "dataset": "cifar10", "train_subset": None, "eval_subset": None,
                          "batch_size": 128, "pretrain_epochs": 200, "prune_epochs": 400, "episodes": 400,
                          "mini_epochs": 50, "final_epochs": 400, "ssim_num_batches": 64},
+    # the paper regime on a CPU: the short dense recipe (pretrain.py --recipe short: 40 epochs), 20-epoch finetunes
+    # after pruning and after regrowth, 200 cheap episodes (docs/results/dense_recipe.md)
+    "cifar10_resnet20_short": {"m_name": "resnet20", "dataset": "cifar10", "train_subset": None, "eval_subset": None,
+                               "batch_size": 128, "pretrain_epochs": 40, "pretrain_flags": ["--recipe", "short"],
+                               "prune_epochs": 20, "episodes": 200, "mini_epochs": 1, "final_epochs": 20,
+                               "ssim_num_batches": 64},
     "cifar10_vgg16": {"m_name": "vgg16", "dataset": "cifar10", "train_subset": None, "eval_subset": None,
                       "batch_size": 128, "pretrain_epochs": 200, "prune_epochs": 400, "episodes": 400,
                       "mini_epochs": 50, "final_epochs": 400, "ssim_num_batches": 64},
@@ -107,7 +113,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--preset", default="demo", choices=list(PRESETS),
                         help="schedules and model: demo (synthetic data, 9 min on 2 CPU cores), smoke (checks an "
                              "install; about a minute on one CPU thread), cifar10_resnet20 / cifar10_vgg16 (the "
-                             "original settings, GPU days)")
+                             "original settings, GPU days), cifar10_resnet20_short (the short dense recipe, 20-epoch "
+                             "finetunes: the paper regime on a CPU)")
     parser.add_argument("--granularity", default=list_granularities()[0], choices=list_granularities(),
                         help="prune and regrow weights or whole channels")
     parser.add_argument("--data_dir", default="./data", help="folder holding the data sets (not used by synthetic)")
@@ -230,7 +237,8 @@ def run_chain(args: argparse.Namespace, seed: int, save_dir: Path) -> int:
     dense = pretrained_path(save_dir, p["m_name"])
     ledger = Ledger(overwrite=args.overwrite)
     once = ledger.once
-    once("pretrain", pretrain.main, train + ["--epochs", str(p["pretrain_epochs"])], dense.with_name(SUMMARY))
+    once("pretrain", pretrain.main, train + p.get("pretrain_flags", []) + ["--epochs", str(p["pretrain_epochs"])],
+         dense.with_name(SUMMARY))
     pruned = prune_checkpoint(prune_dir(save_dir, p["m_name"], g, "oneshot"), p["m_name"], g,
                               exact_sparsity(g.name, p["m_name"], p["sparsity"]))
     once("prune", prune_main, train + ["--mode", "oneshot", "--target_sparsity", str(p["sparsity"]),
@@ -343,7 +351,8 @@ def run_device_chain(args: argparse.Namespace, seed: int, save_dir: Path) -> int
     ledger = Ledger(overwrite=args.overwrite)
     once = ledger.once
     dense = pretrained_path(save_dir, m)
-    once("pretrain", pretrain.main, train + ["--epochs", str(p["pretrain_epochs"])], dense.with_name(SUMMARY))
+    once("pretrain", pretrain.main, train + p.get("pretrain_flags", []) + ["--epochs", str(p["pretrain_epochs"])],
+         dense.with_name(SUMMARY))
     folder = prune_dir(save_dir, m, gran, "oneshot")
     files = {t: prune_checkpoint(folder, m, gran, round(t * total) / total) for t in targets}
     once("prune (curve)", prune_main, train + ["--mode", "oneshot", "--target_sparsity",

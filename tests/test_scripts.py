@@ -185,3 +185,20 @@ def test_evaluate_warns_when_its_seed_carves_another_val_split(tmp_path, capsys)
     assert code == 0 and "another val split" not in err
     code, _, err = run_main(evaluate.main, ["--ckpt", ckpt, "--device", "cpu", "--seed", "3"], capsys)
     assert code == 0 and "--seed 3 carves another val split" in err
+
+
+def test_a_recipe_sets_defaults_and_a_given_flag_wins():
+    args = pretrain.parse_args(["--recipe", "short", "--lr", "0.05"])
+    expected = {**pretrain.RECIPES["short"], "lr": 0.05}
+    assert {k: getattr(args, k) for k in expected} == expected
+    plain = pretrain.parse_args([])  # the original's defaults
+    assert (plain.epochs, plain.lr, plain.lr_schedule, plain.nesterov, plain.label_smoothing) == (
+        200, 0.1, "cosine", False, 0.0)
+
+
+def test_the_paper_regime_preset_pretrains_with_the_short_recipe():
+    import pipeline
+
+    preset = pipeline.PRESETS["cifar10_resnet20_short"]
+    args = pretrain.parse_args(preset["pretrain_flags"] + ["--epochs", str(preset["pretrain_epochs"])])
+    assert {k: getattr(args, k) for k in pretrain.RECIPES["short"]} == pretrain.RECIPES["short"]

@@ -139,9 +139,15 @@ NOT_SETTINGS = ("seeds", "device", "save_dir", "allocations", "inits", "selectio
                 "swap_every_epochs", "results")
 
 
+# flags added after rows were kept: at these values they are left out of the settings, so the kept rows of
+# earlier runs keep their digests
+ADDED_LATER = {"dense": None, "units": "ssim", "episode_steps": None, "episode_val_subset": None}
+
+
 def run_settings(args: argparse.Namespace) -> dict[str, str]:
     """The flags that define how the arms are made (not which arms, not where the data folder is)."""
-    return {k: str(v) for k, v in sorted(vars(args).items()) if k not in NOT_SETTINGS + ("data_dir",)}
+    return {k: str(v) for k, v in sorted(vars(args).items())
+            if k not in NOT_SETTINGS + ("data_dir",) and not (k in ADDED_LATER and v == ADDED_LATER[k])}
 
 
 def kept_path(args: argparse.Namespace, seed: int) -> Path | None:
@@ -174,7 +180,8 @@ def one_seed(args: argparse.Namespace, seed: int) -> list[dict]:
     again, so seeds can run in separate processes, a last call only gathers them, and a call asking for more
     arms runs only those."""
     root = Path(args.save_dir) / f"matched_{args.dataset}_{args.m_name}" / f"seed{seed}"
-    check_settings(root.parent, vars(args), ignore=NOT_SETTINGS)
+    check_settings(root.parent, {k: v for k, v in vars(args).items()
+                                 if not (k in ADDED_LATER and v == ADDED_LATER[k])}, ignore=NOT_SETTINGS)
     path, kept = root / "rows.json", kept_path(args, seed)
     stored = json.loads(kept.read_text()) if kept and kept.is_file() else {"rows": []}
     done = {row["arm"]: row for row in stored["rows"]}

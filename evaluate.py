@@ -25,9 +25,10 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Sequence
+from pathlib import Path
 
 from utils.cli.flags import add_common_args, add_device_args, cli_main, new_parser, positive_int, profile_from_args
-from utils.cli.prepare import prepare
+from utils.cli.prepare import checked_dataset, prepare
 from utils.core.log import LOG
 from utils.device.profiles import check_fit, model_costs, onnx_fit
 from utils.runtime.checkpoint import Checkpoint, read_checkpoint
@@ -155,7 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     profile = profile_from_args(args)  # a bad profile fails before anything loads
     ckpt = read_checkpoint(args.ckpt, trust_pickle=args.trust_pickle)
-    model_name, dataset = resolve_names(args.m_name or ckpt.model, args.dataset or ckpt.dataset)
+    recorded = checked_dataset(args.dataset, ckpt.dataset, Path(args.ckpt))
+    model_name, dataset = resolve_names(args.m_name or ckpt.model, recorded)
     _fill_from_checkpoint(args, recorded_eval_flags(ckpt))
     stage = prepare(args, model_name, dataset, ckpt.granularity)
     model = stage.load_model(args.ckpt, exported=True)

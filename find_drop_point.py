@@ -38,7 +38,7 @@ from utils.cli.flags import (
     non_negative_float,
     non_negative_int,
 )
-from utils.cli.prepare import prepare
+from utils.cli.prepare import checked_dataset, prepare
 from utils.core.errors import UsageError
 from utils.core.files import atomic_save, read_csv, write_json
 from utils.core.log import LOG, log_outputs, setup_logging
@@ -57,7 +57,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add_checkpoint_args(parser)
     parser.add_argument("--tolerance", type=non_negative_float, default=1.0,
                         help="accuracy drop (pp) below the dense model's val accuracy that still counts as safe")
-    parser.add_argument("--bootstrap", type=non_negative_int, default=1000,
+    parser.add_argument("--bootstrap", type=bootstrap_count, default=1000,
                         help="resamples of the val images for the tolerance interval (0: none)")
     parser.add_argument("--out", default=None, help="output folder")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier estimate's files")
@@ -70,7 +70,7 @@ def checkpoints(folder: Path) -> tuple[list[Path], bool]:
     file that is missing, is a usage error."""
     if not folder.is_dir():
         raise UsageError(f"--model_dir {folder} is not a folder")
-    log = read_csv(folder / PRUNE_LOG)
+    log = read_csv(folder / PRUNE_LOG, {"step": int, "checkpoint": str})
     if log:
         paths = [folder / r["checkpoint"] for r in sorted(log, key=lambda r: int(r["step"]))]
         missing = [p.name for p in paths if not p.is_file()]
@@ -87,6 +87,38 @@ def checkpoints(folder: Path) -> tuple[list[Path], bool]:
     return paths, bool(log)
 
 
+MAX_BOOTSTRAP = 10_000  # resamples: each holds an index per val image (10,000 x 10,000 images: 800 MB)
+
+
+def bootstrap_count(text: str) -> int:
+    """--bootstrap: a whole number from 0 to ``MAX_BOOTSTRAP``."""
+    value = non_negative_int(text)
+    if value > MAX_BOOTSTRAP:
+        raise argparse.ArgumentTypeError(f"{value} is more than {MAX_BOOTSTRAP:,} resamples (1,000 give a stable "
+                                         "interval)")
+    return value
+
+
+def read_val_cache(path: Path, images: int) -> dict:
+    """The val-correctness cache (empty when there is none), checked whole: a damaged, truncated or hand-edited
+    file is a ``UsageError`` naming it, before anything is written."""
+    if not path.is_file():
+        return {}
+    redo = f"cache {path} is damaged or hand-edited ({{}}); delete it (it is recomputed)"
+    try:
+        cache = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, empty, not a torch file
+        raise UsageError(redo.format(type(exc).__name__)) from None
+    if not isinstance(cache, dict) or not isinstance(cache.get("entries", {}), dict):
+        raise UsageError(redo.format("not a {settings, entries} dict"))
+    for entry in cache.get("entries", {}).values():
+        correct = entry.get("correct") if isinstance(entry, dict) else None
+        if not (isinstance(correct, torch.Tensor) and tuple(correct.shape) == (images,)
+                and isinstance(entry.get("sparsity"), (int, float)) and isinstance(entry.get("fingerprint"), list)):
+            raise UsageError(redo.format(f"an entry is not {images} per-image results with a sparsity"))
+    return cache
+
+
 def _fingerprint(path: Path) -> list[float]:
     stat = path.stat()
     return [stat.st_size, stat.st_mtime]
@@ -96,7 +128,7 @@ def evaluate_all(stage, paths: list[Path], dense: Path) -> tuple[list[float], to
     """(sparsities, per-image correctness [points, N], dense correctness [N]) on val; cached."""
     settings = {**stage.val_settings, "granularity": stage.granularity.name}
     cache_path = folder_cache(stage.run.save_dir, stage.model_name, paths[0].parent, "val_correct", ".pt")
-    cache = torch.load(cache_path, weights_only=True) if cache_path.is_file() else {}
+    cache = read_val_cache(cache_path, stage.data.val.num_samples)
     entries = cache.get("entries", {}) if cache.get("settings") == settings else {}
     fresh = {}
     for path in [dense, *paths]:
@@ -152,7 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     folder = Path(args.model_dir)
     paths, in_step_order = checkpoints(folder)
     first = read_checkpoint(paths[0], trust_pickle=args.trust_pickle)
-    stage = prepare(args, args.m_name or first.model, args.dataset or first.dataset, first.granularity)
+    stage = prepare(args, args.m_name or first.model, checked_dataset(args.dataset, first.dataset, paths[0]),
+                    first.granularity)
     out = check_output_dir(args.out or boundary_dir(args.save_dir, stage.model_name, folder), what="--out",
                            products=["boundary.json"], overwrite=args.overwrite)
     dense = dense_checkpoint(stage.run, stage.model_name)

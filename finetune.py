@@ -36,7 +36,7 @@ from utils.cli.flags import (
     positive_int,
     swap_settings,
 )
-from utils.cli.prepare import prepare
+from utils.cli.prepare import checked_dataset, prepare
 from utils.core.distributed import current_world
 from utils.core.errors import UsageError
 from utils.core.log import LOG, log_outputs, setup_logging
@@ -76,7 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ckpt = read_checkpoint(args.ckpt, trust_pickle=args.trust_pickle)
     save_path = check_output_file(args.save_path or finetuned_path(args.ckpt), inputs=[args.ckpt],
                                   overwrite=args.overwrite, what="--save_path")
-    stage = prepare(args, args.m_name or ckpt.model, args.dataset or ckpt.dataset, ckpt.granularity)
+    stage = prepare(args, args.m_name or ckpt.model, checked_dataset(args.dataset, ckpt.dataset, Path(args.ckpt)),
+                    ckpt.granularity)
     model = stage.load_model(args.ckpt, exported=True)
     if swap is not None and stage.granularity.swap_refusal:
         raise UsageError(f"--swap_every: {args.ckpt} {stage.granularity.swap_refusal}")

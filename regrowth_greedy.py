@@ -11,9 +11,11 @@ baselines, fixed).
     (random search over the RL controller's action space: the search scripts' --random_search)
 --granularity channel does the same with channels of coupled groups (scores: fisher over each group's
 slices on --taylor_batches (10) batches; init default dense). Every mode spends exactly the budget
-min(--regrow_step · N_tot, total capacity) per iteration; fill, prop, uniform and topk regrow the positions inside
-each unit that --selection ranks first (saliency by default; reference, magnitude, random). Each iteration
-finetunes with AdamW (best epoch on val) and carries the model forward.
+min(--regrow_step · N_tot, total capacity) per iteration, over the units that run: a unit whose layer no forward
+pass reaches (e.g. EfficientNet's layers.0.conv1) has a NaN SSIM and gets nothing, and the log names it. fill,
+prop, uniform and topk regrow the positions inside each unit that --selection ranks first (saliency by default;
+reference, magnitude, random). Each iteration finetunes with AdamW (best epoch on val) and carries the model
+forward.
 
 Example:
     python regrowth_greedy.py --m_name resnet20 --initial_ckpt runs/resnet20/oneshot/resnet20_0.9900.pth \\
@@ -53,13 +55,13 @@ from utils.core.log import LOG, log_outputs, setup_logging
 from utils.core.paths import BEST_MODEL, SUMMARY, check_output_dir, clean_stale_temps, greedy_dir, iteration_dir
 from utils.core.seeds import make_generator
 from utils.core.timer import Timer
-from utils.regrow.allocation import GREEDY_ALLOCATIONS, allocation_lines, greedy_allocation
+from utils.regrow.allocation import GREEDY_ALLOCATIONS, allocation_lines, greedy_allocation, runnable
 from utils.regrow.apply import Finetuning, Regrowth, apply_allocation
 from utils.results.records import RegrowthOutcome
 from utils.runtime.settings import LoopSettings
 from utils.runtime.stage import finetune_suggestion
 from utils.runtime.train import evaluate_model
-from utils.scoring.layer_scores import ssim_scores
+from utils.scoring.layer_scores import silent_units, ssim_scores
 from utils.scoring.selection import init_source, load_reference, selection_scores
 from utils.search.episodes import search_space
 from utils.sparsity.budget import regrowth_budget
@@ -125,9 +127,9 @@ def main(argv: Sequence[str] | None = None) -> int:
              "start_test_acc": evaluate_model(model, stage.data.test, amp=stage.amp)[1]}
     timer = Timer()
     for it in range(args.num_iters):
-        caps = {n: c for n, c in gran.capacity(model).items() if c > 0}
         needs_ssim = args.greedy_mode in SSIM_MODES or args.units == "ssim"
-        ssim = ssim_scores(stage, scoring, pair.dense, model) if needs_ssim else {}
+        ssim = ssim_scores(stage, scoring, pair.dense, model) if needs_ssim else silent_units(stage, model)
+        caps = runnable(ssim, {n: c for n, c in gran.capacity(model).items() if c > 0})  # NaN SSIM: never runs
         if args.units == "ssim":  # the units an RL search of the same flags would search
             caps = {n: caps[n] for n in search_space(ssim, caps, scoring.ssim_threshold, args.units).layers}
         budget = regrowth_budget(gran.total(model), args.regrow_step, sum(caps.values()))

@@ -19,10 +19,12 @@ when given; an existing file is replaced only with --overwrite.
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from utils.cli.flags import cli_main, new_parser
+from utils.core.errors import UsageError
 from utils.core.files import write_csv, write_json
 from utils.core.paths import check_output_file
 from utils.results.plots import plot_report
@@ -80,13 +82,31 @@ def _start_acc(records: list[dict], row: dict) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def check_apart(outputs: dict[str, Path], roots: list[Path]) -> None:
+    """Before anything is written: no two outputs share a path, and none is a file of a run being read (a file
+    under a root's ``{model}/`` folders: logs, summaries, checkpoints); a ``UsageError`` otherwise."""
+    seen: dict[Path, str] = {}
+    for flag, path in outputs.items():
+        resolved = Path(os.path.realpath(path))  # never raises, even on a symlink loop
+        if resolved in seen:
+            raise UsageError(f"{seen[resolved]} and {flag} both name {path}: give each its own path")
+        seen[resolved] = flag
+        for root in (Path(os.path.realpath(r)) for r in roots):
+            if resolved.is_file() and resolved.is_relative_to(root) and len(resolved.relative_to(root).parts) > 1:
+                raise UsageError(f"{flag} {path} is a file of the run being reported ({root}): write the report "
+                                 "elsewhere, e.g. beside the run roots")
+
+
 @cli_main
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    plot = check_output_file(args.plot or default_plot(args.roots), overwrite=args.overwrite, what="--plot")
-    outputs = [check_output_file(p, overwrite=args.overwrite, what=flag) for p, flag in
-               ((args.csv, "--csv"), (args.json, "--json")) if p]
     roots = expand_roots(args.roots)
+    named = {flag: Path(p) for flag, p in (("--plot", args.plot or default_plot(args.roots)), ("--csv", args.csv),
+                                           ("--json", args.json)) if p}
+    check_apart(named, roots)
+    plot = check_output_file(named["--plot"], overwrite=args.overwrite, what="--plot")
+    outputs = [check_output_file(p, overwrite=args.overwrite, what=flag) for flag, p in named.items()
+               if flag != "--plot"]
     records = collect(roots)
     built = tables(records)
     print(f"{len(roots)} run root(s): {', '.join(str(r) for r in roots)}\n")

@@ -11,6 +11,7 @@ import shutil
 import socket
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,23 +34,48 @@ def _where_to_put(data_dir: Path) -> str:
             f"into {data_dir} (so that {data_dir / FOLDER}/data_batch_1 exists)")
 
 
+# the only globals a CIFAR batch pickle holds (numpy arrays and dtypes, Python-2 or -3, numpy 1 or 2; bytes
+# pickled by Python 3 at protocol 2): anything else (os.system, eval, ...) is refused before it is called
+_BATCH_GLOBALS = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                  ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+                  ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"), ("__builtin__", "bytes"),
+                  ("builtins", "bytes")}
+
+
+class _RefusedGlobal(pickle.UnpicklingError):
+    """A batch file names a global that CIFAR data never holds."""
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickles only what CIFAR batch files hold: dicts, lists, str, bytes, numbers and numpy arrays."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _BATCH_GLOBALS:
+            raise _RefusedGlobal(f"{module}.{name}")
+        return super().find_class(module, name)
+
+
 def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """One batch file -> (images uint8 [N, 3, 32, 32], labels int64 [N]); bytes or str keys both work."""
+    """One batch file -> (images uint8 [N, 3, 32, 32], labels int64 [N]); bytes or str keys both work. Read with
+    a restricted unpickler (``_BATCH_GLOBALS``): a file that would call anything else is refused unread."""
     try:
         with open(path, "rb") as f:
-            entry = pickle.load(f, encoding="latin1")
+            entry = _BatchUnpickler(f, encoding="latin1").load()
         entry = {(k.decode() if isinstance(k, bytes) else k): v for k, v in entry.items()}
         data = np.asarray(entry["data"], dtype=np.uint8)
         labels = np.asarray(entry.get("labels", entry.get("fine_labels")), dtype=np.int64)
         images = data.reshape(-1, 3, 32, 32)
     except FileNotFoundError:
         raise
+    except _RefusedGlobal as exc:
+        raise UsageError(f"CIFAR-10 file {path} holds a pickled call to {exc}, which CIFAR-10 data never holds: it "
+                         f"was refused unrun; delete {path.parent} and download the data set again") from None
     except Exception as exc:
         raise UsageError(f"CIFAR-10 file {path} is damaged ({type(exc).__name__}: {exc}); delete "
                          f"{path.parent} and download the data set again") from exc
-    if len(labels) != len(images) or labels.min() < 0 or labels.max() > 9:
-        raise UsageError(f"CIFAR-10 file {path} is damaged (labels do not match images); delete {path.parent} "
-                         "and download the data set again")
+    if len(images) == 0 or len(labels) != len(images) or labels.min() < 0 or labels.max() > 9:
+        raise UsageError(f"CIFAR-10 file {path} is damaged (no images, or labels that do not match them); delete "
+                         f"{path.parent} and download the data set again")
     return images, labels
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import math
 import os
 import subprocess
@@ -16,6 +17,7 @@ import torch
 import analyze_layers
 import evaluate
 import export
+import find_drop_point
 import finetune
 import pipeline
 import pretrain
@@ -24,12 +26,13 @@ import prune_unstructure
 import regrowth_greedy
 import regrowth_iterative
 import regrowth_oneshot
+import report
 import single_layer_regrowth_analysis as single
 import utils.runtime.stage as stage_module
 from models import create_model
 from tests.conftest import run_main, save_dense_and_sparse, tree
 from utils.core.errors import UsageError
-from utils.core.files import atomic_write, check_same_run, read_csv
+from utils.core.files import atomic_write, check_same_run, read_csv, write_csv
 from utils.core.paths import check_output_dir
 from utils.runtime.checkpoint import load_weights, read_checkpoint, save_checkpoint
 from utils.sparsity.masks import merged_state
@@ -314,6 +317,17 @@ def _bad_inputs(save: Path, dense: Path, sparse: Path, tmp: Path) -> list[tuple]
         (prune_structure.main, DATA + run + ["--pretrained", str(sparse)], "unstructured weight masks"),
         (export.main, ["--ckpt", str(sparse)], "unstructured weight masks"),
         (pipeline.main, ["--save_dir", str(save / "p"), "--device", "cuda:7"], "cuda:7"),
+        # issue 36: D15 two targets with one file name, D10 a pruned model as the dense one
+        (prune_unstructure.main, DATA + run + ["--pretrained", str(dense), "--mode", "oneshot", "--target_sparsity",
+                                               "0.9", "0.90001"], "would both write resnet20_0.9000.pth"),
+        (prune_unstructure.main, DATA + run + ["--pretrained", str(dense), "--mode", "oneshot", "--target_sparsity",
+                                               "0.9", "0.9"], "would both write"),
+        (regrowth_oneshot.main, search[:-1] + [str(sparse)], "is a pruned model (weight masks), not a dense one"),
+        # D9: sizes and rates with an upper bound, refused before anything is allocated
+        (regrowth_oneshot.main, search + ["--hidden_size", "1000000"], "is more than 4,096"),
+        (regrowth_oneshot.main, search + ["--action_space_size", "10000000000"], "is more than 10,000"),
+        (regrowth_oneshot.main, search + ["--learning_rate", "1e308"], "is more than 1"),
+        (regrowth_oneshot.main, search + ["--start_beta", "1e308"], "is more than 100"),
     ]
 
 
@@ -390,3 +404,204 @@ def test_a_full_disk_is_one_error_line_and_no_damaged_file(tmp_path):
     with pytest.raises(UsageError, match="the disk is full"):
         atomic_write(target, full)
     assert target.read_text() == "the earlier result" and tree(tmp_path) == ["out.json"]  # old file kept, no temp
+
+
+# ---- issue 36, point 5: the bad inputs found by the sweep of 392 (D-numbers of bad_input_sweep.md) ----------
+
+def _edit_checkpoint(path: Path, edit, *, unseal: bool = False) -> None:
+    """Hand-edit a checkpoint file in place (``edit(obj)``), keeping its checksums unless ``unseal``."""
+    obj = torch.load(path, weights_only=True)
+    edit(obj)
+    if unseal:
+        obj.pop("sealed"), obj.pop("content_checksum")
+    torch.save(obj, path)
+
+
+def test_a_checkpoint_is_checked_whole_and_old_ones_by_their_tensors(start, tmp_path):
+    _, dense, sparse = start  # D5: the meta (args, lineage, ...) is inside the checksum now
+    copy = tmp_path / "s.pth"
+    copy.write_bytes(sparse.read_bytes())
+    _edit_checkpoint(copy, lambda obj: obj["meta"].__setitem__("dense_fingerprint", "0123456789abcdef"))
+    with pytest.raises(UsageError, match="is damaged: its content does not match the checksum"):
+        read_checkpoint(copy)
+    copy.write_bytes(sparse.read_bytes())  # a file written before the whole-file checksum: the old check holds
+    _edit_checkpoint(copy, lambda obj: obj["meta"].__setitem__("note", "older file"), unseal=True)
+    assert read_checkpoint(copy).meta["note"] == "older file"
+    _edit_checkpoint(copy, lambda obj: obj["state_dict"]["linear.bias"].add_(1))
+    with pytest.raises(UsageError, match="its tensors do not match the checksum"):
+        read_checkpoint(copy)
+    copy.write_bytes(sparse.read_bytes())
+    _edit_checkpoint(copy, lambda obj: obj.pop("content_checksum"))  # half a seal (a flipped key name)
+    with pytest.raises(UsageError, match="is damaged"):
+        read_checkpoint(copy)
+
+
+def test_last_pth_is_checked_whole_before_a_resume(tmp_path, capsys):
+    args = DATA + ["--save_dir", str(tmp_path), "--epochs", "1"]
+    assert pretrain.main(args) == 0  # D4 (rs7): one NaN in the best state used to become the new ckpt.pth
+    folder = tmp_path / "resnet20" / "checkpoint"
+    first = next(iter(torch.load(folder / "last.pth", weights_only=True)["train_state"]["best_state"]))
+    _edit_checkpoint(folder / "last.pth", lambda obj: obj["train_state"]["best_state"][first].fill_(float("nan")))
+    before = _digest(folder)
+    code, _, err = run_main(pretrain.main, args[:-1] + ["2", "--resume"], capsys)
+    _one_error(code, err, "content does not match the checksum")
+    assert _digest(folder) == before
+    (folder / "last.pth").unlink()
+    assert pretrain.main(args + ["--overwrite"]) == 0
+    with open(folder / "pretrain_log.csv", "a") as f:  # D1: a damaged epoch log
+        f.write("x,1,2,3\n")
+    before = _digest(folder)
+    code, _, err = run_main(pretrain.main, args[:-1] + ["2", "--resume"], capsys)
+    _one_error(code, err, "pretrain_log.csv is damaged")
+    assert _digest(folder) == before
+
+
+def test_search_state_is_checked_whole_before_a_resume(start, tmp_path, capsys):
+    _, dense, sparse = start  # D4: search_state.pt had no checksum
+    search = DATA + SCORES + ["--save_dir", str(tmp_path), "--initial_ckpt", str(sparse), "--pretrained", str(dense),
+                              "--finetune_epochs", "1", "--label", "s"]
+    assert regrowth_oneshot.main(search + ["--num_epochs", "1"]) == 0
+    state = tmp_path / "resnet20" / "regrowth_oneshot" / "s" / "search_state.pt"
+    intact = state.read_bytes()
+    assert torch.load(state, weights_only=True)["sealed"] is True
+    cases = [(lambda: state.write_bytes(intact[:300]), "cannot read"), (lambda: state.write_bytes(b""), "cannot read"),
+             (lambda: torch.save([1, 2], state), "its content is not"),
+             (lambda: _edit_checkpoint(state, lambda s: s["history"][0].__setitem__("reward", 9.0)), "does not match"),
+             (lambda: _edit_checkpoint(state, lambda s: s["rng"].__setitem__("policy", torch.zeros(3))),
+              "does not match"),
+             (lambda: _edit_checkpoint(state, lambda s: s.__setitem__("trainer", {}), unseal=True),
+              "does not fit this search")]  # an unsealed (older) file: what does not fit is one line too
+    for damage, needle in cases:
+        state.write_bytes(intact)
+        damage()
+        before = _digest(state.parent)
+        code, _, err = run_main(regrowth_oneshot.main, search + ["--num_epochs", "2", "--resume"], capsys)
+        _one_error(code, err, needle)
+        if needle != "does not fit this search":  # refused before anything is written
+            assert _digest(state.parent) == before, needle
+
+
+def test_a_damaged_prune_log_is_refused_before_the_next_checkpoint(start, tmp_path, capsys):
+    _, dense, _ = start  # D1: the log used to fail after resnet20_0.8000.pth was written, leaving it unlogged
+    out = tmp_path / "resnet20" / "oneshot"
+    write_csv(out / "prune_log.csv", [{"step": "abc", "sparsity": "0.9", "checkpoint": "resnet20_0.9000.pth"}])
+    before = _digest(tmp_path)
+    code, _, err = run_main(prune_unstructure.main, DATA + ["--save_dir", str(tmp_path), "--pretrained", str(dense),
+                                                            "--mode", "oneshot", "--target_sparsity", "0.8",
+                                                            "--finetune_epochs", "1"], capsys)
+    _one_error(code, err, "prune_log.csv is damaged")
+    assert _digest(tmp_path) == before
+
+
+def test_cifar_batches_are_unpickled_with_only_what_they_hold(start, tmp_path, capsys):
+    from tests.conftest import write_cifar
+
+    _, _, sparse = start  # D7: a crafted data_batch_1 ran its code before the "damaged" line
+    data = write_cifar(tmp_path / "data")
+    witness = tmp_path / "ran"
+    payload = (b"cposix\nsystem\n(V" + f"touch {witness}".encode() + b"\ntR.")  # os.system("touch ...")
+    (data / "cifar-10-batches-py" / "data_batch_1").write_bytes(payload)
+    before = _digest(tmp_path)
+    argv = ["--ckpt", str(sparse), "--dataset", "cifar10", "--no_download", "--data_dir", str(data), "--device",
+            "cpu", "--eval_subset", "10"]
+    code, _, err = run_main(evaluate.main, argv, capsys)
+    _one_error(code, err, "holds a pickled call to posix.system")
+    assert not witness.exists() and _digest(tmp_path) == before
+    import pickle
+
+    import numpy as np
+    (data / "cifar-10-batches-py" / "data_batch_1").write_bytes(pickle.dumps(
+        {"data": np.zeros((0, 3072), np.uint8), "labels": []}, protocol=2))  # a batch of no images
+    code, _, err = run_main(evaluate.main, argv, capsys)
+    _one_error(code, err, "no images")
+
+
+def _report_case(root: Path, case: str, tmp: Path) -> list[str]:
+    """Damage the report root ``root`` as ``case`` says; returns report.py's extra flags."""
+    from tests.test_report import _write_seed
+
+    _write_seed(root, {0.98: 60.0, 0.99: 50.0}, {"sparsity": 0.98, "val": 63.0, "test": 62.0})
+    model = root / "resnet20"
+    dense, oneshot = model / "checkpoint" / "summary.json", model / "regrowth_oneshot" / "0.9900" / "summary.json"
+    edits = {"summary-list": lambda: dense.write_text("[1, 2]"),
+             "summary-binary": lambda: dense.write_bytes(bytes(range(256))),
+             "summary-string": lambda: oneshot.write_text('"a string"'),
+             "start-abc": lambda: oneshot.write_text(json.dumps({"start_sparsity": "abc", "best": {}})),
+             "best-oops": lambda: oneshot.write_text(json.dumps({"best": "oops"})),
+             "iterations-str": lambda: (model / "greedy_prop" / "summary.json").write_text(
+                 json.dumps({"mode": "prop", "iterations": "notalist"})),
+             "log-latin1": lambda: (model / "oneshot" / "prune_log.csv").write_bytes(b"step,sparsity\n1,0.9\xe9\n"),
+             "log-no-sparsity": lambda: (model / "oneshot" / "prune_log.csv").write_text("step,checkpoint\n1,a\n"),
+             "pipeline-no-model": lambda: (model / "pipeline_summary.csv").write_text("sparsity,val_acc\n0.9,1\n")}
+    edits.get(case, lambda: None)()
+    return {"plot-onto-log": ["--plot", str(model / "oneshot" / "prune_log.csv"), "--overwrite"],
+            "csv-onto-log": ["--csv", str(model / "oneshot" / "prune_log.csv"), "--overwrite"],
+            "json-onto-summary": ["--json", str(dense), "--overwrite"],
+            "csv-json-one-path": ["--csv", str(tmp / "r.out"), "--json", str(tmp / "r.out")]}.get(case, [])
+
+
+@pytest.mark.parametrize("case, needle", [
+    ("summary-list", "not a dict"), ("summary-binary", "not JSON text"), ("summary-string", "not a dict"),
+    ("start-abc", "start_sparsity is 'abc', not a number"), ("best-oops", "best is not an object"),
+    ("iterations-str", "iterations are not a list"), ("log-latin1", "not CSV text"),
+    ("log-no-sparsity", "no column 'sparsity'"), ("pipeline-no-model", "no column 'model'"),
+    ("plot-onto-log", "is a file of the run"), ("csv-onto-log", "is a file of the run"),
+    ("json-onto-summary", "is a file of the run"), ("csv-json-one-path", "--csv and --json both name"),
+])
+def test_report_reads_run_files_checked_and_never_writes_over_them(tmp_path, capsys, case, needle):
+    root = tmp_path / "seed1"  # D1 (damaged run files) and D2 (outputs onto inputs)
+    argv = [str(root), *_report_case(root, case, tmp_path)]
+    before = _digest(tmp_path)
+    code, _, err = run_main(report.main, argv, capsys)
+    _one_error(code, err, needle)
+    assert _digest(tmp_path) == before
+
+
+def test_find_drop_point_reads_its_log_and_cache_checked(start, tmp_path, capsys):
+    from utils.core.paths import folder_cache
+
+    save, dense, _ = start  # D1, D3: a damaged log or val cache; D9: --bootstrap without a bound
+    run = tmp_path / "run"
+    for s in (0.5, 0.6, 0.7, 0.8):
+        save_dense_and_sparse(run, s)
+    folder = run / "resnet20" / "oneshot"
+    argv = DATA + ["--model_dir", str(folder), "--pretrained", str(dense), "--save_dir", str(run), "--bootstrap", "10"]
+    assert find_drop_point.main(argv) == 0
+    cache = folder_cache(str(run), "resnet20", folder, "val_correct", ".pt")
+    intact = cache.read_bytes()
+    cases = [(lambda: cache.write_bytes(cache.read_bytes()[:500]), [], "cache"),
+             (lambda: torch.save([1, 2], cache), [], "cache"),
+             (lambda: _shorten_entry(cache), [], "per-image results"),
+             (lambda: write_csv(folder / "prune_log.csv", [{"step": "abc", "checkpoint": "x.pth"}]), [],
+              "prune_log.csv is damaged"),
+             (lambda: None, ["--bootstrap", "1000000000"], "resamples")]
+    for damage, extra, needle in cases:
+        cache.write_bytes(intact)
+        damage()
+        before = _digest(tmp_path)
+        code, _, err = run_main(find_drop_point.main, argv + ["--overwrite", *extra], capsys)
+        _one_error(code, err, needle)
+        assert _digest(tmp_path) == before, needle
+
+
+def _shorten_entry(cache: Path) -> None:
+    blob = torch.load(cache, weights_only=True)
+    entry = next(iter(blob["entries"].values()))
+    entry["correct"] = entry["correct"][:10]
+    torch.save(blob, cache)
+
+
+def test_a_bad_launch_environment_or_lock_folder_is_one_error_line(tmp_path, monkeypatch, capsys):
+    import utils.core.paths as paths_module
+
+    argv = DATA + ["--save_dir", str(tmp_path / "runs"), "--epochs", "1"]  # D13
+    monkeypatch.setenv("RANK", "x")
+    code, _, err = run_main(pretrain.main, argv, capsys)
+    _one_error(code, err, "RANK='x' in the environment is not a whole number")
+    monkeypatch.delenv("RANK")
+    blocked = tmp_path / "bridge-locks"
+    blocked.write_text("a file where the lock folder goes")
+    monkeypatch.setattr(paths_module, "LOCKS", blocked)
+    code, _, err = run_main(pretrain.main, argv, capsys)
+    _one_error(code, err, "cannot make the lock file")
+    assert tree(tmp_path) == ["bridge-locks"]

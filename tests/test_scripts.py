@@ -202,3 +202,20 @@ def test_the_paper_regime_preset_pretrains_with_the_short_recipe():
     preset = pipeline.PRESETS["cifar10_resnet20_short"]
     args = pretrain.parse_args(preset["pretrain_flags"] + ["--epochs", str(preset["pretrain_epochs"])])
     assert {k: getattr(args, k) for k in pretrain.RECIPES["short"]} == pretrain.RECIPES["short"]
+
+
+def test_stages_take_the_data_set_from_the_checkpoint_and_refuse_a_contradicting_flag(pretrained, capsys):
+    import prune_unstructure
+
+    # pretrained on synthetic: pruning it without --dataset trains on synthetic, not the model's default CIFAR-10
+    args = [a for a in QUICK if a not in ("--dataset", "synthetic")] + ["--save_dir", str(pretrained), "--mode",
+                                                                        "oneshot", "--target_sparsity", "0.5",
+                                                                        "--finetune_epochs", "1"]
+    assert prune_unstructure.main(args) == 0
+    pruned = read_checkpoint(pretrained / "resnet20" / "oneshot" / "resnet20_0.5000.pth")
+    assert pruned.dataset == "synthetic"
+    ckpt = pretrained / "resnet20" / "checkpoint" / "ckpt.pth"
+    for main, argv in ((prune_unstructure.main, args[:-6] + ["--mode", "oneshot", "--target_sparsity", "0.6"]),
+                       (evaluate.main, ["--ckpt", str(ckpt)])):
+        code, _, err = run_main(main, argv + ["--dataset", "cifar10"], capsys)
+        assert code == 2 and err.count("error:") == 1 and "trained on synthetic" in err

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -227,6 +228,12 @@ def test_gradual_pruning_reaches_the_exact_target_with_swaps_and_picks_a_final_e
     best = max(rows[1:], key=lambda r: float(r["val_acc"]))  # epoch 1 ends before the last pruning step
     assert gradual.meta["val_acc"] == pytest.approx(float(best["val_acc"]), abs=1e-6)  # the best of epochs 2-3
     assert gradual.meta["swap"]["swaps"] >= 1
+    # each epoch's row says how far the schedule got and what the swaps did so far (also in the log line)
+    assert [float(r["sparsity"]) for r in rows][-1] == pytest.approx(0.95, abs=1e-4)
+    assert float(rows[0]["sparsity"]) < 0.95 and int(rows[-1]["swaps"]) == gradual.meta["swap"]["swaps"]
+    assert int(rows[-1]["weights_moved"]) == gradual.meta["swap"]["weights_moved"]
+    log = (tmp_path / "resnet20" / "gradual" / "log.txt").read_text()
+    assert re.search(r"epoch 3/3 .* sparsity 0\.9500 .*swaps \d+ .*weights moved [\d,]+", log)
 
 
 def test_gradual_mode_is_for_weights_and_one_target(tmp_path, capsys):

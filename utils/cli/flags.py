@@ -141,6 +141,33 @@ def positive_int(text: str) -> int:
     return value
 
 
+def int_up_to(limit: int) -> Callable[[str], int]:
+    """argparse type factory: an integer from 1 to ``limit`` (sizes that are allocated: never unbounded)."""
+
+    def bounded(text: str) -> int:
+        value = positive_int(text)
+        if value > limit:
+            raise argparse.ArgumentTypeError(f"{text} is more than {limit:,}")
+        return value
+
+    bounded.__name__ = f"int_up_to_{limit}"
+    return bounded
+
+
+def float_up_to(limit: float, base: Callable[[str], float] | None = None) -> Callable[[str], float]:
+    """argparse type factory: a number ``base`` accepts (default: finite and >= 0) up to ``limit`` (rates and
+    weights: never unbounded)."""
+
+    def bounded(text: str) -> float:
+        value = (base or non_negative_float)(text)
+        if value > limit:
+            raise argparse.ArgumentTypeError(f"{text} is more than {limit:g}")
+        return value
+
+    bounded.__name__ = f"float_up_to_{limit:g}"
+    return bounded
+
+
 def non_negative_int(text: str) -> int:
     """argparse type: an integer >= 0 (e.g. a patience, where 0 switches early stopping off)."""
     value = _int(text)
@@ -271,16 +298,22 @@ def add_scoring_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--saliency_batches", "--taylor_batches", dest="saliency_batches", type=positive_int,
                        default=None, help="train batches for the regrowth scores (default: all; channels: 10)")
     group.add_argument("--regrowth_score", choices=["fisher", "taylor"], default="fisher",
-                       help="fisher: mean (dL/dθ)^2 θ^2 (the saliency); taylor: mean |dL/dθ · θ|")
+                       help="fisher: F · θ^2, F the diagonal Fisher estimate of --fisher (the saliency); taylor: "
+                            "mean |dL/dθ| · |θ|")
+    group.add_argument("--fisher", choices=["batch", "per_sample"], default="batch",
+                       help="how the scores average gradients: batch (original): the square of each batch's mean "
+                            "gradient, averaged over batches (a batch-level Fisher: its values change with "
+                            "--batch_size); per_sample: the square of each image's gradient, averaged over images "
+                            "(the empirical Fisher; slower)")
     group.add_argument("--saliency_model", choices=["dense", "sparse"], default="dense",
-                       help="score (dL/dθ)^2 θ^2 on the dense pretrained model (original) or the sparse one")
+                       help="score on the dense pretrained model (original) or the sparse one")
 
 
 def scoring_settings(args: argparse.Namespace) -> ScoringSettings:
     """The layer scores of ``add_scoring_args``."""
     return ScoringSettings(ssim_num_batches=args.ssim_num_batches, ssim_threshold=args.ssim_threshold,
                            saliency_batches=args.saliency_batches, regrowth_score=args.regrowth_score,
-                           saliency_model=args.saliency_model)
+                           saliency_model=args.saliency_model, fisher=args.fisher)
 
 
 def add_checkpoint_args(parser: argparse.ArgumentParser, pairs: bool = True) -> None:
@@ -369,13 +402,14 @@ def add_controller_args(parser: argparse.ArgumentParser, *, episodes: int, actio
     group.add_argument("--num_epochs", type=positive_int, default=episodes, help="maximum RL episodes")
     group.add_argument("--init_strategy", default=None,
                        help=f"{INIT_HELP}; default {default_init}, or dense with --selection reference")
-    group.add_argument("--learning_rate", type=positive_float, default=3e-4, help="controller Adam lr")
-    group.add_argument("--hidden_size", type=positive_int, default=64, help="controller LSTM hidden units")
-    group.add_argument("--action_space_size", "--alloc_space_size", dest="action_space_size", type=positive_int,
+    group.add_argument("--learning_rate", type=float_up_to(1.0, positive_float), default=3e-4,
+                       help="controller Adam lr")
+    group.add_argument("--hidden_size", type=int_up_to(4096), default=64, help="controller LSTM hidden units")
+    group.add_argument("--action_space_size", "--alloc_space_size", dest="action_space_size", type=int_up_to(10_000),
                        default=action_space_size,
                        help="A: options j/A of min(capacity, remaining) per layer")
     group.add_argument("--no_skip", action="store_true", help="no j = 0 option (the original's 1..A)")
-    group.add_argument("--start_beta", type=non_negative_float, default=0.4, help="entropy bonus at the start")
+    group.add_argument("--start_beta", type=float_up_to(100.0), default=0.4, help="entropy bonus at the start")
     group.add_argument("--end_beta", type=non_negative_float, default=0.04, help="entropy bonus after decay")
     group.add_argument("--decay_fraction", type=open_fraction, default=0.4, help="share of episodes to decay over")
     group.add_argument("--budget_bonus", type=non_negative_float, default=0.005, help="reward per budget used")

@@ -10,11 +10,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from data import get_data
+from data import canonical_dataset, get_data
 from models import model_spec
 from utils.cli.flags import data_settings, run_settings
 from utils.core.distributed import init_world
 from utils.core.errors import UsageError
+from utils.core.paths import pretrained_path
 from utils.core.seeds import resolve_device, seed_everything
 from utils.runtime.checkpoint import (
     LINEAGE_KEY,
@@ -25,12 +26,35 @@ from utils.runtime.stage import DenseSparse, Stage, check_lineage, dense_checkpo
 from utils.sparsity.granularity import default_granularity
 
 
+def checked_dataset(flag: str | None, recorded: str | None, path: Path) -> str | None:
+    """The data set of a stage that reads the checkpoint ``path``, which records ``recorded``: that one, or the
+    --dataset ``flag`` when the checkpoint records none; a flag that names another data set is a ``UsageError``."""
+    if flag and recorded and canonical_dataset(flag) != canonical_dataset(recorded):
+        raise UsageError(f"--dataset {flag}, but {path} was trained on {recorded}: leave --dataset out (the "
+                         "checkpoint says which data set it was trained on)")
+    return recorded or flag
+
+
+def dense_dataset(args: argparse.Namespace, model_name: str | None) -> str | None:
+    """For a stage that reads the dense model (it has --pretrained): the data set that model records, checked
+    against --dataset (``checked_dataset``); --dataset where there is no such file yet (the stage says so later)."""
+    if not hasattr(args, "pretrained") or not model_name:
+        return args.dataset
+    path = Path(args.pretrained) if args.pretrained else pretrained_path(args.save_dir, model_spec(model_name).name)
+    if not path.is_file():
+        return args.dataset
+    recorded = read_checkpoint(path, trust_pickle=getattr(args, "trust_pickle", False)).dataset
+    return checked_dataset(args.dataset, recorded, path)
+
+
 def prepare(args: argparse.Namespace, model_name: str | None = None, dataset: str | None = None,
             granularity: str | None = None) -> Stage:
     """Resolve ``args`` (or the given names) into a ``Stage`` with data loaded on the device, at
-    ``granularity`` (None: the default one, weights)."""
+    ``granularity`` (None: the default one, weights). The data set is ``dataset``, else the one the dense model
+    records (a stage with --pretrained; ``dense_dataset``), else --dataset, else the model's own."""
     _, device = init_world(resolve_device(args.device), share_gpus=getattr(args, "share_gpus", False))
-    name, dataset = resolve_names(model_name or args.m_name, dataset or args.dataset)
+    model_name = model_name or args.m_name
+    name, dataset = resolve_names(model_name, dataset or dense_dataset(args, model_name))
     seed_everything(args.seed)
     data = get_data(dataset, data_settings(args), device=device)
     expected = model_spec(name).input_size
@@ -58,10 +82,11 @@ def prepare_dense_sparse(args: argparse.Namespace, sparse_path: str | Path, repa
     and both models: the dense one from ``--pretrained`` (default ``pretrained_path``) and the sparse one,
     which must carry masks. ``granularity=None`` works at the checkpoint's own granularity."""
     sparse_ckpt = read_checkpoint(sparse_path, trust_pickle=getattr(args, "trust_pickle", False))
-    stage = prepare(args, args.m_name or sparse_ckpt.model, args.dataset or sparse_ckpt.dataset,
+    stage = prepare(args, args.m_name or sparse_ckpt.model,
+                    checked_dataset(args.dataset, sparse_ckpt.dataset, Path(sparse_path)),
                     granularity or sparse_ckpt.granularity)
     dense_path = dense_checkpoint(stage.run, stage.model_name)
-    dense = stage.load_model(dense_path)
+    dense = stage.load_model(dense_path, dense=True)
     sparse = stage.load_model(sparse_path, sparse=True, reparam=reparam)
     check_lineage(dense_path, stage.lineages[str(dense_path)], Path(sparse_path), sparse_ckpt.meta.get(LINEAGE_KEY),
                   stage.run.allow_other_dense)

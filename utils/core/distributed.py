@@ -44,10 +44,34 @@ class World:
         return self.size > 1
 
 
+LAUNCH_VARIABLES = {"RANK": 0, "WORLD_SIZE": 1, "LOCAL_RANK": 0}  # what torchrun sets, and the values without it
+
+
+def _launch_value(name: str) -> int | None:
+    """The environment's whole-number ``name`` (its default when unset); None when it is not a whole number."""
+    text = os.environ.get(name)
+    if text is None:
+        return LAUNCH_VARIABLES[name]
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
 def launched_world() -> World:
-    """The world ``torchrun`` describes in the environment (world size 1 without it)."""
-    env = os.environ
-    return World(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
+    """The world ``torchrun`` describes in the environment (world size 1 without it). A value that is not a
+    whole number counts as its default here, so that the ``error:`` line is still printed; ``init_world``
+    refuses it (``check_launch_environment``)."""
+    values = {name: _launch_value(name) for name in LAUNCH_VARIABLES}
+    return World(*(default if values[name] is None else values[name] for name, default in LAUNCH_VARIABLES.items()))
+
+
+def check_launch_environment() -> None:
+    """A ``UsageError`` when RANK, WORLD_SIZE or LOCAL_RANK is set to something other than a whole number."""
+    for name in LAUNCH_VARIABLES:
+        if _launch_value(name) is None:
+            raise UsageError(f"{name}={os.environ[name]!r} in the environment is not a whole number: unset it, or "
+                             "launch the script with torchrun, which sets it")
 
 
 def is_main_process() -> bool:
@@ -86,6 +110,7 @@ def init_world(device: torch.device, share_gpus: bool = False) -> tuple[World, t
     ``gpu_placement`` (``share_gpus``: several processes per GPU, the episode-parallel search's
     ``--share_gpus``), a CPU stays the CPU (gloo).
     """
+    check_launch_environment()
     world = launched_world()
     if not world.distributed:
         return world, device

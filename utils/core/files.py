@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import errno
 import functools
+import hashlib
 import json
 import os
 import shutil
@@ -62,25 +63,66 @@ def write_csv(path: Path, rows: list[dict], fields: list[str] | None = None) -> 
     atomic_write(path, write)
 
 
-def read_csv(path: Path) -> list[dict[str, str]]:
-    """Rows of a CSV file as dicts (empty when the file does not exist)."""
+def damaged_file(path: Path, what: str) -> UsageError:
+    """The one error for a run file that cannot be what the stage that wrote it wrote."""
+    return UsageError(f"{path} is damaged or hand-edited ({what}): restore it, or delete it and rerun the stage that "
+                      "wrote it")
+
+
+def read_csv(path: Path, columns: Mapping[str, Callable[[str], Any]] | None = None) -> list[dict[str, str]]:
+    """Rows of a CSV file as dicts (empty when the file does not exist). A file that is not UTF-8 CSV text, or
+    (``columns``: {name: parser such as int or float}) lacks one of the columns or holds a value its parser
+    refuses, is a ``UsageError`` naming it."""
     if not Path(path).exists():
         return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise damaged_file(path, f"not CSV text: {type(exc).__name__}") from None
+    for line, row in enumerate(rows, start=2):
+        for column, parse in (columns or {}).items():
+            try:
+                parse(row[column])
+            except (KeyError, TypeError, ValueError):
+                value = row.get(column)
+                raise damaged_file(path, f"line {line} has no column '{column}'" if value is None
+                                   else f"line {line}: {column} {value[:40]!r} is not a {parse.__name__}") from None
+    return rows
+
+
+def read_json(path: Path, kind: type = dict) -> Any:
+    """The JSON value of ``path`` (None when the file does not exist); a file that is not UTF-8 JSON, or whose
+    value is not a ``kind``, is a ``UsageError`` naming it."""
+    if not Path(path).is_file():
+        return None
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise damaged_file(path, f"not JSON text: {type(exc).__name__}") from None
+    if not isinstance(value, kind):
+        raise damaged_file(path, f"a JSON {type(value).__name__}, not a {kind.__name__}")
+    return value
 
 
 def trim_csv(path: Path, keep: Callable[[dict[str, str]], bool]) -> None:
     """Rewrite the CSV ``path`` (atomically) with only the rows ``keep`` accepts; a missing file stays missing.
     A resumed run uses it to drop the rows its killed predecessor logged after its last checkpoint."""
     if Path(path).exists():
-        with open(path, newline="") as f:
+        rows = read_csv(path)
+        with open(path, newline="", encoding="utf-8") as f:
             fields = csv.DictReader(f).fieldnames or []
-        write_csv(path, [row for row in read_csv(path) if keep(row)], list(fields))
+        try:
+            kept = [row for row in rows if keep(row)]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise damaged_file(path, f"a row it cannot read: {type(exc).__name__} {exc}") from None
+        write_csv(path, kept, list(fields))
 
 
 # flags added after runs had been recorded without them, with the value those runs had in effect
-NEWER_FLAGS = {"eval_subset": None, "episode_steps": None, "episode_val_subset": None, "units": "ssim"}
+NEWER_FLAGS = {"eval_subset": None, "episode_steps": None, "episode_val_subset": None, "units": "ssim",
+               "fisher": "batch", "swap_every_epochs": None, "lr_schedule": "cosine", "warmup_epochs": 0.0,
+               "nesterov": False, "label_smoothing": 0.0, "recipe": "original"}
 
 
 def check_same_run(saved: dict, current: Mapping[str, Any], may_change: set[str]) -> None:
@@ -128,6 +170,68 @@ def atomic_save(obj: Any, path: Path) -> None:
     """``torch.save`` through the one atomic writer (never a half-written file)."""
     atomic_write(Path(path), lambda tmp: torch.save(obj, tmp))
 
+
+# a sealed dict records a checksum of its whole content (tensors, numbers, strings, nested dicts and lists) under
+# SEAL_CHECKSUM, and SEALED = True beside it: a flip in either key's name leaves the other, so it is refused too
+SEALED, SEAL_CHECKSUM = "sealed", "content_checksum"
+
+
+def object_fingerprint(obj: Any) -> str:
+    """The first 16 hex digits of a sha256 over a nested structure of dicts (keys sorted), lists/tuples,
+    tensors (dtype, shape, raw bytes) and scalars (type and repr): equal exactly when the contents are."""
+    digest = hashlib.sha256()
+    _feed(digest, obj)
+    return digest.hexdigest()[:16]
+
+
+def _feed(digest: Any, obj: Any) -> None:
+    """Add ``obj`` to ``digest`` with a type tag and length before each part (no two structures collide)."""
+    if isinstance(obj, torch.Tensor):
+        flat = obj.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"T{flat.dtype}{tuple(obj.shape)}:".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    elif isinstance(obj, dict):
+        digest.update(f"D{len(obj)}:".encode())
+        for key in sorted(obj, key=repr):
+            _feed(digest, key)
+            _feed(digest, obj[key])
+    elif isinstance(obj, (list, tuple)):
+        digest.update(f"L{len(obj)}:".encode())
+        for item in obj:
+            _feed(digest, item)
+    else:
+        digest.update(_scalar_text(obj).encode())
+
+
+def _scalar_text(obj: Any) -> str:
+    """A leaf as ``type length:repr``, built-in subclasses as their base type (a str subclass reads back a str)."""
+    for kind in (bool, int, float, str, bytes):
+        if isinstance(obj, kind):
+            text = repr(kind(obj))
+            return f"{kind.__name__}{len(text)}:{text}"
+    text = repr(obj)
+    return f"{type(obj).__name__}{len(text)}:{text}"
+
+
+def seal(obj: dict) -> dict:
+    """``obj`` with ``SEALED`` and the ``SEAL_CHECKSUM`` of all of its content (``object_fingerprint``), for a file
+    ``check_seal`` verifies whole when it is read back."""
+    content = {k: v for k, v in obj.items() if k not in (SEALED, SEAL_CHECKSUM)}
+    return {**content, SEALED: True, SEAL_CHECKSUM: object_fingerprint({**content, SEALED: True})}
+
+
+def check_seal(obj: Any, path: Path) -> bool:
+    """True when ``obj`` (a file's content) is sealed and intact, False when it was written unsealed (older
+    versions); a ``UsageError`` when it is damaged: its content differs from its checksum, or half of the seal
+    is missing."""
+    if not isinstance(obj, dict) or (SEALED not in obj and SEAL_CHECKSUM not in obj):
+        return False
+    recorded = obj.get(SEAL_CHECKSUM)
+    content = {k: v for k, v in obj.items() if k != SEAL_CHECKSUM}
+    if obj.get(SEALED) is not True or not isinstance(recorded, str) or object_fingerprint(content) != recorded:
+        raise UsageError(f"{path} is damaged: its content does not match the checksum written with it; use an "
+                         "intact copy or rerun the stage that wrote it")
+    return True
 
 def plain(obj: Any) -> Any:
     """Recursively turn ``obj`` into str/int/float/bool/None/list/dict so it loads with ``weights_only``."""

@@ -176,9 +176,13 @@ def claim(target: Path, what: str) -> None:
     key = str(target.resolve())
     if key in _HELD:
         return
-    LOCKS.mkdir(parents=True, exist_ok=True)
     path = LOCKS / f"{zlib.crc32(key.encode()):08x}-{target.name[:40] or 'root'}.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        LOCKS.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:  # the lock folder is a file, the lock file a folder, TMPDIR not writable, ...
+        raise UsageError(f"cannot make the lock file {path} ({exc.strerror or type(exc).__name__}): remove what is "
+                         "in its way, or set TMPDIR to a writable folder") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -55,6 +55,10 @@ class GradualPruning:
                 self.pruner.prune(self.model, (alive - kept) / alive, context=self.context)
             self.done += 1
 
+    def epoch_columns(self) -> dict[str, float]:
+        """The model's sparsity now (the training log's per-epoch column)."""
+        return {"sparsity": self.granularity.sparsity(self.model)}
+
     def record(self) -> dict:
         """What the gradual pruning did, for the checkpoint's meta."""
         return {"pruning_steps": len(self.plan), "done": self.done, "last_step": self.last_step,

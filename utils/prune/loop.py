@@ -26,6 +26,13 @@ from utils.runtime.stage import Stage
 from utils.runtime.train import evaluate_model, finetune_model, finetune_steps
 from utils.sparsity.masks import clone_model
 
+LOG_COLUMNS = {"step": int, "sparsity": float, "checkpoint": str}  # what the stage reads back of prune_log.csv
+
+
+def read_prune_log(path: Path) -> list[dict[str, str]]:
+    """The rows of a prune_log.csv, checked (``read_csv``): damaged or hand-edited logs are a ``UsageError``."""
+    return read_csv(path, LOG_COLUMNS)
+
 
 @dataclass
 class PruneRun:
@@ -60,9 +67,9 @@ class PruneRun:
         being redone) are dropped first; one-shot: a row for the same checkpoint is replaced."""
         path = self.out / PRUNE_LOG
         if self.iterative:
-            rows = [r for r in read_csv(path) if int(r["step"]) < int(row["step"])]
+            rows = [r for r in read_prune_log(path) if int(r["step"]) < int(row["step"])]
         else:
-            rows = [r for r in read_csv(path) if r["checkpoint"] != row["checkpoint"]]
+            rows = [r for r in read_prune_log(path) if r["checkpoint"] != row["checkpoint"]]
         rows.append({k: str(v) for k, v in row.items()})
         rows.sort(key=lambda r: (int(r["step"]), float(r["sparsity"])))
         write_csv(path, rows, list(row))
@@ -143,11 +150,14 @@ class PruneRun:
         (iterative) no step from ``first_step`` on is already logged, unless --overwrite. Also removes the
         temp files of a killed earlier run."""
         overwrite = self.stage.run.overwrite
+        check_distinct_names([prune_checkpoint(self.out, self.stage.model_name, self.stage.granularity, s)
+                              for s in sparsities], "--target_sparsity values" if first_step is None else "steps")
         check_output_dir(self.out, overwrite=overwrite, what="pruning folder")
         clean_stale_temps(self.out)
         gran, name = self.stage.granularity, self.stage.model_name
+        logged = read_prune_log(self.out / PRUNE_LOG)  # a damaged log fails here, not after the first step
         if first_step is not None and not overwrite:
-            done = [r["step"] for r in read_csv(self.out / PRUNE_LOG) if int(r["step"]) >= first_step]
+            done = [r["step"] for r in logged if int(r["step"]) >= first_step]
             if done:
                 raise UsageError(f"step {done[0]} already ran in {self.out} (see {PRUNE_LOG}); pass --overwrite to "
                                  f"redo the steps from {first_step}, or continue with --iter_start {int(done[-1]) + 1}")
@@ -165,7 +175,7 @@ class PruneRun:
             self.run_iterative(parent, plan.amount, plan.iter_start, plan.iter_end)
         else:
             self.run_oneshot(pretrained, list(plan.target_sparsity), gradual=plan.mode == "gradual")
-        rows = read_csv(self.out / PRUNE_LOG)
+        rows = read_prune_log(self.out / PRUNE_LOG)
         last = self.out / max(rows, key=lambda r: float(r["sparsity"]))["checkpoint"]
         search = self.stage.granularity.search_script
         log_outputs([self.out / PRUNE_LOG, self.out / "sparsity_vs_accuracy.png",
@@ -199,6 +209,15 @@ class PruneRun:
                       gradual=round(amount * alive) if gradual else 0)
 
 
+def check_distinct_names(paths: list[Path], what: str) -> None:
+    """A ``UsageError`` when two planned checkpoints have one file name (sparsities equal at 4 decimals): the
+    later would replace the earlier without a word."""
+    for i, path in enumerate(paths):
+        if path in paths[:i]:
+            raise UsageError(f"two {what} would both write {path.name} (the same sparsity to 4 decimals): pass "
+                             "each target once, at least 0.0001 apart")
+
+
 def check_amount(amount: float, alive: int, room: int, target: float) -> None:
     """A ``UsageError`` when ``amount`` of ``alive`` removes nothing or more than ``room``."""
     remove = round(amount * alive)
@@ -212,7 +231,7 @@ def check_amount(amount: float, alive: int, room: int, target: float) -> None:
 
 def previous_checkpoint(out: Path, step: int) -> Path:
     """The checkpoint iteration ``step`` wrote, from prune_log.csv."""
-    for row in read_csv(out / PRUNE_LOG):
+    for row in read_prune_log(out / PRUNE_LOG):
         if int(row["step"]) == step and (out / row["checkpoint"]).is_file():
             return out / row["checkpoint"]
     raise UsageError(f"no checkpoint of iteration {step} in {out}: run iterations up to {step} first "

@@ -6,10 +6,12 @@ of the *currently surviving* prunable weights to remove, so iterating 0.3 gives 
 survivors of a layer (per-layer pruners) or of the whole model (global pruners) are removed.
 
 Counts are exact: every pruner removes exactly ``round(amount * surviving)`` weights. Ties at the cut are
-broken by position, and per-layer budgets are rounded with the largest-remainder method so that they add
-up to that total. Two rules can make a target infeasible and are then reported as errors: ``unifplus``
-keeps the first conv dense and >= 20% of the last layer, and ``erk`` keeps a layer dense when its share
-exceeds what it has (then the others absorb the rest).
+broken by position (``remove_lowest``: the earlier position goes first) for every pruner but ``lamp``, whose
+``topk`` (``select_lamp``, ``_lamp_candidates``) keeps an unspecified one of entries with tied scores (ties need
+equal magnitudes within a layer, or equal LAMP scores across layers; the count stays exact). Per-layer budgets
+are rounded with the largest-remainder method so that they add up to that total. Two rules can make a target
+infeasible and are then reported as errors: ``unifplus`` keeps the first conv dense and >= 20% of the last layer,
+and ``erk`` keeps a layer dense when its share exceeds what it has (then the others absorb the rest).
 
 | name       | score                      | budget                                                    |
 |------------|----------------------------|-----------------------------------------------------------|
@@ -123,7 +125,9 @@ def _lamp_candidates(weight: torch.Tensor, alive: torch.Tensor, limit: int) -> t
 
 
 def select_lamp(model: nn.Module, alive: Masks, remove: int) -> Masks:
-    """Keep the ``survivors - remove`` survivors with the highest LAMP scores, model-wide."""
+    """Keep the ``survivors - remove`` survivors with the highest LAMP scores, model-wide. Among survivors with
+    tied scores at the cut, which are kept is ``topk``'s choice (not by position; not guaranteed the same on every
+    device); the number kept is exact."""
     keep = sum(int(m.sum()) for m in alive.values()) - remove
     modules = prunable_modules(model)
     cands = {n: _lamp_candidates(effective_weight(modules[n]), alive[n], keep) for n in alive}

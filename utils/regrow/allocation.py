@@ -4,7 +4,12 @@ Each rule (``GREEDY_ALLOCATIONS``, the ``--greedy_mode`` of ``regrowth_greedy.py
 budget, generator, scores)`` and returns ``{unit: entries to regrow}``, units with 0 left out; ``scores`` are the
 within-unit selection scores of each unit's pruned entries (``pruned_scores``; 1-D, ``capacities[unit]`` long), used
 by ``topk`` only. With a budget no larger than the total capacity (as ``utils.sparsity.budget.regrowth_budget``
-gives) every rule spends exactly the budget and gives no unit more than its capacity (its pruned entries):
+gives) every rule spends exactly the budget and gives no unit more than its capacity (its pruned entries).
+A unit that never runs (its probe layer's hook never fires, e.g. EfficientNet's ``layers.0.conv1``: NaN SSIM, see
+``utils.scoring.ssim``) gets no budget under every rule: entries regrown there could not change any output.
+``runnable`` drops such units (one log line names them) before a rule splits the budget over the others; for the
+rules below that do not use SSIM, a NaN is all that is read of it (``utils.scoring.layer_scores.silent_units``
+finds those units in one forward pass):
 
     fill     most damaged unit first (ascending SSIM), each filled to capacity until the budget is spent
     prop     shares proportional to ``max(1 - SSIM, 1e-6)`` (largest remainder), capped by capacity; what the caps
@@ -23,14 +28,30 @@ business (``utils.sparsity.grow``, ``utils.sparsity.grow_channels``); regrowing 
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 
 from utils.core.errors import UsageError
+from utils.core.log import LOG
 from utils.core.registry import Registry
 from utils.sparsity.budget import largest_remainder
 from utils.sparsity.granularity import Masks, Scores
+
+
+def runnable(ssim: dict[str, float], capacities: dict[str, int]) -> dict[str, int]:
+    """``capacities`` without the units that never run (NaN SSIM; a unit ``ssim`` does not score counts as
+    running), which get no budget: one log line names them. When every unit is such a one, a ``UsageError``."""
+    silent = [n for n in capacities if math.isnan(ssim.get(n, 0.0))]
+    if not silent:
+        return capacities
+    if len(silent) == len(capacities):
+        raise UsageError(f"every unit with room to regrow never runs (NaN SSIM: {', '.join(silent)}); "
+                         "there is nothing a regrowth could change")
+    LOG.info("no budget for %d unit(s) that never run (NaN SSIM: no forward pass reaches them): %s", len(silent),
+             ", ".join(silent))
+    return {n: c for n, c in capacities.items() if n not in silent}
 
 
 def _fill(order: list[str], capacities: dict[str, int], budget: int, start: dict[str, int]) -> dict[str, int]:
@@ -46,6 +67,7 @@ def _fill(order: list[str], capacities: dict[str, int], budget: int, start: dict
 def allocate_fill(ssim: dict[str, float], capacities: dict[str, int], budget: int,
                   generator: torch.Generator | None = None, scores: Scores | None = None) -> dict[str, int]:
     """Most damaged layer first (ascending SSIM), each filled to capacity until the budget is spent."""
+    capacities = runnable(ssim, capacities)
     return _fill(sorted(capacities, key=ssim.__getitem__), capacities, budget, {})
 
 
@@ -53,6 +75,7 @@ def allocate_proportional(ssim: dict[str, float], capacities: dict[str, int], bu
                           generator: torch.Generator | None = None, scores: Scores | None = None) -> dict[str, int]:
     """Shares proportional to ``max(1 - SSIM, 1e-6)``, capped by capacity (largest-remainder rounding); what
     the caps leave over is filled in ascending-SSIM order, so the total is exactly the budget."""
+    capacities = runnable(ssim, capacities)
     shares = largest_remainder({n: max(1.0 - ssim[n], 1e-6) for n in capacities}, budget)
     capped = {n: min(v, capacities[n]) for n, v in shares.items()}
     return _fill(sorted(capacities, key=ssim.__getitem__), capacities, budget, capped)
@@ -61,6 +84,7 @@ def allocate_proportional(ssim: dict[str, float], capacities: dict[str, int], bu
 def allocate_uniform(ssim: dict[str, float], capacities: dict[str, int], budget: int,
                      generator: torch.Generator | None = None, scores: Scores | None = None) -> dict[str, int]:
     """Shares proportional to capacity (every pruned weight equally likely to come back)."""
+    capacities = runnable(ssim, capacities)
     shares = largest_remainder({n: float(c) for n, c in capacities.items()}, budget)
     return {n: v for n, v in shares.items() if v > 0}
 
@@ -77,6 +101,7 @@ def _counts_per_unit(picks: torch.Tensor, capacities: dict[str, int]) -> dict[st
 def allocate_random(ssim: dict[str, float], capacities: dict[str, int], budget: int,
                     generator: torch.Generator | None = None, scores: Scores | None = None) -> dict[str, int]:
     """``budget`` pruned positions drawn uniformly from the whole model: counts per layer."""
+    capacities = runnable(ssim, capacities)
     picks = torch.randperm(sum(capacities.values()), generator=generator)[:budget]
     return _counts_per_unit(picks, capacities)
 
@@ -88,6 +113,7 @@ def allocate_top_scores(ssim: dict[str, float], capacities: dict[str, int], budg
     brings back exactly the global top-K entries (ties aside)."""
     if scores is None:
         raise UsageError("the topk allocation needs the pruned entries' scores")
+    capacities = runnable(ssim, capacities)
     names = list(capacities)
     if any(scores[n].numel() != capacities[n] for n in names):
         raise UsageError("topk needs one score per pruned entry of each unit (see pruned_scores)")

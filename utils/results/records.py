@@ -13,14 +13,14 @@ final sparsity.
 """
 from __future__ import annotations
 
-import json
 import statistics
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from utils.core.errors import UsageError
-from utils.core.files import read_csv
+from utils.core.files import damaged_file, read_csv, read_json
 from utils.sparsity.granularity import granularity_class, list_granularities
 
 TOLERANCE = 1e-4  # sparsities this close are "the same sparsity"
@@ -100,10 +100,22 @@ def expand_roots(paths: list[str | Path]) -> list[Path]:
 
 
 def _json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text()) if path.is_file() else None
-    except json.JSONDecodeError:
-        return None
+    """A run's JSON object (None when absent), read through the checked reader: damaged is a ``UsageError``."""
+    return read_json(path, dict)
+
+
+_NUMBERS = ("start_sparsity", "start_test_acc", "final_sparsity", "final_val_acc", "final_test_acc", "episodes",
+            "finetune_epochs", "seconds")  # the outcome's values: numbers or null
+_NAMES = ("method", "granularity", "schedule")  # the outcome's names: strings or null
+
+
+def _checked(outcome: dict | None, path: Path) -> dict | None:
+    """``outcome`` when each of its values has the type a stage writes; a ``UsageError`` naming the file else."""
+    for key in (*_NUMBERS, *_NAMES) if outcome else ():
+        value, kinds = outcome.get(key), (int, float) if key in _NUMBERS else str
+        if value is not None and (isinstance(value, bool) or not isinstance(value, kinds)):
+            raise damaged_file(path, f"{key} is {str(value)[:40]!r}, not a {'number' if key in _NUMBERS else 'name'}")
+    return outcome
 
 
 def _float(value) -> float | None:
@@ -116,12 +128,13 @@ def _float(value) -> float | None:
 def _model_records(root: Path, folder: Path) -> list[dict]:
     """Every record of one ``{root}/{model}`` folder."""
     model = folder.name
-    dataset = (_json(folder / "checkpoint" / "summary.json") or {}).get("dataset")
+    dense_summary = folder / "checkpoint" / "summary.json"
+    dataset = _checked_name((_json(dense_summary) or {}).get("dataset"), dense_summary)
     base = {"root": str(root), "model": model, "dataset": dataset}
     records = []
     for name, (granularity, setting) in PRUNE_FOLDERS.items():
         log = folder / name / "prune_log.csv"
-        for row in read_csv(log):
+        for row in read_csv(log, {"sparsity": str}):
             step = str(row.get("step", ""))
             if not step.isdigit():
                 raise UsageError(f"{log}: step {step!r} is not a whole number (a damaged or hand-edited log)")
@@ -130,9 +143,10 @@ def _model_records(root: Path, folder: Path) -> list[dict]:
                             "val_acc": _float(row.get("val_acc")), "test_acc": _float(row.get("test_acc"))})
     for summary_path in sorted([*folder.glob("*/summary.json"), *folder.glob("*/*/summary.json")]):
         s = _json(summary_path) or {}
-        outcome = s if s.get("kind") == "regrowth" else _legacy_outcome(s, summary_path)
+        outcome = _checked(s if s.get("kind") == "regrowth" else _legacy_outcome(s, summary_path), summary_path)
         if outcome:
-            records.append({**base, "dataset": s.get("dataset", dataset), "kind": "regrowth",
+            records.append({**base, "dataset": _checked_name(s.get("dataset", dataset), summary_path),
+                            "kind": "regrowth",
                             "method": outcome.get("method"), "granularity": outcome.get("granularity"),
                             "schedule": outcome.get("schedule"), "label": summary_path.parent.name,
                             "start_sparsity": outcome.get("start_sparsity"),
@@ -141,7 +155,7 @@ def _model_records(root: Path, folder: Path) -> list[dict]:
                             "test_acc": outcome.get("final_test_acc"), "episodes": outcome.get("episodes"),
                             "finetune_epochs": outcome.get("finetune_epochs"), "seconds": outcome.get("seconds")})
     for name, granularity in PIPELINE_FILES.items():
-        for row in read_csv(folder / name):
+        for row in read_csv(folder / name, dict.fromkeys(("model", "sparsity", "val_acc", "test_acc"), str)):
             records.append({**base, "kind": "pipeline", "granularity": granularity, "row": row["model"],
                             "sparsity": _float(row["sparsity"]), "params": _float(row.get("params")),
                             "val_acc": _float(row["val_acc"]), "test_acc": _float(row["test_acc"])})
@@ -156,6 +170,8 @@ def _legacy_outcome(s: dict, path: Path) -> dict | None:
     if folder.startswith("iter_") or not s:
         return None
     if "mode" in s and "iterations" in s:  # greedy
+        if not (isinstance(s["iterations"], list) and all(isinstance(i, dict) for i in s["iterations"])):
+            raise damaged_file(path, "its iterations are not a list of objects")
         last = (s.get("iterations") or [{}])[-1]
         return {"method": f"greedy {s['mode']}", "granularity": s.get("granularity") or _greedy_granularity(folder),
                 "schedule": "oneshot" if len(s["iterations"]) <= 1 else "iterative",
@@ -168,6 +184,8 @@ def _legacy_outcome(s: dict, path: Path) -> dict | None:
         return None
     granularity, schedule, method = search
     best = s.get("best", {})
+    if not isinstance(best, dict):
+        raise damaged_file(path, "its best is not an object")
     final = (best.get("sparsity"), best.get("val_acc"), s.get("best_test_acc")) if schedule == "oneshot" else (
         s.get("final_sparsity"), s.get("final_val_acc"), s.get("final_test_acc"))
     return {"method": method, "granularity": granularity, "schedule": schedule,
@@ -175,6 +193,13 @@ def _legacy_outcome(s: dict, path: Path) -> dict | None:
             "final_sparsity": final[0], "final_val_acc": final[1], "final_test_acc": final[2],
             "episodes": s.get("episodes"), "finetune_epochs": s.get("finetune_epochs"),
             "seconds": s.get("search_seconds")}
+
+
+def _checked_name(value: Any, path: Path) -> str | None:
+    """``value`` when it is a name (or null); a ``UsageError`` naming the file else."""
+    if value is not None and not isinstance(value, str):
+        raise damaged_file(path, f"the data set is {str(value)[:40]!r}, not a name")
+    return value
 
 
 def _greedy_granularity(folder: str) -> str | None:

@@ -7,14 +7,17 @@ Written format (``format: bridge-ckpt``, version 1)::
      "channel_masks",   # None, or {conv name: bool [C_out]} for structured runs
      "meta",            # stage, sparsity, val_acc, test_acc, parent, dense_fingerprint, args, created, git,
                         # torch, ...
-     ...}               # optional extra entries, e.g. "train_state" for resumable runs
+     ...,               # optional extra entries, e.g. "train_state" for resumable runs
+     "sealed", "content_checksum"}  # a checksum of everything above (``utils.core.files.seal``)
 
 The reader also takes the original repository's formats: ``{'net', 'acc', 'epoch'}``,
 ``{'model_state_dict', ...}``, a raw state dict (plain or reparam with float masks) and, only with
 ``trust_pickle=True``, a pickled ``nn.Module`` (unpickling runs code from the file) or a structured
 checkpoint ``{'model': <slimmed module>, 'out_index_map' | 'index_map': ...}`` (source ``original-structured``,
 brought to full shape with channel masks by ``utils.runtime.upstream.inflate`` when a stage loads it).
-Writes are atomic: a temp file in the same folder, then ``os.replace``.
+Writes are atomic: a temp file in the same folder, then ``os.replace``. The reader verifies a file whole (tensors,
+meta and extra entries such as an optimizer's state) against its ``content_checksum``; files written before it
+existed are verified by the older checksum of their tensors (``meta.checksum``).
 """
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ import torch.nn as nn
 import torch.nn.utils.prune as prune
 
 from utils.core.errors import UsageError
-from utils.core.files import atomic_save, git_revision, plain
+from utils.core.files import SEAL_CHECKSUM, SEALED, atomic_save, check_seal, git_revision, plain, seal
 from utils.sparsity.masks import has_param_mask, prunable_modules
 
 FORMAT = "bridge-ckpt"
@@ -106,7 +109,8 @@ def save_checkpoint(path: Path, model: nn.Module, *, model_name: str, dataset: s
                     meta: dict[str, Any], channel_masks: dict[str, torch.Tensor] | None = None,
                     extra: dict[str, Any] | None = None) -> None:
     """Write ``model`` in the bridge-ckpt format; ``meta`` gets creation time, git commit, torch version and the
-    checksum of the state dict (``CHECKSUM_KEY``: ``content_fingerprint``, verified by ``read_checkpoint``)."""
+    checksum of the state dict (``CHECKSUM_KEY``: ``content_fingerprint``); the whole file (``extra`` included) is
+    sealed with a checksum of all of its content (``seal``); ``read_checkpoint`` verifies both."""
     state = model_state(model)
     meta = {**meta, "created": dt.datetime.now().isoformat(timespec="seconds"), "git": git_revision(),
             "torch": torch.__version__, CHECKSUM_KEY: content_fingerprint(state)}
@@ -114,7 +118,7 @@ def save_checkpoint(path: Path, model: nn.Module, *, model_name: str, dataset: s
            "num_classes": num_classes, "state_dict": state,
            "channel_masks": None if channel_masks is None else {k: v.bool().cpu() for k, v in channel_masks.items()},
            "meta": plain(meta)}
-    atomic_save({**obj, **(extra or {})}, path)
+    atomic_save(seal({**obj, **(extra or {})}), path)
 
 
 def _torch_load(path: Path, trust_pickle: bool) -> Any:
@@ -169,12 +173,12 @@ def _meta(value: Any, path: Path) -> dict[str, Any]:
     return value
 
 
-def _verify(ckpt: Checkpoint, path: Path) -> None:
-    """The file's tensors are the ones written (its checksum, when it records one), its class count is its
-    classifier's (the last 2-D weight), every value is finite and every mask holds only 0 and 1; a ``UsageError``
-    naming what is wrong otherwise."""
+def _verify(ckpt: Checkpoint, path: Path, sealed: bool) -> None:
+    """The file's tensors are the ones written (for a file not ``sealed`` whole: the checksum of its tensors, when
+    it records one), its class count is its classifier's (the last 2-D weight), every value is finite and every
+    mask holds only 0 and 1; a ``UsageError`` naming what is wrong otherwise."""
     recorded = ckpt.meta.get(CHECKSUM_KEY)
-    if recorded is not None and content_fingerprint(ckpt.state_dict) != recorded:
+    if not sealed and recorded is not None and content_fingerprint(ckpt.state_dict) != recorded:
         raise UsageError(f"{path} is damaged: its tensors do not match the checksum written with them ({recorded}); "
                          "use an intact copy or rerun the stage that wrote it")
     classifiers = [v for k, v in ckpt.state_dict.items() if k.endswith(("weight", "weight_orig")) and v.dim() == 2]
@@ -202,15 +206,18 @@ def _state_of(value: Any, path: Path, what: str) -> dict[str, torch.Tensor]:
 
 
 def read_checkpoint(path: str | Path, *, trust_pickle: bool = False) -> Checkpoint:
-    """Read any supported checkpoint format and verify it (``_verify``: checksum, finite values, binary masks); an
-    unknown layout or a damaged file is a ``UsageError`` naming what was found."""
+    """Read any supported checkpoint format and verify it (``check_seal``: the checksum of the whole file;
+    ``_verify``: finite values, binary masks, ...); an unknown layout or a damaged file is a ``UsageError`` naming
+    what was found."""
     path = Path(path)
     if path.is_dir():
         raise UsageError(f"checkpoint {path} is a folder; pass the .pth file inside it")
     if not path.is_file():
         raise UsageError(f"checkpoint {path} does not exist")
-    ckpt = _parse(_torch_load(path, trust_pickle), path)
-    _verify(ckpt, path)
+    obj = _torch_load(path, trust_pickle)
+    sealed = check_seal(obj, path)
+    ckpt = _parse(obj, path)
+    _verify(ckpt, path, sealed)
     return ckpt
 
 
@@ -223,7 +230,8 @@ def _parse(obj: Any, path: Path) -> Checkpoint:
     if obj.get("format") == FORMAT:
         if obj.get("version") != VERSION:
             raise UsageError(f"{path}: bridge-ckpt version {obj.get('version')} is not supported (expected {VERSION})")
-        known = {"format", "version", "model", "dataset", "num_classes", "state_dict", "channel_masks", "meta"}
+        known = {"format", "version", "model", "dataset", "num_classes", "state_dict", "channel_masks", "meta",
+                 SEALED, SEAL_CHECKSUM}
         return Checkpoint(_tensors(obj.get("state_dict"), path, "state_dict"), FORMAT, obj.get("model"),
                           obj.get("dataset"), obj.get("num_classes"),
                           None if obj.get("channel_masks") is None else _tensors(obj["channel_masks"], path,

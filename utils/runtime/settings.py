@@ -104,8 +104,10 @@ class ScoringSettings:
     ssim_num_batches: int = 64  # val batches for the SSIM attention maps (at most all of val)
     ssim_threshold: float = 0.3  # units with SSIM <= this are searched
     saliency_batches: int | None = None  # train batches for the saliency (None: all)
-    regrowth_score: str = "fisher"  # fisher: mean (dL/dθ)² θ²; taylor: mean |dL/dθ · θ|
+    regrowth_score: str = "fisher"  # fisher: F · θ² (F a diagonal Fisher estimate, see fisher); taylor: mean |g| |θ|
     saliency_model: str = "dense"  # score on the dense model (original) or the sparse one
+    fisher: str = "batch"  # batch: mean over batches of (batch-mean dL/dθ)², changes with the batch size (original);
+    #                        per_sample: mean over images of (dL_i/dθ)², the empirical Fisher (FISHER_ESTIMATORS)
 
 
 @dataclass(frozen=True)

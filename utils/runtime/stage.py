@@ -17,6 +17,7 @@ from data import DataBundle, canonical_dataset
 from models import create_model, model_spec
 from utils.core.distributed import current_world
 from utils.core.errors import UsageError
+from utils.core.log import LOG
 from utils.core.paths import pretrained_path
 from utils.core.seeds import make_generator
 from utils.runtime.checkpoint import (
@@ -36,6 +37,8 @@ from utils.sparsity.physical import rebuild_exported
 
 DEFAULT_DATASET = {32: "cifar10", 64: "tiny_imagenet"}  # by the model's input resolution
 
+
+MOSTLY_ZEROS = 0.5  # a 'dense' model with at least this sparsity of exact zeros is warned about
 
 @dataclass
 class Stage:
@@ -120,13 +123,14 @@ class Stage:
         return use_channels_last(model, self.channels_last)
 
     def load_model(self, path: str | Path, *, sparse: bool = False, reparam: bool = False,
-                   exported: bool = False) -> nn.Module:
+                   exported: bool = False, dense: bool = False) -> nn.Module:
         """The model stored at ``path`` (any supported format) on the device.
 
         ``sparse``: a checkpoint without masks is a usage error (a pruned model was expected). A checkpoint
         of the other granularity always is. ``reparam``: give the model masks of this stage's granularity
         where it has none (pruning and regrowth need them). ``exported``: accept a physical export (only
-        stages that just evaluate or finetune a model can use its smaller shapes).
+        stages that just evaluate or finetune a model can use its smaller shapes). ``dense``: the dense model
+        is expected: a checkpoint with masks is a usage error, one whose weights are mostly zeros a warning.
         """
         ckpt = read_checkpoint(path, trust_pickle=self.run.trust_pickle)
         self.lineages[str(path)] = ckpt.lineage
@@ -135,6 +139,9 @@ class Stage:
         if ckpt.export_history is not None and not exported:
             raise UsageError(f"{path} is a physical export (smaller shapes, no masks): this stage needs the full-shape "
                              f"checkpoint it was exported from ({ckpt.meta.get('parent', 'see its meta parent')})")
+        if dense and ckpt.granularity is not None:
+            raise UsageError(f"{path} is a pruned model ({ckpt.granularity} masks), not a dense one: pass the dense "
+                             "model it was pruned from (pretrain.py's checkpoint/ckpt.pth) as --pretrained")
         check_model(ckpt, self.model_name, path)  # before the exported shapes are rebuilt
         if ckpt.source == "original-structured":  # a slimmed module with index maps: full shape + channel masks
             ckpt = inflate(self.granularity, create_model(self.model_name, self.num_classes), ckpt)
@@ -143,6 +150,10 @@ class Stage:
         if sparse and ckpt.granularity is None and self.granularity.sparsity(model) == 0:
             # a plain state dict whose masks were merged into its weights still counts: its zeros are the masks
             raise UsageError(f"{path} has no masks and no pruned {self.granularity.name}s: pass a pruned checkpoint")
+        if dense and self.granularity.sparsity(model) >= MOSTLY_ZEROS:
+            LOG.warning("%s, given as the dense model, has %.1f%% of its %ss at zero: it looks like a pruned model "
+                        "with its masks merged; SSIM, saliency and dense inits will compare against it", path,
+                        100 * self.granularity.sparsity(model), self.granularity.name)
         if ckpt.channel_masks is not None:
             self.granularity.set_masks(model, ckpt.channel_masks)
         if reparam:

@@ -74,6 +74,8 @@ class FitSchedule:
     select_after: int = 0  # epochs up to this one train but are never the best nor count toward patience (the
     # model is not final yet: gradual pruning has not reached its target)
     label_smoothing: float = 0.0  # of the training loss, in [0, 1) (validation losses are plain cross-entropy)
+    epoch_columns: Callable[[], dict[str, float]] | None = None  # what the step hooks did so far (swaps, weights
+    # moved, sparsity), added to each epoch's log line and CSV row
 
 
 class StepHook(Protocol):
@@ -83,6 +85,8 @@ class StepHook(Protocol):
     last_step: int
 
     def after_step(self) -> None: ...
+
+    def epoch_columns(self) -> dict[str, float]: ...
 
 
 def use_channels_last(model: nn.Module, enabled: bool = True) -> nn.Module:
@@ -284,12 +288,15 @@ def fit(model: nn.Module, train: DeviceLoader, val: DeviceLoader, optimizer: tor
         elif state.epoch > schedule.select_after:
             state.epochs_since_best += 1
         state.stopped_early = patience > 0 and state.epochs_since_best >= patience
+        columns = schedule.epoch_columns() if schedule.epoch_columns is not None else {}
         if loop.verbose:
-            LOG.info("epoch %d/%d  lr %.4g  train loss %.4f acc %.2f%%  val loss %.4f acc %.2f%%%s  (%.1fs)",
-                     state.epoch, epochs, lr, train_loss, train_acc, val_loss, val_acc, "  *" if improved else "",
-                     stats.seconds)
+            notes = "".join(f"  {k.replace('_', ' ')} {v:,}" if isinstance(v, int) else f"  {k} {v:.4f}"
+                            for k, v in columns.items())
+            LOG.info("epoch %d/%d  lr %.4g  train loss %.4f acc %.2f%%  val loss %.4f acc %.2f%%%s%s  (%.1fs)",
+                     state.epoch, epochs, lr, train_loss, train_acc, val_loss, val_acc, notes,
+                     "  *" if improved else "", stats.seconds)
         if loop.csv_path is not None:
-            append_csv(loop.csv_path, asdict(stats))
+            append_csv(loop.csv_path, {**asdict(stats), **columns})
         if on_epoch_end is not None:
             on_epoch_end(state, stats, improved)
     if state.stopped_early:
@@ -309,6 +316,12 @@ def finetune_steps(settings: FinetuneSettings, train: DeviceLoader) -> int:
     """Optimizer steps of a finetune with ``settings`` on ``train``: epochs x batches per epoch (this process's
     shard under data parallelism). The learning-rate schedule, swap cycles and gradual pruning count in these."""
     return settings.epochs * len(train)
+
+
+def _epoch_columns(*hooks: StepHook | SwapCycles | None) -> Callable[[], dict[str, float]] | None:
+    """The hooks' per-epoch columns together (gradual pruning's sparsity, the swaps so far); None without hooks."""
+    present = [hook for hook in hooks if hook is not None]
+    return (lambda: {k: v for hook in present for k, v in hook.epoch_columns().items()}) if present else None
 
 
 def finetune_model(model: nn.Module, train: DeviceLoader, select: DeviceLoader, settings: FinetuneSettings,
@@ -346,7 +359,7 @@ def finetune_model(model: nn.Module, train: DeviceLoader, select: DeviceLoader, 
         state = fit(model, train, select, optimizer,
                     FitSchedule(settings.epochs, patience=settings.patience, batch_scheduler=per_batch,
                                 after_step=(lambda: [hook() for hook in hooks]) if hooks else None,
-                                select_after=select_after), loop=loop)
+                                select_after=select_after, epoch_columns=_epoch_columns(during, cycles)), loop=loop)
     finally:
         swaps = {} if cycles is None else cycles.close()
     state.swaps = swaps

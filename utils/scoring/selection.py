@@ -5,8 +5,9 @@ A selector gives every entry of every unit a score shaped like the unit's mask (
 unit) is the search's or a greedy rule's business, the selection is this module's; any selector works with
 any allocation and either granularity.
 
-- ``saliency`` (default): ``(dL/dθ)^2 θ^2`` (``--regrowth_score fisher``) or ``|dL/dθ · θ|`` (``taylor``)
-  on the dense (or sparse) model, summed over a channel group's slices;
+- ``saliency`` (default): ``F · θ^2`` (``--regrowth_score fisher``; ``F`` the ``--fisher`` estimate: the
+  original's squared batch-mean gradients, ``batch``, or the per-image empirical Fisher, ``per_sample``) or
+  ``|dL/dθ| · |θ|`` (``taylor``) on the dense (or sparse) model, summed over a channel group's slices;
 - ``reference``: the older repository's reference-based regrowth: entries that a less sparse
   ``--reference_ckpt`` of the same model keeps come first, by the reference's magnitude, then the rest by
   stored magnitude; with ``--init_strategy dense`` (its default) the values are copied from the reference;

@@ -1,11 +1,16 @@
 """The pruning baseline: val accuracy of plain pruning as a function of sparsity.
 
-Built from the checkpoints in ``--baseline_dir`` (e.g. ``{save_dir}/{m}/iterative``). Each checkpoint is
-evaluated once; its sparsity (counted from its masks, not parsed from the file name) and val accuracy are
-cached in the run's cache folder (``paths.baseline_cache``: never in the input folder, which may be
-read-only or shared), keyed by file size and modification time and by the evaluation settings, so a
-changed file or setting is evaluated again. ``interpolate`` is linear between
-the two nearest sparsities and constant beyond the ends.
+Built from the pruning checkpoints in ``--baseline_dir`` (e.g. ``{save_dir}/{m}/iterative``): those the folder's
+``prune_log.csv`` lists or, in a folder without one, those whose meta ``stage`` says a pruning stage wrote them
+(``prune_oneshot`` / ``prune_iterative``, from ``prune_unstructure.py`` and ``prune_structure.py``); a file with
+no recorded stage (the original repository's, another tool's) counts unless its name marks it as a derived copy
+(``_finetuned``, ``_final``, ``_exported``). Finetuned, exported or regrown files beside the pruned ones would
+otherwise replace the pruning point at their sparsity and move the reward's zero point; the ignored files are
+named in one log line. Each checkpoint is evaluated once; its sparsity (counted from its masks, not parsed from
+the file name) and val accuracy are cached in the run's cache folder (``paths.baseline_cache``: never in the
+input folder, which may be read-only or shared), keyed by file size and modification time and by the evaluation
+settings, so a changed file or setting is evaluated again. ``interpolate`` is linear between the two nearest
+sparsities and constant beyond the ends.
 """
 from __future__ import annotations
 
@@ -16,10 +21,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 from utils.core.errors import UsageError
-from utils.core.files import write_json
+from utils.core.files import read_csv, write_json
 from utils.core.log import LOG
+from utils.core.paths import PRUNE_LOG
+from utils.runtime.checkpoint import read_checkpoint
 
 Evaluator = Callable[[Path], tuple[float, float]]  # checkpoint -> (sparsity in [0, 1], val accuracy %)
+StageReader = Callable[[Path], str | None]  # checkpoint -> the stage its meta records (None: none recorded)
+
+PRUNING_STAGE_PREFIX = "prune_"  # meta["stage"] of utils/prune/loop.py: prune_oneshot, prune_iterative
+DERIVED_TAGS = ("_exported", "_final", "_finetuned")  # names of copies derived from a checkpoint (+ _final_swap...)
+SELECTION = "pruning-checkpoints-v1"  # in the cache's settings: caches built before the selection are rebuilt
 
 
 def _fingerprint(path: Path) -> list[float]:
@@ -27,17 +39,60 @@ def _fingerprint(path: Path) -> list[float]:
     return [stat.st_size, stat.st_mtime]
 
 
-def baseline_table(folder: str | Path, evaluate: Evaluator, settings: dict, cache_path: Path) -> dict[float, float]:
-    """{sparsity: val accuracy} over the checkpoints in ``folder`` (cached in ``cache_path``); unreadable
-    files are skipped with a warning, and a folder with no usable checkpoint is a ``UsageError``."""
+def checkpoint_stage(path: Path) -> str | None:
+    """The ``stage`` a checkpoint's meta records (None: the file records none, e.g. the original repo's)."""
+    stage = read_checkpoint(path).meta.get("stage")
+    return stage if isinstance(stage, str) else None
+
+
+def _written_by_pruning(path: Path, stage_of: StageReader) -> bool:
+    """Whether ``path`` is a pruning checkpoint by its recorded stage (by its name when it records none or
+    cannot be read: the evaluator then names what is wrong with it)."""
+    try:
+        stage = stage_of(path)
+    except UsageError:
+        stage = None
+    if stage is not None:
+        return stage.startswith(PRUNING_STAGE_PREFIX)
+    return not any(tag in path.stem for tag in DERIVED_TAGS)
+
+
+def pruning_checkpoints(folder: Path, stage_of: StageReader, known: dict[str, dict]) -> list[Path]:
+    """The pruning checkpoints of ``folder``, sorted by name: those its prune_log.csv lists (a listed file that
+    is missing is a warning), or else every ``*.pth`` a pruning stage wrote (``known``: cache entries whose
+    file is unchanged, already selected). Logs the ``*.pth`` files left out, in one line."""
+    every = sorted(folder.glob("*.pth"))
+    log = read_csv(folder / PRUNE_LOG)
+    if log:
+        listed = {row.get("checkpoint", "") for row in log}
+        missing = sorted(name for name in listed if not (folder / name).is_file())
+        if missing:
+            LOG.warning("baseline: %s lists checkpoints that are not there: %s", PRUNE_LOG, ", ".join(missing))
+        chosen = [p for p in every if p.name in listed]
+        why = f"not in {PRUNE_LOG}"
+    else:
+        chosen = [p for p in every if (p.name in known and known[p.name]["fingerprint"] == _fingerprint(p))
+                  or _written_by_pruning(p, stage_of)]
+        why = "not written by a pruning stage"
+    ignored = [p.name for p in every if p not in chosen]
+    if ignored:
+        LOG.info("baseline: ignoring %d file(s) in %s (%s): %s", len(ignored), folder, why, ", ".join(ignored))
+    return chosen
+
+
+def baseline_table(folder: str | Path, evaluate: Evaluator, settings: dict, cache_path: Path,
+                   stage_of: StageReader = checkpoint_stage) -> dict[float, float]:
+    """{sparsity: val accuracy} over the pruning checkpoints in ``folder`` (``pruning_checkpoints``; cached in
+    ``cache_path``); unreadable files are skipped with a warning, and a folder with no usable checkpoint is a
+    ``UsageError``."""
     folder = Path(folder)
     if not folder.is_dir():
         raise UsageError(f"--baseline_dir {folder} is not a folder")
     cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
-    settings = {**settings, "folder": str(folder.resolve())}
+    settings = {**settings, "folder": str(folder.resolve()), "selection": SELECTION}
     entries = cache.get("entries", {}) if cache.get("settings") == settings else {}
     fresh = {}
-    for path in sorted(folder.glob("*.pth")):
+    for path in pruning_checkpoints(folder, stage_of, entries):
         entry = entries.get(path.name)
         if entry is None or entry["fingerprint"] != _fingerprint(path):
             try:
@@ -48,7 +103,8 @@ def baseline_table(folder: str | Path, evaluate: Evaluator, settings: dict, cach
             entry = {"fingerprint": _fingerprint(path), "sparsity": sparsity, "val_acc": acc}
         fresh[path.name] = entry
     if not fresh:
-        raise UsageError(f"--baseline_dir {folder} has no usable checkpoint (*.pth of this model with masks)")
+        raise UsageError(f"--baseline_dir {folder} has no usable checkpoint (a pruning checkpoint its {PRUNE_LOG} "
+                         "lists, or a *.pth of this model with masks that a pruning stage wrote)")
     write_json(cache_path, {"settings": settings, "entries": fresh})
     return {e["sparsity"]: e["val_acc"] for e in fresh.values()}
 

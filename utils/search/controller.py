@@ -13,6 +13,13 @@ baseline (initialised to the first reward), advantage ``clip((r - b)/τ, ±c)`` 
 rolling std of recent rewards, loss ``-A·Σ log π - β·H`` with β decaying linearly from ``start_beta`` to
 ``end_beta`` over the first ``decay_fraction`` of the episodes, Adam and gradient-norm clipping at 1.0.
 Its state (policy, optimizer, baseline, rewards) is a plain dict for resumable searches.
+
+The loss *sums* the log-probabilities over the T steps of an episode (one per searched unit, plus the budget
+step when there is one) but *averages* their entropies (``H = (1/T)·Σ_t H_t``), as the original does. Per step,
+the entropy bonus therefore weighs ``β/T`` against a policy-gradient term of weight ``|A|``: the effective
+entropy weight shrinks as the number of searched units grows (a search over 80 units gets 1/20 of the
+exploration pressure per step that one over 4 units gets at the same ``--start_beta``/``--end_beta``).
+Kept for fidelity; compare β values only between searches over the same number of units.
 """
 from __future__ import annotations
 
@@ -36,7 +43,7 @@ class Episode:
     budget: int  # the episode's total budget K (entries, or cost units when the layers have costs)
     actions: list[int]  # chosen option index per step (budget step first when present)
     log_prob: torch.Tensor  # sum of log π over steps (scalar, differentiable)
-    entropy: torch.Tensor  # mean entropy over steps (scalar, differentiable)
+    entropy: torch.Tensor  # mean entropy over steps (scalar, differentiable): per step β/T, see the module doc
 
 
 class AllocationPolicy(nn.Module):
@@ -143,7 +150,9 @@ class Reinforce:
         return statistics.pstdev(recent) if len(recent) >= 2 and statistics.pstdev(recent) > 0 else 1.0
 
     def update(self, episode: Episode, reward: float, index: int) -> dict[str, float]:
-        """Policy-gradient step for ``episode`` with ``reward``; returns advantage, beta, loss, baseline."""
+        """Policy-gradient step for ``episode`` with ``reward``; returns advantage, beta, loss, baseline. The loss
+        ``-A·Σ_t log π_t - β·mean_t H_t`` sums log-probabilities but averages entropies over the T steps, so
+        the entropy weight per step is β/T: it changes with the number of searched units (module doc)."""
         baseline = reward if self.baseline is None else self.baseline
         advantage = max(-self.config.clip, min(self.config.clip, (reward - baseline) / self._tau()))
         self.baseline = self.config.ema * baseline + (1 - self.config.ema) * reward
@@ -157,7 +166,9 @@ class Reinforce:
         """One policy step for a batch of episodes sampled from the same policy (``index``: 0-based number of
         the batch's first episode, for the entropy schedule). One episode: ``update`` (EMA baseline). More:
         the batch's mean reward is the baseline, advantages ``clip((r_i - mean)/τ, ±c)``, loss
-        ``-mean_i(A_i · log π_i) - β · mean_i(H_i)``; the EMA baseline follows the batch means."""
+        ``-mean_i(A_i · log π_i) - β · mean_i(H_i)`` (each ``log π_i`` a sum and each ``H_i`` a mean over the
+        episode's T steps: entropy weight β/T per step, see the module doc); the EMA baseline follows the batch
+        means."""
         if len(episodes) == 1:
             return self.update(episodes[0], rewards[0], index)
         cfg, mean = self.config, statistics.fmean(rewards)

@@ -50,6 +50,7 @@ from utils.search.episodes import (
     SearchStart,
     check_search_dir,
     episode_val,
+    read_search_state,
     search_space,
     widen_space,
 )
@@ -57,6 +58,12 @@ from utils.sparsity.budget import asked_budget, regrowth_budget
 from utils.sparsity.physical import verify_export
 
 SEARCH_METHODS = {False: SEARCHES[""], True: SEARCHES["random_"]}  # --random_search -> the method's name
+
+
+def check_search_state(out: Path, stage: Stage) -> None:
+    """With --resume, before anything is written: the search state in ``out`` (if any) is intact."""
+    if stage.run.resume and (out / SEARCH_STATE).is_file():
+        read_search_state(out / SEARCH_STATE)
 
 
 @dataclass(frozen=True)
@@ -179,6 +186,7 @@ def prepare_oneshot(job: RegrowthJob) -> OneShot:
     fills = device_budget(profile, gran, pair.sparse) if profile is not None else None  # fails before writing
     out = (regrowth_dir(stage.run.save_dir, stage.model_name, gran, "oneshot", cfg.random_search)
            / (cfg.label or f"{sparsity:.4f}"))
+    check_search_state(out, stage)
     check_search_dir(out, stage)
     regrowth_budget(gran.total(pair.sparse), cfg.regrow_step, sum(gran.capacity(pair.sparse).values()))  # not 0
     table = pruning_baseline(stage, Path(cfg.baseline_dir), cfg.search) if cfg.baseline_dir else None
@@ -208,9 +216,9 @@ def prepare_oneshot(job: RegrowthJob) -> OneShot:
              f"{budget:,}", unit, space.layers)
     warn_if_at_chance(start_val, stage.num_classes)
     zero_point = (lambda s: interpolate(table, s)) if table else (lambda s: start_val)
-    search = Search(stage, SearchStart(pair.sparse, pair.sparse_path, scores, init_source(pair, reference)), space,
-                    make_trainer(cfg.search, stage.run.seed), cfg.search, zero_point=zero_point, out=out,
-                    budget=counted)
+    start = SearchStart(pair.sparse, pair.sparse_path, scores, init_source(pair, reference))
+    search = Search(stage, start, space, make_trainer(cfg.search, stage.run.seed), cfg.search,
+                           zero_point=zero_point, out=out, budget=counted)
     if stage.run.resume:
         search.resume()
     return OneShot(stage, pair, search, sparsity, start_val, table, profile)
@@ -265,8 +273,8 @@ def run_iteration(job: RegrowthJob, source: nn.Module, current: nn.Module, curre
     LOG.info("iteration %d: sparsity %.4f; budgets %s; searching %s", it, gran.sparsity(current), options,
              space.layers)
     search = Search(stage, SearchStart(current, current_path, scores, source), space,
-                    make_trainer(cfg.search, stage.run.seed, cfg.budget_space_size), cfg.search,
-                    zero_point=lambda s: interpolate(table, s), out=out, budget=Budget(options=options))
+                           make_trainer(cfg.search, stage.run.seed, cfg.budget_space_size), cfg.search,
+                           zero_point=lambda s: interpolate(table, s), out=out, budget=Budget(options=options))
     if stage.run.resume and (out / SEARCH_STATE).is_file():
         search.resume()
     best = search.run()
@@ -289,6 +297,7 @@ def run_iterative(job: RegrowthJob) -> dict:
     if cfg.min_budget_frac > cfg.max_budget_frac:
         raise UsageError("--min_budget_frac is larger than --max_budget_frac")
     root = regrowth_dir(run.save_dir, stage.model_name, gran, "iterative", cfg.random_search)
+    check_search_state(iteration_dir(root, 0), stage)
     check_search_dir(iteration_dir(root, 0), stage)
     baseline_dir = cfg.baseline_dir or prune_dir(run.save_dir, stage.model_name, gran, "iterative")
     table = pruning_baseline(stage, Path(baseline_dir), cfg.search)

@@ -34,13 +34,13 @@ import torch.nn as nn
 from data.loader import DeviceLoader
 from utils.core.distributed import all_gather, barrier, broadcast, current_world
 from utils.core.errors import UsageError
-from utils.core.files import atomic_save, check_same_run, plain, write_csv
+from utils.core.files import atomic_save, check_same_run, check_seal, plain, seal, write_csv
 from utils.core.log import LOG
 from utils.core.paths import BEST_MODEL, BEST_PRE_FINETUNE, SEARCH_STATE, check_output_dir, clean_stale_temps
 from utils.core.seeds import make_generator, role_seed
 from utils.core.timer import Timer
 from utils.device.fill import Cost, EntryCount
-from utils.regrow.allocation import allocation_lines
+from utils.regrow.allocation import allocation_lines, runnable
 from utils.regrow.apply import Finetuning, Regrowth, apply_allocation
 from utils.results.plots import plot_reward_curve
 from utils.runtime.settings import FinetuneSettings, LoopSettings, SearchSettings
@@ -130,19 +130,43 @@ def episode_val(stage: Stage, settings: SearchSettings) -> DeviceLoader:
 
 
 UNIT_SETS = ("ssim", "all")  # --units: the units an allocator may regrow into
+_STATE_TYPES = {"trainer": dict, "history": list, "best": dict, "rng": dict}  # what a resume reads of a state
+
+
+def read_search_state(path: Path) -> dict:
+    """``search_state.pt`` read and verified whole (its checksum when sealed, the types of what a resume reads);
+    a damaged, truncated or hand-edited file is one ``UsageError``."""
+    redo = "start over with --overwrite (or use an intact copy)"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, not a torch file, a pickled call, ...
+        raise UsageError(f"--resume: cannot read {path}: damaged or not a search state ({type(exc).__name__}); "
+                         f"{redo}") from None
+    check_seal(state, path)
+    wrong = (["its content"] if not isinstance(state, dict) else
+             [key for key, kind in _STATE_TYPES.items() if not isinstance(state.get(key), kind)])
+    policy_rng = state.get("rng", {}).get("policy") if not wrong else None
+    if not wrong and not (isinstance(policy_rng, torch.Tensor) and policy_rng.dtype == torch.uint8):
+        wrong = ["rng"]
+    if wrong:
+        raise UsageError(f"--resume: {path} is damaged or hand-edited ({wrong[0]} is not what a search writes); "
+                         f"{redo}")
+    return state
 
 
 def search_space(ssim: dict[str, float], capacities: dict[str, int], threshold: float,
                  units: str = "ssim") -> SearchSpace:
     """The units an allocation may regrow into, most damaged first: ``units="ssim"``, those with SSIM <=
-    ``threshold`` and room to regrow (the lowest one if none); ``"all"``, every unit with room (and an SSIM
-    that is a number: the controller reads it)."""
+    ``threshold`` and room to regrow (the lowest one if none); ``"all"``, every unit with room. Under both, a
+    unit that never runs (NaN SSIM) is left out, as by every greedy rule (``runnable``: it gets no budget, and
+    one log line names it); the controller reads the SSIM of the others."""
     if units not in UNIT_SETS:
         raise UsageError(f"--units {units}: choose one of {', '.join(UNIT_SETS)}")
-    open_layers = {name: s for name, s in ssim.items() if capacities.get(name, 0) > 0}
-    if not open_layers:
+    open_units = {name: capacities[name] for name in ssim if capacities.get(name, 0) > 0}
+    if not open_units:
         raise UsageError("no unit (layer or channel group) has pruned entries to regrow")
-    layers = select_layers(open_layers, threshold if units == "ssim" else math.inf)
+    live = runnable(ssim, open_units)
+    layers = select_layers({name: ssim[name] for name in live}, threshold if units == "ssim" else math.inf)
     return SearchSpace(layers, [capacities[n] for n in layers], [ssim[n] for n in layers])
 
 
@@ -150,7 +174,8 @@ def widen_space(space: SearchSpace, ssim: dict[str, float], capacities: dict[str
                 holds: Callable[[dict[str, int]], bool]) -> SearchSpace:
     """``space`` with the next most damaged open units added (ascending SSIM) until ``holds`` is true of
     the searched units' capacities, or every open unit is in: a device limit must be reachable by the
-    units a search may regrow into, whatever the SSIM threshold selected."""
+    units a search may regrow into, whatever the SSIM threshold selected. Units that never run (NaN SSIM) stay
+    out."""
     layers = list(space.layers)
     rest = sorted((n for n, s in ssim.items() if capacities[n] > 0 and n not in layers and not math.isnan(s)),
                   key=ssim.get)
@@ -203,25 +228,32 @@ class Search:
 
     # ---- state -------------------------------------------------------------------------------------------
     def _state(self) -> dict:
-        return {"version": STATE_VERSION, "budget": self.budget.total, "budget_options": self.budget.options,
+        """What ``resume`` needs, sealed with a checksum of all of it (controller and Adam state, RNG, history,
+        best), so a damaged file is refused rather than resumed into a different search."""
+        return seal({"version": STATE_VERSION, "budget": self.budget.total, "budget_options": self.budget.options,
                 "settings": plain(dict(self.stage.flags)), "trainer": self.trainer.state_dict(),
                 "history": self.history, "best": vars(self.best), "rng": {"policy": self.policy_rng.get_state()},
-                "seconds": self.seconds}
+                "seconds": self.seconds})
 
     def resume(self) -> None:
         """Continue from ``search_state.pt`` in ``out`` (a usage error when there is none)."""
         path = self.out / SEARCH_STATE
         if not path.is_file():
             raise UsageError(f"--resume: no {SEARCH_STATE} in {self.out}; run without --resume to start")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = read_search_state(path)
         check_same_run(state.get("settings", {}), self.stage.flags, MAY_CHANGE_ON_RESUME)
         if (state.get("budget"), state.get("budget_options")) != (self.budget.total, self.budget.options):
             now, then = self.budget.total or self.budget.options, state.get("budget") or state.get("budget_options")
             raise UsageError(f"--resume: the budget is now {now} but the search ran with {then} (a changed device "
                              "profile or data?); resume with the same inputs or start over with --overwrite")
-        self.trainer.load_state_dict(state["trainer"])
-        self.history, self.best = state["history"], SearchResult(**state["best"])
-        self.policy_rng.set_state(state["rng"]["policy"])
+        try:
+            self.trainer.load_state_dict(state["trainer"])
+            self.history, self.best = state["history"], SearchResult(**state["best"])
+            self.policy_rng.set_state(state["rng"]["policy"])
+        except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            raise UsageError(f"--resume: {path} does not fit this search ({type(exc).__name__}: {first}); start "
+                             "over with --overwrite") from None
         self.seconds = state.get("seconds", 0.0)
         LOG.info("resumed after episode %d (best reward %.4f)", len(self.history), self.best.reward)
 

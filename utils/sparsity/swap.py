@@ -10,7 +10,10 @@ weights and grows ``n`` of its pruned positions back, so its count of kept weigh
 * drop (``drop_score``): the smallest ``|θ|`` among the kept weights;
 * grow (``grow_score``): among the positions pruned *before* the swap (a weight dropped now is not grown back in
   the same swap), the largest ``|dL/dθ|`` of the dense gradient on the step's batch (``gradient``, RigL), or
-  ``(dL/dθ)^2 θ_dense^2`` (``saliency``, the toolkit's regrowth score; needs the dense weights);
+  ``(dL/dθ)^2 θ_dense^2`` (``saliency``, the toolkit's regrowth score; needs the dense weights). **This differs
+  from RigL's Algorithm 1**, which grows among every position inactive after the drop (``I_grow = ArgTopK``
+  over ``i ∉ θ − I_drop``), just-dropped ones included, so a dropped weight with a large gradient can come
+  straight back (at zero). The exclusion is kept for now, pending a measurement of the two on the same runs;
 * grown weights start at zero with fresh optimizer state (Adam moments zeroed); dropped ones are zeroed too.
 
 The dense gradient comes from the training step itself: on a swap step, the effective weight ``weight_orig ·
@@ -85,7 +88,8 @@ def swap_layer(weight: torch.Tensor, mask: torch.Tensor, grow: torch.Tensor, dro
                optimizer: torch.optim.Optimizer | None) -> int:
     """One swap of a layer: ``n = round(fraction · kept)`` (capped) of the kept entries with the smallest
     ``drop`` score are masked and zeroed, and as many entries pruned before the swap with the largest ``grow``
-    score are unmasked at zero with fresh optimizer state. ``weight``: the stored parameter; ``mask``: its keep
+    score are unmasked at zero with fresh optimizer state (just-dropped entries are not candidates: unlike RigL's
+    Algorithm 1, kept pending a measurement; see the module doc). ``weight``: the stored parameter; ``mask``: its keep
     mask (same shape); ``grow`` / ``drop``: scores of that shape. Returns n."""
     kept = mask.reshape(-1).bool()
     count = int(kept.sum())
@@ -152,6 +156,10 @@ class SwapCycles:
                                          drop_score(module.weight_orig.detach()), fraction, self.optimizer)
             self.swaps += 1
         self.capturing = self._is_swap_step(self.step + 1)
+
+    def epoch_columns(self) -> dict[str, int]:
+        """The swaps so far and the weights they moved (the training log's per-epoch columns)."""
+        return {"swaps": self.swaps, "weights_moved": self.moved}
 
     def close(self) -> dict:
         """Remove the hooks; what the cycles did, for the checkpoint's meta."""

@@ -3,6 +3,7 @@ single images and does not depend on the batch size; ``batch`` (the original's) 
 from __future__ import annotations
 
 import argparse
+import json
 
 import pytest
 import torch
@@ -108,3 +109,17 @@ def test_flag_and_setting():
     assert scoring_settings(parser.parse_args(["--fisher", "per_sample"])).fisher == "per_sample"
     with pytest.raises(UsageError, match="fisher estimator"):
         sal.saliency(_model(False), _batches(N), fisher="exact")
+
+
+def test_the_fisher_benchmark_compares_the_two_top_k_sets(tmp_path, monkeypatch):
+    from benchmarks import bench_fisher, common
+    from tests.conftest import save_dense_and_sparse
+
+    monkeypatch.setattr(common, "ROOT", tmp_path)
+    dense, _ = save_dense_and_sparse(tmp_path, 0.5)
+    assert bench_fisher.main(["--dense", str(dense), "--dataset", "synthetic", "--batches", "1", "--batch_size", "8",
+                              "--sparsity", "0.9"]) == 0
+    result = json.loads((tmp_path / "benchmarks" / "results" / "bench_fisher.json").read_text())
+    assert 0 <= result["top_k_overlap"] <= 1 and -1 <= result["kendall_tau_all_pruned"] <= 1
+    split = result["per_layer_top_k"]
+    assert sum(split["batch"]) == sum(split["per_sample"]) == result["k"]

@@ -18,6 +18,7 @@ Writes {out}/benchmark_{m_name}[_channel].json and .png (default out:
 """
 from __future__ import annotations
 
+import utils.core.interrupt  # noqa: F401 isort: skip  (first: a Ctrl-C while torch loads is one line)
 import argparse
 import copy
 import functools

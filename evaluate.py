@@ -22,6 +22,7 @@ ONNX file (what export.py --onnx writes) fits the byte limit beside the packed f
 """
 from __future__ import annotations
 
+import utils.core.interrupt  # noqa: F401 isort: skip  (first: a Ctrl-C while torch loads is one line)
 import argparse
 import json
 from collections.abc import Sequence

@@ -23,6 +23,7 @@ adds its size beside the storage formats' bytes and its ONNX Runtime CPU latency
 """
 from __future__ import annotations
 
+import utils.core.interrupt  # noqa: F401 isort: skip  (first: a Ctrl-C while torch loads is one line)
 import argparse
 import json
 import os

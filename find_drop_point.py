@@ -24,6 +24,7 @@ curve, the interval) and boundary.png (the curve with each estimate marked).
 """
 from __future__ import annotations
 
+import utils.core.interrupt  # noqa: F401 isort: skip  (first: a Ctrl-C while torch loads is one line)
 import argparse
 from collections.abc import Sequence
 from pathlib import Path

@@ -19,6 +19,7 @@ prints sparsity and val/test accuracy before and after.
 """
 from __future__ import annotations
 
+import utils.core.interrupt  # noqa: F401 isort: skip  (first: a Ctrl-C while torch loads is one line)
 import argparse
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,9 +29,9 @@ from utils.cli.flags import (
     add_speed_args,
     add_swap_args,
     cli_main,
+    float_up_to,
     fraction,
     new_parser,
-    non_negative_float,
     non_negative_int,
     positive_float,
     positive_int,
@@ -56,7 +57,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--save_path", default=None, help="output checkpoint")
     parser.add_argument("--epochs", type=positive_int, default=400, help="finetune epochs (best epoch on val)")
     parser.add_argument("--lr", type=positive_float, default=3e-4, help="AdamW learning rate (cosine decay)")
-    parser.add_argument("--weight_decay", type=non_negative_float, default=0.01, help="AdamW weight decay")
+    parser.add_argument("--weight_decay", type=float_up_to(1.0), default=0.01, help="AdamW weight decay")
     parser.add_argument("--warmup_frac", type=fraction, default=0.05, help="share of steps for linear warm-up")
     parser.add_argument("--patience", type=non_negative_int, default=50,
                         help="early stop after N epochs without val gain")

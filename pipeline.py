@@ -24,6 +24,7 @@ model; for channels the params of the exported model) and pipeline_summary.png, 
 """
 from __future__ import annotations
 
+import utils.core.interrupt  # noqa: F401 isort: skip  (first: a Ctrl-C while torch loads is one line)
 import argparse
 import contextlib
 import io

@@ -24,6 +24,7 @@ one-shot), best epoch chosen on the validation split.
 """
 from __future__ import annotations
 
+import utils.core.interrupt  # noqa: F401 isort: skip  (first: a Ctrl-C while torch loads is one line)
 import argparse
 from collections.abc import Sequence
 

@@ -26,6 +26,7 @@ iter_{i}/best_grown_model.pth, greedy_log.csv, summary.json.
 """
 from __future__ import annotations
 
+import utils.core.interrupt  # noqa: F401 isort: skip  (first: a Ctrl-C while torch loads is one line)
 import argparse
 from collections.abc import Sequence
 from dataclasses import replace

@@ -21,6 +21,7 @@ episodes.csv, reward_curve.png, search_state.pt, summary.json) and summary.json 
 """
 from __future__ import annotations
 
+import utils.core.interrupt  # noqa: F401 isort: skip  (first: a Ctrl-C while torch loads is one line)
 import argparse
 from collections.abc import Sequence
 

@@ -25,6 +25,7 @@ Writes to {save_dir}/{m_name}/regrowth_oneshot/{label}/ (label: --label, default
 """
 from __future__ import annotations
 
+import utils.core.interrupt  # noqa: F401 isort: skip  (first: a Ctrl-C while torch loads is one line)
 import argparse
 from collections.abc import Sequence
 

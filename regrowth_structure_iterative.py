@@ -20,6 +20,7 @@ export beside it.
 """
 from __future__ import annotations
 
+import utils.core.interrupt  # noqa: F401 isort: skip  (first: a Ctrl-C while torch loads is one line)
 import argparse
 from collections.abc import Sequence
 

@@ -18,6 +18,7 @@ when given; an existing file is replaced only with --overwrite.
 """
 from __future__ import annotations
 
+import utils.core.interrupt  # noqa: F401 isort: skip  (first: a Ctrl-C while torch loads is one line)
 import argparse
 import os
 from collections.abc import Sequence

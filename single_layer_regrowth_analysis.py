@@ -18,6 +18,7 @@ Writes to --out (default {save_dir}/{m_name}/single_layer/{ckpt stem}/):
 """
 from __future__ import annotations
 
+import utils.core.interrupt  # noqa: F401 isort: skip  (first: a Ctrl-C while torch loads is one line)
 import argparse
 import math
 from collections.abc import Sequence

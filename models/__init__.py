@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 import torch.nn as nn
 
 from utils.core.registry import Registry
@@ -54,6 +55,14 @@ def create_model(name: str, num_classes: int | None = None) -> nn.Module:
     """Build model ``name`` with ``num_classes`` outputs (default: the original's class count)."""
     spec = model_spec(name)
     return spec.builder(num_classes or spec.num_classes)
+
+
+def scratch_model(name: str, num_classes: int | None = None) -> nn.Module:
+    """A fresh model ``name`` built only to read its layout (layer names, shapes, output sizes): its random init
+    is drawn under a forked RNG, so the global generator is where it was. A run that builds one lazily (its first
+    save) and a run resumed after that point then draw the same dropout masks and data order."""
+    with torch.random.fork_rng(devices=[]):
+        return create_model(name, num_classes)
 
 
 # Importing the architecture modules fills the registry.

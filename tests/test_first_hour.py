@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import analyze_layers
+import evaluate as evaluate_script
 import finetune
 import pretrain
 import prune_unstructure
@@ -196,13 +197,19 @@ def test_next_commands_carry_the_runs_flags_and_run(tmp_path, capsys):
     flags = QUICK + ["--save_dir", str(tmp_path)]
     code, _, err = run_main(pretrain.main, flags + ["--m_name", "resnet20", "--epochs", "1"], capsys)
     assert code == 0
-    argv = _next_command(err)
+    argv = _next_command(err)  # the recommended schedule: gradual pruning with swap cycles
     assert argv[0] == "prune_unstructure.py" and "--train_subset" in argv and "--finetune_epochs" in argv
+    assert argv[argv.index("--mode") + 1] == "gradual" and "--swap_every_epochs" in argv
     assert argv[argv.index("--save_dir") + 1] == str(tmp_path)
     prune_epochs = int(argv[argv.index("--finetune_epochs") + 1])
     code, _, err = run_main(prune_unstructure.main, argv[1:] + ["--no_progress"], capsys)  # pasted as printed
     assert code == 0, err
-    argv = _next_command(err)
+    argv = _next_command(err)  # then evaluate (or finetune, export) what it made
+    assert argv[:2] == ["evaluate.py", "--ckpt"] and Path(argv[2]).is_file()
+    code, _, _ = run_main(evaluate_script.main, argv[1:] + ["--device", "cpu"], capsys)
+    assert code == 0
+    line = next(line for line in err.splitlines() if " next: python " in line)  # the original method, offered
+    argv = shlex.split(line.split("regrowth search: python ", 1)[1].rstrip(")"))
     assert argv[0] == "regrowth_oneshot.py" and Path(argv[argv.index("--initial_ckpt") + 1]).is_file()
     args = regrowth_oneshot.parse_args(argv[1:])  # the search's flags as printed parse
     assert args.episode_steps == 30 and args.train_subset == 128 and args.dataset == "synthetic"

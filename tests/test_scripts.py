@@ -13,7 +13,7 @@ import evaluate
 import pretrain
 import utils.runtime.stage as stage_module
 import utils.runtime.train as train_module
-from models import create_model
+from models import create_model, list_models, model_spec
 from tests.conftest import run_main, tree, write_cifar
 from utils.runtime.checkpoint import read_checkpoint, save_checkpoint
 
@@ -90,6 +90,46 @@ def test_resume_equals_uninterrupted(tmp_path, monkeypatch, recipe):
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
 
 
+
+TINY_IMAGENET_MODELS = {name for name in list_models() if model_spec(name).input_size == 64}
+
+
+@pytest.mark.parametrize("m_name", list_models())
+def test_resume_equals_uninterrupted_for_every_model(tmp_path, monkeypatch, m_name):
+    """Issue 36 D17: the first save built the granularity (a scratch model) from the global RNG after last.pth
+    recorded it, so a model with dropout (alexnet) resumed with other dropout masks. Every zoo model, tiny sizes;
+    the 64x64 models on a miniature Tiny-ImageNet folder."""
+    from tests.test_data import _write_tiny_imagenet
+    from utils.sparsity.granularity import get_granularity
+
+    if m_name in TINY_IMAGENET_MODELS:
+        data = ["--dataset", "tiny_imagenet", "--data_dir", str(_write_tiny_imagenet(tmp_path / "d", ["n1", "n2"], 6)),
+                "--no_download"]
+    else:
+        data = ["--dataset", "synthetic"]
+    args = data + ["--m_name", m_name, "--train_subset", "8", "--eval_subset", "4", "--batch_size", "4",
+                   "--eval_batch_size", "4", "--val_split", "0.2", "--device", "cpu", "--no_progress", "--epochs", "2"]
+    real_save = stage_module.save_checkpoint
+
+    def killed_after_epoch_1(path, model, **kw):
+        real_save(path, model, **kw)
+        if path.name == "last.pth" and kw["meta"]["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    def run(save: str, *extra: str) -> int:
+        get_granularity.cache_clear()  # each run builds it at its first save, as a fresh process does
+        return pretrain.main(args + ["--save_dir", str(tmp_path / save), *extra])
+
+    assert run("a") == 0
+    monkeypatch.setattr(stage_module, "save_checkpoint", killed_after_epoch_1)
+    assert run("b") == 130
+    monkeypatch.setattr(stage_module, "save_checkpoint", real_save)
+    assert run("b", "--resume") == 0
+    a, b = (read_checkpoint(tmp_path / d / m_name / "checkpoint/last.pth") for d in "ab")
+    assert a.state_dict.keys() == b.state_dict.keys()
+    assert all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict), m_name
+    assert torch.equal(a.extra["train_state"]["torch_rng"], b.extra["train_state"]["torch_rng"])
+
 def test_short_recipe_moves_the_learning_rate_every_step_and_records_the_precision(tmp_path):
     args = QUICK + ["--epochs", "2", "--lr", "0.2", "--lr_schedule", "onecycle", "--warmup_epochs", "1",
                     "--save_dir", str(tmp_path)]
@@ -121,7 +161,7 @@ def _bad_cifar(tmp_path: Path) -> Path:
 
 def _vgg_ckpt(tmp_path: Path) -> Path:
     path = tmp_path / "vgg.pth"
-    save_checkpoint(path, create_model("vgg16"), model_name="vgg16", dataset="cifar10", num_classes=10, meta={})
+    save_checkpoint(path, create_model("vgg16"), model_name="vgg16", dataset="synthetic", num_classes=10, meta={})
     return path
 
 

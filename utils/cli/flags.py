@@ -5,6 +5,7 @@ Every stage script builds its parser from these groups so a flag means the same 
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
 import math
 import sys
@@ -16,13 +17,15 @@ from utils.core.distributed import (
     close_world,
     is_main_process,
     launched_world,
+    says_errors,
 )
 from utils.core.errors import ReportedError, UsageError
+from utils.core.interrupt import interruptible_main
 from utils.core.log import setup_logging
 from utils.core.paths import (
     prune_dir,
 )
-from utils.device.profiles import LIMITS, DeviceProfile, load_profile
+from utils.device.profiles import LIMITS, MAX_LATENCY_BATCH, DeviceProfile, load_profile
 from utils.device.storage import FORMATS
 from utils.runtime.settings import (
     FinetuneSettings,
@@ -75,20 +78,32 @@ class ArgumentParser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+def _say_error(message: str) -> int:
+    """Print a usage error's one line (under torchrun: rank 0's; another rank's only where it may be its own,
+    ``says_errors``, with its number) and return exit status 2."""
+    rank = launched_world().rank
+    if says_errors():
+        sys.stderr.write(f"error: {message}\n" if rank == 0 else f"error: [rank {rank}] {message}\n")
+    return 2
+
+
 def cli_main(func: Callable[[Sequence[str] | None], int | None]) -> Callable[[Sequence[str] | None], int]:
     """Wrap a script's ``main(argv)``: a ``UsageError`` becomes one ``error:`` line and return code 2."""
 
     @functools.wraps(func)
     def wrapper(argv: Sequence[str] | None = None) -> int:
+        interruptible_main()  # a stage script: the first Ctrl-C interrupts, a second one adds nothing
         setup_logging()  # console only until the stage knows its run folder (no writes into an earlier run's log)
         try:
             return func(argv) or 0
         except ReportedError:
             return 2
         except UsageError as exc:
-            rank = launched_world().rank  # under torchrun every process says it, ranks > 0 with their number
-            sys.stderr.write(f"error: {exc}\n" if rank == 0 else f"error: [rank {rank}] {exc}\n")
-            return 2
+            return _say_error(str(exc))
+        except OSError as exc:  # a path no file can have, met past the output checks (an input's long name)
+            if exc.errno not in (errno.ENAMETOOLONG, errno.ELOOP):
+                raise
+            return _say_error(f"{exc.filename}: {exc.strerror}; pick a shorter name or fix the symlinks")
         except SystemExit as exc:  # argparse: --help exits 0, bad flags exit 2
             return int(exc.code or 0)
         except KeyboardInterrupt:
@@ -133,19 +148,33 @@ def _int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text} is not an integer") from None
 
 
+BATCH_LIMIT = 1 << 20  # images in one batch (a batch is allocated at once)
+INT_LIMIT = 10**9  # the largest count any int flag takes (epochs, batches, steps, subsets); tighter where allocated
+FLOAT_LIMIT = 1e30  # the largest magnitude any float flag takes: far inside fp32 (3.4e38); tighter where it matters
+
+
+def _at_most(text: str, value: int, limit: int = INT_LIMIT) -> int:
+    """``value`` (parsed from ``text``) when it is at most ``limit``; an argparse error otherwise."""
+    if value > limit:
+        raise argparse.ArgumentTypeError(f"{text} is more than {limit:,}")
+    return value
+
+
 def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
+    """argparse type: an integer from 1 to ``INT_LIMIT``."""
     value = _int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text} must be at least 1")
-    return value
+    return _at_most(text, value)
 
 
 def int_up_to(limit: int) -> Callable[[str], int]:
     """argparse type factory: an integer from 1 to ``limit`` (sizes that are allocated: never unbounded)."""
 
     def bounded(text: str) -> int:
-        value = positive_int(text)
+        value = _int(text)
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{text} must be at least 1")
         if value > limit:
             raise argparse.ArgumentTypeError(f"{text} is more than {limit:,}")
         return value
@@ -159,21 +188,20 @@ def float_up_to(limit: float, base: Callable[[str], float] | None = None) -> Cal
     weights: never unbounded)."""
 
     def bounded(text: str) -> float:
-        value = (base or non_negative_float)(text)
-        if value > limit:
+        if _finite(text) > limit:  # its own bound first: the more useful line
             raise argparse.ArgumentTypeError(f"{text} is more than {limit:g}")
-        return value
+        return (base or non_negative_float)(text)
 
     bounded.__name__ = f"float_up_to_{limit:g}"
     return bounded
 
 
 def non_negative_int(text: str) -> int:
-    """argparse type: an integer >= 0 (e.g. a patience, where 0 switches early stopping off)."""
+    """argparse type: an integer from 0 to ``INT_LIMIT`` (e.g. a patience, where 0 switches early stopping off)."""
     value = _int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text} must be 0 or more")
-    return value
+    return _at_most(text, value)
 
 
 def seed_int(text: str) -> int:
@@ -205,7 +233,7 @@ def non_negative_float(text: str) -> float:
     return value
 
 
-def _float(text: str) -> float:
+def _finite(text: str) -> float:
     """A finite float; nan and inf are refused by every float type (they would silently poison training)."""
     try:
         value = float(text)
@@ -213,6 +241,14 @@ def _float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text} is not a number") from None
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"{text} is not a finite number")
+    return value
+
+
+def _float(text: str) -> float:
+    """A finite float of magnitude at most ``FLOAT_LIMIT``."""
+    value = _finite(text)
+    if abs(value) > FLOAT_LIMIT:
+        raise argparse.ArgumentTypeError(f"{text} is beyond ±{FLOAT_LIMIT:g}: no flag here means anything that large")
     return value
 
 
@@ -237,9 +273,9 @@ def add_common_args(parser: argparse.ArgumentParser, *, m_name_default: str | No
     group.add_argument("--save_dir", default="./runs", **({"help": "root of all run folders"} | unlisted))
     group.add_argument("--seed", type=seed_int, default=42, help="run seed (data order, val split, init)")
     group.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    group.add_argument("--batch_size", type=positive_int, default=128,
+    group.add_argument("--batch_size", type=int_up_to(BATCH_LIMIT), default=128,
                        **({"help": "training batch size"} | unlisted))
-    group.add_argument("--eval_batch_size", type=positive_int, default=500, help="evaluation batch size")
+    group.add_argument("--eval_batch_size", type=int_up_to(BATCH_LIMIT), default=500, help="evaluation batch size")
     group.add_argument("--val_split", type=open_fraction, default=0.1,
                        help="fraction of the training set held out for validation")
     group.add_argument("--train_subset", type=positive_int, default=None,
@@ -334,7 +370,7 @@ def add_finetune_args(parser: argparse.ArgumentParser, epochs: int | None, what:
     """--finetune_epochs, --lr and --weight_decay of the AdamW finetunes (the original's 3e-4 and 0.01)."""
     parser.add_argument("--finetune_epochs", type=positive_int, default=epochs, help=what)
     parser.add_argument("--lr", type=positive_float, default=3e-4, help="AdamW learning rate of the finetunes")
-    parser.add_argument("--weight_decay", type=non_negative_float, default=0.01, help="AdamW weight decay")
+    parser.add_argument("--weight_decay", type=float_up_to(1.0), default=0.01, help="AdamW weight decay")
 
 
 def finetune_settings(args: argparse.Namespace) -> FinetuneSettings:
@@ -410,9 +446,9 @@ def add_controller_args(parser: argparse.ArgumentParser, *, episodes: int, actio
                        help="A: options j/A of min(capacity, remaining) per layer")
     group.add_argument("--no_skip", action="store_true", help="no j = 0 option (the original's 1..A)")
     group.add_argument("--start_beta", type=float_up_to(100.0), default=0.4, help="entropy bonus at the start")
-    group.add_argument("--end_beta", type=non_negative_float, default=0.04, help="entropy bonus after decay")
+    group.add_argument("--end_beta", type=float_up_to(100.0), default=0.04, help="entropy bonus after decay")
     group.add_argument("--decay_fraction", type=open_fraction, default=0.4, help="share of episodes to decay over")
-    group.add_argument("--budget_bonus", type=non_negative_float, default=0.005, help="reward per budget used")
+    group.add_argument("--budget_bonus", type=float_up_to(100.0), default=0.005, help="reward per budget used")
     group.add_argument("--early_stop_patience", type=positive_int, default=patience,
                        help="stop after N episodes without a new best reward")
     group.add_argument("--min_epochs", type=positive_int, default=50, help="episodes before the flat-reward stop")
@@ -420,7 +456,7 @@ def add_controller_args(parser: argparse.ArgumentParser, *, episodes: int, actio
                        help="after --min_epochs, stop when the std of the last --reward_window_size rewards is below")
     group.add_argument("--reward_window_size", type=positive_int, default=20,
                        help="rewards in the flat-reward window (and in the reward temperature's rolling std)")
-    group.add_argument("--episodes_per_update", type=positive_int, default=1,
+    group.add_argument("--episodes_per_update", type=int_up_to(10_000), default=1,
                        help="M: episodes sampled from one policy per REINFORCE step (batch-mean baseline; 1: "
                             "one step per episode with an EMA baseline); under torchrun they run in parallel")
     group.add_argument("--episode_steps", type=positive_int, default=None, metavar="S",
@@ -452,7 +488,8 @@ def add_device_args(parser: argparse.ArgumentParser) -> None:
                        help="latency limit of one forward pass, ms (measured here)")
     group.add_argument("--storage", choices=FORMATS, default=None,
                        help="how the device stores sparse weights (default: the profile's, else bitmap_fp32)")
-    group.add_argument("--latency_batch", type=positive_int, default=None, help="images per timed forward pass")
+    group.add_argument("--latency_batch", type=int_up_to(MAX_LATENCY_BATCH), default=None,
+                       help="images per timed forward pass")
 
 
 def profile_from_args(args: argparse.Namespace) -> DeviceProfile | None:
@@ -577,7 +614,7 @@ def add_search_args(parser: argparse.ArgumentParser, granularity: str, schedule:
     else:
         parser.add_argument("--target_sparsity", type=fraction, required=True, help="stop at or below this sparsity")
         parser.add_argument("--num_iters", type=positive_int, default=10, help="maximum regrowth iterations")
-        parser.add_argument("--budget_space_size", type=positive_int, default=kind.budget_space_size,
+        parser.add_argument("--budget_space_size", type=int_up_to(10_000), default=kind.budget_space_size,
                             help="B budget options")
         low, high = kind.budget_fracs
         parser.add_argument("--min_budget_frac", "--min_restore_frac", dest="min_budget_frac", type=open_fraction,

@@ -52,9 +52,10 @@ def prepare(args: argparse.Namespace, model_name: str | None = None, dataset: st
     """Resolve ``args`` (or the given names) into a ``Stage`` with data loaded on the device, at
     ``granularity`` (None: the default one, weights). The data set is ``dataset``, else the one the dense model
     records (a stage with --pretrained; ``dense_dataset``), else --dataset, else the model's own."""
-    _, device = init_world(resolve_device(args.device), share_gpus=getattr(args, "share_gpus", False))
+    device = resolve_device(args.device)
     model_name = model_name or args.m_name
-    name, dataset = resolve_names(model_name, dataset or dense_dataset(args, model_name))
+    name, dataset = resolve_names(model_name, dataset or dense_dataset(args, model_name))  # before the process group:
+    _, device = init_world(device, share_gpus=getattr(args, "share_gpus", False))  # a bad flag fails on every rank
     seed_everything(args.seed)
     data = get_data(dataset, data_settings(args), device=device)
     expected = model_spec(name).input_size

@@ -80,6 +80,16 @@ def is_main_process() -> bool:
     return launched_world().is_main
 
 
+def says_errors() -> bool:
+    """Whether this process prints its ``error:`` line: rank 0 always; another rank once the process group exists
+    (its error may be its own). Before that, on one node, an error comes from the flags and files every rank
+    checks alike, so rank 0's one line is what the user sees."""
+    world = launched_world()
+    if world.is_main or (dist.is_available() and dist.is_initialized()):
+        return True
+    return os.environ.get("LOCAL_WORLD_SIZE") != str(world.size)  # several nodes: each may see other files
+
+
 def current_world() -> World:
     """The joined world (world size 1 when no process group was started)."""
     if not (dist.is_available() and dist.is_initialized()):

@@ -34,14 +34,40 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as a RuntimeError
-        full = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        full = isinstance(exc, OSError) and exc.errno in DISK_FULL
         free = shutil.disk_usage(path.parent).free
         if not (full or (tmp.exists() and free < max(2 * tmp.stat().st_size, 1 << 20))):
             raise
-        raise UsageError(f"cannot write {path}: the disk is full ({free:,} bytes free); the files written before "
-                         "are kept: free some space and rerun (with --resume where the stage has it)") from None
+        raise disk_full(path, free) from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # no space left on the device, disk quota exceeded
+
+
+def disk_full(path: Path, free: int | None = None) -> UsageError:
+    """The one error line of a write to ``path`` that found the disk full (``free``: bytes left, measured when
+    not given)."""
+    if free is None:
+        free = shutil.disk_usage(Path(path).parent).free
+    return UsageError(f"cannot write {path}: the disk is full ({free:,} bytes free); the files written before are "
+                      "kept: free some space and rerun (with --resume where the stage has it)")
+
+
+def append_text(path: Path, text: str) -> None:
+    """Append ``text`` to ``path`` whole or not at all: a write that fails part-way (a full disk) is cut back to
+    the file's earlier length, and a full disk is a ``UsageError`` (``disk_full``)."""
+    with open(path, "a", newline="") as f:
+        start = f.tell()
+        try:
+            f.write(text)
+            f.flush()
+        except OSError as exc:
+            f.truncate(start)
+            if exc.errno in DISK_FULL:
+                raise disk_full(path) from None
+            raise
 
 
 def write_json(path: Path, obj: Any) -> None:

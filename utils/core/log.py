@@ -27,10 +27,24 @@ def setup_logging(run_dir: Path | None = None, name: str = "log.txt") -> logging
     LOG.addHandler(console)
     if run_dir is not None and main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        file_handler = logging.FileHandler(run_dir / name)
+        file_handler = QuietFileHandler(run_dir / name)
         file_handler.setFormatter(fmt)
         LOG.addHandler(file_handler)
     return LOG
+
+
+class QuietFileHandler(logging.FileHandler):
+    """A log file that, when a line cannot be written (a full disk), says so once on stderr and stops writing:
+    never logging's ``--- Logging error ---`` block with a traceback; the console keeps every line, and the
+    stage's own write fails next with the one ``error:`` line."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        exc = sys.exc_info()[1]
+        sys.stderr.write(f"warning: cannot write the log file {self.baseFilename} "
+                         f"({getattr(exc, 'strerror', None) or type(exc).__name__}); logging to the console only\n")
+        LOG.removeHandler(self)
+        with contextlib.suppress(OSError):
+            self.close()
 
 
 _SUMMARIES = {"on": True}  # off while pipeline.py runs the stages (it prints its own summary)

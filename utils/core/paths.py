@@ -138,6 +138,24 @@ def finetuned_path(ckpt: str | Path) -> Path:
     return ckpt.with_name(f"{ckpt.stem}_finetuned.pth")
 
 
+NAME_MAX = 255  # bytes in one file or folder name (ext4, xfs, btrfs, tmpfs)
+
+
+def check_path(path: str | Path, what: str) -> Path:
+    """``path`` resolved to an absolute path, or a ``UsageError`` when no file can ever live there: a name longer
+    than ``NAME_MAX`` bytes, or a symlink loop on the way."""
+    path = Path(path)
+    for part in path.parts:
+        if len(os.fsencode(part)) > NAME_MAX:
+            raise UsageError(f"{what} {path} has a name of {len(os.fsencode(part))} bytes ({part[:24]}...); file "
+                             f"systems allow {NAME_MAX}: pick a shorter name")
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: Python < 3.13's "Symlink loop from ..."
+        raise UsageError(f"{what} {path} cannot be resolved (a symlink loop or an unreadable link: {exc}); fix the "
+                         "links or pick another path") from None
+
+
 def _existing_ancestor(path: Path) -> Path:
     """The nearest part of ``path`` (itself included) that exists."""
     for candidate in (path, *path.parents):
@@ -161,38 +179,69 @@ def check_writable(folder: Path, what: str) -> None:
                          "pick another --save_dir / output path") from exc
 
 
-LOCKS = Path(tempfile.gettempdir()) / "bridge-locks"  # one lock file per output path (never inside a run folder)
-_HELD: dict[str, int] = {}  # path -> file descriptor of the locks this process holds (until it ends)
+LOCKS = Path(tempfile.gettempdir()) / "bridge-locks"  # one lock file per output (never inside a run folder)
+_HELD: dict[str, int] = {}  # resolved path -> file descriptor of the claims this process holds (until it ends)
+_LOCKED: dict[str, tuple[int, int]] = {}  # lock key (device, inode, name) -> (file descriptor, flock mode held)
 
 
-def claim(target: Path, what: str) -> None:
-    """Make this process the one writer of ``target`` (a run folder or an output file): an exclusive OS lock
-    (``flock``) on a lock file named after its absolute path, held until the process ends, so a killed run
-    leaves no stale lock. A second process claiming the same target gets a ``UsageError`` naming the holder's
-    pid; this process may claim a target again (stages run in-process, one after the other). Only rank 0 of a
-    ``torchrun`` launch writes, so only it claims. Local file systems only (flock over NFS is not reliable)."""
-    if not is_main_process():
+def _lock_key(folder: Path, name: str = "") -> tuple[str, str]:
+    """(key, label) of the lock of ``folder`` (``name`` empty) or of the file ``name`` in it: the folder's device
+    and inode, not its path, so every alias (a symlink, a bind mount, ``./a//b``) meets the same lock. The folder
+    is made first (an output folder a stage is about to write)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    stat = folder.stat()
+    label = (name or folder.name)[:40] or "root"
+    suffix = f"-{zlib.crc32(name.encode()):08x}" if name else ""
+    return f"{stat.st_dev:x}-{stat.st_ino}{suffix}", label
+
+
+def _lock(key: str, label: str, mode: int, target: Path, what: str) -> None:
+    """Take the flock ``mode`` (``LOCK_EX`` to write a folder or file, ``LOCK_SH`` on the folder a file is written
+    into) on lock file ``key``, or raise the ``UsageError`` naming the run that holds it."""
+    held = _LOCKED.get(key)
+    if held is not None and (held[1] == fcntl.LOCK_EX or mode == fcntl.LOCK_SH):
         return
-    key = str(target.resolve())
-    if key in _HELD:
-        return
-    path = LOCKS / f"{zlib.crc32(key.encode()):08x}-{target.name[:40] or 'root'}.lock"
+    path = LOCKS / f"{key}-{label}.lock"
     try:
         LOCKS.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        fd = held[0] if held else os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as exc:  # the lock folder is a file, the lock file a folder, TMPDIR not writable, ...
         raise UsageError(f"cannot make the lock file {path} ({exc.strerror or type(exc).__name__}): remove what is "
                          "in its way, or set TMPDIR to a writable folder") from None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, mode | fcntl.LOCK_NB)
     except BlockingIOError:
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
+        if not held:
+            os.close(fd)
         raise UsageError(f"{what} {target} is being written by another run (pid {holder}); wait for it to end, or "
                          "give this run another folder") from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, str(os.getpid()).encode(), 0)
-    _HELD[key] = fd
+    _LOCKED[key] = (fd, mode)
+
+
+def claim(target: Path, what: str, *, is_file: bool = False) -> None:
+    """Make this process the one writer of ``target`` (a run folder, or with ``is_file`` an output file): an
+    exclusive OS lock (``flock``) on a lock file named after the folder's device and inode (``_lock_key``), held
+    until the process ends, so a killed run leaves no stale lock. A file's claim also holds its folder shared, so
+    no run writes a file into a folder another run holds whole (finetune.py --save_path into a running pretrain's
+    folder). A second process claiming the same target gets a ``UsageError`` naming the holder's pid; this process
+    may claim a target again (stages run in-process, one after the other). Only rank 0 of a ``torchrun`` launch
+    writes, so only it claims. Local file systems only (flock over NFS is not reliable)."""
+    if not is_main_process():
+        return
+    resolved = str(target.resolve())
+    if resolved in _HELD:
+        return
+    if is_file:
+        folder_key, folder_label = _lock_key(target.parent)
+        _lock(folder_key, folder_label, fcntl.LOCK_SH, target.parent, what)
+        key, label = _lock_key(target.parent, target.name)
+    else:
+        key, label = _lock_key(target)
+    _lock(key, label, fcntl.LOCK_EX, target, what)
+    _HELD[resolved] = _LOCKED[key][0]
 
 
 def check_output_file(path: str | Path, *, inputs: Sequence[str | Path] = (), overwrite: bool = False,
@@ -201,14 +250,15 @@ def check_output_file(path: str | Path, *, inputs: Sequence[str | Path] = (), ov
     another run (``claim``), not an existing file unless ``overwrite``, in a writable place. Returns it as a
     ``Path``."""
     path = Path(path)
-    if any(path.resolve() == Path(source).resolve() for source in inputs):
+    resolved = check_path(path, what)
+    if any(resolved == Path(source).resolve() for source in inputs):
         raise UsageError(f"{what} {path} is also an input of this stage; pick another path")
     if path.is_dir():
         raise UsageError(f"{what} {path} is a folder; give a file path")
-    claim(path, what)
+    check_writable(path.parent, what)
+    claim(path, what, is_file=True)
     if path.exists() and not overwrite:
         raise UsageError(f"{what} {path} exists; pass --overwrite to replace it")
-    check_writable(path.parent, what)
     return path
 
 
@@ -218,13 +268,14 @@ def check_output_dir(folder: str | Path, *, products: Sequence[str] = (), overwr
     by another run (``claim``, before anything is compared), writable, and holding none of them already unless
     ``overwrite``. Returns it as a ``Path``."""
     folder = Path(folder)
+    check_path(folder, what)
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"{what} {folder} is a file, not a folder")
+    check_writable(folder, what)
     claim(folder, what)
     existing = [name for name in products if (folder / name).exists()]
     if existing and not overwrite:
         raise UsageError(f"{folder / existing[0]} exists (a finished earlier run); pass --overwrite to replace it")
-    check_writable(folder, what)
     return folder
 
 

@@ -45,7 +45,7 @@ class Format:
 
     @classmethod
     def parse(cls, name: str) -> Format:
-        if name not in FORMATS:
+        if not isinstance(name, str) or name not in FORMATS:
             raise UsageError(f"unknown storage format '{name}'; choose one of: {', '.join(FORMATS)}")
         layout, values = name.split("_")
         return cls(layout, values)

@@ -180,9 +180,10 @@ class PruneRun:
         search = self.stage.granularity.search_script
         log_outputs([self.out / PRUNE_LOG, self.out / "sparsity_vs_accuracy.png",
                      f"{len(rows)} checkpoint(s) in {self.out}/, the sparsest {last.name}"],
-                    f"python {search} {self.stage.repeat_flags()}"
-                    f"{f' --pretrained {run.pretrained}' if run.pretrained else ''} --initial_ckpt {last} "
-                    "--num_epochs 200 --episode_steps 30 --episode_val_subset 1000   (cheap episodes)")
+                    f"python evaluate.py --ckpt {last} --per_layer   (then finetune.py or export.py --ckpt {last}; "
+                    f"the original method's next step, an RL regrowth search: python {search} "
+                    f"{self.stage.repeat_flags()}{f' --pretrained {run.pretrained}' if run.pretrained else ''} "
+                    f"--initial_ckpt {last} --num_epochs 200 --episode_steps 30 --episode_val_subset 1000)")
 
     def run_oneshot(self, dense_path: Path, targets: list[float], gradual: bool = False) -> None:
         """One step from the dense model ``dense_path`` to each target sparsity (all checked first); ``gradual``:

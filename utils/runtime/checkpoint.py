@@ -36,6 +36,7 @@ import torch.nn.utils.prune as prune
 
 from utils.core.errors import UsageError
 from utils.core.files import SEAL_CHECKSUM, SEALED, atomic_save, check_seal, git_revision, plain, seal
+from utils.core.paths import check_path
 from utils.sparsity.masks import has_param_mask, prunable_modules
 
 FORMAT = "bridge-ckpt"
@@ -210,6 +211,7 @@ def read_checkpoint(path: str | Path, *, trust_pickle: bool = False) -> Checkpoi
     ``_verify``: finite values, binary masks, ...); an unknown layout or a damaged file is a ``UsageError`` naming
     what was found."""
     path = Path(path)
+    check_path(path, "checkpoint")
     if path.is_dir():
         raise UsageError(f"checkpoint {path} is a folder; pass the .pth file inside it")
     if not path.is_file():

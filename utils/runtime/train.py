@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import functools
+import io
 import math
 import sys
 from collections.abc import Callable, Iterable
@@ -25,6 +26,7 @@ from tqdm import tqdm
 from data.loader import DeviceLoader
 from utils.core.distributed import all_reduce_sum, broadcast, current_world, is_main_process, sync_buffers
 from utils.core.errors import UsageError
+from utils.core.files import append_text
 from utils.core.log import LOG
 from utils.core.timer import Timer
 from utils.runtime import schedules
@@ -222,13 +224,14 @@ def append_csv(path: Path, row: dict) -> None:
     """Append ``row`` to a CSV file, writing the header when the file is new (rank 0 only)."""
     if not is_main_process():
         return
-    new = not path.exists()
+    new = not path.exists() or path.stat().st_size == 0
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(row))
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(row))
+    if new:
+        writer.writeheader()
+    writer.writerow(row)
+    append_text(path, text.getvalue())  # whole rows only: a full disk is one error line, the earlier rows kept
 
 
 def passes(model: nn.Module, loop: LoopSettings) -> tuple[nn.Module, nn.Module]:

@@ -80,6 +80,34 @@ def pruning_checkpoints(folder: Path, stage_of: StageReader, known: dict[str, di
     return chosen
 
 
+def _valid_entry(entry: object) -> bool:
+    """A cache entry as ``baseline_table`` writes it: fingerprint [size, mtime], sparsity and val accuracy."""
+    number = (int, float)
+    return (isinstance(entry, dict) and isinstance(entry.get("fingerprint"), list)
+            and len(entry["fingerprint"]) == 2 and all(isinstance(x, number) for x in entry["fingerprint"])
+            and isinstance(entry.get("sparsity"), number) and isinstance(entry.get("val_acc"), number)
+            and not isinstance(entry["sparsity"], bool) and not isinstance(entry["val_acc"], bool))
+
+
+def read_baseline_cache(path: Path) -> dict:
+    """The baseline cache (``{"settings", "entries"}``; empty when there is none). A damaged or hand-edited one is
+    derived data: one warning, and every checkpoint is evaluated again (the cache is then written anew)."""
+    if not path.is_file():
+        return {}
+    try:
+        cache = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        reason = f"not JSON: {type(exc).__name__}"
+    else:
+        entries = cache.get("entries") if isinstance(cache, dict) else None
+        if isinstance(entries, dict) and all(_valid_entry(e) for e in entries.values()):
+            return cache
+        reason = "not a table of checkpoint entries"
+    LOG.warning("baseline: the cache %s is damaged or hand-edited (%s); evaluating the checkpoints again", path,
+                reason)
+    return {}
+
+
 def baseline_table(folder: str | Path, evaluate: Evaluator, settings: dict, cache_path: Path,
                    stage_of: StageReader = checkpoint_stage) -> dict[float, float]:
     """{sparsity: val accuracy} over the pruning checkpoints in ``folder`` (``pruning_checkpoints``; cached in
@@ -88,7 +116,7 @@ def baseline_table(folder: str | Path, evaluate: Evaluator, settings: dict, cach
     folder = Path(folder)
     if not folder.is_dir():
         raise UsageError(f"--baseline_dir {folder} is not a folder")
-    cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    cache = read_baseline_cache(cache_path)
     settings = {**settings, "folder": str(folder.resolve()), "selection": SELECTION}
     entries = cache.get("entries", {}) if cache.get("settings") == settings else {}
     fresh = {}

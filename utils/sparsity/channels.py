@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from models import create_model
+from models import scratch_model
 from utils.core.errors import UsageError
 from utils.sparsity.granularity import Granularity, Masks, Scores, UnitCost, register_granularity
 from utils.sparsity.grow_channels import regrow_channels
@@ -156,7 +156,7 @@ class ChannelGranularity(Granularity):
 
     def __init__(self, model_name: str, num_classes: int, input_size: int) -> None:
         super().__init__(model_name, num_classes, input_size)
-        model = create_model(model_name, num_classes)
+        model = scratch_model(model_name, num_classes)
         self.groups = trace_groups(model, input_size)
         self.by_root = {g.root: g for g in self.groups}
         self._shapes = {f"{n}.{p}": tuple(t.shape) for n, m in model.named_modules()
@@ -246,7 +246,7 @@ class ChannelGranularity(Granularity):
         return regrow_channels(self, model, allocation, scores, init_strategy, dense, optimizer, generator)
 
     def unit_costs(self) -> dict[str, UnitCost]:
-        sizes = output_sizes(create_model(self.model_name, self.num_classes), self.input_size)
+        sizes = output_sizes(scratch_model(self.model_name, self.num_classes), self.input_size)
         costs = {}
         for group in self.groups:
             weights = macs = 0.0

@@ -214,6 +214,9 @@ def granularity_class(name: str) -> type[Granularity]:
 
 @functools.lru_cache(maxsize=32)
 def get_granularity(name: str, model_name: str, num_classes: int | None = None) -> Granularity:
-    """The granularity ``name`` for ``model_name`` (built once per architecture and class count)."""
+    """The granularity ``name`` for ``model_name`` (built once per architecture and class count). Building one
+    (a scratch model, a traced forward pass) never moves the global RNG: stages build it lazily, at their first
+    save, and a resumed run must draw what the uninterrupted one draws."""
     spec = model_spec(model_name)
-    return granularity_class(name)(spec.name, num_classes or spec.num_classes, spec.input_size)
+    with torch.random.fork_rng(devices=[]):
+        return granularity_class(name)(spec.name, num_classes or spec.num_classes, spec.input_size)

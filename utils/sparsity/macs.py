@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from models import create_model
+from models import scratch_model
 from utils.core.errors import UsageError
 
 if TYPE_CHECKING:  # the granularity interface imports this module for its MAC counts
@@ -115,7 +115,7 @@ class ChannelMacs:
     def __init__(self, gran) -> None:
         """``gran``: a ``ChannelGranularity``. A model whose group slices cover channels unevenly (so the
         count alone does not fix a layer's size) is a ``UsageError``."""
-        model = create_model(gran.model_name, gran.num_classes)
+        model = scratch_model(gran.model_name, gran.num_classes)
         axes: dict[tuple[str, int], Axis] = {}
         for name, module in model.named_modules():
             if isinstance(module, (nn.Conv2d, nn.Linear, nn.BatchNorm2d)):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from models import create_model
+from models import scratch_model
 from utils.sparsity import masks as M
 from utils.sparsity.granularity import Granularity, Masks, Scores, UnitCost, register_granularity
 from utils.sparsity.grow import INIT_STRATEGIES, apply_regrowth
@@ -33,7 +33,7 @@ class WeightGranularity(Granularity):
 
     def __init__(self, model_name: str, num_classes: int, input_size: int) -> None:
         super().__init__(model_name, num_classes, input_size)
-        self._layers = list(M.prunable_modules(create_model(model_name, num_classes)))
+        self._layers = list(M.prunable_modules(scratch_model(model_name, num_classes)))
 
     def units(self) -> list[str]:
         return list(self._layers)
@@ -76,7 +76,7 @@ class WeightGranularity(Granularity):
         return apply_regrowth(model, allocation, scores, init_strategy, dense_weights, optimizer, generator)
 
     def unit_costs(self) -> dict[str, UnitCost]:
-        model = create_model(self.model_name, self.num_classes)
+        model = scratch_model(self.model_name, self.num_classes)
         sizes = output_sizes(model, self.input_size)
         return {name: UnitCost(m.weight.numel(), 1.0, float(sizes.get(name, 0)))
                 for name, m in M.prunable_modules(model).items()}

@@ -8,12 +8,12 @@ weights and grows ``n`` of its pruned positions back, so its count of kept weigh
   ``fraction · (1 + cos(π t / (until · T))) / 2`` for ``t < until · T`` (T: the finetune's optimizer steps),
   then no more swaps;
 * drop (``drop_score``): the smallest ``|θ|`` among the kept weights;
-* grow (``grow_score``): among the positions pruned *before* the swap (a weight dropped now is not grown back in
-  the same swap), the largest ``|dL/dθ|`` of the dense gradient on the step's batch (``gradient``, RigL), or
-  ``(dL/dθ)^2 θ_dense^2`` (``saliency``, the toolkit's regrowth score; needs the dense weights). **This differs
-  from RigL's Algorithm 1**, which grows among every position inactive after the drop (``I_grow = ArgTopK``
-  over ``i ∉ θ − I_drop``), just-dropped ones included, so a dropped weight with a large gradient can come
-  straight back (at zero). The exclusion is kept for now, pending a measurement of the two on the same runs;
+* grow (``grow_score``): among every position inactive after the drop, as RigL's Algorithm 1 (``I_grow =
+  ArgTopK`` over ``i ∉ θ − I_drop``: a weight dropped now may come straight back, at zero), the largest
+  ``|dL/dθ|`` of the dense gradient on the step's batch (``gradient``, RigL), or ``(dL/dθ)^2 θ_dense^2``
+  (``saliency``, the toolkit's regrowth score; needs the dense weights). Until 2026-12-06 the just-dropped
+  positions were left out of the grow candidates; that was never measured to be better, so the rule follows
+  RigL (the small-regime swap results of docs/results/matched_experiment.md were measured with the old rule);
 * grown weights start at zero with fresh optimizer state (Adam moments zeroed); dropped ones are zeroed too.
 
 The dense gradient comes from the training step itself: on a swap step, the effective weight ``weight_orig ·
@@ -87,17 +87,19 @@ class SwapSettings:
 def swap_layer(weight: torch.Tensor, mask: torch.Tensor, grow: torch.Tensor, drop: torch.Tensor, fraction: float,
                optimizer: torch.optim.Optimizer | None) -> int:
     """One swap of a layer: ``n = round(fraction · kept)`` (capped) of the kept entries with the smallest
-    ``drop`` score are masked and zeroed, and as many entries pruned before the swap with the largest ``grow``
-    score are unmasked at zero with fresh optimizer state (just-dropped entries are not candidates: unlike RigL's
-    Algorithm 1, kept pending a measurement; see the module doc). ``weight``: the stored parameter; ``mask``: its keep
-    mask (same shape); ``grow`` / ``drop``: scores of that shape. Returns n."""
+    ``drop`` score are masked and zeroed, and as many entries inactive after that drop (just-dropped ones
+    included, as RigL) with the largest ``grow`` score are unmasked at zero with fresh optimizer state.
+    ``weight``: the stored parameter; ``mask``: its keep mask (same shape); ``grow`` / ``drop``: scores of that
+    shape. Returns n (a position dropped and grown back in the same swap counts as moved)."""
     kept = mask.reshape(-1).bool()
     count = int(kept.sum())
     n = min(round(fraction * count), count, kept.numel() - count)
     if n <= 0:
         return 0
     dropped = drop.reshape(-1).float().masked_fill(~kept, math.inf).topk(n, largest=False).indices
-    grown = grow.reshape(-1).float().masked_fill(kept, -math.inf).topk(n).indices
+    still_kept = kept.clone()
+    still_kept[dropped] = False
+    grown = grow.reshape(-1).float().masked_fill(still_kept, -math.inf).topk(n).indices
     for tensor, (off, on) in ((mask, (0.0, 1.0)), (weight, (0.0, 0.0))):  # index tuples: any memory layout
         write_at(tensor, dropped, off)
         write_at(tensor, grown, on)

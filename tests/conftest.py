@@ -103,3 +103,26 @@ def save_dense_and_sparse(save: Path, amount: float, pruner: str = "lamp", seed:
     sparse = save / "resnet20" / "oneshot" / f"resnet20_{amount:.4f}.pth"
     save_checkpoint(sparse, model, model_name="resnet20", dataset="synthetic", num_classes=10, meta={})
     return dense, sparse
+
+
+@pytest.fixture()
+def log_lines():
+    """The messages the project's logger emits at INFO and above during the test (a list that grows)."""
+    import logging
+
+    from utils.core.log import LOG
+
+    class Lines(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__(logging.INFO)
+            self.lines: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.lines.append(record.getMessage())
+
+    handler, level = Lines(), LOG.level
+    LOG.addHandler(handler)
+    LOG.setLevel(logging.INFO)
+    yield handler.lines
+    LOG.removeHandler(handler)
+    LOG.setLevel(level)

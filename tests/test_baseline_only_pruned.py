@@ -2,14 +2,12 @@
 checkpoint (same sparsity, higher accuracy) must not replace the pruning point (issue 36, point 2)."""
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import pytest
 import torch.nn as nn
 
 from utils.core.files import write_csv
-from utils.core.log import LOG
 from utils.runtime.checkpoint import read_checkpoint, save_checkpoint
 from utils.search.baseline import baseline_table
 
@@ -34,25 +32,6 @@ def _folder(tmp_path: Path) -> Path:
     _save(tmp_path / "m_0.9000_final_exported.pth", "export", 0.9, 82.0)
     _save(tmp_path / "grown.pth", "regrowth", 0.9, 83.0)
     return tmp_path
-
-
-class _Lines(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
-
-
-@pytest.fixture()
-def log_lines():
-    handler, level = _Lines(), LOG.level
-    LOG.addHandler(handler)
-    LOG.setLevel(logging.INFO)
-    yield handler.lines
-    LOG.removeHandler(handler)
-    LOG.setLevel(level)
 
 
 @pytest.mark.parametrize("with_log", [True, False], ids=["prune_log", "meta_stage"])

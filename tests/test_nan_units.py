@@ -3,7 +3,6 @@ in the RL search's space; the budget is still spent exactly on the others (issue
 from __future__ import annotations
 
 import json
-import logging
 import math
 from pathlib import Path
 
@@ -12,7 +11,6 @@ import torch
 
 from models import create_model
 from utils.core.errors import UsageError
-from utils.core.log import LOG
 from utils.prune.pruners import get_pruner
 from utils.regrow.allocation import GREEDY_ALLOCATIONS, allocate_proportional
 from utils.runtime.checkpoint import read_checkpoint, save_checkpoint
@@ -22,25 +20,6 @@ from utils.sparsity.masks import add_reparam
 SILENT = "layers.0.conv1"  # EfficientNet-B0's first block has expansion 1: this conv never runs
 SSIM = {"a": 0.2, SILENT: math.nan, "b": 0.6, "c": 0.9}
 CAPS = {"a": 40, SILENT: 50, "b": 30, "c": 20}
-
-
-class _Lines(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
-
-
-@pytest.fixture()
-def log_lines():
-    handler, level = _Lines(), LOG.level
-    LOG.addHandler(handler)
-    LOG.setLevel(logging.INFO)
-    yield handler.lines
-    LOG.removeHandler(handler)
-    LOG.setLevel(level)
 
 
 @pytest.mark.parametrize("rule", list(GREEDY_ALLOCATIONS))

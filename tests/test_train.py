@@ -24,6 +24,16 @@ def _tiny_net() -> nn.Module:
                          nn.Flatten(), nn.Linear(8, 4))
 
 
+def _randomly_pruned_net() -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """``_tiny_net`` with 60% of each layer's weights pruned at random (seed 0), and a copy of its masks."""
+    torch.manual_seed(0)
+    model = _tiny_net()
+    add_reparam(model)
+    for module in prunable_modules(model).values():
+        prune.random_unstructured(module, "weight", 0.6)
+    return model, {n: m.weight_mask.clone() for n, m in prunable_modules(model).items()}
+
+
 def _loader(n=64, augment=None, seed=0) -> DeviceLoader:
     gen = torch.Generator().manual_seed(seed)
     labels = torch.randint(0, 4, (n,), generator=gen)
@@ -69,12 +79,7 @@ def test_resume_from_state_runs_remaining_epochs():
     lambda p: torch.optim.AdamW(p, lr=3e-3, weight_decay=0.01),
 ], ids=["sgd-momentum-wd", "adamw-wd"])
 def test_pruned_weights_stay_exactly_zero(make_opt):
-    torch.manual_seed(0)
-    model = _tiny_net()
-    add_reparam(model)
-    for module in prunable_modules(model).values():
-        prune.random_unstructured(module, "weight", 0.6)
-    masks = {n: m.weight_mask.clone() for n, m in prunable_modules(model).items()}
+    model, masks = _randomly_pruned_net()
     fit(model, _loader(), _loader(seed=1), make_opt(model.parameters()), FitSchedule(5), loop=QUIET)
     for name, module in prunable_modules(model).items():
         weight = effective_weight(module)
@@ -133,12 +138,7 @@ def test_masks_and_swap_counts_stay_exact_under_bf16(monkeypatch):
     """Forced bf16 autocast (emulated where the CPU has no bf16 units): pruned effective weights stay exactly 0
     and swap cycles keep every layer's count, as in fp32."""
     monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: True)
-    torch.manual_seed(0)
-    model = _tiny_net()
-    add_reparam(model)
-    for module in prunable_modules(model).values():
-        prune.random_unstructured(module, "weight", 0.6)
-    masks = {n: m.weight_mask.clone() for n, m in prunable_modules(model).items()}
+    model, masks = _randomly_pruned_net()
     dtypes = []
     model[0].register_forward_hook(lambda m, i, out: dtypes.append(out.dtype))
     settings = FinetuneSettings(epochs=3, lr=0.01, swap=SwapSettings(every=2, fraction=0.3, until=0.9))

@@ -24,6 +24,7 @@ from benchmarks.common import machine, save_results
 from data import DataSettings, get_data
 from models import create_model
 from utils.cli.flags import cli_main, fraction, positive_int
+from utils.core.seeds import make_generator
 from utils.core.timer import Timer
 from utils.prune.pruners import get_pruner
 from utils.runtime.checkpoint import read_checkpoint
@@ -67,9 +68,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     total = sum(m.numel() for m in masks.values())
     k = int(args.regrow_step * total)
     flat, seconds = {}, {}
-    for name in FISHER_ESTIMATORS:
+    for name in FISHER_ESTIMATORS:  # the same batches for both: a fresh data-order generator each time
+        batches = data.train.with_generator(make_generator(args.seed, "bench_fisher", device))
         with Timer() as timer:
-            scores = saliency(dense, data.train, args.batches, layers=list(masks), fisher=name)
+            scores = saliency(dense, batches, args.batches, layers=list(masks), fisher=name)
         flat[name], seconds[name] = pruned_flat(scores, masks), timer.seconds
     batch, sample = flat["batch"], flat["per_sample"]
     top_b, top_s = set(batch.topk(k).indices.tolist()), set(sample.topk(k).indices.tolist())

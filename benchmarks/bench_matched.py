@@ -41,7 +41,8 @@ with ``/selection`` added for selectors other than saliency.
     python -m benchmarks.bench_matched --train_subset 3000 --allocations greedy none --inits zero \
         --swap_arms gradual --swap_every 0 --save_dir runs/matched4 --results docs/results/data/matched
 
-    # the paper regime (docs/results/matched_paper.md): the reference dense models, 20 epochs after pruning
+    # the paper regime (not run yet: it starts once the reference dense models stand, docs/results/dense_recipe.md):
+    # the reference dense models, 20 epochs after pruning
     python -m benchmarks.bench_matched --seeds 1 --dataset cifar10 --data_dir DATA \
         --dense docs/results/data/dense/resnet20_cifar10_seed{seed}.pth --start_sparsity 0.99 --final_sparsity 0.98 \
         --prune_epochs 10 --regrow_epochs 10 --allocations greedy_uniform random_search rl none --inits zero \
@@ -126,7 +127,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              "plain arms, e.g. gradual; straight and greedy/zero are then the plain arms themselves)")
     parser.add_argument("--swap_every_epochs", type=positive_float, default=None,
                         help="instead of --swap_every: epochs between swaps (0.25: four an epoch), the same "
-                             "interval on any data size; arms named +swap{E}ep")
+                             "interval on any data size; arms named +rigl{E}ep")
     parser.add_argument("--results", default=None,
                         help="also keep each seed's finished rows here (one small JSON per seed and settings, e.g. "
                              "docs/results/data/matched) and read them back, so a later run adds seeds or arms "
@@ -224,11 +225,22 @@ def planned(args: argparse.Namespace) -> list[tuple[str, str, str]]:
     return list(dict.fromkeys(wanted))  # an arm asked twice runs once
 
 
+# the swap rule in the arm and folder names: "rigl" grows just-dropped weights back as RigL's Algorithm 1 does;
+# the rows named "+swap{N}" (docs/results/data/matched) left them out, so the two are never paired or reused
+SWAP_RULE = "rigl"
+
+
+def swap_interval(args: argparse.Namespace) -> str:
+    """The swap interval in the arm names: ``{E}ep`` (--swap_every_epochs), ``{N}`` (--swap_every), '' for none."""
+    if args.swap_every_epochs:
+        return f"{args.swap_every_epochs:g}ep"
+    return str(args.swap_every) if args.swap_every else ""
+
+
 def swap_names(args: argparse.Namespace) -> list[str]:
-    """The names of the --swap_arms arms (``straight+swap20``: with swaps every 20 steps; with --swap_every 0
+    """The names of the --swap_arms arms (``straight+rigl20``: with swaps every 20 steps; with --swap_every 0
     the plain names: ``straight``, ``greedy/zero``, ``gradual``)."""
-    suffix = (f"+swap{args.swap_every_epochs:g}ep" if args.swap_every_epochs
-              else f"+swap{args.swap_every}" if args.swap_every else "")
+    suffix = f"+{SWAP_RULE}{swap_interval(args)}" if swap_interval(args) else ""
     return [f"{arm if arm != 'regrown' else 'greedy/zero'}{suffix}" for arm in args.swap_arms]
 
 
@@ -294,8 +306,7 @@ def swap_row(args: argparse.Namespace, seed: int, root: Path, dense: Path, prepa
                                      swap=SwapSettings(every=args.swap_every, every_epochs=args.swap_every_epochs))
         return {"seed": seed, "arm": name, "allocation": "greedy", "init": "zero", "selection": "saliency", **result}
     mode = "oneshot" if arm == "straight" else "gradual"
-    every = f"{args.swap_every_epochs:g}ep" if args.swap_every_epochs else args.swap_every
-    label = f"{arm}_swap{every}" if every else arm
+    label = f"{arm}_{SWAP_RULE}{swap_interval(args)}" if swap_interval(args) else arm
     path = pruned_model(args, seed, root, dense, args.final_sparsity, epochs, label, mode, flags)
     return {**straight_row(stage, seed, path), "arm": name}
 

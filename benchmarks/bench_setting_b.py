@@ -26,7 +26,7 @@ from pathlib import Path
 from benchmarks.common import machine
 from benchmarks.experiment import add_experiment_args, dense_model, pruned_model
 from utils.cli.flags import cli_main, fraction, positive_int
-from utils.core.files import write_json
+from utils.core.files import atomic_write, write_json
 from utils.core.timer import Timer
 from utils.results.plots import plot_report
 from utils.runtime.checkpoint import read_checkpoint
@@ -113,8 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     text = table(points)
     print(text)
-    stem = Path(args.results) / f"setting_b_{args.dataset}_{args.m_name}_ft{args.finetune_epochs}"
-    stem.with_suffix(".md").write_text(text + "\n")
+    stem = Path(args.results) / f"setting_b_{point_path(args, 0, 0.0).name.split('_seed')[0]}"
+    atomic_write(stem.with_suffix(".md"), lambda tmp: Path(tmp).write_text(text + "\n"))
     curve = [(statistics.fmean(p["sparsity"] for p in points if p["target"] == t),
               statistics.fmean(p["test_acc"] for p in points if p["target"] == t),
               statistics.stdev([p["test_acc"] for p in points if p["target"] == t])

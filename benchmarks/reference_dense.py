@@ -21,13 +21,15 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
+
 import evaluate
 from utils.cli.flags import cli_main
 from utils.core.errors import UsageError
 from utils.core.files import read_csv, write_json
 from utils.core.paths import pretrained_path
 from utils.runtime.checkpoint import read_checkpoint
-from utils.runtime.train import cpu_has_native_bf16
+from utils.runtime.train import precision_name
 
 # flags of the run that do not change the model it makes (where it ran and how it showed progress)
 NOT_DEFINING = ("save_dir", "data_dir", "device", "no_progress", "resume", "overwrite", "no_download",
@@ -59,11 +61,12 @@ def cpu_model() -> str:
 
 
 def measured(path: Path, data_dir: str, amp: bool) -> dict:
-    """evaluate.py --json on every val and test image of ``path`` (the checkpoint's own seed and val split)."""
+    """evaluate.py --json on the CPU over every val and test image of ``path`` (the checkpoint's own seed and val
+    split)."""
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         code = evaluate.main(["--ckpt", str(path), "--data_dir", data_dir, "--json", "--eval_subset", "all",
-                              "--no_progress", *([] if amp else ["--no_amp"])])
+                              "--device", "cpu", "--no_progress", *([] if amp else ["--no_amp"])])
     if code:
         raise UsageError(f"evaluate.py on {path} failed (exit {code})")
     report = json.loads(out.getvalue())
@@ -78,7 +81,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--data_note", default="CIFAR-10, the JPEG copy of ../shared/datasets (make_cifar10.py)",
                         help="which data the run used, in words")
     parser.add_argument("--out", default="docs/results/data/dense")
-    parser.add_argument("--threads", type=int, required=True, help="the thread count the run trained with")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="the thread count the run trained with, where its summary.json does not record it")
     parser.add_argument("--commit", default=None,
                         help="the commit the run trained at, where its checkpoint did not record one")
     parser.add_argument("--overwrite", action="store_true")
@@ -102,17 +106,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     shutil.copyfile(source, target)
     rows = read_csv(source.with_name("pretrain_log.csv"))
     summary = json.loads(summary_path.read_text())
-    precision = "bf16" if cpu_has_native_bf16() and not run_args.get("no_amp") else "fp32"
+    evaluated = precision_name(torch.device("cpu"), True)  # what evaluate.py's default runs in on this CPU
     write_json(record, {
         "file": target.name, "sha256": sha256(target), "bytes": target.stat().st_size,
         "model": ckpt.model, "dataset": ckpt.dataset, "data": args.data_note, "seed": run_args.get("seed"),
         "command": command(run_args), "commit": ckpt.meta.get("git") or args.commit, "torch": ckpt.meta.get("torch"),
-        "cpu": cpu_model(), "threads": args.threads, "precision": precision,
+        "cpu": cpu_model(), "threads": summary.get("threads", args.threads),
+        "precision": summary.get("precision", "fp32 unless bf16 was native on the training machine"),
         "epochs": len(rows), "best_epoch": summary["best_epoch"],
         "train_minutes": round(sum(float(r["seconds"]) for r in rows) / 60, 1),
         "recorded": {"val_acc": summary["best_val_acc"], "test_acc": summary["test_acc"]},
-        "evaluate": {precision: measured(target, args.data_dir, amp=True),
-                     **({} if precision == "fp32" else {"fp32": measured(target, args.data_dir, amp=False)})},
+        "evaluated_on": cpu_model(),
+        "evaluate": {evaluated: measured(target, args.data_dir, amp=True),
+                     **({} if evaluated == "fp32" else {"fp32": measured(target, args.data_dir, amp=False)})},
         "created": ckpt.meta.get("created")})
     print(f"wrote {target} and {record}")
     return 0

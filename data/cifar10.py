@@ -38,6 +38,7 @@ def _where_to_put(data_dir: Path) -> str:
 # pickled by Python 3 at protocol 2): anything else (os.system, eval, ...) is refused before it is called
 _BATCH_GLOBALS = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
                   ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+                  ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
                   ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"), ("__builtin__", "bytes"),
                   ("builtins", "bytes")}
 

@@ -123,3 +123,17 @@ def test_the_fisher_benchmark_compares_the_two_top_k_sets(tmp_path, monkeypatch)
     assert 0 <= result["top_k_overlap"] <= 1 and -1 <= result["kendall_tau_all_pruned"] <= 1
     split = result["per_layer_top_k"]
     assert sum(split["batch"]) == sum(split["per_sample"]) == result["k"]
+
+
+def test_the_fisher_benchmark_scores_both_estimates_on_the_same_batches(tmp_path, monkeypatch):
+    from benchmarks import bench_fisher, common
+    from tests.conftest import save_dense_and_sparse
+
+    monkeypatch.setattr(common, "ROOT", tmp_path)
+    real = bench_fisher.saliency
+    monkeypatch.setattr(bench_fisher, "saliency", lambda *a, **kw: real(*a, **{**kw, "fisher": "batch"}))
+    dense, _ = save_dense_and_sparse(tmp_path, 0.5)
+    assert bench_fisher.main(["--dense", str(dense), "--dataset", "synthetic", "--batches", "2", "--batch_size", "8",
+                              "--sparsity", "0.9"]) == 0
+    result = json.loads((tmp_path / "benchmarks" / "results" / "bench_fisher.json").read_text())
+    assert result["top_k_overlap"] == 1.0  # one estimator twice: the same batches give the same scores

@@ -718,31 +718,37 @@ def test_more_bad_inputs_table(start, tmp_path, capsys):
     assert tree(out) == []
 
 
-class _FullDisk:
-    """A file opened for appending on a disk that fills up after ``room`` characters (D11)."""
+class _FullDiskOs:
+    """``os`` for utils.core.files on a disk that fills up after ``room`` more bytes (D11): a write stores what
+    fits, then fails with ENOSPC."""
 
-    def __init__(self, path: Path, room: int) -> None:
-        self.f, self.room = open(path, "a", newline=""), room  # noqa: SIM115 - closed in __exit__
+    def __init__(self, room: int) -> None:
+        self.room = room
 
-    def __enter__(self) -> _FullDisk:
-        return self
+    def __getattr__(self, name: str):
+        return getattr(os, name)
 
-    def __exit__(self, *exc) -> None:
-        self.f.close()
+    def write(self, fd: int, data) -> int:
+        if self.room <= 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written = os.write(fd, bytes(data[:self.room]))
+        self.room -= written
+        return written
 
-    def tell(self) -> int:
-        return self.f.tell()
 
-    def truncate(self, size: int) -> None:
-        self.f.truncate(size)
+def test_an_append_that_fills_the_disk_is_cut_back_and_one_error(tmp_path, monkeypatch):
+    import utils.core.files as files_module
 
-    def flush(self) -> None:
-        self.f.flush()
-
-    def write(self, text: str) -> None:
-        self.f.write(text[:self.room])
-        self.f.flush()
-        raise OSError(errno.ENOSPC, "No space left on device")
+    path = tmp_path / "log.csv"
+    path.write_text("epoch,loss\n")
+    monkeypatch.setattr(files_module, "os", _FullDiskOs(room=3))
+    with pytest.raises(UsageError, match="the disk is full"):
+        files_module.append_text(path, "1,0.5\n")
+    assert path.read_text() == "epoch,loss\n"  # the half row is gone
+    monkeypatch.undo()
+    if Path("/dev/full").exists():  # a real full device: the same one error
+        with pytest.raises(UsageError, match="the disk is full"):
+            files_module.append_text(Path("/dev/full"), "1,0.5\n")
 
 
 def test_a_disk_full_when_training_starts_is_one_error_line_and_keeps_the_log(tmp_path, monkeypatch, capsys):
@@ -752,8 +758,7 @@ def test_a_disk_full_when_training_starts_is_one_error_line_and_keeps_the_log(tm
     assert pretrain.main(args) == 0
     folder = tmp_path / "resnet20" / "checkpoint"
     before = {k: v for k, v in _digest(folder).items() if k != "log.txt"}
-    monkeypatch.setattr(files_module, "open", lambda path, mode="r", *a, **kw: _FullDisk(path, 7) if mode == "a"
-                        else open(path, mode, *a, **kw), raising=False)  # appends fill the disk after 7 characters
+    monkeypatch.setattr(files_module, "os", _FullDiskOs(room=7))  # appends fill the disk after 7 bytes
     code, _, err = run_main(pretrain.main, args[:-1] + ["2", "--resume"], capsys)
     _one_error(code, err, "the disk is full")
     assert {k: v for k, v in _digest(folder).items() if k != "log.txt"} == before  # no half row, last.pth kept

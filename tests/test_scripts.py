@@ -259,3 +259,14 @@ def test_stages_take_the_data_set_from_the_checkpoint_and_refuse_a_contradicting
                        (evaluate.main, ["--ckpt", str(ckpt)])):
         code, _, err = run_main(main, argv + ["--dataset", "cifar10"], capsys)
         assert code == 2 and err.count("error:") == 1 and "trained on synthetic" in err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--warmup_epochs", "1"], "per-step schedules"),  # the per-epoch cosine has no warm-up: not silently ignored
+    (["--lr_schedule", "onecycle", "--warmup_epochs", "2"], "never decay"),
+    (["--momentum", "1"], "--momentum"),
+    (["--nesterov", "--momentum", "0"], "--nesterov"),
+])
+def test_schedule_flags_that_would_be_ignored_are_refused(tmp_path, capsys, extra, message):
+    code, _, err = run_main(pretrain.main, QUICK + ["--epochs", "2", "--save_dir", str(tmp_path), *extra], capsys)
+    assert code == 2 and err.count("error:") == 1 and message in err and tree(tmp_path) == []

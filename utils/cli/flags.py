@@ -411,7 +411,8 @@ def swap_settings(args: argparse.Namespace) -> SwapSettings | None:
     if not args.swap_every and not every_epochs:
         return None
     if getattr(args, "compile", False):
-        raise UsageError("--swap_every does not work with --compile (the swap reads each layer's dense gradient "
+        raise UsageError("swap cycles (--swap_every, --swap_every_epochs) do not work with --compile (the swap reads "
+                         "each layer's dense gradient "
                          "through a hook that a compiled graph skips); drop one of them")
     return SwapSettings(every=args.swap_every, every_epochs=every_epochs, fraction=args.swap_fraction,
                         until=args.swap_until, grow_score=args.grow_score, drop_score=args.drop_score)

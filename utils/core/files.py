@@ -1,6 +1,7 @@
 """Files: atomic writes (temp file, fsync, rename), JSON and CSV, the git revision, and the --resume settings check."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import errno
 import functools
@@ -56,18 +57,23 @@ def disk_full(path: Path, free: int | None = None) -> UsageError:
 
 
 def append_text(path: Path, text: str) -> None:
-    """Append ``text`` to ``path`` whole or not at all: a write that fails part-way (a full disk) is cut back to
-    the file's earlier length, and a full disk is a ``UsageError`` (``disk_full``)."""
-    with open(path, "a", newline="") as f:
-        start = f.tell()
+    """Append ``text`` (UTF-8) to ``path`` whole or not at all: unbuffered writes, and one that fails part-way (a
+    full disk) is cut back to the file's earlier length; a full disk is a ``UsageError`` (``disk_full``)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        start = os.fstat(fd).st_size
+        view = memoryview(text.encode("utf-8"))
         try:
-            f.write(text)
-            f.flush()
+            while view:
+                view = view[os.write(fd, view):]
         except OSError as exc:
-            f.truncate(start)
+            with contextlib.suppress(OSError):  # a device such as /dev/full cannot be cut back
+                os.ftruncate(fd, start)
             if exc.errno in DISK_FULL:
                 raise disk_full(path) from None
             raise
+    finally:
+        os.close(fd)
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -177,19 +183,31 @@ def _comparable(value: Any) -> Any:
 @functools.cache
 def git_revision() -> str | None:
     """The code's git commit (12 hex digits), with ``+dirty`` when tracked files differ from it; None outside a
-    checkout or without git. Read once per process (through ``git``, so worktrees and packed refs work)."""
+    checkout. Read once per process through ``git`` (worktrees and packed refs work; no index lock is taken),
+    else from ``.git/HEAD`` without the dirty flag (no git, or git refuses the folder)."""
     root = Path(__file__).resolve().parents[2]
 
     def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10,
-                              check=True).stdout.strip()
+        return subprocess.run(["git", "--no-optional-locks", "-C", str(root), *args], capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
 
     try:
         commit = git("rev-parse", "HEAD")[:12]
         dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
     except (OSError, subprocess.SubprocessError):
-        return None
+        return _head_commit(root / ".git" / "HEAD")
     return commit + ("+dirty" if dirty else "") if commit else None
+
+
+def _head_commit(head: Path) -> str | None:
+    """The commit ``.git/HEAD`` names (a loose ref followed once), or None."""
+    try:
+        ref = head.read_text().strip()
+        if ref.startswith("ref: "):
+            ref = (head.parent / ref[5:]).read_text().strip()
+        return ref[:12] or None
+    except OSError:
+        return None
 
 
 def atomic_save(obj: Any, path: Path) -> None:

@@ -44,10 +44,11 @@ class RunSettings:
 
     @property
     def val_settings(self) -> dict:
-        """What picks the val images besides the data set (the key of caches of val results); the eval subset
-        only when one is set, so caches written before it existed stay valid."""
+        """What picks the val images besides the data set, and the precision (the key of caches of val results);
+        the eval subset only when one is set, so caches written before it existed stay valid."""
         subset = {} if self.eval_subset is None else {"eval_subset": self.eval_subset}
-        return {"seed": self.seed, "val_split": self.val_split, **subset}
+        precision = {"amp": True} if self.amp else {}  # bf16 where native: results cached apart from fp32 ones
+        return {"seed": self.seed, "val_split": self.val_split, **subset, **precision}
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,7 @@ from utils.sparsity.masks import clone_model
 # flags a resumed search may change (how long it runs, where and how fast); every other flag defines the search
 MAY_CHANGE_ON_RESUME = {"num_epochs", "early_stop_patience", "min_epochs", "reward_std_threshold",
                         "reward_window_size", "num_iters", "target_sparsity", "resume", "overwrite", "device",
-                        "no_progress", "compile", "no_amp", "no_channels_last", "data_dir", "save_dir",
+                        "no_progress", "compile", "no_channels_last", "data_dir", "save_dir",
                         "eval_batch_size", "no_download", "trust_pickle", "allow_other_dense", "share_gpus"}
 STATE_VERSION = 2  # 2: per-episode seeds and policy batches
 ZeroPoint = Callable[[float], float]  # sparsity after regrowth -> reference val accuracy (%)

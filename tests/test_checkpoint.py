@@ -176,6 +176,9 @@ def test_a_damaged_checkpoint_of_the_right_size_is_refused(tmp_path):
     (lambda obj: obj.__setitem__("meta", "oops"), "'meta' is a str"),
     (lambda obj: obj.__setitem__("channel_masks", "oops"), "'channel_masks' is not a"),
     (lambda obj: obj.__setitem__("num_classes", 100), "records 100 classes but its classifier has 10"),
+    (lambda obj: obj.__setitem__("model", ["resnet20"]), "its 'model' is"),
+    (lambda obj: obj.__setitem__("dataset", 3), "its 'dataset' is"),
+    (lambda obj: obj.__setitem__("num_classes", "10"), "its 'num_classes' is"),
 ])
 def test_malformed_checkpoints_are_refused_with_the_reason(tmp_path, edit, message):
     path = _saved(tmp_path)

@@ -206,6 +206,17 @@ def _state_of(value: Any, path: Path, what: str) -> dict[str, torch.Tensor]:
     raise UsageError(f"{path}: '{what}' is neither a state dict nor a model")
 
 
+def _check_header(obj: dict, path: Path) -> None:
+    """A bridge-ckpt's model and data set are names (str) and its class count a positive int; a ``UsageError``
+    naming the field otherwise (an unsealed file edited by hand)."""
+    for key, kind in (("model", str), ("dataset", str), ("num_classes", int)):
+        value = obj.get(key)
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)
+                                  or (kind is int and value < 1)):
+            raise UsageError(f"{path} is damaged or hand-edited: its '{key}' is {value!r}, not a "
+                             f"{'positive integer' if kind is int else 'name'}; use an intact copy")
+
+
 def read_checkpoint(path: str | Path, *, trust_pickle: bool = False) -> Checkpoint:
     """Read any supported checkpoint format and verify it (``check_seal``: the checksum of the whole file;
     ``_verify``: finite values, binary masks, ...); an unknown layout or a damaged file is a ``UsageError`` naming
@@ -234,6 +245,7 @@ def _parse(obj: Any, path: Path) -> Checkpoint:
             raise UsageError(f"{path}: bridge-ckpt version {obj.get('version')} is not supported (expected {VERSION})")
         known = {"format", "version", "model", "dataset", "num_classes", "state_dict", "channel_masks", "meta",
                  SEALED, SEAL_CHECKSUM}
+        _check_header(obj, path)
         return Checkpoint(_tensors(obj.get("state_dict"), path, "state_dict"), FORMAT, obj.get("model"),
                           obj.get("dataset"), obj.get("num_classes"),
                           None if obj.get("channel_masks") is None else _tensors(obj["channel_masks"], path,

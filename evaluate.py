@@ -1,11 +1,12 @@
-"""Accuracy and sparsity of any checkpoint: ours (weight-pruned, channel-pruned or exported) or the original
-repository's formats.
+"""Accuracy and sparsity of any checkpoint: ours (weight-pruned, channel-pruned or exported), a packed file
+(export.py --format: the model read back from its storage format) or the original repository's formats.
 
 Examples:
     python evaluate.py --m_name resnet20 --ckpt runs/resnet20/checkpoint/ckpt.pth
     python evaluate.py --ckpt runs/resnet20/oneshot/resnet20_0.9900.pth --per_layer
     python evaluate.py --ckpt runs/resnet20/structured_oneshot/resnet20_ch0.5000.pth
     python evaluate.py --m_name vgg16 --ckpt old_repo/iterate_0.9903.pth --json
+    python evaluate.py --ckpt runs/resnet20/oneshot/resnet20_0.9900_bitmap_int8.bsparse
 
 Sparsity counts pruned prunable weights (every Conv2d and Linear weight): ``params_total`` is their
 number, ``params_nonzero`` the kept ones (mask == 1, or nonzero where a layer has no mask), and
@@ -16,7 +17,8 @@ uses the checkpoint's own seed, val split and --eval_subset unless --seed / --va
 given (``--eval_subset all``: every val and test image, whatever the checkpoint used). With --json, stdout is
 exactly one JSON object. --device_profile (or --max_bytes / --max_macs / --max_latency_ms / --storage) says
 whether the model fits a device, with the margin of each limit (see utils/device/profiles.py), and whether its
-ONNX file (what export.py --onnx writes) fits the byte limit beside the packed format. Writes nothing.
+ONNX file (what export.py --onnx writes) fits the byte limit beside the packed format; when it fits, it names
+the command that writes the packed file (export.py --format). Writes nothing.
 
     python evaluate.py --ckpt runs/resnet20/oneshot/resnet20_0.9900.pth --device_profile profiles/mcu_64kb.json
 """
@@ -31,8 +33,10 @@ from pathlib import Path
 from utils.cli.flags import add_common_args, add_device_args, cli_main, new_parser, positive_int, profile_from_args
 from utils.cli.prepare import checked_dataset, prepare
 from utils.core.log import LOG
+from utils.device.packed import FORMAT as PACKED
+from utils.device.packed import packed_command, read_model_file, stage_model
 from utils.device.profiles import check_fit, model_costs, onnx_fit
-from utils.runtime.checkpoint import Checkpoint, read_checkpoint
+from utils.runtime.checkpoint import Checkpoint
 from utils.runtime.stage import Stage, recorded_eval_flags, resolve_names
 from utils.runtime.train import evaluate_model
 from utils.sparsity.granularity import granularity_class
@@ -124,6 +128,8 @@ def _print_fit(device: dict) -> None:
     profile = device["profile"]
     print(f"\ndevice      {profile['name']} (storage {profile['storage']}): "
           f"{'FITS' if device['fits'] else 'DOES NOT FIT'}")
+    if "packed_by" in device:
+        print(f"  {'file':<11} {device['packed_by']} (the bytes below plus a header)")
     units = {"bytes": "bytes", "macs": "MACs", "latency_ms": "ms"}
     for key, row in device["limits"].items():
         print(f"  {key:<11} {row['cost']:>14,.1f} of {row['limit']:>14,.1f} {units[key]:<5}  margin "
@@ -156,17 +162,18 @@ def structure(stage: Stage, model, ckpt: Checkpoint) -> dict:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     profile = profile_from_args(args)  # a bad profile fails before anything loads
-    ckpt = read_checkpoint(args.ckpt, trust_pickle=args.trust_pickle)
+    ckpt = read_model_file(args.ckpt, trust_pickle=args.trust_pickle)
     recorded = checked_dataset(args.dataset, ckpt.dataset, Path(args.ckpt))
     model_name, dataset = resolve_names(args.m_name or ckpt.model, recorded)
     _fill_from_checkpoint(args, recorded_eval_flags(ckpt))
     stage = prepare(args, model_name, dataset, ckpt.granularity)
-    model = stage.load_model(args.ckpt, exported=True)
+    model = stage_model(stage, args.ckpt, ckpt)
     counts = layer_counts(model)
     total, kept = sum(c.total for c in counts), sum(c.kept for c in counts)
     _, val_acc = evaluate_model(model, stage.data.val, amp=stage.amp)
     _, test_acc = evaluate_model(model, stage.data.test, amp=stage.amp)
-    report = {"checkpoint": args.ckpt, "format": ckpt.source, "model": stage.model_name, "dataset": stage.dataset,
+    source = f"{PACKED} {ckpt.meta['storage']}" if ckpt.source == PACKED else ckpt.source
+    report = {"checkpoint": args.ckpt, "format": source, "model": stage.model_name, "dataset": stage.dataset,
               "sparsity": 1 - kept / total, "params_total": total, "params_nonzero": kept,
               "model_params": sum(p.numel() for p in model.parameters()), "val_acc": val_acc, "test_acc": test_acc,
               "val_images": stage.data.val.num_samples, "test_images": stage.data.test.num_samples,
@@ -181,6 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         onnx = onnx_fit(profile, stage.granularity, model, is_export=is_export)
         if onnx is not None:  # beside the packed format: the file an ONNX runtime would load
             report["device"]["onnx"] = onnx
+        if report["device"]["fits"]:
+            report["device"]["packed_by"] = packed_command(args.ckpt, ckpt, profile.storage)
     if args.json:
         print(json.dumps(report))
     else:

@@ -1,7 +1,10 @@
 """Physical export of a channel-pruned checkpoint: a smaller plain model (masked channels removed with
 Torch-Pruning) that gives the same outputs, with params, MACs and measured latency of all three models; and,
 with --onnx, an ONNX file of any checkpoint (dense, weight-pruned with the masks folded into the weights, or
-channel-pruned as its physical export) that ONNX Runtime has been checked to run with PyTorch's outputs.
+channel-pruned as its physical export) that ONNX Runtime has been checked to run with PyTorch's outputs; and,
+with --format, a packed file of any checkpoint in one of the storage formats (utils/device/storage.py): a sparse
+layout (bitmap, CSR) and fp32 / fp16 / int8 values, as many bytes as the formula counts plus a header
+(utils/device/packed.py), which evaluate.py reads back.
 
 The export is a bridge-ckpt whose state dict has the smaller shapes and whose ``export.history`` (Torch-
 Pruning's pruning history: root layer, out-channel flag, channel indices) rebuilds them, so it loads
@@ -13,13 +16,17 @@ Examples:
     python export.py --ckpt runs/vgg16/structured_iterative/vgg16_ch0.8824.pth --device cuda --batch_sizes 1 256
     python export.py --ckpt runs/resnet20/structured_oneshot/resnet20_ch0.5000.pth --onnx   # + _exported.onnx
     python export.py --ckpt runs/resnet20/oneshot/resnet20_0.9900.pth --onnx                # weights: .onnx only
+    python export.py --ckpt runs/resnet20/oneshot/resnet20_0.9900.pth --format bitmap_int8  # + _bitmap_int8.bsparse
 
 Writes --out (default {ckpt stem}_exported.pth beside the checkpoint; channel-pruned checkpoints only) and
 prints, for the dense, the masked and the exported model: parameters, MACs per image, and latency (median of
 --repeats forward passes, in ms) at each --batch_sizes on --device; with --json, stdout is exactly one JSON
 object with the same figures. --onnx also writes --onnx_out (default: the .pth output, or the checkpoint, with
 .onnx) once ONNX Runtime gives PyTorch's logits within 1e-4 on random images (else no file and an error), and
-adds its size beside the storage formats' bytes and its ONNX Runtime CPU latency to the table.
+adds its size beside the storage formats' bytes and its ONNX Runtime CPU latency to the table. --format also
+writes --packed_out (default: the .pth output, or the checkpoint, as {stem}_{format}.bsparse; a channel-pruned
+checkpoint's is its physical export) once it reads back as written (masks exact, values within the format's
+rounding), and prints its size: the formula's bytes plus the header's.
 """
 from __future__ import annotations
 
@@ -40,6 +47,7 @@ from utils.core.log import log_outputs
 from utils.core.paths import check_output_file, exported_path
 from utils.device.latency import latencies_ms
 from utils.device.onnx import OPSET, checked_onnx, ort_latency_ms
+from utils.device.packed import check_round_trip, packed_file, packed_path, source_info, write_packed
 from utils.device.storage import FORMATS, model_bytes
 from utils.runtime.checkpoint import read_checkpoint
 from utils.runtime.stage import Stage, recorded_eval_flags
@@ -55,7 +63,8 @@ SHOWN_FORMATS = ("dense_fp32", "bitmap_fp16", "csr16_fp16", "bitmap_int8")  # in
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = new_parser(__doc__)
-    parser.add_argument("--ckpt", required=True, help="channel-pruned checkpoint (from prune_structure.py)")
+    parser.add_argument("--ckpt", required=True, help="checkpoint: channel-pruned (from prune_structure.py) for the "
+                                                      "physical export; any with --onnx or --format")
     parser.add_argument("--out", default=None, help="exported checkpoint (default {ckpt stem}_exported.pth)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (latency is measured here)")
     parser.add_argument("--batch_sizes", type=positive_int, nargs="+", default=[1, 128], help="latency batch sizes")
@@ -68,6 +77,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="also write an ONNX file checked by ONNX Runtime (any checkpoint: dense, weight- or "
                              "channel-pruned, exported)")
     parser.add_argument("--onnx_out", default=None, help="the ONNX file (default: --out or --ckpt with .onnx)")
+    parser.add_argument("--format", choices=FORMATS, default=None, metavar="FORMAT",
+                        help="also write a packed file in this storage format, one of " + ", ".join(FORMATS) +
+                             " (any checkpoint; channel-pruned: its physical export)")
+    parser.add_argument("--packed_out", default=None,
+                        help="the packed file (default: --out or --ckpt as {stem}_{format}.bsparse)")
     return parser.parse_args(argv)
 
 
@@ -143,14 +157,14 @@ def check_batches(batch_sizes: list[int], size: int, device: torch.device) -> No
                              f"the {free / 2**30:.1f} GiB free on {device}; use smaller batch sizes")
 
 
-def outputs(args: argparse.Namespace, ckpt) -> tuple[Path | None, Path | None]:
-    """(the .pth export, the ONNX file) this call writes, checked before any work; a checkpoint that has no
-    physical export needs --onnx."""
+def outputs(args: argparse.Namespace, ckpt) -> tuple[Path | None, Path | None, Path | None]:
+    """(the .pth export, the ONNX file, the packed file) this call writes, checked before any work; a checkpoint
+    that has no physical export needs --onnx or --format."""
     kind = granularity_class(ckpt.granularity) if ckpt.granularity is not None else None
     physical = kind is not None and kind.exportable
-    if not physical and not args.onnx:
+    if not physical and not args.onnx and not args.format:
         refusal = NO_MASKS if kind is None else kind.export_refusal
-        raise UsageError(f"{args.ckpt} {refusal}; --onnx writes an ONNX file of it")
+        raise UsageError(f"{args.ckpt} {refusal}; --onnx writes an ONNX file of it, --format FORMAT a packed file")
     out = (check_output_file(args.out or exported_path(args.ckpt), inputs=[args.ckpt], overwrite=args.overwrite,
                              what="--out") if physical else None)
     onnx = None
@@ -159,25 +173,51 @@ def outputs(args: argparse.Namespace, ckpt) -> tuple[Path | None, Path | None]:
                                  overwrite=args.overwrite, what="--onnx_out")
         if out is not None and onnx.resolve() == out.resolve():
             raise UsageError(f"--onnx_out {onnx} is the --out checkpoint: give the ONNX file its own name")
-    return out, onnx
+    packed = None
+    if args.format:
+        packed = check_output_file(args.packed_out or packed_path(out or args.ckpt, args.format), inputs=[args.ckpt],
+                                   overwrite=args.overwrite, what="--packed_out")
+        if any(other is not None and packed.resolve() == other.resolve() for other in (out, onnx)):
+            raise UsageError(f"--packed_out {packed} is another output of this call: give the packed file its own name")
+    return out, onnx, packed
+
+
+def packed_export(stage: Stage, ckpt, runs: torch.nn.Module, history: list | None, fields: dict,
+                  args: argparse.Namespace) -> tuple[bytes, dict]:
+    """(the packed file of ``runs`` in --format, checked to read back as written; its report fields): its
+    bytes, the storage formula's, the header's and the max |logit difference| of the model read back.
+    ``history`` and ``fields``: a physical export's (its Torch-Pruning history, its channel sparsity)."""
+    extra = {"channel_sparsity": fields["channel_sparsity"]} if "channel_sparsity" in fields else {}
+    data = packed_file(runs, args.format, source_info(stage, ckpt, args.ckpt, history, extra))
+    diff = check_round_trip(runs, data, stage.granularity.input_size)
+    formula = model_bytes(runs, args.format)
+    return data, {"storage": args.format, "bytes": len(data), "formula_bytes": formula,
+                  "header_bytes": len(data) - formula, "max_abs_diff": diff}
+
+
+def print_packed(packed: dict) -> None:
+    print(f"packed file {packed['path']}: {packed['bytes']:,} bytes = {packed['formula_bytes']:,} of "
+          f"{packed['storage']} (its storage formula) + {packed['header_bytes']:,} of header; max |read back - "
+          f"model| = {packed['max_abs_diff']:.2e} (logits on random images)")
 
 
 @cli_main
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     ckpt = read_checkpoint(args.ckpt, trust_pickle=args.trust_pickle)
-    out, onnx_out = outputs(args, ckpt)
+    out, onnx_out, packed_out = outputs(args, ckpt)
     stage = prepare_model_only(args, ckpt, ckpt.granularity or default_granularity())
     model = stage.load_model(args.ckpt, exported=True).eval()
     gran = stage.granularity
     check_batches(args.batch_sizes, gran.input_size, stage.device)
     report = {"checkpoint": str(args.ckpt), "model": stage.model_name, "device": str(stage.device),
               "granularity": gran.name, "sparsity": gran.sparsity(model), "written": []}
-    runs = model
+    runs, history, fields = model, ckpt.export_history, {}
     if out is not None:  # channel-pruned: the physical export runs on the device
         runs, history, fields = physical_export(stage, model)
         report.update(fields, out=str(out))
     onnx = onnx_file(runs, stage) if onnx_out is not None else None  # every check before the first write
+    packed = packed_export(stage, ckpt, runs, history, fields, args) if packed_out is not None else None
     if out is not None:
         save_export(stage, ckpt, runs, history, fields, out, args)
         report["written"].append(str(out))
@@ -196,11 +236,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         report["storage_bytes"] = {fmt: model_bytes(model if out is None else runs, fmt) for fmt in FORMATS}
         params, macs = params_and_macs(runs, gran.input_size)
         report["models"]["onnx (ORT)"] = {"params": params, "macs": macs, "latency_ms": latency}
+    if packed is not None:
+        data, figures = packed
+        write_packed(packed_out, data)
+        report["written"].append(str(packed_out))
+        report["packed"] = {"path": str(packed_out), **figures}
     if args.json:
         print(json.dumps(report))
     else:
         print_table(report["models"], report)
-    log_outputs(report["written"], f"python evaluate.py --ckpt {out or args.ckpt}")
+        if packed is not None:
+            print_packed(report["packed"])
+    log_outputs(report["written"], f"python evaluate.py --ckpt {packed_out or out or args.ckpt}")
     return 0
 
 

@@ -12,9 +12,10 @@ the last sparsity before the break:
                  dense model's, with a --bootstrap (1000) resample interval over the val images
 
 Points are taken in the run's step order (prune_log.csv) when it has one, else by measured sparsity; a
-sparsity that does not increase from step to step, fewer than 4 points, a checkpoint the log lists but the
-folder lacks, or no checkpoint is an error. At the channel
-granularity (structured runs) the sparsity is the channel sparsity.
+sparsity that does not increase from step to step, a checkpoint the log lists but the folder lacks, or no
+checkpoint is an error. A gradual run's folder (prune_unstructure.py --mode gradual, one checkpoint per
+target) is read like a one-shot one; fewer than 4 points is an error that names the one-shot command making
+a curve. At the channel granularity (structured runs) the sparsity is the channel sparsity.
 
 Example:
     python find_drop_point.py --m_name resnet20 --model_dir runs/resnet20/iterative
@@ -41,14 +42,16 @@ from utils.cli.flags import (
 )
 from utils.cli.prepare import checked_dataset, prepare
 from utils.core.errors import UsageError
-from utils.core.files import atomic_save, read_csv, write_json
+from utils.core.files import atomic_save, read_csv
 from utils.core.log import LOG, log_outputs, setup_logging
 from utils.core.paths import PRUNE_LOG, boundary_dir, check_output_dir, folder_cache
 from utils.results.boundary import CHANCE_MARGIN, ESTIMATORS, check_curve, tolerance_boundary
 from utils.results.plots import plot_boundary
+from utils.results.records import PRUNE_FOLDERS
 from utils.runtime.checkpoint import read_checkpoint
 from utils.runtime.stage import check_lineage, dense_checkpoint
 from utils.runtime.train import correct_per_image
+from utils.sparsity.granularity import granularity_class
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -81,11 +84,38 @@ def checkpoints(folder: Path) -> tuple[list[Path], bool]:
         derived = ("_exported", "_final", "_finetuned")  # finetuned or exported copies (also _final_swap...)
         paths = sorted(p for p in folder.glob("*.pth") if not any(tag in p.stem for tag in derived))
     if not paths:
-        raise UsageError(f"--model_dir {folder} holds no checkpoints (*.pth, or those prune_log.csv lists)")
+        raise UsageError(f"--model_dir {folder} holds no checkpoints (*.pth, or those prune_log.csv lists)"
+                         f"{curve_command(folder)}")
     if len(paths) < 4:
         raise UsageError(f"a boundary needs at least 4 points of the accuracy-vs-sparsity curve; {folder} has "
-                         f"{len(paths)} checkpoint(s)")
+                         f"{len(paths)} checkpoint(s){' (gradual pruning: one per target)' * is_gradual(folder)}"
+                         f"{curve_command(folder)}")
     return paths, bool(log)
+
+
+def is_gradual(folder: Path) -> bool:
+    """Whether ``folder`` is a gradual pruning run's (``prune_unstructure.py --mode gradual``)."""
+    return PRUNE_FOLDERS.get(folder.name, ("", ""))[1] == "gradual"
+
+
+def curve_command(folder: Path) -> str:
+    """What makes a curve this script reads, as the end of an error line, for a pruning run's folder
+    (``{save_dir}/{model}/{oneshot|iterative|gradual|structured_...}``): the one-shot folder beside it when that
+    has 4 points, else a one-shot run to the targets of the folder's granularity that it lacks (a gradual run
+    has one point per target). Empty for any other folder (its model and save dir are not known)."""
+    if folder.name not in PRUNE_FOLDERS:
+        return ""
+    cls = granularity_class(PRUNE_FOLDERS[folder.name][0])
+    oneshot = folder.with_name(f"{cls.prune_prefix}oneshot")
+    done = {round(float(r["sparsity"]), 4) for r in read_csv(oneshot / PRUNE_LOG, {"sparsity": float})}
+    if len(done) >= 4 and oneshot != folder:
+        return f"; the one-shot curve beside it has {len(done)} points: pass --model_dir {oneshot}"
+    targets = " ".join(f"{t:g}" for t in cls.boundary_grid if round(t, 4) not in done)
+    where = folder if len(folder.parts) >= 3 else folder.resolve()  # {save_dir}/{model}/{folder}
+    model, save_dir = where.parent.name, where.parent.parent
+    return (f"; make a curve with python {cls.prune_script} --m_name {model} --save_dir {save_dir} --mode oneshot "
+            f"--target_sparsity {targets} (and the run's own data and --finetune_epochs flags), then pass "
+            f"--model_dir {oneshot}")
 
 
 MAX_BOOTSTRAP = 10_000  # resamples: each holds an index per val image (10,000 x 10,000 images: 800 MB)
@@ -204,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               "model_dir": str(folder), "split": "val", "estimates": estimates, "tolerance": tolerance,
               "curve": [{"checkpoint": p.name, "sparsity": s, "val_acc": a}
                         for p, s, a in zip(paths, sparsity, accuracy, strict=True)]}
-    write_json(out / "boundary.json", result)
+    stage.write_summary(out / "boundary.json", result)
     plot_boundary(sparsity, accuracy, estimates, tolerance, f"{stage.model_name} {folder.name}: val accuracy",
                   out / "boundary.png")
     print_estimates(estimates, tolerance, sparsity, accuracy, args, 100.0 / stage.num_classes)

@@ -1,26 +1,33 @@
-"""The whole method in one command: pretrain -> one-shot prune -> RL regrowth -> finetune -> evaluate,
-with a greedy (SSIM-proportional) regrowth at the same budget as the baseline to beat; of weights, or with
---granularity channel of whole channels (prune_structure.py, regrowth_structure_oneshot.py, greedy channel
-regrowth, and a physical export of every final model).
+"""The method against the recommended schedule in one command, at equal epochs after pruning: from one dense
+model (pretrain.py), every sparse row ends at the same sparsity after the same finetune epochs after pruning:
 
-Every sparse model (pruned, RL-regrown, greedy-regrown) gets the same final finetune.py run before it
-is evaluated, so the table compares like with like (with --swap_every, with the same swap cycles at constant
-density; weights only). Stages run in-process through each script's main();
-a stage whose output exists is reused (the log says so) unless --overwrite.
+* pruned straight: one-shot LAMP to the final sparsity (prune_unstructure.py), then the final finetune;
+* gradual + swaps: pruned to it during one finetune as long as the others' two, with swap cycles every
+  0.83 epochs (weights only: the README's recommendation);
+* the method: one-shot past the final sparsity, an RL search that regrows the difference (regrowth_oneshot.py),
+  then the final finetune;
+* greedy uniform: the same budget regrown from the same start by regrowth_greedy.py --greedy_mode uniform.
 
-    python pipeline.py                                  # --preset demo: synthetic data, 9 min on 2 CPU cores
+Both allocators regrow into the same units (every unit with room, --units all). With --granularity channel the
+same with whole channels (prune_structure.py, regrowth_structure_oneshot.py, greedy channel regrowth, a physical
+export of every final model; no gradual row). Stages run in-process through each script's main(); a stage whose
+output exists is reused (the log says so) unless --overwrite.
+
+    python pipeline.py                                  # --preset demo: synthetic data, about 10 min on 2 CPU cores
     python pipeline.py --granularity channel            # the same for channels
     python pipeline.py --seeds 1 2 3                    # once per seed under runs/demo/seed{n}/, then report.py
     python pipeline.py --preset smoke                   # every stage, briefly (checks an install)
+    python pipeline.py --preset cifar10_resnet20_short --data_dir DATA   # the paper regime on a CPU (hours)
     python pipeline.py --device_profile profiles/mcu_64kb.json   # regrowth up to a device's storage limit
     python pipeline.py --granularity channel --device_profile profiles/edge_20mmac.json   # up to a MAC limit
     python pipeline.py --preset cifar10_resnet20        # the original settings (GPU days)
     python pipeline.py --preset cifar10_vgg16 --data_dir ./data
 
 Writes everything under {save_dir}/{m_name}/ (--save_dir defaults to runs/{preset}) as the stage scripts do,
-plus pipeline_summary.json / .csv with the final table (sparsity, params, val and test accuracy of each
-model; for channels the params of the exported model) and pipeline_summary.png, the results figure
-(channels: pipeline_structure_summary.*). The smoke preset takes about a minute on one CPU thread.
+plus pipeline_summary.json / .csv with the final table (sparsity, params, epochs after pruning, val and test
+accuracy of each model; for channels the params of the exported model; the JSON says where it came from) and
+pipeline_summary.png, the results figure (channels: pipeline_structure_summary.*). The smoke preset takes about
+a minute on one CPU thread.
 """
 from __future__ import annotations
 
@@ -72,18 +79,22 @@ from utils.core.paths import (
     prune_dir,
     regrowth_dir,
 )
+from utils.core.provenance import PROVENANCE_KEY, describe, provenance
 from utils.core.seeds import resolve_device
 from utils.core.timer import Timer
 from utils.device.fill import DeviceTargets, device_targets
 from utils.device.profiles import UNIT_NAMES, DeviceProfile
 from utils.results.plots import plot_results
-from utils.sparsity.granularity import get_granularity, granularity_class, list_granularities
+from utils.runtime.checkpoint import read_checkpoint
+from utils.runtime.train import precision_name
+from utils.sparsity.granularity import Granularity, get_granularity, granularity_class, list_granularities
 from utils.sparsity.masks import add_reparam
+from utils.sparsity.swap import RECOMMENDED_EVERY_EPOCHS
 
 PRESETS: dict[str, dict] = {
     "demo": {"m_name": "resnet20", "dataset": "synthetic", "train_subset": 4500, "eval_subset": None,
-             "batch_size": 128, "pretrain_epochs": 8, "prune_epochs": 4, "episodes": 5, "mini_epochs": 1,
-             "final_epochs": 4, "ssim_num_batches": 2},
+             "batch_size": 128, "pretrain_epochs": 8, "prune_epochs": 3, "episodes": 5, "mini_epochs": 1,
+             "final_epochs": 3, "ssim_num_batches": 2},
     # a check of the install, not a result: 768 training images, and 500 val and 500 test images per evaluation;
     # batches of 32 give the dense model the ~70 SGD steps it needs to leave chance (measured: 56% val after 3
     # epochs; 512 images or batches of 128 stay at chance), so a broken training path shows in its table
@@ -112,7 +123,7 @@ STAGE_MAINS: dict[str, Callable[[Sequence[str] | None], int]] = {
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = new_parser(__doc__)
     parser.add_argument("--preset", default="demo", choices=list(PRESETS),
-                        help="schedules and model: demo (synthetic data, 9 min on 2 CPU cores), smoke (checks an "
+                        help="schedules and model: demo (synthetic data, ~10 min on 2 CPU cores), smoke (checks an "
                              "install; about a minute on one CPU thread), cifar10_resnet20 / cifar10_vgg16 (the "
                              "original settings, GPU days), cifar10_resnet20_short (the short dense recipe, 20-epoch "
                              "finetunes: the paper regime on a CPU)")
@@ -226,11 +237,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_chain(args: argparse.Namespace, seed: int, save_dir: Path) -> int:
-    """The whole chain for one seed into ``save_dir`` (finished stages reused unless --overwrite)."""
-    g = granularity_class(args.granularity)
+    """The whole comparison for one seed into ``save_dir`` (finished stages reused unless --overwrite): every
+    sparse row ends at the same sparsity after the same epochs after pruning (``prune_epochs + final_epochs``),
+    and both allocators regrow the same budget into the same units (every unit with room)."""
+    g, timer = granularity_class(args.granularity), Timer()
     p = {**PRESETS[args.preset], "sparsity": g.demo_sparsity, "regrow_step": g.demo_regrow_step}
     prune_main, search_main = STAGE_MAINS[g.prune_script], STAGE_MAINS[g.search_script]
-    exports = g.exportable
     root = model_root(save_dir, p["m_name"])
     common, train = _flags(args, p, seed, save_dir)
     check_output_dir(root, what="--save_dir")
@@ -240,47 +252,83 @@ def run_chain(args: argparse.Namespace, seed: int, save_dir: Path) -> int:
     once = ledger.once
     once("pretrain", pretrain.main, train + p.get("pretrain_flags", []) + ["--epochs", str(p["pretrain_epochs"])],
          dense.with_name(SUMMARY))
-    pruned = prune_checkpoint(prune_dir(save_dir, p["m_name"], g, "oneshot"), p["m_name"], g,
-                              exact_sparsity(g.name, p["m_name"], p["sparsity"]))
-    once("prune", prune_main, train + ["--mode", "oneshot", "--target_sparsity", str(p["sparsity"]),
-                                       "--finetune_epochs", str(p["prune_epochs"])], pruned)
-    search = ["--initial_ckpt", str(pruned), "--regrow_step", str(p["regrow_step"]), "--finetune_epochs",
-              str(p["mini_epochs"]), "--ssim_num_batches", str(p["ssim_num_batches"])]
+    past, final = p["sparsity"], round(p["sparsity"] - p["regrow_step"], 10)
+    oneshot = prune_dir(save_dir, p["m_name"], g, "oneshot")
+    start, straight = (prune_checkpoint(oneshot, p["m_name"], g, exact_sparsity(g.name, p["m_name"], t))
+                       for t in (past, final))
+    once("prune (one-shot)", prune_main, train + ["--mode", "oneshot", "--target_sparsity", str(past), str(final),
+                                                  "--finetune_epochs", str(p["prune_epochs"])], [start, straight])
+    after = p["prune_epochs"] + p["final_epochs"]  # epochs after pruning, every sparse row
+    sparse = {"pruned straight": straight}  # row label -> the model the final finetune starts from
+    gradual_row = not g.swap_refusal  # the recommended schedule, where the granularity has swap cycles (weights)
+    if gradual_row:  # pruning during one finetune as long as the others' two
+        gradual = prune_checkpoint(prune_dir(save_dir, p["m_name"], g, "gradual"), p["m_name"], g,
+                                   exact_sparsity(g.name, p["m_name"], final))
+        once("prune (gradual + swaps)", prune_main, train + [
+            "--mode", "gradual", "--target_sparsity", str(final), "--finetune_epochs", str(after),
+            "--swap_every_epochs", str(RECOMMENDED_EVERY_EPOCHS)], gradual)
+    units = ["--units", "all"]  # the same units for the search and greedy
+    search = ["--initial_ckpt", str(start), "--regrow_step", str(p["regrow_step"]), "--finetune_epochs",
+              str(p["mini_epochs"]), "--ssim_num_batches", str(p["ssim_num_batches"]), *units]
     rl_dir = regrowth_dir(save_dir, p["m_name"], g, "oneshot") / "pipeline"
-    once("regrowth", search_main, train + search + ["--num_epochs", str(p["episodes"]), "--label", "pipeline"],
+    once("regrowth (RL)", search_main, train + search + ["--num_epochs", str(p["episodes"]), "--label", "pipeline"],
          rl_dir / SUMMARY)
-    greedy_root = greedy_dir(save_dir, p["m_name"], g, "prop")
-    once("greedy", regrowth_greedy.main, train + search + ["--greedy_mode", "prop"] + g.cli_flags(),
-         greedy_root / SUMMARY)
-    greedy = iteration_dir(greedy_root, 0)
-    candidates = {"pruned": pruned, "regrown (RL)": rl_dir / BEST_MODEL, "regrown (greedy prop)": greedy / BEST_MODEL}
-    rows = [{"model": "dense", **_row(scores(common, dense), exports)}]
-    for label, ckpt in candidates.items():
-        tuned = ckpt.with_name(f"{ckpt.stem}_final{_swap_tag(args)}.pth")
-        once(f"finetune {label}", finetune.main, train + ["--ckpt", str(ckpt), "--save_path", str(tuned),
-                                                          "--epochs", str(p["final_epochs"]), *_swap_flags(args)],
-             tuned)
-        report = scores(common, tuned)
-        if exports:  # the final models' physical export (and its timing)
-            once(f"export {label}", export.main, ["--ckpt", str(tuned), "--device", args.device],
-                 tuned.with_name(f"{tuned.stem}_exported.pth"))
-        rows.append({"model": label, **_row(report, exports)})
+    greedy_root = greedy_dir(save_dir, p["m_name"], g, "uniform")
+    once("regrowth (greedy uniform)", regrowth_greedy.main,
+         train + search + ["--greedy_mode", "uniform"] + g.cli_flags(), greedy_root / SUMMARY)
+    sparse.update({"method: past + RL regrowth": rl_dir / BEST_MODEL,
+                   "past + greedy uniform": iteration_dir(greedy_root, 0) / BEST_MODEL})
+    finals = {label: _final_model(once, args, train, label, ckpt, p["final_epochs"], g.exportable)
+              for label, ckpt in sparse.items()}
+    if gradual_row:  # its one finetune was the whole schedule
+        finals = {"pruned straight": finals.pop("pruned straight"), "gradual + swaps": gradual, **finals}
+    rows = [{"model": "dense", "epochs": 0, **_row(scores(common, dense), g.exportable)}]
+    rows += [{"model": label, "epochs": after, **_row(scores(common, ckpt), g.exportable)}
+             for label, ckpt in finals.items()]
+    return _finish_chain(args, seed, root, g, p, rows, ledger, timer.seconds)
+
+
+def _final_model(once: Callable, args: argparse.Namespace, train: list[str], label: str, ckpt: Path, epochs: int,
+                 exports: bool) -> Path:
+    """finetune.py ``epochs`` on ``ckpt`` (the final finetune every row shares; with the pipeline's swap flags)
+    and, for channels, its physical export; returns the finetuned checkpoint."""
+    tuned = ckpt.with_name(f"{ckpt.stem}_final{_swap_tag(args)}.pth")
+    once(f"finetune {label}", finetune.main, train + ["--ckpt", str(ckpt), "--save_path", str(tuned),
+                                                      "--epochs", str(epochs), *_swap_flags(args)], tuned)
+    if exports:  # the final models' physical export (and its timing)
+        once(f"export {label}", export.main, ["--ckpt", str(tuned), "--device", args.device],
+             tuned.with_name(f"{tuned.stem}_exported.pth"))
+    return tuned
+
+
+def _finish_chain(args: argparse.Namespace, seed: int, root: Path, g: type[Granularity], p: dict,
+                  rows: list[dict], ledger: Ledger, seconds: float) -> int:
+    """Write the table (CSV, JSON with provenance, figure), print it and the next command. ``seconds``: this
+    call's wall clock (stages reused from an earlier run count nothing)."""
     table = root / f"{g.summary_stem}.csv"
     write_csv(table, rows)
-    write_json(table.with_suffix(".json"), {"preset": args.preset, "granularity": g.name, **p, "rows": rows})
+    device = resolve_device(args.device)
+    data = (read_checkpoint(rows[0]["checkpoint"]).meta.get(PROVENANCE_KEY) or {}).get("data")  # as pretrain read it
+    record = provenance(device, precision_name(device, not args.no_amp), data)
+    write_json(table.with_suffix(".json"), {"preset": args.preset, "granularity": g.name, "seed": seed,
+                                            "seconds": round(seconds, 1), **p, "rows": rows,
+                                            "epochs_after_pruning": p["prune_epochs"] + p["final_epochs"],
+                                            "units": "all", PROVENANCE_KEY: record})
     figure = table.with_suffix(".png")
-    plot_results(rows, g.name, f"{p['m_name']} on {p['dataset']}, preset {args.preset}, seed {seed}: final models "
-                 f"after the same finetune", figure)
+    plot_results(rows, g.name, f"{p['m_name']} on {p['dataset']}, preset {args.preset}, seed {seed}: equal epochs "
+                 "after pruning", figure)
     ledger.log()
-    counted = "all params" if exports else "weights kept"  # what the params column counts (see _row)
-    print(f"\n{'model':<24} {g.name + ' sparsity':>16} {counted:>12} {'val acc':>8} {'test acc':>9}")
+    counted = "all params" if g.exportable else "weights kept"  # what the params column counts (see _row)
+    print(f"\n{'model':<28} {g.name + ' sparsity':>16} {counted:>12} {'epochs':>7} {'val acc':>8} {'test acc':>9}")
     for row in rows:
-        print(f"{row['model']:<24} {row['sparsity']:>16.4f} {row['params']:>12,} {row['val_acc']:>7.2f}% "
-              f"{row['test_acc']:>8.2f}%")
-    print()
+        print(f"{row['model']:<28} {row['sparsity']:>16.4f} {row['params']:>12,} {row['epochs'] or '-':>7} "
+              f"{row['val_acc']:>7.2f}% {row['test_acc']:>8.2f}%")
+    print(f"epochs: finetune epochs after pruning (the searches' mini-finetunes only choose); both allocators "
+          f"regrow {p['regrow_step']:g} of the {g.name}s into every unit with room\n{describe(record)}\n")
+    best = max(rows[1:], key=lambda r: r["val_acc"])
     log_outputs([table, table.with_suffix(".json"), figure, f"every stage's files under {root}/"],
-                f"python evaluate.py --ckpt {rows[2]['checkpoint']} --per_layer   (or: python pipeline.py --seeds "
-                f"1 2 3{_same_job(args)} for mean ± std)")
+                f"python evaluate.py --ckpt {best['checkpoint']} --per_layer   (the best on val: {best['model']}; "
+                f"or python pipeline.py --seeds 1 2 3{_same_job(args)} for mean ± std)")
     return 0
 
 

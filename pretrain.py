@@ -48,7 +48,7 @@ from utils.cli.flags import (
 from utils.cli.prepare import prepare
 from utils.core.distributed import all_gather, current_world
 from utils.core.errors import UsageError
-from utils.core.files import check_same_run, trim_csv, write_json
+from utils.core.files import check_same_run, trim_csv
 from utils.core.log import LOG, log_outputs, setup_logging
 from utils.core.paths import check_output_dir, clean_stale_temps, pretrained_path
 from utils.runtime.checkpoint import load_weights, read_checkpoint
@@ -56,6 +56,7 @@ from utils.runtime.schedules import LR_SCHEDULES, lr_lambda
 from utils.runtime.settings import LoopSettings
 from utils.runtime.stage import Stage
 from utils.runtime.train import EpochStats, FitSchedule, FitState, evaluate_model, fit, precision_name
+from utils.sparsity.swap import RECOMMENDED_EVERY_EPOCHS
 
 # flags a resumed run may change; every other flag must equal the one the run started with
 # (--recipe only sets defaults: the values it gave are compared)
@@ -209,15 +210,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     _, test_acc = evaluate_model(model, stage.data.test, amp=stage.amp)
     stage.save(best_path, model, {"stage": "pretrain", "sparsity": 0.0, "epoch": state.best_epoch,
                                   "val_acc": state.best_val_acc, "test_acc": test_acc})
-    write_json(out / "summary.json", {"model": stage.model_name, "dataset": stage.dataset,
-                                      "precision": precision_name(stage.device, stage.amp),
-                                      "threads": torch.get_num_threads(), **state.summary(),
-                                      "test_acc": test_acc, "checkpoint": str(best_path)})
+    stage.write_summary(out / "summary.json", {"model": stage.model_name, "dataset": stage.dataset,
+                                               **state.summary(), "test_acc": test_acc, "checkpoint": str(best_path)})
     LOG.info("best val %.2f%% at epoch %d; test %.2f%%; saved %s", state.best_val_acc, state.best_epoch,
              test_acc, best_path)
     log_outputs([best_path, last_path, out / "pretrain_log.csv", out / "summary.json", out / "log.txt"],
                 f"python prune_unstructure.py {stage.repeat_flags()} --mode gradual --target_sparsity 0.98 "
-                "--finetune_epochs 20 --swap_every_epochs 0.83   (gradual pruning with swap "
+                f"--finetune_epochs 20 --swap_every_epochs {RECOMMENDED_EVERY_EPOCHS}   (gradual pruning with swap "
                 "cycles, the most accurate schedule measured so far; the original method prunes one-shot to 0.99 "
                 "and regrows: docs/usage/pruning.md)")
     return 0

@@ -14,7 +14,9 @@ Examples:
 Writes to {save_dir}/{m_name}/{iterative|oneshot|gradual}/:
     {m_name}_{sparsity:.4f}.pth   one checkpoint per step (best-val epoch of its finetune)
     prune_log.csv                 step, amount, sparsity, params_nonzero, val_acc, test_acc, checkpoint
-    sparsity_vs_accuracy.png      val/test accuracy against sparsity
+    sparsity_vs_accuracy.png      val/test accuracy against sparsity (gradual: gradual_schedule.png, the
+                                  planned sparsity against optimizer steps, from schedule_{checkpoint stem}.csv,
+                                  with the sparsity and val accuracy of each epoch of the finetune)
     log.txt, finetune_step{k}.csv (iterative) or finetune_{checkpoint stem}.csv (one-shot)
 Finetuning after each prune: AdamW (lr 3e-4, weight decay 0.01), --finetune_epochs (40 iterative, 400
 one-shot, as in the original), best epoch chosen on the validation split; --swap_every N adds swap cycles at

@@ -51,14 +51,14 @@ from utils.cli.flags import (
     selection_settings,
 )
 from utils.cli.prepare import prepare_dense_sparse
-from utils.core.files import write_csv, write_json
+from utils.core.files import write_csv
 from utils.core.log import LOG, log_outputs, setup_logging
 from utils.core.paths import BEST_MODEL, SUMMARY, check_output_dir, clean_stale_temps, greedy_dir, iteration_dir
 from utils.core.seeds import make_generator
 from utils.core.timer import Timer
 from utils.regrow.allocation import GREEDY_ALLOCATIONS, allocation_lines, greedy_allocation, runnable
 from utils.regrow.apply import Finetuning, Regrowth, apply_allocation
-from utils.results.records import RegrowthOutcome
+from utils.results.records import RegrowthOutcome, pruning_schedule
 from utils.runtime.settings import LoopSettings
 from utils.runtime.stage import finetune_suggestion
 from utils.runtime.train import evaluate_model
@@ -87,7 +87,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--greedy_mode", default="prop", choices=list(GREEDY_ALLOCATIONS),
                         help="split of the budget over the units of --units: prop (in proportion to 1 - SSIM), fill "
                              "(lowest SSIM first, each up to its capacity), uniform (in proportion to capacity), "
-                             "random, topk (the budget's highest --selection scores over those units)")
+                             "random, topk (the budget's highest --selection scores over those units); prop is the "
+                             "original's default, uniform ended best in the measurements (docs/results)")
     parser.add_argument("--regrow_step", "--sparsity_delta", dest="regrow_step", type=open_fraction, default=0.01,
                         help="budget per iteration / N_tot (all weights, or all groupable channels)")
     parser.add_argument("--num_iters", type=positive_int, default=1, help="regrowth rounds of --regrow_step each")
@@ -126,6 +127,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = {"start_sparsity": gran.sparsity(model),
              "start_val_acc": evaluate_model(model, stage.data.val, amp=stage.amp)[1],
              "start_test_acc": evaluate_model(model, stage.data.test, amp=stage.amp)[1]}
+    LOG.info("start: %s sparsity %.4f, val %.2f%% (%s); greedy %s over %s units, %d iteration(s) of --regrow_step %g",
+             gran.name, start["start_sparsity"], start["start_val_acc"], pair.sparse_path, args.greedy_mode,
+             args.units, args.num_iters, args.regrow_step)
     timer = Timer()
     for it in range(args.num_iters):
         needs_ssim = args.greedy_mode in SSIM_MODES or args.units == "ssim"
@@ -159,8 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     outcome = RegrowthOutcome(f"greedy {args.greedy_mode}", "oneshot" if len(rows) == 1 else "iterative", gran.name,
                               start["start_sparsity"], start["start_test_acc"], last_row["sparsity"],
                               last_row["val_acc"], last_row["test_acc"], None, args.finetune_epochs, seconds,
-                              args.units)
-    write_json(out / SUMMARY, {"model": stage.model_name, "dataset": stage.dataset, "granularity": gran.name,
+                              args.units, pruning_schedule(pair.sparse_meta))
+    stage.write_summary(out / SUMMARY, {"model": stage.model_name, "dataset": stage.dataset, "granularity": gran.name,
                                "mode": args.greedy_mode, **start, "final_epochs": args.finetune_epochs,
                                "seconds": seconds, "iterations": rows, **outcome.fields()})
     last = iteration_dir(out, len(rows) - 1) / BEST_MODEL

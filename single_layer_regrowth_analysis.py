@@ -44,7 +44,7 @@ from utils.cli.flags import (
 )
 from utils.cli.prepare import prepare_dense_sparse
 from utils.core.errors import UsageError
-from utils.core.files import write_csv, write_json
+from utils.core.files import write_csv
 from utils.core.log import LOG, log_outputs, setup_logging
 from utils.core.paths import check_output_dir, single_layer_dir
 from utils.core.seeds import make_generator
@@ -141,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                  immediate, after, after - control)
     write_csv(out / "single_layer.csv", rows, FIELDS)
     corr = correlation([r["ssim"] for r in rows], [r["gain"] for r in rows])
-    write_json(out / "correlation.json", {"K": k, "control_val_acc": control, "layers": len(rows), **corr})
+    stage.write_summary(out / "correlation.json", {"K": k, "control_val_acc": control, "layers": len(rows), **corr})
     plot_scatter([r["ssim"] for r in rows], [r["gain"] for r in rows], [r["layer"] for r in rows],
                  "SSIM of the layer, dense vs sparse", "val accuracy gain over control (pp)",
                  f"{Path(args.ckpt).name}: all K = {k:,} regrown into one layer at a time\n"

@@ -79,6 +79,7 @@ from utils.cli.prepare import prepare_dense_sparse
 from utils.core.errors import UsageError
 from utils.core.files import write_csv, write_json
 from utils.core.paths import pretrained_path
+from utils.core.provenance import PROVENANCE_KEY
 from utils.regrow.allocation import greedy_allocation
 from utils.runtime.checkpoint import read_checkpoint
 from utils.runtime.settings import ScoringSettings
@@ -289,7 +290,8 @@ def arms(args: argparse.Namespace, seed: int, root: Path, done: set[str]) -> lis
         rows.append(swap_row(args, seed, root, dense, (stage, pair), arm, name, allocations.get("greedy"),
                              scores.get("saliency")))
         print(f"seed {seed} {name:<36} val {rows[-1]['val_acc']:.2f}%  test {rows[-1]['test_acc']:.2f}%", flush=True)
-    return rows
+    record = stage.provenance()  # each row says where it came from: later runs add rows to the kept file
+    return [{**row, PROVENANCE_KEY: record} for row in rows]
 
 
 def swap_row(args: argparse.Namespace, seed: int, root: Path, dense: Path, prepared: tuple[Stage, DenseSparse],
@@ -364,7 +366,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = table(rows)
     print(text)
     results = save_results(f"matched_{args.dataset}", {"args": vars(args), "rows": rows, "table": text})
-    write_csv(ROOT / "benchmarks" / "results" / f"matched_{args.dataset}.csv", rows)
+    write_csv(ROOT / "benchmarks" / "results" / f"matched_{args.dataset}.csv",  # provenance: in the JSON
+              [{k: v for k, v in row.items() if k != PROVENANCE_KEY} for row in rows])
     print(f"wrote {results} ({machine()})")
     return 0
 

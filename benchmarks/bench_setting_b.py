@@ -27,6 +27,7 @@ from benchmarks.common import machine
 from benchmarks.experiment import add_experiment_args, dense_model, pruned_model
 from utils.cli.flags import cli_main, fraction, positive_int
 from utils.core.files import atomic_write, write_json
+from utils.core.provenance import PROVENANCE_KEY, command_line
 from utils.core.timer import Timer
 from utils.results.plots import plot_report
 from utils.runtime.checkpoint import read_checkpoint
@@ -69,7 +70,7 @@ def run_point(args: argparse.Namespace, seed: int, target: float) -> dict:
     return {"seed": seed, "target": target, "sparsity": meta["sparsity"], "val_acc": meta["val_acc"],
             "test_acc": meta["test_acc"], "finetune_epochs": args.finetune_epochs, "seconds": round(timer.seconds, 1),
             "dense": read_checkpoint(dense).lineage, "commit": meta.get("git"), "torch": meta.get("torch"),
-            "machine": machine()}
+            "machine": machine(), PROVENANCE_KEY: {**meta.get(PROVENANCE_KEY, {}), "benchmark": command_line()}}
 
 
 def gather(args: argparse.Namespace) -> list[dict]:

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import json
-import platform
 from pathlib import Path
 
 import torch
 
+from utils.core.provenance import PROVENANCE_KEY, cpu_model, provenance
 from utils.core.timer import Timer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,8 +34,8 @@ def machine() -> str:
     """A one-line description of where the numbers were measured."""
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name()} (torch {torch.__version__})"
-    cpu = platform.processor() or platform.machine()
-    return f"CPU {cpu} x{torch.get_num_threads()} threads (torch {torch.__version__})"
+    return (f"CPU {cpu_model()} {torch.backends.cpu.get_cpu_capability()} x{torch.get_num_threads()} threads "
+            f"(torch {torch.__version__})")
 
 
 def cifar_like(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,5 +49,7 @@ def save_results(name: str, results: dict) -> Path:
     """Write ``results`` to benchmarks/results/{name}.json (ignored by git) and return the path."""
     path = ROOT / "benchmarks" / "results" / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"machine": machine(), **results}, indent=2) + "\n")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    record = provenance(device, str(results.get("precision", "per row")))
+    path.write_text(json.dumps({"machine": machine(), PROVENANCE_KEY: record, **results}, indent=2, default=str) + "\n")
     return path

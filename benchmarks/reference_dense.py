@@ -16,7 +16,6 @@ import contextlib
 import hashlib
 import io
 import json
-import platform
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +27,7 @@ from utils.cli.flags import cli_main
 from utils.core.errors import UsageError
 from utils.core.files import read_csv, write_json
 from utils.core.paths import pretrained_path
+from utils.core.provenance import PROVENANCE_KEY, cpu_model
 from utils.runtime.checkpoint import read_checkpoint
 from utils.runtime.train import precision_name
 
@@ -49,15 +49,6 @@ def command(args: dict) -> str:
             continue
         parts.append(f"--{key}" if value is True else f"--{key} {value}")
     return " ".join(parts)
-
-
-def cpu_model() -> str:
-    """The CPU's model name (Linux), else the platform's processor string."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    return platform.processor() or platform.machine()
 
 
 def measured(path: Path, data_dir: str, amp: bool) -> dict:
@@ -106,13 +97,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     shutil.copyfile(source, target)
     rows = read_csv(source.with_name("pretrain_log.csv"))
     summary = json.loads(summary_path.read_text())
+    trained = summary.get(PROVENANCE_KEY) or {}  # runs before provenance records kept threads and precision alone
     evaluated = precision_name(torch.device("cpu"), True)  # what evaluate.py's default runs in on this CPU
     write_json(record, {
         "file": target.name, "sha256": sha256(target), "bytes": target.stat().st_size,
         "model": ckpt.model, "dataset": ckpt.dataset, "data": args.data_note, "seed": run_args.get("seed"),
         "command": command(run_args), "commit": ckpt.meta.get("git") or args.commit, "torch": ckpt.meta.get("torch"),
-        "cpu": cpu_model(), "threads": summary.get("threads", args.threads),
-        "precision": summary.get("precision", "fp32 unless bf16 was native on the training machine"),
+        "cpu": trained.get("cpu", cpu_model()), "threads": trained.get("threads", summary.get("threads", args.threads)),
+        "precision": trained.get("precision",
+                                 summary.get("precision", "fp32 unless bf16 was native on the training machine")),
+        **({"trained": trained} if trained else {}),
         "epochs": len(rows), "best_epoch": summary["best_epoch"],
         "train_minutes": round(sum(float(r["seconds"]) for r in rows) / 60, 1),
         "recorded": {"val_acc": summary["best_val_acc"], "test_acc": summary["test_acc"]},

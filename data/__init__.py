@@ -14,6 +14,7 @@ import torch
 
 from data.loader import Augment, DeviceLoader
 from utils.core.errors import UsageError
+from utils.core.provenance import data_fingerprint
 from utils.core.registry import Registry
 from utils.core.seeds import make_generator
 
@@ -59,6 +60,7 @@ class DataBundle:
     train: DeviceLoader
     val: DeviceLoader
     test: DeviceLoader
+    record: dict | None = None  # {name, train, val, test: image counts, fingerprint: of the whole data set read}
 
 
 Reader = Callable[[Path, bool], RawDataset]  # (data_dir, download allowed) -> data
@@ -137,6 +139,8 @@ def get_data(name: str, settings: DataSettings = DataSettings(), *, device: torc
     if s.eval_subset is not None:
         val, test = _first(val, s.eval_subset), _first(test, s.eval_subset)
     info = raw.info
+    record = {"name": info.name, "train": len(train.labels), "val": len(val.labels), "test": len(test.labels),
+              "fingerprint": data_fingerprint(raw.train.images, raw.train.labels, raw.test.images, raw.test.labels)}
     common = dict(mean=info.mean, std=info.std, device=device, channels_last=s.channels_last)
     return DataBundle(
         info=info,
@@ -145,6 +149,7 @@ def get_data(name: str, settings: DataSettings = DataSettings(), *, device: torc
                            generator=make_generator(s.seed, "data_order", device), **common),
         val=DeviceLoader(val.images, val.labels, batch_size=s.eval_batch_size, **common),
         test=DeviceLoader(test.images, test.labels, batch_size=s.eval_batch_size, **common),
+        record=record,
     )
 
 

@@ -193,6 +193,39 @@ def test_find_drop_point_writes_estimates(pruned, tmp_path, capsys):
     assert math.isfinite(result["tolerance"]["dense_accuracy"])
 
 
+def test_find_drop_point_on_a_gradual_folder(pruned, tmp_path, capsys):
+    """A gradual run's folder holds one checkpoint per target: with fewer than 4, one error line names the
+    command that makes a curve; with 4 targets it is read like a one-shot folder."""
+    from models import create_model
+    from utils.core.files import write_csv
+    from utils.prune.pruners import get_pruner
+    from utils.runtime.checkpoint import read_checkpoint, save_checkpoint
+
+    save, dense, _ = pruned
+    folder = tmp_path / "runs" / "resnet20" / "gradual"
+    rows = []
+    for amount in (0.5, 0.8, 0.9, 0.95):
+        model = create_model("resnet20")
+        model.load_state_dict(read_checkpoint(dense).state_dict)
+        add_reparam(model)
+        get_pruner("lamp").prune(model, amount)
+        name = f"resnet20_{amount:.4f}.pth"
+        save_checkpoint(folder / name, model, model_name="resnet20", dataset="synthetic", num_classes=10,
+                        meta={"stage": "prune_gradual"})
+        rows.append({"step": 1, "amount": amount, "sparsity": amount, "val_acc": 0, "test_acc": 0, "checkpoint": name})
+        write_csv(folder / "prune_log.csv", rows)
+        args = DATA + ["--model_dir", str(folder), "--save_dir", str(save), "--bootstrap", "0"]
+        code, out, err = run_main(find_drop_point.main, args, capsys)
+        if len(rows) < 4:
+            assert code == 2 and err.count("error:") == 1 and "(gradual pruning: one per target)" in err
+            assert (f"make a curve with python prune_unstructure.py --m_name resnet20 --save_dir {tmp_path / 'runs'} "
+                    "--mode oneshot --target_sparsity 0.5 0.8") in err
+            assert f"--model_dir {folder.parent / 'oneshot'}" in err
+    assert code == 0, err
+    result = json.loads((save / "resnet20" / "boundary" / "gradual" / "boundary.json").read_text())
+    assert [round(p["sparsity"], 2) for p in result["curve"]] == [0.5, 0.8, 0.9, 0.95]
+
+
 def test_regrowth_fills_the_device_exactly_and_reports_its_margin(pruned, tmp_path, capsys):
     import regrowth_oneshot
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import math
 import shlex
 from pathlib import Path
 
@@ -165,14 +164,16 @@ def test_counts_get_whole_ticks_and_decades_get_log_scales(tmp_path, captured_ax
     assert heat.images[0].norm.__class__.__name__ == "LogNorm" and heat.get_xlabel() == "class"
 
 
-def test_results_figure_runs_from_dense_to_sparsest(tmp_path, captured_axes):
-    rows = [{"model": "dense", "sparsity": 0.0, "val_acc": 80.0, "test_acc": 79.0},
-            {"model": "pruned", "sparsity": 0.99, "val_acc": 60.0, "test_acc": 59.0}]
+def test_results_figure_gives_each_model_its_line_with_sparsity_and_epochs(tmp_path, captured_axes):
+    rows = [{"model": "dense", "sparsity": 0.0, "epochs": 0, "val_acc": 80.0, "test_acc": 79.0},
+            {"model": "pruned straight", "sparsity": 0.98, "epochs": 6, "val_acc": 60.0, "test_acc": 59.0},
+            {"model": "gradual + swaps", "sparsity": 0.98, "epochs": 6, "val_acc": 60.0, "test_acc": 59.0}]
     plots.plot_results(rows, "weight", "final models", tmp_path / "p.png")
     (ax,) = captured_axes
-    left, right = ax.get_xlim()
-    assert ax.get_xscale() == "log" and left > 100 and 0 < right < 1  # kept %: dense left, sparsest right
-    assert math.isclose(left, 150) and "kept weights" in ax.get_xlabel()
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert len(labels) == 3 and "98.00%, 6 epochs" in labels[1] and labels[0].startswith("dense")  # one line each:
+    assert len(ax.get_legend().get_texts()) == 2  # two models at one sparsity never hide each other
+    assert "not from 0" in ax.get_xlabel()
 
 
 def test_a_search_from_a_model_at_chance_or_past_its_capacity_says_so(tmp_path):

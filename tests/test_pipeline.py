@@ -18,27 +18,38 @@ def test_pipeline(tmp_path, capsys):
     assert pipeline.main(args) == 0
     root = tmp_path / "seed1" / "resnet20"
     rows = read_csv(root / "pipeline_summary.csv")
-    assert [r["model"] for r in rows] == ["dense", "pruned", "regrown (RL)", "regrown (greedy prop)"]
+    assert [r["model"] for r in rows] == ["dense", "pruned straight", "gradual + swaps", "method: past + RL regrowth",
+                                          "past + greedy uniform"]
     sparsity = {r["model"]: float(r["sparsity"]) for r in rows}
-    assert sparsity["dense"] == 0.0 and sparsity["pruned"] == pytest.approx(0.99, abs=1e-5)
     budget = int(0.01 * 270_896) / 270_896
-    assert sparsity["regrown (greedy prop)"] == pytest.approx(0.99 - budget, abs=1e-5)
-    assert 0.99 - budget - 1e-5 <= sparsity["regrown (RL)"] <= 0.99 + 1e-9  # the policy may skip layers
+    assert sparsity["dense"] == 0.0 and sparsity["past + greedy uniform"] == pytest.approx(0.99 - budget, abs=1e-5)
+    assert sparsity["pruned straight"] == sparsity["gradual + swaps"] == pytest.approx(0.98, abs=1e-5)
+    assert 0.99 - budget - 1e-5 <= sparsity["method: past + RL regrowth"] <= 0.99 + 1e-9  # it may skip layers
+    # equal epochs after pruning for every sparse row (prune 1 + final 1 in the smoke preset)
+    assert [int(r["epochs"]) for r in rows] == [0, 2, 2, 2, 2]
     summary = json.loads((root / "pipeline_summary.json").read_text())
-    assert summary["preset"] == "smoke" and len(summary["rows"]) == 4
+    assert summary["preset"] == "smoke" and len(summary["rows"]) == 5 and summary["units"] == "all"
+    assert summary["epochs_after_pruning"] == 2 and summary["seed"] == 1
+    record = summary["provenance"]  # where the table came from
+    assert record["data"]["name"] == "synthetic" and record["data"]["train"] == 768 and record["threads"] >= 1
+    assert record["command"].startswith("python pipeline.py --preset smoke")
+    summaries = list(root.rglob("summary.json"))  # pretrain's, the search's, greedy's (and its iteration's)
+    assert len(summaries) >= 3 and all("commit" in json.loads(p.read_text())["provenance"] for p in summaries)
+    for search in (root / "regrowth_oneshot" / "pipeline" / "summary.json", root / "greedy_uniform" / "summary.json"):
+        assert json.loads(search.read_text())["units"] == "all"  # both allocators over the same units
     # the smoke preset learns, so a broken training path shows: the dense model is clearly above chance (10%
-    # on the 10 classes) and pruning 99% of its weights costs accuracy, in every seed
+    # on the 10 classes) and pruning 98% of its weights costs accuracy, in every seed
     for seed in (1, 2):
         val = {r["model"]: float(r["val_acc"]) for r in read_csv(tmp_path / f"seed{seed}" / "resnet20"
                                                                   / "pipeline_summary.csv")}
-        assert val["dense"] >= 30.0 and val["pruned"] < val["dense"] - 5, val
+        assert val["dense"] >= 30.0 and val["pruned straight"] < val["dense"] - 5, val
     out = capsys.readouterr().out
-    assert "regrown (RL)" in out
+    assert "method: past + RL regrowth" in out and "epochs" in out
     assert (root / "pipeline_summary.png").stat().st_size > 0  # the results figure beside the table
     log = (root / "pipeline_log.txt").read_text()  # the pipeline's own log survives the stages' logging
-    assert "== pretrain: running" in log and "== greedy: running" in log and "stages:" in log
+    assert "== pretrain: running" in log and "== regrowth (greedy uniform): running" in log and "stages:" in log
     # report.py over both seeds: one row per model with mean ± std over the 2 seeds, and the figure
     assert "2 run root(s)" in out and (tmp_path / "report.png").is_file()
-    pipe = [line for line in out.splitlines() if line.startswith("| resnet20 | synthetic | weight | pruned |")]
+    pipe = [line for line in out.splitlines() if "| weight | pruned straight |" in line]
     assert len(pipe) == 1 and "| 2 |" in pipe[0] and " ± " in pipe[0]
     assert (tmp_path / "seed2" / "resnet20" / "pipeline_summary.csv").is_file()

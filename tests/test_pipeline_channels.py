@@ -22,20 +22,22 @@ def test_pipeline_for_channels(tmp_path, capsys):
     assert pipeline.main(args) == 0
     root = tmp_path / "resnet20"
     rows = read_csv(root / "pipeline_structure_summary.csv")
-    assert [r["model"] for r in rows] == ["dense", "pruned", "regrown (RL)", "regrown (greedy prop)"]
+    assert [r["model"] for r in rows] == ["dense", "pruned straight", "method: past + RL regrowth",
+                                          "past + greedy uniform"]  # no gradual pruning of channels
     sparsity = {r["model"]: float(r["sparsity"]) for r in rows}
-    assert sparsity["pruned"] == pytest.approx(403 / 448)  # round(0.9 * 448) of resnet20's 448 channels
-    assert sparsity["regrown (greedy prop)"] == pytest.approx((403 - int(0.05 * 448)) / 448)
+    assert sparsity["pruned straight"] == pytest.approx(381 / 448)  # round(0.85 * 448) of resnet20's 448 channels
+    assert sparsity["past + greedy uniform"] == pytest.approx((403 - int(0.05 * 448)) / 448)  # from round(0.9 * 448)
     params = {r["model"]: int(r["params"]) for r in rows}
-    assert params["pruned"] < params["regrown (greedy prop)"] < params["dense"] == 272_474  # exported params
+    assert params["pruned straight"] < params["dense"] == 272_474  # exported params
     assert len(list(root.rglob("*_final_exported.pth"))) == 3
     capsys.readouterr()
     assert pipeline.main(args) == 0
     err = capsys.readouterr().err
-    for stage in ("pretrain", "prune", "regrowth", "greedy", "finetune pruned", "export regrown (RL)"):
+    for stage in ("pretrain", "prune (one-shot)", "regrowth (RL)", "regrowth (greedy uniform)",
+                  "finetune pruned straight", "export method: past + RL regrowth"):
         assert f"== {stage}: reused, " in err  # each reused stage named with the file that shows it finished
     log = (root / "pipeline_log.txt").read_text()
-    assert "== regrowth: reused, " in log and "pipeline_structure_summary.csv" in log
+    assert "== regrowth (RL): reused, " in log and "pipeline_structure_summary.csv" in log
 
 
 @pytest.mark.slow

@@ -72,8 +72,8 @@ def test_the_reference_maker_records_a_finished_run(tmp_path, capsys):
     assert "--lr_schedule onecycle" in entry["command"] and "--nesterov" in entry["command"]
     assert "--save_dir" not in entry["command"] and "--seed 3" in entry["command"]
     summary = json.loads((run / "resnet20" / "checkpoint" / "summary.json").read_text())
-    assert entry["epochs"] == 1 and entry["commit"] and entry["threads"] == summary["threads"]
-    assert entry["precision"] == summary["precision"]
+    assert entry["epochs"] == 1 and entry["commit"] and entry["threads"] == summary["provenance"]["threads"]
+    assert entry["precision"] == summary["provenance"]["precision"] and entry["trained"] == summary["provenance"]
     assert set(entry["evaluate"]) == ({"bf16", "fp32"} if cpu_has_native_bf16() else {"fp32"})
     code, _, err = run_main(reference_dense.main, argv, capsys)  # nothing is replaced without --overwrite
     assert code == 2 and "--overwrite" in err

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -138,10 +139,13 @@ def test_short_recipe_moves_the_learning_rate_every_step_and_records_the_precisi
     rows = (out / "pretrain_log.csv").read_text().splitlines()[1:]
     # 4 steps an epoch (256 / 64): the first epoch starts 1/4 into the warm-up, the second at the peak
     assert [float(r.split(",")[1]) for r in rows] == pytest.approx([0.05, 0.2])
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["precision"] == train_module.precision_name(torch.device("cpu"), True)
+    record = json.loads((out / "summary.json").read_text())["provenance"]
+    assert record["precision"] == train_module.precision_name(torch.device("cpu"), True)
+    assert record["command"] == shlex.join(["python", "pretrain.py", *args])  # the stage's own command line
+    assert record["data"]["name"] == "synthetic" and record["data"]["train"] == 256 and record["threads"] >= 1
+    assert read_checkpoint(out / "ckpt.pth").meta["provenance"] == record  # the model says the same
     assert pretrain.main(args + ["--no_amp", "--overwrite"]) == 0
-    assert json.loads((out / "summary.json").read_text())["precision"] == "fp32"
+    assert json.loads((out / "summary.json").read_text())["provenance"]["precision"] == "fp32"
 
 
 def test_existing_checkpoint_is_not_overwritten(pretrained, capsys):

@@ -239,6 +239,13 @@ def test_gradual_pruning_reaches_the_exact_target_with_swaps_and_picks_a_final_e
     assert int(rows[-1]["weights_moved"]) == gradual.meta["swap"]["weights_moved"]
     log = (tmp_path / "resnet20" / "gradual" / "log.txt").read_text()
     assert re.search(r"epoch 3/3 .* sparsity 0\.9500 .*swaps \d+ .*weights moved [\d,]+", log)
+    # its figure is the schedule (sparsity and val accuracy per epoch), not a one-point accuracy-vs-sparsity curve
+    files = tree(tmp_path / "resnet20" / "gradual")
+    assert "gradual_schedule.png" in files and "sparsity_vs_accuracy.png" not in files
+    plan = read_csv(tmp_path / "resnet20" / "gradual" / "schedule_resnet20_0.9500.csv")  # the plan in optimizer steps
+    assert [int(r["step"]) for r in plan] == [0, *(t for t, _ in record["plan"])]
+    assert float(plan[0]["sparsity"]) == 0.0 and float(plan[-1]["sparsity"]) == pytest.approx(
+        0.95, abs=1e-4) and float(plan[-1]["epoch"]) == pytest.approx(record["last_step"] / steps_per_epoch)
 
 
 def test_gradual_mode_is_for_weights_and_one_target(tmp_path, capsys):

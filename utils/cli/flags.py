@@ -25,6 +25,7 @@ from utils.core.log import setup_logging
 from utils.core.paths import (
     prune_dir,
 )
+from utils.core.provenance import running, script_command
 from utils.device.profiles import LIMITS, MAX_LATENCY_BATCH, DeviceProfile, load_profile
 from utils.device.storage import FORMATS
 from utils.runtime.settings import (
@@ -38,7 +39,7 @@ from utils.runtime.settings import (
 from utils.scoring.selection import SELECTORS
 from utils.search.episodes import UNIT_SETS
 from utils.sparsity.granularity import granularity_class
-from utils.sparsity.swap import DROP_SCORES, GROW_SCORES, SwapSettings
+from utils.sparsity.swap import DROP_SCORES, GROW_SCORES, RECOMMENDED_EVERY_EPOCHS, SwapSettings
 
 INIT_HELP = ("value of regrown entries: weights zero (default) | kaiming | xavier | magnitude | dense; channels "
              "dense (default) | preserve | kaiming | magnitude")
@@ -95,7 +96,8 @@ def cli_main(func: Callable[[Sequence[str] | None], int | None]) -> Callable[[Se
         interruptible_main()  # a stage script: the first Ctrl-C interrupts, a second one adds nothing
         setup_logging()  # console only until the stage knows its run folder (no writes into an earlier run's log)
         try:
-            return func(argv) or 0
+            with running(script_command(func.__globals__, argv)):
+                return func(argv) or 0
         except ReportedError:
             return 2
         except UsageError as exc:
@@ -385,8 +387,9 @@ def add_swap_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("swap cycles (weights; off by default)")
     group.add_argument("--swap_every", type=non_negative_int, default=0, metavar="N",
                        help="every N optimizer steps, each layer drops its weakest kept weights and grows as many "
-                            "pruned ones back at zero (its kept count never changes); 0: no swaps. Steps depend on "
-                            "the data set's size: --swap_every_epochs gives the interval in epochs")
+                            "pruned ones back at zero (its kept count never changes); 0: no swaps (the original's "
+                            "default). Steps depend on the data set's size: --swap_every_epochs gives the interval in "
+                            f"epochs ({RECOMMENDED_EVERY_EPOCHS} with gradual pruning: the measured recommendation)")
     group.add_argument("--swap_every_epochs", type=positive_float, default=None, metavar="E",
                        help="instead of --swap_every: a swap every E epochs (a fraction allowed: 0.25 is four an "
                             "epoch), turned into optimizer steps on the run's data, so it means the same on any "
@@ -541,7 +544,9 @@ def add_schedule_args(group: argparse._ArgumentGroup, *, amount_flags: tuple[str
     group.add_argument("--mode", "--m_prune", dest="mode", default="iterative", choices=modes,
                        help="iterative (alias iterate), oneshot" + (", or gradual: from the dense model to "
                                                                      "--target_sparsity during one finetune, along a "
-                                                                     "cubic schedule" if gradual else ""))
+                                                                     "cubic schedule; the default is the original's, "
+                                                                     "the measurements favour gradual with swap cycles "
+                                                                     "(docs/results)" if gradual else ""))
     group.add_argument(*amount_flags, dest="amount", type=open_fraction, default=0.3, metavar="FRACTION",
                        help=f"iterative: fraction of the surviving {unit} removed per step")
     group.add_argument("--iter_start", type=positive_int, default=1, help="first step (resume point)")

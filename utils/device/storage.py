@@ -18,6 +18,11 @@ int8 (its scale) else 0:
 Worked example: a 3x3 conv 16 -> 16 (n = 2,304, r = 16, c = 144) at 90% sparsity (z = 230) in
 ``bitmap_fp16`` takes ceil(2,304 / 8) + 230·2 = 288 + 460 = 748 bytes, against 4,608 dense fp16 and 9,216
 dense fp32; in ``csr16_fp16``, 4·17 + 230·(2 + 2) = 988 bytes.
+
+``unpack_weight`` reads one packed weight back (values and keep-mask): exact for fp32; fp16 rounds each value
+to nearest, |error| <= max(2^-11·|w|, 2^-25); int8 stores ``q = round(w / scale)`` with ``scale = max|w| / 127``
+over the tensor's stored values, |error| <= scale / 2 = max|w| / 254 per weight. ``utils/device/packed.py``
+writes whole models as files in these formats.
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ from utils.core.errors import UsageError
 from utils.sparsity.masks import effective_weight, keep_mask, prunable_modules
 
 VALUE_BYTES = {"fp32": 4, "fp16": 2, "int8": 1}
+FP16_MAX = 65504.0  # the largest finite fp16 value: a weight beyond it has no fp16 form
 LAYOUTS = ("dense", "bitmap", "csr16", "csr32")
 FORMATS = tuple(f"{layout}_{values}" for layout in LAYOUTS for values in VALUE_BYTES)
 
@@ -72,17 +78,24 @@ def weight_bytes(n: int, z: int, rows: int, fmt: Format, name: str = "weight") -
     return 4 * (rows + 1) + z * (index + v) + s
 
 
-def dense_tensors(model: nn.Module) -> list[torch.Tensor]:
-    """Every tensor inference needs besides the prunable weights: parameters and floating buffers that are
-    not masks, ``*_orig`` or prunable weights."""
+def dense_entries(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every tensor inference needs besides the prunable weights, by state-dict name in state-dict order:
+    parameters and floating buffers, a masked one (``X_orig * X_mask``, e.g. a channel mask's BN gamma) merged
+    under its plain name ``X``. Integer buffers (BatchNorm's ``num_batches_tracked``) are left out."""
     prunable = {f"{name}.weight" for name in prunable_modules(model)}
-    out = []
-    for key, value in model.state_dict().items():
-        plain = key.replace("_orig", "")
+    state, out = model.state_dict(), {}
+    for key, value in state.items():
+        plain = key.removesuffix("_orig")
         if key.endswith("_mask") or plain in prunable or not value.is_floating_point():
             continue
-        out.append(value)
+        mask = state.get(f"{plain}_mask") if plain != key else None
+        out[plain] = value if mask is None else value * mask
     return out
+
+
+def dense_tensors(model: nn.Module) -> list[torch.Tensor]:
+    """The tensors of ``dense_entries``, in order."""
+    return list(dense_entries(model).values())
 
 
 def model_bytes(model: nn.Module, storage: str) -> int:
@@ -121,15 +134,75 @@ def pack_weight(weight: torch.Tensor, mask: torch.Tensor, fmt: Format) -> bytes:
     return pointers.tobytes() + columns.tobytes() + _values(kept, fmt)
 
 
+def _read_values(data: memoryview, count: int, fmt: Format) -> np.ndarray:
+    """``count`` values (float32 [count]) from ``data``, which holds exactly what ``_values`` wrote for them."""
+    if len(data) != count * fmt.value_bytes + fmt.scale_bytes:
+        raise ValueError(f"{len(data)} value bytes for {count} {fmt.values} values")
+    if fmt.values != "int8":
+        return np.frombuffer(data, "<f4" if fmt.values == "fp32" else "<f2").astype(np.float32)
+    scale = np.frombuffer(data[:4], "<f4")[0]
+    return np.frombuffer(data[4:], np.int8).astype(np.float32) * scale
+
+
+def _sparse_positions(data: memoryview, shape: tuple[int, ...], fmt: Format) -> tuple[np.ndarray, int]:
+    """(flat indices of the kept entries, ascending [z]; bytes their index structure takes) of a bitmap or
+    CSR weight whose packed bytes begin ``data``."""
+    n, rows = math.prod(shape), shape[0]
+    if fmt.layout == "bitmap":
+        size = math.ceil(n / 8)
+        bits = np.unpackbits(np.frombuffer(data[:size], np.uint8), bitorder="little")[:n]
+        if len(bits) != n:
+            raise ValueError(f"the bitmap has {len(bits)} of {n} bits")
+        return np.flatnonzero(bits), size
+    columns_of, index = n // rows, 2 if fmt.layout == "csr16" else 4
+    pointers = np.frombuffer(data[:4 * (rows + 1)], "<u4").astype(np.int64)
+    counts = np.diff(pointers)
+    if len(pointers) != rows + 1 or pointers[0] != 0 or (counts < 0).any() or (counts > columns_of).any():
+        raise ValueError("row pointers are not a CSR row index")
+    kept = int(pointers[-1])
+    end = 4 * (rows + 1) + kept * index
+    columns = np.frombuffer(data[4 * (rows + 1):end], "<u2" if index == 2 else "<u4").astype(np.int64)
+    if len(columns) != kept or (columns >= columns_of).any():
+        raise ValueError("column indices run past the data or the row")
+    flat = np.repeat(np.arange(rows), counts) * columns_of + columns
+    if kept > 1 and (np.diff(flat) <= 0).any():  # CSR lists each row's columns once, ascending
+        raise ValueError("column indices repeat or are out of order")
+    return flat, end
+
+
+def unpack_weight(data: bytes | memoryview, shape: tuple[int, ...], fmt: Format) -> tuple[torch.Tensor, torch.Tensor]:
+    """The inverse of ``pack_weight``: (values float32, zero where pruned; keep-mask bool), both ``shape``, from
+    exactly the bytes ``pack_weight`` wrote (a ``ValueError`` when they are not a weight of that shape). A dense
+    layout stores no mask: its mask is the nonzero values (a kept weight stored as 0 reads as pruned; the
+    outputs are the same). Value error bounds: see the module docstring."""
+    data, n = memoryview(data), math.prod(shape)
+    if fmt.layout == "dense":
+        values = _read_values(data, n, fmt)
+        return torch.from_numpy(values).view(shape), torch.from_numpy(values != 0).view(shape)
+    flat, start = _sparse_positions(data, shape, fmt)
+    values, mask = np.zeros(n, np.float32), np.zeros(n, bool)
+    values[flat], mask[flat] = _read_values(data[start:], len(flat), fmt), True
+    return torch.from_numpy(values).view(shape), torch.from_numpy(mask).view(shape)
+
+
+def _fp16_range(weight: torch.Tensor, fmt: Format, name: str) -> None:
+    """A ``UsageError`` when ``fmt`` stores fp16 values and ``weight`` has one beyond fp16's range."""
+    largest = float(weight.detach().abs().max()) if weight.numel() else 0.0
+    if fmt.values == "fp16" and largest > FP16_MAX:
+        raise UsageError(f"{name} holds a value of magnitude {largest:.3g}, beyond fp16's range ({FP16_MAX:,.0f}): "
+                         f"store it as {fmt.layout}_fp32 or {fmt.layout}_int8")
+
+
 def pack_model(model: nn.Module, storage: str) -> bytes:
     """The whole model in ``storage``: the dense tensors (fp32) in state-dict order, then every prunable
     weight (its effective values at the kept positions) in model order. ``len(...) == model_bytes(...)``."""
     fmt = Format.parse(storage)
     parts = [t.detach().float().cpu().numpy().astype("<f4").tobytes() for t in dense_tensors(model)]
     for name, module in prunable_modules(model).items():
-        mask = keep_mask(module)
+        mask, weight = keep_mask(module), effective_weight(module).detach()
         weight_bytes(mask.numel(), int(mask.sum()), mask.shape[0], fmt, name)  # csr16 column check
-        parts.append(pack_weight(effective_weight(module).detach(), mask, fmt))
+        _fp16_range(weight, fmt, name)
+        parts.append(pack_weight(weight, mask, fmt))
     return b"".join(parts)
 
 

@@ -38,7 +38,8 @@ class GradualPruning:
     def __init__(self, model: nn.Module, granularity: Granularity, pruner: Pruner, context: PruneContext,
                  remove: int, steps: int, end_step: int) -> None:
         self.model, self.granularity, self.pruner, self.context = model, granularity, pruner, context
-        self.plan = cubic_plan(self.alive(), remove, steps, end_step)
+        self.start = self.alive()  # kept entries before the first pruning step
+        self.plan = cubic_plan(self.start, remove, steps, end_step)
         self.last_step = self.plan[-1][0]
         self.step, self.done = 0, 0  # optimizer steps seen, pruning steps taken
 
@@ -58,6 +59,13 @@ class GradualPruning:
     def epoch_columns(self) -> dict[str, float]:
         """The model's sparsity now (the training log's per-epoch column)."""
         return {"sparsity": self.granularity.sparsity(self.model)}
+
+    def schedule_rows(self, steps_per_epoch: int) -> list[dict]:
+        """The plan as rows of the run's schedule CSV: optimizer step, epoch (step / ``steps_per_epoch``, a
+        fraction), kept entries and sparsity in [0, 1]; the first row is the start (step 0)."""
+        total = self.granularity.total(self.model)
+        return [{"step": t, "epoch": t / steps_per_epoch, "kept": kept, "sparsity": (total - kept) / total}
+                for t, kept in [(0, self.start), *self.plan]]
 
     def record(self) -> dict:
         """What the gradual pruning did, for the checkpoint's meta."""

@@ -1,10 +1,12 @@
-"""A pruning run at any granularity: prune -> finetune -> save -> log -> plot, iterative or one-shot.
+"""A pruning run at any granularity: prune -> finetune -> save -> log -> plot, iterative, one-shot or gradual.
 
 Used by ``prune_unstructure.py`` (weights) and ``prune_structure.py`` (channels); the granularity and the
 pruner are the only difference. Each step writes ``{m}_{tag}{sparsity:.4f}.pth``, a row of
 ``prune_log.csv`` (``step, amount, sparsity``, the granularity's own columns, ``val_acc, test_acc,
-checkpoint``) and the sparsity-vs-accuracy plot. Every target is checked before any training starts: a
-step that would remove nothing, or empty a channel group, is a ``UsageError``.
+checkpoint``) and the sparsity-vs-accuracy plot (gradual: ``schedule_{checkpoint stem}.csv``, the plan in
+optimizer steps, and ``gradual_schedule.png``: each target's planned sparsity, its sparsity at each epoch's end
+and its val accuracy per epoch, from those CSVs). Every target is checked before any training
+starts: a step that would remove nothing, or empty a channel group, is a ``UsageError``.
 """
 from __future__ import annotations
 
@@ -20,13 +22,14 @@ from utils.core.log import LOG, log_outputs, setup_logging
 from utils.core.paths import PRUNE_LOG, check_output_dir, clean_stale_temps, prune_checkpoint
 from utils.prune.gradual import GradualPruning
 from utils.prune.weight_pruners import PruneContext, Pruner
-from utils.results.plots import plot_sparsity_accuracy
+from utils.results.plots import plot_gradual_schedule, plot_sparsity_accuracy
 from utils.runtime.settings import FinetuneSettings, LoopSettings, ScheduleSettings
 from utils.runtime.stage import Stage
 from utils.runtime.train import evaluate_model, finetune_model, finetune_steps
 from utils.sparsity.masks import clone_model
 
 LOG_COLUMNS = {"step": int, "sparsity": float, "checkpoint": str}  # what the stage reads back of prune_log.csv
+GRADUAL_PLOT = "gradual_schedule.png"  # a gradual run's figure (its one point per target says little as a curve)
 
 
 def read_prune_log(path: Path) -> list[dict[str, str]]:
@@ -74,10 +77,13 @@ class PruneRun:
         rows.sort(key=lambda r: (int(r["step"]), float(r["sparsity"])))
         write_csv(path, rows, list(row))
 
-    def step(self, model: nn.Module, amount: float, step: int, parent: Path, gradual: int = 0) -> Path:
+    def step(self, model: nn.Module, amount: float, step: int, parent: Path, gradual: int = 0,
+             label: str | None = None) -> Path:
         """Prune ``amount`` of the survivors, finetune, save the checkpoint and log row; returns the checkpoint.
-        ``gradual`` > 0: no prune first; the finetune prunes ``gradual`` weights along the cubic schedule."""
+        ``gradual`` > 0: no prune first; the finetune prunes ``gradual`` weights along the cubic schedule.
+        ``label``: what the log calls the step (default ``step {step}``; one-shot targets: ``target i/n``)."""
         stage, gran = self.stage, self.stage.granularity
+        label = label or f"step {step}"
         during = None
         if gradual:
             plan = self.schedule
@@ -91,7 +97,7 @@ class PruneRun:
         path = prune_checkpoint(self.out, stage.model_name, gran, achieved)
         if path.resolve() == Path(parent).resolve():
             raise UsageError(f"step {step} would write over its own input {parent}; nothing was pruned")
-        LOG.info("step %d: %s %s %d %ss -> sparsity %.4f", step, self.pruner.name,
+        LOG.info("%s: %s %s %d %ss -> sparsity %.4f", label, self.pruner.name,
                  f"removes, in {len(during.plan)} steps during the finetune," if during else "removed", removed,
                  gran.name, achieved)
         log = f"finetune_step{step}.csv" if self.iterative else f"finetune_{path.stem}.csv"  # one per target
@@ -100,12 +106,30 @@ class PruneRun:
         stage.save(path, model, {"stage": f"prune_{self.schedule.mode}", "granularity": gran.name, "step": step,
                                  "amount": amount, "pruner": self.pruner.name, "sparsity": gran.sparsity(model),
                                  "val_acc": val_acc, "test_acc": test_acc, "parent": str(parent), **extra})
+        if during:  # the plan in optimizer steps, for the figure (the finetune CSV has one row per epoch)
+            write_csv(self.out / f"schedule_{path.stem}.csv", during.schedule_rows(len(stage.data.train)))
         self.write_log_row({"step": step, "amount": amount, "sparsity": gran.sparsity(model), **gran.describe(model),
                             "val_acc": val_acc, "test_acc": test_acc, "checkpoint": path.name})
-        plot_sparsity_accuracy(self.out / PRUNE_LOG, self.out / "sparsity_vs_accuracy.png",
-                               f"{stage.model_name} {self.schedule.mode} {gran.name} pruning ({self.pruner.name})")
-        LOG.info("step %d: sparsity %.4f  val %.2f%%  test %.2f%%  -> %s", step, achieved, val_acc, test_acc, path)
+        self.plot(f"{stage.model_name} {self.schedule.mode} {gran.name} pruning ({self.pruner.name})")
+        LOG.info("%s: sparsity %.4f  val %.2f%%  test %.2f%%  -> %s", label, achieved, val_acc, test_acc, path)
         return path
+
+    def plot(self, title: str) -> None:
+        """The run's figure from its CSVs: accuracy against sparsity, or for gradual pruning each target's
+        schedule (sparsity and val accuracy per epoch of its finetune, ``finetune_{checkpoint stem}.csv``)."""
+        if self.figure != GRADUAL_PLOT:
+            plot_sparsity_accuracy(self.out / PRUNE_LOG, self.out / self.figure, title)
+            return
+        rows = read_prune_log(self.out / PRUNE_LOG)
+        logs = {r["checkpoint"]: (self.out / f"finetune_{Path(r['checkpoint']).stem}.csv",
+                                  self.out / f"schedule_{Path(r['checkpoint']).stem}.csv") for r in rows}
+        plot_gradual_schedule({name: files for name, files in logs.items() if files[0].is_file()},
+                              {r["checkpoint"]: float(r["sparsity"]) for r in rows}, self.out / self.figure, title)
+
+    @property
+    def figure(self) -> str:
+        """The file name of the run's figure."""
+        return GRADUAL_PLOT if self.schedule.mode == "gradual" else "sparsity_vs_accuracy.png"
 
     # ---- schedules -----------------------------------------------------------------------------------
     def run_iterative(self, parent: Path, amount: float, first: int, last: int) -> None:
@@ -178,8 +202,10 @@ class PruneRun:
         rows = read_prune_log(self.out / PRUNE_LOG)
         last = self.out / max(rows, key=lambda r: float(r["sparsity"]))["checkpoint"]
         search = self.stage.granularity.search_script
-        log_outputs([self.out / PRUNE_LOG, self.out / "sparsity_vs_accuracy.png",
-                     f"{len(rows)} checkpoint(s) in {self.out}/, the sparsest {last.name}"],
+        log_outputs([self.out / PRUNE_LOG, self.out / self.figure, self.out / "log.txt",
+                     f"{len(rows)} checkpoint(s) in {self.out}/, the sparsest {last.name}, each with its "
+                     "finetune_*.csv (one row per epoch)" + (" and schedule_*.csv" if self.figure == GRADUAL_PLOT
+                                                              else "")],
                     f"python evaluate.py --ckpt {last} --per_layer   (then finetune.py or export.py --ckpt {last}; "
                     f"the original method's next step, an RL regrowth search: python {search} "
                     f"{self.stage.repeat_flags()}{f' --pretrained {run.pretrained}' if run.pretrained else ''} "
@@ -205,9 +231,9 @@ class PruneRun:
                     raise UsageError(f"--target_sparsity {target}: {exc}") from exc
         self.check_outputs([(total - alive + round(a * alive)) / total for a in amounts], None)
         setup_logging(self.out)
-        for amount in amounts:
+        for i, amount in enumerate(amounts, start=1):  # each target from the dense model: step 1 of its own
             self.step(self.stage.load_model(dense_path, reparam=True), amount, 1, dense_path,
-                      gradual=round(amount * alive) if gradual else 0)
+                      gradual=round(amount * alive) if gradual else 0, label=f"target {i}/{len(amounts)}")
 
 
 def check_distinct_names(paths: list[Path], what: str) -> None:

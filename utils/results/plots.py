@@ -1,6 +1,7 @@
 """Plots made from the CSV files a run writes (never from inside a training loop)."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
@@ -8,7 +9,8 @@ import matplotlib
 matplotlib.use("Agg")  # before pyplot: figures are files, never windows
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
-from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
+from matplotlib.patches import FancyArrowPatch  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from utils.core.files import atomic_write, read_csv  # noqa: E402,F401  (read_csv: plots read run CSVs)
 
@@ -136,45 +138,46 @@ def plot_reward_curve(history: list[dict], path: Path, title: str) -> None:
 
 
 def plot_results(rows: list[dict], unit: str, title: str, path: Path) -> None:
-    """The pipeline's final models: val and test accuracy (%) against the kept fraction of ``unit``s (weights
-    or channels), on a log axis that runs from dense (left) to sparsest (right), each model's own kept fraction
-    labelled on the axis and models at the same x spread apart a little. ``rows``: dicts with ``model``,
-    ``sparsity`` in [0, 1), ``val_acc`` and ``test_acc`` in %. The y axis spans the models' accuracies (it does
-    not start at 0; the label says so)."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    kept = [100 * (1 - r["sparsity"]) for r in rows]
-    seen: dict[str, int] = {}
-    for r, x, color in zip(rows, kept, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False):
-        nth = seen.get(f"{x:.3g}", 0)  # the n-th model at this kept fraction: nudged right by 4% per model
-        seen[f"{x:.3g}"] = nth + 1
-        at = x * 0.96 ** nth
-        ax.plot([at], [r["val_acc"]], "o", color=color, label=f"{r['model']} (val)")
-        ax.plot([at], [r["test_acc"]], "s", color=color, mfc="none", label=f"{r['model']} (test)")
-    ax.set_xscale("log")
-    ax.set_xlim(max(kept) * 1.5, min(kept) / 1.5)  # inverted: sparser to the right
-    ax.set_xticks(sorted(set(kept)))
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}%"))
-    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
-    ax.set_xlabel(f"kept {unit}s (% of all, log scale; sparsity = 100% - kept)")
-    ax.set_ylabel("top-1 accuracy (%; axis not from 0)")
-    ax.set_title(f"{title}\n({unit} pruning)", fontsize=9)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
+    """The pipeline's final models as a dot plot: one line per model (top to bottom in table order), labelled
+    with its ``unit`` sparsity and its epochs after pruning, its val (filled circle) and test (open square)
+    accuracy (%) on the x axis. ``rows``: dicts with ``model``, ``sparsity`` in [0, 1), ``val_acc``, ``test_acc``
+    and optionally ``epochs``. The x axis spans the accuracies (not from 0; the label says so)."""
+    fig, ax = plt.subplots(figsize=(7, 0.9 + 0.45 * len(rows)))
+    y = list(range(len(rows)))[::-1]
+    ax.plot([r["val_acc"] for r in rows], y, "o", color="tab:blue", label="val")
+    ax.plot([r["test_acc"] for r in rows], y, "s", color="tab:orange", mfc="none", label="test")
+    ax.set_yticks(y, [f"{r['model']}\n{unit} sparsity {100 * r['sparsity']:.2f}%"
+                      + (f", {r['epochs']} epochs" if r.get("epochs") else "") for r in rows], fontsize=7)
+    ax.set_ylim(-0.6, len(rows) - 0.4)
+    ax.set_xlabel("top-1 accuracy (%; axis not from 0)")
+    ax.set_title(f"{title}\n({unit} pruning; epochs: finetune epochs after pruning)", fontsize=9)
+    ax.grid(alpha=0.3, axis="x")
+    ax.legend(fontsize=7, loc="lower right")
     _save(fig, path)
 
 
-def plot_report(curves: dict[str, list[tuple[float, float, float]]],
-                arrows: list[tuple[str, float, float, float, float, float | None]], title: str, path: Path) -> None:
-    """Accuracy against sparsity for one model, data set and granularity: pruning curves with ±std bands and
-    regrowth results as arrows.
+Curve = list[tuple[float, float, float]]  # [(sparsity in [0, 1], mean test acc %, std or 0)]
+Arrow = tuple[str, float, float, float, float, float | None]  # (label, s0, acc0, s1, acc1, baseline acc or None)
 
-    ``curves``: {label: [(sparsity in [0, 1], mean test acc %, std or 0)]}; ``arrows``: (label, start
-    sparsity, start acc, final sparsity, final acc, matched pruning baseline acc or None), marked with an x.
-    Sparsity is plotted as a percentage inside [0, 100].
-    """
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+
+@dataclass
+class Panel:
+    """One panel of the report figure: a title, pruning ``curves`` {label: Curve} and regrowth ``arrows``."""
+
+    title: str
+    curves: dict[str, Curve] = field(default_factory=dict)
+    arrows: list[Arrow] = field(default_factory=list)
+
+
+REPORT_NOTE = "arrows: regrowth from its sparse start (o); x: pruning baseline at the same sparsity"
+
+
+def draw_report_panel(ax, panel: Panel) -> None:
+    """Accuracy against sparsity (%, inside [0, 100]) on ``ax``: each curve with its ±std band, each regrowth
+    result as an arrow from its start (o) to its result (^), its matched baseline as an x. The arrows are
+    patches of the axes: clipped to them, and both ends inside the limits."""
     xs: list[float] = []
-    for label, points in curves.items():
+    for label, points in panel.curves.items():
         points = sorted(points)
         x = [100 * p[0] for p in points]
         mean, std = [p[1] for p in points], [p[2] for p in points]
@@ -182,9 +185,11 @@ def plot_report(curves: dict[str, list[tuple[float, float, float]]],
         ax.fill_between(x, [m - s for m, s in zip(mean, std, strict=True)],
                         [m + s for m, s in zip(mean, std, strict=True)], color=line.get_color(), alpha=0.2)
         xs += x
-    for label, s0, a0, s1, a1, baseline in arrows:
-        ax.annotate("", xy=(100 * s1, a1), xytext=(100 * s0, a0), arrowprops={"arrowstyle": "->", "lw": 1.2})
-        ax.plot([100 * s1], [a1], "^", ms=6, label=label)
+    for label, s0, a0, s1, a1, baseline in panel.arrows:
+        end = ax.plot([100 * s1], [a1], "^", ms=6, label=label)[0]
+        ax.plot([100 * s0], [a0], "o", ms=4, mfc="none", color=end.get_color())
+        ax.add_patch(FancyArrowPatch((100 * s0, a0), (100 * s1, a1), arrowstyle="->", mutation_scale=10, lw=1.2,
+                                     color=end.get_color(), shrinkA=2, shrinkB=4))
         if baseline is not None:
             ax.plot([100 * s1], [baseline], "kx", ms=7)
         xs += [100 * s0, 100 * s1]
@@ -192,10 +197,69 @@ def plot_report(curves: dict[str, list[tuple[float, float, float]]],
         ax.set_xlim(*sparsity_limits(xs))
     ax.set_xlabel("sparsity (%)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"{title}\n(arrows: regrowth from its sparse start; x: pruning baseline at the same sparsity)",
-                 fontsize=9)
+    ax.set_title(panel.title, fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    if panel.curves or panel.arrows:
+        ax.legend(fontsize=7)
+
+
+def plot_report(curves: dict[str, Curve], arrows: list[Arrow], title: str, path: Path) -> None:
+    """One panel (``draw_report_panel``) of accuracy against sparsity for one model, data set and granularity:
+    pruning ``curves`` {label: [(sparsity in [0, 1], mean test acc %, std or 0)]} and regrowth ``arrows``
+    (label, start sparsity, start acc, final sparsity, final acc, matched pruning baseline acc or None)."""
+    plot_report_panels([Panel(title, curves, arrows)], path)
+
+
+def plot_report_panels(panels: list[Panel], path: Path) -> None:
+    """Each panel (``draw_report_panel``) in a grid of up to two columns (an empty one saying so when there are
+    none); written atomically."""
+    panels = panels or [Panel("nothing to plot: no pruning curve or regrowth result")]
+    cols = min(2, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(7 * cols, 4.5 * rows), squeeze=False)
+    for ax, panel in zip(axes.flat, panels, strict=False):
+        draw_report_panel(ax, panel)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    fig.suptitle(f"test accuracy over seeds ({REPORT_NOTE})", fontsize=9)
+    _save(fig, path)
+
+
+def plot_gradual_schedule(logs: dict[str, tuple[Path, Path]], target: dict[str, float], path: Path,
+                          title: str) -> None:
+    """Gradual pruning runs, one colour each ({label: (its finetune CSV, its schedule CSV)}): on top the planned
+    sparsity (%) as a step line over the optimizer steps (in epochs: step / steps per epoch; a schedule CSV that
+    is absent, from an older run, draws none), the sparsity measured at each epoch's end (o) and the
+    ``target`` sparsity in [0, 1] dashed; below, the val accuracy (%) per epoch. Written atomically."""
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+    per_epoch: set[float] = set()  # optimizer steps per epoch, for the steps axis
+    for label, (log, schedule) in logs.items():
+        rows = [r for r in read_csv(log) if r.get("sparsity") not in (None, "")]
+        epochs = [int(r["epoch"]) for r in rows]
+        line = top.plot(epochs, [100 * float(r["sparsity"]) for r in rows], "o", ms=4, label=f"{label} (epoch end)")[0]
+        plan = read_csv(schedule)
+        if plan:  # held at its last value to the finetune's last epoch
+            x = [float(r["epoch"]) for r in plan] + [float(max(epochs, default=0))]
+            y = [100 * float(r["sparsity"]) for r in plan]
+            top.plot(x, [*y, y[-1]], "-", drawstyle="steps-post", color=line.get_color(),
+                     label=f"{label} (plan, {len(plan) - 1} steps)")
+            per_epoch |= {float(r["step"]) / float(r["epoch"]) for r in plan if float(r["epoch"]) > 0}
+        if label in target:
+            top.axhline(100 * target[label], ls="--", lw=0.8, color=line.get_color())
+        bottom.plot(epochs, [float(r["val_acc"]) for r in rows], "o-", ms=3, color=line.get_color(), label=label)
+    low, high = top.get_ylim()
+    top.set_ylim(max(0.0, low), min(100.0, high))  # a sparsity stays inside [0, 100]
+    if len({round(s) for s in per_epoch}) == 1:
+        steps = per_epoch.pop()
+        top.secondary_xaxis("top", functions=(lambda e: e * steps, lambda s: s / steps)).set_xlabel("optimizer step")
+    top.set_ylabel("sparsity (%)")
+    fig.suptitle(f"{title} (dashed: the target)", fontsize=9)
+    bottom.set_ylabel("val accuracy (%)")
+    bottom.set_xlabel("epoch")
+    bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for ax in (top, bottom):
+        ax.grid(alpha=0.3)
+    top.legend(fontsize=7)
     _save(fig, path)
 
 
@@ -210,13 +274,13 @@ def plot_boundary(sparsity: list[float], accuracy: list[float], estimates: dict[
     lo, hi = tolerance.get("interval", (0.0, 0.0))
     if tolerance["boundary"] is not None and hi > lo:  # no band for a boundary that does not exist
         ax.axvspan(100 * lo, 100 * hi, color="tab:green", alpha=0.15,
-                   label=f"tolerance boundary, {100 * tolerance['level']:.0f}% interval")
+                   label=f"tolerance boundary: {100 * tolerance['level']:.0f}% bootstrap confidence interval")
     level = tolerance["dense_accuracy"] - tolerance["tolerance_pp"]
     ax.axhline(level, ls=":", color="tab:green", label=f"dense - {tolerance['tolerance_pp']:g} pp")
     for (name, value), color in zip(estimates.items(), ("tab:blue", "tab:orange", "tab:purple", "tab:green"),
                                     strict=False):
         if value is not None:
-            ax.axvline(100 * value, ls="--", color=color, label=f"{name}: {100 * value:.2f}%")
+            ax.axvline(100 * value, ls="--", color=color, label=f"{name}: sparsity {100 * value:.2f}%")
     ax.set_xlim(*sparsity_limits(x))
     ax.set_xlabel("sparsity (%)")
     ax.set_ylabel("val accuracy (%)")

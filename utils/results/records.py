@@ -4,21 +4,26 @@ Every regrowth run (one-shot or iterative search, RL or random, greedy) writes t
 ``summary.json`` (``RegrowthOutcome``, marked ``"kind": "regrowth"``), so they are read in one loop; summaries
 written before that schema are read through ``_legacy_outcome``.
 
-A *root* is one seed's ``--save_dir`` (e.g. ``runs/demo/seed1``): it holds ``{model}/...`` as the stage
-scripts write it. ``collect`` turns each root into flat records (one per pruning checkpoint, regrowth result
-or pipeline row); ``tables`` groups equal settings over the roots (sparsities equal within ``TOLERANCE``) and
-gives mean ± std and n. Nothing is guessed: a value a run did not write is ``None`` and prints as "missing",
-and a regrowth result is paired with a pruning baseline only at the same model, data set, granularity and
-final sparsity.
+A *root* is one ``--save_dir`` (e.g. ``runs/demo/seed1``): it holds ``{model}/...`` as the stage scripts write
+it. ``find_roots`` finds the roots under the folders given (a folder such as ``runs`` may hold stage runs of its
+own and the demo's ``demo/`` beside them) and names the *experiment* each belongs to: the ``seed*/`` roots of
+one folder are the seeds of one experiment, and so are the roots given by name; any other root found is one of
+its own. ``collect`` turns each root into flat records (one per pruning checkpoint, regrowth result, pipeline
+row or summary's provenance); ``tables`` groups equal settings over the seeds of an experiment (sparsities
+equal within ``TOLERANCE``) and gives mean ± std and n. Nothing is guessed: a value a run did not write is
+``None`` and prints as "missing", and a regrowth result is paired with a pruning baseline only at the same
+model, data set, granularity, start schedule and final sparsity.
 """
 from __future__ import annotations
 
+import re
 import statistics
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from models import list_models
 from utils.core.errors import UsageError
 from utils.core.files import damaged_file, read_csv, read_json
 from utils.sparsity.granularity import granularity_class, list_granularities
@@ -26,6 +31,9 @@ from utils.sparsity.granularity import granularity_class, list_granularities
 TOLERANCE = 1e-4  # sparsities this close are "the same sparsity"
 SETTINGS = {"iterative": "A", "oneshot": "B", "gradual": "gradual"}  # pruning mode -> the README's setting letter
 SEARCHES = {"": "RL", "random_": "random search"}  # search folder prefix -> method
+PROVENANCE = "provenance"  # the summaries' record of code, device, threads, precision, data (utils/core/provenance.py)
+SEED_ROOT = re.compile(r"seed\d+")  # pipeline.py --seeds writes {save_dir}/seed{N}/
+MAX_DEPTH = 4  # folders below a given one searched for run roots (runs/demo/seed1 is 2 deep)
 
 
 def _folders() -> tuple[dict[str, tuple[str, str]], dict[str, tuple[str, str, str]], dict[str, str]]:
@@ -43,6 +51,15 @@ def _folders() -> tuple[dict[str, tuple[str, str]], dict[str, tuple[str, str, st
 
 
 PRUNE_FOLDERS, SEARCH_FOLDERS, PIPELINE_FILES = _folders()
+GREEDY_PREFIXES = tuple(f"{granularity_class(name).greedy_stem}_" for name in list_granularities())
+
+
+def pruning_schedule(meta: dict | None) -> str | None:
+    """How a checkpoint was pruned, from its meta's ``stage`` (``prune_{mode}``, utils/prune/loop.py): ``oneshot``,
+    ``iterative`` or ``gradual``; None for anything else (a regrown or finetuned start, another tool's file)."""
+    stage = meta.get("stage") if isinstance(meta, dict) else None
+    mode = stage.removeprefix("prune_") if isinstance(stage, str) and stage.startswith("prune_") else None
+    return mode if mode in SETTINGS else None
 
 
 @dataclass(frozen=True)
@@ -51,7 +68,7 @@ class RegrowthOutcome:
     Accuracies in %, sparsities in [0, 1] at the run's granularity."""
 
     method: str  # RL | random search | greedy {mode}
-    schedule: str  # oneshot | iterative
+    schedule: str  # the regrowth's own: oneshot (one search or greedy step) | iterative
     granularity: str  # weight | channel
     start_sparsity: float
     start_test_acc: float
@@ -62,6 +79,8 @@ class RegrowthOutcome:
     finetune_epochs: int | None  # per episode (search; None: episodes of --episode_steps steps) or iteration (greedy)
     seconds: float  # search or regrowth wall time, resumed segments summed
     units: str | None = None  # the units the allocator could regrow into: ssim | all (None: not recorded)
+    start_schedule: str | None = None  # how the start was pruned (``pruning_schedule`` of its meta): oneshot |
+    # iterative | gradual; the report pairs the result with that pruning run (None: not a pruning checkpoint)
 
     def fields(self) -> dict:
         """The keys as written into ``summary.json``."""
@@ -87,16 +106,73 @@ class Stat:
         return f"{self.mean:.{digits}f}" + (f" ± {self.std:.{digits}f}" if self.std is not None else "")
 
 
-def expand_roots(paths: list[str | Path]) -> list[Path]:
-    """The seed roots: each path itself, or its ``seed*/`` sub-folders when it holds those."""
-    roots: list[Path] = []
-    for path in map(Path, paths):
+@dataclass(frozen=True)
+class RunRoot:
+    """One ``--save_dir`` and the experiment it is a seed of (its section of the report)."""
+
+    path: Path
+    experiment: str
+
+
+def _has_outputs(folder: Path) -> bool:
+    """Whether ``folder`` holds what a stage writes into ``{save_dir}/{model}/``: the dense model's folder, a
+    pruning, search or greedy folder, or a pipeline table."""
+    return ((folder / "checkpoint").is_dir() or any((folder / name).is_dir() for name in (*PRUNE_FOLDERS,
+                                                                                          *SEARCH_FOLDERS))
+            or any((folder / name).is_file() for name in PIPELINE_FILES)
+            or any(p.is_dir() and p.name.startswith(GREEDY_PREFIXES) for p in folder.iterdir()))
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def model_folders(root: Path) -> list[Path]:
+    """The ``{model}/`` folders of a ``--save_dir``: those holding stage outputs, and those named after a
+    registered model that hold no other root (e.g. only a cache). A folder such as ``runs/demo`` (the demo's
+    own ``--save_dir``) is not one."""
+    models = set(list_models())
+    return [p for p in _subfolders(root) if _has_outputs(p)
+            or (p.name in models and not any(_has_outputs(q) for q in _subfolders(p)))]
+
+
+def _roots_under(folder: Path, depth: int = 0) -> list[Path]:
+    """``folder`` when it holds model folders, and the roots in its other sub-folders, ``MAX_DEPTH`` deep."""
+    found = [folder] if model_folders(folder) else []
+    if depth < MAX_DEPTH:
+        own = set(model_folders(folder))
+        for sub in _subfolders(folder):
+            if sub not in own:
+                found += _roots_under(sub, depth + 1)
+    return found
+
+
+def find_roots(paths: list[str | Path]) -> list[RunRoot]:
+    """The run roots under ``paths``, each once, with its experiment: the roots given by name are the seeds of
+    one experiment; under a given folder, the ``seed*/`` roots of one folder are the seeds of ``{folder}/seed*``
+    (apart from a run root that folder is itself), and every other root found is an experiment of its own. A
+    path that is not a folder, or holds no root, is a ``UsageError``."""
+    given = [Path(p) for p in paths]
+    for path in given:
         if not path.is_dir():
             raise UsageError(f"{path} is not a folder (give run roots such as runs/demo/seed1, or a folder of "
                              "seed*/)")
-        seeds = sorted(p for p in path.glob("seed*") if p.is_dir())
-        roots.extend(seeds or [path])
-    return roots
+    named = [p for p in given if model_folders(p)]
+    seeds = {p.parent for p in named} if all(SEED_ROOT.fullmatch(p.name) for p in named) else set()
+    together = str(next(iter(seeds)) / "seed*") if len(seeds) == 1 else ", ".join(map(str, named))
+    roots: dict[Path, RunRoot] = {}
+    for path in given:
+        found = _roots_under(path)
+        if not found:
+            where = (f"it is a {{model}}/ folder: give the --save_dir above it, {path.parent}" if _has_outputs(path)
+                     else "pass the --save_dir of a run")
+            raise UsageError(f"{path} holds no run outputs (prune_log.csv, summary.json, pipeline_summary.csv) "
+                             f"under {{model}}/: {where}")
+        for root in found:
+            experiment = (together if root in named else str(root.parent / "seed*") if SEED_ROOT.fullmatch(root.name)
+                          else str(root))
+            roots.setdefault(root.resolve(), RunRoot(root, experiment))
+    return list(roots.values())
 
 
 def _json(path: Path) -> dict | None:
@@ -106,7 +182,7 @@ def _json(path: Path) -> dict | None:
 
 _NUMBERS = ("start_sparsity", "start_test_acc", "final_sparsity", "final_val_acc", "final_test_acc", "episodes",
             "finetune_epochs", "seconds")  # the outcome's values: numbers or null
-_NAMES = ("method", "granularity", "schedule")  # the outcome's names: strings or null
+_NAMES = ("method", "granularity", "schedule", "start_schedule")  # the outcome's names: strings or null
 
 
 def _checked(outcome: dict | None, path: Path) -> dict | None:
@@ -125,12 +201,31 @@ def _float(value) -> float | None:
         return None
 
 
-def _model_records(root: Path, folder: Path) -> list[dict]:
-    """Every record of one ``{root}/{model}`` folder."""
-    model = folder.name
+def _model_records(root: RunRoot, folder: Path) -> list[dict]:
+    """Every record of one ``{root}/{model}`` folder. A folder whose dense summary does not name its data set
+    (pretrained elsewhere) takes the one its regrowth summaries name, when they agree."""
     dense_summary = folder / "checkpoint" / "summary.json"
-    dataset = _checked_name((_json(dense_summary) or {}).get("dataset"), dense_summary)
-    base = {"root": str(root), "model": model, "dataset": dataset}
+    dense = _json(dense_summary) or {}
+    base = {"root": str(root.path), "experiment": root.experiment, "model": folder.name,
+            "dataset": _checked_name(dense.get("dataset"), dense_summary)}
+    records = _provenance(base, dense_summary, dense) if dense else []
+    records += [*_prune_records(base, folder), *_regrowth_records(base, folder), *_pipeline_records(base, folder)]
+    named = {r["dataset"] for r in records if r["dataset"] is not None}
+    if base["dataset"] is None and len(named) == 1:
+        for r in records:
+            r["dataset"] = r["dataset"] or next(iter(named))
+    return records
+
+
+def _provenance(base: dict, path: Path, summary: dict) -> list[dict]:
+    """The provenance record of one summary (``None`` when it has none, or not as an object: older files)."""
+    record = summary.get(PROVENANCE)
+    return [{**base, "kind": "provenance", "source": str(path),
+             "provenance": record if isinstance(record, dict) else None}]
+
+
+def _prune_records(base: dict, folder: Path) -> list[dict]:
+    """One record per row of each pruning folder's ``prune_log.csv`` (accuracy after the step's own finetune)."""
     records = []
     for name, (granularity, setting) in PRUNE_FOLDERS.items():
         log = folder / name / "prune_log.csv"
@@ -141,23 +236,43 @@ def _model_records(root: Path, folder: Path) -> list[dict]:
             records.append({**base, "kind": "prune", "granularity": granularity, "setting": setting, "mode": name,
                             "step": int(step), "sparsity": _float(row["sparsity"]),
                             "val_acc": _float(row.get("val_acc")), "test_acc": _float(row.get("test_acc"))})
+    return records
+
+
+def _regrowth_records(base: dict, folder: Path) -> list[dict]:
+    """One record per regrowth run's ``summary.json`` (and its provenance record)."""
+    records = []
     for summary_path in sorted([*folder.glob("*/summary.json"), *folder.glob("*/*/summary.json")]):
         s = _json(summary_path) or {}
         outcome = _checked(s if s.get("kind") == "regrowth" else _legacy_outcome(s, summary_path), summary_path)
         if outcome:
-            records.append({**base, "dataset": _checked_name(s.get("dataset", dataset), summary_path),
-                            "kind": "regrowth",
+            mine = {**base, "dataset": _checked_name(s.get("dataset", base["dataset"]), summary_path)}
+            records += _provenance(mine, summary_path, s)
+            records.append({**mine, "kind": "regrowth",
                             "method": outcome.get("method"), "granularity": outcome.get("granularity"),
-                            "schedule": outcome.get("schedule"), "label": summary_path.parent.name,
+                            "schedule": outcome.get("schedule"), "start_schedule": outcome.get("start_schedule"),
+                            "label": summary_path.parent.name,
                             "start_sparsity": outcome.get("start_sparsity"),
                             "start_test_acc": outcome.get("start_test_acc"),
                             "final_sparsity": outcome.get("final_sparsity"), "val_acc": outcome.get("final_val_acc"),
                             "test_acc": outcome.get("final_test_acc"), "episodes": outcome.get("episodes"),
                             "finetune_epochs": outcome.get("finetune_epochs"), "seconds": outcome.get("seconds")})
+    return records
+
+
+def _pipeline_records(base: dict, folder: Path) -> list[dict]:
+    """One record per row of pipeline.py's final table (each model as the pipeline finally evaluates it), and the
+    provenance of its JSON twin when it has one."""
+    records = []
     for name, granularity in PIPELINE_FILES.items():
-        for row in read_csv(folder / name, dict.fromkeys(("model", "sparsity", "val_acc", "test_acc"), str)):
+        rows = read_csv(folder / name, dict.fromkeys(("model", "sparsity", "val_acc", "test_acc"), str))
+        twin = (folder / name).with_suffix(".json")
+        if rows and twin.is_file():
+            records += _provenance(base, twin, _json(twin) or {})
+        for row in rows:
             records.append({**base, "kind": "pipeline", "granularity": granularity, "row": row["model"],
                             "sparsity": _float(row["sparsity"]), "params": _float(row.get("params")),
+                            "epochs": _float(row.get("epochs")),  # finetune epochs after pruning, where recorded
                             "val_acc": _float(row["val_acc"]), "test_acc": _float(row["test_acc"])})
     return records
 
@@ -209,21 +324,27 @@ def _greedy_granularity(folder: str) -> str | None:
     return next((name for stem, name in stems if folder.startswith(f"{stem}_")), None)
 
 
-def collect(roots: list[Path]) -> list[dict]:
-    """Records of every root; a root without run outputs, or roots holding different models or data sets,
-    are a ``UsageError``."""
-    records, contents = [], {}
+def collect(roots: list[RunRoot | Path]) -> list[dict]:
+    """Records of every root (a bare path is an experiment of its own), each naming its root, experiment, model
+    and data set: ``sections`` splits them. Roots that hold no run output at all are a ``UsageError``."""
+    records = []
     for root in roots:
-        mine = [r for folder in sorted(p for p in root.iterdir() if p.is_dir()) for r in _model_records(root, folder)]
-        if not mine:
-            raise UsageError(f"{root} holds no run outputs (prune_log.csv, summary.json, pipeline_summary.csv) "
-                             "under {model}/: pass the --save_dir of a run")
-        contents[root] = sorted({(r["model"], r["dataset"] or "?") for r in mine})
-        records.extend(mine)
-    if len({tuple(c) for c in contents.values()}) > 1:
-        detail = "; ".join(f"{root}: {', '.join(f'{m} on {d}' for m, d in c)}" for root, c in contents.items())
-        raise UsageError(f"the roots hold different models or data sets ({detail}): report one experiment at a time")
+        root = root if isinstance(root, RunRoot) else RunRoot(Path(root), str(root))
+        records += [r for folder in model_folders(root.path) for r in _model_records(root, folder)]
+    if not any(r["kind"] != "provenance" for r in records):
+        raise UsageError(f"{', '.join(str(getattr(r, 'path', r)) for r in roots)} hold(s) no run outputs "
+                         "(prune_log.csv, summary.json, pipeline_summary.csv) under {model}/: pass the --save_dir "
+                         "of a run")
     return records
+
+
+def sections(records: list[dict]) -> dict[tuple[str, str, str], list[dict]]:
+    """The records of each (experiment, model, data set), in the order first seen: one section of the report
+    each, its tables over that experiment's seeds."""
+    out: dict[tuple[str, str, str], list[dict]] = {}
+    for r in records:
+        out.setdefault((r["experiment"], r["model"], r["dataset"] or "?"), []).append(r)
+    return out
 
 
 def same_sparsity(a: float | None, b: float | None) -> bool:

@@ -41,6 +41,7 @@ from utils.sparsity.masks import has_param_mask, prunable_modules
 
 FORMAT = "bridge-ckpt"
 VERSION = 1
+PACKED_MAGIC = b"\x89BSPARSE"  # the first bytes of a packed file (``utils/device/packed.py``), not a checkpoint
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel, torch.compile
 
 
@@ -227,11 +228,21 @@ def read_checkpoint(path: str | Path, *, trust_pickle: bool = False) -> Checkpoi
         raise UsageError(f"checkpoint {path} is a folder; pass the .pth file inside it")
     if not path.is_file():
         raise UsageError(f"checkpoint {path} does not exist")
+    _refuse_packed(path)
     obj = _torch_load(path, trust_pickle)
     sealed = check_seal(obj, path)
     ckpt = _parse(obj, path)
     _verify(ckpt, path, sealed)
     return ckpt
+
+
+def _refuse_packed(path: Path) -> None:
+    """A ``UsageError`` for a packed file (``export.py --format``): its weights are stored for a device, and the
+    stages that train or prune need the checkpoint it was packed from."""
+    with open(path, "rb") as f:
+        if f.read(len(PACKED_MAGIC)) == PACKED_MAGIC:
+            raise UsageError(f"{path} is a packed file (export.py --format): evaluate.py reads it; other stages take "
+                             "the checkpoint it was packed from (its header's source)")
 
 
 def _parse(obj: Any, path: Path) -> Checkpoint:
@@ -276,6 +287,21 @@ def _strip_wrappers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
                 key = key[len(prefix):]
         out[key] = value
     return out
+
+
+def plain_shapes(state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor of ``state`` under the key a model without masks gives it: wrapper prefixes
+    (DataParallel, torch.compile) stripped, ``X_orig`` named ``X``, masks left out (e.g. to find which
+    architecture a file that records no model name holds)."""
+    state = _strip_wrappers(state)
+    shapes = {}
+    for key, value in state.items():
+        if key.endswith("_mask") and key[: -len("_mask")] + "_orig" in state:
+            continue
+        if key.endswith("_orig") and key[: -len("_orig")] + "_mask" in state:
+            key = key[: -len("_orig")]
+        shapes[key] = tuple(value.shape)
+    return shapes
 
 
 def _match_reparam(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

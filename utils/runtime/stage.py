@@ -17,8 +17,10 @@ from data import DataBundle, canonical_dataset
 from models import create_model, model_spec
 from utils.core.distributed import current_world
 from utils.core.errors import UsageError
+from utils.core.files import write_json
 from utils.core.log import LOG
 from utils.core.paths import pretrained_path
+from utils.core.provenance import PROVENANCE_KEY, provenance
 from utils.core.seeds import make_generator
 from utils.runtime.checkpoint import (
     LINEAGE_KEY,
@@ -29,7 +31,7 @@ from utils.runtime.checkpoint import (
     save_checkpoint,
 )
 from utils.runtime.settings import RunSettings
-from utils.runtime.train import use_channels_last
+from utils.runtime.train import precision_name, use_channels_last
 from utils.runtime.upstream import inflate
 from utils.sparsity.granularity import Granularity, default_granularity, get_granularity, granularity_class
 from utils.sparsity.masks import effective_weight, prunable_modules
@@ -90,6 +92,15 @@ class Stage:
         val results."""
         return {"dataset": self.dataset, **self.run.val_settings}
 
+    def provenance(self) -> dict:
+        """Where this stage's results come from: code, torch, device and CPU, threads, precision, data set
+        (``utils/core/provenance.py``); written into every checkpoint's meta and summary it writes."""
+        return provenance(self.device, precision_name(self.device, self.amp), self.data.record if self.data else None)
+
+    def write_summary(self, path: Path, content: dict) -> None:
+        """Write ``content`` as the JSON summary ``path``, with this stage's ``provenance``."""
+        write_json(path, {**content, PROVENANCE_KEY: self.provenance()})
+
     def repeat_flags(self) -> str:
         """The flags that point a next stage at this run's model, data and folders (model, data set, data folder,
         subsets, save folder, device; defaults left out): what the ``next:`` suggestions start with."""
@@ -142,11 +153,7 @@ class Stage:
         if dense and ckpt.granularity is not None:
             raise UsageError(f"{path} is a pruned model ({ckpt.granularity} masks), not a dense one: pass the dense "
                              "model it was pruned from (pretrain.py's checkpoint/ckpt.pth) as --pretrained")
-        check_model(ckpt, self.model_name, path)  # before the exported shapes are rebuilt
-        if ckpt.source == "original-structured":  # a slimmed module with index maps: full shape + channel masks
-            ckpt = inflate(self.granularity, create_model(self.model_name, self.num_classes), ckpt)
-        model = self._model_for(ckpt)
-        load_weights(model, ckpt, self.model_name, path)
+        model = model_from_checkpoint(ckpt, path, self.granularity, self.device, self.channels_last)
         if sparse and ckpt.granularity is None and self.granularity.sparsity(model) == 0:
             # a plain state dict whose masks were merged into its weights still counts: its zeros are the masks
             raise UsageError(f"{path} has no masks and no pruned {self.granularity.name}s: pass a pruned checkpoint")
@@ -154,8 +161,6 @@ class Stage:
             LOG.warning("%s, given as the dense model, has %.1f%% of its %ss at zero: it looks like a pruned model "
                         "with its masks merged; SSIM, saliency and dense inits will compare against it", path,
                         100 * self.granularity.sparsity(model), self.granularity.name)
-        if ckpt.channel_masks is not None:
-            self.granularity.set_masks(model, ckpt.channel_masks)
         if reparam:
             self.granularity.ensure_masks(model)
         return model
@@ -165,18 +170,6 @@ class Stage:
         the ``saliency`` swap grow score multiplies), on the device."""
         return {name: effective_weight(module).detach()
                 for name, module in prunable_modules(self.load_model(path)).items()}
-
-    def _model_for(self, ckpt: Checkpoint) -> nn.Module:
-        """A model shaped for ``ckpt``: the registry's, or the exported shapes its pruning history gives."""
-        if ckpt.export_history is None:
-            return self.build_model()
-        try:
-            model = rebuild_exported(self.model_name, self.num_classes, model_spec(self.model_name).input_size,
-                                     ckpt.export_history)
-        except Exception as exc:  # Torch-Pruning raises many types on a history that does not fit the model
-            raise UsageError(f"the export history does not fit model '{self.model_name}' ({type(exc).__name__}); "
-                             "is the checkpoint from another model or class count?") from exc
-        return use_channels_last(model.to(self.device), self.channels_last)
 
     def save(self, path: Path, model: nn.Module, meta: dict, extra: dict | None = None,
              export_history: list | None = None) -> None:
@@ -189,17 +182,50 @@ class Stage:
             name.endswith("weight_mask") for name, _ in model.named_buffers())  # a dense output is its own parent
         lineage = {LINEAGE_KEY: self.lineage} if self.lineage and sparse else {}
         save_checkpoint(path, model, model_name=self.model_name, dataset=self.dataset,
-                        num_classes=self.num_classes, meta={"args": dict(self.flags), **lineage, **meta},
+                        num_classes=self.num_classes,
+                        meta={"args": dict(self.flags), **lineage, PROVENANCE_KEY: self.provenance(), **meta},
                         channel_masks=masks, extra=extra or None)
+
+
+def model_from_checkpoint(ckpt: Checkpoint, path: str | Path, granularity: Granularity, device: torch.device,
+                          channels_last: bool = False) -> nn.Module:
+    """The model ``ckpt`` (read from ``path``) holds, on ``device``, built as ``granularity``'s architecture and class
+    count: the original's slimmed structured files brought to full shape with channel masks (``inflate``), a
+    physical export rebuilt in its smaller shapes from its pruning history, masks loaded as ``torch.nn.utils.prune``
+    reparametrisation (weight masks as stored, channel masks written into every slice of their groups). What
+    ``Stage.load_model`` and the notebook API (``utils.runtime.api.load``) both build; another model, or keys and
+    shapes that do not fit, is a ``UsageError``."""
+    name, num_classes = granularity.model_name, granularity.num_classes
+    check_model(ckpt, name, path)  # before the exported shapes are rebuilt
+    if ckpt.source == "original-structured":  # a slimmed module with index maps: full shape + channel masks
+        ckpt = inflate(granularity, create_model(name, num_classes), ckpt)
+    if ckpt.export_history is None:
+        model = create_model(name, num_classes)
+    else:
+        try:
+            model = rebuild_exported(name, num_classes, granularity.input_size, ckpt.export_history)
+        except Exception as exc:  # Torch-Pruning raises many types on a history that does not fit the model
+            raise UsageError(f"the export history does not fit model '{name}' ({type(exc).__name__}); is the "
+                             "checkpoint from another model or class count?") from exc
+    model = use_channels_last(model.to(device), channels_last)
+    load_weights(model, ckpt, name, path)
+    if ckpt.channel_masks is not None:
+        granularity.set_masks(model, ckpt.channel_masks)
+    return model
 
 
 EVAL_FLAGS = ("seed", "val_split", "eval_subset")  # the flags that pick a run's val and test images
 
 
 def recorded_eval_flags(ckpt: Checkpoint) -> dict:
-    """The ``EVAL_FLAGS`` a checkpoint's val and test accuracy were measured with: its own recorded args, or
-    for an export the ``eval_args`` it took from its parent (those it lacks are absent)."""
-    saved = {**(ckpt.meta.get("args") or {}), **(ckpt.meta.get("eval_args") or {})}
+    """The ``EVAL_FLAGS`` a checkpoint's val and test accuracy were measured with (``eval_flags_in`` its meta)."""
+    return eval_flags_in(ckpt.meta)
+
+
+def eval_flags_in(meta: dict) -> dict:
+    """The ``EVAL_FLAGS`` a checkpoint's ``meta`` records: its own args, or for an export the ``eval_args`` it took
+    from its parent (those it lacks are absent)."""
+    saved = {**(meta.get("args") or {}), **(meta.get("eval_args") or {})}
     return {key: saved[key] for key in EVAL_FLAGS if key in saved}
 
 

@@ -20,7 +20,6 @@ import torch
 import torch.nn as nn
 
 from utils.core.errors import UsageError
-from utils.core.files import write_json
 from utils.core.log import LOG, log_outputs, setup_logging
 from utils.core.paths import (
     BEST_MODEL,
@@ -32,10 +31,11 @@ from utils.core.paths import (
     prune_dir,
     regrowth_dir,
 )
+from utils.core.provenance import PROVENANCE_KEY
 from utils.device.fill import device_budget
 from utils.device.profiles import UNIT_NAMES, DeviceProfile, check_fit, model_costs
 from utils.results.boundary import CHANCE_MARGIN
-from utils.results.records import SEARCHES, RegrowthOutcome
+from utils.results.records import SEARCHES, RegrowthOutcome, pruning_schedule
 from utils.runtime.settings import ScoringSettings, SearchSettings, SelectionSettings
 from utils.runtime.stage import DenseSparse, Stage, check_parent, finetune_suggestion
 from utils.runtime.train import evaluate_model
@@ -243,7 +243,7 @@ def run_oneshot(regrowth: RegrowthJob) -> SearchResult:
     summary.update(RegrowthOutcome(
         SEARCH_METHODS[cfg.random_search], "oneshot", gran.name, job.start_sparsity, summary["start_test_acc"],
         best.sparsity, best.val_acc, summary["best_test_acc"], len(search.history), episode_epochs(cfg.search),
-        search.seconds, cfg.units).fields(), **fidelity(cfg.search))
+        search.seconds, cfg.units, pruning_schedule(job.pair.sparse_meta)).fields(), **fidelity(cfg.search))
     if job.profile is not None:
         best_model = stage.load_model(search.out / BEST_MODEL)
         summary["device"] = check_fit(job.profile, model_costs(job.profile, gran, best_model, stage.device))
@@ -251,7 +251,7 @@ def run_oneshot(regrowth: RegrowthJob) -> SearchResult:
         LOG.info("device profile %s: the best model %s (margin %s %s)", job.profile.name,
                  "fits" if device["fits"] else "DOES NOT FIT", f"{device['limits'][limit]['margin']:+,.0f}",
                  UNIT_NAMES[limit])
-    write_json(search.out / SUMMARY, summary)
+    stage.write_summary(search.out / SUMMARY, summary)
     LOG.info("best episode %d: val %.2f%% (gain %+.2f pp over the %s), %s sparsity %.4f, test %.2f%%",
              best.episode, best.val_acc, best.acc_gain, "pruning baseline" if job.baseline else "sparse start",
              gran.name, best.sparsity, summary["best_test_acc"])
@@ -280,7 +280,7 @@ def run_iteration(job: RegrowthJob, source: nn.Module, current: nn.Module, curre
     best = search.run()
     row = {"iteration": it, **vars(best), "baseline_acc": interpolate(table, best.sparsity),
            "episodes": len(search.history), "search_seconds": search.seconds}
-    write_json(out / SUMMARY, row)
+    stage.write_summary(out / SUMMARY, row)
     LOG.info("iteration %d: sparsity %.4f  val %.2f%%  (%+.2f pp over the pruning baseline)", it, best.sparsity,
              best.val_acc, best.acc_gain)
     return row
@@ -308,7 +308,7 @@ def run_iterative(job: RegrowthJob) -> dict:
     for it in range(cfg.num_iters):
         out = iteration_dir(root, it)
         if run.resume and (out / SUMMARY).is_file():  # finished before the interruption
-            row = json.loads((out / SUMMARY).read_text())
+            row = {k: v for k, v in json.loads((out / SUMMARY).read_text()).items() if k != PROVENANCE_KEY}
         else:
             row = run_iteration(job, init_source(pair, reference), current, current_path, scores, table, it, out)
         rows.append(row)
@@ -327,8 +327,9 @@ def run_iterative(job: RegrowthJob) -> dict:
     summary.update(RegrowthOutcome(
         SEARCH_METHODS[cfg.random_search], "iterative", gran.name, first, summary["start_test_acc"],
         summary["final_sparsity"], summary["final_val_acc"], summary["final_test_acc"], summary["episodes"],
-        episode_epochs(cfg.search), summary["search_seconds"], cfg.units).fields(), **fidelity(cfg.search))
-    write_json(root / SUMMARY, summary)
+        episode_epochs(cfg.search), summary["search_seconds"], cfg.units, pruning_schedule(pair.sparse_meta)).fields(),
+        **fidelity(cfg.search))
+    stage.write_summary(root / SUMMARY, summary)
     LOG.info("final: sparsity %.4f, test %.2f%% (%s)", summary["final_sparsity"], summary["final_test_acc"],
              current_path)
     log_outputs([root / SUMMARY, f"{len(rows)} iteration folder(s) iter_*/ in {root}/ (best model, episodes.csv, "

@@ -49,6 +49,11 @@ DROP_SCORES: Registry[Callable[[torch.Tensor], torch.Tensor]] = Registry("drop s
 NEEDS_DENSE = ("saliency",)  # grow scores that read the dense model's weights
 
 
+# the swap interval the README recommends with gradual pruning: the matched experiment swapped every 20 steps of
+# 24-step epochs (docs/results/matched_experiment.md), the same interval in epochs on any data size
+RECOMMENDED_EVERY_EPOCHS = 0.83
+
+
 @dataclass(frozen=True)
 class SwapSettings:
     """Swap cycles of one finetune (``every`` 0: none, the finetune is the plain one)."""

@@ -13,7 +13,7 @@ same with whole channels (prune_structure.py, regrowth_structure_oneshot.py, gre
 export of every final model; no gradual row). Stages run in-process through each script's main(); a stage whose
 output exists is reused (the log says so) unless --overwrite.
 
-    python pipeline.py                                  # --preset demo: synthetic data, about 10 min on 2 CPU cores
+    python pipeline.py                                  # --preset demo: synthetic data, about 3 min on 2 CPU cores
     python pipeline.py --granularity channel            # the same for channels
     python pipeline.py --seeds 1 2 3                    # once per seed under runs/demo/seed{n}/, then report.py
     python pipeline.py --preset smoke                   # every stage, briefly (checks an install)
@@ -87,6 +87,7 @@ from utils.device.profiles import UNIT_NAMES, DeviceProfile
 from utils.results.plots import plot_results
 from utils.runtime.checkpoint import read_checkpoint
 from utils.runtime.train import precision_name
+from utils.sparsity.budget import prune_count
 from utils.sparsity.granularity import Granularity, get_granularity, granularity_class, list_granularities
 from utils.sparsity.masks import add_reparam
 from utils.sparsity.swap import RECOMMENDED_EVERY_EPOCHS
@@ -104,12 +105,14 @@ PRESETS: dict[str, dict] = {
     "cifar10_resnet20": {"m_name": "resnet20", "dataset": "cifar10", "train_subset": None, "eval_subset": None,
                          "batch_size": 128, "pretrain_epochs": 200, "prune_epochs": 400, "episodes": 400,
                          "mini_epochs": 50, "final_epochs": 400, "ssim_num_batches": 64},
-    # the paper regime on a CPU: the short dense recipe (pretrain.py --recipe short: 40 epochs), 20-epoch finetunes
-    # after pruning and after regrowth, 200 cheap episodes (docs/results/dense_recipe.md)
+    # the paper regime on a CPU, as the seeds' tables are measured (docs/results/dense_recipe.md): the short dense
+    # recipe (its epochs are the recipe's), 10 + 10 epochs after pruning, 200 cheap episodes of 10 steps scored on
+    # 1,000 val images
     "cifar10_resnet20_short": {"m_name": "resnet20", "dataset": "cifar10", "train_subset": None, "eval_subset": None,
-                               "batch_size": 128, "pretrain_epochs": 40, "pretrain_flags": ["--recipe", "short"],
-                               "prune_epochs": 20, "episodes": 200, "mini_epochs": 1, "final_epochs": 20,
-                               "ssim_num_batches": 64},
+                               "batch_size": 128, "pretrain_epochs": None, "pretrain_flags": ["--recipe", "short"],
+                               "prune_epochs": 10, "episodes": 200, "mini_epochs": 1, "final_epochs": 10,
+                               "ssim_num_batches": 64,
+                               "search_flags": ["--episode_steps", "10", "--episode_val_subset", "1000"]},
     "cifar10_vgg16": {"m_name": "vgg16", "dataset": "cifar10", "train_subset": None, "eval_subset": None,
                       "batch_size": 128, "pretrain_epochs": 200, "prune_epochs": 400, "episodes": 400,
                       "mini_epochs": 50, "final_epochs": 400, "ssim_num_batches": 64},
@@ -123,7 +126,7 @@ STAGE_MAINS: dict[str, Callable[[Sequence[str] | None], int]] = {
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = new_parser(__doc__)
     parser.add_argument("--preset", default="demo", choices=list(PRESETS),
-                        help="schedules and model: demo (synthetic data, ~10 min on 2 CPU cores), smoke (checks an "
+                        help="schedules and model: demo (synthetic data, ~3 min on 2 CPU cores), smoke (checks an "
                              "install; about a minute on one CPU thread), cifar10_resnet20 / cifar10_vgg16 (the "
                              "original settings, GPU days), cifar10_resnet20_short (the short dense recipe, 20-epoch "
                              "finetunes: the paper regime on a CPU)")
@@ -134,6 +137,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="root of the run folders (default: runs/{preset}, with --device_profile "
                              "runs/{preset}-{profile file name}, so stage-by-stage runs under runs/ never meet the "
                              "pipeline's, nor a device run the demo)")
+    parser.add_argument("--pretrained", default=None,
+                        help="start every row from this dense checkpoint instead of pretraining (e.g. a reference "
+                             "model of docs/results/data/dense/ with --preset cifar10_resnet20_short; {seed} in the "
+                             "path stands for the run's seed, for --seeds); its model and data set must be the "
+                             "preset's")
     parser.add_argument("--seed", type=seed_int, default=42, help="run seed of a single run")
     parser.add_argument("--seeds", type=seed_int, nargs="+", default=None, metavar="N",
                         help="run the whole chain once per seed under {save_dir}/seed{N}/ (finished stages are "
@@ -222,6 +230,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.past_limit <= 1:
             raise UsageError(f"--past_limit {args.past_limit} must be above 1: the start is pruned that many times "
                              "past the device limit, then regrown up to it")
+    for seed in args.seeds or [args.seed]:
+        given_dense(args, seed)  # every seed's dense file exists
     if not args.seeds:
         return chain(args, args.seed, Path(args.save_dir))
     if len(set(args.seeds)) < len(args.seeds):
@@ -247,11 +257,9 @@ def run_chain(args: argparse.Namespace, seed: int, save_dir: Path) -> int:
     common, train = _flags(args, p, seed, save_dir)
     check_output_dir(root, what="--save_dir")
     setup_logging(root, "pipeline_log.txt")
-    dense = pretrained_path(save_dir, p["m_name"])
     ledger = Ledger(overwrite=args.overwrite)
     once = ledger.once
-    once("pretrain", pretrain.main, train + p.get("pretrain_flags", []) + ["--epochs", str(p["pretrain_epochs"])],
-         dense.with_name(SUMMARY))
+    dense, train = _dense_model(args, once, train, p, save_dir)
     past, final = p["sparsity"], round(p["sparsity"] - p["regrow_step"], 10)
     oneshot = prune_dir(save_dir, p["m_name"], g, "oneshot")
     start, straight = (prune_checkpoint(oneshot, p["m_name"], g, exact_sparsity(g.name, p["m_name"], t))
@@ -270,9 +278,10 @@ def run_chain(args: argparse.Namespace, seed: int, save_dir: Path) -> int:
     units = ["--units", "all"]  # the same units for the search and greedy
     search = ["--initial_ckpt", str(start), "--regrow_step", str(p["regrow_step"]), "--finetune_epochs",
               str(p["mini_epochs"]), "--ssim_num_batches", str(p["ssim_num_batches"]), *units]
+    cheap = p.get("search_flags", [])  # the RL search's episodes (greedy takes no episodes)
     rl_dir = regrowth_dir(save_dir, p["m_name"], g, "oneshot") / "pipeline"
-    once("regrowth (RL)", search_main, train + search + ["--num_epochs", str(p["episodes"]), "--label", "pipeline"],
-         rl_dir / SUMMARY)
+    once("regrowth (RL)", search_main, train + search + cheap + ["--num_epochs", str(p["episodes"]), "--label",
+                                                                  "pipeline"], rl_dir / SUMMARY)
     greedy_root = greedy_dir(save_dir, p["m_name"], g, "uniform")
     once("regrowth (greedy uniform)", regrowth_greedy.main,
          train + search + ["--greedy_mode", "uniform"] + g.cli_flags(), greedy_root / SUMMARY)
@@ -286,6 +295,31 @@ def run_chain(args: argparse.Namespace, seed: int, save_dir: Path) -> int:
     rows += [{"model": label, "epochs": after, **_row(scores(common, ckpt), g.exportable)}
              for label, ckpt in finals.items()]
     return _finish_chain(args, seed, root, g, p, rows, ledger, timer.seconds)
+
+
+def given_dense(args: argparse.Namespace, seed: int) -> Path | None:
+    """The --pretrained file of ``seed`` ({seed} filled in), None without the flag; a missing file is a
+    ``UsageError`` (checked for every seed before anything is written)."""
+    if not args.pretrained:
+        return None
+    given = Path(args.pretrained.replace("{seed}", str(seed)))
+    if not given.is_file():
+        raise UsageError(f"--pretrained {given} does not exist")
+    return given
+
+
+def _dense_model(args: argparse.Namespace, once: Callable, train: list[str], p: dict,
+                 save_dir: Path) -> tuple[Path, list[str]]:
+    """The dense model every row starts from: --pretrained when given (e.g. a reference model of
+    docs/results/data/dense/), else pretrain.py with the preset's schedule; and the training flags of the later
+    stages (with --pretrained pointing at it when it was given)."""
+    given = given_dense(args, int(train[train.index("--seed") + 1]))
+    if given is not None:
+        return given, train + ["--pretrained", str(given)]
+    dense = pretrained_path(save_dir, p["m_name"])
+    epochs = ["--epochs", str(p["pretrain_epochs"])] if p["pretrain_epochs"] else []  # else the recipe's
+    once("pretrain", pretrain.main, train + p.get("pretrain_flags", []) + epochs, dense.with_name(SUMMARY))
+    return dense, train
 
 
 def _final_model(once: Callable, args: argparse.Namespace, train: list[str], label: str, ckpt: Path, epochs: int,
@@ -399,11 +433,9 @@ def run_device_chain(args: argparse.Namespace, seed: int, save_dir: Path) -> int
              at_limit, g, past)
     ledger = Ledger(overwrite=args.overwrite)
     once = ledger.once
-    dense = pretrained_path(save_dir, m)
-    once("pretrain", pretrain.main, train + p.get("pretrain_flags", []) + ["--epochs", str(p["pretrain_epochs"])],
-         dense.with_name(SUMMARY))
+    dense, train = _dense_model(args, once, train, p, save_dir)
     folder = prune_dir(save_dir, m, gran, "oneshot")
-    files = {t: prune_checkpoint(folder, m, gran, round(t * total) / total) for t in targets}
+    files = {t: prune_checkpoint(folder, m, gran, prune_count(t, total) / total) for t in targets}
     once("prune (curve)", prune_main, train + ["--mode", "oneshot", "--target_sparsity",
                                                *[f"{t:.10f}" for t in targets], "--finetune_epochs",
                                                str(p["prune_epochs"])], [files[t] for t in targets])
@@ -454,9 +486,9 @@ def _print_device(profile: DeviceProfile, targets: DeviceTargets, summary: dict)
 
 
 def exact_sparsity(granularity: str, model_name: str, target: float) -> float:
-    """The sparsity a one-shot prune to ``target`` reaches: round(target · N_tot) whole units of N_tot."""
+    """The sparsity a one-shot prune to ``target`` reaches: ``prune_count(target, N_tot)`` whole units of N_tot."""
     total = get_granularity(granularity, model_name).total(create_model(model_name))
-    return round(target * total) / total
+    return prune_count(target, total) / total
 
 
 def _row(report: dict, exported: bool) -> dict:

@@ -1,4 +1,5 @@
-"""Building blocks of the accuracy experiments (bench_reward_noise, bench_matched): the stage scripts run
+"""Building blocks of the accuracy experiments (bench_reward_noise, bench_matched, bench_search,
+bench_reward_fidelity, bench_setting_b): the stage scripts run
 in-process for the dense and pruned models (reused when a folder already holds them), and a regrow +
 finetune of a given allocation with the library's own functions.
 

@@ -317,6 +317,8 @@ def _bad_inputs(save: Path, dense: Path, sparse: Path, tmp: Path) -> list[tuple]
         (prune_structure.main, DATA + run + ["--pretrained", str(sparse)], "unstructured weight masks"),
         (export.main, ["--ckpt", str(sparse)], "unstructured weight masks"),
         (pipeline.main, ["--save_dir", str(save / "p"), "--device", "cuda:7"], "cuda:7"),
+        (pipeline.main, ["--save_dir", str(save / "p"), "--pretrained", str(tmp / "dense_seed{seed}.pth")],
+         "dense_seed42.pth does not exist"),
         # issue 36: D15 two targets with one file name, D10 a pruned model as the dense one
         (prune_unstructure.main, DATA + run + ["--pretrained", str(dense), "--mode", "oneshot", "--target_sparsity",
                                                "0.9", "0.90001"], "would both write resnet20_0.9000.pth"),

@@ -142,3 +142,11 @@ def describe(record: dict[str, Any] | None) -> str:
     if not isinstance(record, dict):
         return "provenance not recorded"
     return "; ".join(f"{name} {field_text(record, name)}" for name in DESCRIBED if name != "data" or "data" in record)
+
+
+def describe_all(records: list[dict[str, Any]]) -> str:
+    """``describe`` over several records: each field once, its different values joined by `` / `` (e.g.
+    ``threads 2 / 1`` for runs at two thread counts)."""
+    fields = {name: list(dict.fromkeys(field_text(r, name) for r in records)) for name in DESCRIBED}
+    return "; ".join(f"{name} {' / '.join(values)}" for name, values in fields.items())
+

@@ -26,6 +26,7 @@ from utils.results.plots import plot_gradual_schedule, plot_sparsity_accuracy
 from utils.runtime.settings import FinetuneSettings, LoopSettings, ScheduleSettings
 from utils.runtime.stage import Stage
 from utils.runtime.train import evaluate_model, finetune_model, finetune_steps
+from utils.sparsity.budget import prune_count
 from utils.sparsity.masks import clone_model
 
 LOG_COLUMNS = {"step": int, "sparsity": float, "checkpoint": str}  # what the stage reads back of prune_log.csv
@@ -142,13 +143,13 @@ class PruneRun:
         setup_logging(self.out)
         for step in range(first, last + 1):
             alive, room = sum(int(m.sum()) for m in gran.masks(model).values()), gran.removable(model)
-            if min(round(amount * alive), room) == 0:
+            if min(prune_count(amount, alive), room) == 0:
                 LOG.info("step %d would remove no %s (%d live, %d may go); stopping at sparsity %.4f", step,
                          gran.name, alive, room, gran.sparsity(model))
                 return
-            if round(amount * alive) > room:
+            if prune_count(amount, alive) > room:
                 LOG.warning("step %d: only %d of the %d %ss asked can go (every %s keeps %d)", step, room,
-                            round(amount * alive), gran.name, gran.unit_noun, gran.keep_per_unit)
+                            prune_count(amount, alive), gran.name, gran.unit_noun, gran.keep_per_unit)
             parent = self.step(model, min(amount, room / alive), step, parent)
 
     def planned_iterative(self, model: nn.Module, amount: float, first: int, last: int) -> list[float]:
@@ -159,7 +160,7 @@ class PruneRun:
         total, alive = gran.total(model), sum(int(m.sum()) for m in masks.values())
         floor, planned = alive - gran.removable(model), []
         for _ in range(first, last + 1):
-            remove = min(round(amount * alive), alive - floor)
+            remove = min(prune_count(amount, alive), alive - floor)
             if remove == 0:
                 break
             alive -= remove
@@ -229,11 +230,11 @@ class PruneRun:
                     self.pruner.prune(clone_model(dense), amount, context=trial)
                 except UsageError as exc:
                     raise UsageError(f"--target_sparsity {target}: {exc}") from exc
-        self.check_outputs([(total - alive + round(a * alive)) / total for a in amounts], None)
+        self.check_outputs([(total - alive + prune_count(a, alive)) / total for a in amounts], None)
         setup_logging(self.out)
         for i, amount in enumerate(amounts, start=1):  # each target from the dense model: step 1 of its own
             self.step(self.stage.load_model(dense_path, reparam=True), amount, 1, dense_path,
-                      gradual=round(amount * alive) if gradual else 0, label=f"target {i}/{len(amounts)}")
+                      gradual=prune_count(amount, alive) if gradual else 0, label=f"target {i}/{len(amounts)}")
 
 
 def check_distinct_names(paths: list[Path], what: str) -> None:
@@ -247,7 +248,7 @@ def check_distinct_names(paths: list[Path], what: str) -> None:
 
 def check_amount(amount: float, alive: int, room: int, target: float) -> None:
     """A ``UsageError`` when ``amount`` of ``alive`` removes nothing or more than ``room``."""
-    remove = round(amount * alive)
+    remove = prune_count(amount, alive)
     if remove == 0:
         raise UsageError(f"--target_sparsity {target} is already reached (within one unit): nothing would be pruned")
     if remove > room:

@@ -34,7 +34,7 @@ import torch.nn as nn
 from data.loader import DeviceLoader
 from utils.core.errors import UsageError
 from utils.core.registry import Registry
-from utils.sparsity.budget import erk_budget, largest_remainder, uniform_budget, unifplus_budget  # noqa: F401
+from utils.sparsity.budget import erk_budget, largest_remainder, prune_count, uniform_budget, unifplus_budget  # noqa: F401
 from utils.sparsity.masks import add_reparam, effective_weight, get_masks, prunable_modules, set_masks
 
 if TYPE_CHECKING:
@@ -212,7 +212,7 @@ class Pruner:
             raise UsageError(f"pruner '{self.name}' scores channels with gradients: it needs training batches")
         self.access.ensure_masks(model)
         alive = self.access.masks(model)
-        remove = round(amount * sum(_counts(alive).values()))
+        remove = prune_count(amount, sum(_counts(alive).values()))
         self.access.set_masks(model, self.select(model, alive, remove, context))
         return remove
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from utils.core.errors import UsageError
 from utils.core.files import read_json
-from utils.core.provenance import PROVENANCE_KEY, describe
+from utils.core.provenance import PROVENANCE_KEY, describe, describe_all
 from utils.core.registry import Registry
 
 BLOCK = re.compile(r"(<!-- figures: (\w+) ([^\n]*?) -->\n)(.*?)(<!-- /figures -->)", re.S)
@@ -82,9 +82,10 @@ def demo_seeds(summaries: list[dict]) -> str:
         paired = ("-" if straight is None or model in ("dense", "pruned straight") or len(values) != len(straight)
                   else _mean_std([v - s for v, s in zip(values, straight, strict=True)], signed=True))
         lines.append(f"| {model} | {_mean_std(values)} | {min(values):.2f} - {max(values):.2f} | {paired} |")
-    sources = sorted({describe(s.get(PROVENANCE_KEY)) for s in summaries})
+    records = [s[PROVENANCE_KEY] for s in summaries if isinstance(s.get(PROVENANCE_KEY), dict)]
     seeds = ", ".join(str(s.get("seed", "?")) for s in summaries)
-    return "\n".join(lines) + "\n\n(" + "; ".join(sources) + f"; seeds {seeds})\n"
+    where = describe_all(records) if len(records) == len(summaries) else "provenance not recorded for every seed"
+    return "\n".join(lines) + f"\n\n({where}; seeds {seeds})\n"
 
 
 def _mean_std(values: list[float], signed: bool = False) -> str:

@@ -6,7 +6,7 @@ with the pruning checkpoint of the same seed and start schedule at the same fina
 """
 from __future__ import annotations
 
-from utils.core.provenance import DESCRIBED, field_text
+from utils.core.provenance import describe_all
 from utils.results.records import SETTINGS, Stat, cluster, same_sparsity
 
 Table = list[dict]  # rows of plain values and ``Stat``s
@@ -185,8 +185,7 @@ def provenance_line(records: list[dict]) -> str | None:
     found = [r["provenance"] for r in sources if r["provenance"] is not None]
     if not found:
         return None
-    fields = {name: list(dict.fromkeys(field_text(p, name) for p in found)) for name in DESCRIBED}
-    text = "; ".join(f"{name} {' / '.join(values)}" for name, values in fields.items())
+    text = describe_all(found)
     missing = len(sources) - len(found)
     return f"Provenance ({len(found)} summar{'y' if len(found) == 1 else 'ies'}" + (
         f"; {missing} older one(s) record none" if missing else "") + f"): {text}"

@@ -43,6 +43,13 @@ def capped_largest_remainder(shares: dict[str, float], caps: dict[str, int], tot
         fixed.update({k: caps[k] for k in over})
 
 
+def prune_count(amount: float, alive: int) -> int:
+    """round(amount · alive): how many of ``alive`` units (weights or channels) pruning ``amount`` (a fraction in
+    [0, 1]) removes. Every pruner removes exactly this many, and the file name of a one-shot prune to sparsity s
+    from a dense model of N_tot units is predicted from ``prune_count(s, N_tot) / N_tot``."""
+    return round(amount * alive)
+
+
 def asked_budget(total: int, fraction: float) -> int:
     """floor(total · fraction): what a budget fraction asks for before any capacity caps it (1e-9 absorbs float
     error, 2708.9999999 -> 2709)."""

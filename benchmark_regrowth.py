@@ -40,7 +40,6 @@ from utils.cli.flags import (
 )
 from utils.cli.prepare import prepare
 from utils.core.errors import UsageError
-from utils.core.files import write_json
 from utils.core.paths import benchmark_dir, check_output_dir
 from utils.core.seeds import make_generator
 from utils.prune.pruners import get_pruner
@@ -232,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"vgg16 {gran.name} regrowth, K = {vgg['K']:,}: " +
               ", ".join(f"{k[:-2]} {v:.4f} s" if k.endswith("_s") else f"{k} {v:.0f}x" for k, v in vgg.items()
                         if k != "K"))
-    write_json(out / f"{stem}.json", result)
+    stage.write_summary(out / f"{stem}.json", result)
     plot_layer_bars(list(times), list(times.values()), "seconds", out / f"{stem}.png",
                     f"one regrowth episode of {stage.model_name} on {stage.device}: seconds per part", xlabel="part")
     print(f"wrote {out}")

@@ -1,12 +1,17 @@
 """The method against the recommended schedule in one command, at equal epochs after pruning: from one dense
 model (pretrain.py), every sparse row ends at the same sparsity after the same finetune epochs after pruning:
 
-* pruned straight: one-shot LAMP to the final sparsity (prune_unstructure.py), then the final finetune;
-* gradual + swaps: pruned to it during one finetune as long as the others' two, with swap cycles every
-  0.83 epochs (weights only: the README's recommendation);
-* the method: one-shot past the final sparsity, an RL search that regrows the difference (regrowth_oneshot.py),
-  then the final finetune;
-* greedy uniform: the same budget regrown from the same start by regrowth_greedy.py --greedy_mode uniform.
+* pruned straight: one-shot LAMP to the final sparsity (prune_unstructure.py, P epochs), then finetune.py M + F;
+* gradual + swaps: pruned to it during one finetune of P + M + F epochs, with swap cycles every 0.83 epochs
+  (weights only: the README's recommendation);
+* the method: one-shot past the final sparsity (P), an RL search that regrows the difference
+  (regrowth_oneshot.py; its episodes' mini-finetunes only choose the allocation: the regrown model is taken
+  before its mini-finetune), then finetune.py M + F;
+* greedy uniform: the same budget regrown from the same start by regrowth_greedy.py --greedy_mode uniform (its
+  own finetune, M), then finetune.py F.
+
+P, M and F are the preset's prune, mini and final epochs: every sparse row trains P + M + F epochs after pruning,
+and the budget is exactly the units between the two one-shot prunes, so every sparse row has the same sparsity.
 
 Both allocators regrow into the same units (every unit with room, --units all). With --granularity channel the
 same with whole channels (prune_structure.py, regrowth_structure_oneshot.py, greedy channel regrowth, a physical
@@ -52,6 +57,7 @@ import regrowth_greedy
 import regrowth_oneshot
 import regrowth_structure_oneshot
 import report
+from data import DataSettings
 from models import create_model
 from utils.cli.flags import (
     add_swap_args,
@@ -67,6 +73,7 @@ from utils.core.files import write_csv, write_json
 from utils.core.log import LOG, inner_stage, log_outputs, setup_logging
 from utils.core.paths import (
     BEST_MODEL,
+    BEST_PRE_FINETUNE,
     SUMMARY,
     boundary_dir,
     check_output_dir,
@@ -84,14 +91,18 @@ from utils.core.seeds import resolve_device
 from utils.core.timer import Timer
 from utils.device.fill import DeviceTargets, device_targets
 from utils.device.profiles import UNIT_NAMES, DeviceProfile
+from utils.results.figures import table_lines
 from utils.results.plots import plot_results
 from utils.runtime.checkpoint import read_checkpoint
+from utils.runtime.stage import recorded_eval_flags
 from utils.runtime.train import precision_name
 from utils.sparsity.budget import prune_count
 from utils.sparsity.granularity import Granularity, get_granularity, granularity_class, list_granularities
 from utils.sparsity.masks import add_reparam
 from utils.sparsity.swap import RECOMMENDED_EVERY_EPOCHS
 
+VAL_SPLIT = DataSettings().val_split  # the stages' default: the pipeline passes no --val_split
+UNITS = ["--units", "all"]  # the same units for the RL search and greedy: every unit with room
 PRESETS: dict[str, dict] = {
     "demo": {"m_name": "resnet20", "dataset": "synthetic", "train_subset": 4500, "eval_subset": None,
              "batch_size": 128, "pretrain_epochs": 8, "prune_epochs": 3, "episodes": 5, "mini_epochs": 1,
@@ -128,8 +139,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--preset", default="demo", choices=list(PRESETS),
                         help="schedules and model: demo (synthetic data, ~3 min on 2 CPU cores), smoke (checks an "
                              "install; about a minute on one CPU thread), cifar10_resnet20 / cifar10_vgg16 (the "
-                             "original settings, GPU days), cifar10_resnet20_short (the short dense recipe, 20-epoch "
-                             "finetunes: the paper regime on a CPU)")
+                             "original settings, GPU days), cifar10_resnet20_short (the short dense recipe, 21 "
+                             "epochs after pruning: the paper regime on a CPU)")
     parser.add_argument("--granularity", default=list_granularities()[0], choices=list_granularities(),
                         help="prune and regrow weights or whole channels")
     parser.add_argument("--data_dir", default="./data", help="folder holding the data sets (not used by synthetic)")
@@ -194,14 +205,20 @@ class Ledger:
     def once(self, name: str, main: Callable[[Sequence[str] | None], int], argv: list[str],
              output: Path | list[Path]) -> None:
         """Run a stage unless ``output`` (its last file, or every file of a list) shows it finished, in which
-        case it is reused and the log says so (with the file); --overwrite redoes it, replacing what it wrote."""
+        case it is reused and the log says so (with the file); --overwrite redoes it, replacing what it wrote.
+        Once a stage of the chain has run, every later one runs too: its inputs may have changed (a killed chain
+        continues where it stopped; a chain whose early stage was redone never keeps results made from the old
+        one)."""
         outputs = output if isinstance(output, list) else [output]
         missing = [path for path in outputs if not path.exists()]
-        if not missing and not self.overwrite:
+        ran_before = any(status == "ran" for _, status, _ in self.rows)  # an input may be new: nothing stale after it
+        if not missing and not self.overwrite and not ran_before:
             LOG.info("== %s: reused, %s exists from an earlier run (--overwrite redoes it)", name, outputs[-1])
             self.rows.append((name, "reused", outputs[-1]))
             return
-        LOG.info("== %s: running (%s)", name, f"no {missing[0]} yet" if missing else "--overwrite")
+        why = (f"no {missing[0]} yet" if missing else "--overwrite" if self.overwrite
+               else "an earlier stage of this chain ran, so its output may be stale")
+        LOG.info("== %s: running (%s)", name, why)
         run_stage(name, main, argv + ["--overwrite"])
         self.rows.append((name, "ran", outputs[-1]))
 
@@ -266,18 +283,20 @@ def run_chain(args: argparse.Namespace, seed: int, save_dir: Path) -> int:
                        for t in (past, final))
     once("prune (one-shot)", prune_main, train + ["--mode", "oneshot", "--target_sparsity", str(past), str(final),
                                                   "--finetune_epochs", str(p["prune_epochs"])], [start, straight])
-    after = p["prune_epochs"] + p["final_epochs"]  # epochs after pruning, every sparse row
-    sparse = {"pruned straight": straight}  # row label -> the model the final finetune starts from
+    # every sparse row trains P + M + F epochs after pruning (prune, mini, final): the method's start had P, its
+    # regrown model is taken before the search's mini-finetune (which only chose the allocation) and gets M + F;
+    # greedy's own finetune is M, then F; pruned straight gets M + F after its P; gradual one run of P + M + F
+    mini, final_epochs = p["mini_epochs"], p["final_epochs"]
+    after = p["prune_epochs"] + mini + final_epochs
     gradual_row = not g.swap_refusal  # the recommended schedule, where the granularity has swap cycles (weights)
-    if gradual_row:  # pruning during one finetune as long as the others' two
+    if gradual_row:
         gradual = prune_checkpoint(prune_dir(save_dir, p["m_name"], g, "gradual"), p["m_name"], g,
                                    exact_sparsity(g.name, p["m_name"], final))
         once("prune (gradual + swaps)", prune_main, train + [
             "--mode", "gradual", "--target_sparsity", str(final), "--finetune_epochs", str(after),
             "--swap_every_epochs", str(RECOMMENDED_EVERY_EPOCHS)], gradual)
-    units = ["--units", "all"]  # the same units for the search and greedy
-    search = ["--initial_ckpt", str(start), "--regrow_step", str(p["regrow_step"]), "--finetune_epochs",
-              str(p["mini_epochs"]), "--ssim_num_batches", str(p["ssim_num_batches"]), *units]
+    search = ["--initial_ckpt", str(start), "--regrow_step", repr(exact_step(g.name, p["m_name"], past, final)),
+              "--finetune_epochs", str(mini), "--ssim_num_batches", str(p["ssim_num_batches"]), *UNITS]
     cheap = p.get("search_flags", [])  # the RL search's episodes (greedy takes no episodes)
     rl_dir = regrowth_dir(save_dir, p["m_name"], g, "oneshot") / "pipeline"
     once("regrowth (RL)", search_main, train + search + cheap + ["--num_epochs", str(p["episodes"]), "--label",
@@ -285,10 +304,11 @@ def run_chain(args: argparse.Namespace, seed: int, save_dir: Path) -> int:
     greedy_root = greedy_dir(save_dir, p["m_name"], g, "uniform")
     once("regrowth (greedy uniform)", regrowth_greedy.main,
          train + search + ["--greedy_mode", "uniform"] + g.cli_flags(), greedy_root / SUMMARY)
-    sparse.update({"method: past + RL regrowth": rl_dir / BEST_MODEL,
-                   "past + greedy uniform": iteration_dir(greedy_root, 0) / BEST_MODEL})
-    finals = {label: _final_model(once, args, train, label, ckpt, p["final_epochs"], g.exportable)
-              for label, ckpt in sparse.items()}
+    starts = {"pruned straight": (straight, mini + final_epochs),  # label -> (final finetune's start, its epochs)
+              "method: past + RL regrowth": (rl_dir / BEST_PRE_FINETUNE, mini + final_epochs),
+              "past + greedy uniform": (iteration_dir(greedy_root, 0) / BEST_MODEL, final_epochs)}
+    finals = {label: _final_model(once, args, train, label, ckpt, epochs, g.exportable)
+              for label, (ckpt, epochs) in starts.items()}
     if gradual_row:  # its one finetune was the whole schedule
         finals = {"pruned straight": finals.pop("pruned straight"), "gradual + swaps": gradual, **finals}
     rows = [{"model": "dense", "epochs": 0, **_row(scores(common, dense), g.exportable)}]
@@ -298,13 +318,23 @@ def run_chain(args: argparse.Namespace, seed: int, save_dir: Path) -> int:
 
 
 def given_dense(args: argparse.Namespace, seed: int) -> Path | None:
-    """The --pretrained file of ``seed`` ({seed} filled in), None without the flag; a missing file is a
-    ``UsageError`` (checked for every seed before anything is written)."""
+    """The --pretrained file of ``seed`` ({seed} filled in), None without the flag. A missing file, one of another
+    model or data set than the preset's, or one trained with another seed or val split (its val images would be
+    training images of this run's split) is a ``UsageError``, checked for every seed before anything is written."""
     if not args.pretrained:
         return None
     given = Path(args.pretrained.replace("{seed}", str(seed)))
     if not given.is_file():
         raise UsageError(f"--pretrained {given} does not exist")
+    ckpt, p = read_checkpoint(given), PRESETS[args.preset]
+    for what, recorded, wanted in (("model", ckpt.model, p["m_name"]), ("data set", ckpt.dataset, p["dataset"])):
+        if recorded is not None and recorded != wanted:
+            raise UsageError(f"--pretrained {given} is a {recorded} {what}, the preset {args.preset} uses {wanted}")
+    split = recorded_eval_flags(ckpt)
+    if split.get("seed", seed) != seed or split.get("val_split", VAL_SPLIT) != VAL_SPLIT:
+        raise UsageError(f"--pretrained {given} was trained with --seed {split.get('seed')} --val_split "
+                         f"{split.get('val_split', VAL_SPLIT)}: this run's val images (seed {seed}) were among its "
+                         "training images; pass the dense model of each seed ({seed} in the path)")
     return given
 
 
@@ -337,28 +367,26 @@ def _final_model(once: Callable, args: argparse.Namespace, train: list[str], lab
 
 def _finish_chain(args: argparse.Namespace, seed: int, root: Path, g: type[Granularity], p: dict,
                   rows: list[dict], ledger: Ledger, seconds: float) -> int:
-    """Write the table (CSV, JSON with provenance, figure), print it and the next command. ``seconds``: this
-    call's wall clock (stages reused from an earlier run count nothing)."""
+    """Write the table (CSV; JSON with each row's provenance, the one of its checkpoint, and the table's own; the
+    figure), print it and the next command. ``seconds``: this call's wall clock; ``reused_stages`` says how many
+    stages came from an earlier run (their time is not in it)."""
     table = root / f"{g.summary_stem}.csv"
     write_csv(table, rows)
+    for row in rows:  # where each row's model was made (a reused stage may come from another commit or machine)
+        row[PROVENANCE_KEY] = read_checkpoint(row["checkpoint"]).meta.get(PROVENANCE_KEY)
     device = resolve_device(args.device)
-    data = (read_checkpoint(rows[0]["checkpoint"]).meta.get(PROVENANCE_KEY) or {}).get("data")  # as pretrain read it
-    record = provenance(device, precision_name(device, not args.no_amp), data)
-    write_json(table.with_suffix(".json"), {"preset": args.preset, "granularity": g.name, "seed": seed,
-                                            "seconds": round(seconds, 1), **p, "rows": rows,
-                                            "epochs_after_pruning": p["prune_epochs"] + p["final_epochs"],
-                                            "units": "all", PROVENANCE_KEY: record})
+    record = provenance(device, precision_name(device, not args.no_amp), (rows[0][PROVENANCE_KEY] or {}).get("data"))
+    summary = {"preset": args.preset, "granularity": g.name, "seed": seed, "seconds": round(seconds, 1),
+               "reused_stages": sum(status == "reused" for _, status, _ in ledger.rows), **p, "rows": rows,
+               "units": UNITS[1], PROVENANCE_KEY: record}
+    write_json(table.with_suffix(".json"), summary)
     figure = table.with_suffix(".png")
     plot_results(rows, g.name, f"{p['m_name']} on {p['dataset']}, preset {args.preset}, seed {seed}: equal epochs "
                  "after pruning", figure)
     ledger.log()
-    counted = "all params" if g.exportable else "weights kept"  # what the params column counts (see _row)
-    print(f"\n{'model':<28} {g.name + ' sparsity':>16} {counted:>12} {'epochs':>7} {'val acc':>8} {'test acc':>9}")
-    for row in rows:
-        print(f"{row['model']:<28} {row['sparsity']:>16.4f} {row['params']:>12,} {row['epochs'] or '-':>7} "
-              f"{row['val_acc']:>7.2f}% {row['test_acc']:>8.2f}%")
-    print(f"epochs: finetune epochs after pruning (the searches' mini-finetunes only choose); both allocators "
-          f"regrow {p['regrow_step']:g} of the {g.name}s into every unit with room\n{describe(record)}\n")
+    print("\n" + "\n".join(table_lines(summary)))
+    print(f"epochs: finetune epochs after pruning, the same for every sparse row; both allocators regrow the "
+          f"{g.name}s between the two sparsities into every unit with room\n{describe(record)}\n")
     best = max(rows[1:], key=lambda r: r["val_acc"])
     log_outputs([table, table.with_suffix(".json"), figure, f"every stage's files under {root}/"],
                 f"python evaluate.py --ckpt {best['checkpoint']} --per_layer   (the best on val: {best['model']}; "
@@ -463,8 +491,10 @@ def run_device_chain(args: argparse.Namespace, seed: int, save_dir: Path) -> int
     estimates = json.loads((boundary / "boundary.json").read_text())["estimates"]
     summary = {"profile": asdict(profile), "granularity": g, "limit": bound.limit, "limit_sparsity": at_limit,
                "start_sparsity": past, "boundary": estimates, "rows": rows, "seconds": timer.seconds}
-    write_json(root / "device_summary.json", summary)
     write_csv(root / "device_summary.csv", rows)
+    for row in rows:  # where each row's model was made (in the JSON)
+        row[PROVENANCE_KEY] = read_checkpoint(row["checkpoint"]).meta.get(PROVENANCE_KEY)
+    write_json(root / "device_summary.json", summary)
     ledger.log()
     _print_device(profile, bound, summary)
     print()
@@ -483,6 +513,14 @@ def _print_device(profile: DeviceProfile, targets: DeviceTargets, summary: dict)
         print(f"{r['model']:<28} {r['sparsity']:>16.4f} {r['cost']:>11,.0f} {r['margin']:>+10,.0f} "
               f"{r['val_acc']:>7.2f}% {r['test_acc']:>8.2f}%{'' if r['fits'] else '  DOES NOT FIT'}")
     print(f"({summary['seconds']:.0f} s)")
+
+
+def exact_step(granularity: str, model_name: str, past: float, final: float) -> float:
+    """The --regrow_step whose budget, floor(step · N_tot), is exactly the units between a one-shot prune to
+    ``past`` and one to ``final`` (``prune_count`` rounds, the budget floors: 0.01 of 270,896 weights asks
+    2,708, while 0.99 and 0.98 keep 2,709 apart)."""
+    total = get_granularity(granularity, model_name).total(create_model(model_name))
+    return (prune_count(past, total) - prune_count(final, total)) / total
 
 
 def exact_sparsity(granularity: str, model_name: str, target: float) -> float:

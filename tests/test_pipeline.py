@@ -10,6 +10,11 @@ import pytest
 
 import pipeline
 from utils.core.files import read_csv
+from utils.runtime.checkpoint import read_checkpoint
+
+
+def summary_rows(root):
+    return json.loads((root / "pipeline_summary.json").read_text())["rows"]
 
 
 @pytest.mark.slow
@@ -21,15 +26,20 @@ def test_pipeline(tmp_path, capsys):
     assert [r["model"] for r in rows] == ["dense", "pruned straight", "gradual + swaps", "method: past + RL regrowth",
                                           "past + greedy uniform"]
     sparsity = {r["model"]: float(r["sparsity"]) for r in rows}
-    budget = int(0.01 * 270_896) / 270_896
-    assert sparsity["dense"] == 0.0 and sparsity["past + greedy uniform"] == pytest.approx(0.99 - budget, abs=1e-5)
+    # the budget is exactly the weights between the two one-shot prunes: the greedy row keeps what straight keeps
+    assert sparsity["dense"] == 0.0 and sparsity["past + greedy uniform"] == sparsity["pruned straight"]
     assert sparsity["pruned straight"] == sparsity["gradual + swaps"] == pytest.approx(0.98, abs=1e-5)
-    assert 0.99 - budget - 1e-5 <= sparsity["method: past + RL regrowth"] <= 0.99 + 1e-9  # it may skip layers
-    # equal epochs after pruning for every sparse row (prune 1 + final 1 in the smoke preset)
-    assert [int(r["epochs"]) for r in rows] == [0, 2, 2, 2, 2]
+    assert sparsity["pruned straight"] - 1e-9 <= sparsity["method: past + RL regrowth"] <= 0.99 + 1e-9  # may skip
+    # equal epochs after pruning for every sparse row (prune 1 + mini 1 + final 1 in the smoke preset): the
+    # method's final finetune starts from the regrown model before the search's mini-finetune
+    assert [int(r["epochs"]) for r in rows] == [0, 3, 3, 3, 3]
+    assert read_checkpoint(root / "regrowth_oneshot" / "pipeline" / "best_pre_finetune.pth").meta["finetuned"] is False
+    tuned = {r["model"]: read_checkpoint(r["checkpoint"]).meta["args"]["epochs"] for r in summary_rows(root)[1:]
+             if r["model"] != "gradual + swaps"}  # finetune.py's epochs after each row's earlier finetunes
+    assert tuned == {"pruned straight": 2, "method: past + RL regrowth": 2, "past + greedy uniform": 1}
     summary = json.loads((root / "pipeline_summary.json").read_text())
     assert summary["preset"] == "smoke" and len(summary["rows"]) == 5 and summary["units"] == "all"
-    assert summary["epochs_after_pruning"] == 2 and summary["seed"] == 1
+    assert summary["seed"] == 1 and summary["reused_stages"] == 0
     record = summary["provenance"]  # where the table came from
     assert record["data"]["name"] == "synthetic" and record["data"]["train"] == 768 and record["threads"] >= 1
     assert record["command"].startswith("python pipeline.py --preset smoke")
@@ -38,11 +48,11 @@ def test_pipeline(tmp_path, capsys):
     for search in (root / "regrowth_oneshot" / "pipeline" / "summary.json", root / "greedy_uniform" / "summary.json"):
         assert json.loads(search.read_text())["units"] == "all"  # both allocators over the same units
     # the smoke preset learns, so a broken training path shows: the dense model is clearly above chance (10%
-    # on the 10 classes) and pruning 98% of its weights costs accuracy, in every seed
+    # on the 10 classes) in every seed (the sparse rows' 3 epochs after pruning may end above its 3 epochs)
     for seed in (1, 2):
         val = {r["model"]: float(r["val_acc"]) for r in read_csv(tmp_path / f"seed{seed}" / "resnet20"
                                                                   / "pipeline_summary.csv")}
-        assert val["dense"] >= 30.0 and val["pruned straight"] < val["dense"] - 5, val
+        assert val["dense"] >= 30.0, val
     out = capsys.readouterr().out
     assert "method: past + RL regrowth" in out and "epochs" in out
     assert (root / "pipeline_summary.png").stat().st_size > 0  # the results figure beside the table

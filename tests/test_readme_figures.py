@@ -46,10 +46,25 @@ def test_blocks_are_rewritten_from_their_files_and_stale_ones_named(tmp_path):
     fresh = render_page(page, tmp_path)
     assert stale_blocks(fresh, tmp_path) == [] and fresh.startswith("intro\n") and fresh.endswith("end\n")
     assert "pruned straight                        0.9800            2       6   60.00%    50.00%" in fresh
-    assert "| gradual + swaps | 53.50 ± 2.12 | 52.00 - 55.00 | +1.50 ± 0.71 |" in fresh  # paired by seed
+    assert "| gradual + swaps | 53.50 ± 2.12 (n = 2) | 52.00 - 55.00 | +1.50 ± 0.71 |" in fresh  # paired by seed
     assert "threads" in fresh and "synthetic 10/5/5" in fresh and "commit abc" in fresh  # where it came from
     (tmp_path / "s2.json").write_text(json.dumps(_summary(2, 54.0, 56.0)))  # the results file changed
     assert stale_blocks(fresh, tmp_path) == ["demo_seeds s1.json s2.json"]
+
+
+def test_rows_pair_by_name_and_old_summaries_are_one_error(tmp_path):
+    one, two = _summary(1, 50.0, 52.0), _summary(2, 54.0, 55.0)
+    two["rows"] = [two["rows"][0], two["rows"][2], two["rows"][1]]  # another row order pairs the same rows
+    del one["rows"][2]  # a run without the gradual row: its mean has one value fewer, nothing shifts
+    for name, summary in (("a", one), ("b", two)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(summary))
+    text = render_page("<!-- figures: demo_seeds a.json b.json -->\n<!-- /figures -->\n", tmp_path)
+    assert "| gradual + swaps | 55.00 ± 0.00 (n = 1) | 55.00 - 55.00 | +1.00 ± 0.00 |" in text
+    old = _summary(3, 50.0, 51.0)
+    del old["rows"][1]["epochs"]  # a summary of the chain before equal epochs
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    with pytest.raises(UsageError, match="without epochs"):
+        render_page("<!-- figures: demo_table old.json -->\n<!-- /figures -->\n", tmp_path)
 
 
 def test_a_block_naming_a_missing_file_is_one_error(tmp_path):

@@ -878,3 +878,19 @@ def test_under_torchrun_a_bad_flag_is_refused_before_the_process_group_by_rank_0
     assert code == 2 and not dist.is_initialized() and "Traceback" not in err
     assert len([line for line in err.splitlines() if line.startswith("error:")]) == lines, err
     assert tree(tmp_path) == []
+
+
+def test_pipeline_refuses_a_dense_model_of_another_seed_or_model(tmp_path, capsys):
+    """--pretrained: a dense model trained with another seed (its val images are this run's training images) or of
+    another model is one error line, for every seed, before anything is written."""
+    from models import create_model
+    from utils.runtime.checkpoint import save_checkpoint
+
+    for name, model, seed in (("seed7.pth", "resnet20", 7), ("vgg.pth", "vgg16", 42)):
+        save_checkpoint(tmp_path / name, create_model(model), model_name=model, dataset="synthetic", num_classes=10,
+                        meta={"args": {"seed": seed, "val_split": 0.1}})
+    for name, needle in (("seed7.pth", "trained with --seed 7"), ("vgg.pth", "is a vgg16 model")):
+        code, _, err = run_main(pipeline.main, ["--save_dir", str(tmp_path / "p"), "--pretrained",
+                                                str(tmp_path / name)], capsys)
+        _one_error(code, err, needle)
+    assert not (tmp_path / "p").exists()

@@ -17,6 +17,7 @@ import functools
 import hashlib
 import platform
 import shlex
+import shutil
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -87,8 +88,16 @@ def data_fingerprint(*tensors: torch.Tensor) -> str:
     digest = hashlib.sha256()
     for tensor in tensors:
         digest.update(str(tuple(tensor.shape)).encode())
-        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())  # its buffer, no copy
     return digest.hexdigest()[:16]
+
+
+def _dirty(revision: str | None) -> bool | None:
+    """Whether the tree differed from the commit: True / False as git said, None where unknown (no checkout, or no
+    git binary, when the commit was read from ``.git/HEAD`` without a dirty flag)."""
+    if revision is None:
+        return None
+    return True if revision.endswith("+dirty") else (False if shutil.which("git") else None)
 
 
 def provenance(device: torch.device, precision: str, data: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -97,7 +106,7 @@ def provenance(device: torch.device, precision: str, data: dict[str, Any] | None
     revision = git_revision()
     record: dict[str, Any] = {
         "commit": revision.removesuffix("+dirty") if revision else None,
-        "dirty": revision.endswith("+dirty") if revision else None,
+        "dirty": _dirty(revision),
         "torch": torch.__version__,
         "device": device_name(device),
         "cpu": cpu_model(),

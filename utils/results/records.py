@@ -26,12 +26,12 @@ from typing import Any
 from models import list_models
 from utils.core.errors import UsageError
 from utils.core.files import damaged_file, read_csv, read_json
+from utils.core.provenance import PROVENANCE_KEY
 from utils.sparsity.granularity import granularity_class, list_granularities
 
 TOLERANCE = 1e-4  # sparsities this close are "the same sparsity"
 SETTINGS = {"iterative": "A", "oneshot": "B", "gradual": "gradual"}  # pruning mode -> the README's setting letter
 SEARCHES = {"": "RL", "random_": "random search"}  # search folder prefix -> method
-PROVENANCE = "provenance"  # the summaries' record of code, device, threads, precision, data (utils/core/provenance.py)
 SEED_ROOT = re.compile(r"seed\d+")  # pipeline.py --seeds writes {save_dir}/seed{N}/
 MAX_DEPTH = 4  # folders below a given one searched for run roots (runs/demo/seed1 is 2 deep)
 
@@ -219,7 +219,7 @@ def _model_records(root: RunRoot, folder: Path) -> list[dict]:
 
 def _provenance(base: dict, path: Path, summary: dict) -> list[dict]:
     """The provenance record of one summary (``None`` when it has none, or not as an object: older files)."""
-    record = summary.get(PROVENANCE)
+    record = summary.get(PROVENANCE_KEY)
     return [{**base, "kind": "provenance", "source": str(path),
              "provenance": record if isinstance(record, dict) else None}]
 

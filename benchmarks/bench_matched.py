@@ -23,8 +23,8 @@ Per seed (--seeds), with the stage scripts (run folders under --save_dir, reused
 So every final model has had --prune_epochs + --regrow_epochs finetune epochs after pruning (the searches'
 mini-finetunes only choose the allocation; their models are not used). Printed: mean ± std over seeds of
 val and test accuracy per arm, and of each arm's paired difference to ``straight`` (same seed). Each seed's
-finished arms are kept in ``{seed}/rows.json`` (and with --results, in one small JSON per seed there, with the
-fingerprint of the dense model's weights, so rows of another dense model are never paired with them): a rerun
+arms are kept in ``{seed}/rows.json`` as each finishes (and with --results, in one small JSON per seed there, with
+the fingerprint of the dense model's weights, so rows of another dense model are never paired with them): a rerun
 with more --allocations, --inits or --selections runs only the new arms. Arms are named ``allocation/init``,
 with ``/selection`` added for selectors other than saliency.
 
@@ -41,13 +41,14 @@ with ``/selection`` added for selectors other than saliency.
     python -m benchmarks.bench_matched --train_subset 3000 --allocations greedy none --inits zero \
         --swap_arms gradual --swap_every 0 --save_dir runs/matched4 --results docs/results/data/matched
 
-    # the paper regime (not run yet: it starts once the reference dense models stand, docs/results/dense_recipe.md):
-    # the reference dense models, 20 epochs after pruning
+    # the paper regime (docs/results/matched_paper.md): the reference dense models, 20 epochs after pruning for
+    # every arm, the swap interval the README recommends (utils/sparsity/swap.py's RECOMMENDED_EVERY_EPOCHS)
     python -m benchmarks.bench_matched --seeds 1 --dataset cifar10 --data_dir DATA \
         --dense docs/results/data/dense/resnet20_cifar10_seed{seed}.pth --start_sparsity 0.99 --final_sparsity 0.98 \
         --prune_epochs 10 --regrow_epochs 10 --allocations greedy_uniform random_search rl none --inits zero \
         --units all --episodes 200 --episode_steps 10 --episode_val_subset 1000 --swap_arms straight gradual \
-        --swap_every_epochs 0.25 --save_dir runs/matched_paper --results docs/results/data/matched_paper
+        --swap_every_epochs 0.83 --save_dir runs/matched_paper --results docs/results/data/matched_paper
+    # then the same with --swap_arms gradual --swap_every 0 (gradual pruning without swaps)
 
 Results: benchmarks/results/matched_{dataset}.json and .csv (and the --results files).
 """
@@ -57,7 +58,7 @@ import argparse
 import hashlib
 import json
 import statistics
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -197,12 +198,18 @@ def one_seed(args: argparse.Namespace, seed: int) -> list[dict]:
     dense = stored.get("dense")
     if given or trained.with_name("summary.json").is_file():  # the rows must come from the kept rows' dense model
         dense = same_dense(trained, dense, kept)
-    if missing:
-        done.update((row["arm"], row) for row in arms(args, seed, root, set(done)))
+
+    def keep() -> None:
+        """Write the finished rows (after each arm, so an interrupted run loses at most the arm it was in)."""
         write_json(path, list(done.values()))
-    if kept is not None:
-        write_json(kept, {"settings": run_settings(args), **({"dense": dense} if dense else {}),
-                          "rows": list(done.values())})
+        if kept is not None:
+            write_json(kept, {"settings": run_settings(args), **({"dense": dense} if dense else {}),
+                              "rows": list(done.values())})
+
+    for row in arms(args, seed, root, set(done)) if missing else ():
+        done[row["arm"]] = row
+        keep()
+    keep()
     return [done[arm] for arm in wanted]
 
 
@@ -252,8 +259,9 @@ def arm_name(kind: str, init: str, selection: str) -> str:
     return f"{kind}/{init}" + ("" if selection == "saliency" else f"/{selection}")
 
 
-def arms(args: argparse.Namespace, seed: int, root: Path, done: set[str]) -> list[dict]:
-    """The rows of the arms of ``seed`` not in ``done``, in ``root`` (see the module docstring)."""
+def arms(args: argparse.Namespace, seed: int, root: Path, done: set[str]) -> Iterator[dict]:
+    """The rows of the arms of ``seed`` not in ``done``, in ``root`` (see the module docstring), each as soon as
+    its arm finished."""
     dense = dense_model(args, seed, root)
     start = pruned_model(args, seed, root, dense, args.start_sparsity, args.prune_epochs, "start")
     todo = [arm for arm in planned(args) if arm_name(*arm) not in done]
@@ -265,11 +273,17 @@ def arms(args: argparse.Namespace, seed: int, root: Path, done: set[str]) -> lis
         *(["--selection", "reference", "--reference_ckpt", str(reference)] if reference else [])])
     settings = regrowth_settings(stage_args, default_granularity(), "oneshot")
     stage, pair = prepare_dense_sparse(stage_args, start, reparam=True)
-    rows = [] if "straight" in done else [straight_row(stage, seed, pruned_model(
-        args, seed, root, dense, args.final_sparsity, args.prune_epochs + args.regrow_epochs, "straight"))]
-    plain = {"straight", *(arm_name(*arm) for arm in planned(args))}  # made above (--swap_every 0 names them)
+    record = stage.provenance()  # each row says where it came from: later runs add rows to the kept file
+    if "straight" not in done:
+        path = pruned_model(args, seed, root, dense, args.final_sparsity, args.prune_epochs + args.regrow_epochs,
+                            "straight")
+        yield {**straight_row(stage, seed, path), PROVENANCE_KEY: record}
+    plain = {"straight", *(arm_name(*arm) for arm in planned(args))}  # made below (--swap_every 0 names them)
     swaps = [(arm, name) for arm, name in zip(args.swap_arms, swap_names(args), strict=True)
              if name not in done | plain]
+    for arm, name in swaps:  # the pruned arms first: they need no allocation
+        if arm != "regrown":
+            yield swap_arm_row(args, seed, root, dense, (stage, pair), (arm, name), {}, record)
     needs_greedy = any(arm == "regrown" for arm, _ in swaps)
     allocations = {kind: allocation(args, seed, root, (stage, pair), kind, settings.scoring)
                    for kind in dict.fromkeys([kind for kind, _, _ in todo] + (["greedy"] if needs_greedy else []))}
@@ -282,16 +296,24 @@ def arms(args: argparse.Namespace, seed: int, root: Path, done: set[str]) -> lis
         source = init_source(pair, reference_model if selection == "reference" else None)
         result = regrow_and_finetune(stage, pair, allocations[kind], scores.get(selection),
                                      None if init == "-" else init, args.regrow_epochs, source=source)
-        rows.append({"seed": seed, "arm": arm_name(kind, init, selection), "allocation": kind, "init": init,
-                     "selection": selection, **result})
         print(f"seed {seed} {kind:<14} {init:<10} {selection:<10} regrew {result['regrown']:>6}  "
               f"val {result['val_acc']:.2f}%  test {result['test_acc']:.2f}%", flush=True)
+        yield {"seed": seed, "arm": arm_name(kind, init, selection), "allocation": kind, "init": init,
+               "selection": selection, **result, PROVENANCE_KEY: record}
     for arm, name in swaps:
-        rows.append(swap_row(args, seed, root, dense, (stage, pair), arm, name, allocations.get("greedy"),
-                             scores.get("saliency")))
-        print(f"seed {seed} {name:<36} val {rows[-1]['val_acc']:.2f}%  test {rows[-1]['test_acc']:.2f}%", flush=True)
-    record = stage.provenance()  # each row says where it came from: later runs add rows to the kept file
-    return [{**row, PROVENANCE_KEY: record} for row in rows]
+        if arm == "regrown":
+            yield swap_arm_row(args, seed, root, dense, (stage, pair), (arm, name),
+                               {"greedy": allocations["greedy"], "saliency": scores["saliency"]}, record)
+
+
+def swap_arm_row(args: argparse.Namespace, seed: int, root: Path, dense: Path,
+                 prepared: tuple[Stage, DenseSparse], arm: tuple[str, str], regrown: dict, record: dict) -> dict:
+    """``swap_row`` of ``arm`` (its --swap_arms kind, its row name) with its provenance ``record``, printed;
+    ``regrown``: the greedy allocation and the saliency scores (the ``regrown`` arm only)."""
+    kind, name = arm
+    row = swap_row(args, seed, root, dense, prepared, kind, name, regrown.get("greedy"), regrown.get("saliency"))
+    print(f"seed {seed} {name:<36} val {row['val_acc']:.2f}%  test {row['test_acc']:.2f}%", flush=True)
+    return {**row, PROVENANCE_KEY: record}
 
 
 def swap_row(args: argparse.Namespace, seed: int, root: Path, dense: Path, prepared: tuple[Stage, DenseSparse],

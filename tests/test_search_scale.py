@@ -605,6 +605,21 @@ def test_matched_benchmark_compares_every_arm_with_straight_pruning(tmp_path, mo
     assert len(list((tmp_path / "kept").glob("synthetic_resnet20_regrow1_*_seed1.json"))) == 1  # one digest
     kept_rows = json.loads(next((tmp_path / "kept").glob("synthetic_resnet20_regrow1_*_seed1.json")).read_text())
     assert {*swapped, "gradual"} <= {r["arm"] for r in kept_rows["rows"]}
+    # each arm is kept as soon as it finished: an interrupted run loses only the arm it was in
+    real = bench_matched.regrow_and_finetune
+
+    def second_interrupted(*args, **kwargs):
+        if made.count("second_interrupted") > 1:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+    made.clear()
+    more = swap_argv[:swap_argv.index("--inits")] + ["--inits", "zero", "dense", "--allocations", "greedy_uniform"]
+    monkeypatch.setattr(bench_matched, "regrow_and_finetune", _counted(second_interrupted, made))
+    with pytest.raises(KeyboardInterrupt):
+        bench_matched.main(TINY + ["--save_dir", str(tmp_path)] + more)
+    assert made.count("second_interrupted") == 2  # greedy_uniform/zero finished, greedy_uniform/dense did not
+    stored = {r["arm"] for r in json.loads((tmp_path / "matched_synthetic_resnet20/seed1/rows.json").read_text())}
+    assert "greedy_uniform/zero" in stored and "greedy_uniform/dense" not in stored
     # the kept rows name their dense model's weights: rows of another dense model are never paired with them
     dense = read_checkpoint(pretrained_path(tmp_path / "matched_synthetic_resnet20" / "seed1", "resnet20"))
     assert kept_rows["dense"] == content_fingerprint(dense.state_dict)

@@ -70,3 +70,14 @@ def test_rows_pair_by_name_and_old_summaries_are_one_error(tmp_path):
 def test_a_block_naming_a_missing_file_is_one_error(tmp_path):
     with pytest.raises(UsageError, match="does not exist"):
         stale_blocks("<!-- figures: demo_table nope.json -->\n<!-- /figures -->\n", tmp_path)
+
+
+def test_a_block_may_name_its_files_by_glob(tmp_path):
+    for seed, (straight, gradual) in {2: (54.0, 55.0), 1: (50.0, 52.0)}.items():
+        (tmp_path / f"s{seed}.json").write_text(json.dumps(_summary(seed, straight, gradual)))
+    globbed = render_page("<!-- figures: demo_seeds s*.json -->\n<!-- /figures -->\n", tmp_path)
+    assert globbed == render_page("<!-- figures: demo_seeds s1.json s2.json -->\n<!-- /figures -->\n",
+                                  tmp_path).replace("s1.json s2.json", "s*.json")  # its matches, sorted
+    assert "seeds 1, 2)" in globbed
+    with pytest.raises(UsageError, match="matches no file"):
+        stale_blocks("<!-- figures: demo_seeds nope*.json -->\n<!-- /figures -->\n", tmp_path)

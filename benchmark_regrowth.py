@@ -29,16 +29,9 @@ import torch.nn as nn
 
 from benchmarks.common import timed
 from models import create_model
-from utils.cli.flags import (
-    add_common_args,
-    add_scoring_args,
-    cli_main,
-    fraction,
-    new_parser,
-    positive_int,
-    scoring_settings,
-)
+from utils.cli.flags import add_common_args, add_scoring_args, cli_main, new_parser, scoring_settings
 from utils.cli.prepare import prepare
+from utils.cli.types import fraction, positive_int
 from utils.core.errors import UsageError
 from utils.core.paths import benchmark_dir, check_output_dir
 from utils.core.seeds import make_generator
@@ -64,7 +57,7 @@ from utils.sparsity.weights import WeightGranularity
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = new_parser(__doc__)
     add_common_args(parser)
-    add_scoring_args(parser)
+    add_scoring_args(parser, defaults={"saliency_batches": 8, "ssim_num_batches": 8})
     parser.add_argument("--granularity", choices=list_granularities(), default=default_granularity(),
                         help="time weight or channel regrowth")
     parser.add_argument("--pretrained", default=None, help="dense checkpoint (default: freshly initialised)")
@@ -76,7 +69,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--skip_vgg", action="store_true", help="skip part 2 (vgg16 regrowth)")
     parser.add_argument("--out", default=None, help="output folder (default {save_dir}/{m_name}/benchmark)")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier benchmark's files")
-    parser.set_defaults(saliency_batches=8, ssim_num_batches=8)
     return parser.parse_args(argv)
 
 

@@ -30,8 +30,9 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from utils.cli.flags import add_common_args, add_device_args, cli_main, new_parser, positive_int, profile_from_args
+from utils.cli.flags import add_common_args, add_device_args, cli_main, new_parser, profile_from_args
 from utils.cli.prepare import checked_dataset, prepare
+from utils.cli.types import positive_int
 from utils.core.log import LOG
 from utils.device.packed import FORMAT as PACKED
 from utils.device.packed import packed_command, read_model_file, stage_model

@@ -39,8 +39,9 @@ from pathlib import Path
 
 import torch
 
-from utils.cli.flags import cli_main, new_parser, positive_int
+from utils.cli.flags import cli_main, new_parser
 from utils.cli.prepare import prepare_model_only
+from utils.cli.types import positive_int
 from utils.core.errors import UsageError
 from utils.core.files import atomic_write
 from utils.core.log import log_outputs

@@ -32,15 +32,9 @@ from pathlib import Path
 
 import torch
 
-from utils.cli.flags import (
-    add_checkpoint_args,
-    add_common_args,
-    cli_main,
-    new_parser,
-    non_negative_float,
-    non_negative_int,
-)
+from utils.cli.flags import add_checkpoint_args, add_common_args, cli_main, new_parser
 from utils.cli.prepare import checked_dataset, prepare
+from utils.cli.types import non_negative_float, non_negative_int
 from utils.core.errors import UsageError
 from utils.core.files import atomic_save, read_csv
 from utils.core.log import LOG, log_outputs, setup_logging

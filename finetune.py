@@ -29,15 +29,12 @@ from utils.cli.flags import (
     add_speed_args,
     add_swap_args,
     cli_main,
-    float_up_to,
-    fraction,
+    finetune_settings,
     new_parser,
-    non_negative_int,
-    positive_float,
-    positive_int,
     swap_settings,
 )
 from utils.cli.prepare import checked_dataset, prepare
+from utils.cli.settings_flags import add_settings_args
 from utils.core.distributed import current_world
 from utils.core.errors import UsageError
 from utils.core.log import LOG, log_outputs, setup_logging
@@ -55,12 +52,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add_speed_args(parser)
     parser.add_argument("--ckpt", required=True, help="checkpoint to finetune")
     parser.add_argument("--save_path", default=None, help="output checkpoint")
-    parser.add_argument("--epochs", type=positive_int, default=400, help="finetune epochs (best epoch on val)")
-    parser.add_argument("--lr", type=positive_float, default=3e-4, help="AdamW learning rate (cosine decay)")
-    parser.add_argument("--weight_decay", type=float_up_to(1.0), default=0.01, help="AdamW weight decay")
-    parser.add_argument("--warmup_frac", type=fraction, default=0.05, help="share of steps for linear warm-up")
-    parser.add_argument("--patience", type=non_negative_int, default=50,
-                        help="early stop after N epochs without val gain")
+    add_settings_args(parser, FinetuneSettings, skip=("select_on",), names={"epochs": ("--epochs",)},
+                      defaults={"epochs": 400, "warmup_frac": 0.05, "patience": 50},
+                      helps={"epochs": "finetune epochs (best epoch on val)",
+                             "lr": "AdamW learning rate (cosine decay)",
+                             "warmup_frac": "share of steps for linear warm-up",
+                             "patience": "early stop after N epochs without val gain"})
     parser.add_argument("--trust_pickle", action="store_true", help="allow a pickled nn.Module checkpoint")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --save_path")
     parser.add_argument("--pretrained", default=None,
@@ -73,7 +70,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 @cli_main
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    swap = swap_settings(args)
+    swap = swap_settings(args)  # bad swap flags fail before any load
     ckpt = read_checkpoint(args.ckpt, trust_pickle=args.trust_pickle)
     save_path = check_output_file(args.save_path or finetuned_path(args.ckpt), inputs=[args.ckpt],
                                   overwrite=args.overwrite, what="--save_path")
@@ -97,8 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     world = current_world()
     LOG.info("before: %s sparsity %.4f  val %.2f%%  test %.2f%%%s", kind, sparsity(model), val_before, test_before,
              f"  ({world.size} processes, data-parallel)" if world.distributed else "")
-    settings = FinetuneSettings(epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
-                                patience=args.patience, warmup_frac=args.warmup_frac, swap=swap)
+    settings = finetune_settings(args)
     loop = LoopSettings(progress=not args.no_progress, csv_path=save_path.with_name(f"{save_path.stem}_log.csv"),
                         data_parallel_device=stage.device, **stage.speed)
     state = finetune_model(model, stage.data.train, stage.data.val, settings, loop, dense=dense)

@@ -59,15 +59,8 @@ import regrowth_structure_oneshot
 import report
 from data import DataSettings
 from models import create_model
-from utils.cli.flags import (
-    add_swap_args,
-    cli_main,
-    new_parser,
-    positive_float,
-    profile_from_args,
-    seed_int,
-    swap_settings,
-)
+from utils.cli.flags import add_swap_args, cli_main, new_parser, profile_from_args, swap_settings
+from utils.cli.types import positive_float, seed_int
 from utils.core.errors import ReportedError, UsageError
 from utils.core.files import write_csv, write_json
 from utils.core.log import LOG, inner_stage, log_outputs, setup_logging

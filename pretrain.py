@@ -33,19 +33,16 @@ from pathlib import Path
 
 import torch
 
-from utils.cli.flags import (
-    add_common_args,
-    add_speed_args,
-    cli_main,
+from utils.cli.flags import add_common_args, add_speed_args, cli_main, new_parser
+from utils.cli.prepare import prepare
+from utils.cli.types import (
     float_up_to,
     fraction_below_one,
-    new_parser,
     non_negative_float,
     non_negative_int,
     positive_float,
     positive_int,
 )
-from utils.cli.prepare import prepare
 from utils.core.distributed import all_gather, current_world
 from utils.core.errors import UsageError
 from utils.core.files import check_same_run, trim_csv

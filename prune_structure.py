@@ -39,10 +39,10 @@ from utils.cli.flags import (
     finetune_settings,
     finish_schedule_args,
     new_parser,
-    positive_int,
     schedule_settings,
 )
 from utils.cli.prepare import prepare
+from utils.cli.types import positive_int
 from utils.core.paths import prune_dir
 from utils.core.seeds import make_generator
 from utils.prune.loop import PruneRun

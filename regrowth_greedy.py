@@ -44,13 +44,12 @@ from utils.cli.flags import (
     cli_main,
     finetune_settings,
     new_parser,
-    non_negative_int,
-    open_fraction,
-    positive_int,
     scoring_settings,
     selection_settings,
 )
 from utils.cli.prepare import prepare_dense_sparse
+from utils.cli.settings_flags import add_settings_args
+from utils.cli.types import open_fraction, positive_int
 from utils.core.files import write_csv
 from utils.core.log import LOG, log_outputs, setup_logging
 from utils.core.paths import BEST_MODEL, SUMMARY, check_output_dir, clean_stale_temps, greedy_dir, iteration_dir
@@ -59,7 +58,7 @@ from utils.core.timer import Timer
 from utils.regrow.allocation import GREEDY_ALLOCATIONS, allocation_lines, greedy_allocation, runnable
 from utils.regrow.apply import Finetuning, Regrowth, apply_allocation
 from utils.results.records import RegrowthOutcome, pruning_schedule
-from utils.runtime.settings import LoopSettings
+from utils.runtime.settings import FinetuneSettings, LoopSettings
 from utils.runtime.stage import finetune_suggestion
 from utils.runtime.train import evaluate_model
 from utils.scoring.layer_scores import silent_units, ssim_scores
@@ -92,8 +91,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--regrow_step", "--sparsity_delta", dest="regrow_step", type=open_fraction, default=0.01,
                         help="budget per iteration / N_tot (all weights, or all groupable channels)")
     parser.add_argument("--num_iters", type=positive_int, default=1, help="regrowth rounds of --regrow_step each")
-    parser.add_argument("--patience", type=non_negative_int, default=40,
-                        help="finetune early stop (epochs without val gain)")
+    add_settings_args(parser, FinetuneSettings, only=("patience",), defaults={"patience": 40},
+                      helps={"patience": "finetune early stop (epochs without val gain)"})
     parser.add_argument("--init_strategy", default=None,
                         help=f"{INIT_HELP}; default: the granularity's, or dense with --selection reference")
     add_selection_args(parser)

@@ -37,12 +37,12 @@ from utils.cli.flags import (
     cli_main,
     default_init,
     finetune_settings,
-    fraction,
     new_parser,
     scoring_settings,
     selection_settings,
 )
 from utils.cli.prepare import prepare_dense_sparse
+from utils.cli.types import fraction
 from utils.core.errors import UsageError
 from utils.core.files import write_csv
 from utils.core.log import LOG, log_outputs, setup_logging

@@ -23,7 +23,8 @@ from scipy.stats import kendalltau, spearmanr
 from benchmarks.common import machine, save_results
 from data import DataSettings, get_data
 from models import create_model
-from utils.cli.flags import cli_main, fraction, positive_int
+from utils.cli.flags import cli_main
+from utils.cli.types import fraction, positive_int
 from utils.core.seeds import make_generator
 from utils.core.timer import Timer
 from utils.prune.pruners import get_pruner

@@ -74,9 +74,10 @@ from benchmarks.experiment import (
     run,
     stage_flags,
 )
-from utils.cli.flags import cli_main, non_negative_int, positive_float, positive_int
+from utils.cli.flags import cli_main
 from utils.cli.jobs import regrowth_settings
 from utils.cli.prepare import prepare_dense_sparse
+from utils.cli.types import non_negative_int, positive_float, positive_int
 from utils.core.errors import UsageError
 from utils.core.files import write_csv, write_json
 from utils.core.paths import pretrained_path

@@ -63,8 +63,9 @@ from benchmarks.experiment import (  # noqa: E402
     run,
     stage_flags,
 )
-from utils.cli.flags import cli_main, open_fraction, positive_int  # noqa: E402
+from utils.cli.flags import cli_main, positive_int  # noqa: E402
 from utils.cli.jobs import regrowth_job  # noqa: E402
+from utils.cli.types import open_fraction
 from utils.core.errors import UsageError  # noqa: E402
 from utils.core.files import write_json  # noqa: E402
 from utils.core.paths import SEARCH_STATE, SUMMARY, regrowth_dir  # noqa: E402

@@ -25,7 +25,8 @@ from pathlib import Path
 
 from benchmarks.common import machine
 from benchmarks.experiment import add_experiment_args, dense_model, pruned_model
-from utils.cli.flags import cli_main, fraction, positive_int
+from utils.cli.flags import cli_main
+from utils.cli.types import fraction, positive_int
 from utils.core.files import atomic_write, write_json
 from utils.core.provenance import PROVENANCE_KEY, command_line
 from utils.core.timer import Timer

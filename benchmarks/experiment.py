@@ -16,7 +16,7 @@ import torch
 
 import pretrain
 import prune_unstructure
-from utils.cli.flags import positive_int
+from utils.cli.types import positive_int
 from utils.core.errors import UsageError
 from utils.core.files import NEWER_FLAGS, write_json
 from utils.core.paths import pretrained_path, prune_checkpoint, prune_dir

@@ -4,7 +4,7 @@ A stage script's flags become these dataclasses in one place per flag group (``u
 below the scripts takes them. Each field says its unit and range; the defaults are the flags' defaults, so a
 settings object built by hand (tests, benchmarks, notebooks) behaves as the command line with no flags, except
 where scripts differ among themselves: ``FinetuneSettings`` defaults to no early stop and no warm-up (the
-scripts' ``--patience`` is 40 or 50, finetune.py warms up).
+scripts state their own ``--patience``, 40 or 50, and finetune.py its warm-up, where they add the flags).
 """
 from __future__ import annotations
 
@@ -13,6 +13,18 @@ from pathlib import Path
 
 import torch
 
+from utils.core.fields import REQUIRED, setting
+from utils.core.values import (
+    finite_float,
+    float_up_to,
+    fraction,
+    int_up_to,
+    non_negative_float,
+    non_negative_int,
+    open_fraction,
+    positive_float,
+    positive_int,
+)
 from utils.sparsity.swap import SwapSettings
 
 
@@ -55,13 +67,15 @@ class RunSettings:
 class FinetuneSettings:
     """An AdamW finetune with the best epoch kept (after pruning, after regrowth)."""
 
-    epochs: int  # finetune epochs, >= 1
-    lr: float = 3e-4  # AdamW learning rate
-    weight_decay: float = 0.01  # AdamW weight decay
-    patience: int = 0  # stop after N epochs without a val gain (0: never; the scripts' flags default to 40-50)
-    select_on: str = "val"  # split that picks the best epoch: val, or test (only to reproduce the original)
-    warmup_frac: float | None = None  # None: constant lr; a fraction in [0, 1]: linear warm-up over that share of
-    # all steps, then cosine decay to 0 (the full finetune of finetune.py)
+    epochs: int = setting(REQUIRED, "finetune epochs", names=("--finetune_epochs",), parse=positive_int)
+    lr: float = setting(3e-4, "AdamW learning rate of the finetunes", parse=positive_float)
+    weight_decay: float = setting(0.01, "AdamW weight decay", parse=float_up_to(1.0))
+    patience: int = setting(0, "stop a finetune after N epochs without val gain (0: never)", parse=non_negative_int)
+    select_on: str = setting("val", "split that picks the best finetune epoch ('test' only to reproduce the "
+                                    "original)", choices=("val", "test"))
+    warmup_frac: float | None = setting(None, "share of steps for linear warm-up (None: constant lr; else a linear "
+                                              "warm-up over that share of all steps, then cosine decay to 0)",
+                                        parse=fraction)
     swap: SwapSettings | None = None  # swap cycles at constant density during the finetune (None: none)
 
 
@@ -80,18 +94,27 @@ class LoopSettings:
     # torchrun; the loader is this process's shard); None: the model itself
 
 
+# --mode: the schedules and their spellings (``iterate``: the original's)
+MODE_ALIASES = {"iterate": "iterative", "iterative": "iterative", "oneshot": "oneshot", "gradual": "gradual"}
+
+
 @dataclass(frozen=True)
 class ScheduleSettings:
     """A pruning schedule: iterative steps from a start, one-shot targets from the dense model, or gradual pruning
-    to one target during one finetune."""
+    to one target during one finetune. The prune scripts spell ``amount`` and ``iter_end`` their own way."""
 
-    mode: str = "iterative"  # iterative | oneshot | gradual
-    amount: float = 0.3  # iterative: fraction of the surviving entries removed per step, in (0, 1)
-    iter_start: int = 1  # first step (1: from the dense model)
-    iter_end: int = 15  # last step, inclusive
-    target_sparsity: tuple[float, ...] = ()  # oneshot: targets in [0, 1], each from the dense model; gradual: one
-    gradual_steps: int = 10  # gradual: pruning steps of the cubic schedule, >= 1
-    gradual_until: float = 0.5  # gradual: share of the finetune's optimizer steps by which the target is reached
+    mode: str = setting("iterative", "iterative (alias iterate), oneshot", names=("--mode", "--m_prune"),
+                        choices=sorted(MODE_ALIASES))
+    amount: float = setting(0.3, "iterative: fraction of the surviving entries removed per step, in (0, 1)",
+                            names=("--amount",), parse=open_fraction, metavar="FRACTION")
+    iter_start: int = setting(1, "first step (resume point)", parse=positive_int)
+    iter_end: int = setting(15, "last step (inclusive)", parse=positive_int, metavar="STEP")
+    target_sparsity: tuple[float, ...] = setting((), "oneshot: target sparsity (one or more, each from the "
+                                                     "pretrained model); gradual: the one target",
+                                                 names=("--target_sparsity", "--oneshot"), parse=fraction, nargs="+")
+    gradual_steps: int = setting(10, "gradual: pruning steps of the cubic schedule (Zhu & Gupta)", parse=positive_int)
+    gradual_until: float = setting(0.5, "gradual: share of the finetune's steps by which the target is reached (the "
+                                        "best epoch is chosen after it)", parse=open_fraction)
 
     @property
     def iterative(self) -> bool:
@@ -102,22 +125,20 @@ class ScheduleSettings:
 class ScoringSettings:
     """The layer scores of a regrowth stage: SSIM on val images, saliency on train batches."""
 
-    ssim_num_batches: int = 64  # val batches for the SSIM attention maps (at most all of val)
-    ssim_threshold: float = 0.3  # units with SSIM <= this are searched
-    saliency_batches: int | None = None  # train batches for the saliency (None: all)
-    regrowth_score: str = "fisher"  # fisher: F · θ² (F a diagonal Fisher estimate, see fisher); taylor: mean |g| |θ|
-    saliency_model: str = "dense"  # score on the dense model (original) or the sparse one
-    fisher: str = "batch"  # batch: mean over batches of (batch-mean dL/dθ)², changes with the batch size (original);
-    #                        per_sample: mean over images of (dL_i/dθ)², the empirical Fisher (FISHER_ESTIMATORS)
-
-
-@dataclass(frozen=True)
-class SelectionSettings:
-    """Which masked entries of a unit regrow first, and the values they start from."""
-
-    selection: str = "saliency"  # saliency | reference | magnitude | random
-    reference_ckpt: str | None = None  # --selection reference: a less sparse checkpoint of the same model
-    init_strategy: str = "zero"  # value of regrown entries (the granularity's init strategies)
+    ssim_num_batches: int = setting(64, "val batches (of --eval_batch_size) used for SSIM attention maps (at most "
+                                        "all of val)", parse=positive_int)
+    ssim_threshold: float = setting(0.3, "layers with SSIM <= this are searched (lowest first); none -> the lowest "
+                                         "one", parse=finite_float)
+    saliency_batches: int | None = setting(None, "train batches for the regrowth scores (default: all; channels: 10)",
+                                           names=("--saliency_batches", "--taylor_batches"), parse=positive_int)
+    regrowth_score: str = setting("fisher", "fisher: F · θ^2, F the diagonal Fisher estimate of --fisher (the "
+                                            "saliency); taylor: mean |dL/dθ| · |θ|", choices=("fisher", "taylor"))
+    fisher: str = setting("batch", "how the scores average gradients: batch (original): the square of each batch's "
+                                   "mean gradient, averaged over batches (a batch-level Fisher: its values change with "
+                                   "--batch_size); per_sample: the square of each image's gradient, averaged over "
+                                   "images (the empirical Fisher; slower)", choices=("batch", "per_sample"))
+    saliency_model: str = setting("dense", "score on the dense pretrained model (original) or the sparse one",
+                                  choices=("dense", "sparse"))
 
 
 @dataclass(frozen=True)
@@ -127,30 +148,47 @@ class SearchSettings:
     Defaults are the original one-shot script's. ``temperature`` None divides advantages by the rolling std of
     the last ``reward_window_size`` rewards (the iterative search)."""
 
-    episodes: int = 400  # maximum episodes
-    finetune_epochs: int = 50  # mini-finetune epochs per episode (best epoch on val)
-    episode_steps: int | None = None  # instead: a mini-finetune of exactly this many optimizer steps, >= 1
-    episode_val_subset: int | None = None  # rewards on the first N val images only, the same in every episode
-    lr: float = 3e-4  # AdamW learning rate of the mini-finetune
-    weight_decay: float = 0.01  # AdamW weight decay of the mini-finetune
-    init_strategy: str = "zero"  # value of regrown entries
-    budget_bonus: float = 0.005  # reward per share of the budget used
-    early_stop_patience: int = 50  # stop after N episodes without a new best reward
-    min_epochs: int = 50  # episodes before the flat-reward stop
-    reward_std_threshold: float = 0.002  # flat-reward stop: std of the reward window below this
-    reward_window_size: int = 20  # rewards in the flat-reward window and in the rolling std of the temperature
-    episodes_per_update: int = 1  # M: episodes sampled from one policy per REINFORCE step
-    paired: bool = True  # every episode uses the same random draws (common random numbers)
-    learn: bool = True  # False: random search (uniform allocations, no policy step)
+    episodes: int = setting(400, "maximum RL episodes", names=("--num_epochs",), parse=positive_int)
+    finetune_epochs: int = setting(50, "mini-finetune epochs per episode (best epoch on val)", parse=positive_int)
+    lr: float = setting(3e-4, "AdamW learning rate of the finetunes", parse=positive_float)
+    weight_decay: float = setting(0.01, "AdamW weight decay", parse=float_up_to(1.0))
+    init_strategy: str = "zero"  # value of regrown entries (flag: --init_strategy, resolved with --selection)
     # the controller and REINFORCE
-    action_space_size: int = 11  # A: options j/A of min(capacity, remaining) per unit
-    hidden_size: int = 64  # LSTM hidden units
-    skip: bool = True  # a j = 0 option (the original has 1..A)
-    learning_rate: float = 3e-4  # controller Adam learning rate
-    temperature: float | None = 0.005  # τ, the advantage divisor (None: rolling std)
+    learning_rate: float = setting(3e-4, "controller Adam lr", parse=float_up_to(1.0, positive_float))
+    hidden_size: int = setting(64, "controller LSTM hidden units", parse=int_up_to(4096))
+    action_space_size: int = setting(11, "A: options j/A of min(capacity, remaining) per layer",
+                                     names=("--action_space_size", "--alloc_space_size"), parse=int_up_to(10_000))
+    skip: bool = setting(True, "no j = 0 option (the original's 1..A)", names=("--no_skip",), negated=True)
+    start_beta: float = setting(0.4, "entropy bonus at the start", parse=float_up_to(100.0))
+    end_beta: float = setting(0.04, "entropy bonus after decay", parse=float_up_to(100.0))
+    decay_fraction: float = setting(0.4, "share of episodes to decay over", parse=open_fraction)
+    budget_bonus: float = setting(0.005, "reward per budget used", parse=float_up_to(100.0))
+    early_stop_patience: int = setting(50, "stop after N episodes without a new best reward", parse=positive_int)
+    min_epochs: int = setting(50, "episodes before the flat-reward stop", parse=positive_int)
+    reward_std_threshold: float = setting(0.002, "after --min_epochs, stop when the std of the last "
+                                                 "--reward_window_size rewards is below", parse=non_negative_float)
+    reward_window_size: int = setting(20, "rewards in the flat-reward window (and in the reward temperature's "
+                                          "rolling std)", parse=positive_int)
+    episodes_per_update: int = setting(1, "M: episodes sampled from one policy per REINFORCE step (batch-mean "
+                                          "baseline; 1: one step per episode with an EMA baseline); under torchrun "
+                                          "they run in parallel", parse=int_up_to(10_000))
+    episode_steps: int | None = setting(None, "cheap episodes: a mini-finetune of exactly S optimizer steps "
+                                              "(batches), its reward the val accuracy after them, instead of "
+                                              "--finetune_epochs epochs (default: epochs)", parse=positive_int,
+                                        metavar="S")
+    episode_val_subset: int | None = setting(None, "measure rewards (and the start they are compared with) on the "
+                                                   "first N val images only, the same N in every episode, so paired "
+                                                   "rewards stay paired (default: all val images)", parse=positive_int,
+                                             metavar="N")
+    paired: bool = setting(True, "give every episode its own data order and init draws (default: the same for all, "
+                                 "so rewards differ by the allocation only)", names=("--unpaired_episodes",),
+                           negated=True)
+    learn: bool = setting(True, "baseline: allocations drawn uniformly from the controller's action space, no policy "
+                                "updates, best episode by val (written to random_regrowth_* folders)",
+                          names=("--random_search",), negated=True)
+    temperature: float | None = setting(0.005, "advantage divisor τ (None: the rolling std of the reward window, "
+                                               "the iterative search)", names=("--reward_temperature",),
+                                        parse=positive_float)
     clip: float = 100.0  # advantage clip
     ema: float = 0.9  # EMA baseline factor (M = 1)
-    start_beta: float = 0.4  # entropy bonus at the start
-    end_beta: float = 0.04  # entropy bonus after the decay
-    decay_fraction: float = 0.4  # share of the episodes the entropy bonus decays over
     grad_clip: float = 1.0  # controller gradient norm clip

@@ -17,15 +17,17 @@ any allocation and either granularity.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
 from utils.core.errors import UsageError
+from utils.core.fields import setting
 from utils.core.registry import Registry
 from utils.core.seeds import make_generator
-from utils.runtime.settings import ScoringSettings, SelectionSettings
+from utils.runtime.settings import ScoringSettings
 from utils.runtime.stage import DenseSparse, Stage, check_parent
 from utils.scoring.layer_scores import saliency_scores
 from utils.sparsity.granularity import Granularity, Scores
@@ -81,6 +83,18 @@ def _reference(stage: Stage, pair: DenseSparse, reference: nn.Module | None, sco
 
 SELECTORS: Registry[Selector] = Registry("selection", {"saliency": _saliency, "reference": _reference,
                                                        "magnitude": _magnitude, "random": _random})
+
+
+@dataclass(frozen=True)
+class SelectionSettings:
+    """Which masked entries of a unit regrow first, and the values they start from."""
+
+    selection: str = setting("saliency", "which masked entries of a unit regrow first: saliency, reference (those a "
+                                         "less sparse --reference_ckpt keeps, values copied from it), magnitude, "
+                                         "random", choices=list(SELECTORS))
+    reference_ckpt: str | None = setting(None, "--selection reference: a less sparse checkpoint of the same model")
+    init_strategy: str = "zero"  # value of regrown entries (the granularity's init strategies); its flag,
+    # --init_strategy, is resolved with --selection and the granularity (``utils.cli.flags.default_init``)
 
 
 def load_reference(stage: Stage, pair: DenseSparse, selection: SelectionSettings) -> nn.Module | None:

@@ -36,11 +36,11 @@ from utils.device.fill import device_budget
 from utils.device.profiles import UNIT_NAMES, DeviceProfile, check_fit, model_costs
 from utils.results.boundary import CHANCE_MARGIN
 from utils.results.records import SEARCHES, RegrowthOutcome, pruning_schedule
-from utils.runtime.settings import ScoringSettings, SearchSettings, SelectionSettings
+from utils.runtime.settings import ScoringSettings, SearchSettings
 from utils.runtime.stage import DenseSparse, Stage, check_parent, finetune_suggestion
 from utils.runtime.train import evaluate_model
 from utils.scoring.layer_scores import ssim_scores
-from utils.scoring.selection import init_source, selection_scores
+from utils.scoring.selection import SelectionSettings, init_source, selection_scores
 from utils.search.baseline import baseline_table, interpolate
 from utils.search.controller import AllocationPolicy, Reinforce
 from utils.search.episodes import (

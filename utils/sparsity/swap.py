@@ -33,7 +33,9 @@ import torch.nn as nn
 
 from utils.core.distributed import all_reduce_sum
 from utils.core.errors import UsageError
+from utils.core.fields import setting
 from utils.core.registry import Registry
+from utils.core.values import non_negative_int, open_fraction, positive_float
 from utils.sparsity.grow import reset_optimizer_state, write_at
 from utils.sparsity.masks import has_reparam, prunable_modules
 
@@ -58,13 +60,23 @@ RECOMMENDED_EVERY_EPOCHS = 0.83
 class SwapSettings:
     """Swap cycles of one finetune (``every`` 0: none, the finetune is the plain one)."""
 
-    every: int = 0  # optimizer steps between swaps, >= 0
-    every_epochs: float | None = None  # instead: epochs between swaps, > 0 (0.25: four an epoch); ``in_steps``
-    # turns it into optimizer steps for a run's data
-    fraction: float = 0.3  # share of each layer's kept weights swapped at the first swap, in (0, 1)
-    until: float = 0.75  # no swaps after this share of the finetune's steps, in (0, 1)
-    grow_score: str = "gradient"  # GROW_SCORES
-    drop_score: str = "magnitude"  # DROP_SCORES
+    every: int = setting(0, "every N optimizer steps, each layer drops its weakest kept weights and grows as many "
+                            "pruned ones back at zero (its kept count never changes); 0: no swaps (the original's "
+                            "default). Steps depend on the data set's size: --swap_every_epochs gives the interval in "
+                            f"epochs ({RECOMMENDED_EVERY_EPOCHS} with gradual pruning: the measured recommendation)",
+                         names=("--swap_every",), parse=non_negative_int, metavar="N")
+    every_epochs: float | None = setting(None, "instead of --swap_every: a swap every E epochs (a fraction allowed: "
+                                               "0.25 is four an epoch), turned into optimizer steps on the run's data, "
+                                               "so it means the same on any data set size",
+                                         names=("--swap_every_epochs",), parse=positive_float, metavar="E")
+    fraction: float = setting(0.3, "share of each layer's kept weights swapped at the first swap, decayed by a cosine",
+                              names=("--swap_fraction",), parse=open_fraction)
+    until: float = setting(0.75, "no swaps after this share of the finetune's steps (the cosine reaches 0 there)",
+                           names=("--swap_until",), parse=open_fraction)
+    grow_score: str = setting("gradient", "gradient: |dL/dθ| on the step's batch (RigL); saliency: (dL/dθ)^2 "
+                                          "θ_dense^2 (needs the dense model, --pretrained)", choices=list(GROW_SCORES))
+    drop_score: str = setting("magnitude", "magnitude: the smallest |θ| among kept weights are dropped",
+                              choices=list(DROP_SCORES))
 
     @property
     def enabled(self) -> bool:

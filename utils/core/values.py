@@ -1,0 +1,147 @@
+"""Value types of settings: each turns a command-line string into a checked value or raises ``BadValue`` with a
+sentence that says why (``utils.cli.flags`` hands it to argparse, which prints it as one ``error:`` line). A
+settings field names its type in its metadata (``utils.core.fields``), so a value is checked the same way wherever
+its flag appears."""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+
+class BadValue(ValueError):
+    """A flag value its type refuses; the message is the reason, printed as is."""
+
+
+def fraction(text: str) -> float:
+    """value type: a float in [0, 1] (sparsities, splits); '99' is rejected, not read as 0.99."""
+    value = _float(text)
+    if not 0.0 <= value <= 1.0:
+        raise BadValue(f"{text} is not a fraction in [0, 1] (write 0.99, not 99)")
+    return value
+
+
+def open_fraction(text: str) -> float:
+    """value type: a float strictly between 0 and 1."""
+    value = _float(text)
+    if not 0.0 < value < 1.0:
+        raise BadValue(f"{text} must lie strictly between 0 and 1")
+    return value
+
+
+def fraction_below_one(text: str) -> float:
+    """value type: a float in [0, 1) (label smoothing: 1 would leave no target)."""
+    value = _float(text)
+    if not 0.0 <= value < 1.0:
+        raise BadValue(f"{text} must lie in [0, 1)")
+    return value
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise BadValue(f"{text} is not an integer") from None
+
+
+BATCH_LIMIT = 1 << 20  # images in one batch (a batch is allocated at once)
+INT_LIMIT = 10**9  # the largest count any int flag takes (epochs, batches, steps, subsets); tighter where allocated
+FLOAT_LIMIT = 1e30  # the largest magnitude any float flag takes: far inside fp32 (3.4e38); tighter where it matters
+
+
+def _at_most(text: str, value: int, limit: int = INT_LIMIT) -> int:
+    """``value`` (parsed from ``text``) when it is at most ``limit``; ``BadValue`` otherwise."""
+    if value > limit:
+        raise BadValue(f"{text} is more than {limit:,}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """value type: an integer from 1 to ``INT_LIMIT``."""
+    value = _int(text)
+    if value < 1:
+        raise BadValue(f"{text} must be at least 1")
+    return _at_most(text, value)
+
+
+def int_up_to(limit: int) -> Callable[[str], int]:
+    """value type factory: an integer from 1 to ``limit`` (sizes that are allocated: never unbounded)."""
+
+    def bounded(text: str) -> int:
+        value = _int(text)
+        if value < 1:
+            raise BadValue(f"{text} must be at least 1")
+        if value > limit:
+            raise BadValue(f"{text} is more than {limit:,}")
+        return value
+
+    bounded.__name__ = f"int_up_to_{limit}"
+    return bounded
+
+
+def float_up_to(limit: float, base: Callable[[str], float] | None = None) -> Callable[[str], float]:
+    """value type factory: a number ``base`` accepts (default: finite and >= 0) up to ``limit`` (rates and
+    weights: never unbounded)."""
+
+    def bounded(text: str) -> float:
+        if _finite(text) > limit:  # its own bound first: the more useful line
+            raise BadValue(f"{text} is more than {limit:g}")
+        return (base or non_negative_float)(text)
+
+    bounded.__name__ = f"float_up_to_{limit:g}"
+    return bounded
+
+
+def non_negative_int(text: str) -> int:
+    """value type: an integer from 0 to ``INT_LIMIT`` (e.g. a patience, where 0 switches early stopping off)."""
+    value = _int(text)
+    if value < 0:
+        raise BadValue(f"{text} must be 0 or more")
+    return _at_most(text, value)
+
+
+def seed_int(text: str) -> int:
+    """value type: a seed in [0, 2^63) (what every generator accepts)."""
+    value = _int(text)
+    if not 0 <= value < 2**63:
+        raise BadValue(f"{text} is not a seed in [0, 2^63)")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """value type: any finite float (nan and inf are refused)."""
+    return _float(text)
+
+
+def positive_float(text: str) -> float:
+    """value type: a float > 0."""
+    value = _float(text)
+    if not value > 0:
+        raise BadValue(f"{text} must be greater than 0")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """value type: a float >= 0."""
+    value = _float(text)
+    if not value >= 0:
+        raise BadValue(f"{text} must be 0 or more")
+    return value
+
+
+def _finite(text: str) -> float:
+    """A finite float; nan and inf are refused by every float type (they would silently poison training)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise BadValue(f"{text} is not a number") from None
+    if not math.isfinite(value):
+        raise BadValue(f"{text} is not a finite number")
+    return value
+
+
+def _float(text: str) -> float:
+    """A finite float of magnitude at most ``FLOAT_LIMIT``."""
+    value = _finite(text)
+    if abs(value) > FLOAT_LIMIT:
+        raise BadValue(f"{text} is beyond ±{FLOAT_LIMIT:g}: no flag here means anything that large")
+    return value

@@ -29,6 +29,7 @@ import torch
 from utils.cli.flags import (
     add_checkpoint_args,
     add_common_args,
+    add_run_flags,
     add_scoring_args,
     cli_main,
     new_parser,
@@ -60,7 +61,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add_checkpoint_args(parser)
     parser.add_argument("--ckpt", required=True, help="sparse checkpoint (with masks)")
     parser.add_argument("--out", default=None, help="output folder")
-    parser.add_argument("--overwrite", action="store_true", help="replace the results of an earlier analysis")
+    add_run_flags(parser, {"overwrite": "replace the results of an earlier analysis"})
     parser.add_argument("--per_class", action="store_true", help="also plot saliency per class")
     return parser.parse_args(argv)
 

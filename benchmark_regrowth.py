@@ -29,7 +29,7 @@ import torch.nn as nn
 
 from benchmarks.common import timed
 from models import create_model
-from utils.cli.flags import add_common_args, add_scoring_args, cli_main, new_parser, scoring_settings
+from utils.cli.flags import add_common_args, add_run_flags, add_scoring_args, cli_main, new_parser, scoring_settings
 from utils.cli.prepare import prepare
 from utils.cli.types import fraction, positive_int
 from utils.core.errors import UsageError
@@ -60,7 +60,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add_scoring_args(parser, defaults={"saliency_batches": 8, "ssim_num_batches": 8})
     parser.add_argument("--granularity", choices=list_granularities(), default=default_granularity(),
                         help="time weight or channel regrowth")
-    parser.add_argument("--pretrained", default=None, help="dense checkpoint (default: freshly initialised)")
+    add_run_flags(parser, {"pretrained": "dense checkpoint (default: freshly initialised)"})
     parser.add_argument("--initial_ckpt", default=None, help="sparse checkpoint (default: the pruned dense model)")
     parser.add_argument("--sparsity", type=fraction, default=None,
                         help="sparsity when pruning the dense model (default 0.99 weights, 0.9 channels)")
@@ -68,7 +68,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=positive_int, default=3, help="timing repeats (best counts)")
     parser.add_argument("--skip_vgg", action="store_true", help="skip part 2 (vgg16 regrowth)")
     parser.add_argument("--out", default=None, help="output folder (default {save_dir}/{m_name}/benchmark)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an earlier benchmark's files")
+    add_run_flags(parser, {"overwrite": "replace an earlier benchmark's files"})
     return parser.parse_args(argv)
 
 

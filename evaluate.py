@@ -30,14 +30,16 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from utils.cli.flags import add_common_args, add_device_args, cli_main, new_parser, profile_from_args
+from utils.cli.flags import add_common_args, add_device_args, add_run_flags, cli_main, new_parser, profile_from_args
 from utils.cli.prepare import checked_dataset, prepare
 from utils.cli.types import positive_int
+from utils.core.fields import help_of
 from utils.core.log import LOG
 from utils.device.packed import FORMAT as PACKED
 from utils.device.packed import packed_command, read_model_file, stage_model
 from utils.device.profiles import check_fit, model_costs, onnx_fit
 from utils.runtime.checkpoint import Checkpoint
+from utils.runtime.settings import RunSettings
 from utils.runtime.stage import Stage, recorded_eval_flags, resolve_names
 from utils.runtime.train import evaluate_model
 from utils.sparsity.granularity import granularity_class
@@ -47,19 +49,19 @@ from utils.sparsity.masks import LayerCount, layer_counts
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = new_parser(__doc__)
-    add_common_args(parser, m_name_default=None, training=False)
-    parser.set_defaults(seed=None, val_split=None, eval_subset=None)
+    own = " (default: the checkpoint's own)"
+    add_common_args(parser, m_name_default=None, training=False,
+                    defaults={"seed": None, "val_split": None, "eval_subset": None},
+                    helps={"seed": help_of(RunSettings, "seed") + own,
+                           "val_split": help_of(RunSettings, "val_split") + own,
+                           "eval_subset": "evaluate on only the first N val and N test images, or 'all'" + own})
     for action in parser._actions:  # noqa: SLF001  (argparse keeps no public list)
-        if action.dest in ("seed", "val_split"):
-            action.help += " (default: the checkpoint's own)"
         if action.dest == "eval_subset":
             action.type = _subset_or_all
-            action.help = "evaluate on only the first N val and N test images, or 'all' (default: the checkpoint's own)"
     parser.add_argument("--ckpt", required=True, help="checkpoint to evaluate")
     parser.add_argument("--per_layer", action="store_true", help="also report sparsity per prunable layer")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-    parser.add_argument("--trust_pickle", action="store_true",
-                        help="allow checkpoints that are pickled nn.Modules (runs code from the file)")
+    add_run_flags(parser, {"trust_pickle": "allow checkpoints that are pickled nn.Modules (runs code from the file)"})
     add_device_args(parser)
     return parser.parse_args(argv)
 

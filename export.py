@@ -39,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from utils.cli.flags import cli_main, new_parser
+from utils.cli.flags import add_run_flags, cli_main, new_parser
 from utils.cli.prepare import prepare_model_only
 from utils.cli.types import positive_int
 from utils.core.errors import UsageError
@@ -72,8 +72,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=positive_int, default=10, help="timed forward passes per measurement")
     parser.add_argument("--no_channels_last", action="store_true", help="time in NCHW layout")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    parser.add_argument("--trust_pickle", action="store_true", help="allow a pickled nn.Module checkpoint")
+    add_run_flags(parser, {"overwrite": "replace an existing --out"})
+    add_run_flags(parser, {"trust_pickle": "allow a pickled nn.Module checkpoint"})
     parser.add_argument("--onnx", action="store_true",
                         help="also write an ONNX file checked by ONNX Runtime (any checkpoint: dense, weight- or "
                              "channel-pruned, exported)")

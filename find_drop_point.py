@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from utils.cli.flags import add_checkpoint_args, add_common_args, cli_main, new_parser
+from utils.cli.flags import add_checkpoint_args, add_common_args, add_run_flags, cli_main, new_parser
 from utils.cli.prepare import checked_dataset, prepare
 from utils.cli.types import non_negative_float, non_negative_int
 from utils.core.errors import UsageError
@@ -58,7 +58,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--bootstrap", type=bootstrap_count, default=1000,
                         help="resamples of the val images for the tolerance interval (0: none)")
     parser.add_argument("--out", default=None, help="output folder")
-    parser.add_argument("--overwrite", action="store_true", help="replace an earlier estimate's files")
+    add_run_flags(parser, {"overwrite": "replace an earlier estimate's files"})
     return parser.parse_args(argv)
 
 

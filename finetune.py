@@ -26,6 +26,7 @@ from pathlib import Path
 
 from utils.cli.flags import (
     add_common_args,
+    add_run_flags,
     add_speed_args,
     add_swap_args,
     cli_main,
@@ -58,11 +59,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              "lr": "AdamW learning rate (cosine decay)",
                              "warmup_frac": "share of steps for linear warm-up",
                              "patience": "early stop after N epochs without val gain"})
-    parser.add_argument("--trust_pickle", action="store_true", help="allow a pickled nn.Module checkpoint")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --save_path")
-    parser.add_argument("--pretrained", default=None,
-                        help="the dense model (only --grow_score saliency reads it; default "
-                             "{save_dir}/{m_name}/checkpoint/ckpt.pth)")
+    add_run_flags(parser, {"trust_pickle": "allow a pickled nn.Module checkpoint"})
+    add_run_flags(parser, {"overwrite": "replace an existing --save_path"})
+    add_run_flags(parser, {"pretrained": "the dense model (only --grow_score saliency reads it; default "
+                             "{save_dir}/{m_name}/checkpoint/ckpt.pth)"})
     add_swap_args(parser)
     return parser.parse_args(argv)
 

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from utils.cli.flags import add_common_args, add_speed_args, cli_main, new_parser
+from utils.cli.flags import add_common_args, add_run_flags, add_speed_args, cli_main, new_parser
 from utils.cli.prepare import prepare
 from utils.cli.types import (
     float_up_to,
@@ -93,8 +93,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     group.add_argument("--weight_decay", type=float_up_to(1.0), default=5e-4, help="SGD weight decay")
     group.add_argument("--patience", type=non_negative_int, default=30,
                        help="early stop after N epochs without val gain (0: off)")
-    group.add_argument("--resume", "-r", action="store_true", help="continue from last.pth")
-    group.add_argument("--overwrite", action="store_true", help="start over even if a checkpoint exists")
+    add_run_flags(group, {"resume": "continue from last.pth"}, names={"resume": ("--resume", "-r")})
+    add_run_flags(group, {"overwrite": "start over even if a checkpoint exists"})
     recipe = parser.parse_known_args(argv)[0].recipe
     parser.set_defaults(**RECIPES[recipe])
     return parser.parse_args(argv)

@@ -37,6 +37,7 @@ from utils.cli.flags import (
     add_checkpoint_args,
     add_common_args,
     add_finetune_args,
+    add_run_flags,
     add_scoring_args,
     add_selection_args,
     add_speed_args,
@@ -97,7 +98,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help=f"{INIT_HELP}; default: the granularity's, or dense with --selection reference")
     add_selection_args(parser)
     add_units_arg(parser, "all")
-    parser.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run")
+    add_run_flags(parser, {"overwrite": "replace the results of an earlier run"})
     return parser.parse_args(argv)
 
 

@@ -31,7 +31,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from utils.cli.flags import cli_main, new_parser
+from utils.cli.flags import add_run_flags, cli_main, new_parser
 from utils.core.errors import UsageError
 from utils.core.files import write_csv, write_json
 from utils.core.paths import check_output_file
@@ -47,7 +47,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--csv", default=None, help="also write every table row to this CSV file")
     parser.add_argument("--json", default=None, help="also write the tables to this JSON file")
     parser.add_argument("--plot", default=None, help="figure path (default: report.png beside the roots)")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing report files")
+    add_run_flags(parser, {"overwrite": "replace existing report files"})
     return parser.parse_args(argv)
 
 

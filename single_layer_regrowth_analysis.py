@@ -31,6 +31,7 @@ from utils.cli.flags import (
     add_checkpoint_args,
     add_common_args,
     add_finetune_args,
+    add_run_flags,
     add_scoring_args,
     add_selection_args,
     add_speed_args,
@@ -77,7 +78,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add_selection_args(parser)
     add_finetune_args(parser, 5, "finetune epochs after each single-layer regrowth (and for the control)")
     parser.add_argument("--out", default=None, help="output folder")
-    parser.add_argument("--overwrite", action="store_true", help="replace the results of an earlier analysis")
+    add_run_flags(parser, {"overwrite": "replace the results of an earlier analysis"})
     return parser.parse_args(argv)
 
 

@@ -14,9 +14,11 @@ import torch
 
 from data.loader import Augment, DeviceLoader
 from utils.core.errors import UsageError
+from utils.core.fields import setting
 from utils.core.provenance import data_fingerprint
 from utils.core.registry import Registry
 from utils.core.seeds import make_generator
+from utils.core.values import BATCH_LIMIT, int_up_to
 
 
 @dataclass
@@ -115,16 +117,18 @@ class DataSettings:
     stays the same); ``eval_subset`` keeps only the first N images of val and of test (quick runs: every
     evaluation costs less, and its accuracy is measured on fewer images)."""
 
-    data_dir: str | Path = "./data"  # folder holding the data sets (not read by synthetic)
+    data_dir: str | Path = setting("./data", "folder holding the data sets")
+    # the next seven come from the run's settings (``RunSettings``, whose fields carry their flags)
     seed: int = 42  # run seed: the val split and the 'data_order' stream (shuffling, augmentation)
     val_split: float = 0.1  # fraction of the training split held out as val, in (0, 1)
     batch_size: int = 128  # training batch
-    eval_batch_size: int = 500  # val / test batch
     train_subset: int | None = None  # first N training images (None: all)
     eval_subset: int | None = None  # first N val and N test images (None: all)
-    download: bool = True  # fetch a missing data set where its reader can
     channels_last: bool = True  # batches in channels_last memory layout
     augment: bool = True  # the data set's training augmentation (crop, flip, ...)
+    eval_batch_size: int = setting(500, "evaluation batch size", parse=int_up_to(BATCH_LIMIT))
+    download: bool = setting(True, "never try to download a missing data set", names=("--no_download",),
+                             negated=True)
 
 
 def get_data(name: str, settings: DataSettings = DataSettings(), *, device: torch.device) -> DataBundle:

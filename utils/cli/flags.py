@@ -19,7 +19,6 @@ from utils.cli.types import (
     open_fraction,
     positive_float,
     positive_int,
-    seed_int,
 )
 from utils.core.distributed import (
     close_world,
@@ -34,7 +33,6 @@ from utils.core.paths import (
     prune_dir,
 )
 from utils.core.provenance import running, script_command
-from utils.core.values import BATCH_LIMIT
 from utils.device.profiles import LIMITS, MAX_LATENCY_BATCH, DeviceProfile, load_profile
 from utils.device.storage import FORMATS
 from utils.runtime.settings import (
@@ -136,68 +134,57 @@ def new_parser(doc: str | None) -> ArgumentParser:
 
 
 def add_common_args(parser: argparse.ArgumentParser, *, m_name_default: str | None = "resnet20",
-                    training: bool = True) -> None:
-    """Flags every stage shares: model, data, output folder, seed, device. ``training=False`` (a stage that
-    only evaluates and writes nothing) still accepts the flags only training and writing use, so shared
-    command lines keep working, but leaves them out of --help."""
+                    training: bool = True, defaults: dict | None = None, helps: dict | None = None) -> None:
+    """Flags every stage shares: model, data, output folder, seed, device (``RunSettings``, ``DataSettings``).
+    ``training=False`` (a stage that only evaluates and writes nothing) still accepts the flags only training and
+    writing use, so shared command lines keep working, but leaves them out of --help. ``defaults`` / ``helps``:
+    the stage's own, for ``RunSettings`` fields."""
     group = parser.add_argument_group("common")
-    unlisted = {} if training else {"help": argparse.SUPPRESS}
+    hidden = () if training else ("save_dir", "batch_size", "train_subset", "augment")
+    run = {"defaults": defaults, "helps": helps, "hidden": hidden}
     group.add_argument("--m_name", default=m_name_default, help="model name (see models/)")
     group.add_argument("--dataset", default=None,
                        help="cifar10 | tiny_imagenet | synthetic (default: the model's own data set)")
-    group.add_argument("--data_dir", default="./data", help="folder holding the data sets")
-    group.add_argument("--save_dir", default="./runs", **({"help": "root of all run folders"} | unlisted))
-    group.add_argument("--seed", type=seed_int, default=42, help="run seed (data order, val split, init)")
+    add_settings_args(group, DataSettings, only=("data_dir",))
+    add_settings_args(group, RunSettings, only=("save_dir", "seed"), **run)
     group.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    group.add_argument("--batch_size", type=int_up_to(BATCH_LIMIT), default=128,
-                       **({"help": "training batch size"} | unlisted))
-    group.add_argument("--eval_batch_size", type=int_up_to(BATCH_LIMIT), default=500, help="evaluation batch size")
-    group.add_argument("--val_split", type=open_fraction, default=0.1,
-                       help="fraction of the training set held out for validation")
-    group.add_argument("--train_subset", type=positive_int, default=None,
-                       **({"help": "use only the first N training images (quick runs)"} | unlisted))
-    group.add_argument("--eval_subset", type=positive_int, default=None,
-                       help="evaluate on only the first N val and N test images (quick runs; default: all)")
-    group.add_argument("--no_download", action="store_true", help="never try to download a missing data set")
-    group.add_argument("--no_augment", action="store_true",
-                       **({"help": "train without crop/flip/jitter augmentation"} | unlisted))
-    group.add_argument("--no_progress", action="store_true", help="no progress bars")
-    group.add_argument("--no_amp", action="store_true",
-                       help="fp32 everywhere, evaluation included: no bf16 autocast (the default on CUDA and on CPUs "
-                            "with AMX or AVX512-BF16)")
+    add_settings_args(group, RunSettings, only=("batch_size",), **run)
+    add_settings_args(group, DataSettings, only=("eval_batch_size",))
+    add_settings_args(group, RunSettings, only=("val_split", "train_subset", "eval_subset"), **run)
+    add_settings_args(group, DataSettings, only=("download",))
+    add_settings_args(group, RunSettings, only=("augment", "progress", "amp"), **run)
+
+
+def add_run_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, helps: dict[str, str],
+                  names: dict[str, tuple[str, ...]] | None = None) -> None:
+    """The ``RunSettings`` flags a script adds itself (e.g. --overwrite, --resume, --trust_pickle), each with this
+    script's help sentence (``helps``: field name -> help; ``names``: its spellings here)."""
+    add_settings_args(parser, RunSettings, only=tuple(helps), helps=helps, names=names)
+
+
+# the DataSettings fields that are the run's (RunSettings carries their flags)
+RUN_DATA_FIELDS = ("seed", "val_split", "batch_size", "train_subset", "eval_subset", "channels_last", "augment")
 
 
 def run_settings(args: argparse.Namespace) -> RunSettings:
     """The shared settings of a stage from its flags (``add_common_args``, ``add_speed_args``,
-    ``add_checkpoint_args``, --overwrite / --resume); a flag the script does not define keeps its default."""
-    given = lambda name, default=None: getattr(args, name, default)  # noqa: E731
-    if given("resume", False) and given("overwrite", False):
+    ``add_checkpoint_args``, --overwrite / --resume); a flag the script does not add keeps its field's default."""
+    run = settings_from_args(RunSettings, args)
+    if run.resume and run.overwrite:
         raise UsageError("--resume continues an earlier run and --overwrite starts it over: pass one of them")
-    return RunSettings(save_dir=given("save_dir", "./runs"), seed=given("seed", 42), val_split=given("val_split", 0.1),
-                       batch_size=given("batch_size", 128), train_subset=given("train_subset"),
-                       eval_subset=given("eval_subset"), augment=not given("no_augment", False),
-                       progress=not given("no_progress", False), amp=not given("no_amp", False),
-                       channels_last=not given("no_channels_last", False), compile=bool(given("compile", False)),
-                       overwrite=bool(given("overwrite", False)), resume=bool(given("resume", False)),
-                       pretrained=given("pretrained"), trust_pickle=bool(given("trust_pickle", False)),
-                       allow_other_dense=bool(given("allow_other_dense", False)))
+    return run
 
 
 def data_settings(args: argparse.Namespace) -> DataSettings:
-    """Where the data set lives and how its splits are cut and batched, from the flags of ``add_common_args``
-    (and ``--no_augment`` / ``--no_channels_last`` where a script defines them)."""
-    return DataSettings(data_dir=args.data_dir, seed=args.seed, val_split=args.val_split, batch_size=args.batch_size,
-                        eval_batch_size=args.eval_batch_size, train_subset=args.train_subset,
-                        eval_subset=args.eval_subset, download=not args.no_download,
-                        channels_last=not getattr(args, "no_channels_last", False),
-                        augment=not getattr(args, "no_augment", False))
+    """Where the data set lives and how its splits are cut and batched: the flags of ``add_common_args`` (and
+    ``--no_augment`` / ``--no_channels_last`` where a script adds them)."""
+    run = settings_from_args(RunSettings, args)
+    return settings_from_args(DataSettings, args, **{name: getattr(run, name) for name in RUN_DATA_FIELDS})
 
 
 def add_speed_args(parser: argparse.ArgumentParser) -> None:
     """Flags that trade speed for nothing but memory layout and precision."""
-    group = parser.add_argument_group("speed")
-    group.add_argument("--no_channels_last", action="store_true", help="keep NCHW memory layout")
-    group.add_argument("--compile", action="store_true", help="torch.compile the model")
+    add_settings_args(parser.add_argument_group("speed"), RunSettings, only=("channels_last", "compile"))
 
 
 def add_scoring_args(parser: argparse.ArgumentParser, defaults: dict | None = None) -> None:
@@ -214,15 +201,8 @@ def scoring_settings(args: argparse.Namespace) -> ScoringSettings:
 def add_checkpoint_args(parser: argparse.ArgumentParser, pairs: bool = True) -> None:
     """--pretrained (the dense model), --trust_pickle and (``pairs``: the stage pairs a sparse checkpoint with
     the dense model) --allow_other_dense."""
-    parser.add_argument("--pretrained", default=None,
-                        help="dense pretrained checkpoint (default {save_dir}/{m_name}/checkpoint/ckpt.pth)")
-    parser.add_argument("--trust_pickle", action="store_true",
-                        help="allow checkpoints that are pickled nn.Modules (runs code from the file)")
-    if pairs:
-        parser.add_argument("--allow_other_dense", action="store_true",
-                            help="pair a sparse checkpoint with a dense model it was not pruned from (its meta "
-                                 "records its dense parent's fingerprint; a mismatch is refused by default); what "
-                                 "this stage writes then records --pretrained as its parent")
+    add_settings_args(parser, RunSettings, only=("pretrained", "trust_pickle") + (("allow_other_dense",) if pairs
+                                                                                  else ()))
 
 
 def add_finetune_args(parser: argparse.ArgumentParser, epochs: int | None, what: str = "finetune epochs") -> None:
@@ -251,7 +231,7 @@ def swap_settings(args: argparse.Namespace) -> SwapSettings | None:
         raise UsageError("--swap_every (steps) and --swap_every_epochs (epochs) give the same interval; pass one")
     if not swap.enabled:
         return None
-    if getattr(args, "compile", False):
+    if settings_from_args(RunSettings, args).compile:
         raise UsageError("swap cycles (--swap_every, --swap_every_epochs) do not work with --compile (the swap reads "
                          "each layer's dense gradient through a hook that a compiled graph skips); drop one of them")
     return swap
@@ -260,8 +240,7 @@ def swap_settings(args: argparse.Namespace) -> SwapSettings | None:
 def add_prune_finetune_args(parser: argparse.ArgumentParser) -> None:
     """--patience (50, the original's) and --select_on of the finetune after each prune step, and --overwrite."""
     add_settings_args(parser, FinetuneSettings, only=("patience", "select_on"), defaults={"patience": 50})
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace checkpoints and log rows an earlier run wrote (default: refuse)")
+    add_run_flags(parser, {"overwrite": "replace checkpoints and log rows an earlier run wrote (default: refuse)"})
 
 
 def add_controller_args(parser: argparse.ArgumentParser, *, episodes: int, action_space_size: int,
@@ -274,16 +253,18 @@ def add_controller_args(parser: argparse.ArgumentParser, *, episodes: int, actio
     group = parser.add_argument_group("regrowth search")
     parser.add_argument("--initial_ckpt", "--pruned_ckpt", dest="initial_ckpt", required=True,
                         help="sparse starting checkpoint (with masks)")
+    add_settings_args(group, SearchSettings, only=("episodes",), defaults={"episodes": episodes})
     group.add_argument("--init_strategy", default=None,
                        help=f"{INIT_HELP}; default {default_init}, or dense with --selection reference")
-    add_settings_args(group, SearchSettings, skip=("finetune_epochs", "lr", "weight_decay", "temperature"),
-                      defaults={"episodes": episodes, "action_space_size": action_space_size,
-                                "early_stop_patience": patience})
+    add_settings_args(group, SearchSettings, skip=("episodes", "finetune_epochs", "lr", "weight_decay", "temperature",
+                                                   "paired", "learn"),
+                      defaults={"action_space_size": action_space_size, "early_stop_patience": patience})
     group.add_argument("--share_gpus", action="store_true",
                        help="under torchrun, allow more processes than GPUs: local rank r runs its episodes on GPU "
                             "r mod G (collectives over gloo); one small model's episode leaves a GPU mostly idle")
-    group.add_argument("--resume", action="store_true", help="continue the search from its search_state.pt")
-    group.add_argument("--overwrite", action="store_true", help="start over where a search already ran")
+    add_settings_args(group, SearchSettings, only=("paired", "learn"))
+    add_run_flags(group, {"resume": "continue the search from its search_state.pt"})
+    add_run_flags(group, {"overwrite": "start over where a search already ran"})
 
 
 def add_device_args(parser: argparse.ArgumentParser) -> None:

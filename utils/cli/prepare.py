@@ -43,7 +43,7 @@ def dense_dataset(args: argparse.Namespace, model_name: str | None) -> str | Non
     path = Path(args.pretrained) if args.pretrained else pretrained_path(args.save_dir, model_spec(model_name).name)
     if not path.is_file():
         return args.dataset
-    recorded = read_checkpoint(path, trust_pickle=getattr(args, "trust_pickle", False)).dataset
+    recorded = read_checkpoint(path, trust_pickle=run_settings(args).trust_pickle).dataset
     return checked_dataset(args.dataset, recorded, path)
 
 
@@ -82,7 +82,7 @@ def prepare_dense_sparse(args: argparse.Namespace, sparse_path: str | Path, repa
     """Stage for the sparse checkpoint ``sparse_path`` (model and data set default to the ones it records)
     and both models: the dense one from ``--pretrained`` (default ``pretrained_path``) and the sparse one,
     which must carry masks. ``granularity=None`` works at the checkpoint's own granularity."""
-    sparse_ckpt = read_checkpoint(sparse_path, trust_pickle=getattr(args, "trust_pickle", False))
+    sparse_ckpt = read_checkpoint(sparse_path, trust_pickle=run_settings(args).trust_pickle)
     stage = prepare(args, args.m_name or sparse_ckpt.model,
                     checked_dataset(args.dataset, sparse_ckpt.dataset, Path(sparse_path)),
                     granularity or sparse_ckpt.granularity)

@@ -68,3 +68,8 @@ def flags_of(cls: type) -> dict[str, Flag]:
 def default_of(cls: type, name: str) -> Any:
     """The default of field ``name`` of dataclass ``cls`` (``REQUIRED`` when it has none)."""
     return next(f.default for f in dataclasses.fields(cls) if f.name == name)
+
+
+def help_of(cls: type, name: str) -> str:
+    """The help sentence of field ``name``'s flag (for a stage that adds to it)."""
+    return flags_of(cls)[name].help

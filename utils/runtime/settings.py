@@ -1,10 +1,11 @@
 """Typed settings: what the library reads instead of a parsed command line.
 
-A stage script's flags become these dataclasses in one place per flag group (``utils.cli.flags``); everything
-below the scripts takes them. Each field says its unit and range; the defaults are the flags' defaults, so a
-settings object built by hand (tests, benchmarks, notebooks) behaves as the command line with no flags, except
-where scripts differ among themselves: ``FinetuneSettings`` defaults to no early stop and no warm-up (the
-scripts state their own ``--patience``, 40 or 50, and finetune.py its warm-up, where they add the flags).
+Each field with ``setting(...)`` metadata is its own flag: default, value type, help and spellings are written
+here once, and ``utils.cli.settings_flags`` makes the flags from them and the dataclasses from the parsed flags;
+everything below the scripts takes the dataclasses. A settings object built by hand (tests, benchmarks, notebooks)
+behaves as the command line with no flags, except where a stage states its own default where it adds the flags:
+``FinetuneSettings`` has no early stop and no warm-up by default, the prune scripts' ``--patience`` is 50, greedy
+regrowth's 40, finetune.py warms up; the searches' lengths come from the granularity and schedule.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import torch
 
 from utils.core.fields import REQUIRED, setting
 from utils.core.values import (
+    BATCH_LIMIT,
     finite_float,
     float_up_to,
     fraction,
@@ -24,6 +26,7 @@ from utils.core.values import (
     open_fraction,
     positive_float,
     positive_int,
+    seed_int,
 )
 from utils.sparsity.swap import SwapSettings
 
@@ -32,22 +35,30 @@ from utils.sparsity.swap import SwapSettings
 class RunSettings:
     """What every stage shares: where it writes, its seed, which images it sees, and how it runs."""
 
-    save_dir: str = "./runs"  # root of all run folders
-    seed: int = 42  # run seed: data order, val split, init draws, policy
-    val_split: float = 0.1  # fraction of the training set held out for validation, in (0, 1)
-    batch_size: int = 128  # global training batch
-    train_subset: int | None = None  # first N training images only (None: all)
-    eval_subset: int | None = None  # first N val and N test images only (None: all)
-    augment: bool = True  # crop / flip / jitter while training
-    progress: bool = True  # progress bars
-    amp: bool = True  # bf16 autocast where the device has native bf16 (CUDA; AMX / AVX512-BF16 CPUs), else fp32
-    channels_last: bool = True  # channels_last memory layout
-    compile: bool = False  # torch.compile the model
-    overwrite: bool = False  # replace what an earlier run wrote
-    resume: bool = False  # continue an earlier run from its resume point
-    pretrained: str | None = None  # the dense checkpoint (None: pretrain.py's for the model)
-    trust_pickle: bool = False  # load checkpoints that are pickled nn.Modules (runs code from the file)
-    allow_other_dense: bool = False  # pair a sparse checkpoint with a dense model it was not pruned from
+    save_dir: str = setting("./runs", "root of all run folders")
+    seed: int = setting(42, "run seed (data order, val split, init)", parse=seed_int)
+    val_split: float = setting(0.1, "fraction of the training set held out for validation", parse=open_fraction)
+    batch_size: int = setting(128, "training batch size", parse=int_up_to(BATCH_LIMIT))
+    train_subset: int | None = setting(None, "use only the first N training images (quick runs)", parse=positive_int)
+    eval_subset: int | None = setting(None, "evaluate on only the first N val and N test images (quick runs; "
+                                            "default: all)", parse=positive_int)
+    augment: bool = setting(True, "train without crop/flip/jitter augmentation", names=("--no_augment",),
+                            negated=True)
+    progress: bool = setting(True, "no progress bars", names=("--no_progress",), negated=True)
+    amp: bool = setting(True, "fp32 everywhere, evaluation included: no bf16 autocast (the default on CUDA and on "
+                              "CPUs with AMX or AVX512-BF16)", names=("--no_amp",), negated=True)
+    channels_last: bool = setting(True, "keep NCHW memory layout", names=("--no_channels_last",), negated=True)
+    compile: bool = setting(False, "torch.compile the model", switch=True)
+    overwrite: bool = setting(False, "replace what an earlier run wrote", switch=True)
+    resume: bool = setting(False, "continue an earlier run from its resume point", switch=True)
+    pretrained: str | None = setting(None, "dense pretrained checkpoint (default {save_dir}/{m_name}/checkpoint/"
+                                           "ckpt.pth)")
+    trust_pickle: bool = setting(False, "allow checkpoints that are pickled nn.Modules (runs code from the file)",
+                                 switch=True)
+    allow_other_dense: bool = setting(False, "pair a sparse checkpoint with a dense model it was not pruned from (its "
+                                             "meta records its dense parent's fingerprint; a mismatch is refused by "
+                                             "default); what this stage writes then records --pretrained as its "
+                                             "parent", switch=True)
 
     @property
     def speed(self) -> dict[str, bool]:
@@ -70,12 +81,12 @@ class FinetuneSettings:
     epochs: int = setting(REQUIRED, "finetune epochs", names=("--finetune_epochs",), parse=positive_int)
     lr: float = setting(3e-4, "AdamW learning rate of the finetunes", parse=positive_float)
     weight_decay: float = setting(0.01, "AdamW weight decay", parse=float_up_to(1.0))
-    patience: int = setting(0, "stop a finetune after N epochs without val gain (0: never)", parse=non_negative_int)
-    select_on: str = setting("val", "split that picks the best finetune epoch ('test' only to reproduce the "
-                                    "original)", choices=("val", "test"))
     warmup_frac: float | None = setting(None, "share of steps for linear warm-up (None: constant lr; else a linear "
                                               "warm-up over that share of all steps, then cosine decay to 0)",
                                         parse=fraction)
+    patience: int = setting(0, "stop a finetune after N epochs without val gain (0: never)", parse=non_negative_int)
+    select_on: str = setting("val", "split that picks the best finetune epoch ('test' only to reproduce the "
+                                    "original)", choices=("val", "test"))
     swap: SwapSettings | None = None  # swap cycles at constant density during the finetune (None: none)
 
 

@@ -70,7 +70,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (latency is measured here)")
     parser.add_argument("--batch_sizes", type=positive_int, nargs="+", default=[1, 128], help="latency batch sizes")
     parser.add_argument("--repeats", type=positive_int, default=10, help="timed forward passes per measurement")
-    parser.add_argument("--no_channels_last", action="store_true", help="time in NCHW layout")
+    add_run_flags(parser, {"channels_last": "time in NCHW layout"})
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     add_run_flags(parser, {"overwrite": "replace an existing --out"})
     add_run_flags(parser, {"trust_pickle": "allow a pickled nn.Module checkpoint"})

@@ -10,17 +10,19 @@ from pathlib import Path
 
 import pytest
 
+from data import DataSettings
 from utils.cli.flags import ArgumentParser
 from utils.cli.settings_flags import FIELD_OF, STAGE_DEFAULT, add_settings_args, settings_from_args
 from utils.core.fields import REQUIRED, default_of, flags_of, setting
 from utils.core.values import positive_int
-from utils.runtime.settings import FinetuneSettings, ScheduleSettings, ScoringSettings, SearchSettings
+from utils.runtime.settings import FinetuneSettings, RunSettings, ScheduleSettings, ScoringSettings, SearchSettings
 from utils.scoring.selection import SelectionSettings
 from utils.sparsity.swap import SwapSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 # the dataclasses that carry their flags
-CONVERTED = (ScoringSettings, SwapSettings, FinetuneSettings, SearchSettings, SelectionSettings, ScheduleSettings)
+CONVERTED = (RunSettings, DataSettings, ScoringSettings, SwapSettings, FinetuneSettings, SearchSettings,
+             SelectionSettings, ScheduleSettings)
 SCRIPTS = sorted(p.stem for p in ROOT.glob("*.py") if "def parse_args" in p.read_text())
 
 

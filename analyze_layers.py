@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from utils.cli.commands import commands
 from utils.cli.flags import (
     add_checkpoint_args,
     add_common_args,
@@ -149,7 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                        Path(args.ckpt).name)
         written.append(out / "saliency_per_class.png")
     dense = f" --pretrained {args.pretrained}" if args.pretrained else ""
-    log_outputs(written, f"python {gran.search_script} --m_name {stage.model_name} --save_dir {args.save_dir}{dense} "
+    search = commands(gran).search_script
+    log_outputs(written, f"python {search} --m_name {stage.model_name} --save_dir {args.save_dir}{dense} "
                          f"--initial_ckpt {args.ckpt}")
     return 0
 

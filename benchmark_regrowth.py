@@ -29,6 +29,7 @@ import torch.nn as nn
 
 from benchmarks.common import timed
 from models import create_model
+from utils.cli.commands import commands
 from utils.cli.flags import add_common_args, add_run_flags, add_scoring_args, cli_main, new_parser, scoring_settings
 from utils.cli.prepare import prepare
 from utils.cli.types import fraction, positive_int
@@ -79,7 +80,8 @@ def models(stage: Stage, args: argparse.Namespace) -> tuple[nn.Module, nn.Module
         return dense, stage.load_model(args.initial_ckpt, sparse=True, reparam=True)
     sparse = clone_model(dense)
     gran = stage.granularity
-    get_pruner(gran.demo_pruner, gran).prune(sparse, args.sparsity or gran.demo_sparsity)  # the pipeline's start
+    demo = commands(gran)
+    get_pruner(demo.demo_pruner, gran).prune(sparse, args.sparsity or demo.demo_sparsity)  # the pipeline's start
     return dense, sparse
 
 

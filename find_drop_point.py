@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from utils.cli.commands import commands
 from utils.cli.flags import add_checkpoint_args, add_common_args, add_run_flags, cli_main, new_parser
 from utils.cli.prepare import checked_dataset, prepare
 from utils.cli.types import non_negative_float, non_negative_int
@@ -104,10 +105,11 @@ def curve_command(folder: Path) -> str:
     done = {round(float(r["sparsity"]), 4) for r in read_csv(oneshot / PRUNE_LOG, {"sparsity": float})}
     if len(done) >= 4 and oneshot != folder:
         return f"; the one-shot curve beside it has {len(done)} points: pass --model_dir {oneshot}"
-    targets = " ".join(f"{t:g}" for t in cls.boundary_grid if round(t, 4) not in done)
+    targets = " ".join(f"{t:g}" for t in commands(cls).boundary_grid if round(t, 4) not in done)
     where = folder if len(folder.parts) >= 3 else folder.resolve()  # {save_dir}/{model}/{folder}
     model, save_dir = where.parent.name, where.parent.parent
-    return (f"; make a curve with python {cls.prune_script} --m_name {model} --save_dir {save_dir} --mode oneshot "
+    return (f"; make a curve with python {commands(cls).prune_script} --m_name {model} --save_dir {save_dir} "
+            "--mode oneshot "
             f"--target_sparsity {targets} (and the run's own data and --finetune_epochs flags), then pass "
             f"--model_dir {oneshot}")
 

@@ -59,6 +59,7 @@ import regrowth_structure_oneshot
 import report
 from data import DataSettings
 from models import create_model
+from utils.cli.commands import commands
 from utils.cli.flags import add_swap_args, cli_main, new_parser, profile_from_args, swap_settings
 from utils.cli.types import positive_float, seed_int
 from utils.core.errors import ReportedError, UsageError
@@ -121,7 +122,7 @@ PRESETS: dict[str, dict] = {
                       "batch_size": 128, "pretrain_epochs": 200, "prune_epochs": 400, "episodes": 400,
                       "mini_epochs": 50, "final_epochs": 400, "ssim_num_batches": 64},
 }
-# the stage scripts a granularity names (its prune_script and search_script), by file name
+# the stage scripts of a granularity's command table (utils/cli/commands.py), by file name
 STAGE_MAINS: dict[str, Callable[[Sequence[str] | None], int]] = {
     "prune_unstructure.py": prune_unstructure.main, "prune_structure.py": prune_structure.main,
     "regrowth_oneshot.py": regrowth_oneshot.main, "regrowth_structure_oneshot.py": regrowth_structure_oneshot.main}
@@ -261,8 +262,9 @@ def run_chain(args: argparse.Namespace, seed: int, save_dir: Path) -> int:
     sparse row ends at the same sparsity after the same epochs after pruning (``prune_epochs + final_epochs``),
     and both allocators regrow the same budget into the same units (every unit with room)."""
     g, timer = granularity_class(args.granularity), Timer()
-    p = {**PRESETS[args.preset], "sparsity": g.demo_sparsity, "regrow_step": g.demo_regrow_step}
-    prune_main, search_main = STAGE_MAINS[g.prune_script], STAGE_MAINS[g.search_script]
+    p = {**PRESETS[args.preset], "sparsity": commands(g).demo_sparsity,
+         "regrow_step": commands(g).demo_regrow_step}
+    prune_main, search_main = STAGE_MAINS[commands(g).prune_script], STAGE_MAINS[commands(g).search_script]
     root = model_root(save_dir, p["m_name"])
     common, train = _flags(args, p, seed, save_dir)
     check_output_dir(root, what="--save_dir")
@@ -438,13 +440,14 @@ def run_device_chain(args: argparse.Namespace, seed: int, save_dir: Path) -> int
     p, profile, timer = PRESETS[args.preset], device_profile(args), Timer()
     m, gran = p["m_name"], get_granularity(args.granularity, p["m_name"])
     g = gran.name
-    prune_main, search_main = STAGE_MAINS[gran.prune_script], STAGE_MAINS[gran.search_script]
+    prune_main, search_main = STAGE_MAINS[commands(gran).prune_script], STAGE_MAINS[commands(gran).search_script]
     reference = create_model(m)
     add_reparam(reference)
     total = gran.total(reference)
     bound = device_targets(profile, gran, reference, args.past_limit)
     at_limit, past = bound.at_limit, bound.start
-    grid = [t for t in gran.boundary_grid if min(abs(t - at_limit), abs(t - past)) > 1e-3 and t < 1 - 1 / total]
+    grid = [t for t in commands(gran).boundary_grid
+            if min(abs(t - at_limit), abs(t - past)) > 1e-3 and t < 1 - 1 / total]
     targets = sorted({*grid, at_limit, past})
     root = model_root(save_dir, m)
     common, train = _flags(args, p, seed, save_dir)

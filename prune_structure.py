@@ -28,6 +28,7 @@ import utils.core.interrupt  # noqa: F401 isort: skip  (first: a Ctrl-C while to
 import argparse
 from collections.abc import Sequence
 
+from utils.cli.commands import commands
 from utils.cli.flags import (
     add_checkpoint_args,
     add_common_args,
@@ -81,7 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                            stage.data.train.with_generator(make_generator(args.seed, "prune_scores", stage.device)),
                            args.taylor_batches)
     out = prune_dir(args.save_dir, stage.model_name, stage.granularity, args.mode)
-    PruneRun(stage, pruner, context, out, schedule_settings(args), finetune_settings(args)).run(pretrained)
+    PruneRun(stage, pruner, context, out, schedule_settings(args), finetune_settings(args),
+             search_script=commands(stage.granularity).search_script).run(pretrained)
     return 0
 
 

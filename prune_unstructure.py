@@ -28,6 +28,7 @@ import utils.core.interrupt  # noqa: F401 isort: skip  (first: a Ctrl-C while to
 import argparse
 from collections.abc import Sequence
 
+from utils.cli.commands import commands
 from utils.cli.flags import (
     add_checkpoint_args,
     add_common_args,
@@ -77,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     swap = finetuning.swap
     dense = stage.layer_weights(pretrained) if swap is not None and swap.grow_score in NEEDS_DENSE else None
     PruneRun(stage, pruner, PruneContext(make_generator(args.seed, "pruner")), out, schedule_settings(args),
-             finetuning, dense).run(pretrained)
+             finetuning, dense, commands(stage.granularity).search_script).run(pretrained)
     return 0
 
 

@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from utils.cli.commands import commands
 from utils.cli.flags import (
     INIT_HELP,
     add_checkpoint_args,
@@ -108,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stage, pair = prepare_dense_sparse(args, args.initial_ckpt, reparam=True, granularity=args.granularity)
     gran = stage.granularity
     selection = selection_settings(args, gran.default_init)
-    scoring = replace(scoring_settings(args), saliency_batches=args.saliency_batches or gran.score_batches)
+    scoring = replace(scoring_settings(args), saliency_batches=args.saliency_batches or commands(gran).score_batches)
     gran.check_init(selection.init_strategy)
     args.init_strategy, args.saliency_batches = selection.init_strategy, scoring.saliency_batches  # as recorded
     folder = args.greedy_mode + ("" if args.units == "all" else f"_{args.units}")  # the default keeps its name

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from data import DataSettings
+from utils.cli.commands import commands
 from utils.cli.settings_flags import add_settings_args, settings_from_args
 from utils.cli.types import (
     fraction,
@@ -359,10 +360,11 @@ def add_search_args(parser: argparse.ArgumentParser, granularity: str, schedule:
     """Every flag of a regrowth search script at ``granularity`` (weight|channel) and ``schedule``
     (oneshot|iterative), with the original scripts' names as aliases."""
     kind = granularity_class(granularity)
-    episodes, actions, epochs, patience = kind.search_defaults[schedule]
+    table = commands(kind)
+    episodes, actions, epochs, patience = table.search_defaults[schedule]
     add_common_args(parser, m_name_default=None)
     add_speed_args(parser)
-    add_scoring_args(parser, defaults={"saliency_batches": kind.score_batches})
+    add_scoring_args(parser, defaults={"saliency_batches": table.score_batches})
     add_controller_args(parser, episodes=episodes, action_space_size=actions, finetune_epochs=epochs,
                         patience=patience, default_init=kind.default_init)
     add_selection_args(parser)
@@ -381,9 +383,9 @@ def add_search_args(parser: argparse.ArgumentParser, granularity: str, schedule:
     else:
         parser.add_argument("--target_sparsity", type=fraction, required=True, help="stop at or below this sparsity")
         parser.add_argument("--num_iters", type=positive_int, default=10, help="maximum regrowth iterations")
-        parser.add_argument("--budget_space_size", type=int_up_to(10_000), default=kind.budget_space_size,
+        parser.add_argument("--budget_space_size", type=int_up_to(10_000), default=table.budget_space_size,
                             help="B budget options")
-        low, high = kind.budget_fracs
+        low, high = table.budget_fracs
         parser.add_argument("--min_budget_frac", "--min_restore_frac", dest="min_budget_frac", type=open_fraction,
                             default=low, help="smallest budget / N_tot")
         parser.add_argument("--max_budget_frac", "--max_restore_frac", dest="max_budget_frac", type=open_fraction,

@@ -49,6 +49,7 @@ class PruneRun:
     schedule: ScheduleSettings
     finetuning: FinetuneSettings  # the finetune after each step (with swap cycles when it has them)
     dense: dict[str, torch.Tensor] | None = None  # the dense weights by layer (the ``saliency`` swap grow score)
+    search_script: str | None = None  # the granularity's RL search script, named in the next: line (None: none)
 
     @property
     def iterative(self) -> bool:
@@ -202,15 +203,16 @@ class PruneRun:
             self.run_oneshot(pretrained, list(plan.target_sparsity), gradual=plan.mode == "gradual")
         rows = read_prune_log(self.out / PRUNE_LOG)
         last = self.out / max(rows, key=lambda r: float(r["sparsity"]))["checkpoint"]
-        search = self.stage.granularity.search_script
+        search = "" if self.search_script is None else (
+            f"; the original method's next step, an RL regrowth search: python {self.search_script} "
+            f"{self.stage.repeat_flags()}{f' --pretrained {run.pretrained}' if run.pretrained else ''} "
+            f"--initial_ckpt {last} --num_epochs 200 --episode_steps 30 --episode_val_subset 1000")
         log_outputs([self.out / PRUNE_LOG, self.out / self.figure, self.out / "log.txt",
                      f"{len(rows)} checkpoint(s) in {self.out}/, the sparsest {last.name}, each with its "
                      "finetune_*.csv (one row per epoch)" + (" and schedule_*.csv" if self.figure == GRADUAL_PLOT
                                                               else "")],
-                    f"python evaluate.py --ckpt {last} --per_layer   (then finetune.py or export.py --ckpt {last}; "
-                    f"the original method's next step, an RL regrowth search: python {search} "
-                    f"{self.stage.repeat_flags()}{f' --pretrained {run.pretrained}' if run.pretrained else ''} "
-                    f"--initial_ckpt {last} --num_epochs 200 --episode_steps 30 --episode_val_subset 1000)")
+                    f"python evaluate.py --ckpt {last} --per_layer   (then finetune.py or export.py --ckpt {last}"
+                    f"{search})")
 
     def run_oneshot(self, dense_path: Path, targets: list[float], gradual: bool = False) -> None:
         """One step from the dense model ``dense_path`` to each target sparsity (all checked first); ``gradual``:

@@ -134,15 +134,8 @@ class ChannelGranularity(Granularity):
     default_init = "dense"
     keep_per_unit = 1
     unit_noun = "channel group"
-    search_defaults = {"oneshot": (300, 10, 50, 40), "iterative": (300, 10, 40, 40)}
-    score_batches = 10
-    budget_fracs = (0.005, 0.01)
-    budget_space_size = 6
     prune_prefix, file_tag, regrowth_stem, greedy_stem = "structured_", "ch", "regrowth_structure", "greedy_channel"
-    prune_script, search_script, summary_stem = "prune_structure.py", "regrowth_structure_oneshot.py", \
-        "pipeline_structure_summary"
-    demo_sparsity, demo_regrow_step, demo_pruner = 0.9, 0.05, "l1"
-    boundary_grid = (0.2, 0.4, 0.6, 0.7, 0.8, 0.9)
+    summary_stem = "pipeline_structure_summary"
     device_limit = "macs"
     per_class_scores = False
     exportable = True

@@ -59,23 +59,13 @@ class Granularity(abc.ABC):
     refused_inits: dict[str, str] = {}  # init strategy -> why this granularity refuses it
     # search defaults (the original's): {schedule: (episodes, options per unit A, mini-finetune epochs, patience)},
     # train batches for the regrowth scores (None: all), iterative budget range / N_tot and its option count
-    search_defaults: dict[str, tuple[int, int, int, int]] = {}
-    score_batches: int | None = None
-    budget_fracs: tuple[float, float] = (0.001, 0.005)
-    budget_space_size: int = 5
     # where its runs live and which scripts serve it (weight keeps the original repository's names)
     prune_prefix: str = ""  # pruning folder: {prune_prefix}{mode}
     file_tag: str = ""  # pruned checkpoint: {m}_{file_tag}{sparsity:.4f}.pth
     regrowth_stem: str = "regrowth"  # search folder: [random_]{regrowth_stem}_{schedule}
     greedy_stem: str = "greedy"  # greedy folder: {greedy_stem}_{mode}
-    prune_script: str = "prune_unstructure.py"
-    search_script: str = "regrowth_oneshot.py"  # the one-shot RL search
     summary_stem: str = "pipeline_summary"  # pipeline.py's table
     # what the demo pipeline and benchmark_regrowth.py do at this granularity (fractions of N_tot)
-    demo_sparsity: float = 0.99
-    demo_regrow_step: float = 0.01
-    demo_pruner: str = "lamp"
-    boundary_grid: tuple[float, ...] = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995)  # one-shot targets of a device curve
     device_limit: str = "bytes"  # what regrowth up to a device fills: its storage (bytes) or its MACs (macs)
     per_class_scores: bool = True  # analyze_layers.py --per_class can score its units per class
     exportable: bool = False  # masks shrink the model physically (export.py, the pipeline exports final models)

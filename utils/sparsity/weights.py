@@ -29,7 +29,6 @@ class WeightGranularity(Granularity):
     export_refusal = ("holds unstructured weight masks, which export cannot shrink: export takes channel-pruned "
                       "checkpoints (prune_structure.py)")
     swap_refusal = ""  # swap cycles move single weights (utils.sparsity.swap)
-    search_defaults = {"oneshot": (400, 11, 50, 50), "iterative": (300, 10, 40, 40)}
 
     def __init__(self, model_name: str, num_classes: int, input_size: int) -> None:
         super().__init__(model_name, num_classes, input_size)

@@ -59,7 +59,7 @@ import regrowth_structure_oneshot
 import report
 from data import DataSettings
 from models import create_model
-from utils.cli.commands import commands
+from utils.cli.commands import commands, granularity_flags
 from utils.cli.flags import add_swap_args, cli_main, new_parser, profile_from_args, swap_settings
 from utils.cli.types import positive_float, seed_int
 from utils.core.errors import ReportedError, UsageError
@@ -298,7 +298,7 @@ def run_chain(args: argparse.Namespace, seed: int, save_dir: Path) -> int:
                                                                   "pipeline"], rl_dir / SUMMARY)
     greedy_root = greedy_dir(save_dir, p["m_name"], g, "uniform")
     once("regrowth (greedy uniform)", regrowth_greedy.main,
-         train + search + ["--greedy_mode", "uniform"] + g.cli_flags(), greedy_root / SUMMARY)
+         train + search + ["--greedy_mode", "uniform"] + granularity_flags(g), greedy_root / SUMMARY)
     starts = {"pruned straight": (straight, mini + final_epochs),  # label -> (final finetune's start, its epochs)
               "method: past + RL regrowth": (rl_dir / BEST_PRE_FINETUNE, mini + final_epochs),
               "past + greedy uniform": (iteration_dir(greedy_root, 0) / BEST_MODEL, final_epochs)}
@@ -392,7 +392,7 @@ def _finish_chain(args: argparse.Namespace, seed: int, root: Path, g: type[Granu
 def _same_job(args: argparse.Namespace) -> str:
     """The flags that name this job's preset and granularity when they are not the defaults."""
     return ((f" --preset {args.preset}" if args.preset != "demo" else "")
-            + "".join(f" {flag}" for flag in granularity_class(args.granularity).cli_flags()))
+            + "".join(f" {flag}" for flag in granularity_flags(granularity_class(args.granularity))))
 
 
 def _swap_flags(args: argparse.Namespace) -> list[str]:

@@ -45,6 +45,13 @@ COMMANDS: dict[type[Granularity], GranularityCommands] = {
 }
 
 
+def granularity_flags(granularity: Granularity | type[Granularity]) -> list[str]:
+    """The ``--granularity`` flag that selects ``granularity`` in a script that serves both (none for the default
+    one, so its command lines read as the original repository's)."""
+    kind = granularity if isinstance(granularity, type) else type(granularity)
+    return [] if kind.is_default else ["--granularity", kind.name]
+
+
 def commands(granularity: Granularity | type[Granularity]) -> GranularityCommands:
     """The command-line table of ``granularity`` (an instance or its class)."""
     kind = granularity if isinstance(granularity, type) else type(granularity)

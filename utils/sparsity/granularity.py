@@ -158,12 +158,6 @@ class Granularity(abc.ABC):
         return None
 
     @classmethod
-    def cli_flags(cls) -> list[str]:
-        """The ``--granularity`` flag that selects this granularity in a script that serves both (none for
-        the default one, so its command lines read as the original repository's)."""
-        return [] if cls.is_default else ["--granularity", cls.name]
-
-    @classmethod
     def check_init(cls, name: str) -> None:
         """A ``UsageError`` unless ``name`` is one of this granularity's init strategies (needs no model)."""
         if name in cls.refused_inits:

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from data import DataSettings
 from utils.cli.flags import add_common_args, add_run_flags, add_speed_args, cli_main, new_parser
 from utils.cli.prepare import prepare
 from utils.cli.types import (
@@ -45,20 +46,20 @@ from utils.cli.types import (
 )
 from utils.core.distributed import all_gather, current_world
 from utils.core.errors import UsageError
+from utils.core.fields import resumable_flags
 from utils.core.files import check_same_run, trim_csv
 from utils.core.log import LOG, log_outputs, setup_logging
 from utils.core.paths import check_output_dir, clean_stale_temps, pretrained_path
 from utils.runtime.checkpoint import load_weights, read_checkpoint
 from utils.runtime.schedules import LR_SCHEDULES, lr_lambda
-from utils.runtime.settings import LoopSettings
+from utils.runtime.settings import LoopSettings, RunSettings
 from utils.runtime.stage import Stage
 from utils.runtime.train import EpochStats, FitSchedule, FitState, evaluate_model, fit, precision_name
 from utils.sparsity.swap import RECOMMENDED_EVERY_EPOCHS
 
-# flags a resumed run may change; every other flag must equal the one the run started with
-# (--recipe only sets defaults: the values it gave are compared)
-MAY_CHANGE_ON_RESUME = {"recipe", "epochs", "patience", "resume", "overwrite", "device", "no_progress", "compile",
-                        "no_channels_last", "data_dir", "save_dir", "eval_batch_size", "no_download"}
+# flags a resumed pretraining may change: the run settings' resumable flags, the length and stop, the device; every
+# other flag must equal the one the run started with (--recipe only sets defaults: the values it gave are compared)
+MAY_CHANGE_ON_RESUME = resumable_flags(RunSettings, DataSettings) | {"recipe", "epochs", "patience", "device"}
 
 
 # --recipe: named sets of defaults for the pretraining flags (a flag given on the command line still wins)

@@ -22,25 +22,9 @@ episodes.csv, reward_curve.png, search_state.pt, summary.json) and summary.json 
 from __future__ import annotations
 
 import utils.core.interrupt  # noqa: F401 isort: skip  (first: a Ctrl-C while torch loads is one line)
-import argparse
-from collections.abc import Sequence
+from utils.cli.jobs import search_entry
 
-from utils.cli.flags import add_search_args, cli_main, new_parser
-from utils.cli.jobs import regrowth_job
-from utils.search.drivers import run_iterative
-
-
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = new_parser(__doc__)
-    add_search_args(parser, "weight", "iterative")
-    return parser.parse_args(argv)
-
-
-@cli_main
-def main(argv: Sequence[str] | None = None) -> int:
-    run_iterative(regrowth_job(parse_args(argv), "weight", "iterative"))
-    return 0
-
+parse_args, main = search_entry(__doc__, "weight", "iterative")
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -26,25 +26,9 @@ Writes to {save_dir}/{m_name}/regrowth_oneshot/{label}/ (label: --label, default
 from __future__ import annotations
 
 import utils.core.interrupt  # noqa: F401 isort: skip  (first: a Ctrl-C while torch loads is one line)
-import argparse
-from collections.abc import Sequence
+from utils.cli.jobs import search_entry
 
-from utils.cli.flags import add_search_args, cli_main, new_parser
-from utils.cli.jobs import regrowth_job
-from utils.search.drivers import run_oneshot
-
-
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = new_parser(__doc__)
-    add_search_args(parser, "weight", "oneshot")
-    return parser.parse_args(argv)
-
-
-@cli_main
-def main(argv: Sequence[str] | None = None) -> int:
-    run_oneshot(regrowth_job(parse_args(argv), "weight", "oneshot"))
-    return 0
-
+parse_args, main = search_entry(__doc__, "weight", "oneshot")
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -23,25 +23,9 @@ summary.json.
 from __future__ import annotations
 
 import utils.core.interrupt  # noqa: F401 isort: skip  (first: a Ctrl-C while torch loads is one line)
-import argparse
-from collections.abc import Sequence
+from utils.cli.jobs import search_entry
 
-from utils.cli.flags import add_search_args, cli_main, new_parser
-from utils.cli.jobs import regrowth_job
-from utils.search.drivers import run_oneshot
-
-
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = new_parser(__doc__)
-    add_search_args(parser, "channel", "oneshot")
-    return parser.parse_args(argv)
-
-
-@cli_main
-def main(argv: Sequence[str] | None = None) -> int:
-    run_oneshot(regrowth_job(parse_args(argv), "channel", "oneshot"))
-    return 0
-
+parse_args, main = search_entry(__doc__, "channel", "oneshot")
 
 if __name__ == "__main__":
     raise SystemExit(main())

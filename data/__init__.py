@@ -117,7 +117,7 @@ class DataSettings:
     stays the same); ``eval_subset`` keeps only the first N images of val and of test (quick runs: every
     evaluation costs less, and its accuracy is measured on fewer images)."""
 
-    data_dir: str | Path = setting("./data", "folder holding the data sets")
+    data_dir: str | Path = setting("./data", "folder holding the data sets", resumable=True)
     # the next seven come from the run's settings (``RunSettings``, whose fields carry their flags)
     seed: int = 42  # run seed: the val split and the 'data_order' stream (shuffling, augmentation)
     val_split: float = 0.1  # fraction of the training split held out as val, in (0, 1)
@@ -126,9 +126,9 @@ class DataSettings:
     eval_subset: int | None = None  # first N val and N test images (None: all)
     channels_last: bool = True  # batches in channels_last memory layout
     augment: bool = True  # the data set's training augmentation (crop, flip, ...)
-    eval_batch_size: int = setting(500, "evaluation batch size", parse=int_up_to(BATCH_LIMIT))
+    eval_batch_size: int = setting(500, "evaluation batch size", parse=int_up_to(BATCH_LIMIT), resumable=True)
     download: bool = setting(True, "never try to download a missing data set", names=("--no_download",),
-                             negated=True)
+                             negated=True, resumable=True)
 
 
 def get_data(name: str, settings: DataSettings = DataSettings(), *, device: torch.device) -> DataBundle:

@@ -44,6 +44,21 @@ def test_a_cli_main_records_its_own_command_line():
     assert seen == ["python -m tests.test_provenance --epochs 1"] and prov._COMMANDS == []  # popped after it
 
 
+def test_a_search_script_made_by_search_entry_records_its_own_name(monkeypatch):
+    import regrowth_structure_oneshot
+    from utils.cli import jobs
+    from utils.core.errors import UsageError
+
+    seen = []
+
+    def job(args, granularity, schedule):
+        seen.append((command_line(), granularity, schedule))
+        raise UsageError("stop here")
+    monkeypatch.setattr(jobs, "regrowth_job", job)
+    assert regrowth_structure_oneshot.main(["--initial_ckpt", "x.pth"]) == 2
+    assert seen == [("python regrowth_structure_oneshot.py --initial_ckpt x.pth", "channel", "oneshot")]
+
+
 def test_the_data_fingerprint_follows_the_content():
     images = torch.arange(24, dtype=torch.uint8).view(2, 3, 2, 2)
     labels = torch.tensor([0, 1])

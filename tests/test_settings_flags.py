@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # the dataclasses that carry their flags
 CONVERTED = (RunSettings, DataSettings, ScoringSettings, SwapSettings, FinetuneSettings, SearchSettings,
              SelectionSettings, ScheduleSettings)
-SCRIPTS = sorted(p.stem for p in ROOT.glob("*.py") if "def parse_args" in p.read_text())
+SCRIPTS = sorted(p.stem for p in ROOT.glob("*.py") if "parse_args" in p.read_text())
 
 
 class _Captured(Exception):

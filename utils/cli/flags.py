@@ -96,15 +96,17 @@ def _say_error(message: str) -> int:
     return 2
 
 
-def cli_main(func: Callable[[Sequence[str] | None], int | None]) -> Callable[[Sequence[str] | None], int]:
-    """Wrap a script's ``main(argv)``: a ``UsageError`` becomes one ``error:`` line and return code 2."""
+def cli_main(func: Callable[[Sequence[str] | None], int | None],
+             script_globals: dict | None = None) -> Callable[[Sequence[str] | None], int]:
+    """Wrap a script's ``main(argv)``: a ``UsageError`` becomes one ``error:`` line and return code 2; the command
+    recorded as run names the script whose globals are ``script_globals`` (default: ``func``'s module)."""
 
     @functools.wraps(func)
     def wrapper(argv: Sequence[str] | None = None) -> int:
         interruptible_main()  # a stage script: the first Ctrl-C interrupts, a second one adds nothing
         setup_logging()  # console only until the stage knows its run folder (no writes into an earlier run's log)
         try:
-            with running(script_command(func.__globals__, argv)):
+            with running(script_command(script_globals or func.__globals__, argv)):
                 return func(argv) or 0
         except ReportedError:
             return 2
@@ -127,10 +129,10 @@ def cli_main(func: Callable[[Sequence[str] | None], int | None]) -> Callable[[Se
     return wrapper
 
 
-def new_parser(doc: str | None) -> ArgumentParser:
-    """A parser whose description is the script's module docstring, named after the calling script's file
-    (so a stage run inside pipeline.py still says which script's --help to read)."""
-    caller = sys._getframe(1).f_globals.get("__file__") or sys.argv[0]  # noqa: SLF001
+def new_parser(doc: str | None, script: str | None = None) -> ArgumentParser:
+    """A parser whose description is the script's module docstring, named after ``script`` (default: the calling
+    script's file), so a stage run inside pipeline.py still says which script's --help to read."""
+    caller = script or sys._getframe(1).f_globals.get("__file__") or sys.argv[0]  # noqa: SLF001
     return ArgumentParser(prog=Path(caller).name, description=doc, formatter_class=HelpFormatter)
 
 

@@ -1,16 +1,26 @@
 """Flags into jobs: the regrowth search scripts' command line turned into a ``RegrowthJob`` (its ``Stage``, the
 dense and sparse models, the ``--selection reference`` model and the typed ``RegrowthSettings``), checked before
-anything loads where it can be."""
+anything loads where it can; ``search_entry`` is the whole of each of the four search scripts."""
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from utils.cli.flags import profile_from_args, scoring_settings, search_settings, selection_settings
+from utils.cli.flags import (
+    add_search_args,
+    cli_main,
+    new_parser,
+    profile_from_args,
+    scoring_settings,
+    search_settings,
+    selection_settings,
+)
 from utils.cli.prepare import prepare_dense_sparse
 from utils.core.errors import UsageError
 from utils.scoring.selection import load_reference
-from utils.search.drivers import RegrowthJob, RegrowthSettings
+from utils.search.drivers import RegrowthJob, RegrowthSettings, run_iterative, run_oneshot
 from utils.sparsity.granularity import granularity_class
 
 
@@ -41,3 +51,25 @@ def regrowth_job(args: argparse.Namespace, granularity: str, schedule: str) -> R
     args.init_strategy = settings.selection.init_strategy  # recorded as resolved, as the search state compares it
     stage, pair = prepare_dense_sparse(args, args.initial_ckpt, reparam=True, granularity=granularity)
     return RegrowthJob(stage, pair, load_reference(stage, pair, settings.selection), settings)
+
+
+SEARCH_DRIVERS: dict[str, Callable[[RegrowthJob], object]] = {"oneshot": run_oneshot, "iterative": run_iterative}
+
+
+def search_entry(doc: str | None, granularity: str, schedule: str) -> tuple[
+        Callable[[Sequence[str] | None], argparse.Namespace], Callable[[Sequence[str] | None], int]]:
+    """``(parse_args, main)`` of the regrowth search script at ``granularity`` (weight | channel) and ``schedule``
+    (oneshot | iterative) whose module docstring is ``doc``: its flags (``add_search_args``), its job and its
+    driver. The calling script's file names the parser."""
+    caller = sys._getframe(1).f_globals  # noqa: SLF001  (the script's: its file names the parser and the command)
+
+    def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+        parser = new_parser(doc, caller.get("__file__"))
+        add_search_args(parser, granularity, schedule)
+        return parser.parse_args(argv)
+
+    def main(argv: Sequence[str] | None = None) -> int:
+        SEARCH_DRIVERS[schedule](regrowth_job(parse_args(argv), granularity, schedule))
+        return 0
+
+    return parse_args, cli_main(main, caller)

@@ -26,7 +26,8 @@ class Flag:
     ``names``: its flag spellings, the first one canonical (default ``--{field}``); the parsed value sits under
     the canonical name without dashes. ``parse``: the value type (``utils.core.values``), None for a string or a
     switch. ``negated``: a True-by-default boolean switched off by the flag (``--no_skip`` sets ``skip`` False).
-    ``switch``: a False-by-default boolean switched on by the flag (argparse ``store_true``)."""
+    ``switch``: a False-by-default boolean switched on by the flag (argparse ``store_true``). ``resumable``: the
+    flag may change when a run is resumed (where and how fast it runs, how long: not what it computes)."""
 
     help: str
     names: tuple[str, ...] = ()
@@ -36,6 +37,7 @@ class Flag:
     nargs: str | None = None
     negated: bool = False
     switch: bool = False
+    resumable: bool = False
 
     def spellings(self, field_name: str) -> tuple[str, ...]:
         """The flag's names, canonical first (``--{field_name}`` when none are given)."""
@@ -48,11 +50,11 @@ class Flag:
 
 def setting(default: Any, help: str, *, names: Sequence[str] = (), parse: Callable[[str], Any] | None = None,
             choices: Sequence[str] | None = None, metavar: str | None = None, nargs: str | None = None,
-            negated: bool = False, switch: bool = False) -> Any:
+            negated: bool = False, switch: bool = False, resumable: bool = False) -> Any:
     """A dataclass field with ``default`` (``REQUIRED``: none, the stage states it) whose flag is described by the
     other arguments (see ``Flag``)."""
     flag = Flag(help, tuple(names), parse, tuple(choices) if choices is not None else None, metavar, nargs, negated,
-                switch)
+                switch, resumable)
     if (negated or switch) and default is not (not switch):
         raise ValueError(f"a {'negated' if negated else 'switch'} flag needs the default {not switch}")
     if default is REQUIRED:
@@ -73,3 +75,8 @@ def default_of(cls: type, name: str) -> Any:
 def help_of(cls: type, name: str) -> str:
     """The help sentence of field ``name``'s flag (for a stage that adds to it)."""
     return flags_of(cls)[name].help
+
+
+def resumable_flags(*classes: type) -> set[str]:
+    """The parsed names of the flags of ``classes`` that a resumed run may change (``Flag.resumable``)."""
+    return {flag.dest(name) for cls in classes for name, flag in flags_of(cls).items() if flag.resumable}

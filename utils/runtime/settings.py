@@ -35,7 +35,7 @@ from utils.sparsity.swap import SwapSettings
 class RunSettings:
     """What every stage shares: where it writes, its seed, which images it sees, and how it runs."""
 
-    save_dir: str = setting("./runs", "root of all run folders")
+    save_dir: str = setting("./runs", "root of all run folders", resumable=True)
     seed: int = setting(42, "run seed (data order, val split, init)", parse=seed_int)
     val_split: float = setting(0.1, "fraction of the training set held out for validation", parse=open_fraction)
     batch_size: int = setting(128, "training batch size", parse=int_up_to(BATCH_LIMIT))
@@ -44,21 +44,22 @@ class RunSettings:
                                             "default: all)", parse=positive_int)
     augment: bool = setting(True, "train without crop/flip/jitter augmentation", names=("--no_augment",),
                             negated=True)
-    progress: bool = setting(True, "no progress bars", names=("--no_progress",), negated=True)
+    progress: bool = setting(True, "no progress bars", names=("--no_progress",), negated=True, resumable=True)
     amp: bool = setting(True, "fp32 everywhere, evaluation included: no bf16 autocast (the default on CUDA and on "
                               "CPUs with AMX or AVX512-BF16)", names=("--no_amp",), negated=True)
-    channels_last: bool = setting(True, "keep NCHW memory layout", names=("--no_channels_last",), negated=True)
-    compile: bool = setting(False, "torch.compile the model", switch=True)
-    overwrite: bool = setting(False, "replace what an earlier run wrote", switch=True)
-    resume: bool = setting(False, "continue an earlier run from its resume point", switch=True)
+    channels_last: bool = setting(True, "keep NCHW memory layout", names=("--no_channels_last",), negated=True,
+                                  resumable=True)
+    compile: bool = setting(False, "torch.compile the model", switch=True, resumable=True)
+    overwrite: bool = setting(False, "replace what an earlier run wrote", switch=True, resumable=True)
+    resume: bool = setting(False, "continue an earlier run from its resume point", switch=True, resumable=True)
     pretrained: str | None = setting(None, "dense pretrained checkpoint (default {save_dir}/{m_name}/checkpoint/"
                                            "ckpt.pth)")
     trust_pickle: bool = setting(False, "allow checkpoints that are pickled nn.Modules (runs code from the file)",
-                                 switch=True)
+                                 switch=True, resumable=True)
     allow_other_dense: bool = setting(False, "pair a sparse checkpoint with a dense model it was not pruned from (its "
                                              "meta records its dense parent's fingerprint; a mismatch is refused by "
                                              "default); what this stage writes then records --pretrained as its "
-                                             "parent", switch=True)
+                                             "parent", switch=True, resumable=True)
 
     @property
     def speed(self) -> dict[str, bool]:
@@ -159,7 +160,7 @@ class SearchSettings:
     Defaults are the original one-shot script's. ``temperature`` None divides advantages by the rolling std of
     the last ``reward_window_size`` rewards (the iterative search)."""
 
-    episodes: int = setting(400, "maximum RL episodes", names=("--num_epochs",), parse=positive_int)
+    episodes: int = setting(400, "maximum RL episodes", names=("--num_epochs",), parse=positive_int, resumable=True)
     finetune_epochs: int = setting(50, "mini-finetune epochs per episode (best epoch on val)", parse=positive_int)
     lr: float = setting(3e-4, "AdamW learning rate of the finetunes", parse=positive_float)
     weight_decay: float = setting(0.01, "AdamW weight decay", parse=float_up_to(1.0))
@@ -174,12 +175,14 @@ class SearchSettings:
     end_beta: float = setting(0.04, "entropy bonus after decay", parse=float_up_to(100.0))
     decay_fraction: float = setting(0.4, "share of episodes to decay over", parse=open_fraction)
     budget_bonus: float = setting(0.005, "reward per budget used", parse=float_up_to(100.0))
-    early_stop_patience: int = setting(50, "stop after N episodes without a new best reward", parse=positive_int)
-    min_epochs: int = setting(50, "episodes before the flat-reward stop", parse=positive_int)
+    early_stop_patience: int = setting(50, "stop after N episodes without a new best reward", parse=positive_int,
+                                       resumable=True)
+    min_epochs: int = setting(50, "episodes before the flat-reward stop", parse=positive_int, resumable=True)
     reward_std_threshold: float = setting(0.002, "after --min_epochs, stop when the std of the last "
-                                                 "--reward_window_size rewards is below", parse=non_negative_float)
+                                                 "--reward_window_size rewards is below", parse=non_negative_float,
+                                          resumable=True)
     reward_window_size: int = setting(20, "rewards in the flat-reward window (and in the reward temperature's "
-                                          "rolling std)", parse=positive_int)
+                                          "rolling std)", parse=positive_int, resumable=True)
     episodes_per_update: int = setting(1, "M: episodes sampled from one policy per REINFORCE step (batch-mean "
                                           "baseline; 1: one step per episode with an EMA baseline); under torchrun "
                                           "they run in parallel", parse=int_up_to(10_000))

@@ -31,9 +31,11 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from data import DataSettings
 from data.loader import DeviceLoader
 from utils.core.distributed import all_gather, barrier, broadcast, current_world
 from utils.core.errors import UsageError
+from utils.core.fields import resumable_flags
 from utils.core.files import atomic_save, check_same_run, check_seal, plain, seal, write_csv
 from utils.core.log import LOG
 from utils.core.paths import BEST_MODEL, BEST_PRE_FINETUNE, SEARCH_STATE, check_output_dir, clean_stale_temps
@@ -43,17 +45,16 @@ from utils.device.fill import Cost, EntryCount
 from utils.regrow.allocation import allocation_lines, runnable
 from utils.regrow.apply import Finetuning, Regrowth, apply_allocation
 from utils.results.plots import plot_reward_curve
-from utils.runtime.settings import FinetuneSettings, LoopSettings, SearchSettings
+from utils.runtime.settings import FinetuneSettings, LoopSettings, RunSettings, SearchSettings
 from utils.runtime.stage import Stage
 from utils.scoring.ssim import select_layers
 from utils.search.controller import AllocationPolicy, Episode, Reinforce
 from utils.sparsity.masks import clone_model
 
-# flags a resumed search may change (how long it runs, where and how fast); every other flag defines the search
-MAY_CHANGE_ON_RESUME = {"num_epochs", "early_stop_patience", "min_epochs", "reward_std_threshold",
-                        "reward_window_size", "num_iters", "target_sparsity", "resume", "overwrite", "device",
-                        "no_progress", "compile", "no_channels_last", "data_dir", "save_dir",
-                        "eval_batch_size", "no_download", "trust_pickle", "allow_other_dense", "share_gpus"}
+# flags a resumed search may change (how long it runs, where and how fast): the settings' resumable flags and the
+# search scripts' own; every other flag defines the search
+MAY_CHANGE_ON_RESUME = resumable_flags(RunSettings, DataSettings, SearchSettings) | {
+    "num_iters", "target_sparsity", "device", "share_gpus"}
 STATE_VERSION = 2  # 2: per-episode seeds and policy batches
 ZeroPoint = Callable[[float], float]  # sparsity after regrowth -> reference val accuracy (%)
 

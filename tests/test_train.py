@@ -9,6 +9,7 @@ import torch.nn.utils.prune as prune
 
 import utils.runtime.train as train_module
 from data.loader import DeviceLoader
+from utils.core import curves
 from utils.runtime import schedules
 from utils.runtime.settings import FinetuneSettings, LoopSettings
 from utils.runtime.train import FitSchedule, FitState, evaluate_model, finetune_model, fit, train_epoch
@@ -167,11 +168,11 @@ def test_label_smoothing_reaches_the_training_loss_only(monkeypatch):
 
 
 def test_learning_rate_curves():
-    one = schedules.warmup_linear(total=10, warmup=2)
+    one = curves.warmup_linear(total=10, warmup=2)
     assert [one(t) for t in (0, 1, 2, 6, 10, 12)] == pytest.approx([0.5, 1.0, 1.0, 0.5, 0.0, 0.0])
-    cos = schedules.cosine(4)
+    cos = curves.cosine(4)
     assert [cos(e) for e in (0, 2, 4, 5)] == pytest.approx([1.0, 0.5, 0.0, 0.0])
-    wc = schedules.warmup_cosine(total=10, warmup=2)
+    wc = curves.warmup_cosine(total=10, warmup=2)
     assert [wc(t) for t in (0, 2, 6, 10)] == pytest.approx([0.5, 1.0, 0.5, 0.0])
     # per-step curves count optimizer steps; a fractional warm-up rounds to whole steps
     curve = schedules.lr_lambda("onecycle", epochs=4, steps_per_epoch=5, warmup_epochs=0.4)

@@ -1,4 +1,5 @@
-"""Learning-rate curves: the factor that multiplies the base learning rate at a step (or epoch) count.
+"""Learning-rate schedules: the factor that multiplies the base learning rate at a step (or epoch) count, from
+the curves of ``utils.core.curves``.
 
 Each curve is a pure function of the count of finished steps, so a resumed run recomputes it from the count it
 reached (and a run resumed with a longer budget continues on the longer curve). ``LR_SCHEDULES`` names the
@@ -6,41 +7,10 @@ curves of dense pretraining (``pretrain.py --lr_schedule``); ``lr_lambda`` build
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-Curve = Callable[[int], float]  # finished steps (or epochs) -> learning-rate factor in [0, 1]
-
-
-def cosine(total: int) -> Curve:
-    """½(1 + cos(π·t/total)) after t of ``total`` finished counts, held at 0 past the end (never restarting)."""
-    return lambda t: 0.5 * (1 + math.cos(math.pi * min(t, total) / total))
-
-
-def warmup_cosine(total: int, warmup: int) -> Curve:
-    """Linear warm-up (t+1)/warmup over the first ``warmup`` counts, then cosine decay to 0 at ``total``."""
-
-    def factor(t: int) -> float:
-        if t < warmup:
-            return (t + 1) / warmup
-        progress = (t - warmup) / max(1, total - warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-    return factor
-
-
-def warmup_linear(total: int, warmup: int) -> Curve:
-    """One cycle: linear warm-up (t+1)/warmup over the first ``warmup`` counts, then a straight line to 0 at
-    ``total`` (held at 0 past it). The short-budget curve: budgeted-training studies find linear-to-zero the best
-    decay when the epochs are few."""
-
-    def factor(t: int) -> float:
-        if t < warmup:
-            return (t + 1) / warmup
-        return max(0.0, (total - t) / max(1, total - warmup))
-
-    return factor
+from utils.core.curves import Curve, cosine, warmup_cosine, warmup_linear
 
 
 @dataclass(frozen=True)

@@ -24,12 +24,12 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from data.loader import DeviceLoader
+from utils.core.curves import warmup_cosine as warmup_cosine_curve
 from utils.core.distributed import all_reduce_sum, broadcast, current_world, is_main_process, sync_buffers
 from utils.core.errors import UsageError
 from utils.core.files import append_text
 from utils.core.log import LOG
 from utils.core.timer import Timer
-from utils.runtime import schedules
 from utils.runtime.settings import FinetuneSettings, LoopSettings
 from utils.sparsity.swap import SwapCycles
 
@@ -312,7 +312,7 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int,
                   warmup_frac: float) -> torch.optim.lr_scheduler.LambdaLR:
     """Per-step schedule: linear warm-up over ``warmup_frac`` of ``total_steps``, then cosine decay to 0."""
     warmup = max(1, round(warmup_frac * total_steps)) if warmup_frac > 0 else 0
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedules.warmup_cosine(total_steps, warmup))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine_curve(total_steps, warmup))
 
 
 def finetune_steps(settings: FinetuneSettings, train: DeviceLoader) -> int:

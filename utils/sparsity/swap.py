@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 import torch.nn as nn
 
+from utils.core.curves import cosine
 from utils.core.distributed import all_reduce_sum
 from utils.core.errors import UsageError
 from utils.core.fields import setting
@@ -92,8 +93,7 @@ class SwapSettings:
     def fraction_at(self, step: int, total_steps: int) -> float:
         """Swap fraction at optimizer step ``step`` (1-based) of ``total_steps``: the cosine decay, 0 from
         ``until · total_steps`` on."""
-        end = self.until * total_steps
-        return self.fraction * (1 + math.cos(math.pi * step / end)) / 2 if step < end else 0.0
+        return self.fraction * cosine(self.until * total_steps)(step)
 
     def record(self) -> dict:
         """The settings for a checkpoint's meta."""

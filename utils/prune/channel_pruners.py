@@ -31,6 +31,7 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 
+from utils.core.aliases import Scores
 from utils.core.errors import UsageError
 from utils.core.registry import Registry
 from utils.prune.weight_pruners import (
@@ -46,7 +47,6 @@ from utils.sparsity.budget import capped_largest_remainder
 from utils.sparsity.channels import ChannelGranularity
 from utils.sparsity.masks import effective_param
 
-Scores = dict[str, torch.Tensor]  # group root -> float [C]
 Importance = Callable[[ChannelGranularity, nn.Module, Masks, PruneContext], Scores]
 
 

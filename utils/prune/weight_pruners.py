@@ -32,6 +32,7 @@ import torch
 import torch.nn as nn
 
 from data.loader import DeviceLoader
+from utils.core.aliases import Masks, Scores
 from utils.core.errors import UsageError
 from utils.core.registry import Registry
 from utils.sparsity.budget import erk_budget, largest_remainder, prune_count, uniform_budget, unifplus_budget  # noqa: F401
@@ -41,8 +42,6 @@ if TYPE_CHECKING:
     from utils.sparsity.granularity import Granularity
 
 
-Masks = dict[str, torch.Tensor]  # layer name -> bool keep-mask shaped like the weight
-Scores = dict[str, torch.Tensor]  # layer name -> float score shaped like the weight
 
 
 def magnitude_scores(model: nn.Module) -> Scores:

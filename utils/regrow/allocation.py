@@ -33,11 +33,11 @@ from collections.abc import Callable
 
 import torch
 
+from utils.core.aliases import Masks, Scores
 from utils.core.errors import UsageError
 from utils.core.log import LOG
 from utils.core.registry import Registry
 from utils.sparsity.budget import largest_remainder
-from utils.sparsity.granularity import Masks, Scores
 
 
 def runnable(ssim: dict[str, float], capacities: dict[str, int]) -> dict[str, int]:

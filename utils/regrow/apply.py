@@ -22,9 +22,10 @@ import torch
 import torch.nn as nn
 
 from data.loader import DeviceLoader
+from utils.core.aliases import Scores
 from utils.runtime.settings import FinetuneSettings, LoopSettings
 from utils.runtime.train import FitState, evaluate_model, finetune_model
-from utils.sparsity.granularity import Granularity, Scores
+from utils.sparsity.granularity import Granularity
 from utils.sparsity.masks import clone_model
 
 

@@ -33,13 +33,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from data.loader import DeviceLoader
+from utils.core.aliases import Scores
 from utils.core.errors import UsageError
 from utils.core.files import atomic_save, check_seal, seal
 from utils.core.log import LOG
 from utils.core.registry import Registry
 from utils.sparsity.masks import has_param_mask, prunable_modules, stored_param
 
-Scores = dict[str, torch.Tensor]  # layer (or "module.param") name -> float32 tensor shaped like it
 Target = tuple[nn.Module, str]  # (module, parameter name), e.g. (model.layer1[0].conv1, "weight")
 # (model, targets, images [B, C, H, W], labels [B], order) -> (per target: summed |g|^order or None, terms summed)
 FisherEstimator = Callable[[nn.Module, list[Target], torch.Tensor, torch.Tensor, int],

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from utils.core.aliases import Scores
 from utils.core.errors import UsageError
 from utils.core.fields import setting
 from utils.core.registry import Registry
@@ -30,7 +31,7 @@ from utils.core.seeds import make_generator
 from utils.runtime.settings import ScoringSettings
 from utils.runtime.stage import DenseSparse, Stage, check_parent
 from utils.scoring.layer_scores import saliency_scores
-from utils.sparsity.granularity import Granularity, Scores
+from utils.sparsity.granularity import Granularity
 from utils.sparsity.grow import random_scores_like
 from utils.sparsity.masks import effective_param, stored_param
 

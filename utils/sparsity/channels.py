@@ -27,8 +27,9 @@ import torch.nn as nn
 import torch_pruning as tp
 
 from models import scratch_model
+from utils.core.aliases import Masks, Scores
 from utils.core.errors import UsageError
-from utils.sparsity.granularity import Granularity, Masks, Scores, UnitCost, register_granularity
+from utils.sparsity.granularity import Granularity, UnitCost, register_granularity
 from utils.sparsity.grow_channels import regrow_channels
 from utils.sparsity.macs import output_sizes, params_and_macs
 from utils.sparsity.masks import has_param_mask, set_param_mask, sparsity, stored_param

@@ -26,12 +26,10 @@ import torch
 import torch.nn as nn
 
 from models import model_spec
+from utils.core.aliases import Masks, Scores
 from utils.core.errors import UsageError
 from utils.core.registry import Registry
 from utils.sparsity.macs import params_and_macs
-
-Masks = dict[str, torch.Tensor]  # unit -> bool keep-mask (True = kept)
-Scores = dict[str, torch.Tensor]  # unit (or "module.param") -> float scores shaped like its mask (or param)
 
 
 @dataclass(frozen=True)

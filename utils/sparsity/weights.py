@@ -9,8 +9,9 @@ import torch
 import torch.nn as nn
 
 from models import scratch_model
+from utils.core.aliases import Masks, Scores
 from utils.sparsity import masks as M
-from utils.sparsity.granularity import Granularity, Masks, Scores, UnitCost, register_granularity
+from utils.sparsity.granularity import Granularity, UnitCost, register_granularity
 from utils.sparsity.grow import INIT_STRATEGIES, apply_regrowth
 from utils.sparsity.macs import output_sizes, sparse_macs
 

@@ -83,6 +83,7 @@ from utils.core.files import write_csv, write_json
 from utils.core.paths import pretrained_path
 from utils.core.provenance import PROVENANCE_KEY
 from utils.regrow.allocation import greedy_allocation
+from utils.results.figures import mean_std
 from utils.runtime.checkpoint import read_checkpoint
 from utils.runtime.settings import ScoringSettings
 from utils.runtime.stage import DenseSparse, Stage
@@ -362,10 +363,6 @@ def straight_row(stage, seed: int, path: Path) -> dict:
             "sparsity": stage.granularity.sparsity(model), "regrown": 0,
             "val_acc": evaluate_model(model, stage.data.val, amp=stage.amp)[1],
             "test_acc": evaluate_model(model, stage.data.test, amp=stage.amp)[1]}
-
-
-def mean_std(values: list[float]) -> str:
-    return f"{statistics.fmean(values):.2f} ± {statistics.stdev(values) if len(values) > 1 else 0:.2f}"
 
 
 def table(rows: list[dict]) -> str:

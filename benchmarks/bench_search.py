@@ -72,6 +72,7 @@ from utils.core.paths import SEARCH_STATE, SUMMARY, regrowth_dir  # noqa: E402
 from utils.core.registry import Registry  # noqa: E402
 from utils.core.timer import Timer  # noqa: E402
 from utils.regrow.allocation import greedy_allocation  # noqa: E402
+from utils.results.figures import mean_std  # noqa: E402
 from utils.search.controller import Episode  # noqa: E402
 from utils.search.drivers import OneShot, prepare_oneshot  # noqa: E402
 from utils.search.episodes import UNIT_SETS  # noqa: E402
@@ -249,15 +250,6 @@ def gather(args, results: Path) -> dict[str, dict[str, dict[int, dict]]]:
         if result.get("settings") == defining(args):
             found.setdefault(result["units"], {}).setdefault(result["arm"], {})[result["seed"]] = result
     return found
-
-
-def mean_std(values: list[float], signed: bool = False) -> str:
-    """``mean ± std`` (sample std; 0 for one value) to 2 decimals, the mean with its sign when ``signed`` (for
-    differences); ``-`` for no values."""
-    if not values:
-        return "-"
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):{'+' if signed else ''}.2f} ± {spread:.2f}"
 
 
 def best_so_far(result: dict) -> np.ndarray:

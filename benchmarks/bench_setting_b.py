@@ -30,6 +30,7 @@ from utils.cli.types import fraction, positive_int
 from utils.core.files import atomic_write, write_json
 from utils.core.provenance import PROVENANCE_KEY, command_line
 from utils.core.timer import Timer
+from utils.results.figures import mean_std
 from utils.results.plots import plot_report
 from utils.runtime.checkpoint import read_checkpoint
 
@@ -78,10 +79,6 @@ def gather(args: argparse.Namespace) -> list[dict]:
     """Every finished point of these settings in --results."""
     digest = point_path(args, 0, 0.0).name.split("_seed")[0]
     return [json.loads(p.read_text())["point"] for p in sorted(Path(args.results).glob(f"{digest}_seed*.json"))]
-
-
-def mean_std(values: list[float]) -> str:
-    return f"{statistics.fmean(values):.2f} ± {statistics.stdev(values) if len(values) > 1 else 0:.2f}"
 
 
 def table(points: list[dict]) -> str:

@@ -113,8 +113,8 @@ def demo_seeds(summaries: list[dict]) -> str:
     for model in models:
         values = [run[model] for run in runs if model in run]
         pairs = [run[model] - run["pruned straight"] for run in runs if model in run and "pruned straight" in run]
-        paired = "-" if model in ("dense", "pruned straight") or not pairs else _mean_std(pairs, signed=True)
-        lines.append(f"| {model} | {_mean_std(values)} (n = {len(values)}) | {min(values):.2f} - {max(values):.2f} | "
+        paired = "-" if model in ("dense", "pruned straight") or not pairs else mean_std(pairs, signed=True)
+        lines.append(f"| {model} | {mean_std(values)} (n = {len(values)}) | {min(values):.2f} - {max(values):.2f} | "
                      f"{paired} |")
     seeds = ", ".join(str(s.get("seed", "?")) for s in summaries)
     return "\n".join(lines) + f"\n\n({_where(summaries)}; seeds {seeds})\n"
@@ -125,7 +125,7 @@ def _signed(value: float) -> str:
     return f"{value:+.2f}" if round(value, 2) else "0.00"
 
 
-def _mean_std(values: list[float], signed: bool = False) -> str:
+def mean_std(values: list[float], signed: bool = False) -> str:
     """``mean ± std`` with two decimals (sample std, 0 for one value; ``-`` for none); ``signed``: the mean of
     differences, with its sign."""
     if not values:
@@ -189,8 +189,8 @@ def matched_arms(seeds: list[dict]) -> str:
         diffs = [r["test_acc"] - straight[r["seed"]] for r in mine if r["seed"] in straight]
         own = arm == "straight"
         lines.append([_matched_label(arm, seeds[0]["settings"]), str(len(mine)),
-                      _mean_std([r["val_acc"] for r in mine]), _mean_std([r["test_acc"] for r in mine]),
-                      "" if own else _mean_std(diffs, signed=True), "" if own else _per_seed(diffs)])
+                      mean_std([r["val_acc"] for r in mine]), mean_std([r["test_acc"] for r in mine]),
+                      "" if own else mean_std(diffs, signed=True), "" if own else _per_seed(diffs)])
     return _table(["arm", "seeds", "val acc (%)", "test acc (%)", "test - straight (pp)", "per seed"],
                   "|---|---:|---:|---:|---:|---|", lines)
 
@@ -231,9 +231,9 @@ def search_arms(results: list[dict]) -> str:
         diffs = [test - rl[seed] for seed, test in tests.items() if seed in rl]
         own = arm == "rl"
         lines.append([SEARCH_ARMS[arm], str(len(runs[0]["rewards"])),
-                      _mean_std([r["val_accs"][r["best_episode"] - 1] for r in runs]),
-                      _mean_std([r["final"]["val_acc"] for r in runs]), _mean_std(list(tests.values())),
-                      "" if own else _mean_std(diffs, signed=True), "" if own else _per_seed(diffs),
+                      mean_std([r["val_accs"][r["best_episode"] - 1] for r in runs]),
+                      mean_std([r["final"]["val_acc"] for r in runs]), mean_std(list(tests.values())),
+                      "" if own else mean_std(diffs, signed=True), "" if own else _per_seed(diffs),
                       _span([r["search_seconds"] for r in runs])])
     return _table(["arm", "episodes", "chosen allocation's val reward (%)", "final val (%)", "final test (%)",
                    "test - RL, paired (pp)", "per seed", "search seconds"], "|---|---:|---:|---:|---:|---:|---|---:|",
@@ -248,8 +248,8 @@ def _paired_rows(pairs: list[tuple[str, dict[int, float], dict[int, float], str]
     for label, a, b, extra in pairs:
         seeds = [seed for seed in a if seed in b]
         diffs = [b[seed] - a[seed] for seed in seeds]
-        rows.append([label, _mean_std([a[s] for s in seeds]), _mean_std([b[s] for s in seeds]),
-                     _mean_std(diffs, signed=True), _per_seed(diffs), extra])
+        rows.append([label, mean_std([a[s] for s in seeds]), mean_std([b[s] for s in seeds]),
+                     mean_std(diffs, signed=True), _per_seed(diffs), extra])
         means.append(statistics.fmean(diffs) if diffs else float("-inf"))
     if rows:
         best = rows[means.index(max(means))]

@@ -34,8 +34,8 @@ def test_pipeline(tmp_path, capsys):
     # method's final finetune starts from the regrown model before the search's mini-finetune
     assert [int(r["epochs"]) for r in rows] == [0, 3, 3, 3, 3]
     assert read_checkpoint(root / "regrowth_oneshot" / "pipeline" / "best_pre_finetune.pth").meta["finetuned"] is False
-    tuned = {r["model"]: read_checkpoint(r["checkpoint"]).meta["args"]["epochs"] for r in summary_rows(root)[1:]
-             if r["model"] != "gradual + swaps"}  # finetune.py's epochs after each row's earlier finetunes
+    tuned = {r["model"]: read_checkpoint(r["checkpoint"]).meta["args"]["finetune_epochs"]  # finetune.py's --epochs
+             for r in summary_rows(root)[1:] if r["model"] != "gradual + swaps"}  # after each row's earlier finetunes
     assert tuned == {"pruned straight": 2, "method: past + RL regrowth": 2, "past + greedy uniform": 1}
     summary = json.loads((root / "pipeline_summary.json").read_text())
     assert summary["preset"] == "smoke" and len(summary["rows"]) == 5 and summary["units"] == "all"

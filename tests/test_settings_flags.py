@@ -73,6 +73,21 @@ def test_every_settings_flag_has_its_fields_default_or_a_stated_stage_default(sc
     assert not drifted, f"{script}.py: {drifted}"
 
 
+# one flag name, two settings: a search's mini-finetune epochs and a stage's finetune epochs (a script adds one)
+SAME_NAME_OTHER_SETTING = {"finetune_epochs"}
+
+
+def test_a_flag_name_in_two_settings_classes_is_one_setting() -> None:
+    fields: dict[str, list[tuple]] = {}
+    for cls in CONVERTED:
+        for name, flag in flags_of(cls).items():
+            fields.setdefault(flag.dest(name), []).append((default_of(cls, name), flag.help, flag.names, flag.negated,
+                                                            flag.switch, flag.resumable))
+    differ = [dest for dest, found in fields.items() if len(set(found)) > 1 and dest not in SAME_NAME_OTHER_SETTING]
+    assert not differ, f"flags declared twice with other defaults or help: {differ}"
+    assert any(len(found) > 1 for found in fields.values())  # the check has something to compare (lr, weight_decay)
+
+
 @pytest.mark.parametrize("cls", CONVERTED)
 def test_parsed_defaults_give_the_dataclass_defaults(cls) -> None:
     parser = ArgumentParser()

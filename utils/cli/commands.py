@@ -55,4 +55,7 @@ def granularity_flags(granularity: Granularity | type[Granularity]) -> list[str]
 def commands(granularity: Granularity | type[Granularity]) -> GranularityCommands:
     """The command-line table of ``granularity`` (an instance or its class)."""
     kind = granularity if isinstance(granularity, type) else type(granularity)
-    return COMMANDS[kind]
+    for cls in kind.__mro__:  # a subclass uses its parent's table
+        if cls in COMMANDS:
+            return COMMANDS[cls]
+    raise KeyError(f"granularity {kind.__name__} has no command table: add it to COMMANDS in utils/cli/commands.py")

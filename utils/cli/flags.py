@@ -126,6 +126,8 @@ def cli_main(func: Callable[[Sequence[str] | None], int | None],
         finally:
             close_world()
 
+    if script_globals is not None:  # a main made for a script (search_entry): errors name the script
+        wrapper.__module__ = script_globals.get("__name__", wrapper.__module__)
     return wrapper
 
 
@@ -217,7 +219,8 @@ def add_finetune_args(parser: argparse.ArgumentParser, epochs: int | None, what:
 
 def finetune_settings(args: argparse.Namespace) -> FinetuneSettings:
     """The finetune of ``add_finetune_args`` (and ``add_prune_finetune_args``' patience and split, ``add_swap_args``'
-    swap cycles; a flag the script does not add keeps its field's default)."""
+    swap cycles); a flag the script does not add keeps its field's default: a script without --patience gets no
+    early stop (``FinetuneSettings.patience`` 0), so a stage that wants one adds the flag with its own default."""
     return settings_from_args(FinetuneSettings, args, swap=swap_settings(args))
 
 

@@ -63,7 +63,9 @@ def _argparse_options(flag: Flag, default: Any) -> dict[str, Any]:
     options = {"default": default}
     if flag.parse is not None:
         options["type"] = flag_type(flag.parse)
-    for key in ("choices", "metavar", "nargs"):
+    if flag.choices is not None:
+        options["choices"] = list(flag.choices)  # a registry's names as they are now
+    for key in ("metavar", "nargs"):
         if getattr(flag, key) is not None:
             options[key] = getattr(flag, key)
     return options

@@ -1,5 +1,5 @@
 """Settings fields that carry their own flag: a settings dataclass states each setting once (its default, its
-value type, its help and the original repository's spelling of its flag), and ``utils.cli.settings_args`` builds
+value type, its help and the original repository's spelling of its flag), and ``utils.cli.settings_flags`` builds
 the command-line flags from it and the dataclass back from the parsed flags (open_lth's ``Hparams`` pattern).
 
     @dataclass(frozen=True)
@@ -11,7 +11,7 @@ A field without ``setting`` metadata has no flag (it is set in code, e.g. a nest
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +32,7 @@ class Flag:
     help: str
     names: tuple[str, ...] = ()
     parse: Callable[[str], Any] | None = None
-    choices: Sequence[str] | None = None
+    choices: Iterable[str] | None = None  # listed when the flag is made: a registry's later entries count
     metavar: str | None = None
     nargs: str | None = None
     negated: bool = False
@@ -49,11 +49,11 @@ class Flag:
 
 
 def setting(default: Any, help: str, *, names: Sequence[str] = (), parse: Callable[[str], Any] | None = None,
-            choices: Sequence[str] | None = None, metavar: str | None = None, nargs: str | None = None,
+            choices: Iterable[str] | None = None, metavar: str | None = None, nargs: str | None = None,
             negated: bool = False, switch: bool = False, resumable: bool = False) -> Any:
     """A dataclass field with ``default`` (``REQUIRED``: none, the stage states it) whose flag is described by the
     other arguments (see ``Flag``)."""
-    flag = Flag(help, tuple(names), parse, tuple(choices) if choices is not None else None, metavar, nargs, negated,
+    flag = Flag(help, tuple(names), parse, choices, metavar, nargs, negated,
                 switch, resumable)
     if (negated or switch) and default is not (not switch):
         raise ValueError(f"a {'negated' if negated else 'switch'} flag needs the default {not switch}")

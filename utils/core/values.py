@@ -1,5 +1,5 @@
 """Value types of settings: each turns a command-line string into a checked value or raises ``BadValue`` with a
-sentence that says why (``utils.cli.flags`` hands it to argparse, which prints it as one ``error:`` line). A
+sentence that says why (``utils.cli.types`` hands it to argparse, which prints it as one ``error:`` line). A
 settings field names its type in its metadata (``utils.core.fields``), so a value is checked the same way wherever
 its flag appears."""
 from __future__ import annotations

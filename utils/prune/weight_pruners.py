@@ -42,8 +42,6 @@ if TYPE_CHECKING:
     from utils.sparsity.granularity import Granularity
 
 
-
-
 def magnitude_scores(model: nn.Module) -> Scores:
     """abs(effective weight) per prunable layer."""
     return {name: effective_weight(m).detach().abs() for name, m in prunable_modules(model).items()}

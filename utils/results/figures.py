@@ -31,12 +31,17 @@ Renderer = Callable[[list[dict]], str]  # the JSON values of the block's files -
 FIGURES: Registry[Renderer] = Registry("figure")
 
 
+def _natural(path: Path) -> list:
+    """Sort key: the name with its numbers compared as numbers (``seed2`` before ``seed10``)."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
+
+
 def _load(root: Path, sources: str) -> list[dict]:
     """The JSON objects of the block's space-separated ``sources`` (paths or globs from ``root``; a glob's files
     in sorted order)."""
     values = []
     for name in sources.split():
-        paths = sorted(root.glob(name)) if any(c in name for c in "*?[") else [root / name]
+        paths = sorted(root.glob(name), key=_natural) if any(c in name for c in "*?[") else [root / name]
         if not paths:
             raise UsageError(f"figures: {root / name} matches no file (a page's generated block names it)")
         for path in paths:
@@ -378,7 +383,7 @@ def dense_reference(records: list[dict]) -> str:
 def _flag(command: str, name: str) -> str | None:
     """The value after ``name`` in a command line; ``None`` where it is absent."""
     words = command.split()
-    return words[words.index(name) + 1] if name in words else None
+    return words[words.index(name) + 1] if name in words[:-1] else None
 
 
 def _recipe(command: str) -> str:

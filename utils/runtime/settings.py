@@ -5,7 +5,8 @@ here once, and ``utils.cli.settings_flags`` makes the flags from them and the da
 everything below the scripts takes the dataclasses. A settings object built by hand (tests, benchmarks, notebooks)
 behaves as the command line with no flags, except where a stage states its own default where it adds the flags:
 ``FinetuneSettings`` has no early stop and no warm-up by default, the prune scripts' ``--patience`` is 50, greedy
-regrowth's 40, finetune.py warms up; the searches' lengths come from the granularity and schedule.
+regrowth's 40, finetune.py warms up; the searches' lengths come from the command line's table per
+granularity and schedule (``utils.cli.commands``).
 """
 from __future__ import annotations
 
@@ -75,13 +76,24 @@ class RunSettings:
         return {"seed": self.seed, "val_split": self.val_split, **subset, **precision}
 
 
+def adamw_lr() -> float:
+    """The AdamW learning rate of every finetune (after pruning, after regrowth, a search's mini-finetunes): the
+    original's 3e-4. A function, so that two settings classes declare the one setting."""
+    return setting(3e-4, "AdamW learning rate of the finetunes", parse=positive_float)
+
+
+def adamw_weight_decay() -> float:
+    """The AdamW weight decay of every finetune: the original's 0.01, at most 1."""
+    return setting(0.01, "AdamW weight decay", parse=float_up_to(1.0))
+
+
 @dataclass(frozen=True)
 class FinetuneSettings:
     """An AdamW finetune with the best epoch kept (after pruning, after regrowth)."""
 
     epochs: int = setting(REQUIRED, "finetune epochs", names=("--finetune_epochs",), parse=positive_int)
-    lr: float = setting(3e-4, "AdamW learning rate of the finetunes", parse=positive_float)
-    weight_decay: float = setting(0.01, "AdamW weight decay", parse=float_up_to(1.0))
+    lr: float = adamw_lr()
+    weight_decay: float = adamw_weight_decay()
     warmup_frac: float | None = setting(None, "share of steps for linear warm-up (None: constant lr; else a linear "
                                               "warm-up over that share of all steps, then cosine decay to 0)",
                                         parse=fraction)
@@ -162,8 +174,8 @@ class SearchSettings:
 
     episodes: int = setting(400, "maximum RL episodes", names=("--num_epochs",), parse=positive_int, resumable=True)
     finetune_epochs: int = setting(50, "mini-finetune epochs per episode (best epoch on val)", parse=positive_int)
-    lr: float = setting(3e-4, "AdamW learning rate of the finetunes", parse=positive_float)
-    weight_decay: float = setting(0.01, "AdamW weight decay", parse=float_up_to(1.0))
+    lr: float = adamw_lr()
+    weight_decay: float = adamw_weight_decay()
     init_strategy: str = "zero"  # value of regrown entries (flag: --init_strategy, resolved with --selection)
     # the controller and REINFORCE
     learning_rate: float = setting(3e-4, "controller Adam lr", parse=float_up_to(1.0, positive_float))

@@ -92,7 +92,7 @@ class SelectionSettings:
 
     selection: str = setting("saliency", "which masked entries of a unit regrow first: saliency, reference (those a "
                                          "less sparse --reference_ckpt keeps, values copied from it), magnitude, "
-                                         "random", choices=list(SELECTORS))
+                                         "random", choices=SELECTORS)
     reference_ckpt: str | None = setting(None, "--selection reference: a less sparse checkpoint of the same model")
     init_strategy: str = "zero"  # value of regrown entries (the granularity's init strategies); its flag,
     # --init_strategy, is resolved with --selection and the granularity (``utils.cli.flags.default_init``)

@@ -55,15 +55,13 @@ class Granularity(abc.ABC):
     keep_per_unit: int = 0  # entries every unit keeps whatever the pruner asks (channel groups: 1)
     unit_noun: str = "unit"  # what a unit is called in messages
     refused_inits: dict[str, str] = {}  # init strategy -> why this granularity refuses it
-    # search defaults (the original's): {schedule: (episodes, options per unit A, mini-finetune epochs, patience)},
-    # train batches for the regrowth scores (None: all), iterative budget range / N_tot and its option count
-    # where its runs live and which scripts serve it (weight keeps the original repository's names)
+    # where its runs live (weight keeps the original repository's names); the scripts that serve it and their
+    # defaults are the command line's (utils/cli/commands.py)
     prune_prefix: str = ""  # pruning folder: {prune_prefix}{mode}
     file_tag: str = ""  # pruned checkpoint: {m}_{file_tag}{sparsity:.4f}.pth
     regrowth_stem: str = "regrowth"  # search folder: [random_]{regrowth_stem}_{schedule}
     greedy_stem: str = "greedy"  # greedy folder: {greedy_stem}_{mode}
     summary_stem: str = "pipeline_summary"  # pipeline.py's table
-    # what the demo pipeline and benchmark_regrowth.py do at this granularity (fractions of N_tot)
     device_limit: str = "bytes"  # what regrowth up to a device fills: its storage (bytes) or its MACs (macs)
     per_class_scores: bool = True  # analyze_layers.py --per_class can score its units per class
     exportable: bool = False  # masks shrink the model physically (export.py, the pipeline exports final models)

@@ -75,9 +75,9 @@ class SwapSettings:
     until: float = setting(0.75, "no swaps after this share of the finetune's steps (the cosine reaches 0 there)",
                            names=("--swap_until",), parse=open_fraction)
     grow_score: str = setting("gradient", "gradient: |dL/dθ| on the step's batch (RigL); saliency: (dL/dθ)^2 "
-                                          "θ_dense^2 (needs the dense model, --pretrained)", choices=list(GROW_SCORES))
+                                          "θ_dense^2 (needs the dense model, --pretrained)", choices=GROW_SCORES)
     drop_score: str = setting("magnitude", "magnitude: the smallest |θ| among kept weights are dropped",
-                              choices=list(DROP_SCORES))
+                              choices=DROP_SCORES)
 
     @property
     def enabled(self) -> bool:

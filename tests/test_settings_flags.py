@@ -132,3 +132,12 @@ def test_stage_defaults_names_and_mistakes() -> None:
         add_settings_args(ArgumentParser(), Toy, defaults={"epochs": 1, "typo": 2})
     with pytest.raises(ValueError, match="needs the default"):
         setting(False, "a negated switch defaults to True", negated=True)
+
+
+def test_a_registered_entry_is_accepted_by_its_flag(monkeypatch) -> None:
+    from utils.scoring.selection import SELECTORS
+
+    monkeypatch.setitem(SELECTORS._entries, "mine", SELECTORS.get("random"))  # noqa: SLF001 (a test's registration)
+    parser = ArgumentParser()
+    add_settings_args(parser, SelectionSettings)
+    assert settings_from_args(SelectionSettings, parser.parse_args(["--selection", "mine"])).selection == "mine"

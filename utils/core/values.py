@@ -48,31 +48,26 @@ INT_LIMIT = 10**9  # the largest count any int flag takes (epochs, batches, step
 FLOAT_LIMIT = 1e30  # the largest magnitude any float flag takes: far inside fp32 (3.4e38); tighter where it matters
 
 
-def _at_most(text: str, value: int, limit: int = INT_LIMIT) -> int:
-    """``value`` (parsed from ``text``) when it is at most ``limit``; ``BadValue`` otherwise."""
-    if value > limit:
-        raise BadValue(f"{text} is more than {limit:,}")
+def _int_in(text: str, low: int, high: int = INT_LIMIT) -> int:
+    """The integer ``text`` when it lies in [``low``, ``high``]; ``BadValue`` saying which bound it misses."""
+    value = _int(text)
+    if value < low:
+        raise BadValue(f"{text} must be {'at least 1' if low == 1 else f'{low} or more'}")
+    if value > high:
+        raise BadValue(f"{text} is more than {high:,}")
     return value
 
 
 def positive_int(text: str) -> int:
     """value type: an integer from 1 to ``INT_LIMIT``."""
-    value = _int(text)
-    if value < 1:
-        raise BadValue(f"{text} must be at least 1")
-    return _at_most(text, value)
+    return _int_in(text, 1)
 
 
 def int_up_to(limit: int) -> Callable[[str], int]:
     """value type factory: an integer from 1 to ``limit`` (sizes that are allocated: never unbounded)."""
 
     def bounded(text: str) -> int:
-        value = _int(text)
-        if value < 1:
-            raise BadValue(f"{text} must be at least 1")
-        if value > limit:
-            raise BadValue(f"{text} is more than {limit:,}")
-        return value
+        return _int_in(text, 1, limit)
 
     bounded.__name__ = f"int_up_to_{limit}"
     return bounded
@@ -93,10 +88,7 @@ def float_up_to(limit: float, base: Callable[[str], float] | None = None) -> Cal
 
 def non_negative_int(text: str) -> int:
     """value type: an integer from 0 to ``INT_LIMIT`` (e.g. a patience, where 0 switches early stopping off)."""
-    value = _int(text)
-    if value < 0:
-        raise BadValue(f"{text} must be 0 or more")
-    return _at_most(text, value)
+    return _int_in(text, 0)
 
 
 def seed_int(text: str) -> int:

@@ -30,7 +30,7 @@ from utils.cli.types import fraction, positive_int
 from utils.core.files import atomic_write, write_json
 from utils.core.provenance import PROVENANCE_KEY, command_line
 from utils.core.timer import Timer
-from utils.results.figures import mean_std
+from utils.results.figures import setting_b_table
 from utils.results.plots import plot_report
 from utils.runtime.checkpoint import read_checkpoint
 
@@ -81,18 +81,6 @@ def gather(args: argparse.Namespace) -> list[dict]:
     return [json.loads(p.read_text())["point"] for p in sorted(Path(args.results).glob(f"{digest}_seed*.json"))]
 
 
-def table(points: list[dict]) -> str:
-    """Markdown: per target, n seeds, mean sparsity, val and test mean ± std, and the seeds' test values."""
-    lines = ["| target | n | sparsity | val acc (%) | test acc (%) | test per seed |", "|---:|---:|---:|---:|---:|---|"]
-    for target in sorted({p["target"] for p in points}):
-        mine = sorted((p for p in points if p["target"] == target), key=lambda p: p["seed"])
-        seeds = ", ".join(f"{p['seed']}: {p['test_acc']:.2f}" for p in mine)
-        sparsity = statistics.fmean(p["sparsity"] for p in mine)
-        val, test = mean_std([p["val_acc"] for p in mine]), mean_std([p["test_acc"] for p in mine])
-        lines.append(f"| {100 * target:.1f}% | {len(mine)} | {sparsity:.4f} | {val} | {test} | {seeds} |")
-    return "\n".join(lines)
-
-
 @cli_main
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
@@ -110,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not points:
         print("no finished points yet")
         return 0
-    text = table(points)
+    text = setting_b_table(points)
     print(text)
     stem = Path(args.results) / f"setting_b_{point_path(args, 0, 0.0).name.split('_seed')[0]}"
     atomic_write(stem.with_suffix(".md"), lambda tmp: Path(tmp).write_text(text + "\n"))

@@ -144,3 +144,14 @@ def test_dense_tables_sort_reference_seeds_and_name_recipes_from_their_commands(
                        "86.90 | 87.61 | 68.8 |"
     assert lines[3].startswith("| same | 2 | 39 |")
     assert lines[4] == "| cosine lr 0.1, no label smoothing | 1 | stopped after epoch 29 (val 82.30) | - | - | - |"
+
+
+def test_setting_b_averages_each_target_over_its_seeds():
+    point = lambda seed, target, sparsity, val, test: {"point": {  # noqa: E731
+        "seed": seed, "target": target, "sparsity": sparsity, "val_acc": val, "test_acc": test}}
+    text = FIGURES.get("setting_b")([point(2, 0.9, 0.9001, 80.0, 79.0), point(1, 0.9, 0.8999, 82.0, 81.0),
+                                     point(1, 0.99, 0.99, 50.0, 51.5)])
+    lines = text.splitlines()
+    # target 90%: mean sparsity 0.9000, val 81 ± 1.41 (sample std of 80, 82), test 80 ± 1.41, seeds in order
+    assert lines[2] == "| 90.0% | 2 | 0.9000 | 81.00 ± 1.41 | 80.00 ± 1.41 | 1: 81.00, 2: 79.00 |"
+    assert lines[3] == "| 99.0% | 1 | 0.9900 | 50.00 ± 0.00 | 51.50 ± 0.00 | 1: 51.50 |"

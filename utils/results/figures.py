@@ -415,3 +415,23 @@ def dense_recipes(runs: list[dict]) -> str:
                           f"{run['val_acc_per_epoch'][-1]:.2f})", "-", "-", "-"])
     return _table(["recipe", "seed", "best epoch", "val (%)", "test (%)", "minutes (1 thread, beside another run)"],
                   "|---|---:|---:|---:|---:|---:|", lines)
+
+
+# --- Setting B (benchmarks/bench_setting_b.py --results: one file per seed and target) ---
+
+def setting_b_table(points: list[dict]) -> str:
+    """Markdown: per target, n seeds, mean sparsity, val and test mean ± std, and the seeds' test values."""
+    lines = ["| target | n | sparsity | val acc (%) | test acc (%) | test per seed |", "|---:|---:|---:|---:|---:|---|"]
+    for target in sorted({p["target"] for p in points}):
+        mine = sorted((p for p in points if p["target"] == target), key=lambda p: p["seed"])
+        seeds = ", ".join(f"{p['seed']}: {p['test_acc']:.2f}" for p in mine)
+        sparsity = statistics.fmean(p["sparsity"] for p in mine)
+        val, test = mean_std([p["val_acc"] for p in mine]), mean_std([p["test_acc"] for p in mine])
+        lines.append(f"| {100 * target:.1f}% | {len(mine)} | {sparsity:.4f} | {val} | {test} | {seeds} |")
+    return "\n".join(lines)
+
+
+@FIGURES.register("setting_b")
+def setting_b(files: list[dict]) -> str:
+    """The Setting B table of the kept points (each file: ``{"settings", "point"}``)."""
+    return setting_b_table([kept["point"] for kept in files]) + "\n"

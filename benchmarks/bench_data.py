@@ -19,6 +19,7 @@ from benchmarks.common import cifar_like, machine, save_results, timed
 from data import load_raw
 from data.cifar10 import INFO
 from data.loader import DeviceLoader
+from utils.cli.types import non_negative_int, positive_int
 
 
 class PilCifar(Dataset):
@@ -56,9 +57,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data_dir", default="./data")
     parser.add_argument("--random_data", action="store_true", help="random CIFAR-shaped data instead of files")
-    parser.add_argument("--images", type=int, default=45_000, help="training images per epoch")
-    parser.add_argument("--batch_size", type=int, default=128)
-    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="DataLoader worker counts to try")
+    parser.add_argument("--images", type=positive_int, default=45_000, help="training images per epoch")
+    parser.add_argument("--batch_size", type=positive_int, default=128)
+    parser.add_argument("--workers", type=non_negative_int, nargs="+", default=[0, 2],
+                        help="DataLoader worker counts to try")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
 

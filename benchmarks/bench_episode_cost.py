@@ -20,6 +20,7 @@ import torch
 from benchmarks.common import machine, save_results, timed
 from data import DataSettings, get_data
 from models import create_model
+from utils.cli.types import positive_int
 from utils.prune.pruners import get_pruner
 from utils.regrow.allocation import allocate_uniform
 from utils.regrow.apply import Finetuning, Regrowth, apply_allocation
@@ -35,10 +36,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", default="resnet20")
     parser.add_argument("--dataset", default="synthetic", help="synthetic | cifar10 (needs --data_dir)")
     parser.add_argument("--data_dir", default="./data")
-    parser.add_argument("--train_subset", type=int, default=None, help="first N training images (default: all)")
-    parser.add_argument("--steps", type=int, default=30, help="optimizer steps of the cheap episode")
-    parser.add_argument("--val_subset", type=int, default=1000, help="val images of the cheap episode's reward")
-    parser.add_argument("--repeats", type=int, default=2, help="timings of the cheap episode (the best counts)")
+    parser.add_argument("--train_subset", type=positive_int, default=None,
+                        help="first N training images (default: all)")
+    parser.add_argument("--steps", type=positive_int, default=30, help="optimizer steps of the cheap episode")
+    parser.add_argument("--val_subset", type=positive_int, default=1000,
+                        help="val images of the cheap episode's reward")
+    parser.add_argument("--repeats", type=positive_int, default=2,
+                        help="timings of the cheap episode (the best counts)")
     return parser.parse_args(argv)
 
 

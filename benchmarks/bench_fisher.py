@@ -24,7 +24,7 @@ from benchmarks.common import machine, save_results
 from data import DataSettings, get_data
 from models import create_model
 from utils.cli.flags import cli_main
-from utils.cli.types import fraction, positive_int
+from utils.cli.types import fraction, positive_int, seed_int
 from utils.core.seeds import make_generator
 from utils.core.timer import Timer
 from utils.prune.pruners import get_pruner
@@ -39,7 +39,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--dense", required=True, help="the dense checkpoint")
     parser.add_argument("--dataset", default="cifar10")
     parser.add_argument("--data_dir", default="./data")
-    parser.add_argument("--seed", type=int, default=1, help="the val split and the batches' order")
+    parser.add_argument("--seed", type=seed_int, default=1, help="the val split and the batches' order")
     parser.add_argument("--sparsity", type=fraction, default=0.99)
     parser.add_argument("--regrow_step", type=fraction, default=0.01, help="K as a fraction of all weights")
     parser.add_argument("--batches", type=positive_int, default=40, help="training batches for both estimates")

@@ -18,6 +18,7 @@ from benchmarks.common import cifar_like, machine, save_results, timed
 from data.cifar10 import INFO
 from data.loader import DeviceLoader
 from models import create_model
+from utils.cli.types import positive_int
 from utils.prune.pruners import get_pruner
 from utils.runtime.train import use_channels_last
 from utils.scoring.saliency import saliency
@@ -58,8 +59,8 @@ def peak_cuda_extra(model: torch.nn.Module, loader: DeviceLoader, batches: int, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--batches", type=int, default=8)
-    parser.add_argument("--batch_size", type=int, default=128)
+    parser.add_argument("--batches", type=positive_int, default=8)
+    parser.add_argument("--batch_size", type=positive_int, default=128)
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)

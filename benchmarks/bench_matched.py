@@ -77,7 +77,7 @@ from benchmarks.experiment import (
 from utils.cli.flags import cli_main
 from utils.cli.jobs import regrowth_settings
 from utils.cli.prepare import prepare_dense_sparse
-from utils.cli.types import non_negative_int, positive_float, positive_int
+from utils.cli.types import non_negative_int, open_fraction, positive_float, positive_int, seed_int
 from utils.core.errors import UsageError
 from utils.core.files import write_csv, write_json
 from utils.core.paths import pretrained_path
@@ -103,12 +103,12 @@ SWAP_ARMS = ("straight", "regrown", "gradual")  # --swap_arms: the arms finetune
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_experiment_args(parser)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--start_sparsity", type=float, default=0.99)
-    parser.add_argument("--final_sparsity", type=float, default=0.98)
-    parser.add_argument("--regrow_epochs", type=int, default=4, help="finetune epochs after regrowth")
-    parser.add_argument("--episodes", type=int, default=12, help="episodes of the RL and random searches")
-    parser.add_argument("--search_epochs", type=int, default=1, help="mini-finetune epochs per episode")
+    parser.add_argument("--seeds", type=seed_int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--start_sparsity", type=open_fraction, default=0.99)
+    parser.add_argument("--final_sparsity", type=open_fraction, default=0.98)
+    parser.add_argument("--regrow_epochs", type=positive_int, default=4, help="finetune epochs after regrowth")
+    parser.add_argument("--episodes", type=positive_int, default=12, help="episodes of the RL and random searches")
+    parser.add_argument("--search_epochs", type=positive_int, default=1, help="mini-finetune epochs per episode")
     parser.add_argument("--episode_steps", type=positive_int, default=None,
                         help="cheap episodes: a mini-finetune of this many optimizer steps instead of --search_epochs")
     parser.add_argument("--episode_val_subset", type=positive_int, default=None,

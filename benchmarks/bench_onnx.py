@@ -17,6 +17,7 @@ import torch
 
 from benchmarks.common import machine, save_results
 from models import create_model
+from utils.cli.types import fraction, positive_int
 from utils.device.latency import latencies_ms
 from utils.device.onnx import checked_onnx, ort_latency_ms
 from utils.device.storage import model_bytes
@@ -30,9 +31,9 @@ FORMATS = ("dense_fp32", "dense_int8", "bitmap_fp16")
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["resnet20", "vgg16"])
-    parser.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.9], help="channel sparsities")
-    parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 128])
-    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--sparsities", type=fraction, nargs="+", default=[0.5, 0.9], help="channel sparsities")
+    parser.add_argument("--batch_sizes", type=positive_int, nargs="+", default=[1, 128])
+    parser.add_argument("--repeats", type=positive_int, default=10)
     return parser.parse_args(argv)
 
 

@@ -13,6 +13,7 @@ import torch
 
 from benchmarks.common import machine, save_results, sync
 from models import create_model
+from utils.cli.types import open_fraction, positive_int
 from utils.core.timer import Timer
 from utils.prune.pruners import get_pruner, list_pruners
 from utils.sparsity.masks import add_reparam, get_masks, num_prunable, set_masks, sparsity
@@ -21,9 +22,9 @@ from utils.sparsity.masks import add_reparam, get_masks, num_prunable, set_masks
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="vgg16")
-    parser.add_argument("--amount", type=float, default=0.99)
+    parser.add_argument("--amount", type=open_fraction, default=0.99)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=positive_int, default=3)
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)

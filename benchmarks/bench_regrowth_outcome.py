@@ -33,7 +33,7 @@ import regrowth_greedy
 from benchmarks.common import machine
 from benchmarks.experiment import add_experiment_args, check_settings, dense_model, pruned_model, run, stage_flags
 from utils.cli.flags import cli_main
-from utils.cli.types import open_fraction, positive_int
+from utils.cli.types import open_fraction, positive_int, seed_int
 from utils.core.files import write_json
 from utils.core.paths import SUMMARY, greedy_dir
 from utils.core.provenance import PROVENANCE_KEY
@@ -48,7 +48,7 @@ NOT_SETTINGS = ("seeds", "device", "save_dir", "data_dir", "results")  # which s
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_experiment_args(parser)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1])
+    parser.add_argument("--seeds", type=seed_int, nargs="+", default=[1])
     parser.add_argument("--start_sparsity", type=open_fraction, default=0.99)
     parser.add_argument("--regrow_step", type=open_fraction, default=0.01, help="weights regrown per step / N_tot")
     parser.add_argument("--steps", type=positive_int, default=4, help="regrowth steps")

@@ -52,6 +52,7 @@ from benchmarks.common import machine  # noqa: E402
 from benchmarks.experiment import add_experiment_args, check_settings, dense_model, pruned_model, stage_flags  # noqa: E402
 from utils.cli.jobs import regrowth_settings  # noqa: E402
 from utils.cli.prepare import prepare_dense_sparse  # noqa: E402
+from utils.cli.types import non_negative_int, open_fraction, positive_int, seed_int
 from utils.core.files import write_csv, write_json  # noqa: E402
 from utils.core.seeds import make_generator  # noqa: E402
 from utils.core.timer import Timer  # noqa: E402
@@ -72,14 +73,16 @@ from utils.sparsity.masks import clone_model  # noqa: E402
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_experiment_args(parser)
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--sparsity", type=float, default=0.99, help="one-shot LAMP sparsity of the start")
-    parser.add_argument("--regrow_step", type=float, default=0.01, help="K / N_tot")
-    parser.add_argument("--allocations", type=int, default=16, help="allocations drawn (>= 5: 3 greedy + draws)")
-    parser.add_argument("--steps", type=int, nargs="+", default=[0, 10, 30, 100, 300], help="S of the val@S rewards")
-    parser.add_argument("--val_subset", type=int, default=1000, help="val images of the cheap rewards")
-    parser.add_argument("--bn_batches", type=int, default=10, help="train batches of the BN recalibration")
-    parser.add_argument("--truth_epochs", type=int, default=4, help="epochs of the final finetune (the truth)")
+    parser.add_argument("--seed", type=seed_int, default=1)
+    parser.add_argument("--sparsity", type=open_fraction, default=0.99, help="one-shot LAMP sparsity of the start")
+    parser.add_argument("--regrow_step", type=open_fraction, default=0.01, help="K / N_tot")
+    parser.add_argument("--allocations", type=positive_int, default=16,
+                        help="allocations drawn (>= 5: 3 greedy + draws)")
+    parser.add_argument("--steps", type=non_negative_int, nargs="+", default=[0, 10, 30, 100, 300],
+                        help="S of the val@S rewards")
+    parser.add_argument("--val_subset", type=positive_int, default=1000, help="val images of the cheap rewards")
+    parser.add_argument("--bn_batches", type=positive_int, default=10, help="train batches of the BN recalibration")
+    parser.add_argument("--truth_epochs", type=positive_int, default=4, help="epochs of the final finetune (the truth)")
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples of the intervals")
     return parser.parse_args(argv)
 

@@ -31,8 +31,8 @@ def add_settings_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup,
     """Add the flag of every field of dataclass ``cls`` that has one (``only`` / ``skip``: a subset by field
     name). ``defaults``: the stage's own defaults (field name -> value; required for a ``REQUIRED`` field);
     ``helps``: help sentences of this stage; ``names``: this stage's spellings of a flag (the value still lands
-    under the canonical name; --help shows the first spelling as its metavar); ``choices``: a narrower set of values at this stage; ``hidden``: fields whose flag
-    is accepted but left out of --help."""
+    under the canonical name; --help shows the first spelling as its metavar); ``choices``: a narrower set of
+    values at this stage; ``hidden``: fields whose flag is accepted but left out of --help."""
     defaults, helps, names, choices = dict(defaults or {}), dict(helps or {}), dict(names or {}), dict(choices or {})
     unknown = (set(defaults) | set(helps) | set(names) | set(choices) | set(skip) | set(only or ())
                | set(hidden)) - set(flags_of(cls))

@@ -36,14 +36,7 @@ import torch
 from data import DataSettings
 from utils.cli.flags import add_common_args, add_run_flags, add_speed_args, cli_main, new_parser
 from utils.cli.prepare import prepare
-from utils.cli.types import (
-    float_up_to,
-    fraction_below_one,
-    non_negative_float,
-    non_negative_int,
-    positive_float,
-    positive_int,
-)
+from utils.cli.settings_flags import add_settings_args, settings_from_args
 from utils.core.distributed import all_gather, current_world
 from utils.core.errors import UsageError
 from utils.core.fields import resumable_flags
@@ -51,25 +44,17 @@ from utils.core.files import check_same_run, trim_csv
 from utils.core.log import LOG, log_outputs, setup_logging
 from utils.core.paths import check_output_dir, clean_stale_temps, pretrained_path
 from utils.runtime.checkpoint import load_weights, read_checkpoint
-from utils.runtime.schedules import LR_SCHEDULES, lr_lambda
-from utils.runtime.settings import LoopSettings, RunSettings
+from utils.runtime.schedules import lr_lambda
+from utils.runtime.settings import PRETRAIN_RECIPES, LoopSettings, PretrainSettings, RunSettings
 from utils.runtime.stage import Stage
 from utils.runtime.train import EpochStats, FitSchedule, FitState, evaluate_model, fit, precision_name
 from utils.sparsity.swap import RECOMMENDED_EVERY_EPOCHS
 
-# flags a resumed pretraining may change: the run settings' resumable flags, the length and stop, the device; every
-# other flag must equal the one the run started with (--recipe only sets defaults: the values it gave are compared)
-MAY_CHANGE_ON_RESUME = resumable_flags(RunSettings, DataSettings) | {"recipe", "epochs", "patience", "device"}
-
-
-# --recipe: named sets of defaults for the pretraining flags (a flag given on the command line still wins)
-RECIPES: dict[str, dict] = {
-    "original": {},  # the original repository's: 200 epochs, lr 0.1, cosine per epoch, plain momentum
-    # the recipe of the reference dense models (docs/results/data/dense/): ResNet-20 on the JPEG CIFAR-10 at 88.6 and
-    # 88.1% test after 80 epochs (87.6 and 87.5% after 40), short of the 91% goal (docs/results/dense_recipe.md)
-    "short": {"epochs": 80, "lr": 0.2, "lr_schedule": "onecycle", "warmup_epochs": 2.0, "nesterov": True,
-              "label_smoothing": 0.1, "patience": 0},
-}
+# flags a resumed pretraining may change: the resumable flags of its settings (where and how fast it runs, the length
+# and stop, the recipe that only sets defaults: the values it gave are compared), the device; every other flag must
+# equal the one the run started with
+MAY_CHANGE_ON_RESUME = resumable_flags(RunSettings, DataSettings, PretrainSettings) | {"device"}
+RECIPES = PRETRAIN_RECIPES
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -77,23 +62,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add_common_args(parser)
     add_speed_args(parser)
     group = parser.add_argument_group("pretraining")
-    group.add_argument("--recipe", choices=list(RECIPES), default="original",
-                       help="defaults of the flags below: original (the original repository's) or short (80 epochs: "
-                            + ", ".join(f"--{k} {v}" for k, v in RECIPES["short"].items() if k != "epochs")
-                            + "); a flag given still wins")
-    group.add_argument("--epochs", type=positive_int, default=200, help="epochs; the learning-rate curve spans them")
-    group.add_argument("--lr", type=positive_float, default=0.1, help="SGD learning rate")
-    group.add_argument("--momentum", type=fraction_below_one, default=0.9, help="SGD momentum, in [0, 1)")
-    group.add_argument("--nesterov", action="store_true", help="Nesterov momentum (the original: plain)")
-    group.add_argument("--lr_schedule", choices=sorted(LR_SCHEDULES), default="cosine",
-                       help="learning-rate curve: " + "; ".join(f"{k}: {v.help}" for k, v in LR_SCHEDULES.items()))
-    group.add_argument("--warmup_epochs", type=non_negative_float, default=0.0,
-                       help="per-step schedules: linear warm-up over this many epochs (a fraction allowed)")
-    group.add_argument("--label_smoothing", type=fraction_below_one, default=0.0,
-                       help="label smoothing of the training loss, in [0, 1) (the original: 0)")
-    group.add_argument("--weight_decay", type=float_up_to(1.0), default=5e-4, help="SGD weight decay")
-    group.add_argument("--patience", type=non_negative_int, default=30,
-                       help="early stop after N epochs without val gain (0: off)")
+    add_settings_args(group, PretrainSettings)
     add_run_flags(group, {"resume": "continue from last.pth"}, names={"resume": ("--resume", "-r")})
     add_run_flags(group, {"overwrite": "start over even if a checkpoint exists"})
     recipe = parser.parse_known_args(argv)[0].recipe
@@ -101,15 +70,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def check_schedule_flags(args: argparse.Namespace) -> None:
+def check_schedule_flags(train: PretrainSettings) -> None:
     """Refuse combinations of the optimiser and schedule flags that would be silently ignored or never decay."""
-    if args.nesterov and args.momentum == 0:
+    if train.nesterov and train.momentum == 0:
         raise UsageError("--nesterov needs a --momentum above 0")
-    if args.warmup_epochs and not LR_SCHEDULES[args.lr_schedule].per_step:
-        raise UsageError(f"--warmup_epochs applies to the per-step schedules, not --lr_schedule {args.lr_schedule}: "
+    if train.warmup_epochs and not train.per_step:
+        raise UsageError(f"--warmup_epochs applies to the per-step schedules, not --lr_schedule {train.lr_schedule}: "
                          "pass --lr_schedule onecycle or warmup_cosine, or leave --warmup_epochs out")
-    if args.warmup_epochs >= args.epochs:
-        raise UsageError(f"--warmup_epochs {args.warmup_epochs:g} is not shorter than --epochs {args.epochs}: the "
+    if train.warmup_epochs >= train.epochs:
+        raise UsageError(f"--warmup_epochs {train.warmup_epochs:g} is not shorter than --epochs {train.epochs}: the "
                          "learning rate would never decay")
 
 
@@ -154,6 +123,7 @@ def _restore(path: Path, model, optimizer, scheduler, stage: Stage, patience: in
 @cli_main
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    train = settings_from_args(PretrainSettings, args)
     stage = prepare(args)
     stage.shard_training_data()  # under torchrun: data-parallel, each process on its shard
     best_path = pretrained_path(args.save_dir, stage.model_name)
@@ -167,14 +137,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     clean_stale_temps(out)
 
     model = stage.build_model()
-    check_schedule_flags(args)
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
-                                weight_decay=args.weight_decay, nesterov=args.nesterov)
-    per_step = LR_SCHEDULES[args.lr_schedule].per_step
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(args.lr_schedule, args.epochs,
-                                                                       len(stage.data.train), args.warmup_epochs))
-    state = _restore(last_path, model, optimizer, scheduler, stage, args.patience) if args.resume else FitState()
-    if args.resume and (state.epoch >= args.epochs or state.stopped_early) and (out / "summary.json").is_file():
+    check_schedule_flags(train)
+    optimizer = torch.optim.SGD(model.parameters(), lr=train.lr, momentum=train.momentum,
+                                weight_decay=train.weight_decay, nesterov=train.nesterov)
+    per_step = train.per_step
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(train.lr_schedule, train.epochs,
+                                                                       len(stage.data.train), train.warmup_epochs))
+    state = _restore(last_path, model, optimizer, scheduler, stage, train.patience) if args.resume else FitState()
+    if args.resume and (state.epoch >= train.epochs or state.stopped_early) and (out / "summary.json").is_file():
         raise UsageError(f"--resume: the run in {out} finished (epoch {state.epoch}"
                          f"{', stopped early' if state.stopped_early else ''}); nothing to continue: pass a larger "
                          "--epochs (or --patience) to train on")
@@ -199,9 +169,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     loop = LoopSettings(amp=stage.amp, compile=args.compile, progress=not args.no_progress,
                         csv_path=out / "pretrain_log.csv", data_parallel_device=stage.device)  # DDP under torchrun
     state = fit(model, stage.data.train, stage.data.val, optimizer,
-                FitSchedule(args.epochs, patience=args.patience, scheduler=None if per_step else scheduler,
+                FitSchedule(train.epochs, patience=train.patience, scheduler=None if per_step else scheduler,
                             batch_scheduler=scheduler if per_step else None,
-                            label_smoothing=args.label_smoothing), loop=loop, state=state,
+                            label_smoothing=train.label_smoothing), loop=loop, state=state,
                 on_epoch_end=checkpoint)
 
     model.load_state_dict(state.best_state)

@@ -21,6 +21,7 @@ from utils.core.values import (
     finite_float,
     float_up_to,
     fraction,
+    fraction_below_one,
     int_up_to,
     non_negative_float,
     non_negative_int,
@@ -29,6 +30,7 @@ from utils.core.values import (
     positive_int,
     seed_int,
 )
+from utils.runtime.schedules import LR_SCHEDULES
 from utils.sparsity.swap import SwapSettings
 
 
@@ -74,6 +76,49 @@ class RunSettings:
         subset = {} if self.eval_subset is None else {"eval_subset": self.eval_subset}
         precision = {"amp": True} if self.amp else {}  # bf16 where native: results cached apart from fp32 ones
         return {"seed": self.seed, "val_split": self.val_split, **subset, **precision}
+
+
+# pretrain.py --recipe: named sets of defaults for the pretraining flags (a flag given on the command line still wins)
+PRETRAIN_RECIPES: dict[str, dict] = {
+    "original": {},  # the original repository's: 200 epochs, lr 0.1, cosine per epoch, plain momentum
+    # the recipe of the reference dense models (docs/results/data/dense/): ResNet-20 on the JPEG CIFAR-10 at 88.6 and
+    # 88.1% test after 80 epochs (87.6 and 87.5% after 40), short of the 91% goal (docs/results/dense_recipe.md)
+    "short": {"epochs": 80, "lr": 0.2, "lr_schedule": "onecycle", "warmup_epochs": 2.0, "nesterov": True,
+              "label_smoothing": 0.1, "patience": 0},
+}
+
+_RECIPE_HELP = ("defaults of the flags below: original (the original repository's) or short (80 epochs: "
+                + ", ".join(f"--{k} {v}" for k, v in PRETRAIN_RECIPES["short"].items() if k != "epochs")
+                + "); a flag given still wins")
+
+
+@dataclass(frozen=True)
+class PretrainSettings:
+    """Dense pretraining (pretrain.py): SGD, its learning-rate curve (``utils.runtime.schedules``) and the early
+    stop, the best epoch chosen on val. The defaults are the original repository's; ``PRETRAIN_RECIPES`` names
+    other sets of defaults. A resumed run may change its length and patience (and the recipe that only set
+    defaults), nothing else."""
+
+    recipe: str = setting("original", _RECIPE_HELP, choices=PRETRAIN_RECIPES, resumable=True)
+    epochs: int = setting(200, "epochs; the learning-rate curve spans them", parse=positive_int, resumable=True)
+    lr: float = setting(0.1, "SGD learning rate", parse=positive_float)
+    momentum: float = setting(0.9, "SGD momentum, in [0, 1)", parse=fraction_below_one)
+    nesterov: bool = setting(False, "Nesterov momentum (the original: plain)", switch=True)
+    lr_schedule: str = setting("cosine", "learning-rate curve: " + "; ".join(f"{k}: {v.help}"
+                                                                            for k, v in LR_SCHEDULES.items()),
+                               choices=sorted(LR_SCHEDULES))
+    warmup_epochs: float = setting(0.0, "per-step schedules: linear warm-up over this many epochs (a fraction "
+                                        "allowed)", parse=non_negative_float)
+    label_smoothing: float = setting(0.0, "label smoothing of the training loss, in [0, 1) (the original: 0)",
+                                     parse=fraction_below_one)
+    weight_decay: float = setting(5e-4, "SGD weight decay", parse=float_up_to(1.0))
+    patience: int = setting(30, "early stop after N epochs without val gain (0: off)", parse=non_negative_int,
+                            resumable=True)
+
+    @property
+    def per_step(self) -> bool:
+        """Whether the learning-rate curve moves after every optimizer step (else after every epoch)."""
+        return LR_SCHEDULES[self.lr_schedule].per_step
 
 
 def adamw_lr() -> float:

@@ -67,7 +67,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--ckpt", required=True, help="checkpoint: channel-pruned (from prune_structure.py) for the "
                                                       "physical export; any with --onnx or --format")
     parser.add_argument("--out", default=None, help="exported checkpoint (default {ckpt stem}_exported.pth)")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (latency is measured here)")
+    add_run_flags(parser, {"device": "auto | cpu | cuda | cuda:N (latency is measured here)"})
     parser.add_argument("--batch_sizes", type=positive_int, nargs="+", default=[1, 128], help="latency batch sizes")
     parser.add_argument("--repeats", type=positive_int, default=10, help="timed forward passes per measurement")
     add_run_flags(parser, {"channels_last": "time in NCHW layout"})

@@ -60,7 +60,8 @@ import report
 from data import DataSettings
 from models import create_model
 from utils.cli.commands import commands, granularity_flags
-from utils.cli.flags import add_swap_args, cli_main, new_parser, profile_from_args, swap_settings
+from utils.cli.flags import add_run_flags, add_swap_args, cli_main, new_parser, swap_settings
+from utils.cli.settings_flags import add_settings_args
 from utils.cli.types import positive_float, seed_int
 from utils.core.errors import ReportedError, UsageError
 from utils.core.files import write_csv, write_json
@@ -84,10 +85,11 @@ from utils.core.provenance import PROVENANCE_KEY, describe, provenance
 from utils.core.seeds import resolve_device
 from utils.core.timer import Timer
 from utils.device.fill import DeviceTargets, device_targets
-from utils.device.profiles import UNIT_NAMES, DeviceProfile
+from utils.device.profiles import UNIT_NAMES, BudgetSettings, DeviceProfile
 from utils.results.figures import table_lines
 from utils.results.plots import plot_results
 from utils.runtime.checkpoint import read_checkpoint
+from utils.runtime.settings import RunSettings
 from utils.runtime.stage import recorded_eval_flags
 from utils.runtime.train import precision_name
 from utils.sparsity.budget import prune_count
@@ -138,25 +140,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--granularity", default=list_granularities()[0], choices=list_granularities(),
                         help="prune and regrow weights or whole channels")
     parser.add_argument("--data_dir", default="./data", help="folder holding the data sets (not used by synthetic)")
-    parser.add_argument("--save_dir", default=None,
-                        help="root of the run folders (default: runs/{preset}, with --device_profile "
-                             "runs/{preset}-{profile file name}, so stage-by-stage runs under runs/ never meet the "
-                             "pipeline's, nor a device run the demo)")
-    parser.add_argument("--pretrained", default=None,
-                        help="start every row from this dense checkpoint instead of pretraining (e.g. a reference "
-                             "model of docs/results/data/dense/ with --preset cifar10_resnet20_short; {seed} in the "
-                             "path stands for the run's seed, for --seeds); its model and data set must be the "
-                             "preset's")
-    parser.add_argument("--seed", type=seed_int, default=42, help="run seed of a single run")
+    add_run_flags(parser, {"save_dir": "root of the run folders (default: runs/{preset}, with --device_profile "
+                                       "runs/{preset}-{profile file name}, so stage-by-stage runs under runs/ never "
+                                       "meet the pipeline's, nor a device run the demo)"}, defaults={"save_dir": None})
+    add_run_flags(parser, {"pretrained": "start every row from this dense checkpoint instead of pretraining (e.g. a "
+                                         "reference model of docs/results/data/dense/ with --preset "
+                                         "cifar10_resnet20_short; {seed} in the path stands for the run's seed, for "
+                                         "--seeds); its model and data set must be the preset's"})
+    add_run_flags(parser, {"seed": "run seed of a single run"})
     parser.add_argument("--seeds", type=seed_int, nargs="+", default=None, metavar="N",
                         help="run the whole chain once per seed under {save_dir}/seed{N}/ (finished stages are "
                              "reused, so a killed run continues), then print report.py's tables over the seeds")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    parser.add_argument("--no_progress", action="store_true", help="no progress bars")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model in every training stage")
-    parser.add_argument("--no_amp", action="store_true",
-                        help="fp32 in every stage: no bf16 autocast (the default on CUDA and AMX / AVX512-BF16 CPUs)")
-    parser.add_argument("--overwrite", action="store_true", help="redo stages whose outputs already exist")
+    add_settings_args(parser, RunSettings, only=("device",))
+    add_run_flags(parser, {"progress": "no progress bars"})
+    add_run_flags(parser, {"compile": "torch.compile the model in every training stage"})
+    add_run_flags(parser, {"amp": "fp32 in every stage: no bf16 autocast (the default on CUDA and AMX / AVX512-BF16 "
+                                  "CPUs)"})
+    add_run_flags(parser, {"overwrite": "redo stages whose outputs already exist"})
     parser.add_argument("--device_profile", default=None,
                         help="regrow up to a device's limit instead (a JSON profile, see profiles/; weights fill "
                              "max_bytes, channels max_macs): the pruning curve and its boundary, pruned-to-limit "
@@ -428,7 +428,7 @@ def _flags(args: argparse.Namespace, p: dict, seed: int, save_dir: Path) -> tupl
 
 def device_profile(args: argparse.Namespace) -> DeviceProfile:
     """The --device_profile of the run."""
-    return profile_from_args(argparse.Namespace(device_profile=args.device_profile))
+    return BudgetSettings(device_profile=args.device_profile).profile()
 
 
 def run_device_chain(args: argparse.Namespace, seed: int, save_dir: Path) -> int:

@@ -51,9 +51,9 @@ from utils.runtime.train import EpochStats, FitSchedule, FitState, evaluate_mode
 from utils.sparsity.swap import RECOMMENDED_EVERY_EPOCHS
 
 # flags a resumed pretraining may change: the resumable flags of its settings (where and how fast it runs, the length
-# and stop, the recipe that only sets defaults: the values it gave are compared), the device; every other flag must
-# equal the one the run started with
-MAY_CHANGE_ON_RESUME = resumable_flags(RunSettings, DataSettings, PretrainSettings) | {"device"}
+# and stop, the recipe that only sets defaults: the values it gave are compared); every other flag must equal the one
+# the run started with
+MAY_CHANGE_ON_RESUME = resumable_flags(RunSettings, DataSettings, PretrainSettings)
 RECIPES = PRETRAIN_RECIPES
 
 

@@ -18,7 +18,6 @@ from utils.cli.types import (
     fraction,
     int_up_to,
     open_fraction,
-    positive_float,
     positive_int,
 )
 from utils.core.distributed import (
@@ -34,8 +33,7 @@ from utils.core.paths import (
     prune_dir,
 )
 from utils.core.provenance import running, script_command
-from utils.device.profiles import LIMITS, MAX_LATENCY_BATCH, DeviceProfile, load_profile
-from utils.device.storage import FORMATS
+from utils.device.profiles import BudgetSettings, DeviceProfile
 from utils.runtime.settings import (
     MODE_ALIASES,
     FinetuneSettings,
@@ -146,13 +144,10 @@ def add_common_args(parser: argparse.ArgumentParser, *, m_name_default: str | No
     the stage's own, for ``RunSettings`` fields."""
     group = parser.add_argument_group("common")
     hidden = () if training else ("save_dir", "batch_size", "train_subset", "augment")
-    run = {"defaults": defaults, "helps": helps, "hidden": hidden}
-    group.add_argument("--m_name", default=m_name_default, help="model name (see models/)")
-    group.add_argument("--dataset", default=None,
-                       help="cifar10 | tiny_imagenet | synthetic (default: the model's own data set)")
+    run = {"defaults": {"m_name": m_name_default, **(defaults or {})}, "helps": helps, "hidden": hidden}
+    add_settings_args(group, RunSettings, only=("m_name", "dataset"), **run)
     add_settings_args(group, DataSettings, only=("data_dir",))
-    add_settings_args(group, RunSettings, only=("save_dir", "seed"), **run)
-    group.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    add_settings_args(group, RunSettings, only=("save_dir", "seed", "device"), **run)
     add_settings_args(group, RunSettings, only=("batch_size",), **run)
     add_settings_args(group, DataSettings, only=("eval_batch_size",))
     add_settings_args(group, RunSettings, only=("val_split", "train_subset", "eval_subset"), **run)
@@ -161,10 +156,10 @@ def add_common_args(parser: argparse.ArgumentParser, *, m_name_default: str | No
 
 
 def add_run_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, helps: dict[str, str],
-                  names: dict[str, tuple[str, ...]] | None = None) -> None:
+                  names: dict[str, tuple[str, ...]] | None = None, defaults: dict | None = None) -> None:
     """The ``RunSettings`` flags a script adds itself (e.g. --overwrite, --resume, --trust_pickle), each with this
-    script's help sentence (``helps``: field name -> help; ``names``: its spellings here)."""
-    add_settings_args(parser, RunSettings, only=tuple(helps), helps=helps, names=names)
+    script's help sentence (``helps``: field name -> help; ``names``: its spellings here; ``defaults``: its own)."""
+    add_settings_args(parser, RunSettings, only=tuple(helps), helps=helps, names=names, defaults=defaults)
 
 
 # the DataSettings fields that are the run's (RunSettings carries their flags)
@@ -265,38 +260,20 @@ def add_controller_args(parser: argparse.ArgumentParser, *, episodes: int, actio
     add_settings_args(group, SearchSettings, skip=("episodes", "finetune_epochs", "lr", "weight_decay", "temperature",
                                                    "paired", "learn"),
                       defaults={"action_space_size": action_space_size, "early_stop_patience": patience})
-    group.add_argument("--share_gpus", action="store_true",
-                       help="under torchrun, allow more processes than GPUs: local rank r runs its episodes on GPU "
-                            "r mod G (collectives over gloo); one small model's episode leaves a GPU mostly idle")
+    add_settings_args(group, RunSettings, only=("share_gpus",))
     add_settings_args(group, SearchSettings, only=("paired", "learn"))
     add_run_flags(group, {"resume": "continue the search from its search_state.pt"})
     add_run_flags(group, {"overwrite": "start over where a search already ran"})
 
 
 def add_device_args(parser: argparse.ArgumentParser) -> None:
-    """--device_profile and the flags that set or override its entries."""
-    group = parser.add_argument_group("device budget")
-    group.add_argument("--device_profile", default=None, help="JSON file of a device's limits (see profiles/)")
-    group.add_argument("--max_bytes", type=positive_float, default=None, help="model storage limit, bytes")
-    group.add_argument("--max_macs", type=positive_float, default=None, help="MACs per image limit")
-    group.add_argument("--max_latency_ms", type=positive_float, default=None,
-                       help="latency limit of one forward pass, ms (measured here)")
-    group.add_argument("--storage", choices=FORMATS, default=None,
-                       help="how the device stores sparse weights (default: the profile's, else bitmap_fp32)")
-    group.add_argument("--latency_batch", type=int_up_to(MAX_LATENCY_BATCH), default=None,
-                       help="images per timed forward pass")
+    """--device_profile and the flags that set or override its entries (``BudgetSettings``)."""
+    add_settings_args(parser.add_argument_group("device budget"), BudgetSettings)
 
 
 def profile_from_args(args: argparse.Namespace) -> DeviceProfile | None:
-    """The profile the flags describe (file entries overridden by flags), or None when none is given."""
-    entries = load_profile(args.device_profile) if args.device_profile else {}
-    for key in (*LIMITS, "storage", "latency_batch"):
-        if getattr(args, key, None) is not None:
-            entries[key] = getattr(args, key)
-    if not entries and not args.device_profile:
-        return None  # (an empty profile file is refused below: it sets no limit)
-    entries.setdefault("name", Path(args.device_profile).stem if args.device_profile else "given by flags")
-    return DeviceProfile(**entries)
+    """The profile of ``add_device_args``' flags (file entries overridden by flags), or None when none is given."""
+    return settings_from_args(BudgetSettings, args).profile()
 
 
 def add_selection_args(parser: argparse.ArgumentParser) -> None:

@@ -52,17 +52,18 @@ def prepare(args: argparse.Namespace, model_name: str | None = None, dataset: st
     """Resolve ``args`` (or the given names) into a ``Stage`` with data loaded on the device, at
     ``granularity`` (None: the default one, weights). The data set is ``dataset``, else the one the dense model
     records (a stage with --pretrained; ``dense_dataset``), else --dataset, else the model's own."""
-    device = resolve_device(args.device)
-    model_name = model_name or args.m_name
+    run = run_settings(args)
+    device = resolve_device(run.device)
+    model_name = model_name or run.m_name
     name, dataset = resolve_names(model_name, dataset or dense_dataset(args, model_name))  # before the process group:
-    _, device = init_world(device, share_gpus=getattr(args, "share_gpus", False))  # a bad flag fails on every rank
-    seed_everything(args.seed)
+    _, device = init_world(device, share_gpus=run.share_gpus)  # a bad flag fails on every rank
+    seed_everything(run.seed)
     data = get_data(dataset, data_settings(args), device=device)
     expected = model_spec(name).input_size
     if data.info.image_size != expected:
         raise UsageError(f"model '{name}' takes {expected}x{expected} images but '{dataset}' has "
                          f"{data.info.image_size}x{data.info.image_size}; pick a model built for this data set")
-    return Stage(run_settings(args), vars(args), device, name, dataset, data, data.info.num_classes,
+    return Stage(run, vars(args), device, name, dataset, data, data.info.num_classes,
                  granularity or default_granularity())
 
 
@@ -73,8 +74,9 @@ def prepare_model_only(args: argparse.Namespace, ckpt: Checkpoint, granularity: 
         raise UsageError("the checkpoint does not record its model and class count (not a bridge-ckpt): "
                          "pass a checkpoint written by this toolkit")
     name, dataset = resolve_names(ckpt.model, ckpt.dataset)
-    return Stage(run_settings(args), vars(args), init_world(resolve_device(args.device))[1], name, dataset, None,
-                 ckpt.num_classes, granularity)
+    run = run_settings(args)
+    return Stage(run, vars(args), init_world(resolve_device(run.device))[1], name, dataset, None, ckpt.num_classes,
+                 granularity)
 
 
 def prepare_dense_sparse(args: argparse.Namespace, sparse_path: str | Path, reparam: bool = False,

@@ -23,9 +23,11 @@ import torch
 import torch.nn as nn
 
 from utils.core.errors import UsageError
+from utils.core.fields import setting
+from utils.core.values import int_up_to, positive_float
 from utils.device.latency import latencies_ms
 from utils.device.onnx import onnx_bytes
-from utils.device.storage import Format, model_bytes
+from utils.device.storage import FORMATS, Format, model_bytes
 from utils.sparsity.granularity import Granularity
 from utils.sparsity.macs import params_and_macs
 
@@ -81,6 +83,32 @@ def load_profile(path: str | Path) -> dict:
         raise UsageError(f"--device_profile {path}: unknown entries {', '.join(sorted(unknown))}; known: "
                          f"{', '.join(DeviceProfile.__dataclass_fields__)}")
     return entries
+
+
+@dataclass(frozen=True)
+class BudgetSettings:
+    """A device budget as the command line gives it: a profile file (``load_profile``) and entries that override
+    the file's; ``profile()`` merges them."""
+
+    device_profile: str | None = setting(None, "JSON file of a device's limits (see profiles/)")
+    max_bytes: float | None = setting(None, "model storage limit, bytes", parse=positive_float)
+    max_macs: float | None = setting(None, "MACs per image limit", parse=positive_float)
+    max_latency_ms: float | None = setting(None, "latency limit of one forward pass, ms (measured here)",
+                                           parse=positive_float)
+    storage: str | None = setting(None, "how the device stores sparse weights (default: the profile's, else "
+                                        "bitmap_fp32)", choices=FORMATS)
+    latency_batch: int | None = setting(None, "images per timed forward pass", parse=int_up_to(MAX_LATENCY_BATCH))
+
+    def profile(self) -> DeviceProfile | None:
+        """The profile the file and the entries describe (entries win), or None when neither is given."""
+        entries = load_profile(self.device_profile) if self.device_profile else {}
+        given = {"max_bytes": self.max_bytes, "max_macs": self.max_macs, "max_latency_ms": self.max_latency_ms,
+                 "storage": self.storage, "latency_batch": self.latency_batch}
+        entries |= {key: value for key, value in given.items() if value is not None}
+        if not entries and not self.device_profile:
+            return None  # (an empty profile file is refused below: it sets no limit)
+        entries.setdefault("name", Path(self.device_profile).stem if self.device_profile else "given by flags")
+        return DeviceProfile(**entries)
 
 
 def device_model(gran: Granularity, model: nn.Module, is_export: bool = False) -> tuple[nn.Module, bool]:

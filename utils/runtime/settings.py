@@ -36,10 +36,17 @@ from utils.sparsity.swap import SwapSettings
 
 @dataclass(frozen=True)
 class RunSettings:
-    """What every stage shares: where it writes, its seed, which images it sees, and how it runs."""
+    """What every stage shares: which model and data set, where it writes, its seed, which images it sees, and
+    where and how it runs."""
 
+    m_name: str | None = setting("resnet20", "model name (see models/)")
+    dataset: str | None = setting(None, "cifar10 | tiny_imagenet | synthetic (default: the model's own data set)")
     save_dir: str = setting("./runs", "root of all run folders", resumable=True)
     seed: int = setting(42, "run seed (data order, val split, init)", parse=seed_int)
+    device: str = setting("auto", "auto | cpu | cuda | cuda:N", resumable=True)
+    share_gpus: bool = setting(False, "under torchrun, allow more processes than GPUs: local rank r runs its episodes "
+                                      "on GPU r mod G (collectives over gloo); one small model's episode leaves a GPU "
+                                      "mostly idle", switch=True, resumable=True)
     val_split: float = setting(0.1, "fraction of the training set held out for validation", parse=open_fraction)
     batch_size: int = setting(128, "training batch size", parse=int_up_to(BATCH_LIMIT))
     train_subset: int | None = setting(None, "use only the first N training images (quick runs)", parse=positive_int)

@@ -53,8 +53,7 @@ from utils.sparsity.masks import clone_model
 
 # flags a resumed search may change (how long it runs, where and how fast): the settings' resumable flags and the
 # search scripts' own; every other flag defines the search
-MAY_CHANGE_ON_RESUME = resumable_flags(RunSettings, DataSettings, SearchSettings) | {
-    "num_iters", "target_sparsity", "device", "share_gpus"}
+MAY_CHANGE_ON_RESUME = resumable_flags(RunSettings, DataSettings, SearchSettings) | {"num_iters", "target_sparsity"}
 STATE_VERSION = 2  # 2: per-episode seeds and policy batches
 ZeroPoint = Callable[[float], float]  # sparsity after regrowth -> reference val accuracy (%)
 

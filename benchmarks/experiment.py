@@ -87,7 +87,7 @@ def run(main, argv: list[str]) -> None:
 def dense_model(args: argparse.Namespace, seed: int, root: Path) -> Path:
     """The dense model of ``seed``: the ``--dense`` file for it when given, else ``pretrain.py`` under ``root``
     (kept when it finished (its summary.json exists), resumed when it was interrupted)."""
-    if getattr(args, "dense", None):
+    if args.dense:
         given = Path(args.dense.replace("{seed}", str(seed)))
         if not given.is_file():
             raise UsageError(f"--dense: {given} (seed {seed}) does not exist")

@@ -126,9 +126,8 @@ def regrow_and_finetune(stage, pair, allocation: dict[str, int], scores: dict[st
     if allocation:
         regrowth = Regrowth(allocation, scores, init, pair.dense if source is None else source,
                             make_generator(seed, "regrowth_init", stage.device))
-    train = stage.data.train.with_generator(make_generator(seed, "matched_finetune", stage.device))
-    tuning = Finetuning(FinetuneSettings(epochs=epochs, patience=0, swap=swap), train, stage.data.val,
-                        LoopSettings(amp=stage.amp, progress=False, verbose=False))
+    tuning = Finetuning(FinetuneSettings(epochs=epochs, patience=0, swap=swap), stage.train_from_start(),
+                        stage.data.val, LoopSettings(amp=stage.amp, progress=False, verbose=False))
     applied = apply_allocation(gran, pair.sparse, regrowth, tuning, test=stage.data.test)
     return {"val_acc": applied.fit.best_val_acc, "test_acc": applied.test_acc,
             "sparsity": gran.sparsity(applied.model), "regrown": applied.regrown}

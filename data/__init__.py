@@ -131,6 +131,12 @@ class DataSettings:
                              negated=True, resumable=True)
 
 
+def data_order(seed: int, device: torch.device | str, rank: int = 0) -> torch.Generator:
+    """The 'data_order' stream of run seed ``seed`` (shuffling and augmentation of the training batches) from its
+    start; process ``rank`` > 0 of a data-parallel run draws from its own stream."""
+    return make_generator(seed, "data_order" if rank == 0 else f"data_order/rank{rank}", device)
+
+
 def get_data(name: str, settings: DataSettings = DataSettings(), *, device: torch.device) -> DataBundle:
     """Load ``name`` and wrap its splits in device-resident loaders on ``device``. Shuffling and augmentation
     draw from the 'data_order' stream of ``settings.seed``."""
@@ -150,7 +156,7 @@ def get_data(name: str, settings: DataSettings = DataSettings(), *, device: torc
         info=info,
         train=DeviceLoader(train.images, train.labels, batch_size=s.batch_size, shuffle=True,
                            augment=info.augment if s.augment else None,
-                           generator=make_generator(s.seed, "data_order", device), **common),
+                           generator=data_order(s.seed, device), **common),
         val=DeviceLoader(val.images, val.labels, batch_size=s.eval_batch_size, **common),
         test=DeviceLoader(test.images, test.labels, batch_size=s.eval_batch_size, **common),
         record=record,

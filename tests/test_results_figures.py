@@ -8,6 +8,7 @@ import pytest
 from benchmarks import readme_figures
 from benchmarks.common import ROOT
 from utils.core.errors import UsageError
+from utils.core.provenance import PROVENANCE_KEY
 from utils.results.figures import BLOCK, FIGURES
 
 CONVERTED = {  # the results pages whose tables are generated, and the renderers their blocks use
@@ -49,6 +50,17 @@ def test_matched_arms_means_and_differences_paired_by_seed():
                        "0.00 ± 1.00 | -1.00, +1.00, 0.00 |"
     assert lines[5] == "| 99%, no regrowth | 2 | 41.50 ± 0.71 | 40.50 ± 0.71 | -10.50 ± 0.71 | -10.00, -11.00 |"
     assert len(lines) == 6
+
+
+def test_matched_arms_say_which_machine_made_each_seed():
+    seeds = [_matched(1, {"straight": 50.0, "none": 40.0}), _matched(2, {"straight": 52.0, "none": 41.0}),
+             _matched(3, {"straight": 54.0, "none": 42.0})]
+    for kept, where in zip(seeds, [("Xeon", "bf16"), ("Xeon", "bf16"), ("EPYC", "fp32")], strict=True):
+        for row in kept["rows"]:
+            row[PROVENANCE_KEY] = {"cpu": where[0], "precision": where[1]}
+    seeds[1]["rows"][1][PROVENANCE_KEY] = {"cpu": "EPYC", "precision": "fp32"}  # seed 2's second arm elsewhere
+    last = _lines("matched_arms", seeds)[-1]
+    assert last == "Made on: seed 1: Xeon, bf16; seed 2: Xeon, bf16 (1 arm) and EPYC, fp32 (1 arm); seed 3: EPYC, fp32."
 
 
 def _search(seed: int, units: str, arm: str, test: float, seconds: float = 6.0, **extra) -> dict:

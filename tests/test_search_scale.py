@@ -689,3 +689,28 @@ def test_matched_benchmark_from_given_dense_models_with_the_paper_regime_arms(st
     swapped = read_checkpoint(next((tmp_path / "runs" / "matched_synthetic_resnet20" / "seed7" /
                                     "straight_rigl1ep").rglob("*.pth")))
     assert swapped.meta["swap"]["every_epochs"] == 1 and swapped.meta["swap"]["swaps"] >= 1
+
+
+def test_the_benchmark_and_greedy_script_give_one_allocation_the_same_accuracy(start, tmp_path):
+    """One data-order rule for "regrow, finetune, evaluate": the matched benchmark's arm and regrowth_greedy.py
+    finetune the same allocation on the same batches, so they report the same accuracies (each arm of a benchmark
+    starts the run seed's data-order stream afresh, as a stage script does)."""
+    import regrowth_greedy
+    from benchmarks.experiment import regrow_and_finetune
+    from utils.cli.flags import scoring_settings, selection_settings
+    from utils.cli.prepare import prepare_dense_sparse
+    from utils.scoring.selection import selection_scores
+
+    save, sparse = start
+    argv = DATA + ["--save_dir", str(tmp_path), "--pretrained", str(save / "resnet20" / "checkpoint" / "ckpt.pth"),
+                   "--initial_ckpt", str(sparse), "--greedy_mode", "uniform", "--finetune_epochs", "1",
+                   "--patience", "0", "--saliency_batches", "2", "--regrow_step", "0.01"]
+    assert regrowth_greedy.main(argv) == 0
+    made = read_checkpoint(next((tmp_path / "resnet20").rglob("iter_0/*.pth"))).meta
+    args = regrowth_greedy.parse_args(argv)
+    stage, pair = prepare_dense_sparse(args, args.initial_ckpt, reparam=True)
+    scores = selection_scores(stage, pair, None, selection_settings(args, "zero"), scoring_settings(args))
+    for _ in range(2):  # a second arm from the same stage: the same batches again
+        result = regrow_and_finetune(stage, pair, made["allocation"], scores, "zero", 1)
+        assert (result["val_acc"], result["test_acc"]) == (made["val_acc"], made["test_acc"])
+        assert result["regrown"] == made["regrown"] > 0

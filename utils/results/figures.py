@@ -196,8 +196,30 @@ def matched_arms(seeds: list[dict]) -> str:
         lines.append([_matched_label(arm, seeds[0]["settings"]), str(len(mine)),
                       mean_std([r["val_acc"] for r in mine]), mean_std([r["test_acc"] for r in mine]),
                       "" if own else mean_std(diffs, signed=True), "" if own else _per_seed(diffs)])
-    return _table(["arm", "seeds", "val acc (%)", "test acc (%)", "test - straight (pp)", "per seed"],
-                  "|---|---:|---:|---:|---:|---|", lines)
+    table = _table(["arm", "seeds", "val acc (%)", "test acc (%)", "test - straight (pp)", "per seed"],
+                   "|---|---:|---:|---:|---:|---|", lines)
+    made = _made_on(rows)
+    return f"{table}\nMade on: {made}.\n" if made else table
+
+
+def _made_on(rows: list[dict]) -> str:
+    """Which machine and precision made each seed's rows, seeds of the same grouped (e.g. ``seeds 1, 2: Intel
+    Xeon, bf16; seed 3: AMD EPYC, fp32``); a seed whose arms ran on several says how many arms each made; empty when
+    no row records its provenance."""
+    per_seed: dict[int, dict[str, int]] = {}
+    for row in rows:
+        record = row.get(PROVENANCE_KEY)
+        if record:
+            where = f"{record.get('cpu') or record.get('device')}, {record.get('precision')}"
+            made = per_seed.setdefault(row["seed"], {})
+            made[where] = made.get(where, 0) + 1
+    groups: dict[str, list[int]] = {}
+    for seed, made in per_seed.items():
+        text = "; ".join(made) if len(made) == 1 else " and ".join(
+            f"{where} ({count} arm{'s' if count > 1 else ''})" for where, count in made.items())
+        groups.setdefault(text, []).append(seed)
+    return "; ".join(f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}: {text}"
+                     for text, seeds in groups.items())
 
 
 # --- the search comparison (benchmarks/bench_search.py --results: one file per seed, unit set and arm) ---

@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from data import DataBundle, canonical_dataset
+from data import DataBundle, canonical_dataset, data_order
+from data.loader import DeviceLoader
 from models import create_model, model_spec
 from utils.core.distributed import current_world
 from utils.core.errors import UsageError
@@ -21,7 +22,6 @@ from utils.core.files import write_json
 from utils.core.log import LOG
 from utils.core.paths import pretrained_path
 from utils.core.provenance import PROVENANCE_KEY, provenance
-from utils.core.seeds import make_generator
 from utils.runtime.checkpoint import (
     LINEAGE_KEY,
     Checkpoint,
@@ -124,9 +124,14 @@ class Stage:
             raise UsageError(f"--batch_size {self.run.batch_size} is the global batch and must divide by the "
                              f"{world.size} processes")
         train = self.data.train
-        generator = (train.generator if world.is_main
-                     else make_generator(self.run.seed, f"data_order/rank{world.rank}", self.device))
+        generator = train.generator if world.is_main else data_order(self.run.seed, self.device, world.rank)
         self.data.train = train.shard(world.rank, world.size, generator)
+
+    def train_from_start(self) -> DeviceLoader:
+        """The training batches in the order a fresh stage draws them: this process's 'data_order' stream of the
+        run seed from its start. A process that finetunes several models in turn (the arms of a benchmark) gives
+        each this loader, so each gets the batches its stage script would (``regrowth_greedy.py`` included)."""
+        return self.data.train.with_generator(data_order(self.run.seed, self.device, current_world().rank))
 
     def build_model(self) -> nn.Module:
         """A freshly initialised model for this data set, on the device, in the chosen memory layout."""

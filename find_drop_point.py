@@ -36,8 +36,9 @@ from utils.cli.commands import commands
 from utils.cli.flags import add_checkpoint_args, add_common_args, add_run_flags, cli_main, new_parser
 from utils.cli.prepare import checked_dataset, prepare
 from utils.cli.types import non_negative_float, non_negative_int
+from utils.core.cache import file_stamp, read_cache, table_entries, write_cache
 from utils.core.errors import UsageError
-from utils.core.files import atomic_save, read_csv
+from utils.core.files import read_csv
 from utils.core.log import LOG, log_outputs, setup_logging
 from utils.core.paths import PRUNE_LOG, boundary_dir, check_output_dir, folder_cache
 from utils.results.boundary import CHANCE_MARGIN, ESTIMATORS, check_curve, tolerance_boundary
@@ -126,56 +127,46 @@ def bootstrap_count(text: str) -> int:
     return value
 
 
-def read_val_cache(path: Path, images: int) -> dict:
-    """The val-correctness cache (empty when there is none), checked whole: a damaged, truncated or hand-edited
-    file is a ``UsageError`` naming it, before anything is written."""
-    if not path.is_file():
-        return {}
-    redo = f"cache {path} is damaged or hand-edited ({{}}); delete it (it is recomputed)"
-    try:
-        cache = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated, empty, not a torch file
-        raise UsageError(redo.format(type(exc).__name__)) from None
-    if not isinstance(cache, dict) or not isinstance(cache.get("entries", {}), dict):
-        raise UsageError(redo.format("not a {settings, entries} dict"))
-    for entry in cache.get("entries", {}).values():
-        correct = entry.get("correct") if isinstance(entry, dict) else None
-        if not (isinstance(correct, torch.Tensor) and tuple(correct.shape) == (images,)
-                and isinstance(entry.get("sparsity"), (int, float)) and isinstance(entry.get("fingerprint"), list)):
-            raise UsageError(redo.format(f"an entry is not {images} per-image results with a sparsity"))
-    return cache
+def read_val_cache(path: Path, images: int) -> dict | None:
+    """The val-correctness cache (``{"settings", "entries"}``), or None when there is none or, after one warning,
+    when it is damaged, hand-edited or holds another number of val images (``utils.core.cache``)."""
+    def valid(cache: dict) -> bool:
+        entries = cache.get("entries")
+        return isinstance(entries, dict) and all(_valid_entry(entry, images) for entry in entries.values())
+    return read_cache(path, "val results", valid)
 
 
-def _fingerprint(path: Path) -> list[float]:
-    stat = path.stat()
-    return [stat.st_size, stat.st_mtime]
+def _valid_entry(entry: object, images: int) -> bool:
+    """An entry as ``evaluate_all`` writes it: ``images`` per-image results, a sparsity, the file's stamp."""
+    correct = entry.get("correct") if isinstance(entry, dict) else None
+    return (isinstance(correct, torch.Tensor) and tuple(correct.shape) == (images,)
+            and isinstance(entry.get("sparsity"), (int, float)) and isinstance(entry.get("fingerprint"), list))
 
 
 def evaluate_all(stage, paths: list[Path], dense: Path) -> tuple[list[float], torch.Tensor, torch.Tensor]:
     """(sparsities, per-image correctness [points, N], dense correctness [N]) on val; cached."""
     settings = {**stage.val_settings, "granularity": stage.granularity.name}
     cache_path = folder_cache(stage.run.save_dir, stage.model_name, paths[0].parent, "val_correct", ".pt")
-    cache = read_val_cache(cache_path, stage.data.val.num_samples)
-    entries = cache.get("entries", {}) if cache.get("settings") == settings else {}
+    entries = table_entries(read_val_cache(cache_path, stage.data.val.num_samples), settings)
     fresh = {}
     for path in [dense, *paths]:
         key = str(path.resolve())
         entry = entries.get(key)
-        if entry is None or entry["fingerprint"] != _fingerprint(path) or "lineage" not in entry:
+        if entry is None or entry["fingerprint"] != file_stamp(path) or "lineage" not in entry:
             try:
                 model = stage.load_model(path, sparse=path != dense)
             except UsageError as exc:  # name the file among the folder's many
                 message = str(exc)
                 raise UsageError(message if str(path) in message else f"{path}: {message}") from None
             LOG.info("val: %s", path.name)
-            entry = {"fingerprint": _fingerprint(path), "sparsity": stage.granularity.sparsity(model),
+            entry = {"fingerprint": file_stamp(path), "sparsity": stage.granularity.sparsity(model),
                      "correct": correct_per_image(model, stage.data.val, amp=stage.amp),
                      "lineage": stage.lineages[str(path)]}
         fresh[key] = entry
     for path in paths:  # every point must be pruned from this dense model (or --allow_other_dense)
         recorded = fresh[str(path.resolve())].get("lineage")
         check_lineage(dense, fresh[str(dense.resolve())].get("lineage"), path, recorded, stage.run.allow_other_dense)
-    atomic_save({"settings": settings, "entries": fresh}, cache_path)
+    write_cache(cache_path, {"settings": settings, "entries": fresh}, "val results")
     rows = [fresh[str(p.resolve())] for p in paths]
     return ([r["sparsity"] for r in rows], torch.stack([r["correct"] for r in rows]),
             fresh[str(dense.resolve())]["correct"])

@@ -7,6 +7,7 @@ decoded images are cached once in ``{data_dir}/.cache/`` and the cache is keyed 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +16,8 @@ from PIL import Image
 
 from data import DatasetInfo, ImageSet, RawDataset, register_dataset
 from data.loader import Augment
+from utils.core.cache import read_cache, write_cache
 from utils.core.errors import UsageError
-from utils.core.files import atomic_save
 
 FOLDER = "tiny-imagenet-200"
 INFO = DatasetInfo("tiny_imagenet", 200, 64, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
@@ -64,12 +65,23 @@ def load_tiny_imagenet(data_dir: Path, download: bool = True) -> RawDataset:
         raise UsageError(f"Tiny-ImageNet at {root} has no {'train' if not train else 'val'} images")
     key = hashlib.sha1("\n".join(str(p.relative_to(root)) + f":{c}" for p, c in train + val).encode()).hexdigest()
     cache = data_dir / ".cache" / f"tiny_imagenet_{key[:16]}.pt"
-    if cache.is_file():
-        blob = torch.load(cache, weights_only=True)
+    blob = read_cache(cache, "Tiny-ImageNet", _decoded(len(train), len(val)))
+    if blob is not None:
         return RawDataset(_info(len(wnids)), ImageSet(*blob["train"]), ImageSet(*blob["test"]))
     train_set, test_set = _decode(train, INFO.image_size), _decode(val, INFO.image_size)
-    atomic_save({"train": (train_set.images, train_set.labels), "test": (test_set.images, test_set.labels)}, cache)
+    write_cache(cache, {"train": [train_set.images, train_set.labels], "test": [test_set.images, test_set.labels]},
+                "Tiny-ImageNet")
     return RawDataset(_info(len(wnids)), train_set, test_set)
+
+
+def _decoded(train: int, test: int) -> Callable[[dict], bool]:
+    """Whether a cache holds ``train`` and ``test`` decoded images with their labels (``_decode``'s uint8
+    [N, 3, 64, 64] and N labels)."""
+    def valid(cache: dict) -> bool:
+        return all(isinstance(cache.get(split), list) and len(cache[split]) == 2
+                   and all(isinstance(x, torch.Tensor) and len(x) == n for x in cache[split])
+                   for split, n in (("train", train), ("test", test)))
+    return valid
 
 
 def _info(num_classes: int) -> DatasetInfo:

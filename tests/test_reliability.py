@@ -575,13 +575,20 @@ def test_find_drop_point_reads_its_log_and_cache_checked(start, tmp_path, capsys
     argv = DATA + ["--model_dir", str(folder), "--pretrained", str(dense), "--save_dir", str(run), "--bootstrap", "10"]
     assert find_drop_point.main(argv) == 0
     cache = folder_cache(str(run), "resnet20", folder, "val_correct", ".pt")
-    intact = cache.read_bytes()
-    cases = [(lambda: cache.write_bytes(cache.read_bytes()[:500]), [], "cache"),
-             (lambda: torch.save([1, 2], cache), [], "cache"),
-             (lambda: _shorten_entry(cache), [], "per-image results"),
-             (lambda: write_csv(folder / "prune_log.csv", [{"step": "abc", "checkpoint": "x.pth"}]), [],
+    intact = find_drop_point.read_val_cache(cache, 250)
+    # a damaged val cache is derived data: one warning, the points evaluated again, the cache written anew
+    for damage in (lambda: cache.write_bytes(cache.read_bytes()[:500]), lambda: torch.save([1, 2], cache),
+                   lambda: _shorten_entry(cache)):
+        damage()
+        code, _, err = run_main(find_drop_point.main, argv + ["--overwrite"], capsys)
+        assert code == 0 and err.count("computing it again") == 1, err
+        again = find_drop_point.read_val_cache(cache, 250)
+        assert {k: e["sparsity"] for k, e in again["entries"].items()} == {
+            k: e["sparsity"] for k, e in intact["entries"].items()}
+    cases = [(lambda: write_csv(folder / "prune_log.csv", [{"step": "abc", "checkpoint": "x.pth"}]), [],
               "prune_log.csv is damaged"),
              (lambda: None, ["--bootstrap", "1000000000"], "resamples")]
+    intact = cache.read_bytes()
     for damage, extra, needle in cases:
         cache.write_bytes(intact)
         damage()
@@ -592,10 +599,13 @@ def test_find_drop_point_reads_its_log_and_cache_checked(start, tmp_path, capsys
 
 
 def _shorten_entry(cache: Path) -> None:
+    """A cache of the right seal but the wrong shape (an entry of 10 per-image results): an older version's."""
+    from utils.core.files import seal
+
     blob = torch.load(cache, weights_only=True)
     entry = next(iter(blob["entries"].values()))
     entry["correct"] = entry["correct"][:10]
-    torch.save(blob, cache)
+    torch.save(seal(blob), cache)
 
 
 def test_a_bad_launch_environment_or_lock_folder_is_one_error_line(tmp_path, monkeypatch, capsys):
@@ -634,7 +644,7 @@ def test_a_damaged_saliency_cache_is_recomputed_with_one_warning(tmp_path, monke
      "edited": lambda: _edit_checkpoint(path, lambda blob: blob["scores"]["linear"].add_(1)),
      "pickle": lambda: path.write_bytes(b"cposix\nsystem\n(Vtrue\ntR.")}[damage]()
     again = saliency_module.cached_scores(ckpt, compute, tmp_path / "cache", {"seed": 1}, torch.device("cpu"))
-    assert len(calls) == 2 and len(warnings) == 1 and "recomputing it" in warnings[0], warnings
+    assert len(calls) == 2 and len(warnings) == 1 and "computing it again" in warnings[0], warnings
     assert all(torch.equal(again[k], cached[k]) for k in scores) and path.read_bytes() == intact
     saliency_module.cached_scores(ckpt, compute, tmp_path / "cache", {"seed": 1}, torch.device("cpu"))
     assert len(calls) == 2 and len(warnings) == 1  # the rewritten cache is used again
@@ -655,7 +665,7 @@ def test_a_damaged_baseline_cache_is_rebuilt_with_one_warning(tmp_path, monkeypa
     warnings = []
     monkeypatch.setattr(baseline_module.LOG, "warning", lambda *a: warnings.append(a[0] % a[1:]))
     table = baseline_module.baseline_table(folder, lambda p: (0.9, 50.0), {}, cache, stage_of=lambda p: "prune_x")
-    assert table == {0.9: 50.0} and len(warnings) == 1 and "evaluating the checkpoints again" in warnings[0]
+    assert table == {0.9: 50.0} and len(warnings) == 1 and "computing it again" in warnings[0]
     assert baseline_module.read_baseline_cache(cache)["entries"]["a.pth"]["val_acc"] == 50.0
 
 

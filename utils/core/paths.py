@@ -118,7 +118,7 @@ def folder_cache(save_dir: str | Path, model_name: str, folder: str | Path, kind
 
 def baseline_cache(save_dir: str | Path, model_name: str, folder: str | Path) -> Path:
     """Cache of the pruning baseline read from ``folder`` (``--baseline_dir``)."""
-    return folder_cache(save_dir, model_name, folder, "baseline", ".json")
+    return folder_cache(save_dir, model_name, folder, "baseline", ".pt")
 
 
 def benchmark_dir(save_dir: str | Path, model_name: str) -> Path:

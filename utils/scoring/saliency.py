@@ -34,8 +34,7 @@ import torch.nn.functional as F
 
 from data.loader import DeviceLoader
 from utils.core.aliases import Scores
-from utils.core.errors import UsageError
-from utils.core.files import atomic_save, check_seal, seal
+from utils.core.cache import read_cache, write_cache
 from utils.core.log import LOG
 from utils.core.registry import Registry
 from utils.sparsity.masks import has_param_mask, prunable_modules, stored_param
@@ -208,22 +207,17 @@ def _file_digest(path: Path) -> str:
 
 
 def read_score_cache(path: Path) -> Scores | None:
-    """The scores a cache file holds, checked whole (sealed, a dict of float tensors); None, with one warning, when
-    it is damaged, hand-edited or from an older version. A cache is derived data: it is recomputed and written
-    again, where a file a user may have edited (a checkpoint, a run log) is refused."""
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        scores = blob.get("scores") if check_seal(blob, path) else None
-        if isinstance(scores, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor) and v.is_floating_point()
-                                            for k, v in scores.items()):
-            return scores
-        reason = "not a sealed score table"
-    except UsageError:
-        reason = "its content does not match its checksum"
-    except Exception as exc:  # noqa: BLE001 - torch.load raises many types on a truncated or foreign file
-        reason = f"cannot read it: {type(exc).__name__}"
-    LOG.warning("scores: the cache %s is damaged or from an older version (%s); recomputing it", path, reason)
-    return None
+    """The scores a cache file holds (a dict of float tensors, sealed); None, with one warning, when it is damaged,
+    hand-edited or from an older version (``utils.core.cache``: a cache is computed again, never refused)."""
+    cache = read_cache(path, "scores", _score_table)
+    return cache["scores"] if cache else None
+
+
+def _score_table(cache: dict) -> bool:
+    """A score cache as ``cached_scores`` writes it: ``{"scores": {unit name: float tensor}}``."""
+    scores = cache.get("scores")
+    return isinstance(scores, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                            and v.is_floating_point() for k, v in scores.items())
 
 
 def cached_scores(checkpoint: Path, compute: Callable[[], Scores], cache_dir: Path, settings: dict,
@@ -234,13 +228,10 @@ def cached_scores(checkpoint: Path, compute: Callable[[], Scores], cache_dir: Pa
     key = hashlib.sha1(json.dumps({"ckpt": _file_digest(Path(checkpoint)), **settings},
                                   sort_keys=True, default=str).encode()).hexdigest()[:20]
     path = Path(cache_dir) / f"saliency_{key}.pt"
-    cached = read_score_cache(path) if path.is_file() else None
+    cached = read_score_cache(path)
     if cached is not None:
         LOG.info("scores: reused %s (same checkpoint content and settings)", path)
         return {k: v.to(device) for k, v in cached.items()}
     scores = compute()
-    try:
-        atomic_save(seal({"scores": {k: v.cpu() for k, v in scores.items()}}), path)
-    except OSError as exc:  # a cache is an optimisation: a read-only save_dir must not stop the stage
-        LOG.warning("could not cache scores in %s (%s); continuing without the cache", cache_dir, exc)
+    write_cache(path, {"scores": {k: v.cpu() for k, v in scores.items()}}, "scores")
     return scores

@@ -15,13 +15,12 @@ sparsities and constant beyond the ends.
 from __future__ import annotations
 
 import bisect
-import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 
+from utils.core.cache import file_stamp, read_cache, table_entries, write_cache
 from utils.core.errors import UsageError
-from utils.core.files import read_csv, write_json
+from utils.core.files import read_csv
 from utils.core.log import LOG
 from utils.core.paths import PRUNE_LOG
 from utils.runtime.checkpoint import read_checkpoint
@@ -32,11 +31,6 @@ StageReader = Callable[[Path], str | None]  # checkpoint -> the stage its meta r
 PRUNING_STAGE_PREFIX = "prune_"  # meta["stage"] of utils/prune/loop.py: prune_oneshot, prune_iterative
 DERIVED_TAGS = ("_exported", "_final", "_finetuned")  # names of copies derived from a checkpoint (+ _final_swap...)
 SELECTION = "pruning-checkpoints-v1"  # in the cache's settings: caches built before the selection are rebuilt
-
-
-def _fingerprint(path: Path) -> list[float]:
-    stat = os.stat(path)
-    return [stat.st_size, stat.st_mtime]
 
 
 def checkpoint_stage(path: Path) -> str | None:
@@ -71,7 +65,7 @@ def pruning_checkpoints(folder: Path, stage_of: StageReader, known: dict[str, di
         chosen = [p for p in every if p.name in listed]
         why = f"not in {PRUNE_LOG}"
     else:
-        chosen = [p for p in every if (p.name in known and known[p.name]["fingerprint"] == _fingerprint(p))
+        chosen = [p for p in every if (p.name in known and known[p.name]["fingerprint"] == file_stamp(p))
                   or _written_by_pruning(p, stage_of)]
         why = "not written by a pruning stage"
     ignored = [p.name for p in every if p not in chosen]
@@ -90,22 +84,15 @@ def _valid_entry(entry: object) -> bool:
 
 
 def read_baseline_cache(path: Path) -> dict:
-    """The baseline cache (``{"settings", "entries"}``; empty when there is none). A damaged or hand-edited one is
-    derived data: one warning, and every checkpoint is evaluated again (the cache is then written anew)."""
-    if not path.is_file():
-        return {}
-    try:
-        cache = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        reason = f"not JSON: {type(exc).__name__}"
-    else:
-        entries = cache.get("entries") if isinstance(cache, dict) else None
-        if isinstance(entries, dict) and all(_valid_entry(e) for e in entries.values()):
-            return cache
-        reason = "not a table of checkpoint entries"
-    LOG.warning("baseline: the cache %s is damaged or hand-edited (%s); evaluating the checkpoints again", path,
-                reason)
-    return {}
+    """The baseline cache (``{"settings", "entries"}``; empty when there is none, or, after one warning, when it is
+    damaged or hand-edited: every checkpoint is then evaluated again and the cache written anew)."""
+    return read_cache(path, "baseline", _valid_table) or {}
+
+
+def _valid_table(cache: dict) -> bool:
+    """A baseline cache as ``baseline_table`` writes it: its settings and one ``_valid_entry`` per checkpoint."""
+    entries = cache.get("entries")
+    return isinstance(entries, dict) and all(_valid_entry(entry) for entry in entries.values())
 
 
 def baseline_table(folder: str | Path, evaluate: Evaluator, settings: dict, cache_path: Path,
@@ -116,24 +103,23 @@ def baseline_table(folder: str | Path, evaluate: Evaluator, settings: dict, cach
     folder = Path(folder)
     if not folder.is_dir():
         raise UsageError(f"--baseline_dir {folder} is not a folder")
-    cache = read_baseline_cache(cache_path)
     settings = {**settings, "folder": str(folder.resolve()), "selection": SELECTION}
-    entries = cache.get("entries", {}) if cache.get("settings") == settings else {}
+    entries = table_entries(read_baseline_cache(cache_path), settings)
     fresh = {}
     for path in pruning_checkpoints(folder, stage_of, entries):
         entry = entries.get(path.name)
-        if entry is None or entry["fingerprint"] != _fingerprint(path):
+        if entry is None or entry["fingerprint"] != file_stamp(path):
             try:
                 sparsity, acc = evaluate(path)
             except UsageError as exc:
                 LOG.warning("baseline: skipping %s (%s)", path.name, exc)
                 continue
-            entry = {"fingerprint": _fingerprint(path), "sparsity": sparsity, "val_acc": acc}
+            entry = {"fingerprint": file_stamp(path), "sparsity": sparsity, "val_acc": acc}
         fresh[path.name] = entry
     if not fresh:
         raise UsageError(f"--baseline_dir {folder} has no usable checkpoint (a pruning checkpoint its {PRUNE_LOG} "
                          "lists, or a *.pth of this model with masks that a pruning stage wrote)")
-    write_json(cache_path, {"settings": settings, "entries": fresh})
+    write_cache(cache_path, {"settings": settings, "entries": fresh}, "baseline")
     return {e["sparsity"]: e["val_acc"] for e in fresh.values()}
 
 

@@ -32,9 +32,9 @@ from pathlib import Path
 
 from utils.cli.flags import add_common_args, add_device_args, add_run_flags, cli_main, new_parser, profile_from_args
 from utils.cli.prepare import checked_dataset, prepare
-from utils.cli.types import positive_int
 from utils.core.fields import help_of
 from utils.core.log import LOG
+from utils.core.values import positive_int_or_all
 from utils.device.packed import FORMAT as PACKED
 from utils.device.packed import packed_command, read_model_file, stage_model
 from utils.device.profiles import check_fit, model_costs, onnx_fit
@@ -54,21 +54,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                     defaults={"seed": None, "val_split": None, "eval_subset": None},
                     helps={"seed": help_of(RunSettings, "seed") + own,
                            "val_split": help_of(RunSettings, "val_split") + own,
-                           "eval_subset": "evaluate on only the first N val and N test images, or 'all'" + own})
-    for action in parser._actions:  # noqa: SLF001  (argparse keeps no public list)
-        if action.dest == "eval_subset":
-            action.type = _subset_or_all
+                           "eval_subset": "evaluate on only the first N val and N test images, or 'all'" + own},
+                    parses={"eval_subset": positive_int_or_all})
     parser.add_argument("--ckpt", required=True, help="checkpoint to evaluate")
     parser.add_argument("--per_layer", action="store_true", help="also report sparsity per prunable layer")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     add_run_flags(parser, {"trust_pickle": "allow checkpoints that are pickled nn.Modules (runs code from the file)"})
     add_device_args(parser)
     return parser.parse_args(argv)
-
-
-def _subset_or_all(text: str) -> int | str:
-    """argparse type of evaluate's --eval_subset: an integer >= 1, or 'all'."""
-    return "all" if text == "all" else positive_int(text)
 
 
 def _fill_from_checkpoint(args: argparse.Namespace, saved: dict) -> None:

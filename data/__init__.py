@@ -118,7 +118,7 @@ class DataSettings:
     evaluation costs less, and its accuracy is measured on fewer images)."""
 
     data_dir: str | Path = setting("./data", "folder holding the data sets", resumable=True)
-    # the next seven come from the run's settings (``RunSettings``, whose fields carry their flags)
+    # the next seven are set from the run's settings (``RunSettings`` carries their flags, with these defaults)
     seed: int = 42  # run seed: the val split and the 'data_order' stream (shuffling, augmentation)
     val_split: float = 0.1  # fraction of the training split held out as val, in (0, 1)
     batch_size: int = 128  # training batch

@@ -137,14 +137,16 @@ def new_parser(doc: str | None, script: str | None = None) -> ArgumentParser:
 
 
 def add_common_args(parser: argparse.ArgumentParser, *, m_name_default: str | None = "resnet20",
-                    training: bool = True, defaults: dict | None = None, helps: dict | None = None) -> None:
+                    training: bool = True, defaults: dict | None = None, helps: dict | None = None,
+                    parses: dict | None = None) -> None:
     """Flags every stage shares: model, data, output folder, seed, device (``RunSettings``, ``DataSettings``).
     ``training=False`` (a stage that only evaluates and writes nothing) still accepts the flags only training and
-    writing use, so shared command lines keep working, but leaves them out of --help. ``defaults`` / ``helps``:
-    the stage's own, for ``RunSettings`` fields."""
+    writing use, so shared command lines keep working, but leaves them out of --help. ``defaults`` / ``helps`` /
+    ``parses``: the stage's own, for ``RunSettings`` fields."""
     group = parser.add_argument_group("common")
     hidden = () if training else ("save_dir", "batch_size", "train_subset", "augment")
-    run = {"defaults": {"m_name": m_name_default, **(defaults or {})}, "helps": helps, "hidden": hidden}
+    run = {"defaults": {"m_name": m_name_default, **(defaults or {})}, "helps": helps, "hidden": hidden,
+           "parses": parses}
     add_settings_args(group, RunSettings, only=("m_name", "dataset"), **run)
     add_settings_args(group, DataSettings, only=("data_dir",))
     add_settings_args(group, RunSettings, only=("save_dir", "seed", "device"), **run)

@@ -11,7 +11,7 @@ A stage that states its own default for a field passes it in ``defaults``; the f
 from __future__ import annotations
 
 import argparse
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, TypeVar
 
 from utils.cli.types import flag_type
@@ -27,15 +27,18 @@ def add_settings_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup,
                       defaults: Mapping[str, Any] | None = None, only: Collection[str] | None = None,
                       skip: Collection[str] = (), helps: Mapping[str, str] | None = None,
                       names: Mapping[str, tuple[str, ...]] | None = None,
-                      choices: Mapping[str, Sequence[str]] | None = None, hidden: Collection[str] = ()) -> None:
+                      choices: Mapping[str, Sequence[str]] | None = None, hidden: Collection[str] = (),
+                      parses: Mapping[str, Callable[[str], Any]] | None = None) -> None:
     """Add the flag of every field of dataclass ``cls`` that has one (``only`` / ``skip``: a subset by field
     name). ``defaults``: the stage's own defaults (field name -> value; required for a ``REQUIRED`` field);
     ``helps``: help sentences of this stage; ``names``: this stage's spellings of a flag (the value still lands
     under the canonical name; --help shows the first spelling as its metavar); ``choices``: a narrower set of
-    values at this stage; ``hidden``: fields whose flag is accepted but left out of --help."""
+    values at this stage; ``hidden``: fields whose flag is accepted but left out of --help; ``parses``: this
+    stage's own value type of a flag (``utils.core.values``; e.g. a count that also takes 'all')."""
     defaults, helps, names, choices = dict(defaults or {}), dict(helps or {}), dict(names or {}), dict(choices or {})
+    parses = dict(parses or {})
     unknown = (set(defaults) | set(helps) | set(names) | set(choices) | set(skip) | set(only or ())
-               | set(hidden)) - set(flags_of(cls))
+               | set(hidden) | set(parses)) - set(flags_of(cls))
     if unknown:
         raise ValueError(f"{cls.__name__} has no flag for {sorted(unknown)}")
     for name, flag in flags_of(cls).items():
@@ -45,6 +48,8 @@ def add_settings_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup,
         if default is REQUIRED:
             raise ValueError(f"{cls.__name__}.{name} has no default: the stage states it in defaults=")
         options = _argparse_options(flag, default) | ({"choices": list(choices[name])} if name in choices else {})
+        if name in parses:
+            options["type"] = flag_type(parses[name])
         if name in names and not (flag.switch or flag.negated):
             options.setdefault("metavar", names[name][0].lstrip("-").upper())
         text = argparse.SUPPRESS if name in hidden else helps.get(name, flag.help)

@@ -73,6 +73,11 @@ def int_up_to(limit: int) -> Callable[[str], int]:
     return bounded
 
 
+def positive_int_or_all(text: str) -> int | str:
+    """value type: a whole number >= 1, or 'all' (no limit)."""
+    return "all" if text == "all" else positive_int(text)
+
+
 def float_up_to(limit: float, base: Callable[[str], float] | None = None) -> Callable[[str], float]:
     """value type factory: a number ``base`` accepts (default: finite and >= 0) up to ``limit`` (rates and
     weights: never unbounded)."""

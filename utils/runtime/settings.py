@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from data import DataSettings
 from utils.core.fields import REQUIRED, setting
 from utils.core.values import (
     BATCH_LIMIT,
@@ -33,6 +34,8 @@ from utils.core.values import (
 from utils.runtime.schedules import LR_SCHEDULES
 from utils.sparsity.swap import SwapSettings
 
+_DATA = DataSettings()  # the data set's defaults of the seven fields the run's settings carry the flags of
+
 
 @dataclass(frozen=True)
 class RunSettings:
@@ -42,23 +45,25 @@ class RunSettings:
     m_name: str | None = setting("resnet20", "model name (see models/)")
     dataset: str | None = setting(None, "cifar10 | tiny_imagenet | synthetic (default: the model's own data set)")
     save_dir: str = setting("./runs", "root of all run folders", resumable=True)
-    seed: int = setting(42, "run seed (data order, val split, init)", parse=seed_int)
+    seed: int = setting(_DATA.seed, "run seed (data order, val split, init)", parse=seed_int)
     device: str = setting("auto", "auto | cpu | cuda | cuda:N", resumable=True)
     share_gpus: bool = setting(False, "under torchrun, allow more processes than GPUs: local rank r runs its episodes "
                                       "on GPU r mod G (collectives over gloo); one small model's episode leaves a GPU "
                                       "mostly idle", switch=True, resumable=True)
-    val_split: float = setting(0.1, "fraction of the training set held out for validation", parse=open_fraction)
-    batch_size: int = setting(128, "training batch size", parse=int_up_to(BATCH_LIMIT))
-    train_subset: int | None = setting(None, "use only the first N training images (quick runs)", parse=positive_int)
-    eval_subset: int | None = setting(None, "evaluate on only the first N val and N test images (quick runs; "
-                                            "default: all)", parse=positive_int)
-    augment: bool = setting(True, "train without crop/flip/jitter augmentation", names=("--no_augment",),
-                            negated=True)
+    val_split: float = setting(_DATA.val_split, "fraction of the training set held out for validation",
+                               parse=open_fraction)
+    batch_size: int = setting(_DATA.batch_size, "training batch size", parse=int_up_to(BATCH_LIMIT))
+    train_subset: int | None = setting(_DATA.train_subset, "use only the first N training images (quick runs)",
+                                       parse=positive_int)
+    eval_subset: int | None = setting(_DATA.eval_subset, "evaluate on only the first N val and N test images (quick "
+                                                         "runs; default: all)", parse=positive_int)
+    augment: bool = setting(_DATA.augment, "train without crop/flip/jitter augmentation",
+                            names=("--no_augment",), negated=True)
     progress: bool = setting(True, "no progress bars", names=("--no_progress",), negated=True, resumable=True)
     amp: bool = setting(True, "fp32 everywhere, evaluation included: no bf16 autocast (the default on CUDA and on "
                               "CPUs with AMX or AVX512-BF16)", names=("--no_amp",), negated=True)
-    channels_last: bool = setting(True, "keep NCHW memory layout", names=("--no_channels_last",), negated=True,
-                                  resumable=True)
+    channels_last: bool = setting(_DATA.channels_last, "keep NCHW memory layout", names=("--no_channels_last",),
+                                  negated=True, resumable=True)
     compile: bool = setting(False, "torch.compile the model", switch=True, resumable=True)
     overwrite: bool = setting(False, "replace what an earlier run wrote", switch=True, resumable=True)
     resume: bool = setting(False, "continue an earlier run from its resume point", switch=True, resumable=True)

@@ -67,7 +67,7 @@ from utils.cli.flags import cli_main, positive_int  # noqa: E402
 from utils.cli.jobs import regrowth_job  # noqa: E402
 from utils.cli.types import open_fraction
 from utils.core.errors import UsageError  # noqa: E402
-from utils.core.files import write_json  # noqa: E402
+from utils.core.files import differing, write_json  # noqa: E402
 from utils.core.paths import SEARCH_STATE, SUMMARY, regrowth_dir  # noqa: E402
 from utils.core.registry import Registry  # noqa: E402
 from utils.core.timer import Timer  # noqa: E402
@@ -145,8 +145,8 @@ def finished(path: Path, args: argparse.Namespace) -> dict | None:
     if not path.is_file():
         return None
     result = json.loads(path.read_text())
-    if result["settings"] != defining(args):
-        differ = sorted(k for k in DEFINING if result["settings"].get(k) != getattr(args, k))
+    differ = differing(result["settings"], defining(args), older={})
+    if differ:
         raise UsageError(f"{path} was made with other settings ({', '.join(differ)} differ); use another --results")
     return result
 

@@ -18,7 +18,7 @@ import pretrain
 import prune_unstructure
 from utils.cli.types import positive_int
 from utils.core.errors import UsageError
-from utils.core.files import NEWER_FLAGS, write_json
+from utils.core.files import NEWER_FLAGS, differing, write_json
 from utils.core.paths import pretrained_path, prune_checkpoint, prune_dir
 from utils.core.seeds import make_generator
 from utils.regrow.apply import Finetuning, Regrowth, apply_allocation
@@ -52,16 +52,15 @@ def add_experiment_args(parser: argparse.ArgumentParser) -> None:
 
 def check_settings(root: Path, settings: dict, ignore: tuple[str, ...] = ()) -> None:
     """Reuse ``root``'s finished stages only for the settings they were made with: ``settings.json`` is
-    written on first use and compared after (a mismatch is a usage error: pick another --save_dir). Keys in
-    ``ignore`` are not compared; a ``NEWER_FLAGS`` flag the stored file predates had its old value."""
+    written on first use and compared after (``differing``, values as text; a mismatch is a usage error: pick
+    another --save_dir). Keys in ``ignore`` are not compared; a ``NEWER_FLAGS`` flag the stored file predates had
+    its old value."""
     path = root / "settings.json"
     current = {k: str(v) for k, v in settings.items() if k not in ignore}
     if path.is_file():
-        stored = {k: v for k, v in json.loads(path.read_text()).items() if k not in ignore}
-        stored.update({k: str(v) for k, v in NEWER_FLAGS.items()
-                       if k not in stored and k in current and k not in ignore})
-        if stored != current:
-            differ = sorted(k for k in stored.keys() | current.keys() if stored.get(k) != current.get(k))
+        differ = differing(json.loads(path.read_text()), current,
+                           older={k: str(v) for k, v in NEWER_FLAGS.items()})
+        if differ:
             raise UsageError(f"{root} was made with other settings ({path}: {', '.join(differ)} differ); use "
                              f"another --save_dir to rerun with these")
     write_json(path, current)

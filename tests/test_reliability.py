@@ -188,6 +188,16 @@ def test_a_run_recorded_before_eval_subset_resumes_only_on_every_image():
         check_same_run(saved, {"seed": 1, "train_subset": 128, "eval_subset": 500}, set())
 
 
+def test_one_comparison_of_settings_for_resume_and_reuse():
+    from utils.core.files import differing
+
+    stored = {"seed": 1, "sizes": [1, 2], "ckpt": "a/b.pth", "gone": 3}  # as a checkpoint or JSON file stores them
+    same = {"seed": 1, "sizes": (1, 2), "ckpt": str(Path("a/b.pth").resolve())}  # a tuple, the absolute path
+    assert differing(stored, same) == [] and differing(stored, same | {"eval_subset": None}) == []  # an older flag
+    assert differing(stored, same | {"new": 1}) == ["new"]  # a setting the record lacks differs
+    assert differing(stored, {**same, "seed": 2, "new": 1}, ignore=("new",)) == ["seed"]
+
+
 # ---- 5-7: pretrain resume, longer resume, stale temp files -------------------------------------------------
 
 def test_kill_between_log_row_and_checkpoint_leaves_no_duplicate_rows(tmp_path, monkeypatch):

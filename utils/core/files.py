@@ -10,7 +10,7 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -157,18 +157,29 @@ NEWER_FLAGS = {"eval_subset": None, "episode_steps": None, "episode_val_subset":
                "nesterov": False, "label_smoothing": 0.0, "recipe": "original"}
 
 
+def differing(stored: Mapping[str, Any], current: Mapping[str, Any], ignore: Collection[str] = (),
+              older: Mapping[str, Any] = NEWER_FLAGS) -> list[str]:
+    """The settings of ``current`` (this run's) whose values differ from those an earlier run recorded
+    (``stored``), sorted; the one comparison behind ``--resume`` and every reuse of a finished run. A key of
+    ``older`` that ``stored`` predates had that value; a key ``stored`` lacks otherwise differs; keys in
+    ``ignore`` (those that may change), and keys ``current`` lacks (a flag this version no longer has), are not
+    compared. Values compare as a checkpoint stores them (``_comparable``: tuples as lists, paths absolute)."""
+    stored = {**older, **stored}
+    missing = object()
+    return sorted(key for key, value in current.items() if key not in ignore
+                  and _comparable(stored.get(key, missing)) != _comparable(value))
+
+
 def check_same_run(saved: dict, current: Mapping[str, Any], may_change: set[str]) -> None:
     """On --resume: a ``UsageError`` naming the first flag whose value differs from the one the run was
-    started with (``saved``: its recorded args; a ``NEWER_FLAGS`` flag it lacks had its old value), except the
-    flags in ``may_change``. ``current``: this run's flags (``Stage.flags``)."""
-    saved = {**NEWER_FLAGS, **saved}
-    for key, old in saved.items():
-        if key in may_change or key not in current:
-            continue
-        new = current[key]
-        if _comparable(new) != _comparable(old):
-            raise UsageError(f"--resume: --{key} is {new!r} but the run being resumed used {old!r}; resume with "
-                             f"the same value (or start over with --overwrite)")
+    started with (``saved``: its recorded args; ``differing``), except the flags in ``may_change``. ``current``:
+    this run's flags (``Stage.flags``)."""
+    differ = differing(saved, current, may_change)
+    if differ:
+        key = differ[0]
+        old = {**NEWER_FLAGS, **saved}.get(key)
+        raise UsageError(f"--resume: --{key} is {current[key]!r} but the run being resumed used {old!r}; resume with "
+                         f"the same value (or start over with --overwrite)")
 
 
 def _comparable(value: Any) -> Any:

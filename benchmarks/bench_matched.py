@@ -70,7 +70,6 @@ from benchmarks.experiment import (
     check_settings,
     dense_model,
     pruned_model,
-    regrow_and_finetune,
     run,
     stage_flags,
 )
@@ -83,6 +82,7 @@ from utils.core.files import write_csv, write_json
 from utils.core.paths import pretrained_path
 from utils.core.provenance import PROVENANCE_KEY
 from utils.regrow.allocation import greedy_allocation
+from utils.regrow.apply import regrow_and_finetune
 from utils.results.figures import mean_std
 from utils.runtime.checkpoint import read_checkpoint
 from utils.runtime.settings import ScoringSettings

@@ -59,7 +59,6 @@ from benchmarks.experiment import (  # noqa: E402
     check_settings,
     dense_model,
     pruned_model,
-    regrow_and_finetune,
     run,
     stage_flags,
 )
@@ -72,6 +71,7 @@ from utils.core.paths import SEARCH_STATE, SUMMARY, regrowth_dir  # noqa: E402
 from utils.core.registry import Registry  # noqa: E402
 from utils.core.timer import Timer  # noqa: E402
 from utils.regrow.allocation import greedy_allocation  # noqa: E402
+from utils.regrow.apply import regrow_and_finetune  # noqa: E402
 from utils.results.figures import mean_std  # noqa: E402
 from utils.search.controller import Episode  # noqa: E402
 from utils.search.drivers import OneShot, prepare_oneshot  # noqa: E402

@@ -1,7 +1,7 @@
 """Building blocks of the accuracy experiments (bench_reward_noise, bench_matched, bench_search,
 bench_reward_fidelity, bench_setting_b): the stage scripts run
-in-process for the dense and pruned models (reused when a folder already holds them), and a regrow +
-finetune of a given allocation with the library's own functions.
+in-process for the dense and pruned models (reused when a folder already holds them); the regrow + finetune of a
+given allocation is the library's ``utils.regrow.apply.regrow_and_finetune``.
 
 Every experiment flag that the stage scripts share (model, data, batch sizes, seed) is passed on as is.
 """
@@ -12,19 +12,13 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
 import pretrain
 import prune_unstructure
 from utils.cli.types import positive_int
 from utils.core.errors import UsageError
 from utils.core.files import NEWER_FLAGS, differing, write_json
 from utils.core.paths import pretrained_path, prune_checkpoint, prune_dir
-from utils.core.seeds import make_generator
-from utils.regrow.apply import Finetuning, Regrowth, apply_allocation
-from utils.runtime.settings import FinetuneSettings, LoopSettings
 from utils.sparsity.granularity import granularity_class
-from utils.sparsity.swap import SwapSettings
 
 DATA_FLAGS = ("m_name", "dataset", "data_dir", "batch_size", "eval_batch_size", "train_subset", "eval_subset",
               "device")
@@ -111,22 +105,3 @@ def pruned_model(args: argparse.Namespace, seed: int, root: Path, dense: Path, s
             "--save_dir", str(save), "--pretrained", str(dense), "--mode", mode, "--target_sparsity",
             str(sparsity), "--finetune_epochs", str(epochs), "--patience", "0", *extra])
     return path
-
-
-def regrow_and_finetune(stage, pair, allocation: dict[str, int], scores: dict[str, torch.Tensor] | None,
-                        init: str | None, epochs: int, source: torch.nn.Module | None = None,
-                        swap: SwapSettings | None = None) -> dict[str, float]:
-    """Regrow ``allocation`` into a copy of the sparse model (``init`` values, copied from ``source`` (default:
-    the dense model) for ``dense``; ``scores`` pick positions; an empty allocation regrows nothing and needs
-    neither), finetune ``epochs`` (AdamW, best epoch on val; ``swap``: with swap cycles at constant density) and
-    report val/test accuracy (%), sparsity and count."""
-    gran, seed = stage.granularity, stage.run.seed
-    regrowth = None  # an empty allocation: no kernel call, no init generator
-    if allocation:
-        regrowth = Regrowth(allocation, scores, init, pair.dense if source is None else source,
-                            make_generator(seed, "regrowth_init", stage.device))
-    tuning = Finetuning(FinetuneSettings(epochs=epochs, patience=0, swap=swap), stage.train_from_start(),
-                        stage.data.val, LoopSettings(amp=stage.amp, progress=False, verbose=False))
-    applied = apply_allocation(gran, pair.sparse, regrowth, tuning, test=stage.data.test)
-    return {"val_acc": applied.fit.best_val_acc, "test_acc": applied.test_acc,
-            "sparsity": gran.sparsity(applied.model), "regrown": applied.regrown}

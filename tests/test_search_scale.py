@@ -696,9 +696,9 @@ def test_the_benchmark_and_greedy_script_give_one_allocation_the_same_accuracy(s
     finetune the same allocation on the same batches, so they report the same accuracies (each arm of a benchmark
     starts the run seed's data-order stream afresh, as a stage script does)."""
     import regrowth_greedy
-    from benchmarks.experiment import regrow_and_finetune
     from utils.cli.flags import scoring_settings, selection_settings
     from utils.cli.prepare import prepare_dense_sparse
+    from utils.regrow.apply import regrow_and_finetune
     from utils.scoring.selection import selection_scores
 
     save, sparse = start

@@ -23,10 +23,13 @@ import torch.nn as nn
 
 from data.loader import DeviceLoader
 from utils.core.aliases import Scores
+from utils.core.seeds import make_generator
 from utils.runtime.settings import FinetuneSettings, LoopSettings
+from utils.runtime.stage import DenseSparse, Stage
 from utils.runtime.train import FitState, evaluate_model, finetune_model
 from utils.sparsity.granularity import Granularity
 from utils.sparsity.masks import clone_model
+from utils.sparsity.swap import SwapSettings
 
 
 @dataclass(frozen=True)
@@ -85,3 +88,24 @@ def apply_allocation(gran: Granularity, model: nn.Module, regrowth: Regrowth | N
     fit = finetune_model(model, finetuning.train, finetuning.select, finetuning.settings, finetuning.loop)
     test_acc = evaluate_model(model, test, amp=amp)[1] if test is not None else None
     return Applied(model, regrown, fit, test_acc, before, immediate_acc)
+
+
+def regrow_and_finetune(stage: Stage, pair: DenseSparse, allocation: dict[str, int], scores: Scores | None,
+                        init: str | None, epochs: int, source: nn.Module | None = None,
+                        swap: SwapSettings | None = None) -> dict[str, float]:
+    """Regrow ``allocation`` into a copy of the sparse model (``init`` values, copied from ``source`` (default:
+    the dense model) for ``dense``; ``scores`` pick positions; an empty allocation regrows nothing and needs
+    neither), finetune ``epochs`` (AdamW, best epoch on val; ``swap``: with swap cycles at constant density) and
+    report val/test accuracy (%), sparsity and count. Its batches are those a stage script draws
+    (``Stage.train_from_start``), so ``regrowth_greedy.py`` gives the same allocation the same accuracy; the
+    benchmarks' arms call it in turn on one stage."""
+    gran, seed = stage.granularity, stage.run.seed
+    regrowth = None  # an empty allocation: no kernel call, no init generator
+    if allocation:
+        regrowth = Regrowth(allocation, scores, init, pair.dense if source is None else source,
+                            make_generator(seed, "regrowth_init", stage.device))
+    tuning = Finetuning(FinetuneSettings(epochs=epochs, patience=0, swap=swap), stage.train_from_start(),
+                        stage.data.val, LoopSettings(amp=stage.amp, progress=False, verbose=False))
+    applied = apply_allocation(gran, pair.sparse, regrowth, tuning, test=stage.data.test)
+    return {"val_acc": applied.fit.best_val_acc, "test_acc": applied.test_acc,
+            "sparsity": gran.sparsity(applied.model), "regrown": applied.regrown}

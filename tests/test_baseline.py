@@ -28,7 +28,7 @@ def test_table_is_cached_and_refreshed(tmp_path):
             raise UsageError("cannot read")
         return float(path.stem.split("_")[1]), 100 * (1 - float(path.stem.split("_")[1]))
 
-    cache = tmp_path / "cache" / "baseline.json"
+    cache = tmp_path / "cache" / "baseline.pt"
     table = baseline_table(tmp_path, evaluate, {"seed": 1}, cache)
     assert table == {0.9: pytest.approx(10.0), 0.95: pytest.approx(5.0)} and cache.is_file()
     calls.clear()
@@ -45,6 +45,6 @@ def test_table_is_cached_and_refreshed(tmp_path):
 
 def test_no_usable_checkpoint(tmp_path):
     with pytest.raises(UsageError, match="no usable checkpoint"):
-        baseline_table(tmp_path, lambda p: (0.0, 0.0), {}, tmp_path / "c.json")
+        baseline_table(tmp_path, lambda p: (0.0, 0.0), {}, tmp_path / "c.pt")
     with pytest.raises(UsageError, match="not a folder"):
-        baseline_table(tmp_path / "missing", lambda p: (0.0, 0.0), {}, tmp_path / "c.json")
+        baseline_table(tmp_path / "missing", lambda p: (0.0, 0.0), {}, tmp_path / "c.pt")

@@ -41,7 +41,7 @@ def test_finetuned_copy_does_not_replace_the_pruning_point(tmp_path, log_lines, 
         write_csv(folder / "prune_log.csv", [{"step": "1", "sparsity": "0.9", "checkpoint": "m_0.9000.pth"},
                                              {"step": "2", "sparsity": "0.95", "checkpoint": "m_0.9500.pth"}],
                   ["step", "sparsity", "checkpoint"])
-    table = baseline_table(folder, _evaluate, {}, tmp_path / "cache" / "baseline.json")
+    table = baseline_table(folder, _evaluate, {}, tmp_path / "cache" / "baseline.pt")
     assert table == {0.9: 50.0, 0.95: 40.0}
     ignored = [line for line in log_lines if "ignoring" in line]
     assert len(ignored) == 1 and "4 file(s)" in ignored[0]
@@ -53,7 +53,7 @@ def test_a_file_without_a_recorded_stage_counts_unless_named_as_a_copy(tmp_path)
     """The original repository's files record no stage: kept by name, derived copies left out."""
     _save(tmp_path / "m_0.9000.pth", None, 0.9, 50.0)
     _save(tmp_path / "m_0.9000_finetuned.pth", None, 0.9, 80.0)
-    assert baseline_table(tmp_path, _evaluate, {}, tmp_path / "c.json") == {0.9: 50.0}
+    assert baseline_table(tmp_path, _evaluate, {}, tmp_path / "c.pt") == {0.9: 50.0}
 
 
 def test_only_copies_is_a_usage_error(tmp_path):
@@ -61,4 +61,4 @@ def test_only_copies_is_a_usage_error(tmp_path):
 
     _save(tmp_path / "m_0.9000_finetuned.pth", "finetune", 0.9, 80.0)
     with pytest.raises(UsageError, match="no usable checkpoint"):
-        baseline_table(tmp_path, _evaluate, {}, tmp_path / "c.json")
+        baseline_table(tmp_path, _evaluate, {}, tmp_path / "c.pt")

@@ -669,7 +669,7 @@ def test_a_damaged_baseline_cache_is_rebuilt_with_one_warning(tmp_path, monkeypa
     folder = tmp_path / "pruned"  # D3: the pruning-baseline cache (a truncated JSON was a JSONDecodeError)
     folder.mkdir()
     (folder / "a.pth").write_bytes(b"x")
-    cache = tmp_path / "cache" / "baseline.json"
+    cache = tmp_path / "cache" / "baseline.pt"
     cache.parent.mkdir()
     cache.write_bytes(content)
     warnings = []

@@ -21,6 +21,7 @@ from utils.core.files import read_csv
 from utils.core.paths import baseline_cache
 from utils.prune.pruners import get_pruner
 from utils.runtime.checkpoint import Checkpoint, read_checkpoint, save_checkpoint
+from utils.search.baseline import read_baseline_cache
 from utils.search.episodes import Search
 from utils.sparsity.granularity import get_granularity
 from utils.sparsity.masks import add_reparam
@@ -118,7 +119,7 @@ def test_iterative_rewards_against_the_structured_baseline(start, tmp_path):
     budgets = {int(r["budget"]) for r in read_csv(root / "iter_0" / "episodes.csv")}
     assert budgets <= {int(CHANNELS * f + 1e-9) for f in (0.005, 0.00625, 0.0075, 0.00875, 0.01)}
     assert summary["final_sparsity"] < 0.8 and "final_test_acc" in summary and summary["params"] > 0
-    cache = json.loads(baseline_cache(save, "resnet20", baseline).read_text())
+    cache = read_baseline_cache(baseline_cache(save, "resnet20", baseline))
     assert sorted(round(e["sparsity"], 3) for e in cache["entries"].values()) == [0.6, 0.85]
 
 
@@ -284,7 +285,7 @@ def test_oneshot_with_a_baseline_dir_rewards_against_the_interpolated_baseline(s
     for amount in (0.6, 0.9):
         _channel_pruned(baseline / f"resnet20_ch{amount:.4f}.pth", amount, seed=2)
     assert regrowth_structure_oneshot.main(_oneshot(save, sparse, "b") + ["--baseline_dir", str(baseline)]) == 0
-    cache = json.loads(baseline_cache(save, "resnet20", baseline).read_text())
+    cache = read_baseline_cache(baseline_cache(save, "resnet20", baseline))
     table = {e["sparsity"]: e["val_acc"] for e in cache["entries"].values()}
     for row in read_csv(save / "resnet20" / "regrowth_structure_oneshot" / "b" / "episodes.csv"):
         zero = interpolate(table, float(row["sparsity"]))

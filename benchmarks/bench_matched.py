@@ -82,7 +82,7 @@ from utils.core.files import write_csv, write_json
 from utils.core.paths import pretrained_path
 from utils.core.provenance import PROVENANCE_KEY
 from utils.regrow.allocation import greedy_allocation
-from utils.regrow.apply import regrow_and_finetune
+from utils.regrow.apply import FINETUNE_ORDER, regrow_and_finetune
 from utils.results.figures import mean_std
 from utils.runtime.checkpoint import read_checkpoint
 from utils.runtime.settings import ScoringSettings
@@ -151,8 +151,9 @@ ADDED_LATER = {"dense": None, "units": "ssim", "episode_steps": None, "episode_v
 
 def run_settings(args: argparse.Namespace) -> dict[str, str]:
     """The flags that define how the arms are made (not which arms, not where the data folder is)."""
-    return {k: str(v) for k, v in sorted(vars(args).items())
-            if k not in NOT_SETTINGS + ("data_dir",) and not (k in ADDED_LATER and v == ADDED_LATER[k])}
+    flags = {k: str(v) for k, v in vars(args).items()
+             if k not in NOT_SETTINGS + ("data_dir",) and not (k in ADDED_LATER and v == ADDED_LATER[k])}
+    return dict(sorted({**flags, "finetune_order": FINETUNE_ORDER}.items()))
 
 
 def kept_path(args: argparse.Namespace, seed: int) -> Path | None:
@@ -185,8 +186,9 @@ def one_seed(args: argparse.Namespace, seed: int) -> list[dict]:
     again, so seeds can run in separate processes, a last call only gathers them, and a call asking for more
     arms runs only those."""
     root = Path(args.save_dir) / f"matched_{args.dataset}_{args.m_name}" / f"seed{seed}"
-    check_settings(root.parent, {k: v for k, v in vars(args).items()
-                                 if not (k in ADDED_LATER and v == ADDED_LATER[k])}, ignore=NOT_SETTINGS)
+    check_settings(root.parent, {**{k: v for k, v in vars(args).items() if not (k in ADDED_LATER and
+                                                                             v == ADDED_LATER[k])},
+                                 "finetune_order": FINETUNE_ORDER}, ignore=NOT_SETTINGS)
     path, kept = root / "rows.json", kept_path(args, seed)
     stored = json.loads(kept.read_text()) if kept and kept.is_file() else {"rows": []}
     done = {row["arm"]: row for row in stored["rows"]}

@@ -71,7 +71,7 @@ from utils.core.paths import SEARCH_STATE, SUMMARY, regrowth_dir  # noqa: E402
 from utils.core.registry import Registry  # noqa: E402
 from utils.core.timer import Timer  # noqa: E402
 from utils.regrow.allocation import greedy_allocation  # noqa: E402
-from utils.regrow.apply import regrow_and_finetune  # noqa: E402
+from utils.regrow.apply import FINETUNE_ORDER, regrow_and_finetune  # noqa: E402
 from utils.results.figures import mean_std  # noqa: E402
 from utils.search.controller import Episode  # noqa: E402
 from utils.search.drivers import OneShot, prepare_oneshot  # noqa: E402
@@ -136,7 +136,8 @@ def arm_path(results: Path, args: argparse.Namespace, seed: int, units: str, arm
 
 
 def defining(args: argparse.Namespace) -> dict:
-    return {k: getattr(args, k) for k in DEFINING}
+    """The settings an arm file records and is reused for (with the finetune's data-order rule)."""
+    return {**{k: getattr(args, k) for k in DEFINING}, "finetune_order": FINETUNE_ORDER}
 
 
 def finished(path: Path, args: argparse.Namespace) -> dict | None:
@@ -145,7 +146,7 @@ def finished(path: Path, args: argparse.Namespace) -> dict | None:
     if not path.is_file():
         return None
     result = json.loads(path.read_text())
-    differ = differing(result["settings"], defining(args), older={})
+    differ = differing(result["settings"], defining(args), older={}, both_ways=True)
     if differ:
         raise UsageError(f"{path} was made with other settings ({', '.join(differ)} differ); use another --results")
     return result
@@ -247,7 +248,7 @@ def gather(args, results: Path) -> dict[str, dict[str, dict[int, dict]]]:
     found: dict[str, dict[str, dict[int, dict]]] = {}
     for path in sorted(results.glob(f"{args.dataset}_{args.m_name}_seed*_*.json")):
         result = json.loads(path.read_text())
-        if result.get("settings") == defining(args):
+        if not differing(result.get("settings", {}), defining(args), older={}, both_ways=True):
             found.setdefault(result["units"], {}).setdefault(result["arm"], {})[result["seed"]] = result
     return found
 

@@ -52,8 +52,8 @@ def check_settings(root: Path, settings: dict, ignore: tuple[str, ...] = ()) -> 
     path = root / "settings.json"
     current = {k: str(v) for k, v in settings.items() if k not in ignore}
     if path.is_file():
-        differ = differing(json.loads(path.read_text()), current,
-                           older={k: str(v) for k, v in NEWER_FLAGS.items()})
+        differ = differing(json.loads(path.read_text()), current, ignore,
+                           older={k: str(v) for k, v in NEWER_FLAGS.items()}, both_ways=True)
         if differ:
             raise UsageError(f"{root} was made with other settings ({path}: {', '.join(differ)} differ); use "
                              f"another --save_dir to rerun with these")

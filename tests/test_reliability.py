@@ -196,6 +196,9 @@ def test_one_comparison_of_settings_for_resume_and_reuse():
     assert differing(stored, same) == [] and differing(stored, same | {"eval_subset": None}) == []  # an older flag
     assert differing(stored, same | {"new": 1}) == ["new"]  # a setting the record lacks differs
     assert differing(stored, {**same, "seed": 2, "new": 1}, ignore=("new",)) == ["seed"]
+    assert differing(stored, same, both_ways=True) == ["gone"]  # a folder's settings: one left out differs too
+    with pytest.raises(UsageError, match="the run being resumed predates --new"):
+        check_same_run(stored, same | {"new": 1}, set())
 
 
 # ---- 5-7: pretrain resume, longer resume, stale temp files -------------------------------------------------

@@ -61,6 +61,9 @@ def test_matched_arms_say_which_machine_made_each_seed():
     seeds[1]["rows"][1][PROVENANCE_KEY] = {"cpu": "EPYC", "precision": "fp32"}  # seed 2's second arm elsewhere
     last = _lines("matched_arms", seeds)[-1]
     assert last == "Made on: seed 1: Xeon, bf16; seed 2: Xeon, bf16 (1 arm) and EPYC, fp32 (1 arm); seed 3: EPYC, fp32."
+    for row in seeds[2]["rows"]:  # a GPU run names its GPU, not the host's CPU
+        row[PROVENANCE_KEY] = {"cpu": "EPYC", "device": "cuda:0 NVIDIA H100", "precision": "bf16"}
+    assert _lines("matched_arms", seeds)[-1].endswith("; seed 3: cuda:0 NVIDIA H100, bf16.")
 
 
 def _search(seed: int, units: str, arm: str, test: float, seconds: float = 6.0, **extra) -> dict:

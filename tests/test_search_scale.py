@@ -530,6 +530,10 @@ def test_experiment_settings_accept_older_folders_and_name_what_differs(tmp_path
     assert json.loads((tmp_path / "settings.json").read_text()) == {"episodes": "8", "eval_subset": "None"}
     with pytest.raises(UsageError, match=r"episodes, eval_subset differ"):
         check_settings(tmp_path, {"episodes": 12, "eval_subset": 500})
+    # a setting the folder was made with and this run leaves out (bench_matched drops flags at their old default)
+    (tmp_path / "settings.json").write_text(json.dumps({"episodes": "8", "dense": "ref_seed{seed}.pth"}))
+    with pytest.raises(UsageError, match=r"dense differ"):
+        check_settings(tmp_path, {"episodes": 8})
 
 
 def _counted(function, calls: list[str]):

@@ -15,6 +15,7 @@ from utils.cli.flags import ArgumentParser
 from utils.cli.settings_flags import FIELD_OF, STAGE_DEFAULT, add_settings_args, settings_from_args
 from utils.core.fields import REQUIRED, default_of, flags_of, setting
 from utils.core.values import positive_int
+from utils.device.profiles import BudgetSettings
 from utils.runtime.settings import (
     FinetuneSettings,
     PretrainSettings,
@@ -29,7 +30,7 @@ from utils.sparsity.swap import SwapSettings
 ROOT = Path(__file__).resolve().parents[1]
 # the dataclasses that carry their flags
 CONVERTED = (RunSettings, DataSettings, ScoringSettings, SwapSettings, FinetuneSettings, SearchSettings,
-             SelectionSettings, ScheduleSettings, PretrainSettings)
+             SelectionSettings, ScheduleSettings, PretrainSettings, BudgetSettings)
 # pretraining's SGD shares flag names with the AdamW finetunes (--lr, --weight_decay, --patience) for another
 # optimizer's settings; no script adds both (checked per script below)
 OTHER_OPTIMIZER = (PretrainSettings,)

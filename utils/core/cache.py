@@ -39,6 +39,8 @@ def read_cache(path: Path, what: str, valid: Check = lambda content: True) -> di
             return content
     except UsageError:
         reason = "its content does not match its checksum"
+    except MemoryError:
+        raise
     except Exception as exc:  # noqa: BLE001 - torch.load raises many types on a truncated or foreign file
         reason = f"cannot read it: {type(exc).__name__}"
     LOG.warning("%s: the cache %s is damaged, hand-edited or from an older version (%s); computing it again", what,

@@ -158,28 +158,32 @@ NEWER_FLAGS = {"eval_subset": None, "episode_steps": None, "episode_val_subset":
 
 
 def differing(stored: Mapping[str, Any], current: Mapping[str, Any], ignore: Collection[str] = (),
-              older: Mapping[str, Any] = NEWER_FLAGS) -> list[str]:
-    """The settings of ``current`` (this run's) whose values differ from those an earlier run recorded
-    (``stored``), sorted; the one comparison behind ``--resume`` and every reuse of a finished run. A key of
-    ``older`` that ``stored`` predates had that value; a key ``stored`` lacks otherwise differs; keys in
-    ``ignore`` (those that may change), and keys ``current`` lacks (a flag this version no longer has), are not
-    compared. Values compare as a checkpoint stores them (``_comparable``: tuples as lists, paths absolute)."""
+              older: Mapping[str, Any] = NEWER_FLAGS, both_ways: bool = False) -> list[str]:
+    """The settings whose values differ between those an earlier run recorded (``stored``) and this run's
+    (``current``), sorted; the one comparison behind ``--resume`` and every reuse of a finished run. A key of
+    ``older`` that ``stored`` predates had that value; a key ``stored`` lacks otherwise differs; keys in ``ignore``
+    (those that may change) are not compared. A key ``current`` lacks differs only with ``both_ways`` (a folder's
+    settings file: a setting left out of this run's record is not the same run); without it, it is a flag this
+    version no longer has (``--resume``). Values compare as a checkpoint stores them (``_comparable``: tuples as
+    lists, paths absolute)."""
     stored = {**older, **stored}
+    keys = (current.keys() | (stored.keys() - older.keys())) if both_ways else current.keys()
     missing = object()
-    return sorted(key for key, value in current.items() if key not in ignore
-                  and _comparable(stored.get(key, missing)) != _comparable(value))
+    return sorted(key for key in keys if key not in ignore
+                  and _comparable(stored.get(key, missing)) != _comparable(current.get(key, missing)))
 
 
 def check_same_run(saved: dict, current: Mapping[str, Any], may_change: set[str]) -> None:
-    """On --resume: a ``UsageError`` naming the first flag whose value differs from the one the run was
-    started with (``saved``: its recorded args; ``differing``), except the flags in ``may_change``. ``current``:
-    this run's flags (``Stage.flags``)."""
+    """On --resume: a ``UsageError`` naming the first flag (alphabetically) whose value differs from the one the
+    run was started with (``saved``: its recorded args; ``differing``), except the flags in ``may_change``.
+    ``current``: this run's flags (``Stage.flags``)."""
     differ = differing(saved, current, may_change)
-    if differ:
-        key = differ[0]
-        old = {**NEWER_FLAGS, **saved}.get(key)
-        raise UsageError(f"--resume: --{key} is {current[key]!r} but the run being resumed used {old!r}; resume with "
-                         f"the same value (or start over with --overwrite)")
+    if not differ:
+        return
+    key, recorded = differ[0], {**NEWER_FLAGS, **saved}
+    was = f"used {recorded[key]!r}" if key in recorded else f"predates --{key} (recorded before it existed)"
+    raise UsageError(f"--resume: --{key} is {current[key]!r} but the run being resumed {was}; resume with the same "
+                     "value (or start over with --overwrite)")
 
 
 def _comparable(value: Any) -> Any:
@@ -244,7 +248,7 @@ def _feed(digest: Any, obj: Any) -> None:
     if isinstance(obj, torch.Tensor):
         flat = obj.detach().cpu().contiguous().reshape(-1)
         digest.update(f"T{flat.dtype}{tuple(obj.shape)}:".encode())
-        digest.update(flat.view(torch.uint8).numpy().tobytes())
+        digest.update(flat.view(torch.uint8).numpy())  # the tensor's bytes as they are: no copy
     elif isinstance(obj, dict):
         digest.update(f"D{len(obj)}:".encode())
         for key in sorted(obj, key=repr):

@@ -102,8 +102,7 @@ class BudgetSettings:
     def profile(self) -> DeviceProfile | None:
         """The profile the file and the entries describe (entries win), or None when neither is given."""
         entries = load_profile(self.device_profile) if self.device_profile else {}
-        given = {"max_bytes": self.max_bytes, "max_macs": self.max_macs, "max_latency_ms": self.max_latency_ms,
-                 "storage": self.storage, "latency_batch": self.latency_batch}
+        given = {key: value for key, value in asdict(self).items() if key != "device_profile"}  # the profile's keys
         entries |= {key: value for key, value in given.items() if value is not None}
         if not entries and not self.device_profile:
             return None  # (an empty profile file is refused below: it sets no limit)

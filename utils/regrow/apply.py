@@ -12,7 +12,8 @@ single-layer analysis (each layer, and its control run) and the matched benchmar
 
 Each step runs in that order and draws only from the generators it is given (``Regrowth.generator`` for the
 init draws, ``Finetuning.train``'s for data order and augmentation), so a caller's results do not depend on
-this module.
+this module; ``regrow_and_finetune`` (one benchmark arm) makes those generators from the run seed, as a stage
+script does.
 """
 from __future__ import annotations
 
@@ -90,6 +91,12 @@ def apply_allocation(gran: Granularity, model: nn.Module, regrowth: Regrowth | N
     return Applied(model, regrown, fit, test_acc, before, immediate_acc)
 
 
+# the stream ``regrow_and_finetune``'s finetunes draw their batches from: the run seed's data order from its start, as a
+# stage script draws it (until 2026-12-06: a stream of its own, "matched_finetune"). Benchmarks record it among the
+# settings of their kept rows, so rows of the two rules are never mixed in one table.
+FINETUNE_ORDER = "data_order"
+
+
 def regrow_and_finetune(stage: Stage, pair: DenseSparse, allocation: dict[str, int], scores: Scores | None,
                         init: str | None, epochs: int, source: nn.Module | None = None,
                         swap: SwapSettings | None = None) -> dict[str, float]:
@@ -97,8 +104,9 @@ def regrow_and_finetune(stage: Stage, pair: DenseSparse, allocation: dict[str, i
     the dense model) for ``dense``; ``scores`` pick positions; an empty allocation regrows nothing and needs
     neither), finetune ``epochs`` (AdamW, best epoch on val; ``swap``: with swap cycles at constant density) and
     report val/test accuracy (%), sparsity and count. Its batches are those a stage script draws
-    (``Stage.train_from_start``), so ``regrowth_greedy.py`` gives the same allocation the same accuracy; the
-    benchmarks' arms call it in turn on one stage."""
+    (``Stage.train_from_start``, ``FINETUNE_ORDER``), so ``regrowth_greedy.py``'s first iteration, with the same
+    finetune flags and no early stop, gives the same allocation the same accuracy; the benchmarks' arms call it in
+    turn on one stage. Unlike the rest of this module it makes its generators itself, from the run seed."""
     gran, seed = stage.granularity, stage.run.seed
     regrowth = None  # an empty allocation: no kernel call, no init generator
     if allocation:

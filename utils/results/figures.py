@@ -210,7 +210,8 @@ def _made_on(rows: list[dict]) -> str:
     for row in rows:
         record = row.get(PROVENANCE_KEY)
         if record:
-            where = f"{record.get('cpu') or record.get('device')}, {record.get('precision')}"
+            device = record.get("device") or "cpu"
+            where = f"{record.get('cpu') if device == 'cpu' else device}, {record.get('precision')}"
             made = per_seed.setdefault(row["seed"], {})
             made[where] = made.get(where, 0) + 1
     groups: dict[str, list[int]] = {}

@@ -39,8 +39,9 @@ _DATA = DataSettings()  # the data set's defaults of the seven fields the run's 
 
 @dataclass(frozen=True)
 class RunSettings:
-    """What every stage shares: which model and data set, where it writes, its seed, which images it sees, and
-    where and how it runs."""
+    """What every stage shares: which model and data set (as given: None for the checkpoint's or the model's own;
+    ``Stage.model_name`` / ``Stage.dataset`` are the resolved names), where it writes, its seed, which images it
+    sees, and where and how it runs."""
 
     m_name: str | None = setting("resnet20", "model name (see models/)")
     dataset: str | None = setting(None, "cifar10 | tiny_imagenet | synthetic (default: the model's own data set)")

@@ -128,10 +128,13 @@ class Stage:
         self.data.train = train.shard(world.rank, world.size, generator)
 
     def train_from_start(self) -> DeviceLoader:
-        """The training batches in the order a fresh stage draws them: this process's 'data_order' stream of the
-        run seed from its start. A process that finetunes several models in turn (the arms of a benchmark) gives
-        each this loader, so each gets the batches its stage script would (``regrowth_greedy.py`` included)."""
-        return self.data.train.with_generator(data_order(self.run.seed, self.device, current_world().rank))
+        """The training batches in the order a fresh stage draws them: the 'data_order' stream of the run seed
+        from its start (this rank's own stream once the data is sharded, ``shard_training_data``). A process that
+        finetunes several models in turn (the arms of a benchmark) gives each this loader, so each gets the
+        batches its stage script would (``regrowth_greedy.py`` included)."""
+        train = self.data.train
+        rank = current_world().rank if train.shards > 1 else 0
+        return train.with_generator(data_order(self.run.seed, self.device, rank))
 
     def build_model(self) -> nn.Module:
         """A freshly initialised model for this data set, on the device, in the chosen memory layout."""

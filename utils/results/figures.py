@@ -198,14 +198,13 @@ def matched_arms(seeds: list[dict]) -> str:
                       "" if own else mean_std(diffs, signed=True), "" if own else _per_seed(diffs)])
     table = _table(["arm", "seeds", "val acc (%)", "test acc (%)", "test - straight (pp)", "per seed"],
                    "|---|---:|---:|---:|---:|---|", lines)
-    made = _made_on(rows)
-    return f"{table}\nMade on: {made}.\n" if made else table
+    return table + _made_on(rows)
 
 
-def _made_on(rows: list[dict]) -> str:
-    """Which machine and precision made each seed's rows, seeds of the same grouped (e.g. ``seeds 1, 2: Intel
-    Xeon, bf16; seed 3: AMD EPYC, fp32``); a seed whose arms ran on several says how many arms each made; empty when
-    no row records its provenance."""
+def _made_on(rows: list[dict], unit: str = "arm") -> str:
+    """A line saying which machine and precision made each seed's rows, seeds of the same grouped (e.g. ``Made on:
+    seeds 1, 2: Intel Xeon, bf16; seed 3: AMD EPYC, fp32.``); a seed whose rows (``unit``s: arms, points) ran on
+    several says how many each made; empty when no row records its provenance."""
     per_seed: dict[int, dict[str, int]] = {}
     for row in rows:
         record = row.get(PROVENANCE_KEY)
@@ -217,10 +216,12 @@ def _made_on(rows: list[dict]) -> str:
     groups: dict[str, list[int]] = {}
     for seed, made in per_seed.items():
         text = "; ".join(made) if len(made) == 1 else " and ".join(
-            f"{where} ({count} arm{'s' if count > 1 else ''})" for where, count in made.items())
+            f"{where} ({count} {unit}{'s' if count > 1 else ''})" for where, count in made.items())
         groups.setdefault(text, []).append(seed)
-    return "; ".join(f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}: {text}"
-                     for text, seeds in groups.items())
+    if not groups:
+        return ""
+    return "\nMade on: " + "; ".join(f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}: {text}"
+                                     for text, seeds in groups.items()) + ".\n"
 
 
 # --- the search comparison (benchmarks/bench_search.py --results: one file per seed, unit set and arm) ---
@@ -457,4 +458,5 @@ def setting_b_table(points: list[dict]) -> str:
 @FIGURES.register("setting_b")
 def setting_b(files: list[dict]) -> str:
     """The Setting B table of the kept points (each file: ``{"settings", "point"}``)."""
-    return setting_b_table([kept["point"] for kept in files]) + "\n"
+    points = [kept["point"] for kept in files]
+    return setting_b_table(points) + "\n" + _made_on(points, unit="point")

@@ -39,6 +39,7 @@ from pathlib import Path
 
 import torch
 
+from utils.cli.commands import commands
 from utils.cli.flags import add_run_flags, cli_main, new_parser
 from utils.cli.prepare import prepare_model_only
 from utils.cli.types import positive_int
@@ -164,7 +165,7 @@ def outputs(args: argparse.Namespace, ckpt) -> tuple[Path | None, Path | None, P
     kind = granularity_class(ckpt.granularity) if ckpt.granularity is not None else None
     physical = kind is not None and kind.exportable
     if not physical and not args.onnx and not args.format:
-        refusal = NO_MASKS if kind is None else kind.export_refusal
+        refusal = NO_MASKS if kind is None else commands(kind).export_refusal
         raise UsageError(f"{args.ckpt} {refusal}; --onnx writes an ONNX file of it, --format FORMAT a packed file")
     out = (check_output_file(args.out or exported_path(args.ckpt), inputs=[args.ckpt], overwrite=args.overwrite,
                              what="--out") if physical else None)

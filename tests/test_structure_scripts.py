@@ -195,11 +195,11 @@ def _bad_inputs(save: Path, dense: Path, weight_sparse: Path, channel: Path, exp
         (prune_structure.main, common + ["--pruner", "taylor", "--taylor_batches", "0"], "at least 1"),
         (prune_structure.main, common + ["--pretrained", str(weight_sparse)], "unstructured weight masks"),
         (prune_unstructure.main, common + ["--mode", "oneshot", "--target_sparsity", "0.9", "--pretrained",
-                                           str(channel)], "holds channel masks"),
+                                           str(channel)], "weight masks (prune_structure.py, export.py and the"),
         (regrowth_oneshot.main, common + ["--initial_ckpt", str(channel), "--pretrained", str(dense)],
          "holds channel masks"),
         (export.main, ["--ckpt", str(dense)], "has no masks"),
-        (export.main, ["--ckpt", str(weight_sparse)], "unstructured weight masks"),
+        (export.main, ["--ckpt", str(weight_sparse)], "export takes channel-pruned checkpoints (prune_structure"),
         (export.main, ["--ckpt", str(channel), "--out", str(channel)], "also an input"),
     ]
 

@@ -29,6 +29,8 @@ class GranularityCommands:
     demo_regrow_step: float  # the pipeline demo's regrowth budget / N_tot
     demo_pruner: str  # the pruner of the pipeline demo's start (benchmark_regrowth.py prunes the same way)
     boundary_grid: tuple[float, ...]  # one-shot targets of a device curve (pipeline.py, find_drop_point.py)
+    foreign_hint: str  # after a stage's refusal of a checkpoint of this granularity: the scripts that take it
+    export_refusal: str = "holds masks that export cannot shrink"  # export.py's error for a checkpoint of it
 
 
 COMMANDS: dict[type[Granularity], GranularityCommands] = {
@@ -36,12 +38,17 @@ COMMANDS: dict[type[Granularity], GranularityCommands] = {
         prune_script="prune_unstructure.py", search_script="regrowth_oneshot.py",
         search_defaults={"oneshot": (400, 11, 50, 50), "iterative": (300, 10, 40, 40)}, score_batches=None,
         budget_fracs=(0.001, 0.005), budget_space_size=5, demo_sparsity=0.99, demo_regrow_step=0.01,
-        demo_pruner="lamp", boundary_grid=(0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995)),
+        demo_pruner="lamp", boundary_grid=(0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995),
+        foreign_hint="prune_unstructure.py and the weight regrowth scripts take it, evaluate.py / finetune.py any",
+        export_refusal="holds unstructured weight masks, which export cannot shrink: export takes channel-pruned "
+                       "checkpoints (prune_structure.py)"),
     ChannelGranularity: GranularityCommands(
         prune_script="prune_structure.py", search_script="regrowth_structure_oneshot.py",
         search_defaults={"oneshot": (300, 10, 50, 40), "iterative": (300, 10, 40, 40)}, score_batches=10,
         budget_fracs=(0.005, 0.01), budget_space_size=6, demo_sparsity=0.9, demo_regrow_step=0.05,
-        demo_pruner="l1", boundary_grid=(0.2, 0.4, 0.6, 0.7, 0.8, 0.9)),
+        demo_pruner="l1", boundary_grid=(0.2, 0.4, 0.6, 0.7, 0.8, 0.9),
+        foreign_hint="prune_structure.py, export.py and the structure regrowth scripts take it, evaluate.py / "
+                     "finetune.py any"),
 }
 
 

@@ -26,7 +26,7 @@ from utils.core.distributed import (
     launched_world,
     says_errors,
 )
-from utils.core.errors import ReportedError, UsageError
+from utils.core.errors import ForeignMasks, ReportedError, UsageError
 from utils.core.interrupt import interruptible_main
 from utils.core.log import setup_logging
 from utils.core.paths import (
@@ -94,6 +94,13 @@ def _say_error(message: str) -> int:
     return 2
 
 
+def _with_hint(exc: UsageError) -> str:
+    """The error's sentence, and for a checkpoint of another granularity, which scripts take it."""
+    if isinstance(exc, ForeignMasks):
+        return f"{exc} ({commands(granularity_class(exc.found)).foreign_hint})"
+    return str(exc)
+
+
 def cli_main(func: Callable[[Sequence[str] | None], int | None],
              script_globals: dict | None = None) -> Callable[[Sequence[str] | None], int]:
     """Wrap a script's ``main(argv)``: a ``UsageError`` becomes one ``error:`` line and return code 2; the command
@@ -109,7 +116,7 @@ def cli_main(func: Callable[[Sequence[str] | None], int | None],
         except ReportedError:
             return 2
         except UsageError as exc:
-            return _say_error(str(exc))
+            return _say_error(_with_hint(exc))
         except OSError as exc:  # a path no file can have, met past the output checks (an input's long name)
             if exc.errno not in (errno.ENAMETOOLONG, errno.ELOOP):
                 raise

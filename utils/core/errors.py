@@ -8,3 +8,12 @@ class UsageError(Exception):
 
 class ReportedError(UsageError):
     """A usage error whose ``error:`` line was already printed (by a stage a pipeline ran): exit 2, no more."""
+
+
+class ForeignMasks(UsageError):
+    """A checkpoint whose masks are of another granularity than the stage's; ``found`` names theirs (the command
+    line adds which scripts take such a checkpoint)."""
+
+    def __init__(self, message: str, found: str) -> None:
+        super().__init__(message)
+        self.found = found

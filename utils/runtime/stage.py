@@ -17,7 +17,7 @@ from data import DataBundle, canonical_dataset, data_order
 from data.loader import DeviceLoader
 from models import create_model, model_spec
 from utils.core.distributed import current_world
-from utils.core.errors import UsageError
+from utils.core.errors import ForeignMasks, UsageError
 from utils.core.files import write_json
 from utils.core.log import LOG
 from utils.core.paths import pretrained_path
@@ -154,7 +154,7 @@ class Stage:
         ckpt = read_checkpoint(path, trust_pickle=self.run.trust_pickle)
         self.lineages[str(path)] = ckpt.lineage
         if ckpt.granularity not in (None, self.granularity_name):  # masks of another granularity
-            raise UsageError(f"{path} {granularity_class(self.granularity_name).foreign_masks}")
+            raise ForeignMasks(f"{path} {granularity_class(self.granularity_name).foreign_masks}", ckpt.granularity)
         if ckpt.export_history is not None and not exported:
             raise UsageError(f"{path} is a physical export (smaller shapes, no masks): this stage needs the full-shape "
                              f"checkpoint it was exported from ({ckpt.meta.get('parent', 'see its meta parent')})")

@@ -142,9 +142,8 @@ class ChannelGranularity(Granularity):
     exportable = True
     swap_refusal = ("holds channel masks: swap cycles (RigL, GraNet) move single weights inside a layer; a channel "
                     "swap would change the exported shapes and the coupled groups at every swap. Finetune it "
-                    "without --swap_every")
-    foreign_masks = ("holds unstructured weight masks; this stage needs a dense or channel-pruned checkpoint "
-                     "(prune_structure.py writes them)")
+                    "without swap cycles")
+    foreign_masks = "holds unstructured weight masks; this stage needs a dense or channel-pruned checkpoint"
     refused_inits = {"zero": "zero producer rows and zero consumer columns leave a regrown channel dead forever "
                              "(neither gets a gradient); use preserve (function-preserving) or dense"}
 

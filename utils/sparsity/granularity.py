@@ -65,7 +65,6 @@ class Granularity(abc.ABC):
     device_limit: str = "bytes"  # what regrowth up to a device fills: its storage (bytes) or its MACs (macs)
     per_class_scores: bool = True  # analyze_layers.py --per_class can score its units per class
     exportable: bool = False  # masks shrink the model physically (export.py, the pipeline exports final models)
-    export_refusal: str = "holds masks that export cannot shrink"  # export.py's error for a checkpoint of it
     counts_weights: bool = False  # an entry is one weight (so its sparsity is the weight sparsity)
     foreign_masks: str = "holds masks of another granularity"  # a stage's error for a checkpoint of another one
     is_default: bool = False  # what the scripts' --granularity means when it is not given

@@ -25,10 +25,7 @@ class WeightGranularity(Granularity):
     unit_noun = "layer"
     is_default = True
     counts_weights = True
-    foreign_masks = ("holds channel masks (a structured checkpoint); this stage works on weight masks: use the "
-                     "structured scripts (prune_structure.py, export.py), or evaluate.py / finetune.py")
-    export_refusal = ("holds unstructured weight masks, which export cannot shrink: export takes channel-pruned "
-                      "checkpoints (prune_structure.py)")
+    foreign_masks = "holds channel masks (a structured checkpoint); this stage works on weight masks"
     swap_refusal = ""  # swap cycles move single weights (utils.sparsity.swap)
 
     def __init__(self, model_name: str, num_classes: int, input_size: int) -> None:

@@ -170,3 +170,9 @@ def test_setting_b_averages_each_target_over_its_seeds():
     # target 90%: mean sparsity 0.9000, val 81 ± 1.41 (sample std of 80, 82), test 80 ± 1.41, seeds in order
     assert lines[2] == "| 90.0% | 2 | 0.9000 | 81.00 ± 1.41 | 80.00 ± 1.41 | 1: 81.00, 2: 79.00 |"
     assert lines[3] == "| 99.0% | 1 | 0.9900 | 50.00 ± 0.00 | 51.50 ± 0.00 | 1: 51.50 |"
+    assert len(lines) == 4  # no provenance recorded: no "Made on" line
+    made = [point(1, 0.9, 0.9, 80.0, 79.0), point(1, 0.99, 0.99, 50.0, 51.0)]
+    made[0]["point"][PROVENANCE_KEY] = {"cpu": "Xeon", "precision": "bf16"}
+    made[1]["point"][PROVENANCE_KEY] = {"cpu": "EPYC", "precision": "fp32"}
+    assert FIGURES.get("setting_b")(made).splitlines()[-1] == \
+        "Made on: seed 1: Xeon, bf16 (1 point) and EPYC, fp32 (1 point)."

@@ -18,6 +18,8 @@ CONVERTED = {  # the results pages whose tables are generated, and the renderers
     "episode_cost.md": {"episode_cost"},
     "fisher_estimators.md": {"fisher_table"},
     "dense_recipe.md": {"dense_reference", "dense_recipes"},
+    "setting_b.md": {"setting_b"},
+    "matched_paper.md": {"matched_arms"},
 }
 
 

@@ -54,7 +54,6 @@ from utils.sparsity.swap import RECOMMENDED_EVERY_EPOCHS
 # and stop, the recipe that only sets defaults: the values it gave are compared); every other flag must equal the one
 # the run started with
 MAY_CHANGE_ON_RESUME = resumable_flags(RunSettings, DataSettings, PretrainSettings)
-RECIPES = PRETRAIN_RECIPES
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -66,7 +65,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add_run_flags(group, {"resume": "continue from last.pth"}, names={"resume": ("--resume", "-r")})
     add_run_flags(group, {"overwrite": "start over even if a checkpoint exists"})
     recipe = parser.parse_known_args(argv)[0].recipe
-    parser.set_defaults(**RECIPES[recipe])
+    parser.set_defaults(**PRETRAIN_RECIPES[recipe])
     return parser.parse_args(argv)
 
 

@@ -151,9 +151,14 @@ ADDED_LATER = {"dense": None, "units": "ssim", "episode_steps": None, "episode_v
 
 def run_settings(args: argparse.Namespace) -> dict[str, str]:
     """The flags that define how the arms are made (not which arms, not where the data folder is)."""
-    flags = {k: str(v) for k, v in vars(args).items()
-             if k not in NOT_SETTINGS + ("data_dir",) and not (k in ADDED_LATER and v == ADDED_LATER[k])}
-    return dict(sorted({**flags, "finetune_order": FINETUNE_ORDER}.items()))
+    return {k: str(v) for k, v in sorted(made_with(args).items()) if k not in NOT_SETTINGS + ("data_dir",)}
+
+
+def made_with(args: argparse.Namespace) -> dict:
+    """The flags (those added later only where they are not at their old value) and the finetune's data-order
+    rule: what a run folder and its kept rows were made with."""
+    flags = {k: v for k, v in vars(args).items() if not (k in ADDED_LATER and v == ADDED_LATER[k])}
+    return {**flags, "finetune_order": FINETUNE_ORDER}
 
 
 def kept_path(args: argparse.Namespace, seed: int) -> Path | None:
@@ -186,9 +191,7 @@ def one_seed(args: argparse.Namespace, seed: int) -> list[dict]:
     again, so seeds can run in separate processes, a last call only gathers them, and a call asking for more
     arms runs only those."""
     root = Path(args.save_dir) / f"matched_{args.dataset}_{args.m_name}" / f"seed{seed}"
-    check_settings(root.parent, {**{k: v for k, v in vars(args).items() if not (k in ADDED_LATER and
-                                                                             v == ADDED_LATER[k])},
-                                 "finetune_order": FINETUNE_ORDER}, ignore=NOT_SETTINGS)
+    check_settings(root.parent, made_with(args), ignore=NOT_SETTINGS)
     path, kept = root / "rows.json", kept_path(args, seed)
     stored = json.loads(kept.read_text()) if kept and kept.is_file() else {"rows": []}
     done = {row["arm"]: row for row in stored["rows"]}

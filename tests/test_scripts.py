@@ -17,6 +17,7 @@ import utils.runtime.train as train_module
 from models import create_model, list_models, model_spec
 from tests.conftest import run_main, tree, write_cifar
 from utils.runtime.checkpoint import read_checkpoint, save_checkpoint
+from utils.runtime.settings import PRETRAIN_RECIPES
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ["--dataset", "synthetic", "--train_subset", "256", "--eval_subset", "250", "--batch_size", "64", "--device",
@@ -233,7 +234,7 @@ def test_evaluate_warns_when_its_seed_carves_another_val_split(tmp_path, capsys)
 
 def test_a_recipe_sets_defaults_and_a_given_flag_wins():
     args = pretrain.parse_args(["--recipe", "short", "--lr", "0.05"])
-    expected = {**pretrain.RECIPES["short"], "lr": 0.05}
+    expected = {**PRETRAIN_RECIPES["short"], "lr": 0.05}
     assert {k: getattr(args, k) for k in expected} == expected
     plain = pretrain.parse_args([])  # the original's defaults
     assert (plain.epochs, plain.lr, plain.lr_schedule, plain.nesterov, plain.label_smoothing) == (
@@ -244,9 +245,9 @@ def test_the_paper_regime_preset_pretrains_with_the_short_recipe():
     import pipeline
 
     preset = pipeline.PRESETS["cifar10_resnet20_short"]
-    assert preset["pretrain_epochs"] is None  # the recipe's own epochs: written once, in RECIPES
+    assert preset["pretrain_epochs"] is None  # the recipe's own epochs: written once, in PRETRAIN_RECIPES
     args = pretrain.parse_args(preset["pretrain_flags"])
-    assert {k: getattr(args, k) for k in pretrain.RECIPES["short"]} == pretrain.RECIPES["short"]
+    assert {k: getattr(args, k) for k in PRETRAIN_RECIPES["short"]} == PRETRAIN_RECIPES["short"]
 
 
 def test_stages_take_the_data_set_from_the_checkpoint_and_refuse_a_contradicting_flag(pretrained, capsys):

@@ -43,6 +43,7 @@ from utils.core.fields import resumable_flags
 from utils.core.files import check_same_run, trim_csv
 from utils.core.log import LOG, log_outputs, setup_logging
 from utils.core.paths import check_output_dir, clean_stale_temps, pretrained_path
+from utils.core.provenance import PROVENANCE_KEY
 from utils.runtime.checkpoint import load_weights, read_checkpoint
 from utils.runtime.schedules import lr_lambda
 from utils.runtime.settings import PRETRAIN_RECIPES, LoopSettings, PretrainSettings, RunSettings
@@ -114,7 +115,11 @@ def _restore(path: Path, model, optimizer, scheduler, stage: Stage, patience: in
     stage.data.train.generator.set_state(rngs[world.rank][0])
     torch.set_rng_state(rngs[world.rank][1])
     best = {k: v.to(stage.device) for k, v in saved["best_state"].items()}
-    state = FitState(**saved["fit"], best_state=best)
+    fit_progress = dict(saved["fit"])
+    if "precisions" not in fit_progress:  # a state written before the record existed: its checkpoint's precision
+        made_in = (ckpt.meta.get(PROVENANCE_KEY) or {}).get("precision")
+        fit_progress["precisions"] = [[made_in, 1]] if made_in else []
+    state = FitState(**fit_progress, best_state=best)
     state.stopped_early = 0 < patience <= state.epochs_since_best
     return state
 

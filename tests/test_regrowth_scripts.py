@@ -80,6 +80,8 @@ def test_resume_equals_uninterrupted(start, monkeypatch):
     assert regrowth_oneshot.main(_oneshot_args(save, sparse, "cut", episodes=4) + ["--resume"]) == 0
     full = save / "resnet20" / "regrowth_oneshot" / "full"
     assert read_csv(cut / "episodes.csv") == read_csv(full / "episodes.csv")
+    stretches = [json.loads((d / "summary.json").read_text())["precisions"] for d in (full, cut)]
+    assert stretches[0] == stretches[1] and len(stretches[0]) == 1  # resumed in the same precision: one stretch
     a, b = (read_checkpoint(d / "best_grown_model.pth").state_dict for d in (full, cut))
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
 

@@ -93,6 +93,37 @@ def test_resume_equals_uninterrupted(tmp_path, monkeypatch, recipe):
 
 
 
+def test_a_resume_in_another_precision_is_said_and_recorded(tmp_path, monkeypatch):
+    """A run started where bf16 is native and resumed where it is not (or with other --no_amp) says so in one
+    warning and records which epochs ran in which precision; an unchanged precision records one stretch."""
+    args = QUICK + ["--epochs", "3", "--save_dir", str(tmp_path)]
+    real_save = stage_module.save_checkpoint
+
+    def killed_after_epoch_1(path, model, **kw):
+        real_save(path, model, **kw)
+        if path.name == "last.pth" and kw["meta"]["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: True)  # the first machine: bf16 (emulated here)
+    monkeypatch.setattr(stage_module, "save_checkpoint", killed_after_epoch_1)
+    assert pretrain.main(args) == 130
+    monkeypatch.setattr(stage_module, "save_checkpoint", real_save)
+    monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: False)  # the second: fp32
+    assert pretrain.main(args + ["--resume"]) == 0
+    out = tmp_path / "resnet20" / "checkpoint"
+    assert json.loads((out / "summary.json").read_text())["precisions"] == [["bf16", 1], ["fp32", 2]]
+    assert "resumed in fp32 at epoch 2 after epoch 1 in bf16" in (out / "log.txt").read_text()
+
+    assert pretrain.main(args + ["--epochs", "4", "--resume"]) == 0  # the same precision again: no new stretch
+    assert json.loads((out / "summary.json").read_text())["precisions"] == [["bf16", 1], ["fp32", 2]]
+
+
+def test_precision_stretches_are_kept_and_a_change_warns():
+    assert train_module.continue_precisions([], "fp32", 1) == [["fp32", 1]]
+    assert train_module.continue_precisions([["bf16", 1]], "bf16", 5) == [["bf16", 1]]
+    assert train_module.continue_precisions([["bf16", 1]], "fp32", 5, "episode") == [["bf16", 1], ["fp32", 5]]
+
+
 TINY_IMAGENET_MODELS = {name for name in list_models() if model_spec(name).input_size == 64}
 
 

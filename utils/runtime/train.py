@@ -58,6 +58,7 @@ class FitState:
     stopped_early: bool = False
     best_state: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     swaps: dict = field(default_factory=dict)  # what swap cycles did (settings, swaps, weights moved); {} for none
+    precisions: list = field(default_factory=list)  # [precision, first epoch] of each stretch ("bf16"/"fp32")
 
     def summary(self) -> dict:
         """The scalar fields (no tensors), for logs and checkpoints."""
@@ -131,6 +132,23 @@ def autocast_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
 def precision_name(device: torch.device, amp: bool) -> str:
     """``"bf16"`` (autocast) or ``"fp32"``: what ``autocast(device, amp)`` trains and evaluates in."""
     return "bf16" if autocast_dtype(device, amp) is not None else "fp32"
+
+
+def continue_precisions(stretches: list, current: str, first: int, unit: str = "epoch") -> list[list]:
+    """The precision record of a run that goes on in ``current`` (``"bf16"`` or ``"fp32"``) from ``unit`` number
+    ``first`` (1-based): ``stretches`` ([precision, first unit] pairs, oldest first; [] for a fresh run), with
+    ``[current, first]`` added when it differs from the last. A change (a run resumed on a machine without native
+    bf16, or with another --no_amp) is one warning: the resumed run no longer equals an uninterrupted one, and the
+    record in its summary says which units ran in which precision."""
+    if stretches and stretches[-1][0] == current:
+        return stretches
+    if stretches:
+        (before, start), end = stretches[-1], first - 1
+        span = f"{unit} {start}" if start == end else f"{unit}s {start}-{end}"
+        LOG.warning("resumed in %s at %s %d after %s in %s: the run no longer equals an uninterrupted one (its "
+                    "summary records the precision of each stretch; resume where the precision is the same, or "
+                    "run with --no_amp throughout, for an exact resume)", current, unit, first, span, before)
+    return [*stretches, [current, first]]
 
 
 def autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
@@ -262,6 +280,9 @@ def fit(model: nn.Module, train: DeviceLoader, val: DeviceLoader, optimizer: tor
     epochs, patience, scheduler = schedule.epochs, schedule.patience, schedule.scheduler
     state = state or FitState()
     net, eval_net = passes(model, loop)
+    if state.epoch < epochs and not state.stopped_early:
+        state.precisions = continue_precisions(state.precisions, precision_name(train.device, loop.amp),
+                                               state.epoch + 1)
     if train.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     while state.epoch < epochs and not state.stopped_early:

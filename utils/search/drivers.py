@@ -239,6 +239,7 @@ def run_oneshot(regrowth: RegrowthJob) -> SearchResult:
         "start_test_acc": evaluate_model(job.pair.sparse, stage.data.test, amp=stage.amp)[1],
         "searched_layers": dict(zip(space.layers, space.ssim, strict=True)), "episodes": len(search.history),
         "finetune_epochs": cfg.search.finetune_epochs, "search_seconds": search.seconds,
+        "precisions": search.precisions,
         "best": vars(best), **finish(stage, search.out / BEST_MODEL, "best_test_acc")}
     summary.update(RegrowthOutcome(
         SEARCH_METHODS[cfg.random_search], "oneshot", gran.name, job.start_sparsity, summary["start_test_acc"],
@@ -279,7 +280,7 @@ def run_iteration(job: RegrowthJob, source: nn.Module, current: nn.Module, curre
         search.resume()
     best = search.run()
     row = {"iteration": it, **vars(best), "baseline_acc": interpolate(table, best.sparsity),
-           "episodes": len(search.history), "search_seconds": search.seconds}
+           "episodes": len(search.history), "search_seconds": search.seconds, "precisions": search.precisions}
     stage.write_summary(out / SUMMARY, row)
     LOG.info("iteration %d: sparsity %.4f  val %.2f%%  (%+.2f pp over the pruning baseline)", it, best.sparsity,
              best.val_acc, best.acc_gain)

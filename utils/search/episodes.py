@@ -47,6 +47,7 @@ from utils.regrow.apply import Finetuning, Regrowth, apply_allocation
 from utils.results.plots import plot_reward_curve
 from utils.runtime.settings import FinetuneSettings, LoopSettings, RunSettings, SearchSettings
 from utils.runtime.stage import Stage
+from utils.runtime.train import continue_precisions, precision_name
 from utils.scoring.ssim import select_layers
 from utils.search.controller import AllocationPolicy, Episode, Reinforce
 from utils.sparsity.masks import clone_model
@@ -221,6 +222,7 @@ class Search:
         self.history: list[dict] = []
         self.best = SearchResult()
         self.seconds = 0.0  # wall time of the finished batches (over all resumed segments)
+        self.precisions: list[list] = []  # [precision, first episode] of each stretch (``continue_precisions``)
 
     @property
     def policy(self) -> AllocationPolicy:
@@ -233,7 +235,7 @@ class Search:
         return seal({"version": STATE_VERSION, "budget": self.budget.total, "budget_options": self.budget.options,
                 "settings": plain(dict(self.stage.flags)), "trainer": self.trainer.state_dict(),
                 "history": self.history, "best": vars(self.best), "rng": {"policy": self.policy_rng.get_state()},
-                "seconds": self.seconds})
+                "seconds": self.seconds, "precisions": self.precisions})
 
     def resume(self) -> None:
         """Continue from ``search_state.pt`` in ``out`` (a usage error when there is none)."""
@@ -255,6 +257,7 @@ class Search:
             raise UsageError(f"--resume: {path} does not fit this search ({type(exc).__name__}: {first}); start "
                              "over with --overwrite") from None
         self.seconds = state.get("seconds", 0.0)
+        self.precisions = state.get("precisions", [])
         LOG.info("resumed after episode %d (best reward %.4f)", len(self.history), self.best.reward)
 
     # ---- one episode -------------------------------------------------------------------------------------
@@ -371,6 +374,8 @@ class Search:
             LOG.warning("%d processes but --episodes_per_update %d: %d of them wait; use M >= the process count",
                         self.world.size, self.settings.episodes_per_update,
                         self.world.size - self.settings.episodes_per_update)
+        self.precisions = continue_precisions(self.precisions, precision_name(self.stage.device, self.stage.amp),
+                                              len(self.history) + 1, "episode")
         while len(self.history) < self.settings.episodes and not (self.history and self.should_stop()):
             with Timer() as timer:
                 rows = self.batch(len(self.history))

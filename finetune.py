@@ -15,7 +15,8 @@ last 25% of the steps; weight-pruned checkpoints):
     python finetune.py --ckpt ... --epochs 400 --swap_every 100
 
 Writes --save_path (default: {ckpt stem}_finetuned.pth beside the checkpoint) and {save_path stem}_log.csv;
-prints sparsity and val/test accuracy before and after.
+prints sparsity and val/test accuracy before and after. While it trains, {save_path stem}.resume.pt holds the
+state after the last epoch: a killed finetune continues exactly with the same command and --resume.
 """
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ from utils.core.errors import UsageError
 from utils.core.log import LOG, log_outputs, setup_logging
 from utils.core.paths import check_output_file, clean_stale_temps, finetuned_path
 from utils.runtime.checkpoint import read_checkpoint
+from utils.runtime.resume import ResumePoint, check_point, resume_point
 from utils.runtime.settings import FinetuneSettings, LoopSettings
 from utils.runtime.stage import check_lineage, dense_checkpoint
 from utils.runtime.train import evaluate_model, finetune_model
@@ -60,7 +62,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              "warmup_frac": "share of steps for linear warm-up",
                              "patience": "early stop after N epochs without val gain"})
     add_run_flags(parser, {"trust_pickle": "allow a pickled nn.Module checkpoint"})
-    add_run_flags(parser, {"overwrite": "replace an existing --save_path"})
+    add_run_flags(parser, {"overwrite": "replace an existing --save_path",
+                           "resume": "continue a killed finetune from its resume point ({save_path stem}.resume.pt)"})
     add_run_flags(parser, {"pretrained": "the dense model (only --grow_score saliency reads it; default "
                              "{save_dir}/{m_name}/checkpoint/ckpt.pth)"})
     add_swap_args(parser)
@@ -72,8 +75,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     swap = swap_settings(args)  # bad swap flags fail before any load
     ckpt = read_checkpoint(args.ckpt, trust_pickle=args.trust_pickle)
-    save_path = check_output_file(args.save_path or finetuned_path(args.ckpt), inputs=[args.ckpt],
-                                  overwrite=args.overwrite, what="--save_path")
+    wanted = Path(args.save_path or finetuned_path(args.ckpt))
+    resumes = args.resume and resume_point(wanted).is_file()  # a point: the output may be saved, not yet its end
+    if args.resume and not resumes:
+        raise UsageError(f"--resume: no resume point {resume_point(wanted)}; run without --resume to start")
+    save_path = check_output_file(wanted, inputs=[args.ckpt], overwrite=args.overwrite or resumes, what="--save_path")
     stage = prepare(args, args.m_name or ckpt.model, checked_dataset(args.dataset, ckpt.dataset, Path(args.ckpt)),
                     ckpt.granularity)
     model = stage.load_model(args.ckpt, exported=True)
@@ -87,6 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                       stage.lineages.get(str(args.ckpt)), stage.run.allow_other_dense)
     stage.shard_training_data()  # under torchrun: data-parallel, each process on its shard
     sparsity, kind = stage.granularity.sparsity, stage.granularity.name
+    resume = ResumePoint.of_stage(save_path, stage.run, stage.flags)
+    check_point(resume.path, stage.run)
     clean_stale_temps(save_path.parent, recursive=False)  # a file's folder, not a run tree
     setup_logging(save_path.parent, f"{save_path.stem}_log.txt")
     _, val_before = evaluate_model(model, stage.data.val, amp=stage.amp)
@@ -97,7 +105,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = finetune_settings(args)
     loop = LoopSettings(progress=not args.no_progress, csv_path=save_path.with_name(f"{save_path.stem}_log.csv"),
                         data_parallel_device=stage.device, **stage.speed)
-    state = finetune_model(model, stage.data.train, stage.data.val, settings, loop, dense=dense)
+    if resume.continues:
+        LOG.info("continuing from the resume point %s", resume.path)
+    state = finetune_model(model, stage.data.train, stage.data.val, settings, loop, dense=dense, resume=resume)
     if state.swaps:
         LOG.info("swap cycles: %d swaps moved %s weights (each layer's kept count unchanged)", state.swaps["swaps"],
                  f"{state.swaps['weights_moved']:,}")
@@ -106,6 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "val_acc": state.best_val_acc, "test_acc": test_after, "val_acc_before": val_before,
             "test_acc_before": test_before, **({"swap": state.swaps} if state.swaps else {})}
     stage.save(save_path, model, meta, export_history=ckpt.export_history)
+    resume.path.unlink(missing_ok=True)  # saved: nothing to resume
     LOG.info("after:  %s sparsity %.4f  val %.2f%% (epoch %d)  test %.2f%%  (test %+.2f pp); saved %s",
              kind, sparsity(model), state.best_val_acc, state.best_epoch, test_after, test_after - test_before,
              save_path)

@@ -18,6 +18,7 @@ from utils.cli.types import positive_int
 from utils.core.errors import UsageError
 from utils.core.files import NEWER_FLAGS, differing, write_json
 from utils.core.paths import pretrained_path, prune_checkpoint, prune_dir
+from utils.runtime.resume import resume_point
 from utils.sparsity.granularity import granularity_class
 
 DATA_FLAGS = ("m_name", "dataset", "data_dir", "batch_size", "eval_batch_size", "train_subset", "eval_subset",
@@ -96,12 +97,15 @@ def dense_model(args: argparse.Namespace, seed: int, root: Path) -> Path:
 def pruned_model(args: argparse.Namespace, seed: int, root: Path, dense: Path, sparsity: float, epochs: int,
                  label: str, mode: str = "oneshot", extra: Sequence[str] = ()) -> Path:
     """LAMP pruning of ``dense`` to ``sparsity`` with an ``epochs`` finetune, in ``root/label``: one-shot, or
-    ``mode="gradual"`` (during the finetune); ``extra``: more prune_unstructure.py flags (e.g. swap cycles)."""
+    ``mode="gradual"`` (during the finetune); ``extra``: more prune_unstructure.py flags (e.g. swap cycles). A
+    finetune an earlier run left unfinished continues from its resume point (``--resume``)."""
     save = root / label
     weights = granularity_class("weight")
     path = prune_checkpoint(prune_dir(save, args.m_name, weights, mode), args.m_name, weights, sparsity)
-    if not path.is_file():  # written once its finetune finished
+    unfinished = resume_point(path).is_file()
+    if not path.is_file() or unfinished:  # the checkpoint is written once its finetune finished
         run(prune_unstructure.main, stage_flags(args, seed) + [
             "--save_dir", str(save), "--pretrained", str(dense), "--mode", mode, "--target_sparsity",
-            str(sparsity), "--finetune_epochs", str(epochs), "--patience", "0", *extra])
+            str(sparsity), "--finetune_epochs", str(epochs), "--patience", "0", *extra,
+            *(["--resume"] if unfinished else [])])
     return path

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import utils.runtime.train as train_module
 from benchmarks import bench_setting_b
 from tests.conftest import save_dense_and_sparse
 
@@ -28,3 +29,28 @@ def test_setting_b_keeps_each_point_and_gathers_the_table(tmp_path, capsys):
     assert bench_setting_b.main(argv[:argv.index("--save_dir")] + ["--save_dir", str(tmp_path / "elsewhere"),
                                                                   "--results", str(tmp_path / "kept")]) == 0
     assert "target" not in capsys.readouterr().out.split("|")[0] and not (tmp_path / "elsewhere").exists()
+
+
+def test_a_point_killed_in_its_finetune_continues_from_its_resume_point(tmp_path, monkeypatch):
+    """A session's end inside a point's finetune: the next call continues that finetune (--resume) from the
+    epoch it reached, and the kept point equals the one of an uninterrupted call."""
+    dense, _ = save_dense_and_sparse(tmp_path / "d", 0.5)
+    argv = TINY[:-1] + ["3", "--dense", str(dense), "--seeds", "1", "--targets", "0.8"]
+    assert bench_setting_b.main(argv + ["--save_dir", str(tmp_path / "a"), "--results", str(tmp_path / "ka")]) == 0
+    real, written = train_module.write_point, []
+
+    def write_then_stop(*args):
+        real(*args)
+        written.append(1)
+        if len(written) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "write_point", write_then_stop)
+    cut = argv + ["--save_dir", str(tmp_path / "b"), "--results", str(tmp_path / "kb")]
+    assert bench_setting_b.main(cut) == 2  # the stage's Ctrl-C (exit 130) stops the benchmark
+    monkeypatch.undo()
+    assert len(list((tmp_path / "b").rglob("*.resume.pt"))) == 1
+    assert bench_setting_b.main(cut) == 0 and not list((tmp_path / "b").rglob("*.resume.pt"))
+    rows = [json.loads(next((tmp_path / k).glob("*_seed1_*.json")).read_text())["point"] for k in ("ka", "kb")]
+    for key in ("val_acc", "test_acc", "sparsity"):
+        assert rows[0][key] == rows[1][key]

@@ -5,8 +5,10 @@ import pytest
 import torch
 
 import finetune
+import utils.runtime.train as train_module
 from models import create_model
 from tests.conftest import run_main, tree
+from utils.core.files import read_csv
 from utils.prune.pruners import get_pruner
 from utils.runtime.checkpoint import read_checkpoint, save_checkpoint
 from utils.runtime.train import warmup_cosine
@@ -53,3 +55,39 @@ def test_warmup_then_cosine():
 def test_missing_checkpoint(tmp_path, capsys):
     code, _, err = run_main(finetune.main, QUICK + ["--ckpt", str(tmp_path / "none.pth")], capsys)
     assert code == 2 and err.startswith("error:") and "does not exist" in err and tree(tmp_path) == []
+
+
+def test_a_killed_finetune_resumes_exactly_with_its_warmup_and_swaps(tmp_path, monkeypatch, capsys):
+    """Killed after epoch 2 of 4 (the warm-up cosine moving every step, swap cycles at every step), then the same
+    command with --resume: the log (but its seconds) and the weights and masks equal the uninterrupted run's."""
+    torch.manual_seed(0)
+    model = create_model("resnet20")
+    add_reparam(model)
+    get_pruner("lamp").prune(model, 0.9)
+    path = tmp_path / "sparse.pth"
+    save_checkpoint(path, model, model_name="resnet20", dataset="synthetic", num_classes=10, meta={})
+    args = QUICK + ["--ckpt", str(path), "--epochs", "4", "--patience", "0", "--swap_every", "1"]
+    assert finetune.main(args + ["--save_path", str(tmp_path / "full.pth")]) == 0
+    real, written = train_module.write_point, []
+
+    def write_then_stop(*point_args):
+        real(*point_args)
+        written.append(1)
+        if len(written) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "write_point", write_then_stop)
+    cut = args + ["--save_path", str(tmp_path / "cut.pth")]
+    assert finetune.main(cut) == 130
+    monkeypatch.undo()
+    code, _, err = run_main(finetune.main, cut, capsys)
+    assert code == 2 and "--resume" in err
+    assert finetune.main(cut + ["--resume"]) == 0
+    assert not (tmp_path / "cut.resume.pt").exists()
+    logs = [[{k: v for k, v in r.items() if k != "seconds"} for r in read_csv(tmp_path / f"{n}_log.csv")]
+            for n in ("full", "cut")]
+    assert len(logs[0]) == 4 and logs[0] == logs[1]
+    a, b = (read_checkpoint(tmp_path / f"{n}.pth").state_dict for n in ("full", "cut"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    code, _, err = run_main(finetune.main, cut + ["--resume"], capsys)  # finished: nothing to continue
+    assert code == 2 and "no resume point" in err

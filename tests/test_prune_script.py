@@ -10,6 +10,7 @@ import torch.nn.utils.prune as prune
 
 import evaluate
 import prune_unstructure
+import utils.runtime.train as train_module
 from models import create_model
 from tests.conftest import run_main, tree
 from utils.core.files import read_csv
@@ -148,3 +149,69 @@ def test_bad_inputs(tmp_path, capsys, case):
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], err
     assert tree(save) == []
+
+
+def _kill_after_point(monkeypatch, n: int) -> None:
+    """Stop the run (Ctrl-C) right after the finetunes wrote their ``n``-th resume point (one an epoch)."""
+    real, written = train_module.write_point, []
+
+    def write_then_stop(*args):
+        real(*args)
+        written.append(1)
+        if len(written) == n:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "write_point", write_then_stop)
+
+
+@pytest.mark.parametrize("mode", [
+    ["--mode", "oneshot", "--target_sparsity", "0.5", "0.8", "--swap_every", "1", "--pruner", "random"],
+    ["--mode", "gradual", "--target_sparsity", "0.8", "--gradual_steps", "4", "--swap_every", "1",
+     "--pruner", "random"],
+    ["--mode", "iterative", "--iter_end", "2", "--swap_every", "1"]], ids=["oneshot", "gradual", "iterative"])
+def test_a_killed_finetune_resumes_exactly(tmp_path, monkeypatch, mode):
+    """A run killed inside a finetune (gradual: after epoch 1 of 3, its pruning unfinished; else after epoch 2
+    of the second target or step; swaps at every step) and continued with --resume ends as the uninterrupted
+    run: the same finetune logs (but their seconds), weights, masks and log rows; finished targets or steps are
+    skipped, and no resume point is left. Each restored part is needed: leaving out the data order, the swap
+    counters or the gradual pruning's counters fails it."""
+    args = [*QUICK, "--finetune_epochs", "3", "--patience", "0", *mode]
+    folder = "oneshot" if "oneshot" in mode else mode[1]
+    full, cut = (tmp_path / d / "resnet20" / folder for d in "ab")
+    _save_dense(tmp_path / "a"), _save_dense(tmp_path / "b")
+    assert prune_unstructure.main(args + ["--save_dir", str(tmp_path / "a")]) == 0
+    _kill_after_point(monkeypatch, 1 if folder == "gradual" else 5)  # gradual: before its last pruning step
+    assert prune_unstructure.main(args + ["--save_dir", str(tmp_path / "b")]) == 130
+    assert len(list(cut.glob("*.resume.pt"))) == 1
+    monkeypatch.undo()
+    assert prune_unstructure.main(args + ["--save_dir", str(tmp_path / "b")]) == 2  # a point: --resume or --overwrite
+    assert prune_unstructure.main(args + ["--save_dir", str(tmp_path / "b"), "--resume"]) == 0
+    assert not list(cut.glob("*.resume.pt"))
+    logs = sorted(p.name for p in full.glob("finetune_*.csv"))
+    assert logs == sorted(p.name for p in cut.glob("finetune_*.csv"))
+    for name in logs:
+        strip = [[{k: v for k, v in r.items() if k != "seconds"} for r in read_csv(d / name)] for d in (full, cut)]
+        assert strip[0] == strip[1]
+    assert read_csv(full / "prune_log.csv") == read_csv(cut / "prune_log.csv")
+    for row in read_csv(full / "prune_log.csv"):
+        a, b = (read_checkpoint(d / row["checkpoint"]).state_dict for d in (full, cut))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_resume_with_nothing_to_continue_other_flags_or_a_damaged_point_is_refused(tmp_path, monkeypatch,
+                                                                                      capsys):
+    _save_dense(tmp_path)
+    args = [*QUICK, "--save_dir", str(tmp_path), "--mode", "oneshot", "--target_sparsity", "0.5",
+            "--finetune_epochs", "2"]
+    code, _, err = run_main(prune_unstructure.main, args + ["--resume"], capsys)
+    assert code == 2 and "nothing to continue" in err
+    _kill_after_point(monkeypatch, 1)
+    assert prune_unstructure.main(args) == 130
+    monkeypatch.undo()
+    code, _, err = run_main(prune_unstructure.main, args + ["--resume", "--lr", "0.001"], capsys)
+    assert code == 2 and "--lr" in err
+    point = tmp_path / "resnet20" / "oneshot" / "resnet20_0.5000.resume.pt"
+    point.write_bytes(point.read_bytes()[:-100])
+    code, _, err = run_main(prune_unstructure.main, args + ["--resume"], capsys)
+    assert code == 2 and "damaged" in err
+    assert prune_unstructure.main(args + ["--overwrite"]) == 0 and not point.exists()

@@ -126,7 +126,7 @@ def cli_main(func: Callable[[Sequence[str] | None], int | None],
         except KeyboardInterrupt:
             sys.stderr.write("\ninterrupted (Ctrl-C): the files written so far are kept (checkpoints and logs are "
                              "written whole or not at all); rerun the same command with --resume where the stage "
-                             "has it (pretrain, the searches), or with --overwrite to start over\n")
+                             "has it (pretrain, the pruning stages, the searches), or with --overwrite to start over\n")
             return 130
         finally:
             close_world()
@@ -248,9 +248,12 @@ def swap_settings(args: argparse.Namespace) -> SwapSettings | None:
 
 
 def add_prune_finetune_args(parser: argparse.ArgumentParser) -> None:
-    """--patience (50, the original's) and --select_on of the finetune after each prune step, and --overwrite."""
+    """--patience (50, the original's) and --select_on of the finetune after each prune step, --overwrite and
+    --resume."""
     add_settings_args(parser, FinetuneSettings, only=("patience", "select_on"), defaults={"patience": 50})
-    add_run_flags(parser, {"overwrite": "replace checkpoints and log rows an earlier run wrote (default: refuse)"})
+    add_run_flags(parser, {"overwrite": "replace checkpoints and log rows an earlier run wrote (default: refuse)",
+                           "resume": "continue a killed run: skip the steps it logged, continue the finetune it was "
+                                     "in from that step's resume point (written after every epoch)"})
 
 
 def add_controller_args(parser: argparse.ArgumentParser, *, episodes: int, action_space_size: int,

@@ -56,6 +56,22 @@ class GradualPruning:
                 self.pruner.prune(self.model, (alive - kept) / alive, context=self.context)
             self.done += 1
 
+    def state_dict(self) -> dict:
+        """Its progress, for a finetune's resume point: optimizer steps seen, pruning steps taken, and the pruner's
+        generator (a random pruner draws from it at each pruning step)."""
+        generator = self.context.generator
+        return {"step": self.step, "done": self.done, "plan": [list(p) for p in self.plan],
+                "generator": generator.get_state() if generator is not None else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from ``state_dict()``'s progress (the model's masks come with the model's own state); a plan
+        other than this one (another model or target) is a ``UsageError``."""
+        if [tuple(p) for p in state["plan"]] != self.plan:
+            raise UsageError("--resume: the resume point's gradual pruning plan is not this run's")
+        self.step, self.done = state["step"], state["done"]
+        if self.context.generator is not None and state["generator"] is not None:
+            self.context.generator.set_state(state["generator"])
+
     def epoch_columns(self) -> dict[str, float]:
         """The model's sparsity now (the training log's per-epoch column)."""
         return {"sparsity": self.granularity.sparsity(self.model)}

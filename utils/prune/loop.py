@@ -23,6 +23,7 @@ from utils.core.paths import PRUNE_LOG, check_output_dir, clean_stale_temps, pru
 from utils.prune.gradual import GradualPruning
 from utils.prune.weight_pruners import PruneContext, Pruner
 from utils.results.plots import plot_gradual_schedule, plot_sparsity_accuracy
+from utils.runtime.resume import RESUME_SUFFIX, ResumePoint, check_point, resume_point
 from utils.runtime.settings import FinetuneSettings, LoopSettings, ScheduleSettings
 from utils.runtime.stage import Stage
 from utils.runtime.train import evaluate_model, finetune_model, finetune_steps
@@ -55,15 +56,19 @@ class PruneRun:
     def iterative(self) -> bool:
         return self.schedule.iterative
 
-    def finetune_and_score(self, model: nn.Module, csv_path: Path,
+    def finetune_and_score(self, model: nn.Module, csv_path: Path, checkpoint: Path,
                            gradual: GradualPruning | None = None) -> tuple[float, float, dict]:
-        """AdamW finetune (pruning along ``gradual`` while it trains), best epoch chosen on --select_on; returns
-        (val acc, test acc) of that state and what its swap cycles did ({} without)."""
-        ft, data = self.finetuning, self.stage.data
+        """AdamW finetune (pruning along ``gradual`` while it trains), best epoch chosen on --select_on, with the
+        resume point of ``checkpoint`` (continued with --resume); returns (val acc, test acc) of that state and
+        what its swap cycles did ({} without)."""
+        ft, data, stage = self.finetuning, self.stage.data, self.stage
         select = data.test if ft.select_on == "test" else data.val
+        resume = ResumePoint.of_stage(checkpoint, stage.run, stage.flags)
+        if resume.continues:
+            LOG.info("continuing the finetune from its resume point %s", resume.path)
         state = finetune_model(model, data.train, select, ft, LoopSettings(
-            progress=self.stage.run.progress, csv_path=csv_path, **self.stage.speed), dense=self.dense,
-            during=gradual)
+            progress=stage.run.progress, csv_path=csv_path, **stage.speed), dense=self.dense,
+            during=gradual, resume=resume)
         amp = self.stage.amp
         return evaluate_model(model, data.val, amp=amp)[1], evaluate_model(model, data.test, amp=amp)[1], state.swaps
 
@@ -103,7 +108,7 @@ class PruneRun:
                  f"removes, in {len(during.plan)} steps during the finetune," if during else "removed", removed,
                  gran.name, achieved)
         log = f"finetune_step{step}.csv" if self.iterative else f"finetune_{path.stem}.csv"  # one per target
-        val_acc, test_acc, swaps = self.finetune_and_score(model, self.out / log, during)
+        val_acc, test_acc, swaps = self.finetune_and_score(model, self.out / log, path, during)
         extra = {**({"swap": swaps} if swaps else {}), **({"gradual": during.record()} if during else {})}
         stage.save(path, model, {"stage": f"prune_{self.schedule.mode}", "granularity": gran.name, "step": step,
                                  "amount": amount, "pruner": self.pruner.name, "sparsity": gran.sparsity(model),
@@ -112,6 +117,7 @@ class PruneRun:
             write_csv(self.out / f"schedule_{path.stem}.csv", during.schedule_rows(len(stage.data.train)))
         self.write_log_row({"step": step, "amount": amount, "sparsity": gran.sparsity(model), **gran.describe(model),
                             "val_acc": val_acc, "test_acc": test_acc, "checkpoint": path.name})
+        resume_point(path).unlink(missing_ok=True)  # the step is saved and logged: nothing to resume
         self.plot(f"{stage.model_name} {self.schedule.mode} {gran.name} pruning ({self.pruner.name})")
         LOG.info("%s: sparsity %.4f  val %.2f%%  test %.2f%%  -> %s", label, achieved, val_acc, test_acc, path)
         return path
@@ -173,32 +179,56 @@ class PruneRun:
 
     def check_outputs(self, sparsities: list[float], first_step: int | None) -> None:
         """Before any work: the run folder is writable, no planned checkpoint replaces an existing file, and
-        (iterative) no step from ``first_step`` on is already logged, unless --overwrite. Also removes the
-        temp files of a killed earlier run."""
+        (iterative) no step from ``first_step`` on is already logged, unless --overwrite. A planned step's
+        resume point (a killed finetune) needs --resume (continue it) or --overwrite (removed here). Also
+        removes the temp files of a killed earlier run."""
         overwrite = self.stage.run.overwrite
-        check_distinct_names([prune_checkpoint(self.out, self.stage.model_name, self.stage.granularity, s)
-                              for s in sparsities], "--target_sparsity values" if first_step is None else "steps")
+        gran, name = self.stage.granularity, self.stage.model_name
+        paths = [prune_checkpoint(self.out, name, gran, s) for s in sparsities]
+        check_distinct_names(paths, "--target_sparsity values" if first_step is None else "steps")
         check_output_dir(self.out, overwrite=overwrite, what="pruning folder")
         clean_stale_temps(self.out)
-        gran, name = self.stage.granularity, self.stage.model_name
         logged = read_prune_log(self.out / PRUNE_LOG)  # a damaged log fails here, not after the first step
         if first_step is not None and not overwrite:
             done = [r["step"] for r in logged if int(r["step"]) >= first_step]
             if done:
                 raise UsageError(f"step {done[0]} already ran in {self.out} (see {PRUNE_LOG}); pass --overwrite to "
                                  f"redo the steps from {first_step}, or continue with --iter_start {int(done[-1]) + 1}")
-        for sparsity in sparsities:
-            path = prune_checkpoint(self.out, name, gran, sparsity)
-            if path.exists() and not overwrite:
+        for path in paths:
+            check_point(resume_point(path), self.stage.run)
+            if path.exists() and not overwrite and not resume_point(path).exists():  # a point: saved, not logged
                 raise UsageError(f"{path} exists (an earlier run); pass --overwrite to replace it")
+
+    def unfinished(self, first_step: int, sparsities: list[float]) -> tuple[int, list[float]]:
+        """With --resume, what is left of the run: (iterative) the first step not in prune_log.csv from
+        ``first_step`` on, (one-shot) the ``sparsities`` whose checkpoint is not logged; unchanged without it. A
+        --resume with nothing done and no resume point is a ``UsageError``."""
+        if not self.stage.run.resume:
+            return first_step, sparsities
+        logged = read_prune_log(self.out / PRUNE_LOG)
+        gran, name = self.stage.granularity, self.stage.model_name
+        if self.iterative:
+            steps = [int(r["step"]) for r in logged if int(r["step"]) >= first_step]
+            left = (max(steps) + 1 if steps else first_step, sparsities)
+        else:
+            names = {r["checkpoint"] for r in logged}
+            left = (first_step, [s for s in sparsities if prune_checkpoint(self.out, name, gran, s).name not in names])
+        if left == (first_step, sparsities) and not any(self.out.glob(f"*{RESUME_SUFFIX}")):
+            raise UsageError(f"--resume: nothing to continue in {self.out} (no finished step of this run, no resume "
+                             "point); run without --resume to start")
+        return left
 
     def run(self, pretrained: Path) -> None:
         """The schedule: iterative from ``iter_start`` (the pretrained model, or the checkpoint of the step
         before, from prune_log.csv), or one-shot to each target sparsity."""
         plan, run = self.schedule, self.stage.run
         if self.iterative:
-            parent = pretrained if plan.iter_start == 1 else previous_checkpoint(self.out, plan.iter_start - 1)
-            self.run_iterative(parent, plan.amount, plan.iter_start, plan.iter_end)
+            first, _ = self.unfinished(plan.iter_start, [])
+            parent = pretrained if first == 1 else previous_checkpoint(self.out, first - 1)
+            if first <= plan.iter_end:
+                self.run_iterative(parent, plan.amount, first, plan.iter_end)
+            else:
+                LOG.info("--resume: steps %d-%d already ran in %s", plan.iter_start, plan.iter_end, self.out)
         else:
             self.run_oneshot(pretrained, list(plan.target_sparsity), gradual=plan.mode == "gradual")
         rows = read_prune_log(self.out / PRUNE_LOG)
@@ -215,15 +245,22 @@ class PruneRun:
                     f"{search})")
 
     def run_oneshot(self, dense_path: Path, targets: list[float], gradual: bool = False) -> None:
-        """One step from the dense model ``dense_path`` to each target sparsity (all checked first); ``gradual``:
-        the step prunes during its finetune (``GradualPruning``) instead of before it."""
+        """One step from the dense model ``dense_path`` to each target sparsity (all checked first; with --resume
+        those already logged are skipped); ``gradual``: the step prunes during its finetune (``GradualPruning``)
+        instead of before it."""
         gran = self.stage.granularity
         dense = self.stage.load_model(dense_path, reparam=True)
         amounts = [oneshot_amount(gran.sparsity(dense), t, dense_path) for t in targets]
-        alive = sum(int(m.sum()) for m in gran.masks(dense).values())
+        alive, total = sum(int(m.sum()) for m in gran.masks(dense).values()), gran.total(dense)
+        planned = [(total - alive + prune_count(a, alive)) / total for a in amounts]
+        _, left = self.unfinished(1, planned)
+        if len(left) < len(planned):
+            LOG.info("--resume: %d of the %d target(s) already ran in %s", len(planned) - len(left), len(planned),
+                     self.out)
+        targets, amounts = zip(*[(t, a) for t, a, s in zip(targets, amounts, planned, strict=True) if s in left],
+                               strict=True) if left else ((), ())
         for target, amount in zip(targets, amounts, strict=True):
             check_amount(amount, alive, gran.removable(dense), target)
-        total = gran.total(dense)
         if gradual:  # the pruner meets the target only at the end of the finetune: try it on a copy first
             for target, amount in zip(targets, amounts, strict=True):
                 trial = PruneContext(torch.Generator(device=self.stage.device).manual_seed(0), self.context.loader,
@@ -232,7 +269,7 @@ class PruneRun:
                     self.pruner.prune(clone_model(dense), amount, context=trial)
                 except UsageError as exc:
                     raise UsageError(f"--target_sparsity {target}: {exc}") from exc
-        self.check_outputs([(total - alive + prune_count(a, alive)) / total for a in amounts], None)
+        self.check_outputs(left, None)
         setup_logging(self.out)
         for i, amount in enumerate(amounts, start=1):  # each target from the dense model: step 1 of its own
             self.step(self.stage.load_model(dense_path, reparam=True), amount, 1, dense_path,

@@ -27,9 +27,10 @@ from data.loader import DeviceLoader
 from utils.core.curves import warmup_cosine as warmup_cosine_curve
 from utils.core.distributed import all_reduce_sum, broadcast, current_world, is_main_process, sync_buffers
 from utils.core.errors import UsageError
-from utils.core.files import append_text
+from utils.core.files import append_text, trim_csv
 from utils.core.log import LOG
 from utils.core.timer import Timer
+from utils.runtime.resume import FinetuneParts, ResumePoint, read_point, write_point
 from utils.runtime.settings import FinetuneSettings, LoopSettings
 from utils.sparsity.swap import SwapCycles
 
@@ -90,6 +91,10 @@ class StepHook(Protocol):
     def after_step(self) -> None: ...
 
     def epoch_columns(self) -> dict[str, float]: ...
+
+    def state_dict(self) -> dict: ...  # its progress, for a finetune's resume point
+
+    def load_state_dict(self, state: dict) -> None: ...
 
 
 def use_channels_last(model: nn.Module, enabled: bool = True) -> nn.Module:
@@ -350,7 +355,7 @@ def _epoch_columns(*hooks: StepHook | SwapCycles | None) -> Callable[[], dict[st
 
 def finetune_model(model: nn.Module, train: DeviceLoader, select: DeviceLoader, settings: FinetuneSettings,
                    loop: LoopSettings | None = None, dense: dict[str, torch.Tensor] | None = None,
-                   during: StepHook | None = None) -> FitState:
+                   during: StepHook | None = None, resume: ResumePoint | None = None) -> FitState:
     """Finetune with a fresh AdamW (``settings.lr``, ``settings.weight_decay``; the original's recipe is 3e-4 and
     0.01) for up to ``settings.epochs`` epochs (``settings.patience``: early stop) and load the best state by
     accuracy on ``select`` (the val split) into ``model``. ``settings.select_on`` is the caller's to read (it
@@ -365,7 +370,9 @@ def finetune_model(model: nn.Module, train: DeviceLoader, select: DeviceLoader, 
     ``loop`` (default: ``LoopSettings()``): ``compile`` runs the passes through ``torch.compile(model)`` (same
     parameters, so ``model`` is trained); ``data_parallel_device`` trains through DistributedDataParallel on
     that device (``train`` is this process's shard; every process evaluates the whole val split); ``csv_path``
-    is replaced by this finetune's rows.
+    is replaced by this finetune's rows. ``resume``: the finetune writes a resume point there after every epoch
+    and, when it continues (--resume and a point there), starts from it (``utils.runtime.resume``; ``csv_path``
+    then keeps the rows up to the point's epoch); the caller removes the point once the result is saved.
     """
     loop = LoopSettings() if loop is None else loop
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
@@ -375,15 +382,28 @@ def finetune_model(model: nn.Module, train: DeviceLoader, select: DeviceLoader, 
     cycles = (SwapCycles(model, settings.swap.in_steps(len(train)), total_steps, optimizer, dense,
                          data_parallel=train.shards > 1)
               if settings.swap is not None and settings.swap.enabled else None)
+    parts = FinetuneParts(model, optimizer, train, per_batch,
+                          {name: hook for name, hook in (("gradual", during), ("swap", cycles)) if hook is not None})
+    state = FitState()
+    if resume is not None and resume.continues:
+        progress, best = read_point(resume, parts)
+        state = FitState(**progress, best_state=best)
+
+    def keep_point(fit_state: FitState, _stats: EpochStats, _improved: bool) -> None:
+        write_point(resume, parts, fit_state.summary(), fit_state.best_state)
     if loop.csv_path is not None and is_main_process():
-        loop.csv_path.unlink(missing_ok=True)
+        if state.epoch:  # rows a killed run logged after its point would come twice
+            trim_csv(loop.csv_path, lambda row: int(row["epoch"]) <= state.epoch)
+        else:
+            loop.csv_path.unlink(missing_ok=True)
     hooks = [h.after_step for h in (during, cycles) if h is not None]
     select_after = 0 if during is None else math.ceil(during.last_step / len(train)) - 1
     try:
         state = fit(model, train, select, optimizer,
                     FitSchedule(settings.epochs, patience=settings.patience, batch_scheduler=per_batch,
                                 after_step=(lambda: [hook() for hook in hooks]) if hooks else None,
-                                select_after=select_after, epoch_columns=_epoch_columns(during, cycles)), loop=loop)
+                                select_after=select_after, epoch_columns=_epoch_columns(during, cycles)), loop=loop,
+                    state=state, on_epoch_end=None if resume is None else keep_point)
     finally:
         swaps = {} if cycles is None else cycles.close()
     state.swaps = swaps

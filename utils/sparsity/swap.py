@@ -176,6 +176,15 @@ class SwapCycles:
             self.swaps += 1
         self.capturing = self._is_swap_step(self.step + 1)
 
+    def state_dict(self) -> dict[str, int]:
+        """Its progress, for a finetune's resume point: optimizer steps seen, swaps made, weights moved."""
+        return {"step": self.step, "swaps": self.swaps, "moved": self.moved}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Continue from ``state_dict()``'s progress."""
+        self.step, self.swaps, self.moved = state["step"], state["swaps"], state["moved"]
+        self.capturing = self._is_swap_step(self.step + 1)
+
     def epoch_columns(self) -> dict[str, int]:
         """The swaps so far and the weights they moved (the training log's per-epoch columns)."""
         return {"swaps": self.swaps, "weights_moved": self.moved}

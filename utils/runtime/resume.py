@@ -1,0 +1,135 @@
+"""Resume points of a finetune: what ``finetune_model`` writes after every epoch when it is given a
+``ResumePoint``, so that a stage killed in the middle of a long finetune (the original finetunes one-shot models
+for 400 epochs) continues with ``--resume`` where it stopped and ends as the uninterrupted run would.
+
+A point holds the model (weights and masks), the optimizer and the per-step learning-rate curve, the fit's
+progress and best state, the counters of the step hooks (gradual pruning, swap cycles) and the random streams
+(each process's data order and global torch RNG, the pruner's generator), sealed with a checksum: a damaged or
+hand-edited file is one ``UsageError``. The caller removes it once the finetune's result is saved.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.nn as nn
+
+from data import DataSettings
+from data.loader import DeviceLoader
+from utils.core.distributed import all_gather, current_world, is_main_process
+from utils.core.errors import UsageError
+from utils.core.fields import resumable_flags
+from utils.core.files import atomic_save, check_same_run, check_seal, plain, seal
+from utils.runtime.settings import RunSettings
+
+POINT_VERSION = 1  # bumped when what a point holds changes (an older point is refused, not misread)
+RESUME_SUFFIX = ".resume.pt"  # beside the checkpoint a finetune makes (not *.pth: never taken for a model)
+MAY_CHANGE_ON_RESUME = frozenset(resumable_flags(RunSettings, DataSettings))  # where and how fast it runs
+
+
+def resume_point(checkpoint: Path) -> Path:
+    """The resume point of the finetune that makes ``checkpoint``: ``{stem}.resume.pt`` beside it."""
+    return checkpoint.with_name(checkpoint.stem + RESUME_SUFFIX)
+
+
+def check_point(point: Path, run: RunSettings) -> None:
+    """Before any work: a resume point at ``point`` (a killed finetune) needs --resume (continue it) or
+    --overwrite (it is removed here)."""
+    if point.exists() and run.overwrite:
+        point.unlink()
+    elif point.exists() and not run.resume:
+        raise UsageError(f"{point} is the resume point of a killed finetune: pass --resume to continue it, or "
+                         "--overwrite to start over")
+
+
+class Resumable(Protocol):
+    """A step hook whose progress a resume point keeps (``GradualPruning``, ``SwapCycles``)."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where a finetune keeps its resume point (``path``, rewritten after every epoch) and whether it continues
+    from the one there (``resume``). ``settings``: the run's defining flags (``Stage.flags``), recorded in the
+    point and compared on resume; ``may_change``: the flags a resumed run may change (``resumable_flags``)."""
+
+    path: Path
+    resume: bool = False
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    may_change: frozenset[str] = frozenset()
+
+    @classmethod
+    def of_stage(cls, checkpoint: Path, run: RunSettings, flags: Mapping[str, Any]) -> ResumePoint:
+        """The point of the finetune that makes ``checkpoint`` in a stage run with ``run`` and ``flags``."""
+        return cls(resume_point(checkpoint), run.resume, flags, MAY_CHANGE_ON_RESUME)
+
+    @property
+    def continues(self) -> bool:
+        """Whether the finetune starts from the point at ``path`` (--resume and a point there)."""
+        return self.resume and self.path.is_file()
+
+
+@dataclass
+class FinetuneParts:
+    """What a finetune's resume point saves and restores, besides the fit's progress."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    train: DeviceLoader  # its generator is the data order
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None  # the per-step learning-rate curve, if any
+    hooks: dict[str, Resumable] = field(default_factory=dict)  # by name: "gradual", "swap"
+
+
+def write_point(point: ResumePoint, parts: FinetuneParts, fit_state: dict[str, Any],
+                best_state: dict[str, torch.Tensor]) -> None:
+    """Write the resume point of a finetune after an epoch (``fit_state``: ``FitState.summary()``; every process
+    takes part, the main one writes)."""
+    rngs = all_gather((parts.train.generator.get_state(), torch.get_rng_state()))
+    if not is_main_process():
+        return
+    cpu = {k: v.detach().cpu() for k, v in parts.model.state_dict().items()}
+    atomic_save(seal({
+        "version": POINT_VERSION, "settings": plain(dict(point.settings)), "model": cpu,
+        "optimizer": parts.optimizer.state_dict(),
+        "scheduler": parts.scheduler.state_dict() if parts.scheduler is not None else None,
+        "hooks": {name: hook.state_dict() for name, hook in parts.hooks.items()},
+        "fit": fit_state, "best_state": {k: v.detach().cpu() for k, v in best_state.items()},
+        "rng_per_process": rngs}), point.path)
+
+
+def read_point(point: ResumePoint, parts: FinetuneParts) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Restore ``parts`` from the point at ``point.path``; returns the fit's progress (``FitState.summary()``)
+    and its best state (on the model's device). A damaged point, one of another run (a defining flag changed),
+    of other hooks or of another process count is a ``UsageError``."""
+    path, redo = point.path, "start over with --overwrite"
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, not a torch file, a pickled call, ...
+        raise UsageError(f"--resume: cannot read {path}: damaged or not a resume point ({type(exc).__name__}); "
+                         f"{redo}") from None
+    if not check_seal(saved, path) or saved.get("version") != POINT_VERSION:
+        raise UsageError(f"--resume: {path} is not a resume point of this version; {redo}")
+    check_same_run(saved["settings"], point.settings, set(point.may_change))
+    if set(saved["hooks"]) != set(parts.hooks) or (saved["scheduler"] is None) != (parts.scheduler is None):
+        raise UsageError(f"--resume: {path} was written by another kind of finetune (gradual pruning, swap cycles or "
+                         f"learning-rate curve differ); {redo}")
+    world, rngs = current_world(), saved["rng_per_process"]
+    if len(rngs) != world.size:
+        raise UsageError(f"--resume: the finetune ran in {len(rngs)} process(es) and this one has {world.size}; "
+                         "resume with the same torchrun --nproc_per_node")
+    device = next(parts.model.parameters()).device
+    parts.model.load_state_dict(saved["model"])
+    parts.optimizer.load_state_dict(saved["optimizer"])
+    if parts.scheduler is not None:
+        parts.scheduler.load_state_dict(saved["scheduler"])
+    for name, hook in parts.hooks.items():
+        hook.load_state_dict(saved["hooks"][name])
+    parts.train.generator.set_state(rngs[world.rank][0])
+    torch.set_rng_state(rngs[world.rank][1])
+    return saved["fit"], {k: v.to(device) for k, v in saved["best_state"].items()}

@@ -105,6 +105,22 @@ def save_dense_and_sparse(save: Path, amount: float, pruner: str = "lamp", seed:
     return dense, sparse
 
 
+def stop_after_points(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
+    """Make the run stop (Ctrl-C) right after its finetunes wrote their ``n``-th resume point (one an epoch), as
+    a killed run would; ``monkeypatch.undo()`` restores the writer."""
+    import utils.runtime.train as train_module
+
+    real, written = train_module.write_point, []
+
+    def write_then_stop(*args) -> None:
+        real(*args)
+        written.append(1)
+        if len(written) == n:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "write_point", write_then_stop)
+
+
 @pytest.fixture()
 def log_lines():
     """The messages the project's logger emits at INFO and above during the test (a list that grows)."""

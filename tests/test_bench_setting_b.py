@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 
-import utils.runtime.train as train_module
 from benchmarks import bench_setting_b
-from tests.conftest import save_dense_and_sparse
+from tests.conftest import save_dense_and_sparse, stop_after_points
 
 TINY = ["--dataset", "synthetic", "--train_subset", "128", "--eval_subset", "100", "--batch_size", "64",
         "--device", "cpu", "--finetune_epochs", "1"]
@@ -37,15 +36,7 @@ def test_a_point_killed_in_its_finetune_continues_from_its_resume_point(tmp_path
     dense, _ = save_dense_and_sparse(tmp_path / "d", 0.5)
     argv = TINY[:-1] + ["3", "--dense", str(dense), "--seeds", "1", "--targets", "0.8"]
     assert bench_setting_b.main(argv + ["--save_dir", str(tmp_path / "a"), "--results", str(tmp_path / "ka")]) == 0
-    real, written = train_module.write_point, []
-
-    def write_then_stop(*args):
-        real(*args)
-        written.append(1)
-        if len(written) == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(train_module, "write_point", write_then_stop)
+    stop_after_points(monkeypatch, 2)
     cut = argv + ["--save_dir", str(tmp_path / "b"), "--results", str(tmp_path / "kb")]
     assert bench_setting_b.main(cut) == 2  # the stage's Ctrl-C (exit 130) stops the benchmark
     monkeypatch.undo()

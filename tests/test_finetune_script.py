@@ -5,9 +5,8 @@ import pytest
 import torch
 
 import finetune
-import utils.runtime.train as train_module
 from models import create_model
-from tests.conftest import run_main, tree
+from tests.conftest import run_main, stop_after_points, tree
 from utils.core.files import read_csv
 from utils.prune.pruners import get_pruner
 from utils.runtime.checkpoint import read_checkpoint, save_checkpoint
@@ -68,15 +67,7 @@ def test_a_killed_finetune_resumes_exactly_with_its_warmup_and_swaps(tmp_path, m
     save_checkpoint(path, model, model_name="resnet20", dataset="synthetic", num_classes=10, meta={})
     args = QUICK + ["--ckpt", str(path), "--epochs", "4", "--patience", "0", "--swap_every", "1"]
     assert finetune.main(args + ["--save_path", str(tmp_path / "full.pth")]) == 0
-    real, written = train_module.write_point, []
-
-    def write_then_stop(*point_args):
-        real(*point_args)
-        written.append(1)
-        if len(written) == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(train_module, "write_point", write_then_stop)
+    stop_after_points(monkeypatch, 2)
     cut = args + ["--save_path", str(tmp_path / "cut.pth")]
     assert finetune.main(cut) == 130
     monkeypatch.undo()

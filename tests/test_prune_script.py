@@ -10,9 +10,8 @@ import torch.nn.utils.prune as prune
 
 import evaluate
 import prune_unstructure
-import utils.runtime.train as train_module
 from models import create_model
-from tests.conftest import run_main, tree
+from tests.conftest import run_main, stop_after_points, tree
 from utils.core.files import read_csv
 from utils.runtime.checkpoint import load_weights, read_checkpoint, save_checkpoint
 from utils.sparsity.masks import add_reparam, get_masks, layer_counts, sparsity
@@ -151,19 +150,6 @@ def test_bad_inputs(tmp_path, capsys, case):
     assert tree(save) == []
 
 
-def _kill_after_point(monkeypatch, n: int) -> None:
-    """Stop the run (Ctrl-C) right after the finetunes wrote their ``n``-th resume point (one an epoch)."""
-    real, written = train_module.write_point, []
-
-    def write_then_stop(*args):
-        real(*args)
-        written.append(1)
-        if len(written) == n:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(train_module, "write_point", write_then_stop)
-
-
 @pytest.mark.parametrize("mode", [
     ["--mode", "oneshot", "--target_sparsity", "0.5", "0.8", "--swap_every", "1", "--pruner", "random"],
     ["--mode", "gradual", "--target_sparsity", "0.8", "--gradual_steps", "4", "--swap_every", "1",
@@ -180,7 +166,7 @@ def test_a_killed_finetune_resumes_exactly(tmp_path, monkeypatch, mode):
     full, cut = (tmp_path / d / "resnet20" / folder for d in "ab")
     _save_dense(tmp_path / "a"), _save_dense(tmp_path / "b")
     assert prune_unstructure.main(args + ["--save_dir", str(tmp_path / "a")]) == 0
-    _kill_after_point(monkeypatch, 1 if folder == "gradual" else 5)  # gradual: before its last pruning step
+    stop_after_points(monkeypatch, 1 if folder == "gradual" else 5)  # gradual: before its last pruning step
     assert prune_unstructure.main(args + ["--save_dir", str(tmp_path / "b")]) == 130
     assert len(list(cut.glob("*.resume.pt"))) == 1
     monkeypatch.undo()
@@ -205,7 +191,7 @@ def test_a_resume_with_nothing_to_continue_other_flags_or_a_damaged_point_is_ref
             "--finetune_epochs", "2"]
     code, _, err = run_main(prune_unstructure.main, args + ["--resume"], capsys)
     assert code == 2 and "nothing to continue" in err
-    _kill_after_point(monkeypatch, 1)
+    stop_after_points(monkeypatch, 1)
     assert prune_unstructure.main(args) == 130
     monkeypatch.undo()
     code, _, err = run_main(prune_unstructure.main, args + ["--resume", "--lr", "0.001"], capsys)

@@ -93,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                       stage.lineages.get(str(args.ckpt)), stage.run.allow_other_dense)
     stage.shard_training_data()  # under torchrun: data-parallel, each process on its shard
     sparsity, kind = stage.granularity.sparsity, stage.granularity.name
-    resume = ResumePoint.of_stage(save_path, stage.run, stage.flags)
+    resume = ResumePoint.of_stage(save_path, Path(args.ckpt), stage.run, stage.flags)
     check_point(resume.path, stage.run)
     clean_stale_temps(save_path.parent, recursive=False)  # a file's folder, not a run tree
     setup_logging(save_path.parent, f"{save_path.stem}_log.txt")
@@ -114,7 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _, test_after = evaluate_model(model, stage.data.test, amp=stage.amp)
     meta = {"stage": "finetune", "parent": str(args.ckpt), "sparsity": sparsity(model), "epoch": state.best_epoch,
             "val_acc": state.best_val_acc, "test_acc": test_after, "val_acc_before": val_before,
-            "test_acc_before": test_before, **({"swap": state.swaps} if state.swaps else {})}
+            "test_acc_before": test_before, **({"swap": state.swaps} if state.swaps else {}),
+            "precisions": state.precisions}
     stage.save(save_path, model, meta, export_history=ckpt.export_history)
     resume.path.unlink(missing_ok=True)  # saved: nothing to resume
     LOG.info("after:  %s sparsity %.4f  val %.2f%% (epoch %d)  test %.2f%%  (test %+.2f pp); saved %s",

@@ -45,6 +45,7 @@ from utils.core.log import LOG, log_outputs, setup_logging
 from utils.core.paths import check_output_dir, clean_stale_temps, pretrained_path
 from utils.core.provenance import PROVENANCE_KEY
 from utils.runtime.checkpoint import load_weights, read_checkpoint
+from utils.runtime.resume import restore_streams
 from utils.runtime.schedules import lr_lambda
 from utils.runtime.settings import PRETRAIN_RECIPES, LoopSettings, PretrainSettings, RunSettings
 from utils.runtime.stage import Stage
@@ -87,7 +88,8 @@ def _train_state(optimizer, scheduler, state: FitState, stage: Stage) -> dict:
     rngs = all_gather((stage.data.train.generator.get_state(), torch.get_rng_state()))
     return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "fit": state.summary(),
             "best_state": {k: v.cpu() for k, v in state.best_state.items()},
-            "data_rng": rngs[0][0], "torch_rng": rngs[0][1], "rng_per_process": rngs}
+            "data_rng": rngs[0][0], "torch_rng": rngs[0][1], "rng_per_process": rngs,
+            "device": stage.data.train.device.type}
 
 
 def _restore(path: Path, model, optimizer, scheduler, stage: Stage, patience: int) -> FitState:
@@ -107,13 +109,8 @@ def _restore(path: Path, model, optimizer, scheduler, stage: Stage, patience: in
     scheduler.load_state_dict({"lr_lambdas": [None], **saved["scheduler"]})
     for group, base in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
         group["lr"] = base * scheduler.lr_lambdas[0](scheduler.last_epoch)
-    world = current_world()
     rngs = saved.get("rng_per_process") or [(saved["data_rng"], saved["torch_rng"])]
-    if len(rngs) != world.size:
-        raise UsageError(f"--resume: the run used {len(rngs)} process(es) and this one has {world.size}; resume with "
-                         "the same torchrun --nproc_per_node (each process continues its own data shard)")
-    stage.data.train.generator.set_state(rngs[world.rank][0])
-    torch.set_rng_state(rngs[world.rank][1])
+    restore_streams(rngs, saved.get("device", stage.data.train.device.type), stage.data.train, path)
     best = {k: v.to(stage.device) for k, v in saved["best_state"].items()}
     fit_progress = dict(saved["fit"])
     if "precisions" not in fit_progress:  # a state written before the record existed: its checkpoint's precision

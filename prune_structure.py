@@ -45,7 +45,6 @@ from utils.cli.flags import (
 from utils.cli.prepare import prepare
 from utils.cli.types import positive_int
 from utils.core.paths import prune_dir
-from utils.core.seeds import make_generator
 from utils.prune.loop import PruneRun
 from utils.prune.pruners import get_pruner, list_pruners
 from utils.prune.weight_pruners import PruneContext
@@ -77,10 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stage = prepare(args, granularity="channel")
     pruner = get_pruner(args.pruner, stage.granularity, args.scope)
     pretrained = dense_checkpoint(stage.run, stage.model_name)
-    # gradient scores get their own data order: pruning must not shift the finetunes' batches
-    context = PruneContext(make_generator(args.seed, "pruner"),
-                           stage.data.train.with_generator(make_generator(args.seed, "prune_scores", stage.device)),
-                           args.taylor_batches)
+    context = PruneContext.of_run(args.seed, stage.data.train, args.taylor_batches)
     out = prune_dir(args.save_dir, stage.model_name, stage.granularity, args.mode)
     PruneRun(stage, pruner, context, out, schedule_settings(args), finetune_settings(args),
              search_script=commands(stage.granularity).search_script).run(pretrained)

@@ -45,7 +45,6 @@ from utils.cli.flags import (
 )
 from utils.cli.prepare import prepare
 from utils.core.paths import prune_dir
-from utils.core.seeds import make_generator
 from utils.prune.loop import PruneRun
 from utils.prune.pruners import get_pruner, list_pruners
 from utils.prune.weight_pruners import PruneContext
@@ -77,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = prune_dir(args.save_dir, stage.model_name, stage.granularity, args.mode)
     swap = finetuning.swap
     dense = stage.layer_weights(pretrained) if swap is not None and swap.grow_score in NEEDS_DENSE else None
-    PruneRun(stage, pruner, PruneContext(make_generator(args.seed, "pruner")), out, schedule_settings(args),
+    PruneRun(stage, pruner, PruneContext.of_run(args.seed), out, schedule_settings(args),
              finetuning, dense, commands(stage.granularity).search_script).run(pretrained)
     return 0
 

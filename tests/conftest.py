@@ -106,10 +106,12 @@ def save_dense_and_sparse(save: Path, amount: float, pruner: str = "lamp", seed:
 
 
 def stop_after_points(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
-    """Make the run stop (Ctrl-C) right after its finetunes wrote their ``n``-th resume point (one an epoch), as
-    a killed run would; ``monkeypatch.undo()`` restores the writer."""
+    """Make the run stop (Ctrl-C) right after its finetunes wrote their ``n``-th resume point (one after every
+    epoch here), as a killed run would; ``monkeypatch.undo()`` restores the writer and its interval."""
+    import utils.runtime.resume as resume_module
     import utils.runtime.train as train_module
 
+    monkeypatch.setattr(resume_module, "POINT_EVERY_S", 0.0)  # a point after every epoch
     real, written = train_module.write_point, []
 
     def write_then_stop(*args) -> None:

@@ -13,6 +13,7 @@ import prune_unstructure
 from models import create_model
 from tests.conftest import run_main, stop_after_points, tree
 from utils.core.files import read_csv
+from utils.prune.loop import PruneRun
 from utils.runtime.checkpoint import load_weights, read_checkpoint, save_checkpoint
 from utils.sparsity.masks import add_reparam, get_masks, layer_counts, sparsity
 
@@ -20,8 +21,8 @@ QUICK = ["--dataset", "synthetic", "--train_subset", "128", "--eval_subset", "25
          "--finetune_epochs", "1", "--device", "cpu", "--no_progress"]
 
 
-def _save_dense(save_dir: Path, model_name: str = "resnet20") -> Path:
-    torch.manual_seed(0)
+def _save_dense(save_dir: Path, model_name: str = "resnet20", seed: int = 0) -> Path:
+    torch.manual_seed(seed)
     path = save_dir / model_name / "checkpoint" / "ckpt.pth"
     save_checkpoint(path, create_model(model_name), model_name=model_name, dataset="synthetic", num_classes=10,
                     meta={"stage": "pretrain"})
@@ -151,16 +152,16 @@ def test_bad_inputs(tmp_path, capsys, case):
 
 
 @pytest.mark.parametrize("mode", [
-    ["--mode", "oneshot", "--target_sparsity", "0.5", "0.8", "--swap_every", "1", "--pruner", "random"],
+    ["--mode", "oneshot", "--target_sparsity", "0.5", "0.8", "0.9", "--swap_every", "1", "--pruner", "random"],
     ["--mode", "gradual", "--target_sparsity", "0.8", "--gradual_steps", "4", "--swap_every", "1",
      "--pruner", "random"],
     ["--mode", "iterative", "--iter_end", "2", "--swap_every", "1"]], ids=["oneshot", "gradual", "iterative"])
 def test_a_killed_finetune_resumes_exactly(tmp_path, monkeypatch, mode):
     """A run killed inside a finetune (gradual: after epoch 1 of 3, its pruning unfinished; else after epoch 2
-    of the second target or step; swaps at every step) and continued with --resume ends as the uninterrupted
-    run: the same finetune logs (but their seconds), weights, masks and log rows; finished targets or steps are
-    skipped, and no resume point is left. Each restored part is needed: leaving out the data order, the swap
-    counters or the gradual pruning's counters fails it."""
+    of the second target or step, the random pruner's third target still to come; swaps at every step) and
+    continued with --resume ends as the uninterrupted run: the same finetune logs (but their seconds), weights,
+    masks and log rows; finished targets or steps are skipped, and no resume point is left. Each restored part
+    is needed: leaving out the data order, the swap counters or the gradual pruning's counters fails it."""
     args = [*QUICK, "--finetune_epochs", "3", "--patience", "0", *mode]
     folder = "oneshot" if "oneshot" in mode else mode[1]
     full, cut = (tmp_path / d / "resnet20" / folder for d in "ab")
@@ -184,6 +185,42 @@ def test_a_killed_finetune_resumes_exactly(tmp_path, monkeypatch, mode):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_run_killed_between_two_targets_resumes_exactly(tmp_path, monkeypatch):
+    """Killed after target 1 was logged, before target 2 wrote any resume point: --resume skips target 1 and
+    target 2 starts its streams afresh, as in the uninterrupted run (each step seeds its own)."""
+    args = [*QUICK, "--finetune_epochs", "2", "--mode", "oneshot", "--target_sparsity", "0.5", "0.8",
+            "--pruner", "random"]
+    for d in "ab":
+        _save_dense(tmp_path / d)
+    assert prune_unstructure.main(args + ["--save_dir", str(tmp_path / "a")]) == 0
+    monkeypatch.setattr(PruneRun, "plot", lambda self, title: _stop())  # after target 1's log row
+    assert prune_unstructure.main(args + ["--save_dir", str(tmp_path / "b")]) == 130
+    monkeypatch.undo()
+    cut = tmp_path / "b" / "resnet20" / "oneshot"
+    assert len(read_csv(cut / "prune_log.csv")) == 1 and not list(cut.glob("*.resume.pt"))
+    assert prune_unstructure.main(args + ["--save_dir", str(tmp_path / "b"), "--resume"]) == 0
+    full = tmp_path / "a" / "resnet20" / "oneshot"
+    assert read_csv(full / "prune_log.csv") == read_csv(cut / "prune_log.csv")
+    a, b = (read_checkpoint(d / "resnet20_0.8000.pth").state_dict for d in (full, cut))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert "target 2/2" in (cut / "log.txt").read_text().split("--resume")[-1]  # numbered as in the flag
+
+
+def _stop():
+    raise KeyboardInterrupt
+
+
+def test_a_point_restores_nothing_across_device_types(tmp_path):
+    from types import SimpleNamespace
+
+    from utils.core.errors import UsageError
+    from utils.runtime.resume import restore_streams
+
+    loader = SimpleNamespace(device=torch.device("cpu"), generator=torch.Generator())  # what the restore reads
+    with pytest.raises(UsageError, match="written on cuda"):
+        restore_streams([(loader.generator.get_state(), torch.get_rng_state())], "cuda", loader, tmp_path / "p")
+
+
 def test_a_resume_with_nothing_to_continue_other_flags_or_a_damaged_point_is_refused(tmp_path, monkeypatch,
                                                                                       capsys):
     _save_dense(tmp_path)
@@ -196,6 +233,12 @@ def test_a_resume_with_nothing_to_continue_other_flags_or_a_damaged_point_is_ref
     monkeypatch.undo()
     code, _, err = run_main(prune_unstructure.main, args + ["--resume", "--lr", "0.001"], capsys)
     assert code == 2 and "--lr" in err
+    dense = tmp_path / "resnet20" / "checkpoint" / "ckpt.pth"
+    kept = dense.read_bytes()
+    _save_dense(tmp_path, seed=1)  # the dense model was retrained in between
+    code, _, err = run_main(prune_unstructure.main, args + ["--resume"], capsys)
+    assert code == 2 and "changed" in err
+    dense.write_bytes(kept)
     point = tmp_path / "resnet20" / "oneshot" / "resnet20_0.5000.resume.pt"
     point.write_bytes(point.read_bytes()[:-100])
     code, _, err = run_main(prune_unstructure.main, args + ["--resume"], capsys)

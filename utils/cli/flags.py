@@ -126,7 +126,8 @@ def cli_main(func: Callable[[Sequence[str] | None], int | None],
         except KeyboardInterrupt:
             sys.stderr.write("\ninterrupted (Ctrl-C): the files written so far are kept (checkpoints and logs are "
                              "written whole or not at all); rerun the same command with --resume where the stage "
-                             "has it (pretrain, the pruning stages, the searches), or with --overwrite to start over\n")
+                             "has it (pretrain, the pruning stages, finetune.py, the searches), or with --overwrite "
+                             "to start over\n")
             return 130
         finally:
             close_world()

@@ -235,6 +235,16 @@ def atomic_save(obj: Any, path: Path) -> None:
 SEALED, SEAL_CHECKSUM = "sealed", "content_checksum"
 
 
+def file_digest(path: Path) -> str:
+    """The sha1 (hex) of the bytes of the file ``path``, read in 1 MiB blocks: what tells that an input file's
+    content changed (a copy keeps it, unlike its modification time)."""
+    digest = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def object_fingerprint(obj: Any) -> str:
     """The first 16 hex digits of a sha256 over a nested structure of dicts (keys sorted), lists/tuples,
     tensors (dtype, shape, raw bytes) and scalars (type and repr): equal exactly when the contents are."""

@@ -57,11 +57,12 @@ class GradualPruning:
             self.done += 1
 
     def state_dict(self) -> dict:
-        """Its progress, for a finetune's resume point: optimizer steps seen, pruning steps taken, and the pruner's
-        generator (a random pruner draws from it at each pruning step)."""
-        generator = self.context.generator
+        """Its progress, for a finetune's resume point: optimizer steps seen, pruning steps taken, and the streams
+        its pruner draws from at each pruning step (the generator of ``random``, the batches of gradient scores)."""
+        streams = {"generator": self.context.generator,
+                   "score_order": self.context.loader.generator if self.context.loader is not None else None}
         return {"step": self.step, "done": self.done, "plan": [list(p) for p in self.plan],
-                "generator": generator.get_state() if generator is not None else None}
+                **{name: gen.get_state() if gen is not None else None for name, gen in streams.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from ``state_dict()``'s progress (the model's masks come with the model's own state); a plan
@@ -71,6 +72,8 @@ class GradualPruning:
         self.step, self.done = state["step"], state["done"]
         if self.context.generator is not None and state["generator"] is not None:
             self.context.generator.set_state(state["generator"])
+        if self.context.loader is not None and state["score_order"] is not None:
+            self.context.loader.generator.set_state(state["score_order"])
 
     def epoch_columns(self) -> dict[str, float]:
         """The model's sparsity now (the training log's per-epoch column)."""

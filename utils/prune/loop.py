@@ -16,17 +16,20 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from data.loader import DeviceLoader
+from utils.core.distributed import is_main_process
 from utils.core.errors import UsageError
 from utils.core.files import read_csv, write_csv
 from utils.core.log import LOG, log_outputs, setup_logging
 from utils.core.paths import PRUNE_LOG, check_output_dir, clean_stale_temps, prune_checkpoint
+from utils.core.seeds import seed_everything
 from utils.prune.gradual import GradualPruning
 from utils.prune.weight_pruners import PruneContext, Pruner
 from utils.results.plots import plot_gradual_schedule, plot_sparsity_accuracy
 from utils.runtime.resume import RESUME_SUFFIX, ResumePoint, check_point, resume_point
 from utils.runtime.settings import FinetuneSettings, LoopSettings, ScheduleSettings
 from utils.runtime.stage import Stage
-from utils.runtime.train import evaluate_model, finetune_model, finetune_steps
+from utils.runtime.train import FitState, evaluate_model, finetune_model, finetune_steps
 from utils.sparsity.budget import prune_count
 from utils.sparsity.masks import clone_model
 
@@ -56,21 +59,30 @@ class PruneRun:
     def iterative(self) -> bool:
         return self.schedule.iterative
 
-    def finetune_and_score(self, model: nn.Module, csv_path: Path, checkpoint: Path,
-                           gradual: GradualPruning | None = None) -> tuple[float, float, dict]:
-        """AdamW finetune (pruning along ``gradual`` while it trains), best epoch chosen on --select_on, with the
-        resume point of ``checkpoint`` (continued with --resume); returns (val acc, test acc) of that state and
-        what its swap cycles did ({} without)."""
+    def finetune_and_score(self, model: nn.Module, train: DeviceLoader, csv_path: Path, resume: ResumePoint,
+                           gradual: GradualPruning | None = None) -> tuple[float, float, FitState]:
+        """AdamW finetune on ``train`` (pruning along ``gradual`` while it trains), best epoch chosen on
+        --select_on, with its resume point (continued with --resume); returns (val acc, test acc) of that state
+        and the finetune's record (its swap cycles, its precision)."""
         ft, data, stage = self.finetuning, self.stage.data, self.stage
         select = data.test if ft.select_on == "test" else data.val
-        resume = ResumePoint.of_stage(checkpoint, stage.run, stage.flags)
         if resume.continues:
             LOG.info("continuing the finetune from its resume point %s", resume.path)
-        state = finetune_model(model, data.train, select, ft, LoopSettings(
+        state = finetune_model(model, train, select, ft, LoopSettings(
             progress=stage.run.progress, csv_path=csv_path, **stage.speed), dense=self.dense,
             during=gradual, resume=resume)
         amp = self.stage.amp
-        return evaluate_model(model, data.val, amp=amp)[1], evaluate_model(model, data.test, amp=amp)[1], state.swaps
+        return evaluate_model(model, data.val, amp=amp)[1], evaluate_model(model, data.test, amp=amp)[1], state
+
+    def fresh_streams(self) -> DeviceLoader:
+        """Start each random stream of a step from the run seed: the global RNG, the pruner's generator and the
+        gradient scores' batches; returns the training batches in the data order from its start
+        (``Stage.train_from_start``). So no step depends on the steps before it: --resume skips the logged ones,
+        and a step equals the same step run alone."""
+        seed = self.stage.run.seed
+        seed_everything(seed)
+        self.context.restart(seed)
+        return self.stage.train_from_start()
 
     def write_log_row(self, row: dict) -> None:
         """Add ``row`` to prune_log.csv, atomically. Iterative: rows of this step and later (an older run
@@ -91,7 +103,7 @@ class PruneRun:
         ``label``: what the log calls the step (default ``step {step}``; one-shot targets: ``target i/n``)."""
         stage, gran = self.stage, self.stage.granularity
         label = label or f"step {step}"
-        during = None
+        during, train = None, self.fresh_streams()
         if gradual:
             plan = self.schedule
             during = GradualPruning(model, gran, self.pruner, self.context, gradual, plan.gradual_steps,
@@ -108,8 +120,10 @@ class PruneRun:
                  f"removes, in {len(during.plan)} steps during the finetune," if during else "removed", removed,
                  gran.name, achieved)
         log = f"finetune_step{step}.csv" if self.iterative else f"finetune_{path.stem}.csv"  # one per target
-        val_acc, test_acc, swaps = self.finetune_and_score(model, self.out / log, path, during)
-        extra = {**({"swap": swaps} if swaps else {}), **({"gradual": during.record()} if during else {})}
+        resume = ResumePoint.of_stage(path, Path(parent), stage.run, stage.flags)
+        val_acc, test_acc, fitted = self.finetune_and_score(model, train, self.out / log, resume, during)
+        extra = {**({"swap": fitted.swaps} if fitted.swaps else {}), **({"gradual": during.record()} if during else {}),
+                 "precisions": fitted.precisions}
         stage.save(path, model, {"stage": f"prune_{self.schedule.mode}", "granularity": gran.name, "step": step,
                                  "amount": amount, "pruner": self.pruner.name, "sparsity": gran.sparsity(model),
                                  "val_acc": val_acc, "test_acc": test_acc, "parent": str(parent), **extra})
@@ -117,7 +131,8 @@ class PruneRun:
             write_csv(self.out / f"schedule_{path.stem}.csv", during.schedule_rows(len(stage.data.train)))
         self.write_log_row({"step": step, "amount": amount, "sparsity": gran.sparsity(model), **gran.describe(model),
                             "val_acc": val_acc, "test_acc": test_acc, "checkpoint": path.name})
-        resume_point(path).unlink(missing_ok=True)  # the step is saved and logged: nothing to resume
+        if is_main_process():
+            resume.path.unlink(missing_ok=True)  # the step is saved and logged: nothing to resume
         self.plot(f"{stage.model_name} {self.schedule.mode} {gran.name} pruning ({self.pruner.name})")
         LOG.info("%s: sparsity %.4f  val %.2f%%  test %.2f%%  -> %s", label, achieved, val_acc, test_acc, path)
         return path
@@ -193,7 +208,7 @@ class PruneRun:
             done = [r["step"] for r in logged if int(r["step"]) >= first_step]
             if done:
                 raise UsageError(f"step {done[0]} already ran in {self.out} (see {PRUNE_LOG}); pass --overwrite to "
-                                 f"redo the steps from {first_step}, or continue with --iter_start {int(done[-1]) + 1}")
+                                 f"redo the steps from {first_step}, or --resume to continue after step {done[-1]}")
         for path in paths:
             check_point(resume_point(path), self.stage.run)
             if path.exists() and not overwrite and not resume_point(path).exists():  # a point: saved, not logged
@@ -201,19 +216,25 @@ class PruneRun:
 
     def unfinished(self, first_step: int, sparsities: list[float]) -> tuple[int, list[float]]:
         """With --resume, what is left of the run: (iterative) the first step not in prune_log.csv from
-        ``first_step`` on, (one-shot) the ``sparsities`` whose checkpoint is not logged; unchanged without it. A
-        --resume with nothing done and no resume point is a ``UsageError``."""
+        ``first_step`` on, (one-shot) the ``sparsities`` whose checkpoint is not logged; unchanged without it. The
+        resume points a kill left beside logged checkpoints are removed. A --resume with nothing done and no
+        resume point of this run's steps is a ``UsageError``."""
         if not self.stage.run.resume:
             return first_step, sparsities
         logged = read_prune_log(self.out / PRUNE_LOG)
+        for row in logged if is_main_process() else ():
+            resume_point(self.out / row["checkpoint"]).unlink(missing_ok=True)
         gran, name = self.stage.granularity, self.stage.model_name
         if self.iterative:
             steps = [int(r["step"]) for r in logged if int(r["step"]) >= first_step]
             left = (max(steps) + 1 if steps else first_step, sparsities)
+            points = list(self.out.glob(f"*{RESUME_SUFFIX}"))  # the step in progress's, if any
         else:
             names = {r["checkpoint"] for r in logged}
-            left = (first_step, [s for s in sparsities if prune_checkpoint(self.out, name, gran, s).name not in names])
-        if left == (first_step, sparsities) and not any(self.out.glob(f"*{RESUME_SUFFIX}")):
+            paths = {s: prune_checkpoint(self.out, name, gran, s) for s in sparsities}
+            left = (first_step, [s for s in sparsities if paths[s].name not in names])
+            points = [resume_point(paths[s]) for s in left[1] if resume_point(paths[s]).exists()]
+        if left == (first_step, sparsities) and not points:
             raise UsageError(f"--resume: nothing to continue in {self.out} (no finished step of this run, no resume "
                              "point); run without --resume to start")
         return left
@@ -257,8 +278,8 @@ class PruneRun:
         if len(left) < len(planned):
             LOG.info("--resume: %d of the %d target(s) already ran in %s", len(planned) - len(left), len(planned),
                      self.out)
-        targets, amounts = zip(*[(t, a) for t, a, s in zip(targets, amounts, planned, strict=True) if s in left],
-                               strict=True) if left else ((), ())
+        numbers = [i for i, s in enumerate(planned, start=1) if s in left]  # the log names targets as in the flag
+        targets, amounts = [targets[i - 1] for i in numbers], [amounts[i - 1] for i in numbers]
         for target, amount in zip(targets, amounts, strict=True):
             check_amount(amount, alive, gran.removable(dense), target)
         if gradual:  # the pruner meets the target only at the end of the finetune: try it on a copy first
@@ -271,9 +292,9 @@ class PruneRun:
                     raise UsageError(f"--target_sparsity {target}: {exc}") from exc
         self.check_outputs(left, None)
         setup_logging(self.out)
-        for i, amount in enumerate(amounts, start=1):  # each target from the dense model: step 1 of its own
+        for i, amount in zip(numbers, amounts, strict=True):  # each target from the dense model: step 1 of its own
             self.step(self.stage.load_model(dense_path, reparam=True), amount, 1, dense_path,
-                      gradual=prune_count(amount, alive) if gradual else 0, label=f"target {i}/{len(amounts)}")
+                      gradual=prune_count(amount, alive) if gradual else 0, label=f"target {i}/{len(planned)}")
 
 
 def check_distinct_names(paths: list[Path], what: str) -> None:

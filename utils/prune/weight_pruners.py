@@ -35,6 +35,7 @@ from data.loader import DeviceLoader
 from utils.core.aliases import Masks, Scores
 from utils.core.errors import UsageError
 from utils.core.registry import Registry
+from utils.core.seeds import make_generator, role_seed
 from utils.sparsity.budget import erk_budget, largest_remainder, prune_count, uniform_budget, unifplus_budget  # noqa: F401
 from utils.sparsity.masks import add_reparam, effective_weight, get_masks, prunable_modules, set_masks
 
@@ -148,6 +149,20 @@ class PruneContext:
     generator: torch.Generator | None = None
     loader: DeviceLoader | None = None
     num_batches: int = 10
+
+    @classmethod
+    def of_run(cls, seed: int, loader: DeviceLoader | None = None, num_batches: int = 10) -> PruneContext:
+        """A pruning run's context: the run seed's 'pruner' stream and, for gradient scores, ``loader``'s batches
+        in the run seed's 'prune_scores' order (their own streams: pruning never shifts the finetunes' batches)."""
+        scores = None if loader is None else loader.with_generator(make_generator(seed, "prune_scores", loader.device))
+        return cls(make_generator(seed, "pruner"), scores, num_batches)
+
+    def restart(self, seed: int) -> None:
+        """Start both streams of ``of_run`` again from the run seed (each step of a pruning run starts afresh)."""
+        if self.generator is not None:
+            self.generator.manual_seed(role_seed(seed, "pruner"))
+        if self.loader is not None:
+            self.loader.generator.manual_seed(role_seed(seed, "prune_scores"))
 
 
 Selector = Callable[[nn.Module, Masks, int, PruneContext], Masks]  # (model, alive, remove, context) -> kept

@@ -1,14 +1,18 @@
-"""Resume points of a finetune: what ``finetune_model`` writes after every epoch when it is given a
-``ResumePoint``, so that a stage killed in the middle of a long finetune (the original finetunes one-shot models
-for 400 epochs) continues with ``--resume`` where it stopped and ends as the uninterrupted run would.
+"""Resume points of a finetune: what ``finetune_model`` writes after an epoch when it is given a ``ResumePoint``,
+so that a stage killed in the middle of a long finetune (the original finetunes one-shot models for 400 epochs)
+continues with ``--resume`` where it stopped and ends as the uninterrupted run would.
 
 A point holds the model (weights and masks), the optimizer and the per-step learning-rate curve, the fit's
-progress and best state, the counters of the step hooks (gradual pruning, swap cycles) and the random streams
-(each process's data order and global torch RNG, the pruner's generator), sealed with a checksum: a damaged or
-hand-edited file is one ``UsageError``. The caller removes it once the finetune's result is saved.
+progress and best state, the step hooks' progress (gradual pruning with its pruner's random streams, swap cycles)
+and each process's data order and global torch RNG, with the run's defining flags and the digest of the file it
+started from, sealed with a checksum: a damaged or hand-edited file, another run's point or a changed input is
+one ``UsageError``. The caller removes it once the finetune's result is saved. A point is written after an epoch
+when ``POINT_EVERY_S`` seconds have passed since the last one (and after the first epoch), so a large model's
+short GPU epochs do not each pay for a write; a kill loses the epochs since the last point, never exactness.
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,12 +26,15 @@ from data.loader import DeviceLoader
 from utils.core.distributed import all_gather, current_world, is_main_process
 from utils.core.errors import UsageError
 from utils.core.fields import resumable_flags
-from utils.core.files import atomic_save, check_same_run, check_seal, plain, seal
-from utils.runtime.settings import RunSettings
+from utils.core.files import atomic_save, check_same_run, check_seal, file_digest, plain, seal
+from utils.runtime.settings import RunSettings, ScheduleSettings
 
 POINT_VERSION = 1  # bumped when what a point holds changes (an older point is refused, not misread)
+POINT_EVERY_S = 60.0  # at most one point a minute (the first epoch's always): a write costs a few model sizes
 RESUME_SUFFIX = ".resume.pt"  # beside the checkpoint a finetune makes (not *.pth: never taken for a model)
-MAY_CHANGE_ON_RESUME = frozenset(resumable_flags(RunSettings, DataSettings))  # where and how fast it runs
+# flags a resumed finetune may change: where and how fast it runs, and which other steps its run makes (a point
+# belongs to one step, named by its checkpoint)
+MAY_CHANGE_ON_RESUME = frozenset(resumable_flags(RunSettings, DataSettings, ScheduleSettings))
 
 
 def resume_point(checkpoint: Path) -> Path:
@@ -39,7 +46,7 @@ def check_point(point: Path, run: RunSettings) -> None:
     """Before any work: a resume point at ``point`` (a killed finetune) needs --resume (continue it) or
     --overwrite (it is removed here)."""
     if point.exists() and run.overwrite:
-        point.unlink()
+        point.unlink(missing_ok=True)  # every process of a torchrun launch gets here
     elif point.exists() and not run.resume:
         raise UsageError(f"{point} is the resume point of a killed finetune: pass --resume to continue it, or "
                          "--overwrite to start over")
@@ -55,19 +62,22 @@ class Resumable(Protocol):
 
 @dataclass(frozen=True)
 class ResumePoint:
-    """Where a finetune keeps its resume point (``path``, rewritten after every epoch) and whether it continues
-    from the one there (``resume``). ``settings``: the run's defining flags (``Stage.flags``), recorded in the
-    point and compared on resume; ``may_change``: the flags a resumed run may change (``resumable_flags``)."""
+    """Where a finetune keeps its resume point (``path``) and whether it continues from the one there
+    (``resume``). ``settings``: the run's defining flags (``Stage.flags``) and ``source``: the digest of the file
+    the finetune starts from, both recorded in the point and compared on resume; ``may_change``: the flags a
+    resumed run may change."""
 
     path: Path
     resume: bool = False
     settings: Mapping[str, Any] = field(default_factory=dict)
+    source: str = ""
     may_change: frozenset[str] = frozenset()
 
     @classmethod
-    def of_stage(cls, checkpoint: Path, run: RunSettings, flags: Mapping[str, Any]) -> ResumePoint:
-        """The point of the finetune that makes ``checkpoint`` in a stage run with ``run`` and ``flags``."""
-        return cls(resume_point(checkpoint), run.resume, flags, MAY_CHANGE_ON_RESUME)
+    def of_stage(cls, checkpoint: Path, source: Path, run: RunSettings, flags: Mapping[str, Any]) -> ResumePoint:
+        """The point of the finetune that makes ``checkpoint`` from the file ``source`` in a stage run with ``run``
+        and ``flags``."""
+        return cls(resume_point(checkpoint), run.resume, flags, file_digest(source), MAY_CHANGE_ON_RESUME)
 
     @property
     def continues(self) -> bool:
@@ -84,19 +94,23 @@ class FinetuneParts:
     train: DeviceLoader  # its generator is the data order
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None  # the per-step learning-rate curve, if any
     hooks: dict[str, Resumable] = field(default_factory=dict)  # by name: "gradual", "swap"
+    written: float = field(default=-float("inf"), repr=False)  # when the last point was written (monotonic s)
 
 
 def write_point(point: ResumePoint, parts: FinetuneParts, fit_state: dict[str, Any],
                 best_state: dict[str, torch.Tensor]) -> None:
-    """Write the resume point of a finetune after an epoch (``fit_state``: ``FitState.summary()``; every process
-    takes part, the main one writes)."""
+    """Write the resume point of a finetune after an epoch (``fit_state``: ``FitState.summary()``) when
+    ``POINT_EVERY_S`` have passed since the last; every process takes part, the main one writes."""
+    if time.monotonic() - parts.written < POINT_EVERY_S:
+        return
     rngs = all_gather((parts.train.generator.get_state(), torch.get_rng_state()))
+    parts.written = time.monotonic()
     if not is_main_process():
         return
     cpu = {k: v.detach().cpu() for k, v in parts.model.state_dict().items()}
     atomic_save(seal({
-        "version": POINT_VERSION, "settings": plain(dict(point.settings)), "model": cpu,
-        "optimizer": parts.optimizer.state_dict(),
+        "version": POINT_VERSION, "settings": plain(dict(point.settings)), "source": point.source,
+        "device": parts.train.device.type, "model": cpu, "optimizer": parts.optimizer.state_dict(),
         "scheduler": parts.scheduler.state_dict() if parts.scheduler is not None else None,
         "hooks": {name: hook.state_dict() for name, hook in parts.hooks.items()},
         "fit": fit_state, "best_state": {k: v.detach().cpu() for k, v in best_state.items()},
@@ -105,8 +119,8 @@ def write_point(point: ResumePoint, parts: FinetuneParts, fit_state: dict[str, A
 
 def read_point(point: ResumePoint, parts: FinetuneParts) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Restore ``parts`` from the point at ``point.path``; returns the fit's progress (``FitState.summary()``)
-    and its best state (on the model's device). A damaged point, one of another run (a defining flag changed),
-    of other hooks or of another process count is a ``UsageError``."""
+    and its best state (on the model's device). A damaged point, one of another run (a defining flag or the
+    input file changed), of other hooks, of another device type or process count is a ``UsageError``."""
     path, redo = point.path, "start over with --overwrite"
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
@@ -116,20 +130,34 @@ def read_point(point: ResumePoint, parts: FinetuneParts) -> tuple[dict[str, Any]
     if not check_seal(saved, path) or saved.get("version") != POINT_VERSION:
         raise UsageError(f"--resume: {path} is not a resume point of this version; {redo}")
     check_same_run(saved["settings"], point.settings, set(point.may_change))
+    if saved["source"] != point.source:
+        raise UsageError(f"--resume: the file this finetune started from changed since {path} was written; {redo}")
     if set(saved["hooks"]) != set(parts.hooks) or (saved["scheduler"] is None) != (parts.scheduler is None):
         raise UsageError(f"--resume: {path} was written by another kind of finetune (gradual pruning, swap cycles or "
                          f"learning-rate curve differ); {redo}")
-    world, rngs = current_world(), saved["rng_per_process"]
-    if len(rngs) != world.size:
-        raise UsageError(f"--resume: the finetune ran in {len(rngs)} process(es) and this one has {world.size}; "
-                         "resume with the same torchrun --nproc_per_node")
-    device = next(parts.model.parameters()).device
     parts.model.load_state_dict(saved["model"])
     parts.optimizer.load_state_dict(saved["optimizer"])
     if parts.scheduler is not None:
         parts.scheduler.load_state_dict(saved["scheduler"])
     for name, hook in parts.hooks.items():
         hook.load_state_dict(saved["hooks"][name])
-    parts.train.generator.set_state(rngs[world.rank][0])
-    torch.set_rng_state(rngs[world.rank][1])
+    restore_streams(saved["rng_per_process"], saved["device"], parts.train, path)
+    device = next(parts.model.parameters()).device
     return saved["fit"], {k: v.to(device) for k, v in saved["best_state"].items()}
+
+
+def restore_streams(rngs: list, device_type: str, train: DeviceLoader, path: Path) -> None:
+    """Set this process's data order (``train``'s generator) and global torch RNG to its entry of ``rngs`` (one
+    (data, torch) state pair per process, rank order) written on a ``device_type`` device; a run resumed with
+    another process count or on another device type (the data-order stream lives on the device) is a
+    ``UsageError``."""
+    world = current_world()
+    if len(rngs) != world.size:
+        raise UsageError(f"--resume: {path} was written by {len(rngs)} process(es) and this run has {world.size}; "
+                         "resume with the same torchrun --nproc_per_node (each process continues its own data shard)")
+    if device_type != train.device.type:
+        raise UsageError(f"--resume: {path} was written on {device_type} and this run trains on "
+                         f"{train.device.type}: the data order is a {device_type} random stream; resume with "
+                         f"--device {device_type}")
+    train.generator.set_state(rngs[world.rank][0])
+    torch.set_rng_state(rngs[world.rank][1])

@@ -142,17 +142,18 @@ def precision_name(device: torch.device, amp: bool) -> str:
 def continue_precisions(stretches: list, current: str, first: int, unit: str = "epoch") -> list[list]:
     """The precision record of a run that goes on in ``current`` (``"bf16"`` or ``"fp32"``) from ``unit`` number
     ``first`` (1-based): ``stretches`` ([precision, first unit] pairs, oldest first; [] for a fresh run), with
-    ``[current, first]`` added when it differs from the last. A change (a run resumed on a machine without native
-    bf16, or with another --no_amp) is one warning: the resumed run no longer equals an uninterrupted one, and the
-    record in its summary says which units ran in which precision."""
+    ``[current, first]`` added when it differs from the last. A change (a run started where bf16 is native and
+    resumed where it is not, or the reverse) is one warning: the resumed run no longer equals an uninterrupted
+    one, and the record (in the summary or checkpoint meta) says which units ran in which precision."""
     if stretches and stretches[-1][0] == current:
         return stretches
     if stretches:
         (before, start), end = stretches[-1], first - 1
         span = f"{unit} {start}" if start == end else f"{unit}s {start}-{end}"
         LOG.warning("resumed in %s at %s %d after %s in %s: the run no longer equals an uninterrupted one (its "
-                    "summary records the precision of each stretch; resume where the precision is the same, or "
-                    "run with --no_amp throughout, for an exact resume)", current, unit, first, span, before)
+                    "summary or checkpoint records the precision of each stretch as 'precisions'; resume where the "
+                    "precision is the same, or run with --no_amp throughout, for an exact resume)", current, unit,
+                    first, span, before)
     return [*stretches, [current, first]]
 
 
@@ -390,6 +391,7 @@ def finetune_model(model: nn.Module, train: DeviceLoader, select: DeviceLoader, 
         state = FitState(**progress, best_state=best)
 
     def keep_point(fit_state: FitState, _stats: EpochStats, _improved: bool) -> None:
+        """After each epoch: the resume point (``write_point`` decides whether it is time to write one)."""
         write_point(resume, parts, fit_state.summary(), fit_state.best_state)
     if loop.csv_path is not None and is_main_process():
         if state.epoch:  # rows a killed run logged after its point would come twice

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from data.loader import DeviceLoader
 from utils.core.aliases import Scores
 from utils.core.cache import read_cache, write_cache
+from utils.core.files import file_digest
 from utils.core.log import LOG
 from utils.core.registry import Registry
 from utils.sparsity.masks import has_param_mask, prunable_modules, stored_param
@@ -198,14 +199,6 @@ def per_class_saliency(model: nn.Module, loader: DeviceLoader, num_classes: int,
     return out
 
 
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha1()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def read_score_cache(path: Path) -> Scores | None:
     """The scores a cache file holds (a dict of float tensors, sealed); None, with one warning, when it is damaged,
     hand-edited or from an older version (``utils.core.cache``: a cache is computed again, never refused)."""
@@ -225,7 +218,7 @@ def cached_scores(checkpoint: Path, compute: Callable[[], Scores], cache_dir: Pa
     """``compute()``, cached in ``cache_dir`` under a key made of the checkpoint file's content and
     ``settings`` (anything that changes the result: model, data set, split, seed, batches, mode,
     granularity). A changed checkpoint or setting gives a new key, so stale scores are never reused."""
-    key = hashlib.sha1(json.dumps({"ckpt": _file_digest(Path(checkpoint)), **settings},
+    key = hashlib.sha1(json.dumps({"ckpt": file_digest(Path(checkpoint)), **settings},
                                   sort_keys=True, default=str).encode()).hexdigest()[:20]
     path = Path(cache_dir) / f"saliency_{key}.pt"
     cached = read_score_cache(path)

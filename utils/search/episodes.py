@@ -374,8 +374,9 @@ class Search:
             LOG.warning("%d processes but --episodes_per_update %d: %d of them wait; use M >= the process count",
                         self.world.size, self.settings.episodes_per_update,
                         self.world.size - self.settings.episodes_per_update)
-        self.precisions = continue_precisions(self.precisions, precision_name(self.stage.device, self.stage.amp),
-                                              len(self.history) + 1, "episode")
+        if len(self.history) < self.settings.episodes and not (self.history and self.should_stop()):
+            self.precisions = continue_precisions(self.precisions, precision_name(self.stage.device, self.stage.amp),
+                                                  len(self.history) + 1, "episode")
         while len(self.history) < self.settings.episodes and not (self.history and self.should_stop()):
             with Timer() as timer:
                 rows = self.batch(len(self.history))

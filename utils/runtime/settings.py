@@ -189,11 +189,13 @@ class ScheduleSettings:
                         choices=sorted(MODE_ALIASES))
     amount: float = setting(0.3, "iterative: fraction of the surviving entries removed per step, in (0, 1)",
                             names=("--amount",), parse=open_fraction, metavar="FRACTION")
-    iter_start: int = setting(1, "first step (resume point)", parse=positive_int)
-    iter_end: int = setting(15, "last step (inclusive)", parse=positive_int, metavar="STEP")
+    # which steps a run makes may change on --resume (a finetune's resume point belongs to one step)
+    iter_start: int = setting(1, "first step (resume point)", parse=positive_int, resumable=True)
+    iter_end: int = setting(15, "last step (inclusive)", parse=positive_int, metavar="STEP", resumable=True)
     target_sparsity: tuple[float, ...] = setting((), "oneshot: target sparsity (one or more, each from the "
                                                      "pretrained model); gradual: the one target",
-                                                 names=("--target_sparsity", "--oneshot"), parse=fraction, nargs="+")
+                                                 names=("--target_sparsity", "--oneshot"), parse=fraction, nargs="+",
+                                                 resumable=True)
     gradual_steps: int = setting(10, "gradual: pruning steps of the cubic schedule (Zhu & Gupta)", parse=positive_int)
     gradual_until: float = setting(0.5, "gradual: share of the finetune's steps by which the target is reached (the "
                                         "best epoch is chosen after it)", parse=open_fraction)

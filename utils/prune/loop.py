@@ -212,7 +212,8 @@ class PruneRun:
         for path in paths:
             check_point(resume_point(path), self.stage.run)
             if path.exists() and not overwrite and not resume_point(path).exists():  # a point: saved, not logged
-                raise UsageError(f"{path} exists (an earlier run); pass --overwrite to replace it")
+                raise UsageError(f"{path} exists (an earlier run); pass --resume to keep what it finished and run "
+                                 "the rest, or --overwrite to replace it")
 
     def unfinished(self, first_step: int, sparsities: list[float]) -> tuple[int, list[float]]:
         """With --resume, what is left of the run: (iterative) the first step not in prune_log.csv from

@@ -16,7 +16,8 @@ last 25% of the steps; weight-pruned checkpoints):
 
 Writes --save_path (default: {ckpt stem}_finetuned.pth beside the checkpoint) and {save_path stem}_log.csv;
 prints sparsity and val/test accuracy before and after. While it trains, {save_path stem}.resume.pt holds the
-state after the last epoch: a killed finetune continues exactly with the same command and --resume.
+state after its first epoch, then at most once a minute: a killed finetune continues exactly with the same
+command and --resume.
 """
 from __future__ import annotations
 

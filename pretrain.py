@@ -45,7 +45,7 @@ from utils.core.log import LOG, log_outputs, setup_logging
 from utils.core.paths import check_output_dir, clean_stale_temps, pretrained_path
 from utils.core.provenance import PROVENANCE_KEY
 from utils.runtime.checkpoint import load_weights, read_checkpoint
-from utils.runtime.resume import restore_streams
+from utils.runtime.resume import current_streams, restore_streams
 from utils.runtime.schedules import lr_lambda
 from utils.runtime.settings import PRETRAIN_RECIPES, LoopSettings, PretrainSettings, RunSettings
 from utils.runtime.stage import Stage
@@ -85,7 +85,7 @@ def check_schedule_flags(train: PretrainSettings) -> None:
 
 def _train_state(optimizer, scheduler, state: FitState, stage: Stage) -> dict:
     """What --resume needs; the RNG states of every process of a data-parallel run (rank order)."""
-    rngs = all_gather((stage.data.train.generator.get_state(), torch.get_rng_state()))
+    rngs = all_gather(current_streams(stage.data.train))
     return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "fit": state.summary(),
             "best_state": {k: v.cpu() for k, v in state.best_state.items()},
             "data_rng": rngs[0][0], "torch_rng": rngs[0][1], "rng_per_process": rngs,

@@ -254,7 +254,8 @@ def add_prune_finetune_args(parser: argparse.ArgumentParser) -> None:
     add_settings_args(parser, FinetuneSettings, only=("patience", "select_on"), defaults={"patience": 50})
     add_run_flags(parser, {"overwrite": "replace checkpoints and log rows an earlier run wrote (default: refuse)",
                            "resume": "continue a killed run: skip the steps it logged, continue the finetune it was "
-                                     "in from that step's resume point (written after every epoch)"})
+                                     "in from that step's resume point (written after its first epoch, then at most "
+                                     "once a minute)"})
 
 
 def add_controller_args(parser: argparse.ArgumentParser, *, episodes: int, action_space_size: int,

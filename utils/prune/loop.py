@@ -212,8 +212,9 @@ class PruneRun:
         for path in paths:
             check_point(resume_point(path), self.stage.run)
             if path.exists() and not overwrite and not resume_point(path).exists():  # a point: saved, not logged
-                raise UsageError(f"{path} exists (an earlier run); pass --resume to keep what it finished and run "
-                                 "the rest, or --overwrite to replace it")
+                keep = ("it is neither logged nor resumable" if self.stage.run.resume else
+                        "pass --resume to keep what it finished and run the rest")
+                raise UsageError(f"{path} exists (an earlier run); {keep}, or --overwrite to replace it")
 
     def unfinished(self, first_step: int, sparsities: list[float]) -> tuple[int, list[float]]:
         """With --resume, what is left of the run: (iterative) the first step not in prune_log.csv from
@@ -229,13 +230,15 @@ class PruneRun:
         if self.iterative:
             steps = [int(r["step"]) for r in logged if int(r["step"]) >= first_step]
             left = (max(steps) + 1 if steps else first_step, sparsities)
+            finished = [r for r in logged if int(r["step"]) == left[0] - 1]  # the step the next one starts from
             points = list(self.out.glob(f"*{RESUME_SUFFIX}"))  # the step in progress's, if any
         else:
             names = {r["checkpoint"] for r in logged}
             paths = {s: prune_checkpoint(self.out, name, gran, s) for s in sparsities}
             left = (first_step, [s for s in sparsities if paths[s].name not in names])
+            finished = [s for s in sparsities if s not in left[1]]
             points = [resume_point(paths[s]) for s in left[1] if resume_point(paths[s]).exists()]
-        if left == (first_step, sparsities) and not points:
+        if not finished and not points:
             raise UsageError(f"--resume: nothing to continue in {self.out} (no finished step of this run, no resume "
                              "point); run without --resume to start")
         return left

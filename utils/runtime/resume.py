@@ -4,11 +4,13 @@ continues with ``--resume`` where it stopped and ends as the uninterrupted run w
 
 A point holds the model (weights and masks), the optimizer and the per-step learning-rate curve, the fit's
 progress and best state, the step hooks' progress (gradual pruning with its pruner's random streams, swap cycles)
-and each process's data order and global torch RNG, with the run's defining flags and the digest of the file it
-started from, sealed with a checksum: a damaged or hand-edited file, another run's point or a changed input is
-one ``UsageError``. The caller removes it once the finetune's result is saved. A point is written after an epoch
-when ``POINT_EVERY_S`` seconds have passed since the last one (and after the first epoch), so a large model's
-short GPU epochs do not each pay for a write; a kill loses the epochs since the last point, never exactness.
+and each process's random streams (data order, global torch RNG, CUDA RNG), with the run's defining flags and
+the digest of the file it started from, sealed with a checksum: a damaged or hand-edited file, an older version's,
+another run's point or a changed input is one ``UsageError``. The caller removes it once the finetune's result
+is saved. A point is written after the first epoch and then after an epoch when ``POINT_EVERY_S`` seconds have
+passed since the last one, so a large model's short GPU epochs do not each pay for a write; a kill loses the
+epochs since the last point, never exactness (on a CPU; on CUDA, cudnn's autotuned kernels already make two
+uninterrupted runs differ in the last bits).
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ from utils.core.fields import resumable_flags
 from utils.core.files import atomic_save, check_same_run, check_seal, file_digest, plain, seal
 from utils.runtime.settings import RunSettings, ScheduleSettings
 
-POINT_VERSION = 1  # bumped when what a point holds changes (an older point is refused, not misread)
+POINT_VERSION = 2  # bumped when what a point holds changes (an older point is refused, not misread)
 POINT_EVERY_S = 60.0  # at most one point a minute (the first epoch's always): a write costs a few model sizes
 RESUME_SUFFIX = ".resume.pt"  # beside the checkpoint a finetune makes (not *.pth: never taken for a model)
 # flags a resumed finetune may change: where and how fast it runs, and which other steps its run makes (a point
@@ -100,13 +102,12 @@ class FinetuneParts:
 def write_point(point: ResumePoint, parts: FinetuneParts, fit_state: dict[str, Any],
                 best_state: dict[str, torch.Tensor]) -> None:
     """Write the resume point of a finetune after an epoch (``fit_state``: ``FitState.summary()``) when
-    ``POINT_EVERY_S`` have passed since the last; every process takes part, the main one writes."""
-    if time.monotonic() - parts.written < POINT_EVERY_S:
+    ``POINT_EVERY_S`` have passed since the last. Every process gathers its streams after every epoch (so the
+    processes of a torchrun launch always meet in the same collective); the main one decides and writes."""
+    rngs = all_gather(current_streams(parts.train))
+    if not is_main_process() or time.monotonic() - parts.written < POINT_EVERY_S:
         return
-    rngs = all_gather((parts.train.generator.get_state(), torch.get_rng_state()))
     parts.written = time.monotonic()
-    if not is_main_process():
-        return
     cpu = {k: v.detach().cpu() for k, v in parts.model.state_dict().items()}
     atomic_save(seal({
         "version": POINT_VERSION, "settings": plain(dict(point.settings)), "source": point.source,
@@ -135,22 +136,29 @@ def read_point(point: ResumePoint, parts: FinetuneParts) -> tuple[dict[str, Any]
     if set(saved["hooks"]) != set(parts.hooks) or (saved["scheduler"] is None) != (parts.scheduler is None):
         raise UsageError(f"--resume: {path} was written by another kind of finetune (gradual pruning, swap cycles or "
                          f"learning-rate curve differ); {redo}")
+    restore_streams(saved["rng_per_process"], saved["device"], parts.train, path)  # checks first: one line
     parts.model.load_state_dict(saved["model"])
     parts.optimizer.load_state_dict(saved["optimizer"])
     if parts.scheduler is not None:
         parts.scheduler.load_state_dict(saved["scheduler"])
     for name, hook in parts.hooks.items():
         hook.load_state_dict(saved["hooks"][name])
-    restore_streams(saved["rng_per_process"], saved["device"], parts.train, path)
     device = next(parts.model.parameters()).device
     return saved["fit"], {k: v.to(device) for k, v in saved["best_state"].items()}
 
 
+def current_streams(train: DeviceLoader) -> tuple[torch.Tensor, ...]:
+    """This process's random streams: ``train``'s data order, the global torch RNG and, on CUDA, the device's
+    (dropout draws from it there)."""
+    device = train.device
+    cuda = (torch.cuda.get_rng_state(device),) if device.type == "cuda" else ()
+    return (train.generator.get_state(), torch.get_rng_state(), *cuda)
+
+
 def restore_streams(rngs: list, device_type: str, train: DeviceLoader, path: Path) -> None:
-    """Set this process's data order (``train``'s generator) and global torch RNG to its entry of ``rngs`` (one
-    (data, torch) state pair per process, rank order) written on a ``device_type`` device; a run resumed with
-    another process count or on another device type (the data-order stream lives on the device) is a
-    ``UsageError``."""
+    """Set this process's streams (``current_streams``) to its entry of ``rngs`` (one per process, rank order;
+    pretraining's older states hold no CUDA one) written on a ``device_type`` device; a run resumed with another
+    process count or on another device type (the data-order stream lives on the device) is a ``UsageError``."""
     world = current_world()
     if len(rngs) != world.size:
         raise UsageError(f"--resume: {path} was written by {len(rngs)} process(es) and this run has {world.size}; "
@@ -159,5 +167,8 @@ def restore_streams(rngs: list, device_type: str, train: DeviceLoader, path: Pat
         raise UsageError(f"--resume: {path} was written on {device_type} and this run trains on "
                          f"{train.device.type}: the data order is a {device_type} random stream; resume with "
                          f"--device {device_type}")
-    train.generator.set_state(rngs[world.rank][0])
-    torch.set_rng_state(rngs[world.rank][1])
+    data, cpu, *cuda = rngs[world.rank]
+    train.generator.set_state(data)
+    torch.set_rng_state(cpu)
+    if cuda:
+        torch.cuda.set_rng_state(cuda[0], train.device)

@@ -371,9 +371,10 @@ def finetune_model(model: nn.Module, train: DeviceLoader, select: DeviceLoader, 
     ``loop`` (default: ``LoopSettings()``): ``compile`` runs the passes through ``torch.compile(model)`` (same
     parameters, so ``model`` is trained); ``data_parallel_device`` trains through DistributedDataParallel on
     that device (``train`` is this process's shard; every process evaluates the whole val split); ``csv_path``
-    is replaced by this finetune's rows. ``resume``: the finetune writes a resume point there after every epoch
-    and, when it continues (--resume and a point there), starts from it (``utils.runtime.resume``; ``csv_path``
-    then keeps the rows up to the point's epoch); the caller removes the point once the result is saved.
+    is replaced by this finetune's rows. ``resume``: the finetune writes its resume point there after epochs
+    (``write_point`` says which) and, when it continues (--resume and a point there), starts from it
+    (``utils.runtime.resume``; ``csv_path`` then keeps the rows up to the point's epoch); the caller removes the
+    point once the result is saved.
     """
     loop = LoopSettings() if loop is None else loop
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)

@@ -88,6 +88,14 @@ def test_continue_from_iteration(iterative_run, capsys):
     rows = read_csv(iterative_run / "prune_log.csv")
     assert [r["step"] for r in rows] == ["1", "2"]
     assert read_checkpoint(iterative_run / rows[1]["checkpoint"]).meta["pruner"] == "unif"
+    # --resume from step 3 (step 2 logged, no resume point) runs it, were it not for the old step 3's checkpoint,
+    # which the redo left unlogged: neither logged nor resumable, so only --overwrite replaces it
+    step3 = QUICK + ["--save_dir", save, "--iter_start", "3", "--iter_end", "3", "--pruner", "glob", "--resume"]
+    code, _, err = run_main(prune_unstructure.main, step3, capsys)
+    assert code == 2 and "neither logged nor resumable" in err
+    (iterative_run / "resnet20_0.6570.pth").unlink()
+    assert prune_unstructure.main(step3) == 0
+    assert [r["step"] for r in read_csv(iterative_run / "prune_log.csv")] == ["1", "2", "3"]
 
 
 def test_oneshot_several_targets(tmp_path):
@@ -245,3 +253,22 @@ def test_a_resume_with_nothing_to_continue_other_flags_or_a_damaged_point_is_ref
     code, _, err = run_main(prune_unstructure.main, args + ["--resume"], capsys)
     assert code == 2 and "damaged" in err
     assert prune_unstructure.main(args + ["--overwrite"]) == 0 and not point.exists()
+
+
+def test_points_are_written_after_the_first_epoch_then_at_most_once_a_minute(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import utils.runtime.resume as resume_module
+
+    model = torch.nn.Linear(2, 2)
+    train = SimpleNamespace(device=torch.device("cpu"), generator=torch.Generator())  # what a point reads of it
+    parts = resume_module.FinetuneParts(model, torch.optim.AdamW(model.parameters()), train)
+    point = resume_module.ResumePoint(tmp_path / "m.resume.pt")
+    clock = [1000.0]
+    monkeypatch.setattr(resume_module.time, "monotonic", lambda: clock[0])
+    written = []
+    monkeypatch.setattr(resume_module, "atomic_save", lambda obj, path: written.append(obj["fit"]["epoch"]))
+    for epoch, seconds in enumerate([5, 30, 30, 5, 70], start=1):  # epoch lengths in s
+        clock[0] += seconds
+        resume_module.write_point(point, parts, {"epoch": epoch}, {})
+    assert written == [1, 3, 5]  # 1: the first; 3: 60 s after it; 5: 75 s after 3
